@@ -1,0 +1,127 @@
+//! The per-request JSON access log (design §8) on stdout, target `access`.
+//!
+//! Lines are formatted on the request's task and handed to one writer
+//! thread over a bounded channel, so a slow stdout never blocks a request:
+//! when the channel is full the line is dropped and counted instead.
+
+use serde::Serialize;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// One request, as logged. Never carries raw sticky keys or header values
+/// other than the request id and trace id.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    pub ts: String,
+    pub target: &'static str,
+    pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
+    pub client_ip: &'a str,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub route: Option<&'a str>,
+    pub version: Option<&'static str>,
+    pub revision: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub bucket: Option<u16>,
+    pub upstream: Option<&'a str>,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub upstream_duration_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub flags: &'a [&'static str],
+}
+
+pub struct AccessLog {
+    tx: Option<SyncSender<String>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// A log writing to stdout from its own thread.
+    pub fn stdout() -> Self {
+        let (tx, rx) = sync_channel::<String>(16 * 1024);
+        let spawned = std::thread::Builder::new().name("weir-access-log".into()).spawn(move || writer(rx));
+        Self { tx: spawned.ok().map(|_| tx), dropped: AtomicU64::new(0) }
+    }
+
+    /// A log that writes nothing (`access_log: false`).
+    pub fn disabled() -> Self {
+        Self { tx: None, dropped: AtomicU64::new(0) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn write(&self, record: &Record<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let Ok(line) = serde_json::to_string(record) else { return };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines lost because stdout could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn writer(rx: Receiver<String>) {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    while let Ok(line) = rx.recv() {
+        let _ = writeln!(out, "{line}");
+        // Batch whatever is queued, then flush once.
+        while let Ok(more) = rx.try_recv() {
+            let _ = writeln!(out, "{more}");
+        }
+        let _ = out.flush();
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, without a date crate.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(now.as_secs(), now.subsec_millis())
+}
+
+pub fn rfc3339(secs: u64, millis: u32) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_464_010, 7), "2026-11-23T18:00:10.007Z");
+        assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+    }
+}

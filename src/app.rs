@@ -1,0 +1,222 @@
+//! Wiring and lifecycle: bind the listeners, serve connections, drain on
+//! shutdown (design §8).
+//!
+//! Shutdown: `/ready` turns 503 → wait `shutdown.delay` (so load balancers
+//! stop sending) → stop accepting → every open connection is asked to finish
+//! (HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY) → wait
+//! up to `shutdown.grace` → return.
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, AdminState};
+use crate::config::Snapshot;
+use crate::live::Live;
+use crate::proxy::Proxy;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running weir. Dropping it does not stop it; call `shutdown`.
+pub struct Handle {
+    /// Bound proxy addresses (real ports when the config said `:0`).
+    pub listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub live: Arc<Live>,
+    pub config_path: PathBuf,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    lifecycle: JoinHandle<()>,
+}
+
+impl Handle {
+    /// Begin graceful shutdown (idempotent).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Wait until every connection has drained (or the grace period ran out).
+    pub async fn wait(self) {
+        let _ = self.lifecycle.await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.set_nodelay(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)
+}
+
+/// Bind everything and start serving `snapshot`.
+pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, StartError> {
+    let listeners: Vec<TcpListener> = snapshot.listen.iter().map(|a| bind(*a)).collect::<Result<_, _>>()?;
+    let admin_listener = bind(snapshot.admin)?;
+    let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
+
+    let builder = Arc::new(server_builder(&snapshot));
+    let max_connections = snapshot.limits.max_connections;
+    let grace = snapshot.shutdown.grace;
+    let delay = snapshot.shutdown.delay;
+    let live = Arc::new(Live::new(snapshot));
+    let proxy = Arc::new(Proxy::new(Arc::clone(&live), Arc::new(AccessLog::stdout())));
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    // Separate from `stop`: accepting ends only after `shutdown.delay`.
+    let stop_accepting = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let conn_cap = Arc::new(Semaphore::new(max_connections));
+
+    for listener in listeners {
+        tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&builder),
+            Arc::clone(&proxy),
+            Arc::clone(&conn_cap),
+            stop_accepting.clone(),
+            tracker.clone(),
+        ));
+    }
+    let admin_state = Arc::new(AdminState { live: Arc::clone(&live), ready: Arc::clone(&ready) });
+    tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
+    ready.store(true, Ordering::Release);
+    tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
+
+    let lifecycle = {
+        let (ready, stop) = (Arc::clone(&ready), stop.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            ready.store(false, Ordering::Release);
+            tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown: readiness off");
+            tokio::time::sleep(delay).await;
+            stop_accepting.cancel();
+            tracker.close();
+            tracing::info!(connections = tracker.len(), grace_ms = grace.as_millis() as u64, "shutdown: draining");
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!(connections = tracker.len(), "shutdown: grace period over, closing the rest");
+            }
+        })
+    };
+    Ok(Handle { listen, admin: admin_addr, live, config_path, ready, stop, lifecycle })
+}
+
+/// The hyper server settings from the limits (design §8, hardening.md).
+fn server_builder(snapshot: &Snapshot) -> auto::Builder<TokioExecutor> {
+    let limits = &snapshot.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // Without a timer the header-read timeout silently does nothing.
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(16 * 1024)
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(Some(256));
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    proxy: Arc<Proxy>,
+    conn_cap: Arc<Semaphore>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            res = listener.accept() => match res {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Over `max_connections`: close at once (fast refusal, no queue).
+        let Ok(permit) = Arc::clone(&conn_cap).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, proxy, stop) = (Arc::clone(&builder), Arc::clone(&proxy), stop.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, Infallible>(proxy.handle(peer, req).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            // Serve until the peer is done, or until shutdown asks the
+            // connection to finish its in-flight work and close.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Run until SIGTERM or SIGINT, then drain. A second SIGINT exits at once.
+pub async fn run(config_path: PathBuf, snapshot: Snapshot) -> Result<(), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let handle = start(config_path, snapshot).await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    }
+    handle.shutdown();
+    let mut drained = std::pin::pin!(handle.wait());
+    tokio::select! {
+        _ = &mut drained => {}
+        _ = int.recv() => {
+            tracing::warn!("second SIGINT: exiting without draining");
+            std::process::exit(130);
+        }
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}

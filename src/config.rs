@@ -1,0 +1,140 @@
+//! Config file -> validated, immutable `Snapshot`.
+//!
+//! `raw` is the file as written (serde, `deny_unknown_fields`), `validate`
+//! checks everything and compiles the routing table, reporting every problem
+//! at once (syntax errors with line/column, the rest with a field path such as
+//! `routes[1].segments[0].weight`). Nothing here touches what is serving:
+//! swapping a snapshot in is `live`'s job.
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use crate::routing::Table;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// Default admin listener (design §5).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path (`routes[1].weight`) or empty for syntax errors.
+    pub path: String,
+    /// 1-based line and column, for syntax and type errors.
+    pub location: Option<(u64, u64)>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.location, self.path.is_empty()) {
+            (Some((l, c)), _) => write!(f, "line {l}, column {c}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{} problem(s) in {}", problems.len(), path.display())]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid { problems, .. } => problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_request_body: u64,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_request_body: 10 * 1024 * 1024,
+            max_connections: 10_000,
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    pub name: Arc<str>,
+    /// `host:port`, as written.
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    pub delay: Duration,
+    pub grace: Duration,
+}
+
+/// A validated config, ready to serve. Immutable once built.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Hex sha256 of the file bytes.
+    pub sha256: String,
+    pub listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+    pub access_log: bool,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub table: Table,
+}
+
+impl Snapshot {
+    /// The upstream spec a backend index points to.
+    pub fn upstream(&self, idx: usize) -> Option<&UpstreamSpec> {
+        self.upstreams.get(idx)
+    }
+}
+
+/// Hex sha256 of config bytes (used to skip reloads of unchanged files).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&bytes, path)
+}
+
+/// Validate config bytes read from `path` (relative file references such as
+/// `secret_file` resolve against the file's directory).
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Snapshot, ConfigError> {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    validate(bytes, base).map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+}

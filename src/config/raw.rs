@@ -1,0 +1,175 @@
+//! The config file exactly as written: serde structs with
+//! `deny_unknown_fields`, no defaults applied and nothing checked beyond
+//! types. `validate` turns this into a `Snapshot`.
+//!
+//! Keys that belong to features this build does not implement yet are still
+//! parsed (as `IgnoredAny`) so that `validate` can reject them by name instead
+//! of the operator believing they took effect.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: Vec<RawListen>,
+    pub admin: Option<RawAdmin>,
+    pub state_dir: Option<String>,
+    pub limits: Option<RawLimits>,
+    pub shutdown: Option<RawShutdown>,
+    /// weir extension: `false` turns off the per-request JSON access log.
+    pub access_log: Option<bool>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub address: String,
+    pub tls: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub header_read_timeout: Option<String>,
+    pub max_headers: Option<u64>,
+    pub max_header_bytes: Option<SizeValue>,
+    pub max_request_body: Option<SizeValue>,
+    pub max_connections: Option<u64>,
+    pub max_in_flight: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub delay: Option<String>,
+    pub grace: Option<String>,
+}
+
+/// A size written either as bytes (`65536`) or with a unit (`64KiB`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: Option<RawRouteMatch>,
+    pub stable: RawVersion,
+    pub canary: Option<RawVersion>,
+    pub weight: Option<f64>,
+    pub kill_switch: Option<bool>,
+    pub expose_version: Option<bool>,
+    pub sticky: Option<RawSticky>,
+    #[serde(rename = "override")]
+    pub override_: Option<RawOverride>,
+    #[serde(default)]
+    pub segments: Vec<RawSegment>,
+    pub shadow: Option<IgnoredAny>,
+    pub analysis: Option<IgnoredAny>,
+    pub progression: Option<IgnoredAny>,
+    pub websocket: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteMatch {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub upstream: String,
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    pub salt: Option<String>,
+    pub cookie: Option<RawBucketCookie>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBucketCookie {
+    pub name: Option<String>,
+    pub max_age: Option<String>,
+    pub secret_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSegment {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: RawSegmentMatch,
+    pub weight: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSegmentMatch {
+    #[serde(default)]
+    pub header: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub cookie: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub query: BTreeMap<String, OneOrMany>,
+}
+
+/// `x-market: SE` or `x-market: [SE, NO]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}

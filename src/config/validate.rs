@@ -1,0 +1,392 @@
+//! Checks a raw config and compiles it into a `Snapshot`, collecting every
+//! problem (with its field path) instead of stopping at the first.
+
+use super::raw::{RawConfig, RawRoute, RawSegmentMatch, SizeValue};
+use super::units::{parse_duration, parse_size, weight_to_bp};
+use super::{DEFAULT_ADMIN, Limits, Problem, Shutdown, Snapshot, UpstreamSpec, sha256_hex};
+use crate::routing::{
+    Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table,
+};
+use http::HeaderName;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Collects problems while walking the config.
+#[derive(Default)]
+pub(super) struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), location: None, message: message.into() });
+    }
+
+    fn not_yet(&mut self, path: impl Into<String>) {
+        self.at(path, "not supported by this build of weir yet; remove it (it would otherwise be ignored)");
+    }
+
+    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v.map(|s| parse_duration(s)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.at(path, e);
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, path: &str, v: Option<&SizeValue>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(SizeValue::Bytes(b)) => *b,
+            Some(SizeValue::Text(s)) => parse_size(s).unwrap_or_else(|e| {
+                self.at(path, e);
+                default
+            }),
+        }
+    }
+
+    fn weight(&mut self, path: &str, w: f64) -> u16 {
+        weight_to_bp(w).unwrap_or_else(|e| {
+            self.at(path, e);
+            0
+        })
+    }
+}
+
+/// Parse and validate config bytes; `base` resolves relative file paths.
+pub fn validate(bytes: &[u8], base: &Path) -> Result<Snapshot, Vec<Problem>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        vec![Problem { path: String::new(), location: None, message: format!("not UTF-8: {e}") }]
+    })?;
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| vec![syntax_problem(&e)])?;
+    let mut p = Problems::default();
+    let snapshot = compile(raw, base, sha256_hex(bytes), &mut p);
+    if p.0.is_empty() { Ok(snapshot) } else { Err(p.0) }
+}
+
+fn syntax_problem(e: &serde_saphyr::Error) -> Problem {
+    let location = e.location().map(|l| (l.line(), l.column()));
+    // The first line of the message is the error itself; the rest is a snippet.
+    let message = e.to_string();
+    Problem { path: String::new(), location, message }
+}
+
+fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Snapshot {
+    if raw.listen.is_empty() {
+        p.at("listen", "at least one listener is required");
+    }
+    let mut listen = Vec::new();
+    for (i, l) in raw.listen.iter().enumerate() {
+        match l.address.parse::<SocketAddr>() {
+            Ok(a) if listen.contains(&a) && a.port() != 0 => {
+                p.at(format!("listen[{i}].address"), format!("{a} is listed twice"));
+            }
+            Ok(a) => listen.push(a),
+            Err(_) => p.at(format!("listen[{i}].address"), format!("`{}` is not an ip:port", l.address)),
+        }
+        if l.tls.is_some() {
+            p.not_yet(format!("listen[{i}].tls"));
+        }
+    }
+    let admin_text = raw.admin.as_ref().and_then(|a| a.address.clone());
+    let admin = admin_text.as_deref().unwrap_or(DEFAULT_ADMIN).parse::<SocketAddr>().unwrap_or_else(|_| {
+        p.at("admin.address", "not an ip:port");
+        SocketAddr::from(([127, 0, 0, 1], 9901))
+    });
+    if admin.port() != 0 && listen.contains(&admin) {
+        p.at("admin.address", format!("{admin} conflicts with a proxy listener"));
+    }
+    if raw.admin.as_ref().is_some_and(|a| a.token_file.is_some()) {
+        p.not_yet("admin.token_file");
+    }
+    let limits = compile_limits(&raw, p);
+    let shutdown = Shutdown {
+        delay: p.duration("shutdown.delay", raw.shutdown.as_ref().and_then(|s| s.delay.as_ref()), Duration::ZERO),
+        grace: p.duration(
+            "shutdown.grace",
+            raw.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
+            Duration::from_secs(30),
+        ),
+    };
+    let upstreams = compile_upstreams(&raw, p);
+    let mut names = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !names.insert(r.name.as_str()) {
+            p.at(format!("{path}.name"), format!("duplicate route name `{}`", r.name));
+        }
+        if let Some(route) = compile_route(r, &path, &upstreams, base, p) {
+            routes.push(route);
+        }
+    }
+    Snapshot {
+        sha256,
+        listen,
+        admin,
+        state_dir: raw.state_dir.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./weir-state")),
+        limits,
+        shutdown,
+        access_log: raw.access_log.unwrap_or(true),
+        upstreams,
+        table: Table { routes },
+    }
+}
+
+fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {
+    let d = Limits::default();
+    let Some(l) = &raw.limits else { return d };
+    let count = |p: &mut Problems, name: &str, v: Option<u64>, def: usize, min: u64| match v {
+        None => def,
+        Some(n) if n < min => {
+            p.at(format!("limits.{name}"), format!("must be at least {min}"));
+            def
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let header_bytes = p.size("limits.max_header_bytes", l.max_header_bytes.as_ref(), d.max_header_bytes as u64);
+    if header_bytes < 8192 {
+        p.at("limits.max_header_bytes", "must be at least 8KiB");
+    }
+    Limits {
+        header_read_timeout: p.duration("limits.header_read_timeout", l.header_read_timeout.as_ref(), d.header_read_timeout),
+        max_headers: count(p, "max_headers", l.max_headers, d.max_headers, 1),
+        max_header_bytes: usize::try_from(header_bytes.max(8192)).unwrap_or(usize::MAX),
+        max_request_body: p.size("limits.max_request_body", l.max_request_body.as_ref(), d.max_request_body),
+        max_connections: count(p, "max_connections", l.max_connections, d.max_connections, 1),
+        max_in_flight: count(p, "max_in_flight", l.max_in_flight, d.max_in_flight, 1),
+    }
+}
+
+fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
+    let mut out = Vec::new();
+    for (name, u) in &raw.upstreams {
+        let path = format!("upstreams.{name}");
+        if !is_label_safe(name) {
+            p.at(&path, "names may use letters, digits, `-`, `_` and `.` only");
+        }
+        if u.endpoints.is_empty() {
+            p.at(format!("{path}.endpoints"), "at least one endpoint is required");
+        }
+        for (i, e) in u.endpoints.iter().enumerate() {
+            if let Err(msg) = check_endpoint(e) {
+                p.at(format!("{path}.endpoints[{i}]"), msg);
+            }
+        }
+        let connect_timeout = p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
+        let request_timeout = p.duration(&format!("{path}.request_timeout"), u.request_timeout.as_ref(), Duration::from_secs(30));
+        if connect_timeout.is_zero() || request_timeout.is_zero() {
+            p.at(&path, "timeouts must be greater than zero");
+        }
+        out.push(UpstreamSpec {
+            name: Arc::from(name.as_str()),
+            endpoints: u.endpoints.clone(),
+            connect_timeout,
+            request_timeout,
+        });
+    }
+    out
+}
+
+fn check_endpoint(e: &str) -> Result<(), String> {
+    if e.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = e.rsplit_once(':').ok_or_else(|| format!("`{e}` needs a port (host:port)"))?;
+    port.parse::<u16>().map_err(|_| format!("`{e}` has an invalid port"))?;
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(format!("`{e}` is not a host:port"));
+    }
+    Ok(())
+}
+
+fn is_label_safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn backend(path: &str, upstream: &str, revision: Option<&String>, ups: &[UpstreamSpec], p: &mut Problems) -> Option<Backend> {
+    match ups.iter().position(|u| &*u.name == upstream) {
+        Some(idx) => Some(Backend {
+            upstream: idx,
+            upstream_name: Arc::from(upstream),
+            revision: Arc::from(revision.map(String::as_str).unwrap_or("")),
+        }),
+        None => {
+            p.at(format!("{path}.upstream"), format!("unknown upstream `{upstream}`"));
+            None
+        }
+    }
+}
+
+fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p: &mut Problems) -> Option<Route> {
+    if !is_label_safe(&r.name) {
+        p.at(format!("{path}.name"), "names may use letters, digits, `-`, `_` and `.` only");
+    }
+    for (key, present) in [
+        ("shadow", r.shadow.is_some()),
+        ("analysis", r.analysis.is_some()),
+        ("progression", r.progression.is_some()),
+        ("websocket", r.websocket.is_some()),
+    ] {
+        if present {
+            p.not_yet(format!("{path}.{key}"));
+        }
+    }
+    let hosts = compile_hosts(r, path, p);
+    let path_prefix = r.match_.as_ref().and_then(|m| m.path_prefix.clone()).unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') {
+        p.at(format!("{path}.match.path_prefix"), "must start with `/`");
+    }
+    let stable = backend(&format!("{path}.stable"), &r.stable.upstream, r.stable.revision.as_ref(), ups, p);
+    let canary = r.canary.as_ref().and_then(|c| backend(&format!("{path}.canary"), &c.upstream, c.revision.as_ref(), ups, p));
+    let weight_bp = p.weight(&format!("{path}.weight"), r.weight.unwrap_or(0.0));
+    if r.canary.is_none() && (weight_bp > 0 || !r.segments.is_empty() || r.override_.is_some()) {
+        p.at(path, "weight, segments and override need a `canary`");
+    }
+    let sticky = r.sticky.as_ref().and_then(|s| compile_sticky(s, &r.name, &format!("{path}.sticky"), base, p));
+    let override_ = r.override_.as_ref().map(|o| {
+        if o.header.is_none() && o.cookie.is_none() {
+            p.at(format!("{path}.override"), "set `header`, `cookie` or both");
+        }
+        Override {
+            header: o.header.as_ref().and_then(|h| header_name(&format!("{path}.override.header"), h, p)),
+            cookie: o.cookie.clone(),
+        }
+    });
+    let mut seg_names = HashSet::new();
+    let segments = r
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sp = format!("{path}.segments[{i}]");
+            if !seg_names.insert(s.name.as_str()) {
+                p.at(format!("{sp}.name"), format!("duplicate segment name `{}`", s.name));
+            }
+            Segment {
+                name: s.name.clone(),
+                matchers: compile_segment_match(&s.match_, &format!("{sp}.match"), p),
+                weight_bp: p.weight(&format!("{sp}.weight"), s.weight),
+            }
+        })
+        .collect();
+    Some(Route {
+        name: Arc::from(r.name.as_str()),
+        name_header: http::HeaderValue::from_str(&r.name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
+        hosts,
+        path_prefix,
+        stable: stable?,
+        canary,
+        config_weight_bp: weight_bp,
+        weight_bp,
+        killed: r.kill_switch.unwrap_or(false),
+        rolled_back: false,
+        expose_version: r.expose_version.unwrap_or(false),
+        sticky,
+        override_,
+        segments,
+    })
+}
+
+fn compile_hosts(r: &RawRoute, path: &str, p: &mut Problems) -> Vec<HostMatch> {
+    let Some(m) = &r.match_ else { return Vec::new() };
+    m.hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let h = h.to_ascii_lowercase();
+            let (suffix, name) = match h.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, h.as_str()),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+                p.at(format!("{path}.match.hosts[{i}]"), format!("`{h}` is not a host name or `*.suffix` (no ports)"));
+                return None;
+            }
+            Some(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(name.to_string()) })
+        })
+        .collect()
+}
+
+fn header_name(path: &str, h: &str, p: &mut Problems) -> Option<HeaderName> {
+    HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+        .map_err(|_| p.at(path, format!("`{h}` is not a valid header name")))
+        .ok()
+}
+
+fn compile_sticky(s: &super::raw::RawSticky, route: &str, path: &str, base: &Path, p: &mut Problems) -> Option<Sticky> {
+    let keys = s
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            let kp = format!("{path}.keys[{i}]");
+            match k.split_once(':') {
+                Some(("header", h)) => header_name(&kp, h, p).map(KeySource::Header),
+                Some(("cookie", c)) if !c.is_empty() => Some(KeySource::Cookie(c.to_string())),
+                Some(("query", q)) if !q.is_empty() => Some(KeySource::Query(q.to_string())),
+                _ => {
+                    p.at(kp, format!("`{k}` must be header:NAME, cookie:NAME or query:NAME"));
+                    None
+                }
+            }
+        })
+        .collect();
+    let mut salt_sep = s.salt.as_deref().unwrap_or(route).as_bytes().to_vec();
+    salt_sep.push(0x1f);
+    let cookie = s.cookie.as_ref().and_then(|c| {
+        let cp = format!("{path}.cookie");
+        let max_age = p.duration(&format!("{cp}.max_age"), c.max_age.as_ref(), Duration::from_secs(30 * 86400));
+        let secret = match &c.secret_file {
+            None => None,
+            Some(f) => match std::fs::read(resolve(base, f)) {
+                Ok(mut bytes) => {
+                    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                        bytes.pop();
+                    }
+                    Some(bytes)
+                }
+                Err(e) => {
+                    p.at(format!("{cp}.secret_file"), format!("cannot read {f}: {e}"));
+                    return None;
+                }
+            },
+        };
+        let name = c.name.clone().unwrap_or_else(|| "weir_bucket".into());
+        if !is_label_safe(&name) {
+            p.at(format!("{cp}.name"), "cookie names may use letters, digits, `-`, `_` and `.` only");
+        }
+        BucketCookie::new(name, max_age.as_secs(), secret.as_deref())
+            .map_err(|e| p.at(format!("{cp}.secret_file"), e))
+            .ok()
+    });
+    Some(Sticky { keys, salt_sep, cookie })
+}
+
+fn resolve(base: &Path, f: &str) -> PathBuf {
+    let path = Path::new(f);
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+}
+
+fn compile_segment_match(m: &RawSegmentMatch, path: &str, p: &mut Problems) -> Vec<SegmentMatcher> {
+    let mut out = Vec::new();
+    for (name, values) in &m.header {
+        if let Some(h) = header_name(&format!("{path}.header.{name}"), name, p) {
+            out.push(SegmentMatcher::Header(h, values.clone().into_vec()));
+        }
+    }
+    for (name, values) in &m.cookie {
+        out.push(SegmentMatcher::Cookie(name.clone(), values.clone().into_vec()));
+    }
+    for (name, values) in &m.query {
+        out.push(SegmentMatcher::Query(name.clone(), values.clone().into_vec()));
+    }
+    if out.is_empty() {
+        p.at(path, "a segment needs at least one header, cookie or query condition");
+    }
+    out
+}

@@ -1,0 +1,32 @@
+//! weir: a Layer-7 canary traffic-splitting edge proxy.
+//!
+//! Data flow of one request:
+//!
+//! ```text
+//!  client ──► app (accept, hyper h1/h2c) ──► proxy::handle
+//!                                              │ live.load()  (one snapshot per request)
+//!                                              │ routing::decide  (pure: route, version, reason)
+//!                                              │ upstream::connect (canary unreachable ⇒ stable)
+//!                                              │ headers rewritten in place, send, stream back
+//!                                              ▼
+//!                                   Completion (on body drop): access log
+//! ```
+//!
+//! Where things live: the split is decided in [`routing`]; config files
+//! become an immutable [`config::Snapshot`]; the only way to change what
+//! serves is [`live::Live::install`].
+
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod explain;
+pub mod live;
+pub mod proxy;
+pub mod routing;
+pub mod upstream;
+
+/// weir's version, from Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

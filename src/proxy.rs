@@ -1,0 +1,300 @@
+//! The hyper service: one request's lifecycle.
+//!
+//! Phases: load the snapshot once → validate the head (Host, body size) →
+//! `routing::decide` → connect (canary unreachable ⇒ stable, reason
+//! `fallback`) → rewrite headers in place → send → rewrite response headers
+//! → stream the body back. The request is finished when the response body is
+//! dropped: `Completion` then writes the access-log line and frees the
+//! in-flight slot. Errors become responses in exactly one place
+//! (`ProxyError::status`, `local_response`).
+
+mod body;
+pub mod error;
+pub mod headers;
+
+pub use body::RespBody;
+pub use error::ProxyError;
+
+use crate::access_log::{AccessLog, Record, rfc3339_now};
+use crate::live::{Live, Served};
+use crate::routing::{self, BUCKETS, Facts, Reason, Version};
+use crate::upstream::{ReqBody, UpstreamError};
+use bytes::Bytes;
+use headers::{X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use rand::RngExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Shared by every connection of every listener.
+pub struct Proxy {
+    live: Arc<Live>,
+    log: Arc<AccessLog>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A slot in `max_in_flight`; released on drop.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn acquire(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(counter)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+static V_STABLE: HeaderValue = HeaderValue::from_static("stable");
+static V_CANARY: HeaderValue = HeaderValue::from_static("canary");
+
+fn version_value(v: Version) -> HeaderValue {
+    match v {
+        Version::Stable => V_STABLE.clone(),
+        Version::Canary => V_CANARY.clone(),
+    }
+}
+
+/// Access-log fields gathered while the request is handled. Only built when
+/// the access log is enabled.
+#[derive(Default)]
+struct LogFields {
+    request_id: String,
+    trace_id: Option<String>,
+    client_ip: String,
+    method: String,
+    authority: String,
+    path: String,
+    route: Option<Arc<str>>,
+    version: Option<Version>,
+    revision: Option<Arc<str>>,
+    reason: Option<String>,
+    bucket: Option<u16>,
+    upstream: Option<Arc<str>>,
+}
+
+/// Runs when the response body is dropped: the request is over.
+pub struct Completion {
+    log: Arc<AccessLog>,
+    start: Instant,
+    _slot: Option<InFlight>,
+    fields: Option<LogFields>,
+    status: u16,
+    upstream_ms: Option<f64>,
+    bytes_in: Option<Arc<AtomicU64>>,
+    flags: Vec<&'static str>,
+}
+
+impl Completion {
+    fn finish(mut self: Box<Self>, bytes_out: u64, complete: bool) {
+        if !complete {
+            self.flags.push("truncated");
+        }
+        let Some(f) = &self.fields else { return };
+        let reason = f.reason.as_deref();
+        self.log.write(&Record {
+            ts: rfc3339_now(),
+            target: "access",
+            request_id: &f.request_id,
+            trace_id: f.trace_id.as_deref(),
+            client_ip: &f.client_ip,
+            method: &f.method,
+            authority: &f.authority,
+            path: &f.path,
+            route: f.route.as_deref(),
+            version: f.version.map(Version::as_str),
+            revision: f.revision.as_deref(),
+            reason,
+            bucket: f.bucket,
+            upstream: f.upstream.as_deref(),
+            status: self.status,
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            upstream_duration_ms: self.upstream_ms,
+            bytes_in: self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
+            bytes_out,
+            flags: &self.flags,
+        });
+    }
+}
+
+impl Proxy {
+    pub fn new(live: Arc<Live>, log: Arc<AccessLog>) -> Self {
+        Self { live, log, in_flight: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Requests currently being handled (for shutdown and metrics).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+        let start = Instant::now();
+        let served = self.live.load();
+        let mut done = Box::new(Completion {
+            log: Arc::clone(&self.log),
+            start,
+            _slot: None,
+            fields: self.log.enabled().then(|| LogFields {
+                client_ip: peer.ip().to_string(),
+                method: req.method().as_str().to_owned(),
+                path: req.uri().path().to_owned(),
+                ..LogFields::default()
+            }),
+            status: 0,
+            upstream_ms: None,
+            bytes_in: None,
+            flags: Vec::new(),
+        });
+        match InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight) {
+            Some(slot) => done._slot = Some(slot),
+            None => return local_response(&ProxyError::Overloaded, done),
+        }
+        match self.forward(&served, peer, req, &mut done).await {
+            Ok(resp) => resp.map(|b| RespBody::upstream(b, Some(done))),
+            Err(e) => local_response(&e, done),
+        }
+    }
+
+    async fn forward(
+        &self,
+        served: &Served,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        done: &mut Completion,
+    ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
+        let snap = &served.snapshot;
+        let (mut parts, body) = req.into_parts();
+        let authority = headers::authority(&parts).map_err(ProxyError::Host)?.to_owned();
+        let (hostname, _port) = headers::split_port(&authority);
+        if let Some(f) = done.fields.as_mut() {
+            f.authority.clone_from(&authority);
+            f.trace_id = headers::trace_id(&parts.headers).map(str::to_owned);
+        }
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > snap.limits.max_request_body) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        let draw = rand::rng().random_range(0..BUCKETS);
+        let facts = Facts { host: hostname, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
+        let decision = routing::decide(&snap.table, &facts, draw).ok_or(ProxyError::NoRoute)?;
+        let route = snap.table.routes.get(decision.route).ok_or(ProxyError::NoRoute)?;
+        let (mut version, mut reason) = (decision.version, decision.reason);
+
+        // Connect before touching the request: a canary we cannot reach has
+        // not seen it, so stable can take it whatever the method (§2 step 7).
+        let upstream_start = Instant::now();
+        let pick = |v: Version| served.upstream(route.backend(v).upstream).ok_or(ProxyError::NoRoute);
+        let conn = match pick(version)?.connect().await {
+            Ok(c) => c,
+            Err(e) if version == Version::Canary && e.is_connect() => {
+                tracing::debug!(route = %route.name, error = %e, "canary unreachable, falling back to stable");
+                version = Version::Stable;
+                reason = Reason::Fallback;
+                done.flags.push("fallback");
+                pick(version)?.connect().await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let backend = route.backend(version);
+        if let Some(f) = done.fields.as_mut() {
+            f.route = Some(Arc::clone(&route.name));
+            f.version = Some(version);
+            f.revision = Some(Arc::clone(&backend.revision));
+            f.reason = Some(reason.describe(route));
+            f.bucket = decision.bucket.map(|b| b.value);
+            f.upstream = Some(Arc::clone(&backend.upstream_name));
+        }
+
+        // Rewrite the request head in place.
+        let keep = route.override_.as_ref().and_then(|o| o.header.as_ref());
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        headers::strip_internal(&mut parts.headers, keep);
+        headers::add_forwarded(&mut parts.headers, &peer.ip().to_string(), "http", &authority);
+        let request_id = match parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = format!("{:032x}", rand::rng().random::<u128>());
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    parts.headers.insert(&X_REQUEST_ID, v);
+                }
+                id
+            }
+        };
+        if let Some(f) = done.fields.as_mut() {
+            f.request_id = request_id;
+        }
+        parts.headers.insert(&X_WEIR_ROUTE, route.name_header.clone());
+        parts.headers.insert(&X_WEIR_VERSION, version_value(version));
+        if !parts.headers.contains_key(HOST) && !authority.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+        if parts.uri.authority().is_some() {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        parts.version = http::Version::HTTP_11;
+        let has_body = !hyper::body::Body::is_end_stream(&body) && parts.method != Method::HEAD;
+        let req_body = if has_body {
+            let counter = done.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
+            done.bytes_in.clone_from(&counter);
+            ReqBody::new(body, snap.limits.max_request_body, counter)
+        } else {
+            ReqBody::empty()
+        };
+
+        let upstream = pick(version)?;
+        let resp = upstream.send(conn, Request::from_parts(parts, req_body)).await?;
+        done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // We never asked for an upgrade: an unsolicited 101 is broken.
+            return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers, false);
+        rparts.version = http::Version::HTTP_11;
+        if route.expose_version {
+            rparts.headers.insert(&X_WEIR_VERSION, version_value(version));
+        }
+        if let (Some(bucket), Some(cookie)) =
+            (decision.set_cookie, route.sticky.as_ref().and_then(|s| s.cookie.as_ref()))
+        {
+            if let Ok(v) = HeaderValue::from_str(&cookie.set_cookie_header(bucket)) {
+                rparts.headers.append(SET_COOKIE, v);
+                done.flags.push("bucket_cookie_set");
+            }
+        }
+        done.status = rparts.status.as_u16();
+        Ok(Response::from_parts(rparts, rbody))
+    }
+}
+
+/// The response weir itself generates for an error.
+fn local_response(err: &ProxyError, mut done: Box<Completion>) -> Response<RespBody> {
+    let status = err.status();
+    done.status = status.as_u16();
+    done.flags.push(err.tag());
+    match err.fault() {
+        error::Fault::Upstream => tracing::warn!(error = %err, status = status.as_u16(), "upstream failure"),
+        error::Fault::Ours => tracing::warn!(error = %err, status = status.as_u16(), "request refused"),
+        error::Fault::Client => tracing::debug!(error = %err, status = status.as_u16(), "bad request"),
+    }
+    let text = Bytes::from(format!("weir: {}\n", status.canonical_reason().unwrap_or("error")));
+    let mut resp = Response::new(RespBody::local(text, Some(done)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert("x-weir-error", HeaderValue::from_static(err.tag()));
+    resp
+}

@@ -1,0 +1,95 @@
+//! Every way a request can fail inside weir, and the one place that maps it
+//! to a status code. Each error says whose fault it is.
+
+use super::headers::HostError;
+use crate::upstream::UpstreamError;
+use http::StatusCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Ours,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{}", .0.as_str())]
+    Host(HostError),
+    #[error("no route matches")]
+    NoRoute,
+    #[error("request body over the limit")]
+    BodyTooLarge,
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Host(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::Timeout) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Upstream(
+                UpstreamError::Connect(_) | UpstreamError::Reset(_) | UpstreamError::Protocol(_) | UpstreamError::Protocol101,
+            ) => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::Host(_) | ProxyError::NoRoute | ProxyError::BodyTooLarge => Fault::Client,
+            ProxyError::Upstream(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => Fault::Client,
+            ProxyError::Overloaded => Fault::Ours,
+            ProxyError::Upstream(_) => Fault::Upstream,
+        }
+    }
+
+    /// Short machine-readable tag for the `x-weir-error` response header and logs.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            ProxyError::Host(_) => "bad_host",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::Upstream(e) => match e {
+                UpstreamError::Connect(_) => "upstream_connect",
+                UpstreamError::ConnectTimeout => "upstream_connect_timeout",
+                UpstreamError::Timeout => "upstream_timeout",
+                UpstreamError::Reset(_) => "upstream_reset",
+                UpstreamError::Protocol(_) | UpstreamError::Protocol101 => "upstream_protocol",
+                UpstreamError::BodyTooLarge => "body_too_large",
+                UpstreamError::ClientBody(_) => "client_body",
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let refused = ProxyError::Upstream(UpstreamError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(refused.fault(), Fault::Upstream);
+        assert_eq!(ProxyError::Upstream(UpstreamError::Timeout).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ProxyError::Upstream(UpstreamError::ConnectTimeout).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ProxyError::Host(HostError::Missing).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
+        assert_eq!(ProxyError::BodyTooLarge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(ProxyError::Overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

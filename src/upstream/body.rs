@@ -1,0 +1,148 @@
+//! Bodies crossing the upstream boundary.
+//!
+//! `ReqBody` streams the client's body to the upstream, enforcing
+//! `max_request_body` when the length was not known up front and counting
+//! bytes for the access log. `PooledBody` streams the upstream's response and
+//! returns the connection to its endpoint's idle stack only once the body
+//! has been read to the end; dropped early, the connection is closed.
+
+use super::pool::Endpoint;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+/// The client sent more than `max_request_body`.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over the configured limit")
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+/// True if a hyper error was caused by our body limit.
+pub fn is_body_too_large(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<BodyTooLarge>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request body sent upstream.
+pub struct ReqBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+    /// Shared with the access log; only allocated when a body is present.
+    counter: Option<Arc<AtomicU64>>,
+}
+
+impl ReqBody {
+    pub fn empty() -> Self {
+        Self { inner: None, limit: 0, seen: 0, counter: None }
+    }
+
+    pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
+        Self { inner: Some(inner), limit, seen: 0, counter }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            None => Poll::Ready(None),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.seen = this.seen.saturating_add(n);
+                    if let Some(c) = &this.counter {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// Response body from an upstream; gives its connection back when finished.
+pub struct PooledBody {
+    inner: Incoming,
+    back: Option<(http1::SendRequest<ReqBody>, Arc<Endpoint>)>,
+}
+
+impl PooledBody {
+    pub(super) fn new(inner: Incoming, tx: http1::SendRequest<ReqBody>, endpoint: Arc<Endpoint>) -> Self {
+        let mut b = Self { inner, back: Some((tx, endpoint)) };
+        b.release_if_done();
+        b
+    }
+
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some((tx, ep)) = self.back.take() {
+                ep.put(tx);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let out = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &out {
+            // Clean end: the exchange is complete, the connection reusable.
+            None => {
+                if let Some((tx, ep)) = this.back.take() {
+                    ep.put(tx);
+                }
+            }
+            Some(Ok(_)) => this.release_if_done(),
+            // Broken mid-body: never reuse this connection.
+            Some(Err(_)) => this.back = None,
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
