@@ -145,7 +145,7 @@ impl Proxy {
             log: Arc::clone(&self.log),
             start,
             _slot: None,
-            fields: self.log.enabled().then(|| LogFields {
+            fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
                 client_ip: peer.ip().to_string(),
                 method: req.method().as_str().to_owned(),
                 path: req.uri().path().to_owned(),

@@ -129,4 +129,4 @@ pub fn decide(table: &Table, facts: &Facts<'_>, draw: u16) -> Option<Decision> {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;

@@ -157,12 +157,54 @@ pub struct RawSegmentMatch {
     pub query: BTreeMap<String, OneOrMany>,
 }
 
-/// `x-market: SE` or `x-market: [SE, NO]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// `x-market: SE` or `x-market: [SE, NO]`. Scalars of any YAML type
+/// (`46`, `true`) are taken as their text, since they are compared with
+/// header, cookie and query values.
+#[derive(Debug, Clone)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                loop {
+                    match seq.next_element::<OneOrMany>()? {
+                        Some(OneOrMany::One(v)) => out.push(v),
+                        Some(OneOrMany::Many(_)) => {
+                            return Err(serde::de::Error::custom("lists of values cannot be nested"));
+                        }
+                        None => break,
+                    }
+                }
+                Ok(OneOrMany::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl OneOrMany {

@@ -62,7 +62,11 @@ pub fn validate(bytes: &[u8], base: &Path) -> Result<Snapshot, Vec<Problem>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         vec![Problem { path: String::new(), location: None, message: format!("not UTF-8: {e}") }]
     })?;
-    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| vec![syntax_problem(&e)])?;
+    // YAML 1.2 booleans only: under YAML 1.1 rules `NO` (Norway) in a market
+    // list would silently become `false`.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| vec![syntax_problem(&e)])?;
     let mut p = Problems::default();
     let snapshot = compile(raw, base, sha256_hex(bytes), &mut p);
     if p.0.is_empty() { Ok(snapshot) } else { Err(p.0) }

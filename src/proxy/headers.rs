@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(authority(&none), Err(HostError::Missing));
         let two = parts(Request::get("/").header("host", "a").header("host", "b").body(()).unwrap_or_default());
         assert_eq!(authority(&two), Err(HostError::Duplicate));
-        for bad in ["a b", "a/b", "a:port", "a:123456", "a@b", ""] {
+        for bad in ["a b", "a/b", "a:port", "a:123456", "a@b", "[::1"] {
             let p = parts(Request::get("/").header("host", bad).body(()).unwrap_or_default());
             assert!(authority(&p).is_err(), "{bad:?}");
         }
@@ -215,7 +215,8 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         strip_hop_by_hop(&mut h, false);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, ["te", "x-keep"]);
         assert_eq!(h.get(TE), Some(&HeaderValue::from_static("trailers")));
     }
