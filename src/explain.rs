@@ -36,7 +36,8 @@ pub struct Explanation {
 pub fn headers_of(q: &Query) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     for (k, v) in &q.headers {
-        let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| format!("bad header name `{k}`"))?;
+        let name =
+            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| format!("bad header name `{k}`"))?;
         let value = HeaderValue::from_str(v).map_err(|_| format!("bad header value for `{k}`"))?;
         map.append(name, value);
     }

@@ -236,10 +236,11 @@ impl Proxy {
         }
         parts.headers.insert(&X_WEIR_ROUTE, route.name_header.clone());
         parts.headers.insert(&X_WEIR_VERSION, version_value(version));
-        if !parts.headers.contains_key(HOST) && !authority.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&authority) {
-                parts.headers.insert(HOST, v);
-            }
+        if !parts.headers.contains_key(HOST)
+            && !authority.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&authority)
+        {
+            parts.headers.insert(HOST, v);
         }
         if parts.uri.authority().is_some() {
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -270,11 +271,10 @@ impl Proxy {
         }
         if let (Some(bucket), Some(cookie)) =
             (decision.set_cookie, route.sticky.as_ref().and_then(|s| s.cookie.as_ref()))
+            && let Ok(v) = HeaderValue::from_str(&cookie.set_cookie_header(bucket))
         {
-            if let Ok(v) = HeaderValue::from_str(&cookie.set_cookie_header(bucket)) {
-                rparts.headers.append(SET_COOKIE, v);
-                done.flags.push("bucket_cookie_set");
-            }
+            rparts.headers.append(SET_COOKIE, v);
+            done.flags.push("bucket_cookie_set");
         }
         done.status = rparts.status.as_u16();
         Ok(Response::from_parts(rparts, rbody))

@@ -2,6 +2,8 @@
 //! overrides, kill switch, bucket cookies and canary fallback, asserting what
 //! the upstreams actually received.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};

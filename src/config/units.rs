@@ -14,9 +14,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{s}` has no unit (use ms, s, m, h or d)"))?;
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 10s, 5m)"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 250ms, 10s, 5m)"))?;
     let secs = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,
@@ -36,9 +34,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 64KiB, 10MiB)"))?;
+    let value: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 64KiB, 10MiB)"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
@@ -49,9 +45,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GiB" => 1024 * 1024 * 1024,
         other => return Err(format!("unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB)")),
     };
-    value
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size `{s}` is too large"))
+    value.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
 }
 
 /// Convert a percent (0–100, at most two decimals) into basis points (0–10000).

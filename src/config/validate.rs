@@ -59,9 +59,8 @@ impl Problems {
 
 /// Parse and validate config bytes; `base` resolves relative file paths.
 pub fn validate(bytes: &[u8], base: &Path) -> Result<Snapshot, Vec<Problem>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        vec![Problem { path: String::new(), location: None, message: format!("not UTF-8: {e}") }]
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| vec![Problem { path: String::new(), location: None, message: format!("not UTF-8: {e}") }])?;
     // YAML 1.2 booleans only: under YAML 1.1 rules `NO` (Norway) in a market
     // list would silently become `false`.
     let mut options = serde_saphyr::Options::default();
@@ -74,8 +73,16 @@ pub fn validate(bytes: &[u8], base: &Path) -> Result<Snapshot, Vec<Problem>> {
 
 fn syntax_problem(e: &serde_saphyr::Error) -> Problem {
     let location = e.location().map(|l| (l.line(), l.column()));
-    // The first line of the message is the error itself; the rest is a snippet.
-    let message = e.to_string();
+    // The first line is "error: line L column C: <what>"; we print the
+    // location ourselves, so keep <what> and the snippet that follows.
+    let full = e.to_string();
+    let (first, rest) = full.split_once('\n').unwrap_or((full.as_str(), ""));
+    let what = first.strip_prefix("error: ").unwrap_or(first);
+    let what = match what.strip_prefix("line ") {
+        Some(after) => after.split_once(": ").map_or(what, |(_, w)| w),
+        None => what,
+    };
+    let message = if rest.is_empty() { what.to_string() } else { format!("{what}\n{rest}") };
     Problem { path: String::new(), location, message }
 }
 
@@ -157,7 +164,11 @@ fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {
         p.at("limits.max_header_bytes", "must be at least 8KiB");
     }
     Limits {
-        header_read_timeout: p.duration("limits.header_read_timeout", l.header_read_timeout.as_ref(), d.header_read_timeout),
+        header_read_timeout: p.duration(
+            "limits.header_read_timeout",
+            l.header_read_timeout.as_ref(),
+            d.header_read_timeout,
+        ),
         max_headers: count(p, "max_headers", l.max_headers, d.max_headers, 1),
         max_header_bytes: usize::try_from(header_bytes.max(8192)).unwrap_or(usize::MAX),
         max_request_body: p.size("limits.max_request_body", l.max_request_body.as_ref(), d.max_request_body),
@@ -181,8 +192,10 @@ fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
                 p.at(format!("{path}.endpoints[{i}]"), msg);
             }
         }
-        let connect_timeout = p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
-        let request_timeout = p.duration(&format!("{path}.request_timeout"), u.request_timeout.as_ref(), Duration::from_secs(30));
+        let connect_timeout =
+            p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
+        let request_timeout =
+            p.duration(&format!("{path}.request_timeout"), u.request_timeout.as_ref(), Duration::from_secs(30));
         if connect_timeout.is_zero() || request_timeout.is_zero() {
             p.at(&path, "timeouts must be greater than zero");
         }
@@ -212,7 +225,13 @@ fn is_label_safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn backend(path: &str, upstream: &str, revision: Option<&String>, ups: &[UpstreamSpec], p: &mut Problems) -> Option<Backend> {
+fn backend(
+    path: &str,
+    upstream: &str,
+    revision: Option<&String>,
+    ups: &[UpstreamSpec],
+    p: &mut Problems,
+) -> Option<Backend> {
     match ups.iter().position(|u| &*u.name == upstream) {
         Some(idx) => Some(Backend {
             upstream: idx,
@@ -246,7 +265,8 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         p.at(format!("{path}.match.path_prefix"), "must start with `/`");
     }
     let stable = backend(&format!("{path}.stable"), &r.stable.upstream, r.stable.revision.as_ref(), ups, p);
-    let canary = r.canary.as_ref().and_then(|c| backend(&format!("{path}.canary"), &c.upstream, c.revision.as_ref(), ups, p));
+    let canary =
+        r.canary.as_ref().and_then(|c| backend(&format!("{path}.canary"), &c.upstream, c.revision.as_ref(), ups, p));
     let weight_bp = p.weight(&format!("{path}.weight"), r.weight.unwrap_or(0.0));
     if r.canary.is_none() && (weight_bp > 0 || !r.segments.is_empty() || r.override_.is_some()) {
         p.at(path, "weight, segments and override need a `canary`");
@@ -307,7 +327,9 @@ fn compile_hosts(r: &RawRoute, path: &str, p: &mut Problems) -> Vec<HostMatch> {
                 Some(rest) => (true, rest),
                 None => (false, h.as_str()),
             };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+            if name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            {
                 p.at(format!("{path}.match.hosts[{i}]"), format!("`{h}` is not a host name or `*.suffix` (no ports)"));
                 return None;
             }

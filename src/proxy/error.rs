@@ -36,14 +36,13 @@ impl ProxyError {
             }
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::Timeout) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(
-                UpstreamError::Connect(_) | UpstreamError::Reset(_) | UpstreamError::Protocol(_) | UpstreamError::Protocol101,
-            ) => {
-                StatusCode::BAD_GATEWAY
-            }
+                UpstreamError::Connect(_)
+                | UpstreamError::Reset(_)
+                | UpstreamError::Protocol(_)
+                | UpstreamError::Protocol101,
+            ) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -82,7 +81,8 @@ mod tests {
 
     #[test]
     fn upstream_failures_map_to_gateway_statuses() {
-        let refused = ProxyError::Upstream(UpstreamError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        let refused =
+            ProxyError::Upstream(UpstreamError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
         assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(refused.fault(), Fault::Upstream);
         assert_eq!(ProxyError::Upstream(UpstreamError::Timeout).status(), StatusCode::GATEWAY_TIMEOUT);

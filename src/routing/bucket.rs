@@ -61,10 +61,8 @@ const TAG_LEN: usize = 16;
 impl BucketCookie {
     pub fn new(name: String, max_age_secs: u64, secret: Option<&[u8]>) -> Result<Self, String> {
         let mac = match secret {
-            Some(key) if key.is_empty() => return Err("the cookie secret is empty".into()),
-            Some(key) => Some(
-                Hmac::<Sha256>::new_from_slice(key).map_err(|e| format!("bad cookie secret: {e}"))?,
-            ),
+            Some([]) => return Err("the cookie secret is empty".into()),
+            Some(key) => Some(Hmac::<Sha256>::new_from_slice(key).map_err(|e| format!("bad cookie secret: {e}"))?),
             None => None,
         };
         Ok(Self { name, max_age_secs, mac })
@@ -123,12 +121,7 @@ impl BucketCookie {
 
     /// The full `Set-Cookie` header value for a bucket.
     pub fn set_cookie_header(&self, bucket: u16) -> String {
-        format!(
-            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-            self.name,
-            self.encode(bucket),
-            self.max_age_secs
-        )
+        format!("{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax", self.name, self.encode(bucket), self.max_age_secs)
     }
 }
 

@@ -22,15 +22,12 @@ impl<'a> Facts<'a> {
 
     /// Value of the first cookie with this name across all Cookie headers.
     pub fn cookie(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
+        self.headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
+            |pair| {
                 let (k, v) = pair.trim().split_once('=')?;
                 (k.trim() == name).then(|| v.trim().trim_matches('"'))
-            })
+            },
+        )
     }
 
     /// Raw (not percent-decoded) value of the first query parameter with this name.

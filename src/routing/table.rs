@@ -162,8 +162,7 @@ pub struct Route {
 
 impl Route {
     pub fn matches(&self, host: &str, path: &str) -> bool {
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host)))
-            && path.starts_with(&self.path_prefix)
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))) && path.starts_with(&self.path_prefix)
     }
 
     pub fn backend(&self, version: Version) -> &Backend {

@@ -130,14 +130,21 @@ fn override_header_then_cookie_with_only_known_values() {
         Some((Version::Stable, Reason::Override)),
         "header wins over cookie"
     );
-    assert_eq!(v(hdrs(&[("x-weir-override", "CANARY!")])), Some((Version::Stable, Reason::Weight)), "other values ignored");
+    assert_eq!(
+        v(hdrs(&[("x-weir-override", "CANARY!")])),
+        Some((Version::Stable, Reason::Weight)),
+        "other values ignored"
+    );
 }
 
 #[test]
 fn first_present_sticky_key_gives_the_bucket() {
     let t = sticky_route(50.0);
     let by_header = decide_with(&t, "h", "/", &hdrs(&[("x-player-id", "p1"), ("cookie", "player_id=p2")]), 0);
-    assert_eq!(by_header.and_then(|d| d.bucket), Some(Bucket { value: bucket_of(b"app\x1f", b"p1"), source: BucketSource::Key(0) }));
+    assert_eq!(
+        by_header.and_then(|d| d.bucket),
+        Some(Bucket { value: bucket_of(b"app\x1f", b"p1"), source: BucketSource::Key(0) })
+    );
     let by_cookie = decide_with(&t, "h", "/", &hdrs(&[("cookie", "x=1; player_id=p2")]), 0);
     assert_eq!(by_cookie.and_then(|d| d.bucket.map(|b| b.value)), Some(bucket_of(b"app\x1f", b"p2")));
     let h = HeaderMap::new();

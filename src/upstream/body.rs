@@ -109,10 +109,10 @@ impl PooledBody {
     }
 
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream() {
-            if let Some((tx, ep)) = self.back.take() {
-                ep.put(tx);
-            }
+        if self.inner.is_end_stream()
+            && let Some((tx, ep)) = self.back.take()
+        {
+            ep.put(tx);
         }
     }
 }

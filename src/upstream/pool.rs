@@ -55,10 +55,10 @@ impl Endpoint {
         if tx.is_closed() {
             return;
         }
-        if let Ok(mut stack) = self.idle.lock() {
-            if stack.len() < self.max_idle {
-                stack.push(Idle { tx, since: Instant::now() });
-            }
+        if let Ok(mut stack) = self.idle.lock()
+            && stack.len() < self.max_idle
+        {
+            stack.push(Idle { tx, since: Instant::now() });
         }
     }
 

@@ -1,0 +1,252 @@
+//! The `weir` binary: `check` on every shipped config and on broken ones,
+//! `version`, and `explain` compared with what the running proxy does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{Upstream, client, get};
+
+fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn check(path: &Path) -> (bool, String) {
+    let out = weir().args(["check", "-c"]).arg(path).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let (ok, out) = check(&path);
+            assert!(ok, "{}: {out}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected the example configs, found {n}");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = weir().arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_reports_every_semantic_problem_with_its_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "bad.yaml",
+        r#"listen: [{address: 127.0.0.1:8080}, {address: 127.0.0.1:8080}]
+upstreams:
+  v1: {endpoints: []}
+  v2: {endpoints: ["nohost"]}
+routes:
+  - name: app
+    stable: {upstream: v1}
+    canary: {upstream: v9}
+    weight: 101
+    segments:
+      - {name: s, match: {header: {x-a: "1"}}, weight: 1.234}
+    shadow: {upstream: v2}
+  - name: app
+    stable: {upstream: v2}
+"#,
+    );
+    let (ok, out) = check(&p);
+    assert!(!ok);
+    for expected in [
+        "8 problem(s)",
+        "listen[1].address: 127.0.0.1:8080 is listed twice",
+        "upstreams.v1.endpoints: at least one endpoint is required",
+        "upstreams.v2.endpoints[0]: `nohost` needs a port",
+        "routes[0].canary.upstream: unknown upstream `v9`",
+        "routes[0].weight: weight 101 is outside 0–100",
+        "routes[0].segments[0].weight: weight 1.234 has more than two decimals",
+        "routes[0].shadow: not supported by this build",
+        "routes[1].name: duplicate route name `app`",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_reports_syntax_and_unknown_keys_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        "listen: [{address: 127.0.0.1:8080}]\nroutes:\n  - name: a\n    stabel: {upstream: v1}\n",
+    );
+    let (ok, out) = check(&typo);
+    assert!(!ok);
+    assert!(out.contains("line 4, column 5: unknown field `stabel`"), "{out}");
+    let broken = write(dir.path(), "broken.yaml", "listen: [{address: 127.0.0.1:8080}\nroutes: [\n");
+    let (ok, out) = check(&broken);
+    assert!(!ok);
+    assert!(out.contains("line 2, column"), "{out}");
+    let half =
+        write(dir.path(), "half.yaml", "listen:\n  - address: 127.0.0.1:8080\nupstreams:\n  v1: {endpoints: [127.0.0");
+    assert!(!check(&half).0, "a half-written file is invalid");
+    let missing = dir.path().join("nope.yaml");
+    let (ok, out) = check(&missing);
+    assert!(!ok && out.contains("cannot read"), "{out}");
+}
+
+#[test]
+fn market_codes_like_no_stay_strings() {
+    // YAML 1.1 would read NO as false (the "Norway problem").
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "norway.yaml",
+        r#"listen: [{address: 127.0.0.1:8080}]
+upstreams: {v1: {endpoints: [127.0.0.1:1]}, v2: {endpoints: [127.0.0.1:2]}}
+routes:
+  - name: app
+    stable: {upstream: v1}
+    canary: {upstream: v2}
+    segments: [{name: n, match: {header: {x-market: [SE, NO]}}, weight: 100}]
+"#,
+    );
+    assert!(check(&p).0);
+    let out = weir()
+        .args(["explain", "-c"])
+        .arg(&p)
+        .args(["--host", "h", "--path", "/", "--header", "x-market: NO"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"version\": \"canary\"") && text.contains("segment:n"), "{text}");
+}
+
+/// Start the real binary on port 0 and read its bound address from the log.
+fn spawn_weir(config: &Path) -> (std::process::Child, std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let mut child =
+        weir().args(["run", "-c"]).arg(config).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("weir ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(10)).expect("weir did not get ready");
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let listen = v["fields"]["listen"].as_str().unwrap();
+    let addr = listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (ltx, lrx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = ltx.send(line);
+        }
+    });
+    (child, addr, lrx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_agrees_with_the_proxy_and_access_log_hides_sticky_keys() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "weir.yaml",
+        &format!(
+            r#"listen: [{{address: "127.0.0.1:0"}}]
+admin: {{address: "127.0.0.1:0"}}
+upstreams:
+  v1: {{endpoints: ["{}"]}}
+  v2: {{endpoints: ["{}"]}}
+routes:
+  - name: app
+    stable: {{upstream: v1, revision: "1.0"}}
+    canary: {{upstream: v2, revision: "2.0"}}
+    weight: 30
+    sticky: {{keys: ["header:x-player-id"]}}
+    segments: [{{name: staff, match: {{cookie: {{staff: "yes"}}}}, weight: 100}}]
+"#,
+            s.addr, c.addr
+        ),
+    );
+    let (mut child, addr, log) = spawn_weir(&cfg);
+    let http = client();
+    let mut canary = 0;
+    for i in 0..60 {
+        let id = format!("secret-player-{i}");
+        let mut cmd = weir();
+        cmd.args(["explain", "-c"])
+            .arg(&cfg)
+            .args(["--host", "anything", "--path", "/x", "--header"])
+            .arg(format!("x-player-id:{id}"));
+        if i % 10 == 0 {
+            cmd.args(["--cookie", "staff=yes"]);
+        }
+        let out = cmd.output().unwrap();
+        let x: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cookie = if i % 10 == 0 { "staff=yes" } else { "x=1" };
+        let (_, _, body) = get(&http, &format!("http://{addr}/x"), &[("x-player-id", &id), ("cookie", cookie)]).await;
+        assert_eq!(x["version"], body.as_str(), "explain and proxy disagree for {id}: {x}");
+        canary += usize::from(body == "canary");
+    }
+    assert_eq!(s.count() + c.count(), 60);
+    assert!(canary > 6, "segment members always canary, plus some by weight");
+    // One access-log line per request, with the contract's fields and no raw key.
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines.len() < 60 && Instant::now() < deadline {
+        if let Ok(l) = log.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), 60);
+    for l in &lines {
+        assert!(!l.contains("secret-player"), "raw sticky key in access log: {l}");
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        for field in [
+            "ts",
+            "request_id",
+            "trace_id",
+            "client_ip",
+            "method",
+            "authority",
+            "path",
+            "route",
+            "version",
+            "revision",
+            "reason",
+            "bucket",
+            "upstream",
+            "status",
+            "duration_ms",
+            "upstream_duration_ms",
+            "bytes_in",
+            "bytes_out",
+            "flags",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing in {l}");
+        }
+        assert_eq!(v["path"], "/x");
+        assert_eq!(v["status"], 200);
+    }
+}
