@@ -23,6 +23,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod explain;
+pub mod fuzzing;
 pub mod live;
 pub mod proxy;
 pub mod routing;

@@ -1,0 +1,73 @@
+#![allow(clippy::panic)]
+//! Question: how long does the pure routing decision take per request, and
+//! does it stay flat as the table grows (1 → 1,000 routes), with and without
+//! sticky keys and segments? Also: the cost of hashing one sticky key.
+//!
+//! The request always matches the LAST route, the worst case for the linear
+//! first-match scan. Run: `cargo bench --bench routing`.
+
+use divan::{Bencher, black_box};
+use http::{HeaderMap, HeaderValue};
+use std::path::Path;
+use weir::routing::{Facts, Table, bucket_of, decide};
+
+fn main() {
+    divan::main();
+}
+
+fn table(routes: usize, sticky: bool, segments: bool) -> Table {
+    let mut y = String::from(
+        "listen: [{address: \"127.0.0.1:0\"}]\nupstreams:\n  v1: {endpoints: [\"127.0.0.1:1\"]}\n  v2: {endpoints: [\"127.0.0.1:2\"]}\nroutes:\n",
+    );
+    for i in 0..routes {
+        y.push_str(&format!(
+            "  - name: r{i}\n    match: {{hosts: [h{i}.example.com], path_prefix: /p{i}}}\n    stable: {{upstream: v1}}\n    canary: {{upstream: v2}}\n    weight: 10\n"
+        ));
+        if sticky {
+            y.push_str("    sticky: {keys: [\"header:x-player-id\", \"cookie:player_id\"]}\n");
+        }
+        if segments {
+            y.push_str("    segments:\n      - {name: staff, match: {header: {x-employee: \"true\"}}, weight: 100}\n      - {name: nordics, match: {header: {x-market: [SE, NO, FI]}}, weight: 25}\n");
+        }
+    }
+    match weir::config::validate(y.as_bytes(), Path::new(".")) {
+        Ok(s) => s.table,
+        Err(p) => panic!("{p:?}"),
+    }
+}
+
+fn headers(sticky: bool, segments: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("user-agent", HeaderValue::from_static("wrk"));
+    h.insert("accept", HeaderValue::from_static("*/*"));
+    if sticky {
+        h.insert("x-player-id", HeaderValue::from_static("player-8c1f2e77"));
+    }
+    if segments {
+        h.insert("x-market", HeaderValue::from_static("NO"));
+    }
+    h
+}
+
+#[divan::bench(args = [1, 10, 100, 1000])]
+fn weight_only(b: Bencher, routes: usize) {
+    let t = table(routes, false, false);
+    let h = headers(false, false);
+    let host = format!("h{}.example.com", routes - 1);
+    let path = format!("/p{}/bet", routes - 1);
+    b.bench_local(|| decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h }, 4242));
+}
+
+#[divan::bench(args = [1, 10, 100, 1000])]
+fn sticky_and_segments(b: Bencher, routes: usize) {
+    let t = table(routes, true, true);
+    let h = headers(true, true);
+    let host = format!("h{}.example.com", routes - 1);
+    let path = format!("/p{}/bet", routes - 1);
+    b.bench_local(|| decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h }, 4242));
+}
+
+#[divan::bench]
+fn bucket_hash() -> u16 {
+    bucket_of(black_box(b"checkout-1.5.0\x1f"), black_box(b"player-8c1f2e77"))
+}

@@ -1,0 +1,66 @@
+//! Entry points shared by the cargo-fuzz targets in `fuzz/` and by the
+//! corpus replay test (`tests/fuzz_corpus.rs`). Each must accept any bytes
+//! without panicking; that is the whole property.
+
+use crate::routing::{self, BucketCookie, Facts};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::path::Path;
+
+/// Config parsing and validation of arbitrary bytes.
+pub fn config(data: &[u8]) {
+    let _ = crate::config::validate(data, Path::new("/nonexistent"));
+}
+
+const TABLE: &str = r#"
+listen: [{address: "127.0.0.1:0"}]
+upstreams: {v1: {endpoints: ["127.0.0.1:1"]}, v2: {endpoints: ["127.0.0.1:2"]}}
+routes:
+  - name: api
+    match: {hosts: ["*.example.com"], path_prefix: /api}
+    stable: {upstream: v1}
+    canary: {upstream: v2}
+    weight: 33.33
+    sticky: {keys: ["header:x-player-id", "cookie:player_id", "query:player"], cookie: {name: wb}}
+    override: {header: x-weir-override, cookie: weir_override}
+    segments:
+      - {name: s, match: {header: {x-market: [SE, "NO"]}, cookie: {brand: b}, query: {q: "1"}}, weight: 50}
+  - name: all
+    stable: {upstream: v1}
+"#;
+
+/// The routing decision for a request built from arbitrary bytes: the first
+/// bytes choose host/path/query, the rest become header lines.
+pub fn routing(data: &[u8]) {
+    let Ok(snapshot) = crate::config::validate(TABLE.as_bytes(), Path::new(".")) else { return };
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let host = lines.next().unwrap_or("");
+    let target = lines.next().unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':')
+            && let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.trim().as_bytes()), HeaderValue::from_str(v.trim()))
+        {
+            headers.append(k, v);
+        }
+    }
+    let draw = data.first().map_or(0, |b| u16::from(*b) * 39);
+    if let Some(d) = routing::decide(&snapshot.table, &Facts { host, path, query, headers: &headers }, draw) {
+        let _ = snapshot.table.routes.get(d.route).map(|r| d.reason.describe(r));
+    }
+}
+
+/// The bucket cookie decoder, signed and unsigned.
+pub fn bucket_cookie(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(plain) = BucketCookie::new("wb".into(), 60, None) {
+        let _ = plain.decode(&text);
+    }
+    if let Ok(signed) = BucketCookie::new("wb".into(), 60, Some(b"fuzz-key")) {
+        let _ = signed.decode(&text);
+    }
+}
