@@ -76,13 +76,22 @@ impl AccessLog {
 
 fn writer(rx: Receiver<String>) {
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut buf = Vec::with_capacity(64 * 1024);
     while let Ok(line) = rx.recv() {
-        let _ = writeln!(out, "{line}");
-        // Batch whatever is queued, then flush once.
-        while let Ok(more) = rx.try_recv() {
-            let _ = writeln!(out, "{more}");
+        buf.clear();
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        // Batch whatever is already queued, then write once. The stdout lock
+        // is taken per batch, never held while waiting: anything else in the
+        // process that prints must not block behind the access log.
+        while buf.len() < 60 * 1024
+            && let Ok(more) = rx.try_recv()
+        {
+            buf.extend_from_slice(more.as_bytes());
+            buf.push(b'\n');
         }
+        let mut out = stdout.lock();
+        let _ = out.write_all(&buf);
         let _ = out.flush();
     }
 }

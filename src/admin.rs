@@ -1,14 +1,23 @@
-//! The admin listener (design §5). This build serves `/live` and `/ready`;
-//! the rest of the admin API arrives with the metrics work.
+//! The admin listener (design §5): `/live`, `/ready`, `POST /reload`.
+//! The rest of the admin API (metrics, routes, config, explain) arrives with
+//! the metrics work.
+//!
+//! Mutating calls follow the token rule: with `admin.token_file`, they need
+//! `Authorization: Bearer <token>` (compared in constant time); without it,
+//! they are accepted only when the admin listener is bound to loopback.
 
 use crate::live::Live;
+use crate::reload::{Outcome, Reloader};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,16 +26,19 @@ use tokio_util::sync::CancellationToken;
 
 pub struct AdminState {
     pub live: Arc<Live>,
+    pub reloader: Arc<Reloader>,
     /// True once listeners are bound and config loaded; false while draining.
     pub ready: Arc<AtomicBool>,
+    /// The admin listener is bound to a loopback address.
+    pub loopback: bool,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             res = listener.accept() => match res {
-                Ok((s, _)) => s,
+                Ok(pair) => pair,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -37,7 +49,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -48,17 +60,102 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
-fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", v.to_string())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
+}
+
+async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (&Method::POST, "/reload") => {
+            if let Err((status, why)) = authorize(state, &req) {
+                tracing::warn!(peer = %peer, path = %path, status = status.as_u16(), "admin call refused");
+                return text(status, why);
+            }
+            tracing::info!(actor = "admin", peer = %peer, "reload requested");
+            let r = Arc::clone(&state.reloader);
+            match tokio::task::spawn_blocking(move || r.reload("admin", false)).await {
+                Ok(Ok(Outcome::Applied { generation, sha256 })) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"result": "applied", "generation": generation, "sha256": sha256}),
+                ),
+                Ok(Ok(Outcome::Unchanged { generation })) => {
+                    json(StatusCode::OK, &serde_json::json!({"result": "unchanged", "generation": generation}))
+                }
+                Ok(Err(e)) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"result": "refused", "generation": state.live.load().generation, "problems": e.problems()}),
+                ),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
+            }
+        }
+        (_, "/live" | "/ready" | "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The token rule for mutating calls.
+fn authorize<B>(state: &AdminState, req: &Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    let token_file = state.live.load().snapshot.admin_token_file.clone();
+    let Some(file) = token_file else {
+        return if state.loopback {
+            Ok(())
+        } else {
+            Err((StatusCode::FORBIDDEN, "admin mutations need admin.token_file when not bound to loopback\n"))
+        };
+    };
+    // Read on each call so a rotated token applies without a reload.
+    let expected = match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            tracing::error!(path = %file.display(), "admin token file unreadable or empty; refusing mutations");
+            return Err((StatusCode::FORBIDDEN, "admin token unavailable\n"));
+        }
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if tokens_equal(given.trim(), &expected) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
+    }
+}
+
+/// Constant-time token comparison: hashing first makes the comparison
+/// independent of where the strings differ and of their lengths.
+pub fn tokens_equal(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_equal;
+
+    #[test]
+    fn token_comparison() {
+        assert!(tokens_equal("s3cret", "s3cret"));
+        assert!(!tokens_equal("s3cret", "s3cres"));
+        assert!(!tokens_equal("", "s3cret"));
+        assert!(!tokens_equal("s3cret-longer", "s3cret"));
     }
 }

@@ -8,9 +8,10 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
-use crate::config::Snapshot;
+use crate::config::{Limits, Snapshot};
 use crate::live::Live;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -37,7 +38,7 @@ pub struct Handle {
     pub listen: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub live: Arc<Live>,
-    pub config_path: PathBuf,
+    pub reloader: Arc<Reloader>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
     lifecycle: JoinHandle<()>,
@@ -75,11 +76,9 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
 
-    let builder = Arc::new(server_builder(&snapshot));
     let max_connections = snapshot.limits.max_connections;
-    let grace = snapshot.shutdown.grace;
-    let delay = snapshot.shutdown.delay;
     let live = Arc::new(Live::new(snapshot));
+    let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
     let proxy = Arc::new(Proxy::new(Arc::clone(&live), Arc::new(AccessLog::stdout())));
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
@@ -91,22 +90,30 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     for listener in listeners {
         tokio::spawn(accept_loop(
             listener,
-            Arc::clone(&builder),
+            Arc::clone(&live),
             Arc::clone(&proxy),
             Arc::clone(&conn_cap),
             stop_accepting.clone(),
             tracker.clone(),
         ));
     }
-    let admin_state = Arc::new(AdminState { live: Arc::clone(&live), ready: Arc::clone(&ready) });
+    let admin_state = Arc::new(AdminState {
+        live: Arc::clone(&live),
+        reloader: Arc::clone(&reloader),
+        ready: Arc::clone(&ready),
+        loopback: admin_addr.ip().is_loopback(),
+    });
     tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
+    crate::config::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
     ready.store(true, Ordering::Release);
     tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
 
     let lifecycle = {
-        let (ready, stop) = (Arc::clone(&ready), stop.clone());
+        let (ready, stop, live) = (Arc::clone(&ready), stop.clone(), Arc::clone(&live));
         tokio::spawn(async move {
             stop.cancelled().await;
+            // Read at shutdown time: a reload may have changed them.
+            let crate::config::Shutdown { delay, grace } = live.load().snapshot.shutdown.clone();
             ready.store(false, Ordering::Release);
             tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown: readiness off");
             tokio::time::sleep(delay).await;
@@ -118,12 +125,11 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
             }
         })
     };
-    Ok(Handle { listen, admin: admin_addr, live, config_path, ready, stop, lifecycle })
+    Ok(Handle { listen, admin: admin_addr, live, reloader, ready, stop, lifecycle })
 }
 
 /// The hyper server settings from the limits (design §8, hardening.md).
-fn server_builder(snapshot: &Snapshot) -> auto::Builder<TokioExecutor> {
-    let limits = &snapshot.limits;
+fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // Without a timer the header-read timeout silently does nothing.
     b.http1()
@@ -143,12 +149,16 @@ fn server_builder(snapshot: &Snapshot) -> auto::Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    live: Arc<Live>,
     proxy: Arc<Proxy>,
     conn_cap: Arc<Semaphore>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Limits are read at connection start; rebuild the server settings only
+    // when a reload changed them.
+    let mut limits = live.load().snapshot.limits.clone();
+    let mut builder = Arc::new(server_builder(&limits));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -168,6 +178,12 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let current = live.load();
+        if current.snapshot.limits != limits {
+            limits = current.snapshot.limits.clone();
+            builder = Arc::new(server_builder(&limits));
+        }
+        drop(current);
         let (builder, proxy, stop) = (Arc::clone(&builder), Arc::clone(&proxy), stop.clone());
         tracker.spawn(async move {
             let _permit = permit;
@@ -195,10 +211,24 @@ pub async fn run(config_path: PathBuf, snapshot: Snapshot) -> Result<(), RunErro
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let handle = start(config_path, snapshot).await?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!(signal = "SIGTERM", "shutdown requested");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!(signal = "SIGINT", "shutdown requested");
+                break;
+            }
+            _ = hup.recv() => {
+                let r = Arc::clone(&handle.reloader);
+                // Outcome and problems are logged by the reloader itself.
+                let _ = tokio::task::spawn_blocking(move || r.reload("sighup", false)).await;
+            }
+        }
     }
     handle.shutdown();
     let mut drained = std::pin::pin!(handle.wait());

@@ -9,6 +9,7 @@
 pub mod raw;
 pub mod units;
 mod validate;
+pub mod watch;
 
 use crate::routing::Table;
 use sha2::{Digest, Sha256};
@@ -61,7 +62,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_headers: usize,
@@ -106,6 +107,8 @@ pub struct Snapshot {
     pub sha256: String,
     pub listen: Vec<SocketAddr>,
     pub admin: SocketAddr,
+    /// `admin.token_file`, resolved against the config directory.
+    pub admin_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub limits: Limits,
     pub shutdown: Shutdown,

@@ -26,6 +26,7 @@ pub mod explain;
 pub mod fuzzing;
 pub mod live;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod upstream;
 

@@ -137,19 +137,26 @@ routes:
 }
 
 /// Start the real binary on port 0 and read its bound address from the log.
-fn spawn_weir(config: &Path) -> (std::process::Child, std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+type Lines = std::sync::mpsc::Receiver<String>;
+
+/// Returns the child, its proxy address, stdout lines and stderr lines.
+fn spawn_weir(config: &Path) -> (std::process::Child, std::net::SocketAddr, Lines, Lines) {
     let mut child =
         weir().args(["run", "-c"]).arg(config).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            if line.contains("weir ready") {
-                let _ = tx.send(line);
-            }
+            let _ = tx.send(line);
         }
     });
-    let ready = rx.recv_timeout(Duration::from_secs(10)).expect("weir did not get ready");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("weir did not get ready");
+        if line.contains("weir ready") {
+            break line;
+        }
+    };
     let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
     let listen = v["fields"]["listen"].as_str().unwrap();
     let addr = listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
@@ -160,7 +167,52 @@ fn spawn_weir(config: &Path) -> (std::process::Child, std::net::SocketAddr, std:
             let _ = ltx.send(line);
         }
     });
-    (child, addr, lrx)
+    (child, addr, lrx, rx)
+}
+
+fn wait_for(lines: &Lines, what: &str, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(100))
+            && l.contains(what)
+        {
+            return Some(l);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_exits_cleanly() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let text = |w: u32| {
+        format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\nupstreams:\n  v1: {{endpoints: [\"{}\"]}}\n  v2: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, weight: {w}}}\n",
+            s.addr, c.addr
+        )
+    };
+    let cfg = write(dir.path(), "weir.yaml", &text(0));
+    let (mut child, addr, _out, err) = spawn_weir(&cfg);
+    let pid = child.id().to_string();
+    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup.success());
+    let line = wait_for(&err, "sighup", Duration::from_secs(5)).expect("no log line for the SIGHUP reload");
+    assert!(line.contains("config unchanged"), "{line}");
+    std::fs::write(&cfg, text(100)).unwrap();
+    assert!(wait_for(&err, "config reloaded", Duration::from_secs(5)).is_some());
+    assert_eq!(get(&client(), &format!("http://{addr}/"), &[]).await.2, "canary");
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +239,7 @@ routes:
             s.addr, c.addr
         ),
     );
-    let (mut child, addr, log) = spawn_weir(&cfg);
+    let (mut child, addr, log, _err) = spawn_weir(&cfg);
     let http = client();
     let mut canary = 0;
     for i in 0..60 {

@@ -111,8 +111,11 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
     if admin.port() != 0 && listen.contains(&admin) {
         p.at("admin.address", format!("{admin} conflicts with a proxy listener"));
     }
-    if raw.admin.as_ref().is_some_and(|a| a.token_file.is_some()) {
-        p.not_yet("admin.token_file");
+    let admin_token_file = raw.admin.as_ref().and_then(|a| a.token_file.as_deref()).map(|f| resolve(base, f));
+    if let Some(f) = &admin_token_file
+        && let Err(e) = std::fs::metadata(f)
+    {
+        p.at("admin.token_file", format!("cannot read {}: {e}", f.display()));
     }
     let limits = compile_limits(&raw, p);
     let shutdown = Shutdown {
@@ -139,6 +142,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         sha256,
         listen,
         admin,
+        admin_token_file,
         state_dir: raw.state_dir.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./weir-state")),
         limits,
         shutdown,

@@ -36,6 +36,8 @@ pub struct Upstream {
     pub status: Arc<AtomicU16>,
     /// Extra delay before answering, ms.
     pub delay_ms: Arc<AtomicU64>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,10 +48,12 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (s2, st2, d2) = (seen.clone(), status.clone(), delay_ms.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let (s2, st2, d2, c2) = (seen.clone(), status.clone(), delay_ms.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                c2.fetch_add(1, Ordering::Relaxed);
                 let (seen, status, delay) = (s2.clone(), st2.clone(), d2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -81,7 +85,7 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, seen, status, delay_ms, task }
+        Self { name, addr, seen, status, delay_ms, connections, task }
     }
 
     pub fn count(&self) -> usize {
@@ -134,6 +138,8 @@ routes:
 
 impl Weir {
     pub async fn start(yaml: &str) -> Self {
+        // weir's logs go to the test's captured output (shown on failure).
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("weir=debug").try_init();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -149,12 +155,16 @@ impl Weir {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Replace the config in force (what a reload does once validated).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("weir.yaml")
+    }
+
+    /// Write a new config and apply it through the reload path at once.
     pub fn install(&self, yaml: &str) {
-        let path = self.dir.path().join("weir.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let snapshot = weir::config::load(&path).unwrap();
-        self.handle.live.install(snapshot);
+        std::fs::write(self.config_path(), yaml).unwrap();
+        if let Err(e) = self.handle.reloader.reload("test", false) {
+            panic!("reload refused: {:?}", e.problems());
+        }
     }
 }
 

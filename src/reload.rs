@@ -1,0 +1,169 @@
+//! Applying config changes while serving (design §3 "Hot reload").
+//!
+//! Every trigger — the directory watch, the poll safety net, SIGHUP and
+//! `POST /reload` — ends in `Reloader::reload`: read the file by path,
+//! compare its sha256 with what is serving, validate fully, refuse changes
+//! that need a new socket, then `Live::install` in one swap. Any failure
+//! leaves the serving table untouched, is logged with every problem and is
+//! counted.
+
+use crate::config::{self, ConfigError, Snapshot};
+use crate::live::Live;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { generation: u64, sha256: String },
+    Unchanged { generation: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("restart required: {0}")]
+    RestartRequired(String),
+}
+
+impl ReloadError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ReloadError::Config(e) => e.problems(),
+            ReloadError::RestartRequired(_) => vec![self.to_string()],
+        }
+    }
+}
+
+/// The socket-level settings fixed at start; changing them needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sockets {
+    listen: Vec<SocketAddr>,
+    admin: SocketAddr,
+    max_connections: usize,
+}
+
+impl Sockets {
+    fn of(s: &Snapshot) -> Self {
+        Self { listen: s.listen.clone(), admin: s.admin, max_connections: s.limits.max_connections }
+    }
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    live: Arc<Live>,
+    sockets: Sockets,
+    /// sha256 of the last content we judged (applied or refused), so the
+    /// poll and watch paths do not re-log the same bad file over and over.
+    last_seen: Mutex<String>,
+    successes: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, live: Arc<Live>) -> Self {
+        let current = live.load();
+        let sockets = Sockets::of(&current.snapshot);
+        let last_seen = Mutex::new(current.snapshot.sha256.clone());
+        Self { path, live, sockets, last_seen, successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Re-read and apply the file. `quiet_repeat`: when the content is one
+    /// we already refused, say nothing and count nothing (watch/poll use
+    /// this; explicit triggers do not).
+    pub fn reload(&self, trigger: &'static str, quiet_repeat: bool) -> Result<Outcome, ReloadError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(source) => {
+                let seen = format!("unreadable:{}", source.kind());
+                if quiet_repeat && self.seen(&seen) {
+                    return Ok(Outcome::Unchanged { generation: self.live.load().generation });
+                }
+                self.mark_seen(seen);
+                let err = ReloadError::Config(ConfigError::Read { path: self.path.clone(), source });
+                return Err(self.fail(trigger, err));
+            }
+        };
+        let sha = config::sha256_hex(&bytes);
+        let current = self.live.load();
+        if sha == current.snapshot.sha256 {
+            if !quiet_repeat {
+                tracing::info!(trigger, generation = current.generation, sha256 = %sha, "config unchanged");
+            }
+            self.mark_seen(sha);
+            return Ok(Outcome::Unchanged { generation: current.generation });
+        }
+        if quiet_repeat && self.seen(&sha) {
+            return Ok(Outcome::Unchanged { generation: current.generation });
+        }
+        self.mark_seen(sha.clone());
+        let started = std::time::Instant::now();
+        let snapshot = config::parse(&bytes, &self.path).map_err(|e| self.fail(trigger, e.into()))?;
+        let wanted = Sockets::of(&snapshot);
+        if wanted != self.sockets {
+            let what = describe_socket_change(&self.sockets, &wanted);
+            return Err(self.fail(trigger, ReloadError::RestartRequired(what)));
+        }
+        let routes = snapshot.table.routes.len();
+        let generation = self.live.install(snapshot);
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            trigger,
+            generation,
+            sha256 = %sha,
+            routes,
+            took_us = started.elapsed().as_micros() as u64,
+            "config reloaded"
+        );
+        Ok(Outcome::Applied { generation, sha256: sha })
+    }
+
+    fn seen(&self, sha: &str) -> bool {
+        self.last_seen.lock().map(|s| *s == sha).unwrap_or(false)
+    }
+
+    fn mark_seen(&self, sha: String) {
+        if let Ok(mut s) = self.last_seen.lock() {
+            *s = sha;
+        }
+    }
+
+    fn fail(&self, trigger: &'static str, err: ReloadError) -> ReloadError {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let generation = self.live.load().generation;
+        for problem in err.problems() {
+            tracing::error!(trigger, generation, path = %self.path.display(), problem = %problem, "config reload refused; still serving the previous config");
+        }
+        err
+    }
+}
+
+fn describe_socket_change(old: &Sockets, new: &Sockets) -> String {
+    let mut parts = Vec::new();
+    if old.listen != new.listen {
+        parts.push(format!("listen changed from {:?} to {:?}", old.listen, new.listen));
+    }
+    if old.admin != new.admin {
+        parts.push(format!("admin.address changed from {} to {}", old.admin, new.admin));
+    }
+    if old.max_connections != new.max_connections {
+        parts.push(format!("limits.max_connections changed from {} to {}", old.max_connections, new.max_connections));
+    }
+    parts.join("; ")
+}
