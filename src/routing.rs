@@ -99,7 +99,8 @@ pub struct Decision {
 /// `draw` must be uniform in 0..10000; it is used only when the request has
 /// neither a sticky key nor a valid bucket cookie.
 pub fn decide(table: &Table, facts: &Facts<'_>, draw: u16) -> Option<Decision> {
-    let (idx, route) = table.routes.iter().enumerate().find(|(_, r)| r.matches(facts.host, facts.path))?;
+    let idx = table.find(facts.host, facts.path)?;
+    let route = table.routes.get(idx)?;
     let fixed = |version, reason| Some(Decision { route: idx, version, reason, bucket: None, set_cookie: None });
     if route.canary.is_none() {
         return fixed(Version::Stable, Reason::Weight);

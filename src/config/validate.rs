@@ -148,7 +148,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         shutdown,
         access_log: raw.access_log.unwrap_or(true),
         upstreams,
-        table: Table { routes },
+        table: Table::new(routes),
     }
 }
 

@@ -5,16 +5,90 @@
 use super::bucket::{BucketCookie, bucket_of};
 use super::{Bucket, BucketSource, Facts, Version};
 use http::HeaderName;
+use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Routes plus a host index built once per reload. Edit routes' weights and
+/// flags freely; changing their hosts needs `Table::new`.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     pub routes: Vec<Route>,
+    index: HostIndex,
 }
 
+/// Route indices (ascending) by host, so a request only looks at the routes
+/// that can match its host instead of scanning them all.
+#[derive(Debug, Clone, Default)]
+struct HostIndex {
+    exact: HashMap<Box<str>, Vec<usize>>,
+    /// Keyed by `.example.com` for `*.example.com`.
+    suffix: HashMap<Box<str>, Vec<usize>>,
+    /// Routes without `match.hosts`.
+    any: Vec<usize>,
+}
+
+/// Longest host the index looks up; longer ones are matched by scanning.
+const MAX_INDEXED_HOST: usize = 255;
+
 impl Table {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut index = HostIndex::default();
+        for (i, r) in routes.iter().enumerate() {
+            if r.hosts.is_empty() {
+                index.any.push(i);
+            }
+            for h in &r.hosts {
+                let (map, key) = match h {
+                    HostMatch::Exact(e) => (&mut index.exact, e),
+                    HostMatch::Suffix(s) => (&mut index.suffix, s),
+                };
+                let list = map.entry(key.as_str().into()).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        Self { routes, index }
+    }
+
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// The first route in file order matching host and path.
+    pub fn find(&self, host: &str, path: &str) -> Option<usize> {
+        if host.len() > MAX_INDEXED_HOST {
+            return self.routes.iter().position(|r| r.matches(host, path));
+        }
+        let mut buf = [0u8; MAX_INDEXED_HOST];
+        let lower = &mut buf[..host.len()];
+        lower.copy_from_slice(host.as_bytes());
+        lower.make_ascii_lowercase();
+        // Lower-casing ASCII bytes keeps UTF-8 valid.
+        let Ok(host) = std::str::from_utf8(lower) else { return None };
+        let first_in = |list: &[usize]| list.iter().copied().find(|&i| self.path_fits(i, path));
+        let mut best = first_in(&self.index.any);
+        let mut consider = |found: Option<usize>| {
+            if let Some(i) = found {
+                best = Some(best.map_or(i, |b| b.min(i)));
+            }
+        };
+        if let Some(list) = self.index.exact.get(host) {
+            consider(first_in(list));
+        }
+        if !self.index.suffix.is_empty() {
+            // Every proper suffix starting at a dot: `.b.c` and `.c` for `a.b.c`.
+            for (pos, _) in host.match_indices('.').filter(|(p, _)| *p > 0) {
+                if let Some(list) = self.index.suffix.get(&host[pos..]) {
+                    consider(first_in(list));
+                }
+            }
+        }
+        best
+    }
+
+    fn path_fits(&self, i: usize, path: &str) -> bool {
+        self.routes.get(i).is_some_and(|r| path.starts_with(&r.path_prefix))
     }
 }
 

@@ -259,3 +259,30 @@ proptest! {
         prop_assert_eq!(decide_with(&all, "h", "/", &HeaderMap::new(), draw).map(|d| d.version), Some(Version::Canary));
     }
 }
+
+proptest! {
+    #[test]
+    fn host_index_agrees_with_a_linear_scan(
+        routes in proptest::collection::vec((0usize..6, 0usize..3, any::<bool>()), 1..12),
+        host in 0usize..8,
+        path in 0usize..3,
+    ) {
+        const HOSTS: [&str; 6] = ["a.example.com", "*.example.com", "b.example.com", "*.com", "other.test", ""];
+        const PATHS: [&str; 3] = ["/", "/api", "/api/v2"];
+        const REQ_HOSTS: [&str; 8] =
+            ["a.example.com", "A.Example.COM", "x.a.example.com", "example.com", "b.example.com", "other.test", "com", "zz"];
+        let mut y = String::new();
+        for (i, (h, p, second)) in routes.iter().enumerate() {
+            let hosts = match (HOSTS[*h], second) {
+                ("", _) => String::new(),
+                (h, true) => format!("hosts: [\"{h}\", \"other.test\"], "),
+                (h, false) => format!("hosts: [\"{h}\"], "),
+            };
+            y.push_str(&format!("  - {{name: r{i}, match: {{{hosts}path_prefix: {}}}, stable: {{upstream: v1}}}}\n", PATHS[*p]));
+        }
+        let t = with_routes(&y);
+        let (host, path) = (REQ_HOSTS[host], PATHS[path]);
+        let linear = t.routes.iter().position(|r| r.matches(host, path));
+        prop_assert_eq!(t.find(host, path), linear);
+    }
+}
