@@ -141,12 +141,13 @@ impl Proxy {
     pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         let served = self.live.load();
+        let client_ip = peer.ip().to_string();
         let mut done = Box::new(Completion {
             log: Arc::clone(&self.log),
             start,
             _slot: None,
             fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
-                client_ip: peer.ip().to_string(),
+                client_ip: client_ip.clone(),
                 method: req.method().as_str().to_owned(),
                 path: req.uri().path().to_owned(),
                 ..LogFields::default()
@@ -160,7 +161,7 @@ impl Proxy {
             Some(slot) => done._slot = Some(slot),
             None => return local_response(&ProxyError::Overloaded, done),
         }
-        match self.forward(&served, peer, req, &mut done).await {
+        match self.forward(&served, &client_ip, req, &mut done).await {
             Ok(resp) => resp.map(|b| RespBody::upstream(b, Some(done))),
             Err(e) => local_response(&e, done),
         }
@@ -169,7 +170,7 @@ impl Proxy {
     async fn forward(
         &self,
         served: &Served,
-        peer: SocketAddr,
+        client_ip: &str,
         req: Request<Incoming>,
         done: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
@@ -220,7 +221,7 @@ impl Proxy {
         let keep = route.override_.as_ref().and_then(|o| o.header.as_ref());
         headers::strip_hop_by_hop(&mut parts.headers, false);
         headers::strip_internal(&mut parts.headers, keep);
-        headers::add_forwarded(&mut parts.headers, &peer.ip().to_string(), "http", &authority);
+        headers::add_forwarded(&mut parts.headers, client_ip, "http", &authority);
         let request_id = match parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) => id.to_owned(),
             None => {
