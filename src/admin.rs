@@ -1,10 +1,12 @@
-//! The admin listener (design §5): `/live`, `/ready`, `POST /reload`.
-//! The rest of the admin API (metrics, routes, config, explain) arrives with
-//! the metrics work.
+//! The admin listener (design §5): `/live`, `/ready`, `/metrics`,
+//! `/config`, `/routes`, `/routes/{name}`, `/explain`, `POST /reload`.
+//! Route steering (rollback, pause, ...) arrives with the rollout work.
 //!
 //! Mutating calls follow the token rule: with `admin.token_file`, they need
 //! `Authorization: Bearer <token>` (compared in constant time); without it,
 //! they are accepted only when the admin listener is bound to loopback.
+
+mod views;
 
 use crate::live::Live;
 use crate::reload::{Outcome, Reloader};
@@ -81,6 +83,31 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            views::metrics_text(&state.live.load(), &state.reloader),
+        ),
+        (&Method::GET, "/config") => json(StatusCode::OK, &views::config_json(&state.live.load())),
+        (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live.load())),
+        (&Method::GET, p) if p.starts_with("/routes/") => {
+            let served = state.live.load();
+            let name = &p["/routes/".len()..];
+            match served.snapshot.table.routes.iter().position(|r| &*r.name == name) {
+                Some(i) => match views::route_json(&served, i) {
+                    Some(v) => json(StatusCode::OK, &v),
+                    None => text(StatusCode::NOT_FOUND, "no such route\n"),
+                },
+                None => text(StatusCode::NOT_FOUND, "no such route\n"),
+            }
+        }
+        (&Method::GET, "/explain") => {
+            let draw = rand::random_range(0..crate::routing::BUCKETS);
+            match views::explain_json(&state.live.load(), req.uri().query(), draw) {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
+            }
+        }
         (&Method::POST, "/reload") => {
             if let Err((status, why)) = authorize(state, &req) {
                 tracing::warn!(peer = %peer, path = %path, status = status.as_u16(), "admin call refused");
@@ -103,7 +130,9 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
-        (_, "/live" | "/ready" | "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (_, "/live" | "/ready" | "/reload" | "/metrics" | "/config" | "/routes" | "/explain") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -25,9 +25,11 @@ pub mod config;
 pub mod explain;
 pub mod fuzzing;
 pub mod live;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod stats;
 pub mod upstream;
 
 /// weir's version, from Cargo.toml.

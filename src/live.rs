@@ -7,6 +7,7 @@
 //! two writers can never interleave and lose an update.
 
 use crate::config::Snapshot;
+use crate::metrics::{Registry, RouteMetrics};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ pub struct Served {
     pub generation: u64,
     /// Pools, index-aligned with `snapshot.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Metric handles, index-aligned with `snapshot.table.routes`.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
 }
 
 impl Served {
@@ -27,14 +30,18 @@ impl Served {
 
 pub struct Live {
     current: ArcSwap<Served>,
+    /// Metric handles by route name, reused across reloads.
+    pub registry: Registry,
     writer: Mutex<()>,
 }
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Self {
         let upstreams = snapshot.upstreams.iter().map(|s| Arc::new(Upstream::new(s.clone()))).collect();
-        let served = Served { snapshot: Arc::new(snapshot), generation: 1, upstreams };
-        Self { current: ArcSwap::from_pointee(served), writer: Mutex::new(()) }
+        let registry = Registry::default();
+        let route_metrics = snapshot.table.routes.iter().map(|r| registry.route(&r.name)).collect();
+        let served = Served { snapshot: Arc::new(snapshot), generation: 1, upstreams, route_metrics };
+        Self { current: ArcSwap::from_pointee(served), registry, writer: Mutex::new(()) }
     }
 
     /// The current table; keep it for the whole request.
@@ -56,8 +63,9 @@ impl Live {
                 None => Arc::new(Upstream::new(spec.clone())),
             })
             .collect();
+        let route_metrics = snapshot.table.routes.iter().map(|r| self.registry.route(&r.name)).collect();
         let generation = old.generation + 1;
-        self.current.store(Arc::new(Served { snapshot: Arc::new(snapshot), generation, upstreams }));
+        self.current.store(Arc::new(Served { snapshot: Arc::new(snapshot), generation, upstreams, route_metrics }));
         generation
     }
 }

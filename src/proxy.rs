@@ -17,6 +17,7 @@ pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record, rfc3339_now};
 use crate::live::{Live, Served};
+use crate::metrics::RouteMetrics;
 use crate::routing::{self, BUCKETS, Facts, Reason, Version};
 use crate::upstream::{ReqBody, UpstreamError};
 use bytes::Bytes;
@@ -87,6 +88,8 @@ struct LogFields {
 /// Runs when the response body is dropped: the request is over.
 pub struct Completion {
     log: Arc<AccessLog>,
+    /// Set once the route is known; the version may change on fallback.
+    metrics: Option<(Arc<RouteMetrics>, Version)>,
     start: Instant,
     _slot: Option<InFlight>,
     fields: Option<LogFields>,
@@ -100,6 +103,11 @@ impl Completion {
     fn finish(mut self: Box<Self>, bytes_out: u64, complete: bool) {
         if !complete {
             self.flags.push("truncated");
+        }
+        if let Some((m, v)) = &self.metrics {
+            // Design §6: 5xx (the upstream's or ours) and truncation are errors.
+            let error = self.status >= 500 || !complete;
+            m.version(*v).record(Instant::now(), self.status, self.start.elapsed(), error);
         }
         let Some(f) = &self.fields else { return };
         let reason = f.reason.as_deref();
@@ -144,6 +152,7 @@ impl Proxy {
         let client_ip = peer.ip().to_string();
         let mut done = Box::new(Completion {
             log: Arc::clone(&self.log),
+            metrics: None,
             start,
             _slot: None,
             fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
@@ -163,7 +172,12 @@ impl Proxy {
         }
         match self.forward(&served, &client_ip, req, &mut done).await {
             Ok(resp) => resp.map(|b| RespBody::upstream(b, Some(done))),
-            Err(e) => local_response(&e, done),
+            Err(e) => {
+                if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &done.metrics) {
+                    m.version(*v).upstream_error(ue.kind());
+                }
+                local_response(&e, done)
+            }
         }
     }
 
@@ -191,6 +205,8 @@ impl Proxy {
         let decision = routing::decide(&snap.table, &facts, draw).ok_or(ProxyError::NoRoute)?;
         let route = snap.table.routes.get(decision.route).ok_or(ProxyError::NoRoute)?;
         let (mut version, mut reason) = (decision.version, decision.reason);
+        let metrics = served.route_metrics.get(decision.route).map(Arc::clone);
+        done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), version));
 
         // Connect before touching the request: a canary we cannot reach has
         // not seen it, so stable can take it whatever the method (§2 step 7).
@@ -200,14 +216,24 @@ impl Proxy {
             Ok(c) => c,
             Err(e) if version == Version::Canary && e.is_connect() => {
                 tracing::debug!(route = %route.name, error = %e, "canary unreachable, falling back to stable");
+                // The canary failed: that counts against it for analysis,
+                // although the client is served by stable.
+                if let Some(m) = &metrics {
+                    m.canary.upstream_error(e.kind());
+                    m.canary.window.record(Instant::now(), upstream_start.elapsed(), true);
+                }
                 version = Version::Stable;
                 reason = Reason::Fallback;
                 done.flags.push("fallback");
+                done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), version));
                 pick(version)?.connect().await?
             }
             Err(e) => return Err(e.into()),
         };
         let backend = route.backend(version);
+        if let Some(m) = &metrics {
+            m.version(version).decision(reason);
+        }
         if let Some(f) = done.fields.as_mut() {
             f.route = Some(Arc::clone(&route.name));
             f.version = Some(version);

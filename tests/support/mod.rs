@@ -38,6 +38,8 @@ pub struct Upstream {
     pub delay_ms: Arc<AtomicU64>,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// Answer 500 for this many of every 100 requests (by arrival order).
+    pub errors_per_100: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,18 +51,21 @@ impl Upstream {
         let status = Arc::new(AtomicU16::new(200));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
+        let errors_per_100 = Arc::new(AtomicU64::new(0));
         let (s2, st2, d2, c2) = (seen.clone(), status.clone(), delay_ms.clone(), connections.clone());
+        let e2 = errors_per_100.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 c2.fetch_add(1, Ordering::Relaxed);
-                let (seen, status, delay) = (s2.clone(), st2.clone(), d2.clone());
+                let (seen, status, delay, errs) = (s2.clone(), st2.clone(), d2.clone(), e2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (seen, status, delay) = (seen.clone(), status.clone(), delay.clone());
+                        let (seen, status, delay, errs) = (seen.clone(), status.clone(), delay.clone(), errs.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let nth = seen.lock().unwrap().len() as u64;
                             seen.lock().unwrap().push(Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -72,7 +77,12 @@ impl Upstream {
                                 tokio::time::sleep(Duration::from_millis(d)).await;
                             }
                             let mut resp = Response::new(Full::new(Bytes::from(name)));
-                            *resp.status_mut() = StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
+                            let code = if nth % 100 < errs.load(Ordering::Relaxed) {
+                                500
+                            } else {
+                                status.load(Ordering::Relaxed)
+                            };
+                            *resp.status_mut() = StatusCode::from_u16(code).unwrap();
                             resp.headers_mut().insert("x-upstream", name.parse().unwrap());
                             // Hop-by-hop headers weir must strip on the way back.
                             resp.headers_mut().insert("keep-alive", "timeout=60".parse().unwrap());
@@ -85,7 +95,7 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, seen, status, delay_ms, connections, task }
+        Self { name, addr, seen, status, delay_ms, connections, errors_per_100, task }
     }
 
     pub fn count(&self) -> usize {

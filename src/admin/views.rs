@@ -1,0 +1,194 @@
+//! Read-only admin views: /metrics, /routes, /routes/{name}, /config,
+//! /explain. Pure functions of what is serving; no side effects.
+
+use crate::config::units::bp_to_percent;
+use crate::explain::{self, Query};
+use crate::live::Served;
+use crate::metrics::{self, Globals, RouteView};
+use crate::reload::Reloader;
+use crate::routing::{Route, Version};
+use serde_json::{Value, json};
+use std::time::Instant;
+
+pub fn metrics_text(served: &Served, reloader: &Reloader) -> String {
+    let views: Vec<RouteView<'_>> = served
+        .snapshot
+        .table
+        .routes
+        .iter()
+        .zip(&served.route_metrics)
+        .map(|(r, m)| RouteView {
+            metrics: m,
+            config_weight_bp: r.config_weight_bp,
+            effective_weight_bp: effective_bp(r),
+        })
+        .collect();
+    metrics::render(
+        &views,
+        &Globals {
+            generation: served.generation,
+            reloads_success: reloader.successes(),
+            reloads_failure: reloader.failures(),
+        },
+    )
+}
+
+/// Weight actually in force: 0 while killed or rolled back.
+fn effective_bp(r: &Route) -> u16 {
+    if r.canary.is_none() || r.killed || r.rolled_back { 0 } else { r.weight_bp }
+}
+
+fn state(r: &Route) -> &'static str {
+    if r.killed {
+        "killed"
+    } else if r.rolled_back {
+        "rolled_back"
+    } else {
+        "steady"
+    }
+}
+
+pub fn route_json(served: &Served, idx: usize) -> Option<Value> {
+    let r = served.snapshot.table.routes.get(idx)?;
+    let m = served.route_metrics.get(idx)?;
+    let now = Instant::now();
+    let version = |v: Version| {
+        let b = r.backend(v);
+        json!({"upstream": &*b.upstream_name, "revision": &*b.revision, "window": m.version(v).window.stats(now)})
+    };
+    Some(json!({
+        "name": &*r.name,
+        "state": state(r),
+        "step": Value::Null,
+        "weight": {"config": bp_to_percent(r.config_weight_bp), "effective": bp_to_percent(effective_bp(r))},
+        "window_seconds": metrics::DEFAULT_WINDOW.as_secs(),
+        "stable": version(Version::Stable),
+        "canary": if r.canary.is_some() { version(Version::Canary) } else { Value::Null },
+        "verdicts": [],
+    }))
+}
+
+pub fn routes_json(served: &Served) -> Value {
+    Value::Array((0..served.snapshot.table.routes.len()).filter_map(|i| route_json(served, i)).collect())
+}
+
+/// Effective config, secrets redacted.
+pub fn config_json(served: &Served) -> Value {
+    let s = &served.snapshot;
+    let routes: Vec<Value> = s
+        .table
+        .routes
+        .iter()
+        .map(|r| {
+            let sticky = r.sticky.as_ref().map(|st| {
+                json!({
+                    "keys": st.keys.iter().map(|k| k.describe()).collect::<Vec<_>>(),
+                    "salt": String::from_utf8_lossy(&st.salt_sep[..st.salt_sep.len().saturating_sub(1)]),
+                    "cookie": st.cookie.as_ref().map(|c| json!({
+                        "name": c.name, "max_age_seconds": c.max_age_secs,
+                        "secret": if c.mac.is_some() { "<redacted>" } else { "none" },
+                    })),
+                })
+            });
+            json!({
+                "name": &*r.name,
+                "hosts": r.hosts.iter().map(|h| match h {
+                    crate::routing::HostMatch::Exact(e) => e.clone(),
+                    crate::routing::HostMatch::Suffix(s) => format!("*{s}"),
+                }).collect::<Vec<_>>(),
+                "path_prefix": r.path_prefix,
+                "stable": {"upstream": &*r.stable.upstream_name, "revision": &*r.stable.revision},
+                "canary": r.canary.as_ref().map(|c| json!({"upstream": &*c.upstream_name, "revision": &*c.revision})),
+                "weight": bp_to_percent(r.config_weight_bp),
+                "kill_switch": r.killed,
+                "expose_version": r.expose_version,
+                "sticky": sticky,
+                "override": r.override_.as_ref().map(|o| json!({
+                    "header": o.header.as_ref().map(|h| h.to_string()), "cookie": o.cookie,
+                })),
+                "segments": r.segments.iter().map(|sg| json!({"name": sg.name, "weight": bp_to_percent(sg.weight_bp)})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "generation": served.generation,
+        "sha256": s.sha256,
+        "listen": s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "admin": {"address": s.admin.to_string(), "token_file": s.admin_token_file.as_ref().map(|_| "<redacted>")},
+        "state_dir": s.state_dir.display().to_string(),
+        "access_log": s.access_log,
+        "limits": {
+            "header_read_timeout_ms": s.limits.header_read_timeout.as_millis() as u64,
+            "max_headers": s.limits.max_headers, "max_header_bytes": s.limits.max_header_bytes,
+            "max_request_body": s.limits.max_request_body, "max_connections": s.limits.max_connections,
+            "max_in_flight": s.limits.max_in_flight,
+        },
+        "shutdown": {"delay_ms": s.shutdown.delay.as_millis() as u64, "grace_ms": s.shutdown.grace.as_millis() as u64},
+        "upstreams": s.upstreams.iter().map(|u| json!({
+            "name": &*u.name, "endpoints": u.endpoints,
+            "connect_timeout_ms": u.connect_timeout.as_millis() as u64,
+            "request_timeout_ms": u.request_timeout.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+        "routes": routes,
+    })
+}
+
+/// `/explain?host=&path=&header=K:V&cookie=K=V&query=...`
+pub fn explain_json(served: &Served, query: Option<&str>, draw: u16) -> Result<Value, String> {
+    let mut q = Query { path: "/".into(), ..Query::default() };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)?;
+        match k {
+            "host" => q.host = v,
+            "path" => q.path = v,
+            "query" => q.query = Some(v),
+            "header" => {
+                let (name, value) = v.split_once(':').ok_or("header must be K:V")?;
+                q.headers.push((name.trim().to_string(), value.trim().to_string()));
+            }
+            "cookie" => {
+                let (name, value) = v.split_once('=').ok_or("cookie must be K=V")?;
+                q.cookies.push((name.trim().to_string(), value.trim().to_string()));
+            }
+            other => return Err(format!("unknown parameter `{other}`")),
+        }
+    }
+    let x = explain::explain(&served.snapshot, &q, draw)?;
+    serde_json::to_value(x).map_err(|e| e.to_string())
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or("truncated %-escape")?;
+                let hex = std::str::from_utf8(hex).map_err(|_| "bad %-escape")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape")?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("x-player-id%3A42+a").as_deref(), Ok("x-player-id:42 a"));
+        assert!(super::percent_decode("%4").is_err());
+        assert!(super::percent_decode("%zz").is_err());
+    }
+}

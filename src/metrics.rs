@@ -1,0 +1,276 @@
+//! Prometheus metrics (design §7): names as consts, counters and explicit-
+//! bucket histograms held per (route, version) as plain atomics.
+//!
+//! Handles are created when a table is installed and carried across reloads
+//! by route name, so counters never reset on a reload and the hot path only
+//! does atomic adds on a handle it already holds (no label sets, no maps).
+//! The text exposition is rendered on scrape. Hand-written rather than the
+//! `metrics` crate: explicit buckets and cached per-route handles are the
+//! whole requirement, and this keeps them obvious.
+
+use crate::routing::{Reason, Version};
+use crate::stats::Window;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const REQUESTS_TOTAL: &str = "weir_requests_total";
+pub const REQUEST_DURATION: &str = "weir_request_duration_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "weir_upstream_errors_total";
+pub const ROUTING_DECISIONS_TOTAL: &str = "weir_routing_decisions_total";
+pub const CANARY_WEIGHT_RATIO: &str = "weir_canary_weight_ratio";
+pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "weir_config_generation";
+pub const BUILD_INFO: &str = "weir_build_info";
+
+/// Histogram bucket bounds, seconds.
+pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
+const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
+const REASONS: [&str; 6] = ["weight", "segment", "override", "kill_switch", "rollback", "fallback"];
+/// Sliding window used until analysis settings exist: 60 s in 6 slots.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+const WINDOW_SLOTS: usize = 6;
+
+pub struct VersionMetrics {
+    /// Index = status code (100–599); index 0 is `000` (no response).
+    codes: Vec<AtomicU64>,
+    buckets: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+    upstream_errors: [AtomicU64; 4],
+    decisions: [AtomicU64; 6],
+    pub window: Window,
+}
+
+impl VersionMetrics {
+    fn new(now: Instant) -> Self {
+        Self {
+            codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..BUCKETS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            upstream_errors: Default::default(),
+            decisions: Default::default(),
+            window: Window::new(DEFAULT_WINDOW, WINDOW_SLOTS, now),
+        }
+    }
+
+    /// One finished request: status (`0` = no response), latency, error per design §6.
+    pub fn record(&self, now: Instant, status: u16, latency: Duration, error: bool) {
+        let idx = if (100..600).contains(&status) { usize::from(status) } else { 0 };
+        if let Some(c) = self.codes.get(idx) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        // Non-cumulative here; made cumulative when rendered.
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.window.record(now, latency, error);
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.upstream_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn decision(&self, reason: Reason) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason.label()) {
+            self.decisions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct RouteMetrics {
+    pub name: Arc<str>,
+    pub stable: VersionMetrics,
+    pub canary: VersionMetrics,
+}
+
+impl RouteMetrics {
+    pub fn version(&self, v: Version) -> &VersionMetrics {
+        match v {
+            Version::Stable => &self.stable,
+            Version::Canary => &self.canary,
+        }
+    }
+}
+
+/// All route handles ever created, by name, so reloads reuse them.
+#[derive(Default)]
+pub struct Registry {
+    routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
+}
+
+impl Registry {
+    pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
+        let Ok(mut map) = self.routes.lock() else {
+            let now = Instant::now();
+            return Arc::new(RouteMetrics {
+                name: name.clone(),
+                stable: VersionMetrics::new(now),
+                canary: VersionMetrics::new(now),
+            });
+        };
+        Arc::clone(map.entry(Arc::clone(name)).or_insert_with(|| {
+            let now = Instant::now();
+            Arc::new(RouteMetrics {
+                name: name.clone(),
+                stable: VersionMetrics::new(now),
+                canary: VersionMetrics::new(now),
+            })
+        }))
+    }
+}
+
+/// Process-level values rendered with the per-route ones.
+pub struct Globals {
+    pub generation: u64,
+    pub reloads_success: u64,
+    pub reloads_failure: u64,
+}
+
+/// Route metrics plus the weights to show; built from what is serving.
+pub struct RouteView<'a> {
+    pub metrics: &'a RouteMetrics,
+    pub config_weight_bp: u16,
+    pub effective_weight_bp: u16,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Prometheus text format 0.0.4.
+pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let _ = writeln!(o, "# HELP {REQUESTS_TOTAL} Requests answered, by route, version and status code.");
+    let _ = writeln!(o, "# TYPE {REQUESTS_TOTAL} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let m = r.metrics.version(v);
+            for (code, c) in m.codes.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        o,
+                        "{REQUESTS_TOTAL}{{route=\"{}\",version=\"{}\",code=\"{code:03}\"}} {n}",
+                        escape(&r.metrics.name),
+                        v.as_str()
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP {REQUEST_DURATION} Time from request head to the end of the response, seconds.");
+    let _ = writeln!(o, "# TYPE {REQUEST_DURATION} histogram");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let m = r.metrics.version(v);
+            let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
+            let mut cumulative = 0;
+            for (le, b) in BUCKETS.iter().zip(&m.buckets) {
+                cumulative += b.load(Ordering::Relaxed);
+                let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let count = m.count.load(Ordering::Relaxed);
+            let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let sum = m.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(o, "{REQUEST_DURATION}_sum{{{labels}}} {sum}");
+            let _ = writeln!(o, "{REQUEST_DURATION}_count{{{labels}}} {count}");
+        }
+    }
+    let _ = writeln!(o, "# HELP {UPSTREAM_ERRORS_TOTAL} Upstream failures, by kind.");
+    let _ = writeln!(o, "# TYPE {UPSTREAM_ERRORS_TOTAL} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            for (kind, c) in ERROR_KINDS.iter().zip(&r.metrics.version(v).upstream_errors) {
+                let _ = writeln!(
+                    o,
+                    "{UPSTREAM_ERRORS_TOTAL}{{route=\"{}\",version=\"{}\",kind=\"{kind}\"}} {}",
+                    escape(&r.metrics.name),
+                    v.as_str(),
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP {ROUTING_DECISIONS_TOTAL} Routing decisions, by version and reason.");
+    let _ = writeln!(o, "# TYPE {ROUTING_DECISIONS_TOTAL} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            for (reason, c) in REASONS.iter().zip(&r.metrics.version(v).decisions) {
+                let _ = writeln!(
+                    o,
+                    "{ROUTING_DECISIONS_TOTAL}{{route=\"{}\",version=\"{}\",reason=\"{reason}\"}} {}",
+                    escape(&r.metrics.name),
+                    v.as_str(),
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
+    let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");
+    for r in routes {
+        for (source, bp) in [("config", r.config_weight_bp), ("effective", r.effective_weight_bp)] {
+            let _ = writeln!(
+                o,
+                "{CANARY_WEIGHT_RATIO}{{route=\"{}\",source=\"{source}\"}} {}",
+                escape(&r.metrics.name),
+                f64::from(bp) / 10_000.0
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
+    let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
+    let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);
+    let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"failure\"}} {}", g.reloads_failure);
+    let _ = writeln!(o, "# HELP {CONFIG_GENERATION} Generation of the config in force (1 at start).");
+    let _ = writeln!(o, "# TYPE {CONFIG_GENERATION} gauge");
+    let _ = writeln!(o, "{CONFIG_GENERATION} {}", g.generation);
+    let _ = writeln!(o, "# HELP {BUILD_INFO} Always 1; the version label says which weir runs.");
+    let _ = writeln!(o, "# TYPE {BUILD_INFO} gauge");
+    let _ = writeln!(o, "{BUILD_INFO}{{version=\"{}\"}} 1", crate::VERSION);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_monotone() {
+        let reg = Registry::default();
+        let m = reg.route(&Arc::from("app"));
+        let now = Instant::now();
+        for ms in [1u64, 3, 7, 40, 40, 300, 20_000] {
+            m.canary.record(now, 200, Duration::from_millis(ms), false);
+        }
+        m.canary.record(now, 0, Duration::from_millis(2), true);
+        let text = render(
+            &[RouteView { metrics: &m, config_weight_bp: 500, effective_weight_bp: 500 }],
+            &Globals { generation: 3, reloads_success: 2, reloads_failure: 1 },
+        );
+        let buckets: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("weir_request_duration_seconds_bucket{route=\"app\",version=\"canary\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert_eq!(buckets.len(), BUCKETS.len() + 1);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets.last(), Some(&8));
+        assert_eq!(buckets[0], 1, "le=0.001 holds the 1 ms sample");
+        assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"200\"} 7"));
+        assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"000\"} 1"));
+        assert!(text.contains("weir_canary_weight_ratio{route=\"app\",source=\"effective\"} 0.05"));
+        assert!(text.contains("weir_config_generation 3"));
+        // Same handle on the next "reload": counters persist.
+        assert!(Arc::ptr_eq(&m, &reg.route(&Arc::from("app"))));
+    }
+}

@@ -1,0 +1,180 @@
+//! Per (route, version) sliding windows: request and error counts and an HDR
+//! latency histogram (µs, 2 significant figures), kept in a ring of time
+//! slots. The rollout analysis reads these; /routes shows them.
+//!
+//! Time is passed in (monotonic `Instant`), never read here, so rotation is
+//! unit-tested without sleeping and wall-clock jumps cannot age a window.
+//! A slot's histogram is allocated on its first sample, so idle routes cost
+//! almost nothing.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Highest latency tracked exactly, µs (larger samples are clamped): 10 minutes.
+const MAX_US: u64 = 600_000_000;
+const SIGFIG: u8 = 2;
+
+#[derive(Default)]
+struct Slot {
+    hist: Option<Histogram<u32>>,
+    requests: u64,
+    errors: u64,
+}
+
+impl Slot {
+    fn clear(&mut self) {
+        if let Some(h) = self.hist.as_mut() {
+            h.reset();
+        }
+        self.requests = 0;
+        self.errors = 0;
+    }
+}
+
+struct Ring {
+    slots: Vec<Slot>,
+    head: usize,
+    /// When the head slot began.
+    head_start: Instant,
+}
+
+/// A sliding window of `slots` slots covering `window` in total.
+pub struct Window {
+    slot_len: Duration,
+    ring: Mutex<Ring>,
+}
+
+/// What a window holds right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_percent: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Window {
+    pub fn new(window: Duration, slots: usize, now: Instant) -> Self {
+        let slots = slots.max(1);
+        let slot_len = (window / slots as u32).max(Duration::from_millis(1));
+        let ring = Ring { slots: (0..slots).map(|_| Slot::default()).collect(), head: 0, head_start: now };
+        Self { slot_len, ring: Mutex::new(ring) }
+    }
+
+    /// Advance the ring so the head slot contains `now`.
+    fn rotate(&self, ring: &mut Ring, now: Instant) {
+        let n = ring.slots.len();
+        let elapsed = now.saturating_duration_since(ring.head_start);
+        if elapsed < self.slot_len {
+            return;
+        }
+        let steps = (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as usize;
+        if steps >= n {
+            ring.slots.iter_mut().for_each(Slot::clear);
+        } else {
+            for _ in 0..steps {
+                ring.head = (ring.head + 1) % n;
+                if let Some(s) = ring.slots.get_mut(ring.head) {
+                    s.clear();
+                }
+            }
+        }
+        ring.head = if steps >= n { (ring.head + steps) % n } else { ring.head };
+        ring.head_start += self.slot_len * u32::try_from(steps).unwrap_or(u32::MAX);
+    }
+
+    pub fn record(&self, now: Instant, latency: Duration, error: bool) {
+        let Ok(mut ring) = self.ring.lock() else { return };
+        self.rotate(&mut ring, now);
+        let head = ring.head;
+        let Some(slot) = ring.slots.get_mut(head) else { return };
+        slot.requests += 1;
+        slot.errors += u64::from(error);
+        if slot.hist.is_none() {
+            slot.hist = Histogram::new_with_bounds(1, MAX_US, SIGFIG).ok();
+        }
+        if let Some(h) = slot.hist.as_mut() {
+            let us = u64::try_from(latency.as_micros()).unwrap_or(MAX_US).clamp(1, MAX_US);
+            h.saturating_record(us);
+        }
+    }
+
+    pub fn stats(&self, now: Instant) -> WindowStats {
+        let Ok(mut ring) = self.ring.lock() else { return WindowStats::default() };
+        self.rotate(&mut ring, now);
+        let mut merged: Option<Histogram<u32>> = None;
+        let (mut requests, mut errors) = (0, 0);
+        for slot in &ring.slots {
+            requests += slot.requests;
+            errors += slot.errors;
+            if let Some(h) = &slot.hist {
+                match merged.as_mut() {
+                    Some(m) => {
+                        let _ = m.add(h);
+                    }
+                    None => merged = Some(h.clone()),
+                }
+            }
+        }
+        let q = |p: f64| merged.as_ref().map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0);
+        WindowStats {
+            requests,
+            errors,
+            error_percent: if requests == 0 { 0.0 } else { errors as f64 * 100.0 / requests as f64 },
+            p50_ms: q(0.50),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn counts_errors_and_quantiles_within_precision() {
+        let t0 = Instant::now();
+        let w = Window::new(Duration::from_secs(60), 6, t0);
+        for i in 0..1000u64 {
+            // 97 % at 10 ms, 3 % at 60 ms and errors.
+            let slow = i % 100 < 3;
+            w.record(t0 + ms(i), if slow { ms(60) } else { ms(10) }, slow);
+        }
+        let s = w.stats(t0 + ms(1000));
+        assert_eq!((s.requests, s.errors), (1000, 30));
+        assert!((s.error_percent - 3.0).abs() < 1e-9);
+        assert!((s.p50_ms - 10.0).abs() <= 10.0 * 0.01, "{s:?}");
+        assert!((s.p99_ms - 60.0).abs() <= 60.0 * 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn old_slots_fall_out_of_the_window() {
+        let t0 = Instant::now();
+        let w = Window::new(Duration::from_secs(60), 6, t0);
+        w.record(t0, ms(5), true);
+        w.record(t0 + Duration::from_secs(30), ms(5), false);
+        assert_eq!(w.stats(t0 + Duration::from_secs(59)).requests, 2);
+        // The first sample's slot [0,10) s is gone once the window moved past 60 s.
+        let s = w.stats(t0 + Duration::from_secs(65));
+        assert_eq!((s.requests, s.errors), (1, 0));
+        assert_eq!(w.stats(t0 + Duration::from_secs(200)).requests, 0, "long idle clears everything");
+        w.record(t0 + Duration::from_secs(201), ms(5), false);
+        assert_eq!(w.stats(t0 + Duration::from_secs(202)).requests, 1, "recording works after a long gap");
+    }
+
+    #[test]
+    fn an_empty_window_reports_zeros() {
+        let t0 = Instant::now();
+        let w = Window::new(Duration::from_secs(10), 5, t0);
+        assert_eq!(w.stats(t0), WindowStats::default());
+    }
+}
