@@ -71,3 +71,13 @@ fn sticky_and_segments(b: Bencher, routes: usize) {
 fn bucket_hash() -> u16 {
     bucket_of(black_box(b"checkout-1.5.0\x1f"), black_box(b"player-8c1f2e77"))
 }
+
+/// Question (issue 4): what does recording one finished request cost —
+/// status counter, histogram bucket, sum/count and the sliding window?
+#[divan::bench]
+fn record_one_request(b: Bencher) {
+    let registry = weir::metrics::Registry::default();
+    let m = registry.route(&std::sync::Arc::from("app"));
+    let now = std::time::Instant::now();
+    b.bench_local(|| m.canary.record(black_box(now), 200, black_box(std::time::Duration::from_micros(1234)), false));
+}

@@ -1,0 +1,125 @@
+//! A real Prometheus server (Debian package `prometheus`, installed by
+//! .ci/run) scrapes weir on loopback; the two PromQL one-liners a Flagger or
+//! Argo Rollouts user would paste (design §7) must return the success ratio
+//! and a p99 within bucket precision.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::{Upstream, Weir, client, config, get};
+
+struct Prometheus {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: weir\n    static_configs: [{{targets: ['{target}']}}]\n"),
+    )
+    .unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus must be installed (.ci/run installs the Debian package)");
+    Prometheus { child, addr: format!("127.0.0.1:{port}").parse().unwrap(), _dir: dir }
+}
+
+/// Instant query; the first sample's value, if any.
+async fn query(p: &Prometheus, promql: &str) -> Option<f64> {
+    use http_body_util::BodyExt;
+    let url = format!("http://{}/api/v1/query?query={}", p.addr, encode(promql));
+    let req = http::Request::get(url).body(http_body_util::Full::new(bytes::Bytes::new())).ok()?;
+    // Not the panicking helper: Prometheus refuses connections while starting.
+    let resp = tokio::time::timeout(Duration::from_secs(5), client().request(req)).await.ok()?.ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_weir_and_the_design_queries_work() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    c.errors_per_100.store(3, Ordering::Relaxed);
+    c.delay_ms.store(60, Ordering::Relaxed);
+    let weir = Weir::start(&config(
+        s.addr,
+        c.addr,
+        "  - {name: checkout, stable: {upstream: v1}, canary: {upstream: v2}, weight: 50, override: {header: x-weir-override}}\n",
+    ))
+    .await;
+    let prom = start_prometheus(weir.admin);
+    // Keep canary traffic flowing while Prometheus scrapes (bounded: 60 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, url) = (stop.clone(), weir.url("/"));
+        load.push(tokio::spawn(async move {
+            let http = client();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                get(&http, &url, &[("x-weir-override", "canary")]).await;
+            }
+        }));
+    }
+    let success = r#"sum(rate(weir_requests_total{route="checkout",version="canary",code!~"5.."}[1m])) / sum(rate(weir_requests_total{route="checkout",version="canary"}[1m]))"#;
+    let p99 = r#"histogram_quantile(0.99, sum by (le) (rate(weir_request_duration_seconds_bucket{route="checkout",version="canary"}[1m])))"#;
+    // Poll (bounded: 45 s) until Prometheus holds at least 400 canary
+    // requests in its 1m window, then take both answers.
+    let seen = r#"sum(increase(weir_requests_total{route="checkout",version="canary"}[1m]))"#;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut answers = (None, None);
+    while Instant::now() < deadline {
+        if query(&prom, seen).await.is_some_and(|n| n >= 400.0) {
+            answers = (query(&prom, success).await, query(&prom, p99).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (Some(ratio), Some(q99)) = answers else { panic!("Prometheus never answered both queries: {answers:?}") };
+    eprintln!("PromQL success ratio {ratio}, p99 {q99} s");
+    // 3 of every 100 canary requests fail: success ratio 0.97.
+    assert!((ratio - 0.97).abs() < 0.01, "success ratio {ratio}");
+    // Latency ≈ 60 ms: the p99 lies in the (0.05, 0.1] bucket.
+    assert!(q99 > 0.05 && q99 <= 0.1, "p99 {q99}");
+}
