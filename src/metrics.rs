@@ -24,6 +24,8 @@ pub const CANARY_WEIGHT_RATIO: &str = "weir_canary_weight_ratio";
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
+/// Requests no route matched (answered 404); no route label exists for them.
+pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
 /// Histogram bucket bounds, seconds.
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -105,6 +107,8 @@ impl RouteMetrics {
 #[derive(Default)]
 pub struct Registry {
     routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
+    /// Requests that matched no route.
+    pub unrouted: AtomicU64,
 }
 
 impl Registry {
@@ -131,6 +135,7 @@ impl Registry {
 /// Process-level values rendered with the per-route ones.
 pub struct Globals {
     pub generation: u64,
+    pub unrouted: u64,
     pub reloads_success: u64,
     pub reloads_failure: u64,
 }
@@ -227,6 +232,9 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             );
         }
     }
+    let _ = writeln!(o, "# HELP {UNROUTED_TOTAL} Requests that matched no route (answered 404).");
+    let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
+    let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
     let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
     let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
     let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);
@@ -255,7 +263,7 @@ mod tests {
         m.canary.record(now, 0, Duration::from_millis(2), true);
         let text = render(
             &[RouteView { metrics: &m, config_weight_bp: 500, effective_weight_bp: 500 }],
-            &Globals { generation: 3, reloads_success: 2, reloads_failure: 1 },
+            &Globals { generation: 3, unrouted: 4, reloads_success: 2, reloads_failure: 1 },
         );
         let buckets: Vec<u64> = text
             .lines()
@@ -270,6 +278,7 @@ mod tests {
         assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"000\"} 1"));
         assert!(text.contains("weir_canary_weight_ratio{route=\"app\",source=\"effective\"} 0.05"));
         assert!(text.contains("weir_config_generation 3"));
+        assert!(text.contains("weir_unrouted_requests_total 4"));
         // Same handle on the next "reload": counters persist.
         assert!(Arc::ptr_eq(&m, &reg.route(&Arc::from("app"))));
     }

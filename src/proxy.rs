@@ -202,7 +202,10 @@ impl Proxy {
         }
         let draw = rand::rng().random_range(0..BUCKETS);
         let facts = Facts { host: hostname, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
-        let decision = routing::decide(&snap.table, &facts, draw).ok_or(ProxyError::NoRoute)?;
+        let Some(decision) = routing::decide(&snap.table, &facts, draw) else {
+            self.live.registry.unrouted.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::NoRoute);
+        };
         let route = snap.table.routes.get(decision.route).ok_or(ProxyError::NoRoute)?;
         let (mut version, mut reason) = (decision.version, decision.reason);
         let metrics = served.route_metrics.get(decision.route).map(Arc::clone);

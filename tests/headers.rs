@@ -83,6 +83,8 @@ async fn bad_hosts_get_400_and_never_reach_the_upstream() {
     }
     let resp = raw(weir.addr, b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n", Duration::from_millis(500)).await;
     assert!(resp.starts_with("HTTP/1.1 404"), "no route: {resp}");
+    let (_, _, metrics) = get(&client(), &format!("http://{}/metrics", weir.admin), &[]).await;
+    assert!(metrics.contains("weir_unrouted_requests_total 1"), "the 404 is counted");
     assert_eq!(s.count() + c.count(), 0);
     // Wildcard host and port are fine.
     let resp = raw(

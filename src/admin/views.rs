@@ -3,14 +3,14 @@
 
 use crate::config::units::bp_to_percent;
 use crate::explain::{self, Query};
-use crate::live::Served;
+use crate::live::{Live, Served};
 use crate::metrics::{self, Globals, RouteView};
 use crate::reload::Reloader;
 use crate::routing::{Route, Version};
 use serde_json::{Value, json};
 use std::time::Instant;
 
-pub fn metrics_text(served: &Served, reloader: &Reloader) -> String {
+pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader) -> String {
     let views: Vec<RouteView<'_>> = served
         .snapshot
         .table
@@ -27,6 +27,7 @@ pub fn metrics_text(served: &Served, reloader: &Reloader) -> String {
         &views,
         &Globals {
             generation: served.generation,
+            unrouted: live.registry.unrouted.load(std::sync::atomic::Ordering::Relaxed),
             reloads_success: reloader.successes(),
             reloads_failure: reloader.failures(),
         },
