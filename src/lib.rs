@@ -9,8 +9,12 @@
 //!                                              │ upstream::connect (canary unreachable ⇒ stable)
 //!                                              │ headers rewritten in place, send, stream back
 //!                                              ▼
-//!                                   Completion (on body drop): access log
+//!                                   Completion (on body drop): access log,
+//!                                   metrics + sliding window of that (route, version)
 //! ```
+//!
+//! Reloads: the config directory watch, SIGHUP and `POST /reload` all end in
+//! [`reload::Reloader::reload`], which validates and calls `Live::install`.
 //!
 //! Where things live: the split is decided in [`routing`]; config files
 //! become an immutable [`config::Snapshot`]; the only way to change what
