@@ -165,3 +165,22 @@ async fn ready_turns_503_while_draining() {
     assert_eq!(get(&client(), &weir.url("/"), &[]).await.0, 200, "still serving during the delay");
     tokio::time::timeout(Duration::from_secs(10), weir.handle.wait()).await.expect("drain finished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_without_a_token_file_are_refused_off_loopback() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let open = config(s.addr, c.addr, "  - {name: app, stable: {upstream: v1}}\n")
+        .replace("admin: {address: \"127.0.0.1:0\"}", "admin: {address: \"0.0.0.0:0\"}");
+    let weir = Weir::start(&open).await;
+    let url = format!("http://127.0.0.1:{}/reload", weir.admin.port());
+    let req = http::Request::post(&url).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), 403, "wildcard bind without token_file");
+    let (status, _, _) = get(&client(), &format!("http://127.0.0.1:{}/ready", weir.admin.port()), &[]).await;
+    assert_eq!(status, 200, "reads stay open");
+    // Loopback bind without a token file: accepted.
+    let local = Weir::start(&config(s.addr, c.addr, "  - {name: app, stable: {upstream: v1}}\n")).await;
+    let req = http::Request::post(format!("http://{}/reload", local.admin))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), 200);
+}
