@@ -5,23 +5,9 @@
 #   benches/ab.sh OLD_BIN NEW_BIN
 set -euo pipefail
 A=$1; B=$2; ROUNDS=${ROUNDS:-3}
-work=$(mktemp -d /tmp/weir-ab.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sp=$(port); cp=$(port); wp=$(port); ap=$(port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<CFG
-daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server { listen 127.0.0.1:$sp; location / { return 200 "stable\n"; } }
-  server { listen 127.0.0.1:$cp; location / { return 200 "canary\n"; } } }
-CFG
-taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
+. "$(dirname "$0")/lib.sh"
+start_upstreams
+wp=$(free_port); ap=$(free_port)
 cat > "$work/weir.yaml" <<CFG
 listen: [{address: 127.0.0.1:$wp}]
 admin: {address: 127.0.0.1:$ap}

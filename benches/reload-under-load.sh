@@ -9,23 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 BIN=${WEIR_BIN:-$PWD/target/release/weir}
-work=$(mktemp -d /tmp/weir-reload-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sp=$(port); cp=$(port); wp=$(port); ap=$(port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<CFG
-daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server { listen 127.0.0.1:$sp; location / { return 200 "stable\n"; } }
-  server { listen 127.0.0.1:$cp; location / { return 200 "canary\n"; } } }
-CFG
-taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
+. benches/lib.sh
+start_upstreams
+wp=$(free_port); ap=$(free_port)
 cfg() {
   cat > "$work/weir.yaml.tmp" <<CFG
 listen: [{address: 127.0.0.1:$wp}]

@@ -113,22 +113,18 @@ pub struct Registry {
 
 impl Registry {
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
-        let Ok(mut map) = self.routes.lock() else {
-            let now = Instant::now();
-            return Arc::new(RouteMetrics {
-                name: name.clone(),
-                stable: VersionMetrics::new(now),
-                canary: VersionMetrics::new(now),
-            });
-        };
-        Arc::clone(map.entry(Arc::clone(name)).or_insert_with(|| {
+        let fresh = || {
             let now = Instant::now();
             Arc::new(RouteMetrics {
-                name: name.clone(),
+                name: Arc::clone(name),
                 stable: VersionMetrics::new(now),
                 canary: VersionMetrics::new(now),
             })
-        }))
+        };
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // map itself is still usable.
+        let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(Arc::clone(name)).or_insert_with(fresh))
     }
 }
 
@@ -149,6 +145,33 @@ pub struct RouteView<'a> {
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One counter per (route, version, `label`) for a fixed list of label values.
+fn counter_family(
+    o: &mut String,
+    routes: &[RouteView<'_>],
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    counters: impl Fn(&VersionMetrics) -> &[AtomicU64],
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            for (value, c) in values.iter().zip(counters(r.metrics.version(v))) {
+                let _ = writeln!(
+                    o,
+                    "{name}{{route=\"{}\",version=\"{}\",{label}=\"{value}\"}} {}",
+                    escape(&r.metrics.name),
+                    v.as_str(),
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
 }
 
 /// Prometheus text format 0.0.4.
@@ -190,36 +213,18 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             let _ = writeln!(o, "{REQUEST_DURATION}_count{{{labels}}} {count}");
         }
     }
-    let _ = writeln!(o, "# HELP {UPSTREAM_ERRORS_TOTAL} Upstream failures, by kind.");
-    let _ = writeln!(o, "# TYPE {UPSTREAM_ERRORS_TOTAL} counter");
-    for r in routes {
-        for v in [Version::Stable, Version::Canary] {
-            for (kind, c) in ERROR_KINDS.iter().zip(&r.metrics.version(v).upstream_errors) {
-                let _ = writeln!(
-                    o,
-                    "{UPSTREAM_ERRORS_TOTAL}{{route=\"{}\",version=\"{}\",kind=\"{kind}\"}} {}",
-                    escape(&r.metrics.name),
-                    v.as_str(),
-                    c.load(Ordering::Relaxed)
-                );
-            }
-        }
-    }
-    let _ = writeln!(o, "# HELP {ROUTING_DECISIONS_TOTAL} Routing decisions, by version and reason.");
-    let _ = writeln!(o, "# TYPE {ROUTING_DECISIONS_TOTAL} counter");
-    for r in routes {
-        for v in [Version::Stable, Version::Canary] {
-            for (reason, c) in REASONS.iter().zip(&r.metrics.version(v).decisions) {
-                let _ = writeln!(
-                    o,
-                    "{ROUTING_DECISIONS_TOTAL}{{route=\"{}\",version=\"{}\",reason=\"{reason}\"}} {}",
-                    escape(&r.metrics.name),
-                    v.as_str(),
-                    c.load(Ordering::Relaxed)
-                );
-            }
-        }
-    }
+    counter_family(&mut o, routes, UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind.", "kind", &ERROR_KINDS, |m| {
+        &m.upstream_errors
+    });
+    counter_family(
+        &mut o,
+        routes,
+        ROUTING_DECISIONS_TOTAL,
+        "Routing decisions, by version and reason.",
+        "reason",
+        &REASONS,
+        |m| &m.decisions,
+    );
     let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
     let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");
     for r in routes {
