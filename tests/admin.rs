@@ -106,7 +106,8 @@ async fn windows_and_metrics_report_a_slow_failing_canary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_fallback_counts_against_the_canary() {
     let s = Upstream::start("stable").await;
-    let dead = support::refused_addr().await;
+    let dead_guard = support::refused_addr().await;
+    let dead = dead_guard.addr;
     let weir = Weir::start(&config(
         s.addr,
         dead,

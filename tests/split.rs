@@ -144,7 +144,8 @@ async fn kill_switch_sends_everyone_to_stable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_down_falls_back_to_stable_with_no_client_errors() {
     let s = Upstream::start("stable").await;
-    let dead = refused_addr().await;
+    let dead_guard = refused_addr().await;
+    let dead = dead_guard.addr;
     let weir = Weir::start(&config(s.addr, dead, &sticky_route("50"))).await;
     let http = client();
     for i in 0..200 {
@@ -173,7 +174,8 @@ async fn canary_down_falls_back_to_stable_with_no_client_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stable_down_gives_502_quickly() {
     let c = Upstream::start("canary").await;
-    let dead = refused_addr().await;
+    let dead_guard = refused_addr().await;
+    let dead = dead_guard.addr;
     let weir = Weir::start(&config(dead, c.addr, &sticky_route("0"))).await;
     let http = client();
     let t = Instant::now();

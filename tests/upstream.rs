@@ -41,7 +41,8 @@ async fn requests_round_robin_over_endpoints_and_reuse_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_skipped_for_the_next_one() {
     let a = Upstream::start("a").await;
-    let dead = support::refused_addr().await;
+    let dead_guard = support::refused_addr().await;
+    let dead = dead_guard.addr;
     let weir = Weir::start(&two_endpoint_config(dead, a.addr, "")).await;
     let http = client();
     for _ in 0..20 {

@@ -116,12 +116,19 @@ impl Upstream {
     }
 }
 
-/// A TCP port with nothing listening (connect is refused).
-pub async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+/// A loopback port where connects are refused. The socket stays bound but
+/// never listens, so the kernel answers connects with RST and no other test
+/// running in parallel can take the port while this value lives.
+pub struct Dead {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+pub async fn refused_addr() -> Dead {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    Dead { addr, _socket: socket }
 }
 
 /// weir running in this test process.
