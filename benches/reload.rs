@@ -39,7 +39,11 @@ fn parse_and_validate(b: Bencher, routes: usize) {
 #[divan::bench(args = [1000])]
 fn install(b: Bencher, routes: usize) {
     let text = yaml(routes);
-    let Ok(first) = config::parse(text.as_bytes(), Path::new("weir.yaml")) else { panic!("invalid bench config") };
-    let live = Live::new(first.clone());
+    // A private state_dir (relative paths resolve against the config's directory).
+    let Ok(dir) = tempfile::tempdir() else { panic!("no temp dir") };
+    let Ok(first) = config::parse(text.as_bytes(), &dir.path().join("weir.yaml")) else {
+        panic!("invalid bench config")
+    };
+    let Ok(live) = Live::new(first.clone()) else { panic!("cannot open state_dir") };
     b.with_inputs(|| first.clone()).bench_local_values(|s| live.install(s));
 }

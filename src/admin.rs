@@ -1,6 +1,7 @@
 //! The admin listener (design §5): `/live`, `/ready`, `/metrics`,
 //! `/config`, `/routes`, `/routes/{name}`, `/explain`, `POST /reload`.
-//! Route steering (rollback, pause, ...) arrives with the rollout work.
+//! `POST /routes/{name}/{rollback,resume,pause,promote,kill,unkill}` steer
+//! one route's rollout; each call is journaled with actor `admin` and peer.
 //!
 //! Mutating calls follow the token rule: with `admin.token_file`, they need
 //! `Authorization: Bearer <token>` (compared in constant time); without it,
@@ -10,6 +11,7 @@ mod views;
 
 use crate::live::Live;
 use crate::reload::{Outcome, Reloader};
+use crate::rollout::{Steer, SteerError};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -89,12 +91,12 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
             views::metrics_text(&state.live, &state.live.load(), &state.reloader),
         ),
         (&Method::GET, "/config") => json(StatusCode::OK, &views::config_json(&state.live.load())),
-        (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live.load())),
+        (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live, &state.live.load())),
         (&Method::GET, p) if p.starts_with("/routes/") => {
             let served = state.live.load();
             let name = &p["/routes/".len()..];
             match served.snapshot.table.routes.iter().position(|r| &*r.name == name) {
-                Some(i) => match views::route_json(&served, i) {
+                Some(i) => match views::route_json(&state.live, &served, i) {
                     Some(v) => json(StatusCode::OK, &v),
                     None => text(StatusCode::NOT_FOUND, "no such route\n"),
                 },
@@ -130,10 +132,36 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
+        (&Method::POST, p) if p.starts_with("/routes/") => steer(state, peer, &req, &p["/routes/".len()..]),
         (_, "/live" | "/ready" | "/reload" | "/metrics" | "/config" | "/routes" | "/explain") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `POST /routes/{name}/{rollback|resume|pause|promote|kill|unkill}`.
+fn steer<B>(state: &AdminState, peer: SocketAddr, req: &Request<B>, rest: &str) -> Response<Full<Bytes>> {
+    let Some((name, op)) = rest.rsplit_once('/') else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let Some(op) = Steer::parse(op) else {
+        return text(StatusCode::NOT_FOUND, "unknown action; use rollback, resume, pause, promote, kill or unkill\n");
+    };
+    if let Err((status, why)) = authorize(state, req) {
+        tracing::warn!(peer = %peer, path = %req.uri().path(), status = status.as_u16(), "admin call refused");
+        return text(status, why);
+    }
+    match state.live.steer(name, op, peer) {
+        Ok(changed) => {
+            let served = state.live.load();
+            let idx = served.snapshot.table.routes.iter().position(|r| &*r.name == name);
+            let route = idx.and_then(|i| views::route_json(&state.live, &served, i)).unwrap_or_default();
+            json(StatusCode::OK, &serde_json::json!({"changed": changed, "route": route}))
+        }
+        Err(SteerError::NoSuchRoute) => text(StatusCode::NOT_FOUND, "no such route\n"),
+        Err(SteerError::NoCanary) => json(StatusCode::CONFLICT, &serde_json::json!({"error": "route has no canary"})),
+        Err(SteerError::Refused(why)) => json(StatusCode::CONFLICT, &serde_json::json!({"error": why})),
     }
 }
 

@@ -30,6 +30,8 @@ use tokio_util::task::TaskTracker;
 pub enum StartError {
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot use state_dir {}: {source} (set `state_dir` to a writable directory)", dir.display())]
+    State { dir: PathBuf, source: std::io::Error },
 }
 
 /// A running weir. Dropping it does not stop it; call `shutdown`.
@@ -77,7 +79,8 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
 
     let max_connections = snapshot.limits.max_connections;
-    let live = Arc::new(Live::new(snapshot));
+    let state_dir = snapshot.state_dir.clone();
+    let live = Arc::new(Live::new(snapshot).map_err(|source| StartError::State { dir: state_dir, source })?);
     let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
     let proxy = Arc::new(Proxy::new(Arc::clone(&live), Arc::new(AccessLog::stdout())));
     let ready = Arc::new(AtomicBool::new(false));
@@ -105,6 +108,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     });
     tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
     crate::config::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
+    tokio::spawn(crate::rollout::control(Arc::clone(&live), stop_accepting.clone()));
     ready.store(true, Ordering::Release);
     tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
 

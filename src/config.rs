@@ -100,6 +100,33 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
+/// `routes[].analysis`: how the canary is judged (design §4).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Analysis {
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "interval_ms")]
+    pub interval: Duration,
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "window_ms")]
+    pub window: Duration,
+    /// Canary requests needed in the window for a `pass` or `fail`.
+    pub min_requests: u64,
+    /// Percent of canary requests that may be errors.
+    pub max_error_rate: f64,
+    #[serde(serialize_with = "units::ser_opt_duration_ms", rename = "max_p99_ms")]
+    pub max_p99: Option<Duration>,
+    pub max_p99_ratio: Option<f64>,
+    /// Consecutive `fail` verdicts that trigger a rollback.
+    pub failures: u32,
+}
+
+/// `routes[].progression`: the steps weir walks the canary weight through.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Progression {
+    /// Canary weights, basis points, strictly increasing.
+    pub steps: Vec<u16>,
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "hold_ms")]
+    pub hold: Duration,
+}
+
 /// A validated config, ready to serve. Immutable once built.
 #[derive(Debug, Clone)]
 pub struct Snapshot {

@@ -32,6 +32,7 @@ pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod routing;
 pub mod stats;
 pub mod upstream;

@@ -1,20 +1,29 @@
-//! The one `ArcSwap` holding what serves: the validated snapshot, its
-//! generation and the upstream pools built for it.
+//! The one `ArcSwap` holding what serves: the effective snapshot (config
+//! plus rollout overlay), its generation and the upstream pools built for it.
 //!
 //! Every request loads it once and keeps that `Arc` to its end, so a swap
-//! never changes a request mid-flight. All writers (reload, and later the
-//! rollout controller) go through `Live::install`, serialised by a mutex, so
-//! two writers can never interleave and lose an update.
+//! never changes a request mid-flight. Every writer (config reload, the
+//! rollout controller's tick, admin steering) takes the one writer lock,
+//! changes the config or the rollout book, and publishes a new effective
+//! snapshot, so two writers can never interleave and lose an update, and the
+//! weight, kill and rollback flags are never stored in two places that could
+//! disagree.
 
 use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
+use crate::rollout::{self, Book, Steer, SteerError};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::Notify;
 
 /// What one request sees.
 pub struct Served {
+    /// The effective snapshot: config with the rollout overlay applied.
     pub snapshot: Arc<Snapshot>,
+    /// Config generation (1 at start, +1 per applied reload).
     pub generation: u64,
     /// Pools, index-aligned with `snapshot.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
@@ -28,20 +37,36 @@ impl Served {
     }
 }
 
+struct Writer {
+    /// The config as loaded, without overlay.
+    config: Arc<Snapshot>,
+    book: Book,
+}
+
 pub struct Live {
     current: ArcSwap<Served>,
     /// Metric handles by route name, reused across reloads.
     pub registry: Registry,
-    writer: Mutex<()>,
+    writer: Mutex<Writer>,
+    /// Signalled when a config is installed (the controller re-plans).
+    pub changed: Notify,
 }
 
 impl Live {
-    pub fn new(snapshot: Snapshot) -> Self {
-        let upstreams = snapshot.upstreams.iter().map(|s| Arc::new(Upstream::new(s.clone()))).collect();
+    /// Open the rollout state in `snapshot.state_dir` and serve `snapshot`.
+    pub fn new(snapshot: Snapshot) -> std::io::Result<Self> {
         let registry = Registry::default();
-        let route_metrics = snapshot.table.routes.iter().map(|r| registry.route(&r.name)).collect();
-        let served = Served { snapshot: Arc::new(snapshot), generation: 1, upstreams, route_metrics };
-        Self { current: ArcSwap::from_pointee(served), registry, writer: Mutex::new(()) }
+        let book = Book::open(&snapshot.state_dir, &snapshot, &registry, rollout::wall_ms())?;
+        let effective = book.overlay(&snapshot);
+        let upstreams = effective.upstreams.iter().map(|s| Arc::new(Upstream::new(s.clone()))).collect();
+        let route_metrics = Self::metrics_for(&registry, &effective);
+        let served = Served { snapshot: Arc::new(effective), generation: 1, upstreams, route_metrics };
+        Ok(Self {
+            current: ArcSwap::from_pointee(served),
+            registry,
+            writer: Mutex::new(Writer { config: Arc::new(snapshot), book }),
+            changed: Notify::new(),
+        })
     }
 
     /// The current table; keep it for the whole request.
@@ -49,13 +74,33 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Swap in a new snapshot in one step and return its generation. Pools of
-    /// upstreams whose spec did not change are carried over, so a reload
-    /// causes no reconnect storm.
-    pub fn install(&self, snapshot: Snapshot) -> u64 {
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A poisoned lock means a writer panicked; the state it guards is
+        // replaced whole on every write, so it is still consistent.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn metrics_for(registry: &Registry, s: &Snapshot) -> Vec<Arc<RouteMetrics>> {
+        let now = Instant::now();
+        s.table
+            .routes
+            .iter()
+            .map(|r| {
+                let m = registry.route(&r.name);
+                let window = r.analysis.as_ref().map_or(crate::metrics::DEFAULT_WINDOW, |a| a.window);
+                m.stable.window.configure(window, now);
+                m.canary.window.configure(window, now);
+                m
+            })
+            .collect()
+    }
+
+    /// Publish `w`'s effective snapshot under `generation`. Pools of upstreams
+    /// whose spec did not change are carried over, so no reconnect storm.
+    fn publish(&self, w: &Writer, generation: u64) {
         let old = self.current.load_full();
-        let upstreams = snapshot
+        let effective = w.book.overlay(&w.config);
+        let upstreams = effective
             .upstreams
             .iter()
             .map(|spec| match old.upstreams.iter().find(|u| u.spec() == spec) {
@@ -63,9 +108,50 @@ impl Live {
                 None => Arc::new(Upstream::new(spec.clone())),
             })
             .collect();
-        let route_metrics = snapshot.table.routes.iter().map(|r| self.registry.route(&r.name)).collect();
-        let generation = old.generation + 1;
-        self.current.store(Arc::new(Served { snapshot: Arc::new(snapshot), generation, upstreams, route_metrics }));
+        let route_metrics = Self::metrics_for(&self.registry, &effective);
+        self.current.store(Arc::new(Served { snapshot: Arc::new(effective), generation, upstreams, route_metrics }));
+    }
+
+    /// Install a newly loaded config in one step and return its generation.
+    /// Rollout state is fitted to it (a new canary revision starts over; a
+    /// rollback latch survives).
+    pub fn install(&self, snapshot: Snapshot) -> u64 {
+        let mut w = self.lock();
+        let old = Arc::clone(&w.config);
+        w.book.windows_for_new_revisions(Some(&old), &snapshot, &self.registry);
+        w.book.reconcile(Some(&old), &snapshot, rollout::wall_ms());
+        w.config = Arc::new(snapshot);
+        let generation = self.current.load().generation + 1;
+        self.publish(&w, generation);
+        drop(w);
+        self.changed.notify_one();
         generation
+    }
+
+    /// Take the verdicts that are due; returns when the next one is due.
+    pub fn tick(&self, now: Instant, now_ms: u64) -> Option<Instant> {
+        let mut w = self.lock();
+        let config = Arc::clone(&w.config);
+        let (changed, next) = w.book.tick(&config, &self.registry, now, now_ms);
+        if changed {
+            self.publish(&w, self.current.load().generation);
+        }
+        next
+    }
+
+    /// Admin steering of one route. Returns whether anything changed.
+    pub fn steer(&self, route: &str, op: Steer, peer: SocketAddr) -> Result<bool, SteerError> {
+        let mut w = self.lock();
+        let config = Arc::clone(&w.config);
+        let changed = w.book.steer(&config, &self.registry, route, op, peer, rollout::wall_ms())?;
+        if changed {
+            self.publish(&w, self.current.load().generation);
+        }
+        Ok(changed)
+    }
+
+    /// Persisted rollout state of a route (for views).
+    pub fn rollout_state(&self, route: &str) -> Option<rollout::RouteState> {
+        self.lock().book.state(route).cloned()
     }
 }

@@ -8,9 +8,11 @@
 //! `metrics` crate: explicit buckets and cached per-route handles are the
 //! whole requirement, and this keeps them obvious.
 
+use crate::rollout::verdict::{Breach, Verdict};
+use crate::rollout::{Phase, RollbackReason};
 use crate::routing::{Reason, Version};
 use crate::stats::Window;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,9 @@ pub const REQUEST_DURATION: &str = "weir_request_duration_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "weir_upstream_errors_total";
 pub const ROUTING_DECISIONS_TOTAL: &str = "weir_routing_decisions_total";
 pub const CANARY_WEIGHT_RATIO: &str = "weir_canary_weight_ratio";
+pub const ROLLOUT_STATE: &str = "weir_rollout_state";
+pub const ANALYSIS_VERDICTS_TOTAL: &str = "weir_analysis_verdicts_total";
+pub const ROLLBACKS_TOTAL: &str = "weir_rollbacks_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
@@ -31,9 +36,10 @@ pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
 const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
 const REASONS: [&str; 6] = ["weight", "segment", "override", "kill_switch", "rollback", "fallback"];
-/// Sliding window used until analysis settings exist: 60 s in 6 slots.
+/// Sliding window of routes without `analysis` (with it: `analysis.window`),
+/// in 10 slots, so the window slides in tenths.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-const WINDOW_SLOTS: usize = 6;
+const WINDOW_SLOTS: usize = 10;
 
 pub struct VersionMetrics {
     /// Index = status code (100–599); index 0 is `000` (no response).
@@ -92,9 +98,42 @@ pub struct RouteMetrics {
     pub name: Arc<str>,
     pub stable: VersionMetrics,
     pub canary: VersionMetrics,
+    /// By `Verdict::ALL` order.
+    verdicts: [AtomicU64; 3],
+    /// By `RollbackReason::ALL` order.
+    rollbacks: [AtomicU64; 5],
+    /// The latest verdicts, newest last (for `GET /routes`).
+    recent: Mutex<VecDeque<serde_json::Value>>,
 }
 
+/// How many verdicts `GET /routes/{name}` shows.
+const RECENT_VERDICTS: usize = 10;
+
 impl RouteMetrics {
+    pub fn verdict(&self, at: &str, v: Verdict, streak: u32, breaches: &[Breach]) {
+        if let Some(i) = Verdict::ALL.iter().position(|x| *x == v) {
+            self.verdicts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_VERDICTS {
+            recent.pop_front();
+        }
+        recent.push_back(serde_json::json!({
+            "at": at, "verdict": v.as_str(), "streak": streak,
+            "breaches": breaches.iter().map(|b| b.as_str()).collect::<Vec<_>>(),
+        }));
+    }
+
+    pub fn rolled_back(&self, reason: RollbackReason) {
+        if let Some(i) = RollbackReason::ALL.iter().position(|x| *x == reason) {
+            self.rollbacks[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn recent_verdicts(&self) -> Vec<serde_json::Value> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
     pub fn version(&self, v: Version) -> &VersionMetrics {
         match v {
             Version::Stable => &self.stable,
@@ -119,6 +158,9 @@ impl Registry {
                 name: Arc::clone(name),
                 stable: VersionMetrics::new(now),
                 canary: VersionMetrics::new(now),
+                verdicts: Default::default(),
+                rollbacks: Default::default(),
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_VERDICTS)),
             })
         };
         // A poisoned lock only means another thread panicked mid-insert; the
@@ -141,6 +183,7 @@ pub struct RouteView<'a> {
     pub metrics: &'a RouteMetrics,
     pub config_weight_bp: u16,
     pub effective_weight_bp: u16,
+    pub phase: Phase,
 }
 
 fn escape(v: &str) -> String {
@@ -170,6 +213,29 @@ fn counter_family(
                     c.load(Ordering::Relaxed)
                 );
             }
+        }
+    }
+}
+
+/// One counter per (route, `label`).
+fn route_counters(
+    o: &mut String,
+    routes: &[RouteView<'_>],
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Fn(&RouteMetrics) -> Vec<(&'static str, &AtomicU64)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for r in routes {
+        for (value, c) in values(r.metrics) {
+            let _ = writeln!(
+                o,
+                "{name}{{route=\"{}\",{label}=\"{value}\"}} {}",
+                escape(&r.metrics.name),
+                c.load(Ordering::Relaxed)
+            );
         }
     }
 }
@@ -237,6 +303,25 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             );
         }
     }
+    let _ = writeln!(o, "# HELP {ROLLOUT_STATE} 1 for the rollout state each route is in, else 0.");
+    let _ = writeln!(o, "# TYPE {ROLLOUT_STATE} gauge");
+    for r in routes {
+        for phase in Phase::ALL {
+            let _ = writeln!(
+                o,
+                "{ROLLOUT_STATE}{{route=\"{}\",state=\"{}\"}} {}",
+                escape(&r.metrics.name),
+                phase.as_str(),
+                u8::from(phase == r.phase)
+            );
+        }
+    }
+    route_counters(&mut o, routes, ANALYSIS_VERDICTS_TOTAL, "Canary analysis verdicts.", "verdict", |m| {
+        Verdict::ALL.iter().map(|v| v.as_str()).zip(m.verdicts.iter()).collect()
+    });
+    route_counters(&mut o, routes, ROLLBACKS_TOTAL, "Canary rollbacks, by reason.", "reason", |m| {
+        RollbackReason::ALL.iter().map(|v| v.as_str()).zip(m.rollbacks.iter()).collect()
+    });
     let _ = writeln!(o, "# HELP {UNROUTED_TOTAL} Requests that matched no route (answered 404).");
     let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
     let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
@@ -267,7 +352,7 @@ mod tests {
         }
         m.canary.record(now, 0, Duration::from_millis(2), true);
         let text = render(
-            &[RouteView { metrics: &m, config_weight_bp: 500, effective_weight_bp: 500 }],
+            &[RouteView { metrics: &m, config_weight_bp: 500, effective_weight_bp: 500, phase: Phase::Progressing }],
             &Globals { generation: 3, unrouted: 4, reloads_success: 2, reloads_failure: 1 },
         );
         let buckets: Vec<u64> = text
@@ -283,6 +368,9 @@ mod tests {
         assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"000\"} 1"));
         assert!(text.contains("weir_canary_weight_ratio{route=\"app\",source=\"effective\"} 0.05"));
         assert!(text.contains("weir_config_generation 3"));
+        assert!(text.contains("weir_rollout_state{route=\"app\",state=\"progressing\"} 1"));
+        assert!(text.contains("weir_rollout_state{route=\"app\",state=\"steady\"} 0"));
+        assert!(text.contains("weir_rollbacks_total{route=\"app\",reason=\"latency_ratio\"} 0"));
         assert!(text.contains("weir_unrouted_requests_total 4"));
         // Same handle on the next "reload": counters persist.
         assert!(Arc::ptr_eq(&m, &reg.route(&Arc::from("app"))));

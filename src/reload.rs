@@ -45,11 +45,17 @@ struct Sockets {
     listen: Vec<SocketAddr>,
     admin: SocketAddr,
     max_connections: usize,
+    state_dir: PathBuf,
 }
 
 impl Sockets {
     fn of(s: &Snapshot) -> Self {
-        Self { listen: s.listen.clone(), admin: s.admin, max_connections: s.limits.max_connections }
+        Self {
+            listen: s.listen.clone(),
+            admin: s.admin,
+            max_connections: s.limits.max_connections,
+            state_dir: s.state_dir.clone(),
+        }
     }
 }
 
@@ -164,6 +170,9 @@ fn describe_socket_change(old: &Sockets, new: &Sockets) -> String {
     }
     if old.max_connections != new.max_connections {
         parts.push(format!("limits.max_connections changed from {} to {}", old.max_connections, new.max_connections));
+    }
+    if old.state_dir != new.state_dir {
+        parts.push(format!("state_dir changed from {} to {}", old.state_dir.display(), new.state_dir.display()));
     }
     parts.join("; ")
 }

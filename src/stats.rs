@@ -34,15 +34,31 @@ impl Slot {
 }
 
 struct Ring {
+    slot_len: Duration,
     slots: Vec<Slot>,
     head: usize,
     /// When the head slot began.
     head_start: Instant,
 }
 
+impl Ring {
+    fn slot_len(window: Duration, slots: usize) -> Duration {
+        (window / slots.max(1) as u32).max(Duration::from_millis(1))
+    }
+
+    fn new(window: Duration, slots: usize, now: Instant) -> Self {
+        let slots = slots.max(1);
+        Ring {
+            slot_len: Self::slot_len(window, slots),
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            head: 0,
+            head_start: now,
+        }
+    }
+}
+
 /// A sliding window of `slots` slots covering `window` in total.
 pub struct Window {
-    slot_len: Duration,
     ring: Mutex<Ring>,
 }
 
@@ -59,20 +75,39 @@ pub struct WindowStats {
 
 impl Window {
     pub fn new(window: Duration, slots: usize, now: Instant) -> Self {
-        let slots = slots.max(1);
-        let slot_len = (window / slots as u32).max(Duration::from_millis(1));
-        let ring = Ring { slots: (0..slots).map(|_| Slot::default()).collect(), head: 0, head_start: now };
-        Self { slot_len, ring: Mutex::new(ring) }
+        Self { ring: Mutex::new(Ring::new(window, slots, now)) }
+    }
+
+    /// Change the window length (a reload changed `analysis.window`). A new
+    /// length starts empty; the same length keeps every sample.
+    pub fn configure(&self, window: Duration, now: Instant) {
+        let Ok(mut ring) = self.ring.lock() else { return };
+        let n = ring.slots.len();
+        if ring.slot_len != Ring::slot_len(window, n) {
+            *ring = Ring::new(window, n, now);
+        }
+    }
+
+    /// Drop every sample (a new canary revision, or a resumed rollback).
+    pub fn reset(&self, now: Instant) {
+        let Ok(mut ring) = self.ring.lock() else { return };
+        ring.slots.iter_mut().for_each(Slot::clear);
+        ring.head_start = now;
+    }
+
+    /// Length of the window.
+    pub fn length(&self) -> Duration {
+        self.ring.lock().map_or(Duration::ZERO, |r| r.slot_len * r.slots.len() as u32)
     }
 
     /// Advance the ring so the head slot contains `now`.
     fn rotate(&self, ring: &mut Ring, now: Instant) {
         let n = ring.slots.len();
         let elapsed = now.saturating_duration_since(ring.head_start);
-        if elapsed < self.slot_len {
+        if elapsed < ring.slot_len {
             return;
         }
-        let steps = (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as usize;
+        let steps = (elapsed.as_nanos() / ring.slot_len.as_nanos().max(1)) as usize;
         if steps >= n {
             ring.slots.iter_mut().for_each(Slot::clear);
         } else {
@@ -84,7 +119,7 @@ impl Window {
             }
         }
         ring.head = if steps >= n { (ring.head + steps) % n } else { ring.head };
-        ring.head_start += self.slot_len * u32::try_from(steps).unwrap_or(u32::MAX);
+        ring.head_start += ring.slot_len * u32::try_from(steps).unwrap_or(u32::MAX);
     }
 
     pub fn record(&self, now: Instant, latency: Duration, error: bool) {
@@ -169,6 +204,20 @@ mod tests {
         assert_eq!(w.stats(t0 + Duration::from_secs(200)).requests, 0, "long idle clears everything");
         w.record(t0 + Duration::from_secs(201), ms(5), false);
         assert_eq!(w.stats(t0 + Duration::from_secs(202)).requests, 1, "recording works after a long gap");
+    }
+
+    #[test]
+    fn reset_and_reconfigure() {
+        let t0 = Instant::now();
+        let w = Window::new(Duration::from_secs(60), 6, t0);
+        w.record(t0, ms(5), true);
+        w.configure(Duration::from_secs(60), t0);
+        assert_eq!(w.stats(t0).requests, 1, "same length keeps samples");
+        w.configure(Duration::from_secs(12), t0);
+        assert_eq!((w.stats(t0).requests, w.length()), (0, Duration::from_secs(12)));
+        w.record(t0, ms(5), true);
+        w.reset(t0);
+        assert_eq!(w.stats(t0).requests, 0);
     }
 
     #[test]

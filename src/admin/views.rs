@@ -5,6 +5,7 @@ use crate::config::units::bp_to_percent;
 use crate::explain::{self, Query};
 use crate::live::{Live, Served};
 use crate::metrics::{self, Globals, RouteView};
+
 use crate::reload::Reloader;
 use crate::routing::{Route, Version};
 use serde_json::{Value, json};
@@ -21,6 +22,7 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader) -> String
             metrics: m,
             config_weight_bp: r.config_weight_bp,
             effective_weight_bp: effective_bp(r),
+            phase: r.phase,
         })
         .collect();
     metrics::render(
@@ -39,17 +41,7 @@ fn effective_bp(r: &Route) -> u16 {
     if r.canary.is_none() || r.killed || r.rolled_back { 0 } else { r.weight_bp }
 }
 
-fn state(r: &Route) -> &'static str {
-    if r.killed {
-        "killed"
-    } else if r.rolled_back {
-        "rolled_back"
-    } else {
-        "steady"
-    }
-}
-
-pub fn route_json(served: &Served, idx: usize) -> Option<Value> {
+pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
     let r = served.snapshot.table.routes.get(idx)?;
     let m = served.route_metrics.get(idx)?;
     let now = Instant::now();
@@ -57,20 +49,33 @@ pub fn route_json(served: &Served, idx: usize) -> Option<Value> {
         let b = r.backend(v);
         json!({"upstream": &*b.upstream_name, "revision": &*b.revision, "window": m.version(v).window.stats(now)})
     };
+    let st = live.rollout_state(&r.name);
+    let rolled_back = st.as_ref().and_then(|s| s.rolled_back).map(|l| {
+        json!({"reason": l.reason.as_str(), "at": crate::access_log::rfc3339(l.at_ms / 1000, (l.at_ms % 1000) as u32)})
+    });
     Some(json!({
         "name": &*r.name,
-        "state": state(r),
-        "step": Value::Null,
+        "state": r.phase.as_str(),
+        "step": r.step,
         "weight": {"config": bp_to_percent(r.config_weight_bp), "effective": bp_to_percent(effective_bp(r))},
-        "window_seconds": metrics::DEFAULT_WINDOW.as_secs(),
+        "kill_switch": {"config": r.config_killed, "admin": st.as_ref().is_some_and(|s| s.killed)},
+        "rolled_back": rolled_back,
+        "streak": st.as_ref().map_or(0, |s| s.streak),
+        "analysis": r.analysis.as_deref(),
+        "progression": r.progression.as_deref().map(|p| json!({
+            "steps": p.steps.iter().map(|b| bp_to_percent(*b)).collect::<Vec<_>>(),
+            "hold_ms": p.hold.as_millis() as u64,
+            "step_since": st.as_ref().map(|s| crate::access_log::rfc3339(s.step_since_ms / 1000, (s.step_since_ms % 1000) as u32)),
+        })),
+        "window_ms": m.canary.window.length().as_millis() as u64,
         "stable": version(Version::Stable),
         "canary": if r.canary.is_some() { version(Version::Canary) } else { Value::Null },
-        "verdicts": [],
+        "verdicts": m.recent_verdicts(),
     }))
 }
 
-pub fn routes_json(served: &Served) -> Value {
-    Value::Array((0..served.snapshot.table.routes.len()).filter_map(|i| route_json(served, i)).collect())
+pub fn routes_json(live: &Live, served: &Served) -> Value {
+    Value::Array((0..served.snapshot.table.routes.len()).filter_map(|i| route_json(live, served, i)).collect())
 }
 
 /// Effective config, secrets redacted.
@@ -101,7 +106,12 @@ pub fn config_json(served: &Served) -> Value {
                 "stable": {"upstream": &*r.stable.upstream_name, "revision": &*r.stable.revision},
                 "canary": r.canary.as_ref().map(|c| json!({"upstream": &*c.upstream_name, "revision": &*c.revision})),
                 "weight": bp_to_percent(r.config_weight_bp),
-                "kill_switch": r.killed,
+                "kill_switch": r.config_killed,
+                "analysis": r.analysis.as_deref(),
+                "progression": r.progression.as_deref().map(|p| json!({
+                    "steps": p.steps.iter().map(|b| bp_to_percent(*b)).collect::<Vec<_>>(),
+                    "hold_ms": p.hold.as_millis() as u64,
+                })),
                 "expose_version": r.expose_version,
                 "sticky": sticky,
                 "override": r.override_.as_ref().map(|o| json!({

@@ -93,9 +93,29 @@ pub struct RawRoute {
     #[serde(default)]
     pub segments: Vec<RawSegment>,
     pub shadow: Option<IgnoredAny>,
-    pub analysis: Option<IgnoredAny>,
-    pub progression: Option<IgnoredAny>,
+    pub analysis: Option<RawAnalysis>,
+    pub progression: Option<RawProgression>,
     pub websocket: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub interval: Option<String>,
+    pub window: Option<String>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99: Option<String>,
+    pub max_p99_ratio: Option<f64>,
+    pub failures: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProgression {
+    #[serde(default)]
+    pub steps: Vec<f64>,
+    pub hold: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

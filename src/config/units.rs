@@ -62,6 +62,18 @@ pub fn weight_to_bp(w: f64) -> Result<u16, String> {
 }
 
 /// Render basis points as a percent for humans and JSON (`500` -> 5, `1` -> 0.01).
+/// Serialize a duration as whole milliseconds (admin views, journal).
+pub fn ser_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub fn ser_opt_duration_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration_ms(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 pub fn bp_to_percent(bp: u16) -> f64 {
     f64::from(bp) / 100.0
 }

@@ -1,9 +1,9 @@
 //! Checks a raw config and compiles it into a `Snapshot`, collecting every
 //! problem (with its field path) instead of stopping at the first.
 
-use super::raw::{RawConfig, RawRoute, RawSegmentMatch, SizeValue};
+use super::raw::{RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, SizeValue};
 use super::units::{parse_duration, parse_size, weight_to_bp};
-use super::{DEFAULT_ADMIN, Limits, Problem, Shutdown, Snapshot, UpstreamSpec, sha256_hex};
+use super::{Analysis, DEFAULT_ADMIN, Limits, Problem, Progression, Shutdown, Snapshot, UpstreamSpec, sha256_hex};
 use crate::routing::{
     Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table,
 };
@@ -143,7 +143,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         listen,
         admin,
         admin_token_file,
-        state_dir: raw.state_dir.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./weir-state")),
+        state_dir: resolve(base, raw.state_dir.as_deref().unwrap_or("weir-state")),
         limits,
         shutdown,
         access_log: raw.access_log.unwrap_or(true),
@@ -253,12 +253,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
     if !is_label_safe(&r.name) {
         p.at(format!("{path}.name"), "names may use letters, digits, `-`, `_` and `.` only");
     }
-    for (key, present) in [
-        ("shadow", r.shadow.is_some()),
-        ("analysis", r.analysis.is_some()),
-        ("progression", r.progression.is_some()),
-        ("websocket", r.websocket.is_some()),
-    ] {
+    for (key, present) in [("shadow", r.shadow.is_some()), ("websocket", r.websocket.is_some())] {
         if present {
             p.not_yet(format!("{path}.{key}"));
         }
@@ -302,6 +297,15 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
             }
         })
         .collect();
+    let analysis = r.analysis.as_ref().map(|a| Arc::new(compile_analysis(a, &format!("{path}.analysis"), p)));
+    let progression =
+        r.progression.as_ref().map(|g| Arc::new(compile_progression(g, &format!("{path}.progression"), p)));
+    if r.canary.is_none() && (analysis.is_some() || progression.is_some()) {
+        p.at(path, "analysis and progression need a `canary`");
+    }
+    if progression.is_some() && analysis.is_none() {
+        p.at(format!("{path}.progression"), "progression needs `analysis`: steps advance only after a `pass`");
+    }
     Some(Route {
         name: Arc::from(r.name.as_str()),
         name_header: http::HeaderValue::from_str(&r.name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
@@ -311,13 +315,68 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         canary,
         config_weight_bp: weight_bp,
         weight_bp,
+        config_killed: r.kill_switch.unwrap_or(false),
         killed: r.kill_switch.unwrap_or(false),
         rolled_back: false,
+        analysis,
+        progression,
+        phase: crate::rollout::Phase::Steady,
+        step: None,
         expose_version: r.expose_version.unwrap_or(false),
         sticky,
         override_,
         segments,
     })
+}
+
+fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
+    let interval = p.duration(&format!("{path}.interval"), a.interval.as_ref(), Duration::from_secs(10));
+    let window = p.duration(&format!("{path}.window"), a.window.as_ref(), Duration::from_secs(60));
+    if interval.is_zero() {
+        p.at(format!("{path}.interval"), "must be more than 0s");
+    }
+    if window < Duration::from_millis(100) {
+        p.at(format!("{path}.window"), "must be at least 100ms");
+    }
+    let max_error_rate = a.max_error_rate.unwrap_or(1.0);
+    if !(0.0..=100.0).contains(&max_error_rate) {
+        p.at(format!("{path}.max_error_rate"), "a percent between 0 and 100");
+    }
+    let max_p99 = a.max_p99.as_ref().map(|v| p.duration(&format!("{path}.max_p99"), Some(v), Duration::ZERO));
+    if max_p99.is_some_and(|d| d.is_zero()) {
+        p.at(format!("{path}.max_p99"), "must be more than 0s");
+    }
+    if let Some(r) = a.max_p99_ratio
+        && !(r.is_finite() && r > 0.0)
+    {
+        p.at(format!("{path}.max_p99_ratio"), "must be a number above 0 (1.5 = 50 % slower than stable)");
+    }
+    let failures = a.failures.unwrap_or(3);
+    if failures == 0 {
+        p.at(format!("{path}.failures"), "must be at least 1");
+    }
+    Analysis {
+        interval,
+        window,
+        min_requests: a.min_requests.unwrap_or(100),
+        max_error_rate,
+        max_p99,
+        max_p99_ratio: a.max_p99_ratio,
+        failures,
+    }
+}
+
+fn compile_progression(g: &RawProgression, path: &str, p: &mut Problems) -> Progression {
+    let steps: Vec<u16> =
+        g.steps.iter().enumerate().map(|(i, w)| p.weight(&format!("{path}.steps[{i}]"), *w)).collect();
+    if steps.is_empty() {
+        p.at(format!("{path}.steps"), "list at least one step, e.g. [1, 5, 25, 100]");
+    }
+    if let Some(i) = steps.windows(2).position(|w| w[0] >= w[1]) {
+        p.at(format!("{path}.steps[{}]", i + 1), "steps must increase strictly");
+    }
+    let hold = p.duration(&format!("{path}.hold"), g.hold.as_ref(), Duration::from_secs(300));
+    Progression { steps, hold }
 }
 
 fn compile_hosts(r: &RawRoute, path: &str, p: &mut Problems) -> Vec<HostMatch> {

@@ -224,10 +224,18 @@ pub struct Route {
     pub config_weight_bp: u16,
     /// Weight in force (config weight, or a progression step), basis points.
     pub weight_bp: u16,
-    /// Config `kill_switch` or an admin kill.
+    /// `kill_switch` as written in the config file.
+    pub config_killed: bool,
+    /// Config `kill_switch` or an admin kill (set by the rollout overlay).
     pub killed: bool,
-    /// Latched automatic or admin rollback.
+    /// Latched automatic or admin rollback (set by the rollout overlay).
     pub rolled_back: bool,
+    pub analysis: Option<Arc<crate::config::Analysis>>,
+    pub progression: Option<Arc<crate::config::Progression>>,
+    /// Rollout state in force (set by the rollout overlay; views only).
+    pub phase: crate::rollout::Phase,
+    /// Index into `progression.steps` while progression runs.
+    pub step: Option<usize>,
     pub expose_version: bool,
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,

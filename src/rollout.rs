@@ -1,0 +1,427 @@
+//! Rollout control (design §4): judge each canary from its own windows,
+//! walk progression steps, roll back by itself and latch the rollback.
+//!
+//! - [`verdict`]: the verdict, a pure function of policy and window stats.
+//! - [`machine`]: one route's state and its transitions, pure (time passed in).
+//! - [`store`]: `state_dir/state.json` (atomic replace) and `journal.jsonl`.
+//! - [`Book`] (here): every route's state plus the store. It lives inside
+//!   `Live`'s writer lock, so reloads, the controller tick and admin calls
+//!   all change state and publish the effective table through one path.
+//!
+//! The effective table is the config's table with an overlay per route:
+//! `weight_bp` (current step or config weight), `killed` (config or admin),
+//! `rolled_back` (latched), `phase` and `step` (views). The routing decision
+//! itself applies kill and rollback, before overrides and segments.
+
+pub mod machine;
+pub mod store;
+pub mod verdict;
+
+pub use machine::{Phase, RollbackReason, RouteState};
+
+use crate::access_log::rfc3339;
+use crate::config::Snapshot;
+use crate::config::units::bp_to_percent;
+use crate::metrics::{Registry, RouteMetrics};
+use crate::routing::{Route, Version};
+use machine::{Refusal, Transition};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use store::Store;
+use verdict::{Judgement, judge};
+
+/// Wall-clock now, ms since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, machine::duration_ms)
+}
+
+fn at(ms: u64) -> String {
+    rfc3339(ms / 1000, (ms % 1000) as u32)
+}
+
+/// Admin steering calls (design §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steer {
+    Rollback,
+    Resume,
+    Pause,
+    Promote,
+    Kill,
+    Unkill,
+}
+
+impl Steer {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "rollback" => Steer::Rollback,
+            "resume" => Steer::Resume,
+            "pause" => Steer::Pause,
+            "promote" => Steer::Promote,
+            "kill" => Steer::Kill,
+            "unkill" => Steer::Unkill,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Steer::Rollback => "rollback",
+            Steer::Resume => "resume",
+            Steer::Pause => "pause",
+            Steer::Promote => "promote",
+            Steer::Kill => "kill",
+            Steer::Unkill => "unkill",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SteerError {
+    NoSuchRoute,
+    NoCanary,
+    Refused(&'static str),
+}
+
+/// Every route's rollout state and where it is kept.
+pub struct Book {
+    states: BTreeMap<String, RouteState>,
+    store: Store,
+    /// Next verdict per route (monotonic).
+    due: HashMap<String, Instant>,
+}
+
+/// Canary weight in force for a route of the config, given its state.
+fn effective_bp(r: &Route, st: Option<&RouteState>) -> u16 {
+    if r.canary.is_none() || r.config_killed {
+        return 0;
+    }
+    match st {
+        Some(s) if s.killed || s.rolled_back.is_some() => 0,
+        Some(s) => s.weight_bp(r.config_weight_bp, r.progression.as_deref()),
+        None => r.config_weight_bp,
+    }
+}
+
+fn canary_revision(r: &Route) -> &str {
+    r.canary.as_ref().map_or("", |c| &c.revision)
+}
+
+/// The fields every journal line has.
+fn entry(
+    r: &Route,
+    st: &RouteState,
+    actor: &str,
+    event: &str,
+    now_ms: u64,
+    sha: &str,
+    from: u16,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("at".into(), json!(at(now_ms)));
+    m.insert("route".into(), json!(&*r.name));
+    m.insert("actor".into(), json!(actor));
+    m.insert("event".into(), json!(event));
+    m.insert("revision".into(), json!({"stable": &*r.stable.revision, "canary": canary_revision(r)}));
+    m.insert("weight".into(), json!({"from": bp_to_percent(from), "to": bp_to_percent(effective_bp(r, Some(st)))}));
+    m.insert("state".into(), json!(st.phase(r.config_killed).as_str()));
+    m.insert("step".into(), json!(st.step));
+    m.insert("streak".into(), json!(st.streak));
+    m.insert("config_sha256".into(), json!(sha));
+    m
+}
+
+impl Book {
+    /// Open `state_dir`, read what was persisted and fit it to `config`.
+    /// Routes whose state could not be read start rolled back (canary at 0 %),
+    /// never at some guessed weight.
+    pub fn open(dir: &Path, config: &Snapshot, registry: &Registry, now_ms: u64) -> std::io::Result<Self> {
+        let (store, loaded) = Store::open(dir)?;
+        let mut book = Self { states: loaded.routes, store, due: HashMap::new() };
+        let mut unsafe_routes: Vec<(String, String)> = loaded.unreadable_routes;
+        if let Some(why) = &loaded.unreadable_file {
+            tracing::error!(
+                path = %dir.join("state.json").display(), error = %why,
+                "rollout state unreadable; every route with a canary starts rolled back (POST /routes/NAME/resume or a new canary revision lifts it)"
+            );
+            unsafe_routes.extend(
+                config.table.routes.iter().filter(|r| r.canary.is_some()).map(|r| (r.name.to_string(), why.clone())),
+            );
+        }
+        for (name, why) in unsafe_routes {
+            let Some(r) = config.table.route(&name).filter(|r| r.canary.is_some()) else { continue };
+            tracing::error!(route = %name, error = %why, "rollout state of route unreadable; canary starts at 0 %");
+            let mut st = RouteState::fresh(canary_revision(r), r.progression.as_deref(), now_ms);
+            st.rollback(RollbackReason::StateUnreadable, now_ms);
+            registry.route(&r.name).rolled_back(RollbackReason::StateUnreadable);
+            let mut e = entry(r, &st, "auto", "rollback", now_ms, &config.sha256, 0);
+            e.insert("reason".into(), json!(RollbackReason::StateUnreadable.as_str()));
+            e.insert("detail".into(), json!(why));
+            book.journal(Value::Object(e));
+            book.states.insert(name, st);
+        }
+        book.reconcile(None, config, now_ms);
+        Ok(book)
+    }
+
+    pub fn state(&self, route: &str) -> Option<&RouteState> {
+        self.states.get(route)
+    }
+
+    fn journal(&mut self, e: Value) {
+        if let Err(err) = self.store.journal(&e) {
+            tracing::error!(path = %self.store.dir().display(), error = %err, "cannot append to the rollout journal");
+        }
+    }
+
+    fn save(&self) {
+        if let Err(err) = self.store.save(&self.states) {
+            tracing::error!(path = %self.store.dir().display(), error = %err, "cannot save rollout state");
+        }
+    }
+
+    /// Fit every route's state to a newly installed config; journal weight
+    /// changes that come from the config (actor `config`).
+    pub fn reconcile(&mut self, old: Option<&Snapshot>, config: &Snapshot, now_ms: u64) {
+        let mut dirty = false;
+        for r in config.table.routes.iter().filter(|r| r.canary.is_some()) {
+            let old_route = old.and_then(|o| o.table.route(&r.name));
+            let from = old_route.map(|o| effective_bp(o, self.states.get(&*r.name)));
+            let (st, created) = match self.states.get_mut(&*r.name) {
+                Some(st) => (st, false),
+                None => {
+                    let st = RouteState::fresh(canary_revision(r), r.progression.as_deref(), now_ms);
+                    self.states.insert(r.name.to_string(), st);
+                    match self.states.get_mut(&*r.name) {
+                        Some(st) => (st, true),
+                        None => continue,
+                    }
+                }
+            };
+            let before = st.clone();
+            let new_revision = st.reconcile(canary_revision(r), r.progression.as_deref(), now_ms);
+            let st = st.clone();
+            dirty |= created || st != before;
+            let to = effective_bp(r, Some(&st));
+            if new_revision || created || from.is_some_and(|f| f != to) {
+                let event = if new_revision {
+                    "new_revision"
+                } else if created {
+                    "start"
+                } else {
+                    "config_change"
+                };
+                let e = entry(r, &st, "config", event, now_ms, &config.sha256, from.unwrap_or(to));
+                if new_revision {
+                    tracing::info!(route = %r.name, revision = canary_revision(r), "new canary revision: rollout starts over");
+                }
+                self.journal(Value::Object(e));
+            }
+        }
+        if dirty {
+            self.save();
+        }
+    }
+
+    /// The table to serve: `config`'s routes with their rollout overlay.
+    pub fn overlay(&self, config: &Snapshot) -> Snapshot {
+        let mut out = config.clone();
+        for r in &mut out.table.routes {
+            let st = self.states.get(&*r.name);
+            r.weight_bp = st.map_or(r.config_weight_bp, |s| s.weight_bp(r.config_weight_bp, r.progression.as_deref()));
+            r.killed = r.config_killed || st.is_some_and(|s| s.killed);
+            r.rolled_back = st.is_some_and(|s| s.rolled_back.is_some());
+            r.phase =
+                st.map_or(if r.config_killed { Phase::Killed } else { Phase::Steady }, |s| s.phase(r.config_killed));
+            r.step = st.and_then(|s| s.step);
+        }
+        out
+    }
+
+    /// Take the verdicts that are due. Returns whether the effective table
+    /// changed and when the next verdict is due.
+    pub fn tick(
+        &mut self,
+        config: &Snapshot,
+        registry: &Registry,
+        now: Instant,
+        now_ms: u64,
+    ) -> (bool, Option<Instant>) {
+        let mut changed = false;
+        let mut dirty = false;
+        let mut next: Option<Instant> = None;
+        for r in &config.table.routes {
+            let (Some(analysis), Some(_)) = (r.analysis.as_deref(), r.canary.as_ref()) else { continue };
+            let due = self.due.entry(r.name.to_string()).or_insert(now + analysis.interval);
+            if now < *due {
+                next = Some(next.map_or(*due, |n| n.min(*due)));
+                continue;
+            }
+            *due = now + analysis.interval;
+            next = Some(next.map_or(*due, |n| n.min(*due)));
+            let Some(st) = self.states.get_mut(&*r.name) else { continue };
+            if r.config_killed || st.killed || st.rolled_back.is_some() {
+                continue; // no canary traffic to judge
+            }
+            let m = registry.route(&r.name);
+            let (stable, canary) = (m.stable.window.stats(now), m.canary.window.stats(now));
+            let j = judge(analysis, &stable, &canary);
+            let before = st.clone();
+            let from = effective_bp(r, Some(st));
+            let t = st.on_verdict(&j, analysis, r.progression.as_deref(), now_ms);
+            let st = st.clone();
+            dirty |= st != before;
+            m.verdict(&at(now_ms), j.verdict, st.streak, &j.breaches);
+            let inputs = json!({
+                "stable": stable, "canary": canary,
+                "thresholds": analysis,
+                "breaches": j.breaches.iter().map(|b| b.as_str()).collect::<Vec<_>>(),
+            });
+            let mut e = entry(r, &st, "auto", "verdict", now_ms, &config.sha256, from);
+            e.insert("verdict".into(), json!(j.verdict.as_str()));
+            e.insert("inputs".into(), inputs.clone());
+            self.journal(Value::Object(e));
+            if t != Transition::None {
+                changed = true;
+                self.note_transition(r, &st, &m, t, &j, inputs, from, &config.sha256, now_ms);
+            }
+        }
+        if dirty {
+            self.save();
+        }
+        (changed, next)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn note_transition(
+        &mut self,
+        r: &Route,
+        st: &RouteState,
+        m: &RouteMetrics,
+        t: Transition,
+        j: &Judgement,
+        inputs: Value,
+        from: u16,
+        sha: &str,
+        now_ms: u64,
+    ) {
+        let (event, reason) = match t {
+            Transition::RolledBack(reason) => ("rollback", Some(reason)),
+            Transition::Advanced { .. } => ("step", None),
+            Transition::Promoted => ("promoted", None),
+            Transition::None => return,
+        };
+        let to = effective_bp(r, Some(st));
+        match reason {
+            Some(reason) => {
+                m.rolled_back(reason);
+                tracing::warn!(
+                    route = %r.name, reason = reason.as_str(), revision = canary_revision(r),
+                    from = bp_to_percent(from), "canary rolled back"
+                );
+            }
+            None => tracing::info!(
+                route = %r.name, event, step = ?st.step, from = bp_to_percent(from), to = bp_to_percent(to),
+                "canary progression"
+            ),
+        }
+        let mut e = entry(r, st, "auto", event, now_ms, sha, from);
+        if let Some(reason) = reason {
+            e.insert("reason".into(), json!(reason.as_str()));
+        }
+        e.insert("verdict".into(), json!(j.verdict.as_str()));
+        e.insert("inputs".into(), inputs);
+        self.journal(Value::Object(e));
+    }
+
+    /// An admin steering call. Returns whether anything changed.
+    pub fn steer(
+        &mut self,
+        config: &Snapshot,
+        registry: &Registry,
+        route: &str,
+        op: Steer,
+        peer: SocketAddr,
+        now_ms: u64,
+    ) -> Result<bool, SteerError> {
+        let r = config.table.route(route).ok_or(SteerError::NoSuchRoute)?;
+        if r.canary.is_none() {
+            return Err(SteerError::NoCanary);
+        }
+        let st = self.states.get_mut(route).ok_or(SteerError::NoCanary)?;
+        let from = effective_bp(r, Some(st));
+        let prog = r.progression.as_deref();
+        let refused = |x: Refusal| SteerError::Refused(x.message());
+        let changed = match op {
+            Steer::Rollback => {
+                let fresh = st.rolled_back.is_none();
+                if fresh {
+                    st.rollback(RollbackReason::Admin, now_ms);
+                    registry.route(&r.name).rolled_back(RollbackReason::Admin);
+                }
+                fresh
+            }
+            Steer::Resume => {
+                let was_rolled_back = st.rolled_back.is_some();
+                let changed = st.resume(prog, now_ms);
+                if was_rolled_back {
+                    // Judge the canary on fresh traffic, not on what caused the rollback.
+                    registry.route(&r.name).canary.window.reset(Instant::now());
+                    self.due.remove(route);
+                }
+                changed
+            }
+            Steer::Pause => st.pause(prog).map_err(refused)?,
+            Steer::Promote => st.promote(prog, now_ms).map_err(refused)? != Transition::None,
+            Steer::Kill => !std::mem::replace(&mut st.killed, true),
+            Steer::Unkill => std::mem::replace(&mut st.killed, false),
+        };
+        let st = st.clone();
+        let mut e = entry(r, &st, "admin", op.as_str(), now_ms, &config.sha256, from);
+        e.insert("peer".into(), json!(peer.to_string()));
+        e.insert("changed".into(), json!(changed));
+        self.journal(Value::Object(e));
+        tracing::warn!(route = %r.name, action = op.as_str(), peer = %peer, changed, "admin steered route");
+        if changed {
+            self.save();
+        }
+        Ok(changed)
+    }
+
+    /// Forget a route's schedule (used when a new revision resets windows).
+    pub fn windows_for_new_revisions(&mut self, old: Option<&Snapshot>, config: &Snapshot, registry: &Registry) {
+        for r in &config.table.routes {
+            let Some(old_r) = old.and_then(|o| o.table.route(&r.name)) else { continue };
+            if canary_revision(old_r) != canary_revision(r) && r.canary.is_some() {
+                registry.route(&r.name).version(Version::Canary).window.reset(Instant::now());
+                self.due.remove(&*r.name);
+            }
+        }
+    }
+}
+
+/// Longest the controller sleeps, so it notices new routes promptly even
+/// if a wake-up were missed.
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The controller task: takes each route's verdict every `interval` until
+/// `stop`. The tick runs on a blocking thread because it fsyncs the journal.
+pub async fn control(live: Arc<crate::live::Live>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let l = Arc::clone(&live);
+        let next = tokio::task::spawn_blocking(move || l.tick(Instant::now(), wall_ms())).await.ok().flatten();
+        let now = Instant::now();
+        let wake = next.map_or(now + MAX_SLEEP, |n| n.min(now + MAX_SLEEP));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = live.changed.notified() => {}
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
