@@ -127,6 +127,7 @@ fn entry(
     m.insert("event".into(), json!(event));
     m.insert("revision".into(), json!({"stable": &*r.stable.revision, "canary": canary_revision(r)}));
     m.insert("weight".into(), json!({"from": bp_to_percent(from), "to": bp_to_percent(effective_bp(r, Some(st)))}));
+    m.insert("config_weight".into(), json!(bp_to_percent(r.config_weight_bp)));
     m.insert("state".into(), json!(st.phase(r.config_killed).as_str()));
     m.insert("step".into(), json!(st.step));
     m.insert("streak".into(), json!(st.streak));
@@ -206,7 +207,8 @@ impl Book {
             let st = st.clone();
             dirty |= created || st != before;
             let to = effective_bp(r, Some(&st));
-            if new_revision || created || from.is_some_and(|f| f != to) {
+            let config_edit = old_route.is_some_and(|o| o.config_weight_bp != r.config_weight_bp);
+            if new_revision || created || config_edit || from.is_some_and(|f| f != to) {
                 let event = if new_revision {
                     "new_revision"
                 } else if created {

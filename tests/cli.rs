@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{Upstream, client, get};
+use support::{Upstream, client, get, spawn_weir, wait_for};
 
 fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -137,51 +136,6 @@ routes:
 }
 
 /// Start the real binary on port 0 and read its bound address from the log.
-type Lines = std::sync::mpsc::Receiver<String>;
-
-/// Returns the child, its proxy address, stdout lines and stderr lines.
-fn spawn_weir(config: &Path) -> (std::process::Child, std::net::SocketAddr, Lines, Lines) {
-    let mut child =
-        weir().args(["run", "-c"]).arg(config).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ready = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("weir did not get ready");
-        if line.contains("weir ready") {
-            break line;
-        }
-    };
-    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
-    let listen = v["fields"]["listen"].as_str().unwrap();
-    let addr = listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (ltx, lrx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = ltx.send(line);
-        }
-    });
-    (child, addr, lrx, rx)
-}
-
-fn wait_for(lines: &Lines, what: &str, limit: Duration) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(l) = lines.recv_timeout(Duration::from_millis(100))
-            && l.contains(what)
-        {
-            return Some(l);
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_sigterm_exits_cleanly() {
     let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
+use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -235,4 +236,161 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f()
+}
+
+/// POST to the admin listener; returns status and body (JSON when it is JSON).
+pub async fn admin_post(admin: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let req = Request::post(format!("http://{admin}{path}")).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("admin call timed out")
+        .expect("admin call failed");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    (status, v)
+}
+
+/// `GET /routes/{name}` as JSON.
+pub async fn route_view(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let (status, _, body) = get(&client(), &format!("http://{admin}/routes/{name}"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Poll `/routes/{name}` until `f` holds or `limit` passes; returns the last view.
+pub async fn wait_route(
+    admin: SocketAddr,
+    name: &str,
+    limit: Duration,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> (bool, serde_json::Value) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = route_view(admin, name).await;
+        if f(&v) {
+            return (true, v);
+        }
+        if Instant::now() >= deadline {
+            return (false, v);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Background players: `tasks` loops sending GET with a random
+/// `x-player-id`, until stopped, 60 s, or 50,000 requests each.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Load {
+    pub fn start(url: String, tasks: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = client();
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (stop, http, url) = (stop.clone(), http.clone(), url.clone());
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let mut sent = 0u64;
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && sent < 50_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let player = format!("p{}", x % 100_000);
+                        let req =
+                            Request::get(&url).header("x-player-id", player).body(Full::new(Bytes::new())).unwrap();
+                        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
+                            let _ = resp.into_body().collect().await;
+                        }
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stop and return how many requests were sent.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut n = 0;
+        for t in self.tasks {
+            n += t.await.unwrap_or(0);
+        }
+        n
+    }
+}
+
+/// The journal in `dir`, one JSON value per line (every line must parse).
+pub fn journal(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journal line not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The `weir` binary, run on `config`; waits for its "weir ready" line.
+pub type Lines = std::sync::mpsc::Receiver<String>;
+
+/// Returns the child, its proxy address, stdout lines and stderr lines.
+pub fn spawn_weir(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr, Lines, Lines) {
+    let (child, addr, _, out, err) = spawn_weir_admin(config);
+    (child, addr, out, err)
+}
+
+/// Like `spawn_weir`, also returning the admin address.
+pub fn spawn_weir_admin(
+    config: &std::path::Path,
+) -> (std::process::Child, std::net::SocketAddr, std::net::SocketAddr, Lines, Lines) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("weir did not get ready");
+        if line.contains("weir ready") {
+            break line;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let listen = v["fields"]["listen"].as_str().unwrap();
+    let addr = listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (ltx, lrx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = ltx.send(line);
+        }
+    });
+    let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
+    (child, addr, admin, lrx, rx)
+}
+
+pub fn wait_for(lines: &Lines, what: &str, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(100))
+            && l.contains(what)
+        {
+            return Some(l);
+        }
+    }
+    None
 }
