@@ -86,7 +86,7 @@ impl Live {
             .routes
             .iter()
             .map(|r| {
-                let m = registry.route(&r.name);
+                let m = registry.route_with_slo(&r.name, r.analysis.as_ref().and_then(|a| a.max_p99));
                 let window = r.analysis.as_ref().map_or(crate::metrics::DEFAULT_WINDOW, |a| a.window);
                 m.stable.window.configure(window, now);
                 m.canary.window.configure(window, now);

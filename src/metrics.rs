@@ -32,7 +32,8 @@ pub const BUILD_INFO: &str = "weir_build_info";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
-/// Histogram bucket bounds, seconds.
+/// Histogram bucket bounds, seconds. A route's `analysis.max_p99` is added
+/// to these when its handle is created, so the SLO line is a bucket edge.
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
 const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
 const REASONS: [&str; 6] = ["weight", "segment", "override", "kill_switch", "rollback", "fallback"];
@@ -44,6 +45,8 @@ const WINDOW_SLOTS: usize = 10;
 pub struct VersionMetrics {
     /// Index = status code (100–599); index 0 is `000` (no response).
     codes: Vec<AtomicU64>,
+    /// Upper bounds, seconds, ascending.
+    bounds: Arc<[f64]>,
     buckets: Vec<AtomicU64>,
     sum_us: AtomicU64,
     count: AtomicU64,
@@ -53,10 +56,11 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, bounds: Arc<[f64]>) -> Self {
         Self {
             codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: (0..BUCKETS.len()).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds,
             sum_us: AtomicU64::new(0),
             count: AtomicU64::new(0),
             upstream_errors: Default::default(),
@@ -73,7 +77,7 @@ impl VersionMetrics {
         }
         let secs = latency.as_secs_f64();
         // Non-cumulative here; made cumulative when rendered.
-        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
+        if let Some(b) = self.bounds.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.sum_us.fetch_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -152,12 +156,28 @@ pub struct Registry {
 
 impl Registry {
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
+        self.route_with_slo(name, None)
+    }
+
+    /// The handle for `name`; when it is created, `slo` (e.g. `max_p99`)
+    /// becomes one more bucket bound. An existing handle keeps its buckets
+    /// (changing them would break `rate()` over the series).
+    pub fn route_with_slo(&self, name: &Arc<str>, slo: Option<Duration>) -> Arc<RouteMetrics> {
         let fresh = || {
             let now = Instant::now();
+            let mut bounds: Vec<f64> = BUCKETS.to_vec();
+            if let Some(slo) = slo.map(|d| d.as_secs_f64())
+                && slo > 0.0
+                && !bounds.iter().any(|b| (b - slo).abs() < 1e-9)
+            {
+                bounds.push(slo);
+                bounds.sort_by(f64::total_cmp);
+            }
+            let bounds: Arc<[f64]> = bounds.into();
             Arc::new(RouteMetrics {
                 name: Arc::clone(name),
-                stable: VersionMetrics::new(now),
-                canary: VersionMetrics::new(now),
+                stable: VersionMetrics::new(now, Arc::clone(&bounds)),
+                canary: VersionMetrics::new(now, bounds),
                 verdicts: Default::default(),
                 rollbacks: Default::default(),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_VERDICTS)),
@@ -268,7 +288,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             let m = r.metrics.version(v);
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
             let mut cumulative = 0;
-            for (le, b) in BUCKETS.iter().zip(&m.buckets) {
+            for (le, b) in m.bounds.iter().zip(&m.buckets) {
                 cumulative += b.load(Ordering::Relaxed);
                 let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
             }
@@ -345,7 +365,7 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_monotone() {
         let reg = Registry::default();
-        let m = reg.route(&Arc::from("app"));
+        let m = reg.route_with_slo(&Arc::from("app"), Some(Duration::from_millis(300)));
         let now = Instant::now();
         for ms in [1u64, 3, 7, 40, 40, 300, 20_000] {
             m.canary.record(now, 200, Duration::from_millis(ms), false);
@@ -360,7 +380,8 @@ mod tests {
             .filter(|l| l.starts_with("weir_request_duration_seconds_bucket{route=\"app\",version=\"canary\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
-        assert_eq!(buckets.len(), BUCKETS.len() + 1);
+        assert_eq!(buckets.len(), BUCKETS.len() + 2, "one more for the 300 ms SLO, plus +Inf");
+        assert!(text.contains("le=\"0.3\"} 7"), "the SLO is a bucket edge: {text}");
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
         assert_eq!(buckets.last(), Some(&8));
         assert_eq!(buckets[0], 1, "le=0.001 holds the 1 ms sample");

@@ -66,12 +66,28 @@ routes:
     shadow: {upstream: v2}
   - name: app
     stable: {upstream: v2}
+  - name: rollout
+    stable: {upstream: v2}
+    canary: {upstream: v2}
+    analysis: {interval: 0s, failures: 0, max_error_rate: 200, max_p99_ratio: -1}
+    progression: {steps: [5, 5, 101]}
+  - name: steps-alone
+    stable: {upstream: v2}
+    canary: {upstream: v2}
+    progression: {steps: [1, 100], hold: 1m}
 "#,
     );
     let (ok, out) = check(&p);
     assert!(!ok);
     for expected in [
-        "8 problem(s)",
+        "15 problem(s)",
+        "routes[2].analysis.interval: must be more than 0s",
+        "routes[2].analysis.failures: must be at least 1",
+        "routes[2].analysis.max_error_rate: a percent between 0 and 100",
+        "routes[2].analysis.max_p99_ratio: must be a number above 0",
+        "routes[2].progression.steps[2]: weight 101 is outside 0–100",
+        "routes[2].progression.steps[1]: steps must increase strictly",
+        "routes[3].progression: progression needs `analysis`",
         "listen[1].address: 127.0.0.1:8080 is listed twice",
         "upstreams.v1.endpoints: at least one endpoint is required",
         "upstreams.v2.endpoints[0]: `nohost` needs a port",
