@@ -123,9 +123,22 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
             tokio::time::sleep(delay).await;
             stop_accepting.cancel();
             tracker.close();
-            tracing::info!(connections = tracker.len(), grace_ms = grace.as_millis() as u64, "shutdown: draining");
-            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                tracing::warn!(connections = tracker.len(), "shutdown: grace period over, closing the rest");
+            // Upgraded sockets are invisible to hyper's graceful shutdown:
+            // the hub tells each one to close with 1001 at a frame boundary.
+            live.websockets.shutdown();
+            tracing::info!(
+                connections = tracker.len(),
+                websockets = live.websockets.active(),
+                grace_ms = grace.as_millis() as u64,
+                "shutdown: draining"
+            );
+            let drained = async { tokio::join!(tracker.wait(), live.websockets.wait()) };
+            if tokio::time::timeout(grace, drained).await.is_err() {
+                tracing::warn!(
+                    connections = tracker.len(),
+                    websockets = live.websockets.active(),
+                    "shutdown: grace period over, closing the rest"
+                );
             }
         })
     };

@@ -127,6 +127,32 @@ pub struct Progression {
     pub hold: Duration,
 }
 
+/// `routes[].websocket`: what upgraded sockets get (design §9).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WebSocketPolicy {
+    /// `on_rollback: close` (true, the default) or `keep`.
+    pub close_on_rollback: bool,
+    /// Canary sockets closed per second on rollback or kill.
+    pub close_rate_per_s: f64,
+    /// No byte from the client for this long: the socket is closed.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "idle_timeout_ms")]
+    pub idle_timeout: Duration,
+    /// A quiet client is pinged this often (its pong keeps it alive); 0 = never.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "ping_interval_ms")]
+    pub ping_interval: Duration,
+}
+
+impl Default for WebSocketPolicy {
+    fn default() -> Self {
+        Self {
+            close_on_rollback: true,
+            close_rate_per_s: 200.0,
+            idle_timeout: Duration::from_secs(300),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A validated config, ready to serve. Immutable once built.
 #[derive(Debug, Clone)]
 pub struct Snapshot {

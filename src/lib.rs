@@ -36,6 +36,7 @@ pub mod rollout;
 pub mod routing;
 pub mod stats;
 pub mod upstream;
+pub mod websocket;
 
 /// weir's version, from Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

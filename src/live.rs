@@ -13,6 +13,7 @@ use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
 use crate::rollout::{self, Book, Steer, SteerError};
 use crate::upstream::Upstream;
+use crate::websocket::Hub;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +51,8 @@ pub struct Live {
     writer: Mutex<Writer>,
     /// Signalled when a config is installed (the controller re-plans).
     pub changed: Notify,
+    /// Every open WebSocket (closed on rollback, kill and shutdown).
+    pub websockets: Hub,
 }
 
 impl Live {
@@ -66,6 +69,7 @@ impl Live {
             registry,
             writer: Mutex::new(Writer { config: Arc::new(snapshot), book }),
             changed: Notify::new(),
+            websockets: Hub::default(),
         })
     }
 
@@ -109,7 +113,12 @@ impl Live {
             })
             .collect();
         let route_metrics = Self::metrics_for(&self.registry, &effective);
+        let withdrawn = withdrawn_canaries(&old.snapshot, &effective);
         self.current.store(Arc::new(Served { snapshot: Arc::new(effective), generation, upstreams, route_metrics }));
+        // After the swap, so a socket closed here reconnects onto stable.
+        for (route, per_second) in withdrawn {
+            self.websockets.close_canary(&route, per_second);
+        }
     }
 
     /// Install a newly loaded config in one step and return its generation.
@@ -154,4 +163,17 @@ impl Live {
     pub fn rollout_state(&self, route: &str) -> Option<rollout::RouteState> {
         self.lock().book.state(route).cloned()
     }
+}
+
+/// Routes whose canary was just withdrawn (rollback or kill switch, config or
+/// admin) and whose canary WebSockets should be closed, with the close rate.
+fn withdrawn_canaries(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<str>, f64)> {
+    let off = |r: &crate::routing::Route| r.canary.is_some() && (r.killed || r.rolled_back);
+    new.table
+        .routes
+        .iter()
+        .filter(|r| off(r) && r.websocket.close_on_rollback)
+        .filter(|r| !old.table.routes.iter().any(|o| o.name == r.name && off(o)))
+        .map(|r| (Arc::clone(&r.name), r.websocket.close_rate_per_s))
+        .collect()
 }

@@ -12,9 +12,10 @@ use crate::rollout::verdict::{Breach, Verdict};
 use crate::rollout::{Phase, RollbackReason};
 use crate::routing::{Reason, Version};
 use crate::stats::Window;
+use crate::websocket::CloseWhy;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub const CANARY_WEIGHT_RATIO: &str = "weir_canary_weight_ratio";
 pub const ROLLOUT_STATE: &str = "weir_rollout_state";
 pub const ANALYSIS_VERDICTS_TOTAL: &str = "weir_analysis_verdicts_total";
 pub const ROLLBACKS_TOTAL: &str = "weir_rollbacks_total";
+pub const WEBSOCKET_ACTIVE: &str = "weir_websocket_connections_active";
+pub const WEBSOCKET_TOTAL: &str = "weir_websocket_connections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
@@ -52,6 +55,9 @@ pub struct VersionMetrics {
     count: AtomicU64,
     upstream_errors: [AtomicU64; 4],
     decisions: [AtomicU64; 6],
+    ws_active: AtomicI64,
+    /// By `CloseWhy::ALL` order.
+    ws_closed: [AtomicU64; 5],
     pub window: Window,
 }
 
@@ -65,6 +71,8 @@ impl VersionMetrics {
             count: AtomicU64::new(0),
             upstream_errors: Default::default(),
             decisions: Default::default(),
+            ws_active: AtomicI64::new(0),
+            ws_closed: Default::default(),
             window: Window::new(DEFAULT_WINDOW, WINDOW_SLOTS, now),
         }
     }
@@ -88,6 +96,20 @@ impl VersionMetrics {
     pub fn upstream_error(&self, kind: &str) {
         if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
             self.upstream_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn websocket_opened(&self) {
+        self.ws_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn websocket_gone(&self) {
+        self.ws_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn websocket_closed(&self, why: CloseWhy) {
+        if let Some(i) = CloseWhy::ALL.iter().position(|x| *x == why) {
+            self.ws_closed[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -310,6 +332,29 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         "reason",
         &REASONS,
         |m| &m.decisions,
+    );
+    let _ = writeln!(o, "# HELP {WEBSOCKET_ACTIVE} Open WebSocket connections.");
+    let _ = writeln!(o, "# TYPE {WEBSOCKET_ACTIVE} gauge");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let _ = writeln!(
+                o,
+                "{WEBSOCKET_ACTIVE}{{route=\"{}\",version=\"{}\"}} {}",
+                escape(&r.metrics.name),
+                v.as_str(),
+                r.metrics.version(v).ws_active.load(Ordering::Relaxed).max(0)
+            );
+        }
+    }
+    let close_labels: Vec<&str> = CloseWhy::ALL.iter().map(|c| c.as_str()).collect();
+    counter_family(
+        &mut o,
+        routes,
+        WEBSOCKET_TOTAL,
+        "Closed WebSocket connections, by who or what closed them.",
+        "close",
+        &close_labels,
+        |m| &m.ws_closed,
     );
     let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
     let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");

@@ -20,11 +20,13 @@ use crate::live::{Live, Served};
 use crate::metrics::RouteMetrics;
 use crate::routing::{self, BUCKETS, Facts, Reason, Version};
 use crate::upstream::{ReqBody, UpstreamError};
+use crate::websocket;
 use bytes::Bytes;
 use headers::{X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -146,7 +148,7 @@ impl Proxy {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+    pub async fn handle(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         let served = self.live.load();
         let client_ip = peer.ip().to_string();
@@ -170,7 +172,11 @@ impl Proxy {
             Some(slot) => done._slot = Some(slot),
             None => return local_response(&ProxyError::Overloaded, done),
         }
-        match self.forward(&served, &client_ip, req, &mut done).await {
+        // A WebSocket handshake: take the client side of the upgrade now,
+        // before the request is taken apart.
+        let upgrade =
+            websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+        match self.forward(&served, &client_ip, req, upgrade, &mut done).await {
             Ok(resp) => resp.map(|b| RespBody::upstream(b, Some(done))),
             Err(e) => {
                 if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &done.metrics) {
@@ -186,6 +192,7 @@ impl Proxy {
         served: &Served,
         client_ip: &str,
         req: Request<Incoming>,
+        upgrade: Option<OnUpgrade>,
         done: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let snap = &served.snapshot;
@@ -248,7 +255,10 @@ impl Proxy {
 
         // Rewrite the request head in place.
         let keep = route.override_.as_ref().and_then(|o| o.header.as_ref());
-        headers::strip_hop_by_hop(&mut parts.headers, false);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        if upgrade.is_some() {
+            headers::set_websocket_upgrade(&mut parts.headers);
+        }
         headers::strip_internal(&mut parts.headers, keep);
         headers::add_forwarded(&mut parts.headers, client_ip, "http", &authority);
         let request_id = match parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
@@ -289,12 +299,35 @@ impl Proxy {
         let upstream = pick(version)?;
         let resp = upstream.send(conn, Request::from_parts(parts, req_body)).await?;
         done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // We never asked for an upgrade: an unsolicited 101 is broken.
-            return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+        let mut resp = resp;
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            // Only a WebSocket handshake may switch protocols; a 101 to
+            // anything else (or to another protocol) is broken.
+            let (Some(client), Some(m)) = (upgrade, metrics.as_ref()) else {
+                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+            };
+            if !websocket::accepts_websocket(resp.headers()) {
+                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+            }
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            let policy = &route.websocket;
+            let settings =
+                websocket::Settings { idle_timeout: policy.idle_timeout, ping_interval: policy.ping_interval };
+            self.live.websockets.spawn(
+                Arc::clone(&route.name),
+                version,
+                Arc::clone(m),
+                settings,
+                client,
+                upstream_side,
+            );
         }
         let (mut rparts, rbody) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers, false);
+        headers::strip_hop_by_hop(&mut rparts.headers, switched);
+        if switched {
+            headers::set_websocket_upgrade(&mut rparts.headers);
+        }
         rparts.version = http::Version::HTTP_11;
         if route.expose_version {
             rparts.headers.insert(&X_WEIR_VERSION, version_value(version));

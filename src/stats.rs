@@ -138,6 +138,18 @@ impl Window {
         }
     }
 
+    /// Count a failed event that has no meaningful latency (an abnormal
+    /// WebSocket close): it adds to requests and errors, not to the histogram.
+    pub fn record_error_only(&self, now: Instant) {
+        let Ok(mut ring) = self.ring.lock() else { return };
+        self.rotate(&mut ring, now);
+        let head = ring.head;
+        if let Some(slot) = ring.slots.get_mut(head) {
+            slot.requests += 1;
+            slot.errors += 1;
+        }
+    }
+
     pub fn stats(&self, now: Instant) -> WindowStats {
         let Ok(mut ring) = self.ring.lock() else { return WindowStats::default() };
         self.rotate(&mut ring, now);

@@ -138,6 +138,11 @@ impl Upstream {
         match result {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => Err(e),
+            // After a 101 the connection belongs to the upgraded socket:
+            // never back into the pool.
+            Ok(Ok((resp, _, _))) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                Ok(resp.map(PooledBody::detached))
+            }
             Ok(Ok((resp, tx, endpoint))) => Ok(resp.map(|b| PooledBody::new(b, tx, endpoint))),
         }
     }

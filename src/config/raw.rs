@@ -95,7 +95,16 @@ pub struct RawRoute {
     pub shadow: Option<IgnoredAny>,
     pub analysis: Option<RawAnalysis>,
     pub progression: Option<RawProgression>,
-    pub websocket: Option<IgnoredAny>,
+    pub websocket: Option<RawWebsocket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebsocket {
+    pub on_rollback: Option<String>,
+    pub close_rate: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub ping_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

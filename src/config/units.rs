@@ -61,7 +61,23 @@ pub fn weight_to_bp(w: f64) -> Result<u16, String> {
     Ok(bp as u16)
 }
 
-/// Render basis points as a percent for humans and JSON (`500` -> 5, `1` -> 0.01).
+/// Parse a rate such as `200/s`, `50/m` or `1000/min` into events per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_once('/').ok_or_else(|| format!("`{s}` is not a rate (e.g. 200/s, 600/m)"))?;
+    let value: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a rate (e.g. 200/s, 600/m)"))?;
+    let per_second = match unit.trim() {
+        "s" => value,
+        "m" | "min" => value / 60.0,
+        "h" => value / 3600.0,
+        other => return Err(format!("unknown rate unit `/{other}` in `{s}` (use /s, /m or /h)")),
+    };
+    if !per_second.is_finite() || per_second <= 0.0 {
+        return Err(format!("rate `{s}` must be above 0"));
+    }
+    Ok(per_second)
+}
+
 /// Serialize a duration as whole milliseconds (admin views, journal).
 pub fn ser_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -74,6 +90,7 @@ pub fn ser_opt_duration_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> 
     }
 }
 
+/// Render basis points as a percent for humans and JSON (`500` -> 5, `1` -> 0.01).
 pub fn bp_to_percent(bp: u16) -> f64 {
     f64::from(bp) / 100.0
 }
@@ -102,6 +119,18 @@ mod tests {
         assert_eq!(parse_size("2KB"), Ok(2000));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn rates_parse_per_second_minute_hour() {
+        assert_eq!(parse_rate("200/s"), Ok(200.0));
+        assert_eq!(parse_rate("600/m"), Ok(10.0));
+        assert_eq!(parse_rate("60/min"), Ok(1.0));
+        assert_eq!(parse_rate("3600/h"), Ok(1.0));
+        assert!(parse_rate("200").is_err());
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("-5/s").is_err());
+        assert!(parse_rate("5/fortnight").is_err());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Checks a raw config and compiles it into a `Snapshot`, collecting every
 //! problem (with its field path) instead of stopping at the first.
 
-use super::raw::{RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, SizeValue};
-use super::units::{parse_duration, parse_size, weight_to_bp};
-use super::{Analysis, DEFAULT_ADMIN, Limits, Problem, Progression, Shutdown, Snapshot, UpstreamSpec, sha256_hex};
+use super::raw::{RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawWebsocket, SizeValue};
+use super::units::{parse_duration, parse_rate, parse_size, weight_to_bp};
+use super::{
+    Analysis, DEFAULT_ADMIN, Limits, Problem, Progression, Shutdown, Snapshot, UpstreamSpec, WebSocketPolicy,
+    sha256_hex,
+};
 use crate::routing::{
     Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table,
 };
@@ -253,10 +256,8 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
     if !is_label_safe(&r.name) {
         p.at(format!("{path}.name"), "names may use letters, digits, `-`, `_` and `.` only");
     }
-    for (key, present) in [("shadow", r.shadow.is_some()), ("websocket", r.websocket.is_some())] {
-        if present {
-            p.not_yet(format!("{path}.{key}"));
-        }
+    if r.shadow.is_some() {
+        p.not_yet(format!("{path}.shadow"));
     }
     let hosts = compile_hosts(r, path, p);
     let path_prefix = r.match_.as_ref().and_then(|m| m.path_prefix.clone()).unwrap_or_else(|| "/".into());
@@ -323,6 +324,11 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         phase: crate::rollout::Phase::Steady,
         step: None,
         expose_version: r.expose_version.unwrap_or(false),
+        websocket: r
+            .websocket
+            .as_ref()
+            .map(|w| compile_websocket(w, &format!("{path}.websocket"), p))
+            .unwrap_or_default(),
         sticky,
         override_,
         segments,
@@ -364,6 +370,35 @@ fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
         max_p99_ratio: a.max_p99_ratio,
         failures,
     }
+}
+
+fn compile_websocket(w: &RawWebsocket, path: &str, p: &mut Problems) -> WebSocketPolicy {
+    let d = WebSocketPolicy::default();
+    let close_on_rollback = match w.on_rollback.as_deref() {
+        None | Some("close") => true,
+        Some("keep") => false,
+        Some(other) => {
+            p.at(format!("{path}.on_rollback"), format!("`{other}` is not `close` or `keep`"));
+            true
+        }
+    };
+    let close_rate_per_s = match w.close_rate.as_deref().map(parse_rate) {
+        None => d.close_rate_per_s,
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            p.at(format!("{path}.close_rate"), e);
+            d.close_rate_per_s
+        }
+    };
+    let idle_timeout = p.duration(&format!("{path}.idle_timeout"), w.idle_timeout.as_ref(), d.idle_timeout);
+    let ping_interval = p.duration(&format!("{path}.ping_interval"), w.ping_interval.as_ref(), d.ping_interval);
+    if idle_timeout < Duration::from_secs(1) {
+        p.at(format!("{path}.idle_timeout"), "must be at least 1s");
+    }
+    if !ping_interval.is_zero() && ping_interval >= idle_timeout {
+        p.at(format!("{path}.ping_interval"), "must be shorter than idle_timeout (0s turns pings off)");
+    }
+    WebSocketPolicy { close_on_rollback, close_rate_per_s, idle_timeout, ping_interval }
 }
 
 fn compile_progression(g: &RawProgression, path: &str, p: &mut Problems) -> Progression {

@@ -100,6 +100,13 @@ pub fn split_port(a: &str) -> (&str, Option<&str>) {
 
 /// Remove hop-by-hop headers (design §8). `keep_upgrade` keeps `Upgrade` and
 /// `Connection: upgrade` for a WebSocket handshake.
+/// After `strip_hop_by_hop(.., true)` on a WebSocket handshake: the two
+/// hop-by-hop headers the next hop needs, in their canonical form.
+pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Headers named by Connection are hop-by-hop too. Collect first: the
     // names borrow from the map we are about to edit. Rare, so allocation ok.

@@ -237,6 +237,7 @@ pub struct Route {
     /// Index into `progression.steps` while progression runs.
     pub step: Option<usize>,
     pub expose_version: bool,
+    pub websocket: crate::config::WebSocketPolicy,
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,
     pub segments: Vec<Segment>,

@@ -108,6 +108,11 @@ impl PooledBody {
         b
     }
 
+    /// A body whose connection must not be reused (e.g. after a 101).
+    pub(super) fn detached(inner: Incoming) -> Self {
+        Self { inner, back: None }
+    }
+
     fn release_if_done(&mut self) {
         if self.inner.is_end_stream()
             && let Some((tx, ep)) = self.back.take()

@@ -1,0 +1,281 @@
+//! Relaying one upgraded connection, byte for byte, in both directions.
+//!
+//! Each direction is a pump with one fixed buffer (so memory per socket is
+//! bounded whatever the peers do: a slow reader simply stops the pump that
+//! writes to it, and TCP flow control pushes back on the sender). The pumps
+//! track frame boundaries so weir can add its own close (or ping) frame
+//! between two frames, never inside one.
+//!
+//! Endings:
+//! - a close signal (rollback 1012, shutdown 1001): each pump writes a close
+//!   frame to its destination at the next boundary, then reads and discards
+//!   what its source still sends until that side's close frame, EOF or a
+//!   short timeout;
+//! - the upstream goes away without a close frame: the client gets 1011;
+//! - the client goes away: the upstream gets 1001;
+//! - a normal close handshake passes through untouched.
+
+use super::frame::{FrameTracker, OP_CLOSE, close_frame, ping_frame};
+use super::{CloseWhy, Signal};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Per direction. Two of these per socket.
+const BUF: usize = 4 * 1024;
+/// How long a closing side gets to answer our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a pump may take to reach a frame boundary once asked to close
+/// (a peer that stops mid-frame cannot hold a close back for longer).
+const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Client → upstream: frames we add must be masked.
+    ToUpstream,
+    /// Upstream → client.
+    ToClient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The source closed, failed, or sent something that is not WebSocket.
+    SrcGone,
+    /// Writing to the destination failed.
+    DstGone,
+    /// We wrote a close frame because of a signal.
+    Closed,
+    /// No byte from the client for the idle timeout.
+    Idle,
+}
+
+/// Who sent the first close frame: 0 nobody, 1 client, 2 upstream.
+const FIRST_NONE: u8 = 0;
+const FIRST_CLIENT: u8 = 1;
+const FIRST_UPSTREAM: u8 = 2;
+
+pub struct Settings {
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+}
+
+struct Shared {
+    first_close: AtomicU8,
+    /// ms since `epoch` of the last byte from the client.
+    client_seen: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn client_idle(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.client_seen.load(Ordering::Relaxed)))
+    }
+}
+
+fn mask() -> [u8; 4] {
+    rand::random()
+}
+
+/// Relay until both sides are done; returns why the socket closed.
+pub async fn relay<C, U>(client: C, upstream: U, signal: &watch::Sender<Signal>, settings: &Settings) -> CloseWhy
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let shared =
+        Shared { first_close: AtomicU8::new(FIRST_NONE), client_seen: AtomicU64::new(0), epoch: Instant::now() };
+    let c2u = pump(cr, uw, Dir::ToUpstream, signal.subscribe(), &shared, settings);
+    let u2c = pump(ur, cw, Dir::ToClient, signal.subscribe(), &shared, settings);
+    let (mut c2u, mut u2c) = (std::pin::pin!(c2u), std::pin::pin!(u2c));
+    let (side, end) = tokio::select! {
+        e = &mut c2u => (Dir::ToUpstream, e),
+        e = &mut u2c => (Dir::ToClient, e),
+    };
+    let why = match (end, shared.first_close.load(Ordering::Relaxed), side) {
+        (End::Closed, _, _) => match *signal.borrow() {
+            Signal::Close { why, .. } => why,
+            Signal::Open => CloseWhy::Error,
+        },
+        (End::Idle, _, _) => CloseWhy::Client,
+        (_, FIRST_CLIENT, _) => CloseWhy::Client,
+        (_, FIRST_UPSTREAM, _) => CloseWhy::Upstream,
+        (End::SrcGone, _, Dir::ToUpstream) | (End::DstGone, _, Dir::ToClient) => CloseWhy::Client,
+        (End::SrcGone, _, Dir::ToClient) | (End::DstGone, _, Dir::ToUpstream) => CloseWhy::Error,
+    };
+    // Ask the other direction to finish too (a no-op if it already is).
+    if end != End::Closed {
+        let code = match why {
+            CloseWhy::Error => 1011,
+            _ => 1001,
+        };
+        signal.send_if_modified(|s| match s {
+            Signal::Open => {
+                *s = Signal::Close { code, why };
+                true
+            }
+            Signal::Close { .. } => false,
+        });
+    }
+    let other = async {
+        match side {
+            Dir::ToUpstream => u2c.await,
+            Dir::ToClient => c2u.await,
+        }
+    };
+    let _ = tokio::time::timeout(BOUNDARY_WAIT + CLOSE_WAIT * 2, other).await;
+    why
+}
+
+/// Copy `src` to `dst`, tracking frames; on a close signal, write a close
+/// frame at the next boundary and drain `src` until its close answer.
+async fn pump<R, W>(
+    mut src: R,
+    mut dst: W,
+    dir: Dir,
+    mut signal: watch::Receiver<Signal>,
+    shared: &Shared,
+    settings: &Settings,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    let mut frames = FrameTracker::default();
+    let mut pending: Option<(u16, &'static str)> = None;
+    let mut close_by = tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let to_upstream = dir == Dir::ToUpstream;
+    let key = || to_upstream.then(mask);
+    let my_close = if to_upstream { FIRST_CLIENT } else { FIRST_UPSTREAM };
+    // Client → upstream watches for idleness (checked four times per
+    // timeout); upstream → client pings a quiet client. Zero turns either off.
+    let period = if to_upstream { settings.idle_timeout / 4 } else { settings.ping_interval };
+    let timer_on = !period.is_zero();
+    let period = period.max(Duration::from_millis(50));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bytes read past a boundary where we stopped to close.
+    let mut leftover: Vec<u8> = Vec::new();
+    let end = loop {
+        if let Some((code, reason)) = pending
+            && frames.at_boundary()
+        {
+            let _ = dst.write_all(&close_frame(code, reason, key())).await;
+            let _ = dst.flush().await;
+            break End::Closed;
+        }
+        tokio::select! {
+            changed = signal.changed(), if pending.is_none() => {
+                if changed.is_err() {
+                    break End::SrcGone;
+                }
+                if let Signal::Close { code, why } = *signal.borrow_and_update() {
+                    pending = Some((code, why.reason_text()));
+                    close_by = tokio::time::Instant::now() + BOUNDARY_WAIT;
+                }
+            }
+            // A peer stopped mid-frame: give up on a clean close.
+            _ = tokio::time::sleep_until(close_by), if pending.is_some() => break End::DstGone,
+            _ = ticker.tick(), if pending.is_none() && timer_on => {
+                if to_upstream {
+                    if shared.client_idle() >= settings.idle_timeout && frames.at_boundary() {
+                        let _ = dst.write_all(&close_frame(1001, "weir: idle timeout", key())).await;
+                        break End::Idle;
+                    }
+                } else if shared.client_idle() >= settings.ping_interval
+                    && frames.at_boundary()
+                    && dst.write_all(&ping_frame(b"weir", None)).await.is_err()
+                {
+                    // Keepalive: the client's pong goes on to the upstream,
+                    // where an unsolicited pong is allowed (RFC 6455 §5.5.3).
+                    break End::DstGone;
+                }
+            }
+            read = src.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) | Err(_) => {
+                        // Gone without a close frame: tell the other side properly.
+                        if frames.at_boundary() && shared.first_close.load(Ordering::Relaxed) == FIRST_NONE {
+                            let (code, reason) =
+                                if to_upstream { (1001, "weir: client gone") } else { (1011, "weir: upstream failed") };
+                            let _ = dst.write_all(&close_frame(code, reason, key())).await;
+                            let _ = dst.flush().await;
+                        }
+                        break End::SrcGone;
+                    }
+                    Ok(n) => n,
+                };
+                if to_upstream {
+                    shared.client_seen.store(shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                let mut data = &buf[..n];
+                let mut end = None;
+                while !data.is_empty() {
+                    let Ok(step) = frames.consume(data) else {
+                        end = Some(End::SrcGone);
+                        break;
+                    };
+                    if dst.write_all(&data[..step.used]).await.is_err() {
+                        end = Some(End::DstGone);
+                        break;
+                    }
+                    data = &data[step.used..];
+                    if step.frame_end == Some(OP_CLOSE) {
+                        let _ = shared.first_close.compare_exchange(
+                            FIRST_NONE, my_close, Ordering::Relaxed, Ordering::Relaxed,
+                        );
+                    }
+                    if step.frame_end.is_some() && pending.is_some() {
+                        // Our close frame goes here; what follows is not forwarded.
+                        leftover.extend_from_slice(data);
+                        break;
+                    }
+                }
+                if let Some(e) = end {
+                    break e;
+                }
+                if dst.flush().await.is_err() {
+                    break End::DstGone;
+                }
+            }
+        }
+    };
+    if end == End::Closed || end == End::Idle {
+        drain(&mut src, &mut buf, frames, &leftover).await;
+    }
+    let _ = dst.shutdown().await;
+    end
+}
+
+/// After our close frame: read and discard until the source's own close
+/// frame, EOF or `CLOSE_WAIT`.
+async fn drain<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8], mut frames: FrameTracker, leftover: &[u8]) {
+    let saw_close = |frames: &mut FrameTracker, mut data: &[u8]| {
+        while !data.is_empty() {
+            match frames.consume(data) {
+                Ok(s) if s.frame_end == Some(OP_CLOSE) => return true,
+                Ok(s) => data = &data[s.used..],
+                Err(_) => return true,
+            }
+        }
+        false
+    };
+    if saw_close(&mut frames, leftover) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, src.read(buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if saw_close(&mut frames, &buf[..n]) {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
