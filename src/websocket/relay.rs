@@ -18,9 +18,10 @@
 use super::frame::{FrameTracker, OP_CLOSE, close_frame, ping_frame};
 use super::{CloseWhy, Signal};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Per direction. Two of these per socket.
 const BUF: usize = 4 * 1024;
@@ -277,5 +278,96 @@ async fn drain<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8], mut frames: Fr
             }
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    /// An unmasked binary frame (upstream → client direction).
+    fn binary(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x82, 126];
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn settings() -> Settings {
+        Settings { idle_timeout: Duration::from_secs(60), ping_interval: Duration::ZERO }
+    }
+
+    async fn read_exactly(r: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut buf)).await.unwrap().unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn a_close_signal_waits_for_the_frame_in_flight_to_end() {
+        // client_side/upstream_side are the relay's ends; the tests hold the peers.
+        let (client_side, mut client) = duplex(64 * 1024);
+        let (upstream_side, mut upstream) = duplex(64 * 1024);
+        let (tx, _) = watch::channel(Signal::Open);
+        let signal = std::sync::Arc::new(tx);
+        let s2 = std::sync::Arc::clone(&signal);
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &s2, &settings()).await });
+
+        let frame = binary(&[7u8; 1000]);
+        // Half a frame, then the signal.
+        upstream.write_all(&frame[..500]).await.unwrap();
+        assert_eq!(read_exactly(&mut client, 500).await, frame[..500]);
+        signal.send_replace(Signal::Close { code: 1012, why: CloseWhy::Rollback });
+        // Nothing may be injected mid-frame: the rest of the frame comes first.
+        upstream.write_all(&frame[500..]).await.unwrap();
+        assert_eq!(read_exactly(&mut client, frame.len() - 500).await, frame[500..]);
+        // Then the close frame with code 1012.
+        let head = read_exactly(&mut client, 2).await;
+        assert_eq!(head[0], 0x88);
+        let body = read_exactly(&mut client, usize::from(head[1] & 0x7f)).await;
+        assert_eq!(u16::from_be_bytes([body[0], body[1]]), 1012);
+        // The upstream got a masked close with the same code.
+        let head = read_exactly(&mut upstream, 2).await;
+        assert_eq!((head[0], head[1] & 0x80), (0x88, 0x80));
+        let rest = read_exactly(&mut upstream, 4 + usize::from(head[1] & 0x7f)).await;
+        let code = u16::from_be_bytes([rest[4] ^ rest[0], rest[5] ^ rest[1]]);
+        assert_eq!(code, 1012);
+        // Both peers answer with their close; the relay ends as a rollback.
+        client.write_all(&close_frame(1012, "", Some([1, 2, 3, 4]))).await.unwrap();
+        upstream.write_all(&close_frame(1012, "", None)).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap().unwrap();
+        assert_eq!(why, CloseWhy::Rollback);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_vanishes_gives_the_client_1011() {
+        let (client_side, mut client) = duplex(64 * 1024);
+        let (upstream_side, upstream) = duplex(64 * 1024);
+        let (tx, _) = watch::channel(Signal::Open);
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &settings()).await });
+        drop(upstream);
+        let head = read_exactly(&mut client, 2).await;
+        assert_eq!(head[0], 0x88);
+        let body = read_exactly(&mut client, usize::from(head[1] & 0x7f)).await;
+        assert_eq!(u16::from_be_bytes([body[0], body[1]]), 1011);
+        let why = tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap().unwrap();
+        assert_eq!(why, CloseWhy::Error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_past_the_idle_timeout_is_closed() {
+        let (client_side, mut client) = duplex(64 * 1024);
+        let (upstream_side, mut upstream) = duplex(64 * 1024);
+        let (tx, _) = watch::channel(Signal::Open);
+        let s = Settings { idle_timeout: Duration::from_secs(4), ping_interval: Duration::ZERO };
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &s).await });
+        // Paused clock: time jumps straight to the idle check.
+        let head = read_exactly(&mut upstream, 2).await;
+        assert_eq!(head[0], 0x88);
+        let head = read_exactly(&mut client, 2).await;
+        assert_eq!(head[0], 0x88);
+        let why = tokio::time::timeout(Duration::from_secs(30), relay).await.unwrap().unwrap();
+        assert_eq!(why, CloseWhy::Client);
     }
 }
