@@ -103,6 +103,11 @@ impl VersionMetrics {
         self.ws_active.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// WebSockets open right now on this version.
+    pub fn websockets_active(&self) -> i64 {
+        self.ws_active.load(Ordering::Relaxed).max(0)
+    }
+
     pub fn websocket_gone(&self) {
         self.ws_active.fetch_sub(1, Ordering::Relaxed);
     }

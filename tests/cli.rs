@@ -75,12 +75,16 @@ routes:
     stable: {upstream: v2}
     canary: {upstream: v2}
     progression: {steps: [1, 100], hold: 1m}
+    websocket: {on_rollback: maybe, close_rate: fast, idle_timeout: 10s, ping_interval: 30s}
 "#,
     );
     let (ok, out) = check(&p);
     assert!(!ok);
     for expected in [
-        "15 problem(s)",
+        "18 problem(s)",
+        "routes[3].websocket.on_rollback: `maybe` is not `close` or `keep`",
+        "routes[3].websocket.close_rate: `fast` is not a rate",
+        "routes[3].websocket.ping_interval: must be shorter than idle_timeout",
         "routes[2].analysis.interval: must be more than 0s",
         "routes[2].analysis.failures: must be at least 1",
         "routes[2].analysis.max_error_rate: a percent between 0 and 100",

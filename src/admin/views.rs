@@ -47,7 +47,9 @@ pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
     let now = Instant::now();
     let version = |v: Version| {
         let b = r.backend(v);
-        json!({"upstream": &*b.upstream_name, "revision": &*b.revision, "window": m.version(v).window.stats(now)})
+        let vm = m.version(v);
+        json!({"upstream": &*b.upstream_name, "revision": &*b.revision, "window": vm.window.stats(now),
+               "websockets": vm.websockets_active()})
     };
     let st = live.rollout_state(&r.name);
     let rolled_back = st.as_ref().and_then(|s| s.rolled_back).map(|l| {
@@ -67,6 +69,7 @@ pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
             "hold_ms": p.hold.as_millis() as u64,
             "step_since": st.as_ref().map(|s| crate::access_log::rfc3339(s.step_since_ms / 1000, (s.step_since_ms % 1000) as u32)),
         })),
+        "websocket": &r.websocket,
         "window_ms": m.canary.window.length().as_millis() as u64,
         "stable": version(Version::Stable),
         "canary": if r.canary.is_some() { version(Version::Canary) } else { Value::Null },
@@ -112,6 +115,7 @@ pub fn config_json(served: &Served) -> Value {
                     "steps": p.steps.iter().map(|b| bp_to_percent(*b)).collect::<Vec<_>>(),
                     "hold_ms": p.hold.as_millis() as u64,
                 })),
+                "websocket": &r.websocket,
                 "expose_version": r.expose_version,
                 "sticky": sticky,
                 "override": r.override_.as_ref().map(|o| json!({
