@@ -1,8 +1,9 @@
 //! Relaying one upgraded connection, byte for byte, in both directions.
 //!
-//! Each direction is a pump with one fixed buffer (so memory per socket is
-//! bounded whatever the peers do: a slow reader simply stops the pump that
-//! writes to it, and TCP flow control pushes back on the sender). The pumps
+//! Each direction is a pump with one buffer: 4 KiB, grown once to 64 KiB
+//! when reads keep filling it (bulk transfer). Memory per socket is bounded
+//! whatever the peers do: a slow reader simply stops the pump that writes to
+//! it, and TCP flow control pushes back on the sender. The pumps
 //! track frame boundaries so weir can add its own close (or ping) frame
 //! between two frames, never inside one.
 //!
@@ -23,8 +24,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Per direction. Two of these per socket.
+/// Per direction, two per socket: every socket starts with this much.
 const BUF: usize = 4 * 1024;
+/// A direction whose reads keep filling the buffer (bulk transfer) grows it
+/// once to this size, so fewer, larger syscalls; never more.
+const BUF_BULK: usize = 64 * 1024;
 /// How long a closing side gets to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long a pump may take to reach a frame boundary once asked to close
@@ -210,21 +214,24 @@ where
                     }
                     Ok(n) => n,
                 };
+                if n == buf.len() && buf.len() < BUF_BULK {
+                    buf.resize(BUF_BULK, 0);
+                }
                 if to_upstream {
                     shared.client_seen.store(shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
-                let mut data = &buf[..n];
+                // Find how much to forward: all of it, unless a close of our
+                // own is waiting for the frame in flight to end (then up to
+                // that end), or the stream stops being WebSocket (then the
+                // valid prefix). One write per read, however many frames.
+                let mut upto = 0;
                 let mut end = None;
-                while !data.is_empty() {
-                    let Ok(step) = frames.consume(data) else {
+                while upto < n {
+                    let Ok(step) = frames.consume(&buf[upto..n]) else {
                         end = Some(End::SrcGone);
                         break;
                     };
-                    if dst.write_all(&data[..step.used]).await.is_err() {
-                        end = Some(End::DstGone);
-                        break;
-                    }
-                    data = &data[step.used..];
+                    upto += step.used;
                     if step.frame_end == Some(OP_CLOSE) {
                         let _ = shared.first_close.compare_exchange(
                             FIRST_NONE, my_close, Ordering::Relaxed, Ordering::Relaxed,
@@ -232,9 +239,12 @@ where
                     }
                     if step.frame_end.is_some() && pending.is_some() {
                         // Our close frame goes here; what follows is not forwarded.
-                        leftover.extend_from_slice(data);
+                        leftover.extend_from_slice(&buf[upto..n]);
                         break;
                     }
+                }
+                if dst.write_all(&buf[..upto]).await.is_err() {
+                    break End::DstGone;
                 }
                 if let Some(e) = end {
                     break e;
