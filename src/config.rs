@@ -127,6 +127,38 @@ pub struct Progression {
     pub hold: Duration,
 }
 
+/// `routes[].shadow`: a sample of the route's traffic mirrored, fire and
+/// forget, to an upstream whose answers nobody sees (design §10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    /// Index into `Snapshot::upstreams`.
+    pub upstream: usize,
+    pub upstream_name: Arc<str>,
+    /// Share of matching requests (or of sticky users), basis points.
+    pub percent_bp: u16,
+    pub methods: Vec<http::Method>,
+    /// Bodies larger than this are not mirrored (counted `skipped_body`).
+    pub max_body: u64,
+    /// Copies in flight for this route; over it, copies are dropped.
+    pub max_in_flight: usize,
+    /// Whole exchange with the shadow upstream, body included.
+    pub timeout: Duration,
+}
+
+impl serde::Serialize for Shadow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("upstream", &*self.upstream_name)?;
+        m.serialize_entry("percent", &units::bp_to_percent(self.percent_bp))?;
+        m.serialize_entry("methods", &self.methods.iter().map(http::Method::as_str).collect::<Vec<_>>())?;
+        m.serialize_entry("max_body", &self.max_body)?;
+        m.serialize_entry("max_in_flight", &self.max_in_flight)?;
+        m.serialize_entry("timeout_ms", &u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX))?;
+        m.end()
+    }
+}
+
 /// `routes[].websocket`: what upgraded sockets get (design §9).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct WebSocketPolicy {

@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod reload;
 pub mod rollout;
 pub mod routing;
+pub mod shadow;
 pub mod stats;
 pub mod upstream;
 pub mod websocket;

@@ -15,7 +15,7 @@ use crate::stats::Window;
 use crate::websocket::CloseWhy;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ pub const ANALYSIS_VERDICTS_TOTAL: &str = "weir_analysis_verdicts_total";
 pub const ROLLBACKS_TOTAL: &str = "weir_rollbacks_total";
 pub const WEBSOCKET_ACTIVE: &str = "weir_websocket_connections_active";
 pub const WEBSOCKET_TOTAL: &str = "weir_websocket_connections_total";
+pub const SHADOW_REQUESTS_TOTAL: &str = "weir_shadow_requests_total";
+pub const SHADOW_MISMATCHES_TOTAL: &str = "weir_shadow_mismatches_total";
+pub const SHADOW_DURATION: &str = "weir_shadow_duration_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
@@ -129,12 +132,99 @@ pub struct RouteMetrics {
     pub name: Arc<str>,
     pub stable: VersionMetrics,
     pub canary: VersionMetrics,
+    /// Mirrored copies: never part of the stable/canary figures above.
+    pub shadow: ShadowMetrics,
     /// By `Verdict::ALL` order.
     verdicts: [AtomicU64; 3],
     /// By `RollbackReason::ALL` order.
     rollbacks: [AtomicU64; 5],
     /// The latest verdicts, newest last (for `GET /routes`).
     recent: Mutex<VecDeque<serde_json::Value>>,
+}
+
+/// What became of a mirrored copy (label `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    /// The shadow answered (any status) within the timeout.
+    Ok,
+    /// Connect failure, reset or invalid response.
+    Error,
+    Timeout,
+    /// Over `max_in_flight`: never sent.
+    Dropped,
+    /// Body over `max_body`, or the client's body never completed.
+    SkippedBody,
+}
+
+impl ShadowOutcome {
+    pub const ALL: [ShadowOutcome; 5] = [
+        ShadowOutcome::Ok,
+        ShadowOutcome::Error,
+        ShadowOutcome::Timeout,
+        ShadowOutcome::Dropped,
+        ShadowOutcome::SkippedBody,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowOutcome::Ok => "ok",
+            ShadowOutcome::Error => "error",
+            ShadowOutcome::Timeout => "timeout",
+            ShadowOutcome::Dropped => "dropped",
+            ShadowOutcome::SkippedBody => "skipped_body",
+        }
+    }
+}
+
+/// Per-route shadow figures, kept apart from the versions' so a shadow can
+/// never move a window, a verdict or the request metrics.
+pub struct ShadowMetrics {
+    outcomes: [AtomicU64; 5],
+    mismatches: AtomicU64,
+    /// Copies being sent right now (the `max_in_flight` gate).
+    pub in_flight: AtomicUsize,
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for ShadowMetrics {
+    fn default() -> Self {
+        Self {
+            outcomes: Default::default(),
+            mismatches: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            buckets: Default::default(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ShadowMetrics {
+    pub fn outcome(&self, o: ShadowOutcome) {
+        if let Some(i) = ShadowOutcome::ALL.iter().position(|x| *x == o) {
+            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn count_of(&self, o: ShadowOutcome) -> u64 {
+        ShadowOutcome::ALL.iter().position(|x| *x == o).map_or(0, |i| self.outcomes[i].load(Ordering::Relaxed))
+    }
+
+    pub fn mismatch(&self) {
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time of one copy's exchange (sent ones only).
+    pub fn duration(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How many verdicts `GET /routes/{name}` shows.
@@ -204,6 +294,7 @@ impl Registry {
             Arc::new(RouteMetrics {
                 name: Arc::clone(name),
                 stable: VersionMetrics::new(now, Arc::clone(&bounds)),
+                shadow: ShadowMetrics::default(),
                 canary: VersionMetrics::new(now, bounds),
                 verdicts: Default::default(),
                 rollbacks: Default::default(),
@@ -231,6 +322,8 @@ pub struct RouteView<'a> {
     pub config_weight_bp: u16,
     pub effective_weight_bp: u16,
     pub phase: Phase,
+    /// The route mirrors traffic (its shadow series are rendered).
+    pub shadow: bool,
 }
 
 fn escape(v: &str) -> String {
@@ -361,6 +454,42 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         &close_labels,
         |m| &m.ws_closed,
     );
+    let shadowed: Vec<&RouteView<'_>> = routes.iter().filter(|r| r.shadow).collect();
+    let _ = writeln!(o, "# HELP {SHADOW_REQUESTS_TOTAL} Mirrored copies, by outcome.");
+    let _ = writeln!(o, "# TYPE {SHADOW_REQUESTS_TOTAL} counter");
+    for r in &shadowed {
+        for (outcome, c) in ShadowOutcome::ALL.iter().zip(&r.metrics.shadow.outcomes) {
+            let _ = writeln!(
+                o,
+                "{SHADOW_REQUESTS_TOTAL}{{route=\"{}\",outcome=\"{}\"}} {}",
+                escape(&r.metrics.name),
+                outcome.as_str(),
+                c.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let _ =
+        writeln!(o, "# HELP {SHADOW_MISMATCHES_TOTAL} Shadow answers whose status class differed from the primary's.");
+    let _ = writeln!(o, "# TYPE {SHADOW_MISMATCHES_TOTAL} counter");
+    for r in &shadowed {
+        let n = r.metrics.shadow.mismatches.load(Ordering::Relaxed);
+        let _ = writeln!(o, "{SHADOW_MISMATCHES_TOTAL}{{route=\"{}\"}} {n}", escape(&r.metrics.name));
+    }
+    let _ = writeln!(o, "# HELP {SHADOW_DURATION} Time of a mirrored exchange with the shadow upstream, seconds.");
+    let _ = writeln!(o, "# TYPE {SHADOW_DURATION} histogram");
+    for r in &shadowed {
+        let m = &r.metrics.shadow;
+        let labels = format!("route=\"{}\"", escape(&r.metrics.name));
+        let mut cumulative = 0;
+        for (le, b) in BUCKETS.iter().zip(&m.buckets) {
+            cumulative += b.load(Ordering::Relaxed);
+            let _ = writeln!(o, "{SHADOW_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = m.count.load(Ordering::Relaxed);
+        let _ = writeln!(o, "{SHADOW_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "{SHADOW_DURATION}_sum{{{labels}}} {}", m.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "{SHADOW_DURATION}_count{{{labels}}} {count}");
+    }
     let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
     let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");
     for r in routes {

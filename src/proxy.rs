@@ -19,6 +19,7 @@ use crate::access_log::{AccessLog, Record, rfc3339_now};
 use crate::live::{Live, Served};
 use crate::metrics::RouteMetrics;
 use crate::routing::{self, BUCKETS, Facts, Reason, Version};
+use crate::shadow;
 use crate::upstream::{ReqBody, UpstreamError};
 use crate::websocket;
 use bytes::Bytes;
@@ -99,6 +100,8 @@ pub struct Completion {
     upstream_ms: Option<f64>,
     bytes_in: Option<Arc<AtomicU64>>,
     flags: Vec<&'static str>,
+    /// Tells a shadow copy the primary's status (mismatch counter).
+    shadow_status: Option<tokio::sync::oneshot::Sender<u16>>,
 }
 
 impl Completion {
@@ -167,6 +170,7 @@ impl Proxy {
             upstream_ms: None,
             bytes_in: None,
             flags: Vec::new(),
+            shadow_status: None,
         });
         match InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight) {
             Some(slot) => done._slot = Some(slot),
@@ -177,8 +181,16 @@ impl Proxy {
         let upgrade =
             websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         match self.forward(&served, &client_ip, req, upgrade, &mut done).await {
-            Ok(resp) => resp.map(|b| RespBody::upstream(b, Some(done))),
+            Ok(resp) => {
+                if let Some(tx) = done.shadow_status.take() {
+                    let _ = tx.send(resp.status().as_u16());
+                }
+                resp.map(|b| RespBody::upstream(b, Some(done)))
+            }
             Err(e) => {
+                if let Some(tx) = done.shadow_status.take() {
+                    let _ = tx.send(e.status().as_u16());
+                }
                 if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &done.metrics) {
                     m.version(*v).upstream_error(ue.kind());
                 }
@@ -216,6 +228,18 @@ impl Proxy {
         let route = snap.table.routes.get(decision.route).ok_or(ProxyError::NoRoute)?;
         let (mut version, mut reason) = (decision.version, decision.reason);
         let metrics = served.route_metrics.get(decision.route).map(Arc::clone);
+        // Mirrored? Decided now, while the client's head is as it came.
+        let mirror = route.shadow.as_ref().filter(|sh| {
+            upgrade.is_none()
+                && shadow::sampled(
+                    sh,
+                    route,
+                    &parts.method,
+                    decision.bucket,
+                    &facts,
+                    rand::rng().random_range(0..BUCKETS),
+                )
+        });
         done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), version));
 
         // Connect before touching the request: a canary we cannot reach has
@@ -288,13 +312,16 @@ impl Proxy {
         }
         parts.version = http::Version::HTTP_11;
         let has_body = !hyper::body::Body::is_end_stream(&body) && parts.method != Method::HEAD;
-        let req_body = if has_body {
+        let mut req_body = if has_body {
             let counter = done.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
             done.bytes_in.clone_from(&counter);
             ReqBody::new(body, snap.limits.max_request_body, counter)
         } else {
             ReqBody::empty()
         };
+        if let (Some(sh), Some(m)) = (mirror, metrics.as_ref()) {
+            req_body = self.mirror(served, sh, m, &parts, declared, has_body, req_body, done);
+        }
 
         let upstream = pick(version)?;
         let resp = upstream.send(conn, Request::from_parts(parts, req_body)).await?;
@@ -341,6 +368,49 @@ impl Proxy {
         }
         done.status = rparts.status.as_u16();
         Ok(Response::from_parts(rparts, rbody))
+    }
+}
+
+impl Proxy {
+    /// Start the shadow copy of this request (design §10) and return the
+    /// primary's body, teed when the copy needs it. Never waits.
+    #[allow(clippy::too_many_arguments)]
+    fn mirror(
+        &self,
+        served: &Served,
+        sh: &crate::config::Shadow,
+        metrics: &Arc<RouteMetrics>,
+        parts: &http::request::Parts,
+        declared: Option<u64>,
+        has_body: bool,
+        body: ReqBody,
+        done: &mut Completion,
+    ) -> ReqBody {
+        if declared.is_some_and(|n| n > sh.max_body) {
+            metrics.shadow.outcome(crate::metrics::ShadowOutcome::SkippedBody);
+            return body;
+        }
+        let Some(upstream) = served.upstream(sh.upstream) else { return body };
+        let Some(slot) = shadow::Slot::acquire(metrics, sh.max_in_flight) else { return body };
+        let (body, copy_body) = if has_body {
+            let (tee, rx) = crate::upstream::Tee::new(sh.max_body);
+            (body.with_tee(tee), shadow::CopyBody::Pending(rx))
+        } else {
+            (body, shadow::CopyBody::Empty)
+        };
+        let (tx, primary) = tokio::sync::oneshot::channel();
+        done.shadow_status = Some(tx);
+        let copy = shadow::Copy {
+            upstream: Arc::clone(upstream),
+            timeout: sh.timeout,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: shadow::Copy::head(parts.headers.clone()),
+            body: copy_body,
+            primary,
+        };
+        shadow::spawn(copy, slot);
+        body
     }
 }
 

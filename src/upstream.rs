@@ -13,7 +13,7 @@
 mod body;
 mod pool;
 
-pub use body::{PooledBody, ReqBody};
+pub use body::{PooledBody, ReqBody, Tee};
 
 use crate::config::UpstreamSpec;
 use http::{Request, Response};

@@ -76,12 +76,18 @@ routes:
     canary: {upstream: v2}
     progression: {steps: [1, 100], hold: 1m}
     websocket: {on_rollback: maybe, close_rate: fast, idle_timeout: 10s, ping_interval: 30s}
+    shadow: {upstream: nope, percent: 150, methods: [GET, "bad method"], max_in_flight: 0, timeout: 0s}
 "#,
     );
     let (ok, out) = check(&p);
     assert!(!ok);
     for expected in [
-        "18 problem(s)",
+        "22 problem(s)",
+        "routes[3].shadow.upstream: unknown upstream `nope`",
+        "routes[3].shadow.percent: weight 150 is outside 0–100",
+        "routes[3].shadow.methods[1]: `bad method` is not a method that can be mirrored",
+        "routes[3].shadow.max_in_flight: must be at least 1",
+        "routes[3].shadow.timeout: must be more than 0s",
         "routes[3].websocket.on_rollback: `maybe` is not `close` or `keep`",
         "routes[3].websocket.close_rate: `fast` is not a rate",
         "routes[3].websocket.ping_interval: must be shorter than idle_timeout",
@@ -98,7 +104,6 @@ routes:
         "routes[0].canary.upstream: unknown upstream `v9`",
         "routes[0].weight: weight 101 is outside 0–100",
         "routes[0].segments[0].weight: weight 1.234 has more than two decimals",
-        "routes[0].shadow: not supported by this build",
         "routes[1].name: duplicate route name `app`",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");

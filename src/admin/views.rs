@@ -23,6 +23,7 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader) -> String
             config_weight_bp: r.config_weight_bp,
             effective_weight_bp: effective_bp(r),
             phase: r.phase,
+            shadow: r.shadow.is_some(),
         })
         .collect();
     metrics::render(

@@ -92,10 +92,21 @@ pub struct RawRoute {
     pub override_: Option<RawOverride>,
     #[serde(default)]
     pub segments: Vec<RawSegment>,
-    pub shadow: Option<IgnoredAny>,
+    pub shadow: Option<RawShadow>,
     pub analysis: Option<RawAnalysis>,
     pub progression: Option<RawProgression>,
     pub websocket: Option<RawWebsocket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub upstream: String,
+    pub percent: Option<f64>,
+    pub methods: Option<Vec<String>>,
+    pub max_body: Option<SizeValue>,
+    pub max_in_flight: Option<u64>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,10 +1,12 @@
 //! Checks a raw config and compiles it into a `Snapshot`, collecting every
 //! problem (with its field path) instead of stopping at the first.
 
-use super::raw::{RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawWebsocket, SizeValue};
+use super::raw::{
+    RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawShadow, RawWebsocket, SizeValue,
+};
 use super::units::{parse_duration, parse_rate, parse_size, weight_to_bp};
 use super::{
-    Analysis, DEFAULT_ADMIN, Limits, Problem, Progression, Shutdown, Snapshot, UpstreamSpec, WebSocketPolicy,
+    Analysis, DEFAULT_ADMIN, Limits, Problem, Progression, Shadow, Shutdown, Snapshot, UpstreamSpec, WebSocketPolicy,
     sha256_hex,
 };
 use crate::routing::{
@@ -256,9 +258,6 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
     if !is_label_safe(&r.name) {
         p.at(format!("{path}.name"), "names may use letters, digits, `-`, `_` and `.` only");
     }
-    if r.shadow.is_some() {
-        p.not_yet(format!("{path}.shadow"));
-    }
     let hosts = compile_hosts(r, path, p);
     let path_prefix = r.match_.as_ref().and_then(|m| m.path_prefix.clone()).unwrap_or_else(|| "/".into());
     if !path_prefix.starts_with('/') {
@@ -324,6 +323,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         phase: crate::rollout::Phase::Steady,
         step: None,
         expose_version: r.expose_version.unwrap_or(false),
+        shadow: r.shadow.as_ref().and_then(|sh| compile_shadow(sh, &format!("{path}.shadow"), ups, p)).map(Arc::new),
         websocket: r
             .websocket
             .as_ref()
@@ -370,6 +370,47 @@ fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
         max_p99_ratio: a.max_p99_ratio,
         failures,
     }
+}
+
+fn compile_shadow(sh: &RawShadow, path: &str, ups: &[UpstreamSpec], p: &mut Problems) -> Option<Shadow> {
+    let upstream = ups.iter().position(|u| *u.name == *sh.upstream);
+    if upstream.is_none() {
+        p.at(format!("{path}.upstream"), format!("unknown upstream `{}`", sh.upstream));
+    }
+    let percent_bp = p.weight(&format!("{path}.percent"), sh.percent.unwrap_or(100.0));
+    let methods = match &sh.methods {
+        None => vec![http::Method::GET, http::Method::HEAD],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let upper = m.to_ascii_uppercase();
+                if upper == "CONNECT" || !upper.bytes().all(|b| b.is_ascii_uppercase()) || upper.is_empty() {
+                    p.at(format!("{path}.methods[{i}]"), format!("`{m}` is not a method that can be mirrored"));
+                    return None;
+                }
+                http::Method::from_bytes(upper.as_bytes()).ok()
+            })
+            .collect(),
+    };
+    let max_body = p.size(&format!("{path}.max_body"), sh.max_body.as_ref(), 64 * 1024);
+    let max_in_flight = sh.max_in_flight.unwrap_or(100);
+    if max_in_flight == 0 {
+        p.at(format!("{path}.max_in_flight"), "must be at least 1");
+    }
+    let timeout = p.duration(&format!("{path}.timeout"), sh.timeout.as_ref(), Duration::from_secs(2));
+    if timeout.is_zero() {
+        p.at(format!("{path}.timeout"), "must be more than 0s");
+    }
+    Some(Shadow {
+        upstream: upstream?,
+        upstream_name: Arc::from(sh.upstream.as_str()),
+        percent_bp,
+        methods,
+        max_body,
+        max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+        timeout,
+    })
 }
 
 fn compile_websocket(w: &RawWebsocket, path: &str, p: &mut Problems) -> WebSocketPolicy {

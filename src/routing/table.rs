@@ -237,6 +237,7 @@ pub struct Route {
     /// Index into `progression.steps` while progression runs.
     pub step: Option<usize>,
     pub expose_version: bool,
+    pub shadow: Option<Arc<crate::config::Shadow>>,
     pub websocket: crate::config::WebSocketPolicy,
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,
@@ -257,7 +258,7 @@ impl Route {
 
     /// Bucket from the first sticky key present, else a valid bucket cookie,
     /// else `draw` (and ask for a cookie when one is configured).
-    pub(super) fn bucket(&self, facts: &Facts<'_>, draw: u16) -> (Bucket, Option<u16>) {
+    pub fn bucket(&self, facts: &Facts<'_>, draw: u16) -> (Bucket, Option<u16>) {
         let Some(sticky) = &self.sticky else {
             return (Bucket { value: draw, source: BucketSource::Random }, None);
         };

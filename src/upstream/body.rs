@@ -44,19 +44,71 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request body sent upstream.
 pub struct ReqBody {
     inner: Option<Incoming>,
+    /// A body held whole (shadow copies).
+    full: Option<Bytes>,
     limit: u64,
     seen: u64,
     /// Shared with the access log; only allocated when a body is present.
     counter: Option<Arc<AtomicU64>>,
+    tee: Option<Tee>,
+}
+
+/// A copy of the body as it streams by, for a shadow request. The copy
+/// costs a reference count per chunk; the primary is never held back. Over
+/// `max` bytes, or if the body fails or is abandoned, the copy is dropped
+/// (the receiver sees the sender go away).
+pub struct Tee {
+    chunks: Vec<Bytes>,
+    size: u64,
+    max: u64,
+    done: tokio::sync::oneshot::Sender<Bytes>,
+}
+
+impl Tee {
+    pub fn new(max: u64) -> (Self, tokio::sync::oneshot::Receiver<Bytes>) {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        (Self { chunks: Vec::new(), size: 0, max, done }, rx)
+    }
+
+    fn finish(self) {
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = bytes::BytesMut::with_capacity(usize::try_from(self.size).unwrap_or(0));
+                for c in &self.chunks {
+                    all.extend_from_slice(c);
+                }
+                all.freeze()
+            }
+        };
+        let _ = self.done.send(body);
+    }
 }
 
 impl ReqBody {
     pub fn empty() -> Self {
-        Self { inner: None, limit: 0, seen: 0, counter: None }
+        Self { inner: None, full: None, limit: 0, seen: 0, counter: None, tee: None }
     }
 
     pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner: Some(inner), limit, seen: 0, counter }
+        Self { inner: Some(inner), full: None, limit, seen: 0, counter, tee: None }
+    }
+
+    /// A body already in memory.
+    pub fn full(body: Bytes) -> Self {
+        let full = (!body.is_empty()).then_some(body);
+        Self { inner: None, full, limit: u64::MAX, seen: 0, counter: None, tee: None }
+    }
+
+    /// Copy the body into `tee` as it streams.
+    pub fn with_tee(mut self, tee: Tee) -> Self {
+        if self.inner.is_none() {
+            tee.finish();
+        } else {
+            self.tee = Some(tee);
+        }
+        self
     }
 }
 
@@ -66,10 +118,21 @@ impl Body for ReqBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(b) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
-            None => Poll::Ready(None),
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+        match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
+            None => {
+                if let Some(t) = this.tee.take() {
+                    t.finish();
+                }
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                this.tee = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -78,8 +141,23 @@ impl Body for ReqBody {
                         c.fetch_add(n, Ordering::Relaxed);
                     }
                     if this.seen > this.limit {
+                        this.tee = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
+                    if let Some(t) = this.tee.as_mut() {
+                        t.size = t.size.saturating_add(n);
+                        if t.size > t.max {
+                            this.tee = None;
+                        } else {
+                            t.chunks.push(data.clone());
+                        }
+                    }
+                }
+                // hyper stops polling once the body says it has ended.
+                if inner.is_end_stream()
+                    && let Some(t) = this.tee.take()
+                {
+                    t.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -87,11 +165,15 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.full.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+        match (&self.full, &self.inner) {
+            (Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            (None, Some(i)) => i.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }
 
