@@ -551,7 +551,13 @@ mod tests {
         }
         m.canary.record(now, 0, Duration::from_millis(2), true);
         let text = render(
-            &[RouteView { metrics: &m, config_weight_bp: 500, effective_weight_bp: 500, phase: Phase::Progressing }],
+            &[RouteView {
+                metrics: &m,
+                config_weight_bp: 500,
+                effective_weight_bp: 500,
+                phase: Phase::Progressing,
+                shadow: true,
+            }],
             &Globals { generation: 3, unrouted: 4, reloads_success: 2, reloads_failure: 1 },
         );
         let buckets: Vec<u64> = text
