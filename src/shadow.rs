@@ -151,12 +151,18 @@ async fn exchange(
         CopyBody::Empty => Bytes::new(),
         CopyBody::Pending(rx) => rx.await.map_err(|_| ShadowOutcome::SkippedBody)?,
     };
-    let conn = upstream.connect().await.map_err(|_| ShadowOutcome::Error)?;
+    let failed = |e: crate::upstream::UpstreamError| match e {
+        crate::upstream::UpstreamError::Timeout | crate::upstream::UpstreamError::ConnectTimeout => {
+            ShadowOutcome::Timeout
+        }
+        _ => ShadowOutcome::Error,
+    };
+    let conn = upstream.connect().await.map_err(failed)?;
     let mut req = Request::new(ReqBody::full(body));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let resp = upstream.send(conn, req).await.map_err(|_| ShadowOutcome::Error)?;
+    let resp = upstream.send(conn, req).await.map_err(failed)?;
     let status = resp.status().as_u16();
     // Read the answer to its end (and discard it) so the connection can go
     // back to the pool; the deadline bounds this too.
