@@ -73,6 +73,9 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Bind everything and start serving `snapshot`.
 pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, StartError> {
+    // One crypto provider in the process, chosen explicitly (stack.md): the
+    // TLS configs name it too, this covers anything using the default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let listeners: Vec<TcpListener> = snapshot.listen.iter().map(|a| bind(*a)).collect::<Result<_, _>>()?;
     let admin_listener = bind(snapshot.admin)?;
     let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
@@ -90,8 +93,9 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     let tracker = TaskTracker::new();
     let conn_cap = Arc::new(Semaphore::new(max_connections));
 
-    for listener in listeners {
+    for (index, listener) in listeners.into_iter().enumerate() {
         tokio::spawn(accept_loop(
+            index,
             listener,
             Arc::clone(&live),
             Arc::clone(&proxy),
@@ -164,7 +168,13 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Held for as long as a client connection lives, upgraded WebSockets
+/// included (`limits.max_connections`).
+pub type ConnPermit = Arc<tokio::sync::OwnedSemaphorePermit>;
+
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
+    index: usize,
     listener: TcpListener,
     live: Arc<Live>,
     proxy: Arc<Proxy>,
@@ -200,26 +210,62 @@ async fn accept_loop(
             limits = current.snapshot.limits.clone();
             builder = Arc::new(server_builder(&limits));
         }
+        // TLS or not is read per connection, so a reload can turn it on,
+        // off, or swap certificates without touching the socket.
+        let tls = current.snapshot.tls.get(index).cloned().flatten();
         drop(current);
+        let handshake_timeout = limits.header_read_timeout;
         let (builder, proxy, stop) = (Arc::clone(&builder), Arc::clone(&proxy), stop.clone());
         tracker.spawn(async move {
-            let _permit = permit;
-            let svc = service_fn(move |req| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(peer, req).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            let mut conn = std::pin::pin!(conn);
-            // Serve until the peer is done, or until shutdown asks the
-            // connection to finish its in-flight work and close.
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            let conn = Conn { builder, proxy, stop, peer, permit: Arc::new(permit) };
+            let Some(tls) = tls else {
+                return conn.serve(TokioIo::new(stream), false).await;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+            // The handshake gets the same deadline as a request head.
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
+                _ = conn.stop.cancelled() => return,
+            };
+            match accepted {
+                Ok(Ok(stream)) => conn.serve(TokioIo::new(stream), true).await,
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
             }
         });
+    }
+}
+
+/// One accepted client connection.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+    peer: SocketAddr,
+    permit: ConnPermit,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: TokioIo<I>, https: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { builder, proxy, stop, peer, permit } = self;
+        let svc = service_fn(move |req| {
+            let (proxy, permit) = (Arc::clone(&proxy), Arc::clone(&permit));
+            async move { Ok::<_, Infallible>(proxy.handle(peer, https, &permit, req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        let mut conn = std::pin::pin!(conn);
+        // Serve until the peer is done, or until shutdown asks the
+        // connection to finish its in-flight work and close.
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
     }
 }
 

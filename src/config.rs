@@ -191,6 +191,8 @@ pub struct Snapshot {
     /// Hex sha256 of the file bytes.
     pub sha256: String,
     pub listen: Vec<SocketAddr>,
+    /// TLS per listener, index-aligned with `listen` (None: plain HTTP).
+    pub tls: Vec<Option<Arc<crate::tls::Tls>>>,
     pub admin: SocketAddr,
     /// `admin.token_file`, resolved against the config directory.
     pub admin_token_file: Option<PathBuf>,

@@ -36,6 +36,7 @@ pub mod rollout;
 pub mod routing;
 pub mod shadow;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod websocket;
 

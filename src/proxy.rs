@@ -151,7 +151,15 @@ impl Proxy {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    pub async fn handle(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<RespBody> {
+    /// One request from `peer`; `https` when it came over TLS; `permit` is
+    /// the client connection's slot (kept by an upgraded WebSocket).
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        https: bool,
+        permit: &crate::app::ConnPermit,
+        mut req: Request<Incoming>,
+    ) -> Response<RespBody> {
         let start = Instant::now();
         let served = self.live.load();
         let client_ip = peer.ip().to_string();
@@ -180,7 +188,8 @@ impl Proxy {
         // before the request is taken apart.
         let upgrade =
             websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        match self.forward(&served, &client_ip, req, upgrade, &mut done).await {
+        let upgrade = upgrade.map(|u| (u, Arc::clone(permit)));
+        match self.forward(&served, &client_ip, https, req, upgrade, &mut done).await {
             Ok(resp) => {
                 if let Some(tx) = done.shadow_status.take() {
                     let _ = tx.send(resp.status().as_u16());
@@ -203,8 +212,9 @@ impl Proxy {
         &self,
         served: &Served,
         client_ip: &str,
+        https: bool,
         req: Request<Incoming>,
-        upgrade: Option<OnUpgrade>,
+        upgrade: Option<(OnUpgrade, crate::app::ConnPermit)>,
         done: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let snap = &served.snapshot;
@@ -284,7 +294,7 @@ impl Proxy {
             headers::set_websocket_upgrade(&mut parts.headers);
         }
         headers::strip_internal(&mut parts.headers, keep);
-        headers::add_forwarded(&mut parts.headers, client_ip, "http", &authority);
+        headers::add_forwarded(&mut parts.headers, client_ip, if https { "https" } else { "http" }, &authority);
         let request_id = match parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) => id.to_owned(),
             None => {
@@ -331,7 +341,7 @@ impl Proxy {
         if switched {
             // Only a WebSocket handshake may switch protocols; a 101 to
             // anything else (or to another protocol) is broken.
-            let (Some(client), Some(m)) = (upgrade, metrics.as_ref()) else {
+            let (Some((client, permit)), Some(m)) = (upgrade, metrics.as_ref()) else {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
             };
             if !websocket::accepts_websocket(resp.headers()) {
@@ -341,14 +351,14 @@ impl Proxy {
             let policy = &route.websocket;
             let settings =
                 websocket::Settings { idle_timeout: policy.idle_timeout, ping_interval: policy.ping_interval };
-            self.live.websockets.spawn(
-                Arc::clone(&route.name),
+            let socket = websocket::NewSocket {
+                route: Arc::clone(&route.name),
                 version,
-                Arc::clone(m),
+                metrics: Arc::clone(m),
                 settings,
-                client,
-                upstream_side,
-            );
+                permit,
+            };
+            self.live.websockets.spawn(socket, client, upstream_side);
         }
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers, switched);

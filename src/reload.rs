@@ -78,6 +78,10 @@ impl Reloader {
         Self { path, live, sockets, last_seen, successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
     }
 
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -108,17 +112,21 @@ impl Reloader {
         };
         let sha = config::sha256_hex(&bytes);
         let current = self.live.load();
-        if sha == current.snapshot.sha256 {
+        // Certificate files count as part of the config: a renewed or
+        // replaced certificate reloads even when the YAML did not change.
+        let certs_now = certs_fingerprint_on_disk(&current.snapshot);
+        let seen_key = format!("{sha}/{certs_now}");
+        if sha == current.snapshot.sha256 && certs_now == certs_fingerprint_loaded(&current.snapshot) {
             if !quiet_repeat {
                 tracing::info!(trigger, generation = current.generation, sha256 = %sha, "config unchanged");
             }
-            self.mark_seen(sha);
+            self.mark_seen(seen_key);
             return Ok(Outcome::Unchanged { generation: current.generation });
         }
-        if quiet_repeat && self.seen(&sha) {
+        if quiet_repeat && self.seen(&seen_key) {
             return Ok(Outcome::Unchanged { generation: current.generation });
         }
-        self.mark_seen(sha.clone());
+        self.mark_seen(seen_key);
         let started = std::time::Instant::now();
         let snapshot = config::parse(&bytes, &self.path).map_err(|e| self.fail(trigger, e.into()))?;
         let wanted = Sockets::of(&snapshot);
@@ -158,6 +166,32 @@ impl Reloader {
         }
         err
     }
+}
+
+/// Fingerprint of the certificates the serving snapshot loaded.
+fn certs_fingerprint_loaded(s: &Snapshot) -> String {
+    s.tls.iter().flatten().map(|t| t.fingerprint.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// Fingerprint of the same files as they are on disk now.
+fn certs_fingerprint_on_disk(s: &Snapshot) -> String {
+    s.tls.iter().flatten().map(|t| crate::tls::fingerprint_on_disk(&t.certs)).collect::<Vec<_>>().join(",")
+}
+
+/// Directories holding the serving snapshot's certificate files (watched
+/// like the config directory).
+pub fn cert_dirs(s: &Snapshot) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = s
+        .tls
+        .iter()
+        .flatten()
+        .flat_map(|t| t.certs.iter().flat_map(|c| [c.cert.parent(), c.key.parent()]))
+        .flatten()
+        .map(Path::to_path_buf)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 fn describe_socket_change(old: &Sockets, new: &Sockets) -> String {

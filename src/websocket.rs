@@ -87,6 +87,16 @@ pub fn accepts_websocket(headers: &HeaderMap) -> bool {
     headers.get_all(UPGRADE).iter().any(|v| v.to_str().is_ok_and(|s| s.trim().eq_ignore_ascii_case("websocket")))
 }
 
+/// What the hub needs to know about a socket it is given.
+pub struct NewSocket {
+    pub route: Arc<str>,
+    pub version: Version,
+    pub metrics: Arc<RouteMetrics>,
+    pub settings: Settings,
+    /// The client connection's `max_connections` slot, held until the end.
+    pub permit: crate::app::ConnPermit,
+}
+
 struct Entry {
     route: Arc<str>,
     version: Version,
@@ -142,15 +152,8 @@ impl Hub {
 
     /// Relay a socket whose handshake succeeded (upstream answered 101 and
     /// the 101 is on its way to the client).
-    pub fn spawn(
-        &self,
-        route: Arc<str>,
-        version: Version,
-        metrics: Arc<RouteMetrics>,
-        settings: Settings,
-        client: OnUpgrade,
-        upstream: OnUpgrade,
-    ) {
+    pub fn spawn(&self, socket: NewSocket, client: OnUpgrade, upstream: OnUpgrade) {
+        let NewSocket { route, version, metrics, settings, permit } = socket;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = watch::channel(Signal::Open);
         let signal = Arc::new(tx);
@@ -178,6 +181,7 @@ impl Hub {
             }
             tracing::debug!(version = reg.version.as_str(), close = why.as_str(), "websocket closed");
             drop(reg);
+            drop(permit);
         });
     }
 

@@ -28,10 +28,6 @@ impl Problems {
         self.0.push(Problem { path: path.into(), location: None, message: message.into() });
     }
 
-    fn not_yet(&mut self, path: impl Into<String>) {
-        self.at(path, "not supported by this build of weir yet; remove it (it would otherwise be ignored)");
-    }
-
     fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
         match v.map(|s| parse_duration(s)) {
             None => default,
@@ -96,16 +92,18 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         p.at("listen", "at least one listener is required");
     }
     let mut listen = Vec::new();
+    let mut tls = Vec::new();
     for (i, l) in raw.listen.iter().enumerate() {
+        let t = l.tls.as_ref().and_then(|t| compile_tls(t, &format!("listen[{i}].tls"), base, p));
         match l.address.parse::<SocketAddr>() {
             Ok(a) if listen.contains(&a) && a.port() != 0 => {
                 p.at(format!("listen[{i}].address"), format!("{a} is listed twice"));
             }
-            Ok(a) => listen.push(a),
+            Ok(a) => {
+                listen.push(a);
+                tls.push(t);
+            }
             Err(_) => p.at(format!("listen[{i}].address"), format!("`{}` is not an ip:port", l.address)),
-        }
-        if l.tls.is_some() {
-            p.not_yet(format!("listen[{i}].tls"));
         }
     }
     let admin_text = raw.admin.as_ref().and_then(|a| a.address.clone());
@@ -146,6 +144,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
     Snapshot {
         sha256,
         listen,
+        tls,
         admin,
         admin_token_file,
         state_dir: resolve(base, raw.state_dir.as_deref().unwrap_or("weir-state")),
@@ -369,6 +368,24 @@ fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
         max_p99,
         max_p99_ratio: a.max_p99_ratio,
         failures,
+    }
+}
+
+fn compile_tls(t: &super::raw::RawTls, path: &str, base: &Path, p: &mut Problems) -> Option<Arc<crate::tls::Tls>> {
+    if t.certs.is_empty() {
+        p.at(format!("{path}.certs"), "list at least one {cert, key} pair");
+        return None;
+    }
+    let certs: Vec<crate::tls::CertPaths> =
+        t.certs.iter().map(|c| crate::tls::CertPaths { cert: base.join(&c.cert), key: base.join(&c.key) }).collect();
+    match crate::tls::load(&certs) {
+        Ok(tls) => Some(Arc::new(tls)),
+        Err(problems) => {
+            for e in problems {
+                p.at(format!("{path}.certs[{}].{}", e.index, e.field), e.message);
+            }
+            None
+        }
     }
 }
 

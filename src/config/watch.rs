@@ -39,7 +39,19 @@ pub fn spawn(reloader: Arc<Reloader>, stop: CancellationToken) -> tokio::task::J
     let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = tx.try_send(());
     })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
+    .map(|mut w| {
+        // Certificate directories (often a Secret mounted elsewhere). A
+        // directory that cannot be watched is still covered by the poll.
+        for d in crate::reload::cert_dirs(&reloader.live().load().snapshot) {
+            if d != dir
+                && let Err(e) = w.watch(&d, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot watch certificate directory; polling it");
+            }
+        }
+        w
+    });
     let poll_every = match &watcher {
         Ok(_) => {
             tracing::info!(dir = %dir.display(), "watching config directory");
