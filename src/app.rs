@@ -117,12 +117,14 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
 
     let lifecycle = {
-        let (ready, stop, live) = (Arc::clone(&ready), stop.clone(), Arc::clone(&live));
+        let (ready, stop, live, proxy) = (Arc::clone(&ready), stop.clone(), Arc::clone(&live), Arc::clone(&proxy));
         tokio::spawn(async move {
             stop.cancelled().await;
             // Read at shutdown time: a reload may have changed them.
             let crate::config::Shutdown { delay, grace } = live.load().snapshot.shutdown.clone();
             ready.store(false, Ordering::Release);
+            // From now on HTTP/1 responses say `Connection: close`.
+            proxy.drain();
             tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown: readiness off");
             tokio::time::sleep(delay).await;
             stop_accepting.cancel();

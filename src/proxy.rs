@@ -39,6 +39,9 @@ pub struct Proxy {
     live: Arc<Live>,
     log: Arc<AccessLog>,
     in_flight: Arc<AtomicUsize>,
+    /// Set when shutdown begins: HTTP/1 responses then carry
+    /// `Connection: close`, so clients move to another instance.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A slot in `max_in_flight`; released on drop.
@@ -143,10 +146,20 @@ impl Completion {
 
 impl Proxy {
     pub fn new(live: Arc<Live>, log: Arc<AccessLog>) -> Self {
-        Self { live, log, in_flight: Arc::new(AtomicUsize::new(0)) }
+        Self {
+            live,
+            log,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Requests currently being handled (for shutdown and metrics).
+    /// Shutdown has begun (see `draining`).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
@@ -158,12 +171,12 @@ impl Proxy {
         peer: SocketAddr,
         https: bool,
         permit: &crate::app::ConnPermit,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Response<RespBody> {
         let start = Instant::now();
         let served = self.live.load();
         let client_ip = peer.ip().to_string();
-        let mut done = Box::new(Completion {
+        let done = Box::new(Completion {
             log: Arc::clone(&self.log),
             metrics: None,
             start,
@@ -180,6 +193,23 @@ impl Proxy {
             flags: Vec::new(),
             shadow_status: None,
         });
+        let http1 = req.version() <= http::Version::HTTP_11;
+        let mut resp = self.respond(&served, &client_ip, https, permit, req, done).await;
+        if http1 && self.draining.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    async fn respond(
+        &self,
+        served: &Served,
+        client_ip: &str,
+        https: bool,
+        permit: &crate::app::ConnPermit,
+        mut req: Request<Incoming>,
+        mut done: Box<Completion>,
+    ) -> Response<RespBody> {
         match InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight) {
             Some(slot) => done._slot = Some(slot),
             None => return local_response(&ProxyError::Overloaded, done),
@@ -189,7 +219,7 @@ impl Proxy {
         let upgrade =
             websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let upgrade = upgrade.map(|u| (u, Arc::clone(permit)));
-        match self.forward(&served, &client_ip, https, req, upgrade, &mut done).await {
+        match self.forward(served, client_ip, https, req, upgrade, &mut done).await {
             Ok(resp) => {
                 if let Some(tx) = done.shadow_status.take() {
                     let _ = tx.send(resp.status().as_u16());
