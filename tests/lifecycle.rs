@@ -237,3 +237,36 @@ async fn over_the_in_flight_cap_requests_get_503_at_once() {
         t.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_h2_goaway_and_lets_the_stream_in_flight_finish() {
+    let up = Upstream::start("stable").await;
+    up.delay_ms.store(500, Ordering::Relaxed);
+    let yaml = config(up.addr, up.addr, "  - name: app\n    stable: {upstream: v1}\n")
+        .replace("access_log: false", "access_log: false\nshutdown: {delay: 0s, grace: 10s}");
+    let w = Weir::start(&yaml).await;
+    // HTTP/2 with prior knowledge on the plain listener.
+    let stream = TcpStream::connect(w.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = |p: &str| Request::get(format!("http://x{p}")).body(Full::new(Bytes::new())).unwrap();
+    let in_flight = tx.send_request(req("/slow"));
+    let in_flight = tokio::spawn(in_flight);
+    assert!(eventually(Duration::from_secs(10), || up.count() == 1).await);
+
+    w.handle.shutdown();
+    // The stream already in flight completes.
+    let resp = tokio::time::timeout(Duration::from_secs(10), in_flight).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"stable");
+    // GOAWAY: the connection ends cleanly and takes no new stream.
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await.expect("connection not closed");
+    assert!(ended.unwrap().is_ok(), "connection ended with an error instead of GOAWAY");
+    assert!(tx.send_request(req("/after")).await.is_err());
+    assert_eq!(up.count(), 1);
+}
