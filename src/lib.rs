@@ -26,6 +26,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod explain;
 pub mod fuzzing;
 pub mod live;

@@ -46,6 +46,15 @@ enum Command {
         query: Option<String>,
     },
     /// Print the version.
+    /// Exit 0 when `URL` (plain http://host:port/path) answers 200 within
+    /// 2 s: a container probe that needs no shell or curl in the image.
+    Healthcheck {
+        #[arg(default_value = "http://127.0.0.1:9901/ready")]
+        url: String,
+    },
+    /// A self-contained demo on loopback: upstreams, players, a canary that
+    /// climbs, breaks and is rolled back by weir; ends by itself.
+    Demo,
     Version,
 }
 
@@ -71,6 +80,21 @@ fn main() -> ExitCode {
             let q = weir::explain::Query { host, path, headers, cookies, query };
             explain(&config.config, &q)
         }
+        Command::Healthcheck { url } => match healthcheck(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir healthcheck: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo => match demo() {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("weir demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(c) => match run(c.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -136,6 +160,40 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// One HTTP/1.1 GET with std only; Ok when the status is 200.
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let addr = authority
+        .to_socket_addrs()
+        .context("resolving the address")?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{authority}: no address"))?;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).context("connecting")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.split_whitespace().nth(1).unwrap_or("none");
+    anyhow::ensure!(status == "200", "{url} answered {status}");
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<bool> {
+    // The terminal belongs to the live view; weir's own logs only on request.
+    if std::env::var_os("WEIR_LOG").is_some() {
+        init_logging();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(weir::demo::run())
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
