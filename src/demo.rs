@@ -264,13 +264,19 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
     let mut drawn = 0usize;
     let mut last_plain = Instant::now() - Duration::from_secs(10);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Ctrl-C or SIGTERM end the demo early, still cleaning up.
     let ctrl_c = tokio::signal::ctrl_c();
     let mut ctrl_c = std::pin::pin!(ctrl_c);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupted = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut ctrl_c => {
+                interrupted = true;
+                break;
+            }
+            _ = term.recv() => {
                 interrupted = true;
                 break;
             }
