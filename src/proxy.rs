@@ -249,6 +249,12 @@ impl Proxy {
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let snap = &served.snapshot;
         let (mut parts, body) = req.into_parts();
+        if parts.version <= http::Version::HTTP_11 {
+            headers::check_framing(&parts.headers).map_err(ProxyError::Framing)?;
+        }
+        if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > headers::MAX_URI {
+            return Err(ProxyError::UriTooLong);
+        }
         let authority = headers::authority(&parts).map_err(ProxyError::Host)?.to_owned();
         let (hostname, _port) = headers::split_port(&authority);
         if let Some(f) = done.fields.as_mut() {
@@ -469,5 +475,9 @@ fn local_response(err: &ProxyError, mut done: Box<Completion>) -> Response<RespB
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp.headers_mut().insert("x-weir-error", HeaderValue::from_static(err.tag()));
+    if err.closes() {
+        // HTTP/1 only in effect: hyper drops connection headers on h2.
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }

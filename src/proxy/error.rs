@@ -16,6 +16,11 @@ pub enum Fault {
 pub enum ProxyError {
     #[error("{}", .0.as_str())]
     Host(HostError),
+    /// Ambiguous or unsupported message framing (request smuggling guard).
+    #[error("ambiguous framing: {0}")]
+    Framing(&'static str),
+    #[error("request target over the limit")]
+    UriTooLong,
     #[error("no route matches")]
     NoRoute,
     #[error("request body over the limit")]
@@ -29,7 +34,8 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Host(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Host(_) | ProxyError::Framing(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge | ProxyError::Upstream(UpstreamError::BodyTooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -48,17 +54,29 @@ impl ProxyError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::Host(_) | ProxyError::NoRoute | ProxyError::BodyTooLarge => Fault::Client,
+            ProxyError::Host(_)
+            | ProxyError::Framing(_)
+            | ProxyError::UriTooLong
+            | ProxyError::NoRoute
+            | ProxyError::BodyTooLarge => Fault::Client,
             ProxyError::Upstream(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => Fault::Client,
             ProxyError::Overloaded => Fault::Ours,
             ProxyError::Upstream(_) => Fault::Upstream,
         }
     }
 
+    /// The request's own framing or head was bad: answer, then close the
+    /// connection (what follows on it cannot be trusted).
+    pub fn closes(&self) -> bool {
+        matches!(self, ProxyError::Host(_) | ProxyError::Framing(_) | ProxyError::UriTooLong | ProxyError::BodyTooLarge)
+    }
+
     /// Short machine-readable tag for the `x-weir-error` response header and logs.
     pub fn tag(&self) -> &'static str {
         match self {
             ProxyError::Host(_) => "bad_host",
+            ProxyError::Framing(_) => "bad_framing",
+            ProxyError::UriTooLong => "uri_too_long",
             ProxyError::NoRoute => "no_route",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::Overloaded => "overloaded",

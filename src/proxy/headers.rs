@@ -2,7 +2,7 @@
 //! Host validation, hop-by-hop stripping in both directions, client-sent
 //! `x-weir-*` removal, forwarding headers.
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
@@ -100,6 +100,41 @@ pub fn split_port(a: &str) -> (&str, Option<&str>) {
 
 /// Remove hop-by-hop headers (design §8). `keep_upgrade` keeps `Upgrade` and
 /// `Connection: upgrade` for a WebSocket handshake.
+/// Longest request target (path and query) accepted; longer is 414.
+pub const MAX_URI: usize = 8 * 1024;
+
+/// HTTP/1 framing checks hyper leaves to us (hardening.md A): a message with
+/// both `Content-Length` and `Transfer-Encoding`, a `Transfer-Encoding` other
+/// than exactly one `chunked`, or a `Content-Length` that is not one plain
+/// number is refused, so the upstream can never read a different message
+/// boundary than weir did.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+    let first_te = te.next();
+    if first_te.is_some() && headers.contains_key(CONTENT_LENGTH) {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if let Some(v) = first_te {
+        if te.next().is_some() {
+            return Err("more than one Transfer-Encoding header");
+        }
+        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err("Transfer-Encoding other than a single `chunked`");
+        }
+    }
+    let mut cl = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(v) = cl.next() {
+        if cl.next().is_some() {
+            return Err("more than one Content-Length header");
+        }
+        let b = v.as_bytes();
+        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+            return Err("Content-Length is not a plain number");
+        }
+    }
+    Ok(())
+}
+
 /// After `strip_hop_by_hop(.., true)` on a WebSocket handshake: the two
 /// hop-by-hop headers the next hop needs, in their canonical form.
 pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
@@ -188,6 +223,42 @@ mod tests {
 
     fn parts(req: Request<()>) -> Parts {
         req.into_parts().0
+    }
+
+    fn framing(pairs: &[(&str, &'static str)]) -> Result<(), &'static str> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap_or(CONNECTION), HeaderValue::from_static(v));
+        }
+        check_framing(&h)
+    }
+
+    #[test]
+    fn framing_accepts_one_plain_length_or_one_chunked() {
+        assert!(framing(&[]).is_ok());
+        assert!(framing(&[("content-length", "0")]).is_ok());
+        assert!(framing(&[("content-length", "1234")]).is_ok());
+        assert!(framing(&[("transfer-encoding", "chunked")]).is_ok());
+        assert!(framing(&[("transfer-encoding", " Chunked ")]).is_ok());
+    }
+
+    #[test]
+    fn framing_refuses_what_two_hops_could_read_differently() {
+        for bad in [
+            &[("content-length", "3"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "identity")],
+            &[("content-length", "3"), ("content-length", "3")],
+            &[("content-length", "3, 3")],
+            &[("content-length", "+3")],
+            &[("content-length", "0x3")],
+            &[("content-length", "")],
+            &[("content-length", "99999999999999999999")],
+        ] {
+            assert!(framing(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
