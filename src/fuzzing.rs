@@ -64,3 +64,58 @@ pub fn bucket_cookie(data: &[u8]) {
         let _ = signed.decode(&text);
     }
 }
+
+/// Request pre-validation: arbitrary bytes become header lines (and the
+/// first line a request target) and go through the framing, Host and
+/// target checks the proxy runs before routing.
+pub fn request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let target = lines.next().unwrap_or("/");
+    let version = match data.first().map(|b| b % 3) {
+        Some(0) => http::Version::HTTP_10,
+        Some(1) => http::Version::HTTP_2,
+        _ => http::Version::HTTP_11,
+    };
+    let mut builder = http::Request::builder().uri(target).version(version);
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':')
+            && let (Ok(k), Ok(v)) =
+                (HeaderName::from_bytes(k.trim().as_bytes()), HeaderValue::from_bytes(v.trim().as_bytes()))
+        {
+            builder = builder.header(k, v);
+        }
+    }
+    let Ok(req) = builder.body(()) else { return };
+    let (parts, ()) = req.into_parts();
+    let _ = crate::proxy::headers::check_framing(&parts.headers);
+    if let Ok(authority) = crate::proxy::headers::authority(&parts) {
+        let _ = crate::proxy::headers::split_port(authority);
+    }
+}
+
+/// The WebSocket frame tracker over arbitrary bytes, fed in chunks whose
+/// sizes come from the input itself: it must never panic, and `used` must
+/// always stay within the chunk it was given and be more than zero.
+pub fn ws_frames(data: &[u8]) {
+    let mut tracker = crate::websocket::frame::FrameTracker::default();
+    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let chunk = &rest[..step.min(rest.len())];
+        let mut inner = chunk;
+        while !inner.is_empty() {
+            match tracker.consume(inner) {
+                Ok(s) => {
+                    assert!(s.used <= inner.len(), "tracker used more than it was given");
+                    // Zero progress on non-empty input would spin the relay.
+                    assert!(s.used > 0, "tracker made no progress");
+                    inner = &inner[s.used..];
+                }
+                Err(_) => return,
+            }
+        }
+        rest = &rest[chunk.len()..];
+    }
+    let _ = tracker.at_boundary();
+}

@@ -25,4 +25,6 @@ fn seed_corpus_replays_without_panics() {
     assert!(replay("config", weir::fuzzing::config) >= 5);
     assert!(replay("routing", weir::fuzzing::routing) >= 4);
     assert!(replay("bucket_cookie", weir::fuzzing::bucket_cookie) >= 4);
+    assert!(replay("request", weir::fuzzing::request) >= 5);
+    assert!(replay("ws_frames", weir::fuzzing::ws_frames) >= 4);
 }
