@@ -65,7 +65,7 @@ impl Faulty {
                             }
                             Fault::ResetMidBody => {
                                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
-                                let _ = s.set_linger(Some(Duration::ZERO));
+                                let _ = s.set_zero_linger();
                                 return;
                             }
                             Fault::DuplicateLength => {
