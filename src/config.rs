@@ -65,6 +65,8 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body (slow-body guard).
+    pub body_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_request_body: u64,
@@ -76,6 +78,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             max_request_body: 10 * 1024 * 1024,

@@ -361,7 +361,7 @@ impl Proxy {
         let mut req_body = if has_body {
             let counter = done.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
             done.bytes_in.clone_from(&counter);
-            ReqBody::new(body, snap.limits.max_request_body, counter)
+            ReqBody::new(body, snap.limits.max_request_body, snap.limits.body_timeout, counter)
         } else {
             ReqBody::empty()
         };

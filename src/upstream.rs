@@ -40,6 +40,8 @@ pub enum UpstreamError {
     Protocol101,
     #[error("request body over the limit")]
     BodyTooLarge,
+    #[error("request body stalled")]
+    BodyTimeout,
     #[error("request body failed: {0}")]
     ClientBody(hyper::Error),
 }
@@ -52,7 +54,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout | UpstreamError::Timeout => "timeout",
             UpstreamError::Reset(_) => "reset",
             UpstreamError::Protocol(_) | UpstreamError::Protocol101 => "protocol",
-            UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_) => "client",
+            UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_) => "client",
         }
     }
 
@@ -152,6 +154,9 @@ impl Upstream {
 fn classify(e: hyper::Error) -> UpstreamError {
     if body::is_body_too_large(&e) {
         return UpstreamError::BodyTooLarge;
+    }
+    if body::is_body_timeout(&e) {
+        return UpstreamError::BodyTimeout;
     }
     if e.is_user() || e.is_body_write_aborted() {
         return UpstreamError::ClientBody(e);

@@ -177,6 +177,13 @@ fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {
             l.header_read_timeout.as_ref(),
             d.header_read_timeout,
         ),
+        body_timeout: {
+            let t = p.duration("limits.body_timeout", l.body_timeout.as_ref(), d.body_timeout);
+            if t.is_zero() {
+                p.at("limits.body_timeout", "must be more than 0s");
+            }
+            t
+        },
         max_headers: count(p, "max_headers", l.max_headers, d.max_headers, 1),
         max_header_bytes: usize::try_from(header_bytes.max(8192)).unwrap_or(usize::MAX),
         max_request_body: p.size("limits.max_request_body", l.max_request_body.as_ref(), d.max_request_body),

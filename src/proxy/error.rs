@@ -42,6 +42,7 @@ impl ProxyError {
             }
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Upstream(UpstreamError::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(
                 UpstreamError::Connect(_)
@@ -59,7 +60,9 @@ impl ProxyError {
             | ProxyError::UriTooLong
             | ProxyError::NoRoute
             | ProxyError::BodyTooLarge => Fault::Client,
-            ProxyError::Upstream(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => Fault::Client,
+            ProxyError::Upstream(
+                UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_),
+            ) => Fault::Client,
             ProxyError::Overloaded => Fault::Ours,
             ProxyError::Upstream(_) => Fault::Upstream,
         }
@@ -88,6 +91,7 @@ impl ProxyError {
                 UpstreamError::Protocol(_) | UpstreamError::Protocol101 => "upstream_protocol",
                 UpstreamError::BodyTooLarge => "body_too_large",
                 UpstreamError::ClientBody(_) => "client_body",
+                UpstreamError::BodyTimeout => "body_timeout",
             },
         }
     }

@@ -11,10 +11,34 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+
+/// The client stopped sending its body for longer than `body_timeout`.
+#[derive(Debug)]
+pub struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no request body data within the body timeout")
+    }
+}
+impl std::error::Error for BodyTimeout {}
+
+/// True if a hyper error was caused by our body timeout.
+pub fn is_body_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<BodyTimeout>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
 
 /// The client sent more than `max_request_body`.
 #[derive(Debug)]
@@ -51,6 +75,8 @@ pub struct ReqBody {
     /// Shared with the access log; only allocated when a body is present.
     counter: Option<Arc<AtomicU64>>,
     tee: Option<Tee>,
+    /// Slow-body guard: reset on every frame, fires after `idle`.
+    idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 /// A copy of the body as it streams by, for a shadow request. The copy
@@ -88,17 +114,19 @@ impl Tee {
 
 impl ReqBody {
     pub fn empty() -> Self {
-        Self { inner: None, full: None, limit: 0, seen: 0, counter: None, tee: None }
+        Self { inner: None, full: None, limit: 0, seen: 0, counter: None, tee: None, idle: None }
     }
 
-    pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner: Some(inner), full: None, limit, seen: 0, counter, tee: None }
+    /// The client's body, cut after `idle` without data and at `limit` bytes.
+    pub fn new(inner: Incoming, limit: u64, idle: std::time::Duration, counter: Option<Arc<AtomicU64>>) -> Self {
+        let sleep = Box::pin(tokio::time::sleep(idle));
+        Self { inner: Some(inner), full: None, limit, seen: 0, counter, tee: None, idle: Some((idle, sleep)) }
     }
 
     /// A body already in memory.
     pub fn full(body: Bytes) -> Self {
         let full = (!body.is_empty()).then_some(body);
-        Self { inner: None, full, limit: u64::MAX, seen: 0, counter: None, tee: None }
+        Self { inner: None, full, limit: u64::MAX, seen: 0, counter: None, tee: None, idle: None }
     }
 
     /// Copy the body into `tee` as it streams.
@@ -122,7 +150,18 @@ impl Body for ReqBody {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if let Some((every, sleep)) = this.idle.as_mut() {
+            if polled.is_pending() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.tee = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                }
+            } else {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+            }
+        }
+        match ready!(polled) {
             None => {
                 if let Some(t) = this.tee.take() {
                     t.finish();
