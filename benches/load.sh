@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Question: on the same machine, doing the same work (a 90/10 weighted split
+# over keep-alive upstreams, one worker thread each), how do weir, nginx and
+# HAProxy compare in throughput, latency, CPU per request and memory?
+#
+# Per round, per proxy (rounds interleave the proxies): start the proxy fresh
+# on core 0; warm up (wrk 2 s); closed loop `wrk -t1 -c$CONNS -d$SECS`
+# (req/s, p50/p99/p99.9); open loop `oha -q $RATE` when oha is installed
+# (p50/p99/p99.9 at a fixed rate all three sustain); CPU seconds the proxy
+# used per 100k requests (from /proc, over the wrk run); RSS after the run.
+# Upstreams (one nginx) and the load generators share core 1. Prints a table
+# of medians with ratios to nginx. Loopback only; every run bounded by -d/-z.
+#
+#   benches/load.sh                 # SECS=10 ROUNDS=3 CONNS=50 RATE=5000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-10}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-50}; RATE=${RATE:-5000}
+for t in wrk nginx haproxy curl python3; do command -v $t >/dev/null || { echo "needs $t"; exit 1; }; done
+have_oha=0; command -v oha >/dev/null && have_oha=1
+cargo build --release --quiet
+. benches/lib.sh
+start_upstreams
+pp=$(free_port); ap=$(free_port)
+
+cat > "$work/p999.lua" <<'LUA'
+done = function(summary, latency, requests)
+  io.write(string.format("LAT %d %d %d\n", latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+LUA
+cat > "$work/weir.yaml" <<CFG
+listen: [{address: "127.0.0.1:$pp"}]
+admin: {address: "127.0.0.1:$ap"}
+access_log: false
+state_dir: $work/state
+upstreams: {stable: {endpoints: ["127.0.0.1:$sp"]}, canary: {endpoints: ["127.0.0.1:$cp"]}}
+routes:
+  - {name: app, stable: {upstream: stable}, canary: {upstream: canary}, weight: 10}
+CFG
+mkdir -p "$work/np"
+cat > "$work/proxy-nginx.conf" <<CFG
+daemon off; worker_processes 1; pid $work/np.pid; error_log $work/np.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
+  uwsgi_temp_path $work/np; scgi_temp_path $work/np;
+  upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 128; }
+  server { listen 127.0.0.1:$pp; location / { proxy_pass http://split; proxy_http_version 1.1;
+    proxy_set_header Connection ""; } } }
+CFG
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:$pp
+  default_backend b
+backend b
+  balance roundrobin
+  http-reuse always
+  server stable 127.0.0.1:$sp weight 90
+  server canary 127.0.0.1:$cp weight 10
+CFG
+
+start_proxy() {
+  case $1 in
+    weir) TOKIO_WORKER_THREADS=1 taskset -c 0 ./target/release/weir run -c "$work/weir.yaml" 2>/dev/null & ;;
+    nginx) taskset -c 0 nginx -c "$work/proxy-nginx.conf" & ;;
+    haproxy) taskset -c 0 haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
+  esac
+  ppid=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$pp/" && return; sleep 0.1; done
+  echo "$1 did not start"; exit 1
+}
+# The process doing the work: nginx's worker is the master's child.
+worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+results="$work/results.tsv"
+for r in $(seq "$ROUNDS"); do
+  for name in nginx haproxy weir; do
+    start_proxy "$name"
+    wpid=$(worker_pid)
+    taskset -c 1 timeout 30 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$pp/" >/dev/null
+    t0=$(cpu_ticks "$wpid")
+    out=$(taskset -c 1 timeout $((SECS + 20)) wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$work/p999.lua" "http://127.0.0.1:$pp/")
+    t1=$(cpu_ticks "$wpid")
+    rss=$(rss_kib "$wpid")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    read -r l50 l99 l999 < <(awk '/^LAT/ {print $2, $3, $4}' <<<"$out")
+    o50=-; o99=-; o999=-
+    if [ $have_oha = 1 ]; then
+      read -r o50 o99 o999 < <(taskset -c 1 timeout $((SECS + 20)) oha -z "${SECS}s" -c "$CONNS" -q "$RATE" \
+        --latency-correction --no-tui --output-format json "http://127.0.0.1:$pp/" 2>/dev/null \
+        | python3 -c 'import json,sys; p=json.load(sys.stdin)["latencyPercentiles"]; print(*(round(p[k]*1e6) for k in ("p50","p99","p99.9")))')
+    fi
+    kill "$ppid"; wait "$ppid" 2>/dev/null || true
+    cpu100k=$(python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) / $reqs * 100000, 3))")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$rps" "$l50" "$l99" "$l999" "$o50" "$o99" "$o999" "$cpu100k" "$rss" | tee -a "$results"
+  done
+done
+
+python3 - "$results" "$SECS" "$ROUNDS" "$CONNS" "$RATE" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+secs, rounds, conns, rate = sys.argv[2:]
+def med(name, i):
+    vals = [float(r[i]) for r in rows if r[1] == name and r[i] not in ("-", "")]
+    return statistics.median(vals) if vals else float("nan")
+names = ["nginx", "haproxy", "weir"]
+cols = [("req/s", 2, 1), ("wrk p50 ms", 3, 1e-3), ("wrk p99 ms", 4, 1e-3), ("wrk p99.9 ms", 5, 1e-3),
+        (f"oha@{rate} p50 ms", 6, 1e-3), (f"oha@{rate} p99 ms", 7, 1e-3), (f"oha@{rate} p99.9 ms", 8, 1e-3),
+        ("CPU s/100k req", 9, 1), ("RSS MiB", 10, 1 / 1024)]
+print(f"\n{secs}s runs, {rounds} interleaved rounds, {conns} connections, medians; ratio = weir / nginx")
+print("| | " + " | ".join(names) + " | weir/nginx | weir/haproxy |")
+print("|---|" + "---|" * (len(names) + 2))
+for label, i, scale in cols:
+    v = {n: med(n, i) * scale for n in names}
+    print(f"| {label} | " + " | ".join(f"{v[n]:.3g}" for n in names) + f" | {v['weir'] / v['nginx']:.2f} | {v['weir'] / v['haproxy']:.2f} |")
+PY
