@@ -206,7 +206,12 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         }
     };
     // TOKIO_WORKER_THREADS sets the worker count (default: one per core).
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // With exactly one, the single-threaded scheduler does the same work
+    // without the multi-thread scheduler's synchronisation.
+    let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder =
+        if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let rt = builder.enable_all().build().context("starting the runtime")?;
     rt.block_on(weir::app::run(path, snapshot))?;
     Ok(())
 }
