@@ -10,7 +10,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::{Limits, Snapshot};
 use crate::live::Live;
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 use crate::reload::Reloader;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -253,9 +253,10 @@ impl Conn {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn { builder, proxy, stop, peer, permit } = self;
+        let peer = Arc::new(Peer::new(peer, https, permit));
         let svc = service_fn(move |req| {
-            let (proxy, permit) = (Arc::clone(&proxy), Arc::clone(&permit));
-            async move { Ok::<_, Infallible>(proxy.handle(peer, https, &permit, req).await) }
+            let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
+            async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         let mut conn = std::pin::pin!(conn);

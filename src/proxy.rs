@@ -44,6 +44,28 @@ pub struct Proxy {
     draining: std::sync::atomic::AtomicBool,
 }
 
+/// The client connection a request came on. Built once per connection, so
+/// nothing about the peer is formatted per request.
+pub struct Peer {
+    /// Came over TLS (X-Forwarded-Proto, access log).
+    https: bool,
+    /// The client address, already in its header form (X-Forwarded-For).
+    ip: HeaderValue,
+    /// The connection's `max_connections` slot; an upgraded WebSocket keeps it.
+    permit: crate::app::ConnPermit,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, https: bool, permit: crate::app::ConnPermit) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { https, ip, permit }
+    }
+
+    fn ip_str(&self) -> &str {
+        self.ip.to_str().unwrap_or("unknown")
+    }
+}
+
 /// A slot in `max_in_flight`; released on drop.
 struct InFlight(Arc<AtomicUsize>);
 
@@ -112,10 +134,12 @@ impl Completion {
         if !complete {
             self.flags.push("truncated");
         }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         if let Some((m, v)) = &self.metrics {
             // Design §6: 5xx (the upstream's or ours) and truncation are errors.
             let error = self.status >= 500 || !complete;
-            m.version(*v).record(Instant::now(), self.status, self.start.elapsed(), error);
+            m.version(*v).record(now, self.status, elapsed, error);
         }
         let Some(f) = &self.fields else { return };
         let reason = f.reason.as_deref();
@@ -135,7 +159,7 @@ impl Completion {
             bucket: f.bucket,
             upstream: f.upstream.as_deref(),
             status: self.status,
-            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_duration_ms: self.upstream_ms,
             bytes_in: self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
             bytes_out,
@@ -164,25 +188,17 @@ impl Proxy {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// One request from `peer`; `https` when it came over TLS; `permit` is
-    /// the client connection's slot (kept by an upgraded WebSocket).
-    pub async fn handle(
-        &self,
-        peer: SocketAddr,
-        https: bool,
-        permit: &crate::app::ConnPermit,
-        req: Request<Incoming>,
-    ) -> Response<RespBody> {
+    /// One request from `peer`.
+    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         let served = self.live.load();
-        let client_ip = peer.ip().to_string();
         let done = Box::new(Completion {
             log: Arc::clone(&self.log),
             metrics: None,
             start,
             _slot: None,
             fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
-                client_ip: client_ip.clone(),
+                client_ip: peer.ip_str().to_owned(),
                 method: req.method().as_str().to_owned(),
                 path: req.uri().path().to_owned(),
                 ..LogFields::default()
@@ -194,7 +210,7 @@ impl Proxy {
             shadow_status: None,
         });
         let http1 = req.version() <= http::Version::HTTP_11;
-        let mut resp = self.respond(&served, &client_ip, https, permit, req, done).await;
+        let mut resp = self.respond(&served, peer, req, done).await;
         if http1 && self.draining.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -204,9 +220,7 @@ impl Proxy {
     async fn respond(
         &self,
         served: &Served,
-        client_ip: &str,
-        https: bool,
-        permit: &crate::app::ConnPermit,
+        peer: &Peer,
         mut req: Request<Incoming>,
         mut done: Box<Completion>,
     ) -> Response<RespBody> {
@@ -218,8 +232,8 @@ impl Proxy {
         // before the request is taken apart.
         let upgrade =
             websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let upgrade = upgrade.map(|u| (u, Arc::clone(permit)));
-        match self.forward(served, client_ip, https, req, upgrade, &mut done).await {
+        let upgrade = upgrade.map(|u| (u, Arc::clone(&peer.permit)));
+        match self.forward(served, peer, req, upgrade, &mut done).await {
             Ok(resp) => {
                 if let Some(tx) = done.shadow_status.take() {
                     let _ = tx.send(resp.status().as_u16());
@@ -241,8 +255,7 @@ impl Proxy {
     async fn forward(
         &self,
         served: &Served,
-        client_ip: &str,
-        https: bool,
+        peer: &Peer,
         req: Request<Incoming>,
         upgrade: Option<(OnUpgrade, crate::app::ConnPermit)>,
         done: &mut Completion,
@@ -255,10 +268,17 @@ impl Proxy {
         if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > headers::MAX_URI {
             return Err(ProxyError::UriTooLong);
         }
-        let authority = headers::authority(&parts).map_err(ProxyError::Host)?.to_owned();
-        let (hostname, _port) = headers::split_port(&authority);
+        let authority = headers::authority(&parts).map_err(ProxyError::Host)?;
+        // The authority in header form, for X-Forwarded-Host (and Host when
+        // the client sent only an absolute URI): usually the Host value itself.
+        let authority_value = match parts.headers.get(HOST) {
+            Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+            _ if authority.is_empty() => None,
+            _ => HeaderValue::from_str(authority).ok(),
+        };
+        let (hostname, _port) = headers::split_port(authority);
         if let Some(f) = done.fields.as_mut() {
-            f.authority.clone_from(&authority);
+            authority.clone_into(&mut f.authority);
             f.trace_id = headers::trace_id(&parts.headers).map(str::to_owned);
         }
         let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -330,25 +350,19 @@ impl Proxy {
             headers::set_websocket_upgrade(&mut parts.headers);
         }
         headers::strip_internal(&mut parts.headers, keep);
-        headers::add_forwarded(&mut parts.headers, client_ip, if https { "https" } else { "http" }, &authority);
-        let request_id = match parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(id) => id.to_owned(),
-            None => {
-                let id = format!("{:032x}", rand::rng().random::<u128>());
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    parts.headers.insert(&X_REQUEST_ID, v);
-                }
-                id
-            }
-        };
+        let proto = if peer.https { "https" } else { "http" };
+        headers::add_forwarded(&mut parts.headers, &peer.ip, proto, authority_value.clone());
+        if parts.headers.get(&X_REQUEST_ID).is_none_or(|v| v.to_str().is_err()) {
+            parts.headers.insert(&X_REQUEST_ID, headers::new_request_id(rand::rng().random::<u128>()));
+        }
         if let Some(f) = done.fields.as_mut() {
-            f.request_id = request_id;
+            let id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            id.clone_into(&mut f.request_id);
         }
         parts.headers.insert(&X_WEIR_ROUTE, route.name_header.clone());
         parts.headers.insert(&X_WEIR_VERSION, version_value(version));
         if !parts.headers.contains_key(HOST)
-            && !authority.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&authority)
+            && let Some(v) = authority_value
         {
             parts.headers.insert(HOST, v);
         }
@@ -371,7 +385,9 @@ impl Proxy {
 
         let upstream = pick(version)?;
         let resp = upstream.send(conn, Request::from_parts(parts, req_body)).await?;
-        done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
+        if done.fields.is_some() {
+            done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
+        }
         let mut resp = resp;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched {

@@ -98,8 +98,6 @@ pub fn split_port(a: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Remove hop-by-hop headers (design §8). `keep_upgrade` keeps `Upgrade` and
-/// `Connection: upgrade` for a WebSocket handshake.
 /// Longest request target (path and query) accepted; longer is 414.
 pub const MAX_URI: usize = 8 * 1024;
 
@@ -142,16 +140,31 @@ pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
 }
 
+/// Remove hop-by-hop headers (design §8). `keep_upgrade` keeps `Upgrade` and
+/// `Connection: upgrade` for a WebSocket handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named by Connection are hop-by-hop too. Collect first: the
-    // names borrow from the map we are about to edit. Rare, so allocation ok.
-    if headers.contains_key(CONNECTION) {
+    // One pass over the names first: most messages carry none of these (or
+    // only `Connection: keep-alive`), and a `remove` of an absent name still
+    // costs a hash and a probe.
+    let mut seen = Hop::default();
+    for name in headers.keys() {
+        seen.note(name);
+    }
+    if seen.none() && !keep_upgrade {
+        return;
+    }
+    if seen.connection {
+        // Headers named by Connection are hop-by-hop too. Collect first: the
+        // names borrow from the map we are about to edit. The usual tokens
+        // (close, keep-alive, upgrade) name nothing else and cost nothing.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == UPGRADE))
             .collect();
         for n in named {
@@ -159,23 +172,77 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(TRAILER);
-    if !keep_upgrade {
+    if seen.keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if seen.proxy_connection {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if seen.transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if seen.trailer {
+        headers.remove(TRAILER);
+    }
+    if seen.upgrade && !keep_upgrade {
         headers.remove(UPGRADE);
     }
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
-    headers.remove(TE);
-    if te_trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+    if seen.te {
+        let te_trailers = headers
+            .get_all(TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+        headers.remove(TE);
+        if te_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Which hop-by-hop names a header map holds.
+#[derive(Default)]
+struct Hop {
+    connection: bool,
+    keep_alive: bool,
+    proxy_connection: bool,
+    transfer_encoding: bool,
+    trailer: bool,
+    upgrade: bool,
+    te: bool,
+}
+
+impl Hop {
+    fn note(&mut self, n: &HeaderName) {
+        // Standard names compare as an enum tag; the two custom ones as
+        // strings, and only when the length could match.
+        if n == CONNECTION {
+            self.connection = true;
+        } else if n == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if n == TE {
+            self.te = true;
+        } else if n == TRAILER {
+            self.trailer = true;
+        } else if n == UPGRADE {
+            self.upgrade = true;
+        } else if n.as_str().len() == 10 && n == KEEP_ALIVE {
+            self.keep_alive = true;
+        } else if n.as_str().len() == 16 && n == PROXY_CONNECTION {
+            self.proxy_connection = true;
+        }
+    }
+
+    fn none(&self) -> bool {
+        !(self.connection
+            || self.keep_alive
+            || self.proxy_connection
+            || self.transfer_encoding
+            || self.trailer
+            || self.upgrade
+            || self.te)
     }
 }
 
@@ -193,18 +260,37 @@ pub fn strip_internal(headers: &mut HeaderMap, keep: Option<&HeaderName>) {
 }
 
 /// Append the client address to X-Forwarded-For and set Proto/Host.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &str, proto: &'static str, host: &str) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {client_ip}")),
-        _ => HeaderValue::from_str(client_ip),
+/// `client_ip` and `host` come ready-made (per connection / from the Host
+/// header), so the usual request costs no formatting.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str, host: Option<HeaderValue>) {
+    let xff = match headers.get(&X_FORWARDED_FOR).filter(|v| v.to_str().is_ok_and(|s| !s.is_empty())) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(host) {
+    if let Some(v) = host {
         headers.insert(&X_FORWARDED_HOST, v);
     }
+}
+
+/// A fresh `x-request-id`: 32 lowercase hex digits of `random`.
+pub fn new_request_id(random: u128) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        let nibble = (random >> (124 - 4 * i)) & 0xf;
+        *b = HEX[nibble as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Trace id (32 hex) from a W3C `traceparent`, for the access log.
@@ -300,6 +386,34 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_32_hex_digits_of_the_draw() {
+        let id = new_request_id(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(id, HeaderValue::from_static("0123456789abcdef0011223344556677"));
+        assert_eq!(new_request_id(u128::MAX).as_bytes(), [b'f'; 32]);
+        assert_eq!(new_request_id(5), HeaderValue::from_str(&format!("{:032x}", 5u128)).unwrap_or(id));
+    }
+
+    #[test]
+    fn only_present_hop_by_hop_headers_are_touched() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive, X-Named"));
+        h.insert("x-named", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-keep"]);
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(UPGRADE), Some(&HeaderValue::from_static("websocket")));
+        assert_eq!(h.get(CONNECTION), Some(&HeaderValue::from_static("upgrade")));
+    }
+
+    #[test]
     fn internal_headers_are_stripped_except_override() {
         let mut h = HeaderMap::new();
         h.insert("x-weir-version", HeaderValue::from_static("canary"));
@@ -316,7 +430,7 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1", "http", "shop");
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http", Some(HeaderValue::from_static("shop")));
         assert_eq!(h.get(&X_FORWARDED_FOR), Some(&HeaderValue::from_static("10.0.0.1, 127.0.0.1")));
         assert_eq!(h.get(&X_FORWARDED_HOST), Some(&HeaderValue::from_static("shop")));
     }
