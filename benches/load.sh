@@ -8,6 +8,9 @@
 # (req/s, p50/p99/p99.9); open loop `oha -q $RATE` when oha is installed
 # (p50/p99/p99.9 at a fixed rate all three sustain); CPU seconds the proxy
 # used per 100k requests (from /proc, over the wrk run); RSS after the run.
+# HTTP/2 downstream: `h2load -c$CONNS -m10` (h2c, prior knowledge) on a
+# second port of each proxy (weir serves h2c on the same listener; the port
+# is a separate listener only so nginx and HAProxy can be told to speak h2).
 # Upstreams (one nginx) and the load generators share core 1. Prints a table
 # of medians with ratios to nginx. Loopback only; every run bounded by -d/-z.
 #
@@ -20,7 +23,8 @@ have_oha=0; command -v oha >/dev/null && have_oha=1
 cargo build --release --quiet
 . benches/lib.sh
 start_upstreams
-pp=$(free_port); ap=$(free_port)
+pp=$(free_port); ap=$(free_port); hp=$(free_port)
+have_h2load=0; command -v h2load >/dev/null && have_h2load=1
 
 cat > "$work/p999.lua" <<'LUA'
 done = function(summary, latency, requests)
@@ -28,7 +32,7 @@ done = function(summary, latency, requests)
 end
 LUA
 cat > "$work/weir.yaml" <<CFG
-listen: [{address: "127.0.0.1:$pp"}]
+listen: [{address: "127.0.0.1:$pp"}, {address: "127.0.0.1:$hp"}]
 admin: {address: "127.0.0.1:$ap"}
 access_log: false
 state_dir: $work/state
@@ -44,8 +48,8 @@ http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
   uwsgi_temp_path $work/np; scgi_temp_path $work/np;
   upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 128; }
-  server { listen 127.0.0.1:$pp; location / { proxy_pass http://split; proxy_http_version 1.1;
-    proxy_set_header Connection ""; } } }
+  server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; location / { proxy_pass http://split;
+    proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CFG
 cat > "$work/haproxy.cfg" <<CFG
 global
@@ -57,6 +61,7 @@ defaults
   timeout server 30s
 frontend f
   bind 127.0.0.1:$pp
+  bind 127.0.0.1:$hp proto h2
   default_backend b
 backend b
   balance roundrobin
@@ -85,6 +90,7 @@ for r in $(seq "$ROUNDS"); do
   for name in nginx haproxy weir; do
     start_proxy "$name"
     wpid=$(worker_pid)
+    rss_idle=$(rss_kib "$wpid")
     taskset -c 1 timeout 30 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$pp/" >/dev/null
     t0=$(cpu_ticks "$wpid")
     out=$(taskset -c 1 timeout $((SECS + 20)) wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$work/p999.lua" "http://127.0.0.1:$pp/")
@@ -99,9 +105,15 @@ for r in $(seq "$ROUNDS"); do
         --latency-correction --no-tui --output-format json "http://127.0.0.1:$pp/" 2>/dev/null \
         | python3 -c 'import json,sys; p=json.load(sys.stdin)["latencyPercentiles"]; print(*(round(p[k]*1e6) for k in ("p50","p99","p99.9")))')
     fi
+    h2=-
+    if [ $have_h2load = 1 ]; then
+      h2=$(taskset -c 1 timeout $((SECS + 20)) h2load -D "$SECS" -c "$CONNS" -m 10 -t 1 "http://127.0.0.1:$hp/" 2>&1 \
+        | awk '/^finished in/ {gsub(",", "", $4); print $4}')
+      h2=${h2:--}
+    fi
     kill "$ppid"; wait "$ppid" 2>/dev/null || true
     cpu100k=$(python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) / $reqs * 100000, 3))")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$rps" "$l50" "$l99" "$l999" "$o50" "$o99" "$o999" "$cpu100k" "$rss" | tee -a "$results"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$rps" "$l50" "$l99" "$l999" "$o50" "$o99" "$o999" "$cpu100k" "$rss" "$h2" "$rss_idle" | tee -a "$results"
   done
 done
 
@@ -115,11 +127,13 @@ def med(name, i):
 names = ["nginx", "haproxy", "weir"]
 cols = [("req/s", 2, 1), ("wrk p50 ms", 3, 1e-3), ("wrk p99 ms", 4, 1e-3), ("wrk p99.9 ms", 5, 1e-3),
         (f"oha@{rate} p50 ms", 6, 1e-3), (f"oha@{rate} p99 ms", 7, 1e-3), (f"oha@{rate} p99.9 ms", 8, 1e-3),
-        ("CPU s/100k req", 9, 1), ("RSS MiB", 10, 1 / 1024)]
+        ("CPU s/100k req", 9, 1), ("RSS MiB idle", 12, 1 / 1024),
+        ("RSS MiB after run", 10, 1 / 1024), ("h2load h2c req/s", 11, 1)]
+fmt = lambda x: f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
 print(f"\n{secs}s runs, {rounds} interleaved rounds, {conns} connections, medians; ratio = weir / nginx")
 print("| | " + " | ".join(names) + " | weir/nginx | weir/haproxy |")
 print("|---|" + "---|" * (len(names) + 2))
 for label, i, scale in cols:
     v = {n: med(n, i) * scale for n in names}
-    print(f"| {label} | " + " | ".join(f"{v[n]:.3g}" for n in names) + f" | {v['weir'] / v['nginx']:.2f} | {v['weir'] / v['haproxy']:.2f} |")
+    print(f"| {label} | " + " | ".join(fmt(v[n]) for n in names) + f" | {v['weir'] / v['nginx']:.2f} | {v['weir'] / v['haproxy']:.2f} |")
 PY

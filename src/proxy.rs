@@ -343,7 +343,9 @@ impl Proxy {
             f.upstream = Some(Arc::clone(&backend.upstream_name));
         }
 
-        // Rewrite the request head in place.
+        // Rewrite the request head in place. Room for the headers added
+        // below, so the map grows at most once.
+        parts.headers.reserve(8);
         let keep = route.override_.as_ref().and_then(|o| o.header.as_ref());
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
         if upgrade.is_some() {
@@ -384,7 +386,9 @@ impl Proxy {
         }
 
         let upstream = pick(version)?;
-        let resp = upstream.send(conn, Request::from_parts(parts, req_body)).await?;
+        let req = Request::from_parts(parts, req_body);
+        let resp =
+            if upgrade.is_some() { upstream.send_upgrade(conn, req).await? } else { upstream.send(conn, req).await? };
         if done.fields.is_some() {
             done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
         }

@@ -5,23 +5,29 @@
 //! obtains a connection (`Upstream::connect`) and only then hands over the
 //! request (`Upstream::send`). A canary that cannot be connected to has
 //! therefore never seen the request, so falling back to stable is safe for
-//! every method (design §2 step 7). A pooled connection that turns out to be
-//! dead before the request was written hands the request back (hyper's
-//! `try_send_request`) and we retry once on a fresh connection, so a stale
-//! keep-alive never becomes a 502.
+//! every method (design §2 step 7). A pooled connection found dead when the
+//! request goes out (the write fails, or it closes before a byte of answer)
+//! is replaced by a fresh one once, if the request can be replayed: no body,
+//! and either the write failed or the method is idempotent.
+//!
+//! The exchange itself runs in the request's task (`wire.rs`); only
+//! WebSocket handshakes go through hyper's client, which does the upgrade.
 
 mod body;
 mod pool;
+mod wire;
 
-pub use body::{PooledBody, ReqBody, Tee};
+pub use body::{BoxError, PooledBody, ReqBody, Tee};
 
 use crate::config::UpstreamSpec;
 use http::{Request, Response};
 use hyper::client::conn::http1;
-use pool::{Endpoint, Idle};
+use hyper_util::rt::TokioIo;
+use pool::Endpoint;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use wire::{ExchangeError, Wire};
 
 /// Why an upstream could not answer. Mapped to a status in `proxy::error`.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +38,10 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("no response headers within the request timeout")]
     Timeout,
-    #[error("connection reset or closed before a response")]
-    Reset(hyper::Error),
+    #[error("connection reset or closed before a response: {0}")]
+    Reset(String),
     #[error("invalid response: {0}")]
-    Protocol(hyper::Error),
+    Protocol(String),
     #[error("unsolicited 101 Switching Protocols")]
     Protocol101,
     #[error("request body over the limit")]
@@ -43,7 +49,7 @@ pub enum UpstreamError {
     #[error("request body stalled")]
     BodyTimeout,
     #[error("request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(String),
 }
 
 impl UpstreamError {
@@ -66,7 +72,7 @@ impl UpstreamError {
 
 /// A connection ready to take one request.
 pub struct Conn {
-    tx: http1::SendRequest<ReqBody>,
+    wire: Wire,
     endpoint: Arc<Endpoint>,
     reused: bool,
 }
@@ -79,7 +85,7 @@ pub struct Upstream {
 }
 
 /// Idle connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 512;
+const MAX_IDLE_PER_ENDPOINT: usize = 4096;
 /// Idle connections older than this are not reused (upstreams such as nginx
 /// close keep-alive after 60–75 s; reusing near that edge invites races).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -106,11 +112,11 @@ impl Upstream {
         let mut last = UpstreamError::ConnectTimeout;
         for i in 0..n {
             let Some(ep) = self.endpoints.get((start + i) % n) else { continue };
-            if let Some(Idle { tx, .. }) = ep.checkout(self.spec.connect_timeout).await {
-                return Ok(Conn { tx, endpoint: Arc::clone(ep), reused: true });
+            if let Some(wire) = ep.checkout() {
+                return Ok(Conn { wire, endpoint: Arc::clone(ep), reused: true });
             }
             match ep.connect(self.spec.connect_timeout).await {
-                Ok(tx) => return Ok(Conn { tx, endpoint: Arc::clone(ep), reused: false }),
+                Ok(wire) => return Ok(Conn { wire, endpoint: Arc::clone(ep), reused: false }),
                 Err(e) => last = e,
             }
         }
@@ -118,36 +124,72 @@ impl Upstream {
     }
 
     /// Send a request on `conn`, waiting at most `request_timeout` for the
-    /// response head. A reused connection found dead before the request was
-    /// written is replaced by a fresh one once.
+    /// response head. The request target is the URI's path and query.
     pub async fn send(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let timeout = self.spec.request_timeout;
-        let result = tokio::time::timeout(timeout, async move {
-            let Conn { mut tx, endpoint, reused } = conn;
-            match tx.try_send_request(req).await {
-                Ok(resp) => Ok((resp, tx, endpoint)),
-                Err(mut e) => match (reused, e.take_message()) {
-                    (true, Some(req)) => {
-                        let mut fresh = endpoint.connect(self.spec.connect_timeout).await?;
-                        let resp = fresh.send_request(req).await.map_err(classify)?;
-                        Ok((resp, fresh, endpoint))
-                    }
-                    _ => Err(classify(e.into_error())),
-                },
-            }
-        })
-        .await;
-        match result {
+        match tokio::time::timeout(timeout, self.exchange(conn, req)).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => Err(e),
-            // After a 101 the connection belongs to the upgraded socket:
-            // never back into the pool.
-            Ok(Ok((resp, _, _))) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                Ok(resp.map(PooledBody::detached))
-            }
-            Ok(Ok((resp, tx, endpoint))) => Ok(resp.map(|b| PooledBody::new(b, tx, endpoint))),
+            Ok(result) => result,
         }
     }
+
+    async fn exchange(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        let framing = wire::request_framing(&parts.method, &mut parts.headers, &body);
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = wire::encode_head(&parts.method, target, &parts.headers, framing);
+        let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
+        let Conn { mut wire, endpoint, reused } = conn;
+        let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method).await {
+            Err(ExchangeError::Io { answered: false, unsent, .. })
+                if reused && replayable && (unsent || idempotent(&parts.method)) =>
+            {
+                // The idle connection died under us: once more on a fresh one.
+                wire = endpoint.connect(self.spec.connect_timeout).await?;
+                wire::exchange(&mut wire, &head, ReqBody::empty(), framing, &parts.method).await
+            }
+            other => other,
+        };
+        let (head, body_done) = outcome.map_err(|e| match e {
+            ExchangeError::Body(e) => e,
+            ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
+            ExchangeError::Protocol(why) => UpstreamError::Protocol(why),
+        })?;
+        let keep_alive = head.keep_alive && body_done;
+        let mut resp = Response::new(PooledBody::wire(wire, head.framing, endpoint, keep_alive));
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+
+    /// A WebSocket handshake: hyper's client on a connection of this pool,
+    /// with upgrades enabled; the connection is never pooled again.
+    pub async fn send_upgrade(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
+        let timeout = self.spec.request_timeout;
+        let exchange = async move {
+            let (mut tx, driver) = http1::Builder::new()
+                .handshake(TokioIo::new(conn.wire.into_io()))
+                .await
+                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+            // The driver owns the socket until the upgrade hands it over.
+            tokio::spawn(async move {
+                let _ = driver.with_upgrades().await;
+            });
+            tx.send_request(req).await.map_err(classify)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(resp)) => Ok(resp.map(PooledBody::detached)),
+        }
+    }
+}
+
+/// Safe to send twice (RFC 9110 §9.2.2).
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 /// Sort a hyper client error into what happened.
@@ -159,10 +201,10 @@ fn classify(e: hyper::Error) -> UpstreamError {
         return UpstreamError::BodyTimeout;
     }
     if e.is_user() || e.is_body_write_aborted() {
-        return UpstreamError::ClientBody(e);
+        return UpstreamError::ClientBody(e.to_string());
     }
     if e.is_parse() || e.is_parse_status() {
-        return UpstreamError::Protocol(e);
+        return UpstreamError::Protocol(e.to_string());
     }
-    UpstreamError::Reset(e)
+    UpstreamError::Reset(e.to_string())
 }

@@ -7,10 +7,10 @@
 //! has been read to the end; dropped early, the connection is closed.
 
 use super::pool::Endpoint;
+use super::wire::{self, RespFraming, Step, Wire};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -216,59 +216,104 @@ impl Body for ReqBody {
     }
 }
 
-/// Response body from an upstream; gives its connection back when finished.
-pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(http1::SendRequest<ReqBody>, Arc<Endpoint>)>,
+/// Response body from an upstream. A body read by weir's own exchange
+/// (`wire`) gives its connection back to the endpoint once read to the end
+/// and nothing stray follows; dropped early or broken, the connection is
+/// closed. A WebSocket handshake's answer comes from hyper and is never
+/// pooled.
+pub enum PooledBody {
+    Wire(WireBody),
+    Detached(Incoming),
+}
+
+pub struct WireBody {
+    wire: Option<Wire>,
+    framing: RespFraming,
+    endpoint: Arc<Endpoint>,
+    /// The exchange allows another request on this connection.
+    keep_alive: bool,
+    /// A read failure held back for one turn, so the bytes already handed
+    /// out (and the response head) reach the client before it is cut off.
+    failed: Option<wire::BodyError>,
 }
 
 impl PooledBody {
-    pub(super) fn new(inner: Incoming, tx: http1::SendRequest<ReqBody>, endpoint: Arc<Endpoint>) -> Self {
-        let mut b = Self { inner, back: Some((tx, endpoint)) };
+    pub(super) fn wire(wire: Wire, framing: RespFraming, endpoint: Arc<Endpoint>, keep_alive: bool) -> Self {
+        let mut b = WireBody { wire: Some(wire), framing, endpoint, keep_alive, failed: None };
         b.release_if_done();
-        b
+        PooledBody::Wire(b)
     }
 
-    /// A body whose connection must not be reused (e.g. after a 101).
+    /// A body whose connection must not be reused (after a 101).
     pub(super) fn detached(inner: Incoming) -> Self {
-        Self { inner, back: None }
+        PooledBody::Detached(inner)
     }
+}
 
+impl WireBody {
     fn release_if_done(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some((tx, ep)) = self.back.take()
+        if self.framing == RespFraming::Done
+            && let Some(wire) = self.wire.take()
+            && self.keep_alive
+            && wire::clean_after_body(&wire)
         {
-            ep.put(tx);
+            self.endpoint.put(wire);
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let out = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &out {
-            // Clean end: the exchange is complete, the connection reusable.
-            None => {
-                if let Some((tx, ep)) = this.back.take() {
-                    ep.put(tx);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut *self {
+            PooledBody::Detached(inner) => {
+                Pin::new(inner).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+            }
+            PooledBody::Wire(b) => {
+                if let Some(e) = b.failed.take() {
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                let Some(wire) = b.wire.as_mut() else { return Poll::Ready(None) };
+                match ready!(wire::poll_body(wire, &mut b.framing, cx)) {
+                    Ok(Step::Data(data)) => {
+                        b.release_if_done();
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(Step::End) => {
+                        b.release_if_done();
+                        Poll::Ready(None)
+                    }
+                    Err(e) => {
+                        // Broken mid-body: never reuse this connection. The
+                        // error is reported on the next poll; hyper flushes
+                        // what it has in between.
+                        b.wire = None;
+                        b.failed = Some(e);
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
                 }
             }
-            Some(Ok(_)) => this.release_if_done(),
-            // Broken mid-body: never reuse this connection.
-            Some(Err(_)) => this.back = None,
         }
-        Poll::Ready(out)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            PooledBody::Detached(inner) => inner.is_end_stream(),
+            PooledBody::Wire(b) => b.framing == RespFraming::Done,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            PooledBody::Detached(inner) => inner.size_hint(),
+            PooledBody::Wire(b) => match b.framing {
+                RespFraming::Done => SizeHint::with_exact(0),
+                RespFraming::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }

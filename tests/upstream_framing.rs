@@ -1,0 +1,177 @@
+//! weir's upstream HTTP/1.1 client against a scripted raw upstream: every
+//! way a response body can be framed (RFC 9112 §6.3) reaches the client
+//! whole, and a connection is reused exactly when its framing allows it.
+//! The upstream answers by path and counts the connections it accepted, so
+//! reuse is asserted on what the upstream saw.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use support::{Upstream, Weir, client, config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The canned answer for a request path; `true`: close after it.
+fn answer(path: &str) -> (Vec<u8>, bool) {
+    let a = |s: &str| s.as_bytes().to_vec();
+    match path {
+        "/chunked" => (
+            a(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
+            ),
+            false,
+        ),
+        "/until-close" => (a("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of this until the end"), true),
+        "/continue" => (a("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"), false),
+        "/head" => (a("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), false),
+        "/no-content" => (a("HTTP/1.1 204 No Content\r\n\r\n"), false),
+        "/not-modified" => (a("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"), false),
+        "/close" => (a("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye"), false),
+        "/big-head" => {
+            let mut v = a("HTTP/1.1 200 OK\r\n");
+            for i in 0..2000 {
+                v.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(40)).as_bytes());
+            }
+            v.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+            (v, false)
+        }
+        "/early" => (a("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"), true),
+        _ => (a("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), false),
+    }
+}
+
+/// A raw upstream serving `answer` per request; reads request heads only
+/// (and `Content-Length` bodies, except for `/early`, which answers first).
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl Scripted {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break p + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end);
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if path != "/early" {
+                            while buf.len() < length {
+                                let mut chunk = [0u8; 4096];
+                                match s.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            buf.drain(..length);
+                        }
+                        let (bytes, close) = answer(&path);
+                        if s.write_all(&bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections }
+    }
+}
+
+async fn weir_in_front(up: SocketAddr) -> (Upstream, Weir) {
+    let unused = Upstream::start("unused").await;
+    let yaml = config(up, unused.addr, "  - name: app\n    stable: {upstream: v1}\n");
+    (unused, Weir::start(&yaml).await)
+}
+
+async fn call(w: &Weir, method: Method, path: &str, body: &'static [u8]) -> (u16, http::HeaderMap, Bytes) {
+    let req = Request::builder().method(method).uri(w.url(path)).body(Full::new(Bytes::from_static(body))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req)).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_framing_arrives_whole_and_reuse_follows_the_framing() {
+    let up = Scripted::start().await;
+    let (_u, w) = weir_in_front(up.addr).await;
+    // Reusable framings: all of these travel on one upstream connection.
+    let (s, _, b) = call(&w, Method::GET, "/chunked", b"").await;
+    assert_eq!((s, &b[..]), (200, &b"hello world"[..]));
+    let (s, _, b) = call(&w, Method::GET, "/continue", b"").await;
+    assert_eq!((s, &b[..]), (200, &b"after"[..]), "interim 100 skipped");
+    let (s, h, b) = call(&w, Method::HEAD, "/head", b"").await;
+    assert_eq!((s, b.len()), (200, 0));
+    assert_eq!(h.get("content-length").map(|v| v.as_bytes()), Some(&b"5"[..]), "HEAD keeps the length");
+    let (s, _, b) = call(&w, Method::GET, "/no-content", b"").await;
+    assert_eq!((s, b.len()), (204, 0));
+    let (s, _, b) = call(&w, Method::GET, "/not-modified", b"").await;
+    assert_eq!((s, b.len()), (304, 0));
+    let (s, _, b) = call(&w, Method::POST, "/post", b"a body of some length").await;
+    assert_eq!((s, &b[..]), (200, &b"ok"[..]));
+    assert_eq!(up.connections.load(Ordering::Relaxed), 1, "one connection carried all six");
+
+    // Read until close: whole body, and the connection is not reused.
+    let (s, _, b) = call(&w, Method::GET, "/until-close", b"").await;
+    assert_eq!((s, &b[..]), (200, &b"all of this until the end"[..]));
+    let (s, _, _) = call(&w, Method::GET, "/after", b"").await;
+    assert_eq!(s, 200);
+    assert_eq!(up.connections.load(Ordering::Relaxed), 2);
+
+    // `Connection: close` from the upstream: not reused either.
+    let (s, _, b) = call(&w, Method::GET, "/close", b"").await;
+    assert_eq!((s, &b[..]), (200, &b"bye"[..]));
+    let (s, _, _) = call(&w, Method::GET, "/after", b"").await;
+    assert_eq!(s, 200);
+    assert_eq!(up.connections.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_response_head_is_a_502_and_an_early_answer_is_heard() {
+    let up = Scripted::start().await;
+    let (_u, w) = weir_in_front(up.addr).await;
+    let (s, h, _) = call(&w, Method::GET, "/big-head", b"").await;
+    assert_eq!(s, 502);
+    assert_eq!(h.get("x-weir-error").map(|v| v.as_bytes()), Some(&b"upstream_protocol"[..]));
+    // The upstream answers 413 before reading a 2 MiB body and closes:
+    // the client gets the 413, not a 502.
+    static BIG: [u8; 2 * 1024 * 1024] = [b'x'; 2 * 1024 * 1024];
+    let (s, _, b) = call(&w, Method::POST, "/early", &BIG).await;
+    assert_eq!((s, &b[..]), (413, &b"nope"[..]));
+    // And weir carries on.
+    let (s, _, b) = call(&w, Method::GET, "/after", b"").await;
+    assert_eq!((s, &b[..]), (200, &b"ok"[..]));
+}
