@@ -34,7 +34,9 @@ const MAX_HEADERS: usize = 128;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// First read size; bodies read in larger pieces (see `read_more`).
-const HEAD_READ: usize = 8 * 1024;
+const HEAD_READ: usize = 4 * 1024;
+/// Read buffer an idle connection may keep.
+const KEEP_IDLE: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
 /// One upstream connection and the bytes read from it but not yet used.
@@ -64,9 +66,11 @@ impl Wire {
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Give back the read buffer's memory while the connection sits idle.
+    /// Going idle: keep a head-sized read buffer for the next exchange (it
+    /// is reclaimed in place once the last response's header values are
+    /// dropped), give back anything a large body made it grow to.
     pub fn shrink(&mut self) {
-        if self.buf.is_empty() {
+        if self.buf.capacity() > KEEP_IDLE {
             self.buf = BytesMut::new();
         }
     }
