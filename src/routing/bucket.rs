@@ -19,9 +19,17 @@ pub const SEED: u64 = 0;
 /// once per reload). Short inputs are hashed from a stack buffer in one shot;
 /// long ones stream, which gives the same digest.
 pub fn bucket_of(salt_sep: &[u8], key: &[u8]) -> u16 {
+    // Two stack sizes: zeroing the buffer is a measurable part of the cost
+    // for the usual short salt + player id.
+    const SHORT: usize = 64;
     const STACK: usize = 256;
     let total = salt_sep.len() + key.len();
-    let h = if total <= STACK {
+    let h = if total <= SHORT {
+        let mut buf = [0u8; SHORT];
+        buf[..salt_sep.len()].copy_from_slice(salt_sep);
+        buf[salt_sep.len()..total].copy_from_slice(key);
+        xxh3_64_with_seed(&buf[..total], SEED)
+    } else if total <= STACK {
         let mut buf = [0u8; STACK];
         buf[..salt_sep.len()].copy_from_slice(salt_sep);
         buf[salt_sep.len()..total].copy_from_slice(key);

@@ -188,11 +188,13 @@ pub enum SegmentMatcher {
 impl SegmentMatcher {
     fn matches(&self, facts: &Facts<'_>) -> bool {
         let (value, allowed) = match self {
-            SegmentMatcher::Header(h, vs) => (facts.header(h), vs),
-            SegmentMatcher::Cookie(c, vs) => (facts.cookie(c), vs),
-            SegmentMatcher::Query(q, vs) => (facts.query_param(q), vs),
+            // Compared as bytes: equal to one of the (valid) listed values
+            // means valid, so the header needs no separate text check.
+            SegmentMatcher::Header(h, vs) => (facts.headers.get(h).map(http::HeaderValue::as_bytes), vs),
+            SegmentMatcher::Cookie(c, vs) => (facts.cookie(c).map(str::as_bytes), vs),
+            SegmentMatcher::Query(q, vs) => (facts.query_param(q).map(str::as_bytes), vs),
         };
-        value.is_some_and(|v| allowed.iter().any(|a| a == v))
+        value.is_some_and(|v| allowed.iter().any(|a| a.as_bytes() == v))
     }
 }
 
