@@ -612,6 +612,67 @@ pub fn clean_after_body(wire: &Wire) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Feed `wire` to the decoder in pieces cut at `cuts`; returns the body
+    /// and whether the end was seen, or the first error.
+    fn decode_in_pieces(wire: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, bool), BodyError> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        let (mut buf, mut state, mut out, mut from) = (BytesMut::new(), Chunk::Size, Vec::new(), 0);
+        for to in points {
+            buf.extend_from_slice(&wire[from..to]);
+            from = to;
+            loop {
+                match decode_chunked(&mut buf, &mut state)? {
+                    Decoded::Data(b) => out.extend_from_slice(&b),
+                    Decoded::End => return Ok((out, true)),
+                    Decoded::NeedMore => break,
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    proptest! {
+        /// Any body, chunked any way and delivered in any pieces, decodes
+        /// to itself and ends exactly once.
+        #[test]
+        fn chunked_round_trip(body in proptest::collection::vec(any::<u8>(), 0..2000),
+                              sizes in proptest::collection::vec(1usize..300, 1..20),
+                              cuts in proptest::collection::vec(any::<usize>(), 0..12)) {
+            let mut wire = Vec::new();
+            let (mut rest, mut i) = (&body[..], 0);
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let decoded = decode_in_pieces(&wire, &cuts);
+            prop_assert!(matches!(decoded, Ok((ref out, true)) if *out == body));
+        }
+
+        /// Hostile bytes never panic and never yield more data than given.
+        #[test]
+        fn chunked_garbage_is_safe(wire in proptest::collection::vec(any::<u8>(), 0..512),
+                                   cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            if let Ok((out, _)) = decode_in_pieces(&wire, &cuts) {
+                prop_assert!(out.len() <= wire.len());
+            }
+        }
+
+        /// Response heads made of arbitrary bytes parse or fail cleanly.
+        #[test]
+        fn response_heads_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut buf = BytesMut::from(&raw[..]);
+            let _ = parse_head(&mut buf, &Method::GET);
+        }
+    }
 
     fn chunked(input: &[u8]) -> Result<(Vec<u8>, bool), BodyError> {
         let mut buf = BytesMut::from(input);
