@@ -81,6 +81,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
 
+    crate::config::log_warnings(&snapshot, &config_path);
     let max_connections = snapshot.limits.max_connections;
     let state_dir = snapshot.state_dir.clone();
     let live = Arc::new(Live::new(snapshot).map_err(|source| StartError::State { dir: state_dir, source })?);

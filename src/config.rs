@@ -103,22 +103,71 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
-/// `routes[].analysis`: how the canary is judged (design §4).
+/// `routes[].analysis`: how the canary is judged (judgement.md): evidence
+/// tests against stable, an absolute SLO guard, and what is done with the
+/// verdict.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Analysis {
     #[serde(serialize_with = "units::ser_duration_ms", rename = "interval_ms")]
     pub interval: Duration,
+    /// Stable's latency quantiles over this window set the next interval's
+    /// latency lines.
     #[serde(serialize_with = "units::ser_duration_ms", rename = "window_ms")]
     pub window: Duration,
-    /// Canary requests needed in the window for a `pass` or `fail`.
-    pub min_requests: u64,
-    /// Percent of canary requests that may be errors.
-    pub max_error_rate: f64,
+    pub mode: AnalysisMode,
+    /// Chance (0–1) that a healthy canary is ever rolled back, per rollout.
+    pub alpha: f64,
+    /// Test E's null: canary error odds up to this many times stable's.
+    pub error_tolerance: f64,
+    /// Test E fails only if canary's error % exceeds stable's by at least
+    /// this many percentage points.
+    pub min_error_delta: f64,
+    /// Canary is "slower" only beyond (1 + this) × stable's line.
+    pub latency_tolerance: f64,
+    /// Latency tests skip this long after each step begins.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "warmup_ms")]
+    pub warmup: Duration,
+    /// A fresh epoch process starts this often within a step.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "epoch_ms")]
+    pub epoch: Duration,
+    /// SLO guard: percent of requests that may be errors.
+    pub max_error_rate: Option<f64>,
+    #[serde(serialize_with = "units::ser_opt_duration_ms", rename = "max_p95_ms")]
+    pub max_p95: Option<Duration>,
     #[serde(serialize_with = "units::ser_opt_duration_ms", rename = "max_p99_ms")]
     pub max_p99: Option<Duration>,
-    pub max_p99_ratio: Option<f64>,
-    /// Consecutive `fail` verdicts that trigger a rollback.
-    pub failures: u32,
+    #[serde(serialize_with = "units::ser_opt_duration_ms", rename = "max_ws_rtt_p95_ms")]
+    pub max_ws_rtt_p95: Option<Duration>,
+}
+
+/// `analysis.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisMode {
+    /// Verdicts roll back and advance.
+    Enforce,
+    /// Verdicts are journaled and shown, never acted on (dry run).
+    Observe,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            window: Duration::from_secs(60),
+            mode: AnalysisMode::Enforce,
+            alpha: 0.01,
+            error_tolerance: 1.25,
+            min_error_delta: 0.1,
+            latency_tolerance: 0.05,
+            warmup: Duration::from_secs(30),
+            epoch: Duration::from_secs(300),
+            max_error_rate: None,
+            max_p95: None,
+            max_p99: None,
+            max_ws_rtt_p95: None,
+        }
+    }
 }
 
 /// `routes[].progression`: the steps weir walks the canary weight through.
@@ -175,6 +224,10 @@ pub struct WebSocketPolicy {
     /// A quiet client is pinged this often (its pong keeps it alive); 0 = never.
     #[serde(serialize_with = "units::ser_duration_ms", rename = "ping_interval_ms")]
     pub ping_interval: Duration,
+    /// The upstream is pinged this often and its pong timed (round-trip
+    /// evidence per version); 0 = never.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "rtt_interval_ms")]
+    pub rtt_interval: Duration,
 }
 
 impl Default for WebSocketPolicy {
@@ -184,6 +237,7 @@ impl Default for WebSocketPolicy {
             close_rate_per_s: 200.0,
             idle_timeout: Duration::from_secs(300),
             ping_interval: Duration::from_secs(30),
+            rtt_interval: Duration::ZERO,
         }
     }
 }
@@ -205,6 +259,8 @@ pub struct Snapshot {
     pub access_log: bool,
     pub upstreams: Vec<UpstreamSpec>,
     pub table: Table,
+    /// Things that load but deserve attention (deprecated keys), with paths.
+    pub warnings: Vec<Problem>,
 }
 
 impl Snapshot {
@@ -230,4 +286,11 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Snapshot, ConfigError> {
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     validate(bytes, base).map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+}
+
+/// Log what loaded but deserves attention (deprecated keys), one line each.
+pub fn log_warnings(s: &Snapshot, path: &Path) {
+    for w in &s.warnings {
+        tracing::warn!(path = %path.display(), field = %w.path, problem = %w.message, "config warning");
+    }
 }

@@ -24,9 +24,11 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod analysis;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod evidence;
 pub mod explain;
 pub mod fuzzing;
 pub mod live;

@@ -123,6 +123,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 s.upstreams.len(),
                 &s.sha256[..12]
             );
+            for w in &s.warnings {
+                eprintln!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

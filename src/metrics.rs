@@ -8,7 +8,8 @@
 //! `metrics` crate: explicit buckets and cached per-route handles are the
 //! whole requirement, and this keeps them obvious.
 
-use crate::rollout::verdict::{Breach, Verdict};
+use crate::analysis::{Judgement, Standing, Verdict};
+use crate::evidence::Evidence;
 use crate::rollout::{Phase, RollbackReason};
 use crate::routing::{Reason, Version};
 use crate::stats::Window;
@@ -35,6 +36,9 @@ pub const SHADOW_DURATION: &str = "weir_shadow_duration_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
+pub const WEBSOCKET_RTT: &str = "weir_websocket_rtt_seconds";
+pub const ANALYSIS_EVIDENCE: &str = "weir_analysis_evidence";
+pub const ANALYSIS_THRESHOLD: &str = "weir_analysis_evidence_threshold";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
@@ -62,6 +66,12 @@ pub struct VersionMetrics {
     /// By `CloseWhy::ALL` order.
     ws_closed: [AtomicU64; 5],
     pub window: Window,
+    /// WebSocket ping round trips (upstream pong after weir's ping).
+    rtt_buckets: [AtomicU64; BUCKETS.len()],
+    rtt_sum_us: AtomicU64,
+    rtt_count: AtomicU64,
+    /// Round trips over the analysis window (stable's p95 is W95's line).
+    pub rtt_window: Window,
 }
 
 impl VersionMetrics {
@@ -77,7 +87,22 @@ impl VersionMetrics {
             ws_active: AtomicI64::new(0),
             ws_closed: Default::default(),
             window: Window::new(DEFAULT_WINDOW, WINDOW_SLOTS, now),
+            rtt_buckets: Default::default(),
+            rtt_sum_us: AtomicU64::new(0),
+            rtt_count: AtomicU64::new(0),
+            rtt_window: Window::new(DEFAULT_WINDOW, WINDOW_SLOTS, now),
         }
+    }
+
+    /// One WebSocket ping round trip.
+    pub fn rtt(&self, now: Instant, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.rtt_buckets.get(i)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rtt_sum_us.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.rtt_count.fetch_add(1, Ordering::Relaxed);
+        self.rtt_window.record(now, d, false);
     }
 
     /// One finished request: status (`0` = no response), latency, error per design §6.
@@ -135,11 +160,15 @@ pub struct RouteMetrics {
     /// Mirrored copies: never part of the stable/canary figures above.
     pub shadow: ShadowMetrics,
     /// By `Verdict::ALL` order.
-    verdicts: [AtomicU64; 3],
+    verdicts: [AtomicU64; 4],
     /// By `RollbackReason::ALL` order.
-    rollbacks: [AtomicU64; 5],
+    rollbacks: [AtomicU64; 6],
     /// The latest verdicts, newest last (for `GET /routes`).
     recent: Mutex<VecDeque<serde_json::Value>>,
+    /// Each test's e-values after the latest verdict.
+    standings: Mutex<Vec<Standing>>,
+    /// What the judge gets: counts of this replica's evidence traffic.
+    pub evidence: Evidence,
 }
 
 /// What became of a mirrored copy (label `outcome`).
@@ -231,8 +260,8 @@ impl ShadowMetrics {
 const RECENT_VERDICTS: usize = 10;
 
 impl RouteMetrics {
-    pub fn verdict(&self, at: &str, v: Verdict, streak: u32, breaches: &[Breach]) {
-        if let Some(i) = Verdict::ALL.iter().position(|x| *x == v) {
+    pub fn verdict(&self, at: &str, j: &Judgement, streak: u32) {
+        if let Some(i) = Verdict::ALL.iter().position(|x| *x == j.verdict) {
             self.verdicts[i].fetch_add(1, Ordering::Relaxed);
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -240,9 +269,23 @@ impl RouteMetrics {
             recent.pop_front();
         }
         recent.push_back(serde_json::json!({
-            "at": at, "verdict": v.as_str(), "streak": streak,
-            "breaches": breaches.iter().map(|b| b.as_str()).collect::<Vec<_>>(),
+            "at": at, "verdict": j.verdict.as_str(), "streak": streak,
+            "test": j.fired.as_ref().map(|f| f.test.as_str()),
+            "held_by": j.held_by.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            "reason": j.reason,
         }));
+        drop(recent);
+        *self.standings.lock().unwrap_or_else(|p| p.into_inner()) = j.standings.clone();
+    }
+
+    /// Each test's e-values after the latest verdict.
+    pub fn standings(&self) -> Vec<Standing> {
+        self.standings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forget e-values shown (a new revision or a resumed rollback).
+    pub fn clear_standings(&self) {
+        self.standings.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     pub fn rolled_back(&self, reason: RollbackReason) {
@@ -299,6 +342,8 @@ impl Registry {
                 verdicts: Default::default(),
                 rollbacks: Default::default(),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_VERDICTS)),
+                standings: Mutex::new(Vec::new()),
+                evidence: Evidence::default(),
             })
         };
         // A poisoned lock only means another thread panicked mid-insert; the
@@ -454,6 +499,27 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         &close_labels,
         |m| &m.ws_closed,
     );
+    let _ = writeln!(
+        o,
+        "# HELP {WEBSOCKET_RTT} WebSocket ping round trips to the upstream (weir's ping to its pong), seconds."
+    );
+    let _ = writeln!(o, "# TYPE {WEBSOCKET_RTT} histogram");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let m = r.metrics.version(v);
+            let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
+            let mut cumulative = 0;
+            for (le, b) in BUCKETS.iter().zip(&m.rtt_buckets) {
+                cumulative += b.load(Ordering::Relaxed);
+                let _ = writeln!(o, "{WEBSOCKET_RTT}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let count = m.rtt_count.load(Ordering::Relaxed);
+            let _ = writeln!(o, "{WEBSOCKET_RTT}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ =
+                writeln!(o, "{WEBSOCKET_RTT}_sum{{{labels}}} {}", m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+            let _ = writeln!(o, "{WEBSOCKET_RTT}_count{{{labels}}} {count}");
+        }
+    }
     let shadowed: Vec<&RouteView<'_>> = routes.iter().filter(|r| r.shadow).collect();
     let _ = writeln!(o, "# HELP {SHADOW_REQUESTS_TOTAL} Mirrored copies, by outcome.");
     let _ = writeln!(o, "# TYPE {SHADOW_REQUESTS_TOTAL} counter");
@@ -518,6 +584,33 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     route_counters(&mut o, routes, ANALYSIS_VERDICTS_TOTAL, "Canary analysis verdicts.", "verdict", |m| {
         Verdict::ALL.iter().map(|v| v.as_str()).zip(m.verdicts.iter()).collect()
     });
+    let standings: Vec<(&RouteView<'_>, Vec<Standing>)> = routes.iter().map(|r| (r, r.metrics.standings())).collect();
+    for (name, help, pick) in [
+        (
+            ANALYSIS_EVIDENCE,
+            "E-value of each evidence test after the latest verdict (a test fires at its threshold).",
+            0,
+        ),
+        (ANALYSIS_THRESHOLD, "E-value at which each evidence test fires (1/alpha share).", 1),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (r, list) in &standings {
+            for s in list {
+                for (scope, e, t) in
+                    [("revision", s.e_revision, s.threshold_revision), ("epoch", s.e_epoch, s.threshold_epoch)]
+                {
+                    let value = if pick == 0 { e } else { t };
+                    let _ = writeln!(
+                        o,
+                        "{name}{{route=\"{}\",test=\"{}\",scope=\"{scope}\"}} {value}",
+                        escape(&r.metrics.name),
+                        s.test.as_str()
+                    );
+                }
+            }
+        }
+    }
     route_counters(&mut o, routes, ROLLBACKS_TOTAL, "Canary rollbacks, by reason.", "reason", |m| {
         RollbackReason::ALL.iter().map(|v| v.as_str()).zip(m.rollbacks.iter()).collect()
     });

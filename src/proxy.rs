@@ -127,6 +127,9 @@ pub struct Completion {
     flags: Vec<&'static str>,
     /// Tells a shadow copy the primary's status (mismatch counter).
     shadow_status: Option<tokio::sync::oneshot::Sender<u16>>,
+    /// Set when this request is evidence for the judge (randomised, on a
+    /// route with analysis): forced, killed and fallback traffic is not.
+    unit: Option<crate::evidence::Unit>,
 }
 
 impl Completion {
@@ -140,6 +143,9 @@ impl Completion {
             // Design §6: 5xx (the upstream's or ours) and truncation are errors.
             let error = self.status >= 500 || !complete;
             m.version(*v).record(now, self.status, elapsed, error);
+            if let Some(u) = &self.unit {
+                m.evidence.record(u, *v, error, Some(elapsed));
+            }
         }
         let Some(f) = &self.fields else { return };
         let reason = f.reason.as_deref();
@@ -208,6 +214,7 @@ impl Proxy {
             bytes_in: None,
             flags: Vec::new(),
             shadow_status: None,
+            unit: None,
         });
         let http1 = req.version() <= http::Version::HTTP_11;
         let mut resp = self.respond(&served, peer, req, done).await;
@@ -307,6 +314,7 @@ impl Proxy {
                 )
         });
         done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), version));
+        done.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
 
         // Connect before touching the request: a canary we cannot reach has
         // not seen it, so stable can take it whatever the method (§2 step 7).
@@ -321,6 +329,9 @@ impl Proxy {
                 if let Some(m) = &metrics {
                     m.canary.upstream_error(e.kind());
                     m.canary.window.record(Instant::now(), upstream_start.elapsed(), true);
+                    if let Some(u) = done.unit.take() {
+                        m.evidence.record(&u, Version::Canary, true, Some(upstream_start.elapsed()));
+                    }
                 }
                 version = Version::Stable;
                 reason = Reason::Fallback;
@@ -405,14 +416,18 @@ impl Proxy {
             }
             let upstream_side = hyper::upgrade::on(&mut resp);
             let policy = &route.websocket;
-            let settings =
-                websocket::Settings { idle_timeout: policy.idle_timeout, ping_interval: policy.ping_interval };
+            let settings = websocket::Settings {
+                idle_timeout: policy.idle_timeout,
+                ping_interval: policy.ping_interval,
+                rtt_interval: policy.rtt_interval,
+            };
             let socket = websocket::NewSocket {
                 route: Arc::clone(&route.name),
                 version,
                 metrics: Arc::clone(m),
                 settings,
                 permit,
+                unit: done.unit,
             };
             self.live.websockets.spawn(socket, client, upstream_side);
         }

@@ -135,6 +135,7 @@ impl Reloader {
             return Err(self.fail(trigger, ReloadError::RestartRequired(what)));
         }
         let routes = snapshot.table.routes.len();
+        crate::config::log_warnings(&snapshot, &self.path);
         let generation = self.live.install(snapshot);
         self.successes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(

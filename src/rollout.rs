@@ -1,7 +1,10 @@
 //! Rollout control (design §4): judge each canary from its own windows,
 //! walk progression steps, roll back by itself and latch the rollback.
 //!
-//! - [`verdict`]: the verdict, a pure function of policy and window stats.
+//! - [`crate::analysis`]: the verdict, a pure function of policy, the
+//!   interval's evidence counts and the judge's persisted state.
+//! - [`judging`]: one route's verdict taken: thresholds frozen for the next
+//!   interval, counts taken from the recorder, epochs turned, journal inputs.
 //! - [`machine`]: one route's state and its transitions, pure (time passed in).
 //! - [`store`]: `state_dir/state.json` (atomic replace) and `journal.jsonl`.
 //! - [`Book`] (here): every route's state plus the store. It lives inside
@@ -13,13 +16,15 @@
 //! `rolled_back` (latched), `phase` and `step` (views). The routing decision
 //! itself applies kill and rollback, before overrides and segments.
 
+mod judging;
 pub mod machine;
 pub mod store;
-pub mod verdict;
 
 pub use machine::{Phase, RollbackReason, RouteState};
 
 use crate::access_log::rfc3339;
+use crate::analysis::{Judgement, Verdict};
+use crate::config::AnalysisMode;
 use crate::config::Snapshot;
 use crate::config::units::bp_to_percent;
 use crate::metrics::{Registry, RouteMetrics};
@@ -32,7 +37,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use store::Store;
-use verdict::{Judgement, judge};
 
 /// Wall-clock now, ms since the Unix epoch.
 pub fn wall_ms() -> u64 {
@@ -165,7 +169,23 @@ impl Book {
             book.states.insert(name, st);
         }
         book.reconcile(None, config, now_ms);
+        book.restore_filters(config, registry);
         Ok(book)
+    }
+
+    /// Give each route's recorder the counted-user filters saved with its
+    /// state. Filters that cannot be restored mean users could count twice,
+    /// so that route's judge starts afresh (never from remembered e-values).
+    fn restore_filters(&mut self, config: &Snapshot, registry: &Registry) {
+        for (name, st) in &mut self.states {
+            let Some(text) = st.filters.as_deref() else { continue };
+            let Some(r) = config.table.route(name) else { continue };
+            if !registry.route(&r.name).evidence.import_filters(text) {
+                tracing::warn!(route = %name, "saved counted-user filters unreadable; the route's evidence starts afresh");
+                st.judge = crate::analysis::JudgeState::default();
+                st.filters = None;
+            }
+        }
     }
 
     pub fn state(&self, route: &str) -> Option<&RouteState> {
@@ -269,23 +289,25 @@ impl Book {
                 continue; // no canary traffic to judge
             }
             let m = registry.route(&r.name);
-            let (stable, canary) = (m.stable.window.stats(now), m.canary.window.stats(now));
-            let j = judge(analysis, &stable, &canary);
-            let before = st.clone();
             let from = effective_bp(r, Some(st));
-            let t = st.on_verdict(&j, analysis, r.progression.as_deref(), now_ms);
+            let before_streak = st.streak;
+            let (j, t, inputs) = judging::take_verdict(r, analysis, st, &m, now, now_ms);
             let st = st.clone();
-            dirty |= st != before;
-            m.verdict(&at(now_ms), j.verdict, st.streak, &j.breaches);
-            let inputs = json!({
-                "stable": stable, "canary": canary,
-                "thresholds": analysis,
-                "breaches": j.breaches.iter().map(|b| b.as_str()).collect::<Vec<_>>(),
-            });
+            dirty = true;
+            m.verdict(&at(now_ms), &j, st.streak);
+            log_verdict(r, &j);
             let mut e = entry(r, &st, "auto", "verdict", now_ms, &config.sha256, from);
             e.insert("verdict".into(), json!(j.verdict.as_str()));
+            e.insert("reason".into(), json!(j.reason));
             e.insert("inputs".into(), inputs.clone());
             self.journal(Value::Object(e));
+            if j.verdict == Verdict::Fail && analysis.mode == AnalysisMode::Observe && before_streak == 0 {
+                // A dry run says once what it would have done.
+                let mut e = entry(r, &st, "auto", "would_rollback", now_ms, &config.sha256, from);
+                e.insert("reason".into(), json!(j.reason));
+                e.insert("inputs".into(), inputs.clone());
+                self.journal(Value::Object(e));
+            }
             if t != Transition::None {
                 changed = true;
                 self.note_transition(r, &st, &m, t, &j, inputs, from, &config.sha256, now_ms);
@@ -322,7 +344,10 @@ impl Book {
                 m.rolled_back(reason);
                 tracing::warn!(
                     route = %r.name, reason = reason.as_str(), revision = canary_revision(r),
-                    from = bp_to_percent(from), "canary rolled back"
+                    test = j.fired.as_ref().map(|f| f.test.as_str()),
+                    e_value = j.fired.as_ref().map(|f| f.e_value),
+                    threshold = j.fired.as_ref().map(|f| f.threshold),
+                    from = bp_to_percent(from), why = %j.reason, "canary rolled back"
                 );
             }
             None => tracing::info!(
@@ -335,6 +360,7 @@ impl Book {
             e.insert("reason".into(), json!(reason.as_str()));
         }
         e.insert("verdict".into(), json!(j.verdict.as_str()));
+        e.insert("why".into(), json!(j.reason));
         e.insert("inputs".into(), inputs);
         self.journal(Value::Object(e));
     }
@@ -371,13 +397,21 @@ impl Book {
                 let changed = st.resume(prog, now_ms);
                 if was_rolled_back {
                     // Judge the canary on fresh traffic, not on what caused the rollback.
-                    registry.route(&r.name).canary.window.reset(Instant::now());
+                    let m = registry.route(&r.name);
+                    m.canary.window.reset(Instant::now());
+                    fresh_evidence(r, &m, st, now_ms);
                     self.due.remove(route);
                 }
                 changed
             }
             Steer::Pause => st.pause(prog).map_err(refused)?,
-            Steer::Promote => st.promote(prog, now_ms).map_err(refused)? != Transition::None,
+            Steer::Promote => {
+                let stepped = st.promote(prog, now_ms).map_err(refused)? != Transition::None;
+                if let (true, Some(a)) = (stepped, r.analysis.as_deref()) {
+                    judging::new_step(a, st, &registry.route(&r.name), Instant::now(), now_ms);
+                }
+                stepped
+            }
             Steer::Kill => !std::mem::replace(&mut st.killed, true),
             Steer::Unkill => std::mem::replace(&mut st.killed, false),
         };
@@ -398,9 +432,48 @@ impl Book {
         for r in &config.table.routes {
             let Some(old_r) = old.and_then(|o| o.table.route(&r.name)) else { continue };
             if canary_revision(old_r) != canary_revision(r) && r.canary.is_some() {
-                registry.route(&r.name).version(Version::Canary).window.reset(Instant::now());
+                let m = registry.route(&r.name);
+                m.version(Version::Canary).window.reset(Instant::now());
+                m.canary.rtt_window.reset(Instant::now());
+                if let Some(a) = r.analysis.as_deref() {
+                    m.evidence.reset(judging::frozen_for(
+                        a,
+                        &m,
+                        crate::rollout::wall_ms(),
+                        Instant::now(),
+                        crate::rollout::wall_ms(),
+                    ));
+                }
+                m.clear_standings();
                 self.due.remove(&*r.name);
             }
+        }
+    }
+}
+
+/// A resumed canary: the recorder forgets every count and counted user.
+fn fresh_evidence(r: &Route, m: &RouteMetrics, st: &RouteState, now_ms: u64) {
+    m.clear_standings();
+    match r.analysis.as_deref() {
+        Some(a) => m.evidence.reset(judging::frozen_for(a, m, st.step_since_ms, Instant::now(), now_ms)),
+        None => m.evidence.reset(crate::analysis::Frozen::default()),
+    }
+}
+
+/// One log line per verdict that is not a routine pass/insufficient.
+fn log_verdict(r: &Route, j: &Judgement) {
+    match j.verdict {
+        Verdict::Fail => tracing::warn!(
+            route = %r.name, verdict = "fail", test = j.fired.as_ref().map(|f| f.test.as_str()),
+            e_value = j.fired.as_ref().map(|f| f.e_value), threshold = j.fired.as_ref().map(|f| f.threshold),
+            why = %j.reason, "canary verdict"
+        ),
+        Verdict::Hold => tracing::warn!(
+            route = %r.name, verdict = "hold", held_by = ?j.held_by.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            why = %j.reason, "canary verdict"
+        ),
+        Verdict::Pass | Verdict::Insufficient => {
+            tracing::debug!(route = %r.name, verdict = j.verdict.as_str(), why = %j.reason, "canary verdict")
         }
     }
 }

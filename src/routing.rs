@@ -10,7 +10,7 @@ pub mod bucket;
 pub mod facts;
 mod table;
 
-pub use bucket::{BUCKETS, BucketCookie, bucket_of};
+pub use bucket::{BUCKETS, BucketCookie, bucket_of, key_hash};
 pub use facts::Facts;
 pub use table::{Backend, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table};
 
@@ -80,6 +80,9 @@ pub enum BucketSource {
 pub struct Bucket {
     pub value: u16,
     pub source: BucketSource,
+    /// With a sticky key: the key's full 64-bit hash (names the user for
+    /// per-user evidence without keeping the key); else 0.
+    pub user: u64,
 }
 
 /// The outcome of routing one request.

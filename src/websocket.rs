@@ -95,6 +95,9 @@ pub struct NewSocket {
     pub settings: Settings,
     /// The client connection's `max_connections` slot, held until the end.
     pub permit: crate::app::ConnPermit,
+    /// Evidence unit of the handshake: the session's end and its round
+    /// trips are evidence of its version too.
+    pub unit: Option<crate::evidence::Unit>,
 }
 
 struct Entry {
@@ -153,7 +156,7 @@ impl Hub {
     /// Relay a socket whose handshake succeeded (upstream answered 101 and
     /// the 101 is on its way to the client).
     pub fn spawn(&self, socket: NewSocket, client: OnUpgrade, upstream: OnUpgrade) {
-        let NewSocket { route, version, metrics, settings, permit } = socket;
+        let NewSocket { route, version, metrics, settings, permit, unit } = socket;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = watch::channel(Signal::Open);
         let signal = Arc::new(tx);
@@ -168,8 +171,17 @@ impl Hub {
         let reg = Registration { id, sockets: Arc::clone(&self.sockets), metrics, version };
         self.tracker.spawn(async move {
             let both = tokio::time::timeout(UPGRADE_WAIT, async { tokio::join!(client, upstream) }).await;
+            let rm = Arc::clone(&reg.metrics);
+            let sink = move |rtt: Duration| {
+                rm.version(version).rtt(Instant::now(), rtt);
+                if let Some(u) = &unit {
+                    rm.evidence.record_rtt(u, version, rtt);
+                }
+            };
             let why = match both {
-                Ok((Ok(c), Ok(u))) => relay::relay(TokioIo::new(c), TokioIo::new(u), &signal, &settings).await,
+                Ok((Ok(c), Ok(u))) => {
+                    relay::relay(TokioIo::new(c), TokioIo::new(u), &signal, &settings, Some(&sink)).await
+                }
                 _ => CloseWhy::Error,
             };
             let m = reg.metrics.version(reg.version);
@@ -178,6 +190,12 @@ impl Hub {
                 // An abnormal close caused by the upstream counts against that
                 // version (design §6); socket lifetime never enters latency.
                 m.window.record_error_only(Instant::now());
+            }
+            // The session's end is one more unit of test E: bad when the
+            // upstream broke it, fine when a side closed normally; closes
+            // weir made itself (rollback, shutdown) say nothing of a version.
+            if let (Some(u), CloseWhy::Error | CloseWhy::Client | CloseWhy::Upstream) = (&unit, why) {
+                reg.metrics.evidence.record(u, version, why == CloseWhy::Error, None);
             }
             tracing::debug!(version = reg.version.as_str(), close = why.as_str(), "websocket closed");
             drop(reg);

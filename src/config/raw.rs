@@ -130,6 +130,7 @@ pub struct RawWebsocket {
     pub close_rate: Option<String>,
     pub idle_timeout: Option<String>,
     pub ping_interval: Option<String>,
+    pub rtt_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,11 +138,45 @@ pub struct RawWebsocket {
 pub struct RawAnalysis {
     pub interval: Option<String>,
     pub window: Option<String>,
-    pub min_requests: Option<u64>,
-    pub max_error_rate: Option<f64>,
+    pub mode: Option<String>,
+    /// Percent: `1` or `"1%"`.
+    pub alpha: Option<PercentValue>,
+    pub error_tolerance: Option<f64>,
+    pub min_error_delta: Option<f64>,
+    pub latency_tolerance: Option<f64>,
+    pub warmup: Option<String>,
+    pub epoch: Option<String>,
+    pub max_error_rate: Option<PercentValue>,
+    pub max_p95: Option<String>,
     pub max_p99: Option<String>,
+    pub max_ws_rtt_p95: Option<String>,
+    /// Deprecated (the window rule): accepted with a warning, ignored.
+    pub min_requests: Option<u64>,
     pub max_p99_ratio: Option<f64>,
     pub failures: Option<u32>,
+}
+
+/// A percent written as a number (`1.5`) or with its sign (`"1.5%"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PercentValue {
+    Number(f64),
+    Text(String),
+}
+
+impl PercentValue {
+    pub fn percent(&self) -> Result<f64, String> {
+        match self {
+            PercentValue::Number(n) => Ok(*n),
+            PercentValue::Text(t) => t
+                .trim()
+                .strip_suffix('%')
+                .unwrap_or(t.trim())
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("`{t}` is not a percent (e.g. 1 or \"1%\")")),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,12 +2,12 @@
 //! problem (with its field path) instead of stopping at the first.
 
 use super::raw::{
-    RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawShadow, RawWebsocket, SizeValue,
+    PercentValue, RawAnalysis, RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawShadow, RawWebsocket, SizeValue,
 };
 use super::units::{parse_duration, parse_rate, parse_size, weight_to_bp};
 use super::{
-    Analysis, DEFAULT_ADMIN, Limits, Problem, Progression, Shadow, Shutdown, Snapshot, UpstreamSpec, WebSocketPolicy,
-    sha256_hex,
+    Analysis, AnalysisMode, DEFAULT_ADMIN, Limits, Problem, Progression, Shadow, Shutdown, Snapshot, UpstreamSpec,
+    WebSocketPolicy, sha256_hex,
 };
 use crate::routing::{
     Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table,
@@ -19,13 +19,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Round-trip probe period when `max_ws_rtt_p95` is set and
+/// `websocket.rtt_interval` is not.
+const DEFAULT_RTT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Collects problems while walking the config.
 #[derive(Default)]
-pub(super) struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>, Vec<Problem>);
 
 impl Problems {
     fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem { path: path.into(), location: None, message: message.into() });
+    }
+
+    /// Not an error: the file loads, and the warning is printed and logged.
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.1.push(Problem { path: path.into(), location: None, message: message.into() });
     }
 
     fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
@@ -68,7 +77,8 @@ pub fn validate(bytes: &[u8], base: &Path) -> Result<Snapshot, Vec<Problem>> {
     options.strict_booleans = true;
     let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| vec![syntax_problem(&e)])?;
     let mut p = Problems::default();
-    let snapshot = compile(raw, base, sha256_hex(bytes), &mut p);
+    let mut snapshot = compile(raw, base, sha256_hex(bytes), &mut p);
+    snapshot.warnings = std::mem::take(&mut p.1);
     if p.0.is_empty() { Ok(snapshot) } else { Err(p.0) }
 }
 
@@ -153,6 +163,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         access_log: raw.access_log.unwrap_or(true),
         upstreams,
         table: Table::new(routes),
+        warnings: Vec::new(),
     }
 }
 
@@ -309,6 +320,15 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
     if r.canary.is_none() && (analysis.is_some() || progression.is_some()) {
         p.at(path, "analysis and progression need a `canary`");
     }
+    let mut websocket =
+        r.websocket.as_ref().map(|w| compile_websocket(w, &format!("{path}.websocket"), p)).unwrap_or_default();
+    if analysis.as_ref().is_some_and(|a| a.max_ws_rtt_p95.is_some()) && websocket.rtt_interval.is_zero() {
+        if r.websocket.as_ref().is_some_and(|w| w.rtt_interval.is_some()) {
+            p.at(format!("{path}.websocket.rtt_interval"), "max_ws_rtt_p95 needs round-trip probes (more than 0s)");
+        } else {
+            websocket.rtt_interval = DEFAULT_RTT_INTERVAL;
+        }
+    }
     if progression.is_some() && analysis.is_none() {
         p.at(format!("{path}.progression"), "progression needs `analysis`: steps advance only after a `pass`");
     }
@@ -330,11 +350,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         step: None,
         expose_version: r.expose_version.unwrap_or(false),
         shadow: r.shadow.as_ref().and_then(|sh| compile_shadow(sh, &format!("{path}.shadow"), ups, p)).map(Arc::new),
-        websocket: r
-            .websocket
-            .as_ref()
-            .map(|w| compile_websocket(w, &format!("{path}.websocket"), p))
-            .unwrap_or_default(),
+        websocket,
         sticky,
         override_,
         segments,
@@ -342,39 +358,124 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
 }
 
 fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
-    let interval = p.duration(&format!("{path}.interval"), a.interval.as_ref(), Duration::from_secs(10));
-    let window = p.duration(&format!("{path}.window"), a.window.as_ref(), Duration::from_secs(60));
+    let d = Analysis::default();
+    let interval = p.duration(&format!("{path}.interval"), a.interval.as_ref(), d.interval);
+    let window = p.duration(&format!("{path}.window"), a.window.as_ref(), d.window);
     if interval.is_zero() {
         p.at(format!("{path}.interval"), "must be more than 0s");
     }
     if window < Duration::from_millis(100) {
         p.at(format!("{path}.window"), "must be at least 100ms");
     }
-    let max_error_rate = a.max_error_rate.unwrap_or(1.0);
-    if !(0.0..=100.0).contains(&max_error_rate) {
-        p.at(format!("{path}.max_error_rate"), "a percent between 0 and 100");
+    let mode = match a.mode.as_deref() {
+        None | Some("enforce") => AnalysisMode::Enforce,
+        Some("observe") => AnalysisMode::Observe,
+        Some(other) => {
+            p.at(format!("{path}.mode"), format!("`{other}` is not `enforce` or `observe`"));
+            AnalysisMode::Enforce
+        }
+    };
+    let mut percent = |key: &str, v: Option<&PercentValue>, lo_open: bool, hi: f64| -> Option<f64> {
+        let v = v?;
+        match v.percent() {
+            Ok(x) if x.is_finite() && (if lo_open { x > 0.0 } else { x >= 0.0 }) && x <= hi => Some(x),
+            Ok(_) => {
+                let lo = if lo_open { "above 0" } else { "from 0" };
+                p.at(format!("{path}.{key}"), format!("a percent {lo} up to {hi}"));
+                None
+            }
+            Err(e) => {
+                p.at(format!("{path}.{key}"), e);
+                None
+            }
+        }
+    };
+    let alpha = percent("alpha", a.alpha.as_ref(), true, 50.0).map_or(d.alpha, |x| x / 100.0);
+    let max_error_rate = percent("max_error_rate", a.max_error_rate.as_ref(), false, 100.0);
+    let mut at_least = |key: &str, v: Option<f64>, min: f64, default: f64, what: &str| -> f64 {
+        match v {
+            None => default,
+            Some(x) if x.is_finite() && x >= min => x,
+            Some(_) => {
+                p.at(format!("{path}.{key}"), what.to_string());
+                default
+            }
+        }
+    };
+    let error_tolerance = at_least(
+        "error_tolerance",
+        a.error_tolerance,
+        1.0,
+        d.error_tolerance,
+        "an odds ratio of at least 1 (1.25 = 25 % more errors are tolerated)",
+    );
+    let min_error_delta =
+        at_least("min_error_delta", a.min_error_delta, 0.0, d.min_error_delta, "percentage points, 0 or more");
+    let latency_tolerance = at_least(
+        "latency_tolerance",
+        a.latency_tolerance,
+        0.0,
+        d.latency_tolerance,
+        "a fraction, 0 or more (0.05 = 5 % slower than stable is tolerated)",
+    );
+    let warmup = p.duration(&format!("{path}.warmup"), a.warmup.as_ref(), d.warmup);
+    let epoch = p.duration(&format!("{path}.epoch"), a.epoch.as_ref(), d.epoch);
+    if epoch < interval {
+        p.at(format!("{path}.epoch"), "must be at least one interval");
     }
-    let max_p99 = a.max_p99.as_ref().map(|v| p.duration(&format!("{path}.max_p99"), Some(v), Duration::ZERO));
-    if max_p99.is_some_and(|d| d.is_zero()) {
-        p.at(format!("{path}.max_p99"), "must be more than 0s");
+    let mut slo = |key: &str, v: Option<&String>| {
+        let d = v.map(|v| p.duration(&format!("{path}.{key}"), Some(v), Duration::ZERO));
+        if d.is_some_and(|d| d.is_zero()) {
+            p.at(format!("{path}.{key}"), "must be more than 0s");
+        }
+        d.filter(|d| !d.is_zero())
+    };
+    let max_p95 = slo("max_p95", a.max_p95.as_ref());
+    let max_p99 = slo("max_p99", a.max_p99.as_ref());
+    let max_ws_rtt_p95 = slo("max_ws_rtt_p95", a.max_ws_rtt_p95.as_ref());
+    for (key, set, instead) in [
+        (
+            "min_requests",
+            a.min_requests.is_some(),
+            "evidence tests need no minimum: with little data they simply have not crossed",
+        ),
+        (
+            "failures",
+            a.failures.is_some(),
+            "a fail rolls back at once; the e-process already integrates evidence over the rollout",
+        ),
+        (
+            "max_p99_ratio",
+            a.max_p99_ratio.is_some(),
+            "test L99 compares canary with stable's p99; `latency_tolerance` sets how much slower is tolerated",
+        ),
+    ] {
+        if set {
+            p.warn(format!("{path}.{key}"), format!("deprecated and ignored: {instead}"));
+        }
     }
     if let Some(r) = a.max_p99_ratio
         && !(r.is_finite() && r > 0.0)
     {
-        p.at(format!("{path}.max_p99_ratio"), "must be a number above 0 (1.5 = 50 % slower than stable)");
+        p.at(format!("{path}.max_p99_ratio"), "must be a number above 0");
     }
-    let failures = a.failures.unwrap_or(3);
-    if failures == 0 {
+    if a.failures == Some(0) {
         p.at(format!("{path}.failures"), "must be at least 1");
     }
     Analysis {
         interval,
         window,
-        min_requests: a.min_requests.unwrap_or(100),
+        mode,
+        alpha,
+        error_tolerance,
+        min_error_delta,
+        latency_tolerance,
+        warmup,
+        epoch,
         max_error_rate,
+        max_p95,
         max_p99,
-        max_p99_ratio: a.max_p99_ratio,
-        failures,
+        max_ws_rtt_p95,
     }
 }
 
@@ -463,7 +564,11 @@ fn compile_websocket(w: &RawWebsocket, path: &str, p: &mut Problems) -> WebSocke
     if !ping_interval.is_zero() && ping_interval >= idle_timeout {
         p.at(format!("{path}.ping_interval"), "must be shorter than idle_timeout (0s turns pings off)");
     }
-    WebSocketPolicy { close_on_rollback, close_rate_per_s, idle_timeout, ping_interval }
+    let rtt_interval = p.duration(&format!("{path}.rtt_interval"), w.rtt_interval.as_ref(), d.rtt_interval);
+    if !rtt_interval.is_zero() && rtt_interval < Duration::from_millis(100) {
+        p.at(format!("{path}.rtt_interval"), "must be at least 100ms (0s turns round-trip probes off)");
+    }
+    WebSocketPolicy { close_on_rollback, close_rate_per_s, idle_timeout, ping_interval, rtt_interval }
 }
 
 fn compile_progression(g: &RawProgression, path: &str, p: &mut Problems) -> Progression {

@@ -3,8 +3,8 @@
 //! epoch; wall time because `hold` must survive a restart), and gets back
 //! what changed. Persisting and journaling are the caller's job.
 
-use super::verdict::{Breach, Judgement, Verdict};
-use crate::config::{Analysis, Progression};
+use crate::analysis::{JudgeState, Judgement, Test, Verdict};
+use crate::config::{AnalysisMode, Progression};
 use serde::{Deserialize, Serialize};
 
 /// What `GET /routes` calls `state`.
@@ -18,13 +18,22 @@ pub enum Phase {
     Paused,
     /// Progression walked every step.
     Promoted,
+    /// The SLO guard holds: stable breaks an SLO too, so nothing moves.
+    Held,
     RolledBack,
     Killed,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] =
-        [Phase::Steady, Phase::Progressing, Phase::Paused, Phase::Promoted, Phase::RolledBack, Phase::Killed];
+    pub const ALL: [Phase; 7] = [
+        Phase::Steady,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoted,
+        Phase::Held,
+        Phase::RolledBack,
+        Phase::Killed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,6 +41,7 @@ impl Phase {
             Phase::Progressing => "progressing",
             Phase::Paused => "paused",
             Phase::Promoted => "promoted",
+            Phase::Held => "held",
             Phase::RolledBack => "rolled_back",
             Phase::Killed => "killed",
         }
@@ -42,19 +52,25 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RollbackReason {
+    /// Test E (errors against stable) or the `max_error_rate` guard.
     ErrorRate,
+    /// The `max_p95` / `max_p99` guard.
     Latency,
+    /// Tests L50/L95/L99 (latency against stable).
     LatencyRatio,
+    /// Test W95 or the `max_ws_rtt_p95` guard.
+    WebsocketRtt,
     Admin,
     /// The persisted state could not be read: start with the canary off.
     StateUnreadable,
 }
 
 impl RollbackReason {
-    pub const ALL: [RollbackReason; 5] = [
+    pub const ALL: [RollbackReason; 6] = [
         RollbackReason::ErrorRate,
         RollbackReason::Latency,
         RollbackReason::LatencyRatio,
+        RollbackReason::WebsocketRtt,
         RollbackReason::Admin,
         RollbackReason::StateUnreadable,
     ];
@@ -64,16 +80,18 @@ impl RollbackReason {
             RollbackReason::ErrorRate => "error_rate",
             RollbackReason::Latency => "latency",
             RollbackReason::LatencyRatio => "latency_ratio",
+            RollbackReason::WebsocketRtt => "websocket_rtt",
             RollbackReason::Admin => "admin",
             RollbackReason::StateUnreadable => "state_unreadable",
         }
     }
 
-    fn from_breach(b: Breach) -> Self {
-        match b {
-            Breach::ErrorRate => RollbackReason::ErrorRate,
-            Breach::Latency => RollbackReason::Latency,
-            Breach::LatencyRatio => RollbackReason::LatencyRatio,
+    pub fn of_test(t: Test) -> Self {
+        match t {
+            Test::E | Test::GErr => RollbackReason::ErrorRate,
+            Test::L50 | Test::L95 | Test::L99 => RollbackReason::LatencyRatio,
+            Test::G95 | Test::G99 => RollbackReason::Latency,
+            Test::W95 | Test::GRtt => RollbackReason::WebsocketRtt,
         }
     }
 }
@@ -85,7 +103,7 @@ pub struct Latch {
 }
 
 /// Persisted per route, for the canary revision named in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteState {
     /// Canary revision this state belongs to; a new one starts over.
@@ -105,9 +123,19 @@ pub struct RouteState {
     /// Admin kill (the config's `kill_switch` is separate).
     #[serde(default)]
     pub killed: bool,
-    /// Consecutive `fail` verdicts.
+    /// Consecutive `fail` verdicts (more than one only in `observe` mode).
     #[serde(default)]
     pub streak: u32,
+    /// The latest verdict was `hold`.
+    #[serde(default)]
+    pub held: bool,
+    /// The judge's e-processes and totals for this revision.
+    #[serde(default)]
+    pub judge: JudgeState,
+    /// The evidence recorder's counted-user filters (base64), so a restart
+    /// does not count a user twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<String>,
 }
 
 /// A change worth journaling.
@@ -155,6 +183,9 @@ impl RouteState {
             rolled_back: None,
             killed: false,
             streak: 0,
+            held: false,
+            judge: JudgeState::default(),
+            filters: None,
         }
     }
 
@@ -193,6 +224,8 @@ impl RouteState {
             Phase::RolledBack
         } else if self.step.is_none() {
             Phase::Steady
+        } else if self.held {
+            Phase::Held
         } else if self.paused {
             Phase::Paused
         } else if self.promoted {
@@ -212,41 +245,44 @@ impl RouteState {
     }
 
     /// Apply one verdict. While killed or rolled back nothing is judged (the
-    /// canary gets no traffic), so the caller should not call this then.
+    /// canary gets no traffic), so the caller should not call this then. In
+    /// `observe` mode verdicts are recorded and never acted on.
     pub fn on_verdict(
         &mut self,
         j: &Judgement,
-        analysis: &Analysis,
+        mode: AnalysisMode,
         progression: Option<&Progression>,
         now_ms: u64,
     ) -> Transition {
         if self.killed || self.rolled_back.is_some() {
             return Transition::None;
         }
+        self.held = j.verdict == Verdict::Hold;
+        if j.verdict != Verdict::Fail {
+            self.streak = 0;
+        }
+        let observe = mode == AnalysisMode::Observe;
         match j.verdict {
-            Verdict::Insufficient => Transition::None,
+            Verdict::Insufficient | Verdict::Hold => Transition::None,
             Verdict::Fail => {
                 self.streak = self.streak.saturating_add(1);
-                if self.streak < analysis.failures {
+                if observe {
                     return Transition::None;
                 }
-                let reason = j.breaches.first().copied().map_or(RollbackReason::ErrorRate, RollbackReason::from_breach);
+                let reason = j.fired.as_ref().map_or(RollbackReason::ErrorRate, |f| RollbackReason::of_test(f.test));
                 self.rollback(reason, now_ms);
                 Transition::RolledBack(reason)
             }
-            Verdict::Pass => {
-                self.streak = 0;
-                match progression {
-                    Some(p) if !self.paused && !self.promoted => {
-                        if now_ms.saturating_sub(self.step_since_ms) < duration_ms(p.hold) {
-                            Transition::None
-                        } else {
-                            self.advance(p, now_ms)
-                        }
+            Verdict::Pass => match progression {
+                Some(p) if !observe && !self.paused && !self.promoted => {
+                    if now_ms.saturating_sub(self.step_since_ms) < duration_ms(p.hold) {
+                        Transition::None
+                    } else {
+                        self.advance(p, now_ms)
                     }
-                    _ => Transition::None,
                 }
-            }
+                _ => Transition::None,
+            },
         }
     }
 
@@ -265,6 +301,7 @@ impl RouteState {
     pub fn rollback(&mut self, reason: RollbackReason, now_ms: u64) {
         self.rolled_back = Some(Latch { reason, at_ms: now_ms });
         self.streak = 0;
+        self.held = false;
     }
 
     /// Lift a rollback latch (progression starts over at the first step) or a
@@ -272,6 +309,10 @@ impl RouteState {
     pub fn resume(&mut self, progression: Option<&Progression>, now_ms: u64) -> bool {
         if self.rolled_back.take().is_some() {
             self.streak = 0;
+            self.held = false;
+            // A resumed canary is judged afresh: new processes, new filters.
+            self.judge = JudgeState::default();
+            self.filters = None;
             self.paused = false;
             self.promoted = false;
             self.step = progression.map(|_| 0);
@@ -315,73 +356,95 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
-    fn analysis() -> Analysis {
-        Analysis {
-            interval: Duration::from_secs(10),
-            window: Duration::from_secs(60),
-            min_requests: 100,
-            max_error_rate: 1.0,
-            max_p99: None,
-            max_p99_ratio: None,
-            failures: 3,
-        }
-    }
+    const ENFORCE: AnalysisMode = AnalysisMode::Enforce;
 
     fn progression() -> Progression {
         Progression { steps: vec![100, 500, 2500, 10000], hold: Duration::from_secs(300) }
     }
 
-    fn pass() -> Judgement {
-        Judgement { verdict: Verdict::Pass, breaches: vec![] }
+    fn verdict(verdict: Verdict, fired: Option<Test>) -> Judgement {
+        Judgement {
+            verdict,
+            fired: fired.map(|test| crate::analysis::Fired {
+                test,
+                scope: crate::analysis::Scope::Revision,
+                e_value: 900.0,
+                threshold: 800.0,
+            }),
+            held_by: vec![],
+            standings: vec![],
+            reason: String::new(),
+        }
     }
-    fn fail(b: Breach) -> Judgement {
-        Judgement { verdict: Verdict::Fail, breaches: vec![b] }
+    fn pass() -> Judgement {
+        verdict(Verdict::Pass, None)
+    }
+    fn fail(t: Test) -> Judgement {
+        verdict(Verdict::Fail, Some(t))
     }
     fn insufficient() -> Judgement {
-        Judgement { verdict: Verdict::Insufficient, breaches: vec![] }
+        verdict(Verdict::Insufficient, None)
+    }
+    fn hold() -> Judgement {
+        verdict(Verdict::Hold, None)
     }
 
     #[test]
-    fn consecutive_failures_roll_back_with_the_breach_as_reason() {
-        let a = analysis();
+    fn one_fail_rolls_back_at_once_with_the_test_as_reason() {
         let mut s = RouteState::fresh("2", None, 0);
-        assert_eq!(s.on_verdict(&fail(Breach::LatencyRatio), &a, None, 1), Transition::None);
-        assert_eq!(s.on_verdict(&fail(Breach::LatencyRatio), &a, None, 2), Transition::None);
         assert_eq!(
-            s.on_verdict(&fail(Breach::LatencyRatio), &a, None, 3),
+            s.on_verdict(&fail(Test::L95), ENFORCE, None, 3),
             Transition::RolledBack(RollbackReason::LatencyRatio)
         );
         assert_eq!(s.phase(false), Phase::RolledBack);
         assert_eq!(s.rolled_back, Some(Latch { reason: RollbackReason::LatencyRatio, at_ms: 3 }));
+        for (t, r) in [
+            (Test::E, RollbackReason::ErrorRate),
+            (Test::GErr, RollbackReason::ErrorRate),
+            (Test::G99, RollbackReason::Latency),
+            (Test::W95, RollbackReason::WebsocketRtt),
+        ] {
+            let mut s = RouteState::fresh("2", None, 0);
+            assert_eq!(s.on_verdict(&fail(t), ENFORCE, None, 1), Transition::RolledBack(r));
+        }
     }
 
     #[test]
-    fn pass_resets_the_streak_and_insufficient_leaves_it() {
-        let a = analysis();
-        let mut s = RouteState::fresh("2", None, 0);
-        s.on_verdict(&fail(Breach::ErrorRate), &a, None, 1);
-        s.on_verdict(&fail(Breach::ErrorRate), &a, None, 2);
-        s.on_verdict(&insufficient(), &a, None, 3);
-        assert_eq!(s.streak, 2, "insufficient leaves the streak");
-        s.on_verdict(&pass(), &a, None, 4);
-        assert_eq!(s.streak, 0, "pass resets it");
-        s.on_verdict(&fail(Breach::ErrorRate), &a, None, 5);
-        s.on_verdict(&fail(Breach::ErrorRate), &a, None, 6);
-        assert!(s.rolled_back.is_none());
-        s.on_verdict(&insufficient(), &a, None, 7);
+    fn observe_mode_records_fails_and_never_acts() {
+        let p = progression();
+        let mut s = RouteState::fresh("2", Some(&p), 0);
+        for i in 1..=3 {
+            assert_eq!(s.on_verdict(&fail(Test::E), AnalysisMode::Observe, Some(&p), i), Transition::None);
+        }
+        assert_eq!((s.streak, s.rolled_back, s.phase(false)), (3, None, Phase::Progressing));
         assert_eq!(
-            s.on_verdict(&fail(Breach::ErrorRate), &a, None, 8),
-            Transition::RolledBack(RollbackReason::ErrorRate),
-            "fail, fail, insufficient, fail is three in a row"
+            s.on_verdict(&pass(), AnalysisMode::Observe, Some(&p), 60 * MIN),
+            Transition::None,
+            "no step either"
         );
+        assert_eq!((s.step, s.streak), (Some(0), 0));
+    }
+
+    #[test]
+    fn hold_stops_progression_and_shows_until_the_next_verdict() {
+        let p = progression();
+        let mut s = RouteState::fresh("2", Some(&p), 0);
+        assert_eq!(
+            s.on_verdict(&hold(), ENFORCE, Some(&p), 6 * MIN),
+            Transition::None,
+            "hold time over, still no step"
+        );
+        assert_eq!(s.phase(false), Phase::Held);
+        assert!(s.rolled_back.is_none());
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 7 * MIN), Transition::Advanced { from: 0, to: 1 });
+        assert_eq!(s.phase(false), Phase::Progressing);
     }
 
     #[test]
     fn the_latch_holds_until_resume_or_a_new_revision() {
-        let a = analysis();
         let mut s = RouteState::fresh("2", None, 0);
         s.rollback(RollbackReason::Admin, 10);
-        assert_eq!(s.on_verdict(&pass(), &a, None, 11), Transition::None);
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, None, 11), Transition::None);
         assert!(!s.reconcile("2", None, 12), "same revision (e.g. a weight edit) keeps the latch");
         assert!(s.rolled_back.is_some());
         assert!(s.reconcile("3", None, 13), "new revision");
@@ -401,33 +464,37 @@ mod tests {
 
     #[test]
     fn progression_advances_only_after_hold_and_a_pass() {
-        let (a, p) = (analysis(), progression());
+        let p = progression();
         let mut s = RouteState::fresh("2", Some(&p), 0);
         assert_eq!((s.step, s.weight_bp(0, Some(&p))), (Some(0), 100), "starts at the first step");
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 5 * MIN - 1), Transition::None, "hold not yet over");
-        assert_eq!(s.on_verdict(&insufficient(), &a, Some(&p), 6 * MIN), Transition::None, "never on insufficient");
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 6 * MIN), Transition::Advanced { from: 0, to: 1 });
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 5 * MIN - 1), Transition::None, "hold not yet over");
+        assert_eq!(
+            s.on_verdict(&insufficient(), ENFORCE, Some(&p), 6 * MIN),
+            Transition::None,
+            "never on insufficient"
+        );
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 6 * MIN), Transition::Advanced { from: 0, to: 1 });
         assert_eq!(s.weight_bp(0, Some(&p)), 500);
         // The hold restarts on each step.
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 10 * MIN), Transition::None);
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 11 * MIN), Transition::Advanced { from: 1, to: 2 });
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 16 * MIN), Transition::Advanced { from: 2, to: 3 });
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 21 * MIN), Transition::Promoted);
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 10 * MIN), Transition::None);
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 11 * MIN), Transition::Advanced { from: 1, to: 2 });
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 16 * MIN), Transition::Advanced { from: 2, to: 3 });
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 21 * MIN), Transition::Promoted);
         assert_eq!((s.phase(false), s.weight_bp(0, Some(&p))), (Phase::Promoted, 10000));
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 30 * MIN), Transition::None);
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 30 * MIN), Transition::None);
     }
 
     #[test]
     fn a_failing_step_rolls_back_and_progression_stops_there() {
-        let (a, p) = (Analysis { failures: 1, ..analysis() }, progression());
+        let p = progression();
         let mut s = RouteState::fresh("2", Some(&p), 0);
-        s.on_verdict(&pass(), &a, Some(&p), 5 * MIN);
+        s.on_verdict(&pass(), ENFORCE, Some(&p), 5 * MIN);
         assert_eq!(s.step, Some(1));
         assert_eq!(
-            s.on_verdict(&fail(Breach::ErrorRate), &a, Some(&p), 6 * MIN),
+            s.on_verdict(&fail(Test::E), ENFORCE, Some(&p), 6 * MIN),
             Transition::RolledBack(RollbackReason::ErrorRate)
         );
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 60 * MIN), Transition::None, "latched: no advance");
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 60 * MIN), Transition::None, "latched: no advance");
         assert_eq!(s.step, Some(1));
         assert!(s.resume(Some(&p), 61 * MIN));
         assert_eq!((s.step, s.step_since_ms, s.phase(false)), (Some(0), 61 * MIN, Phase::Progressing));
@@ -435,11 +502,11 @@ mod tests {
 
     #[test]
     fn pause_holds_the_step_and_promote_skips_the_hold() {
-        let (a, p) = (analysis(), progression());
+        let p = progression();
         let mut s = RouteState::fresh("2", Some(&p), 0);
         assert_eq!(s.pause(Some(&p)), Ok(true));
         assert_eq!(s.phase(false), Phase::Paused);
-        assert_eq!(s.on_verdict(&pass(), &a, Some(&p), 60 * MIN), Transition::None);
+        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 60 * MIN), Transition::None);
         assert_eq!(s.promote(Some(&p), 60 * MIN), Ok(Transition::Advanced { from: 0, to: 1 }));
         assert!(s.resume(Some(&p), 60 * MIN));
         assert_eq!(s.phase(false), Phase::Progressing);

@@ -1,6 +1,7 @@
-//! The book with injected time: verdicts are due every `interval`, a rollback
-//! publishes weight 0 in the overlay, the latch survives a config change and
-//! a reopen of the state directory, and a new revision clears it.
+//! The book with injected time: verdicts are due every `interval`, a fail
+//! rolls back at once and publishes weight 0 in the overlay, the latch and
+//! the judge's state survive a config change and a reopen of the state
+//! directory, and a new revision clears them.
 
 use super::*;
 use crate::config;
@@ -10,7 +11,7 @@ fn snapshot(dir: &Path, revision: &str, weight: u32) -> Snapshot {
     let text = format!(
         "listen: [{{address: \"127.0.0.1:0\"}}]\nupstreams:\n  a: {{endpoints: [\"127.0.0.1:1\"]}}\n  b: {{endpoints: [\"127.0.0.1:2\"]}}\n\
          routes:\n  - name: app\n    stable: {{upstream: a}}\n    canary: {{upstream: b, revision: \"{revision}\"}}\n    weight: {weight}\n\
-         \x20   analysis: {{interval: 10s, window: 60s, min_requests: 10, max_error_rate: 1, failures: 2}}\n"
+         \x20   analysis: {{interval: 10s, window: 60s}}\n"
     );
     match config::parse(text.as_bytes(), &dir.join("weir.yaml")) {
         Ok(s) => s,
@@ -22,27 +23,45 @@ fn app(s: &Snapshot) -> &Route {
     &s.table.routes[0]
 }
 
+fn unit() -> crate::evidence::Unit {
+    crate::evidence::Unit {
+        stratum: crate::analysis::Stratum { segment: None, per_user: false },
+        weight_bp: 2000,
+        user: 0,
+    }
+}
+
 #[test]
-fn verdicts_are_taken_every_interval_and_failures_roll_back() {
+fn verdicts_are_taken_every_interval_and_a_fail_rolls_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = snapshot(dir.path(), "2", 20);
     let reg = Registry::default();
     let mut book = Book::open(&cfg.state_dir, &cfg, &reg, 0).unwrap();
     let t0 = Instant::now();
     let m = reg.route(&app(&cfg).name);
-    for i in 0..50 {
-        m.canary.record(t0, 500, Duration::from_millis(5), i % 2 == 0);
-    }
+    let record = |n: usize, v: Version, every: usize| {
+        for i in 0..n {
+            m.evidence.record(&unit(), v, i % every == 0, Some(Duration::from_millis(5)));
+        }
+    };
+    record(200, Version::Stable, 1000);
+    record(50, Version::Canary, 1000);
     // Not due before the first interval.
     let (changed, next) = book.tick(&cfg, &reg, t0 + Duration::from_secs(1), 1000);
     assert!(!changed);
     assert_eq!(next, Some(t0 + Duration::from_secs(1) + Duration::from_secs(10)));
     let (changed, _) = book.tick(&cfg, &reg, t0 + Duration::from_secs(11), 11_000);
-    assert!(!changed, "first fail: streak 1 of 2");
+    assert!(!changed, "a healthy interval");
+    assert_eq!(m.recent_verdicts().last().unwrap()["verdict"], "pass");
+    record(400, Version::Stable, 1000);
+    record(100, Version::Canary, 2);
     let (changed, _) = book.tick(&cfg, &reg, t0 + Duration::from_secs(12), 12_000);
     assert!(!changed, "not due again yet");
     let (changed, _) = book.tick(&cfg, &reg, t0 + Duration::from_secs(21), 21_000);
-    assert!(changed, "second fail rolls back");
+    assert!(changed, "one fail rolls back");
+    let last = m.recent_verdicts().last().cloned().unwrap();
+    assert_eq!((last["verdict"].as_str(), last["test"].as_str()), (Some("fail"), Some("E")), "{last}");
+    assert!(book.state("app").unwrap().judge.tests[&crate::analysis::Test::E].revision.value() > 100.0);
     let eff = book.overlay(&cfg);
     assert!(app(&eff).rolled_back);
     assert_eq!(app(&eff).phase, Phase::RolledBack);

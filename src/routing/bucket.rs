@@ -19,6 +19,13 @@ pub const SEED: u64 = 0;
 /// once per reload). Short inputs are hashed from a stack buffer in one shot;
 /// long ones stream, which gives the same digest.
 pub fn bucket_of(salt_sep: &[u8], key: &[u8]) -> u16 {
+    // The modulo result is < 10000, so it always fits in u16.
+    (key_hash(salt_sep, key) % u64::from(BUCKETS)) as u16
+}
+
+/// The full 64-bit hash behind `bucket_of`: it also names the user, so the
+/// analysis can count each user once without keeping raw keys.
+pub fn key_hash(salt_sep: &[u8], key: &[u8]) -> u64 {
     // Two stack sizes: zeroing the buffer is a measurable part of the cost
     // for the usual short salt + player id.
     const SHORT: usize = 64;
@@ -40,8 +47,7 @@ pub fn bucket_of(salt_sep: &[u8], key: &[u8]) -> u16 {
         hasher.update(key);
         hasher.digest()
     };
-    // The modulo result is < 10000, so it always fits in u16.
-    (h % u64::from(BUCKETS)) as u16
+    h
 }
 
 /// The configured bucket cookie of a route.

@@ -2,7 +2,7 @@
 //! reload by the config validator (header names parsed, salts joined with
 //! their separator, weights in basis points, HMAC keys loaded).
 
-use super::bucket::{BucketCookie, bucket_of};
+use super::bucket::{BucketCookie, key_hash};
 use super::{Bucket, BucketSource, Facts, Version};
 use http::HeaderName;
 use std::collections::HashMap;
@@ -262,20 +262,22 @@ impl Route {
     /// else `draw` (and ask for a cookie when one is configured).
     pub fn bucket(&self, facts: &Facts<'_>, draw: u16) -> (Bucket, Option<u16>) {
         let Some(sticky) = &self.sticky else {
-            return (Bucket { value: draw, source: BucketSource::Random }, None);
+            return (Bucket { value: draw, source: BucketSource::Random, user: 0 }, None);
         };
         for (i, key) in sticky.keys.iter().enumerate() {
             if let Some(v) = key.read(facts) {
-                let value = bucket_of(&sticky.salt_sep, v.as_bytes());
-                return (Bucket { value, source: BucketSource::Key(i) }, None);
+                let user = key_hash(&sticky.salt_sep, v.as_bytes());
+                // The modulo result is < 10000, so it always fits in u16.
+                let value = (user % u64::from(crate::routing::BUCKETS)) as u16;
+                return (Bucket { value, source: BucketSource::Key(i), user }, None);
             }
         }
         match &sticky.cookie {
             Some(c) => match facts.cookie(&c.name).and_then(|v| c.decode(v)) {
-                Some(value) => (Bucket { value, source: BucketSource::Cookie }, None),
-                None => (Bucket { value: draw, source: BucketSource::Random }, Some(draw)),
+                Some(value) => (Bucket { value, source: BucketSource::Cookie, user: 0 }, None),
+                None => (Bucket { value: draw, source: BucketSource::Random, user: 0 }, Some(draw)),
             },
-            None => (Bucket { value: draw, source: BucketSource::Random }, None),
+            None => (Bucket { value: draw, source: BucketSource::Random, user: 0 }, None),
         }
     }
 }

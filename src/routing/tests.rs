@@ -143,7 +143,11 @@ fn first_present_sticky_key_gives_the_bucket() {
     let by_header = decide_with(&t, "h", "/", &hdrs(&[("x-player-id", "p1"), ("cookie", "player_id=p2")]), 0);
     assert_eq!(
         by_header.and_then(|d| d.bucket),
-        Some(Bucket { value: bucket_of(b"app\x1f", b"p1"), source: BucketSource::Key(0) })
+        Some(Bucket {
+            value: bucket_of(b"app\x1f", b"p1"),
+            source: BucketSource::Key(0),
+            user: key_hash(b"app\x1f", b"p1")
+        })
     );
     let by_cookie = decide_with(&t, "h", "/", &hdrs(&[("cookie", "x=1; player_id=p2")]), 0);
     assert_eq!(by_cookie.and_then(|d| d.bucket.map(|b| b.value)), Some(bucket_of(b"app\x1f", b"p2")));
@@ -151,7 +155,7 @@ fn first_present_sticky_key_gives_the_bucket() {
     let by_query = decide(&t, &Facts { host: "h", path: "/", query: Some("a=1&player=p3"), headers: &h }, 0);
     assert_eq!(by_query.and_then(|d| d.bucket.map(|b| b.value)), Some(bucket_of(b"app\x1f", b"p3")));
     let none = decide_with(&t, "h", "/", &h, 1234);
-    assert_eq!(none.and_then(|d| d.bucket), Some(Bucket { value: 1234, source: BucketSource::Random }));
+    assert_eq!(none.and_then(|d| d.bucket), Some(Bucket { value: 1234, source: BucketSource::Random, user: 0 }));
     assert_eq!(none.and_then(|d| d.set_cookie), None, "no cookie configured");
 }
 
@@ -169,7 +173,7 @@ fn bucket_cookie_is_used_and_set_when_no_key() {
     let fresh = decide_with(&t, "h", "/", &HeaderMap::new(), 777);
     assert_eq!(fresh.and_then(|d| d.set_cookie), Some(777));
     let back = decide_with(&t, "h", "/", &hdrs(&[("cookie", "wb=777")]), 5);
-    assert_eq!(back.and_then(|d| d.bucket), Some(Bucket { value: 777, source: BucketSource::Cookie }));
+    assert_eq!(back.and_then(|d| d.bucket), Some(Bucket { value: 777, source: BucketSource::Cookie, user: 0 }));
     assert_eq!(back.and_then(|d| d.set_cookie), None);
     let junk = decide_with(&t, "h", "/", &hdrs(&[("cookie", "wb=99999")]), 5);
     assert_eq!(junk.and_then(|d| d.set_cookie), Some(5), "invalid cookie → fresh bucket and a new cookie");

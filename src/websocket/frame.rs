@@ -7,6 +7,7 @@ use std::fmt;
 
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
 
 /// The stream cannot be a WebSocket stream any more; boundaries are lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 //! - the client goes away: the upstream gets 1001;
 //! - a normal close handshake passes through untouched.
 
-use super::frame::{FrameTracker, OP_CLOSE, close_frame, ping_frame};
+use super::frame::{FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
 use super::{CloseWhy, Signal};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,16 +63,27 @@ const FIRST_UPSTREAM: u8 = 2;
 pub struct Settings {
     pub idle_timeout: Duration,
     pub ping_interval: Duration,
+    /// The upstream is pinged this often and its pong timed; zero = never.
+    pub rtt_interval: Duration,
 }
 
-struct Shared {
+/// Where measured round trips go.
+pub type RttSink<'a> = &'a (dyn Fn(Duration) + Send + Sync);
+
+/// Payload of weir's round-trip probes.
+const RTT_PAYLOAD: &[u8] = b"weir-rtt";
+
+struct Shared<'a> {
     first_close: AtomicU8,
     /// ms since `epoch` of the last byte from the client.
     client_seen: AtomicU64,
     epoch: Instant,
+    /// µs since `epoch` (+1) when weir's outstanding probe ping was sent; 0: none.
+    probe_sent: AtomicU64,
+    rtt: Option<RttSink<'a>>,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn client_idle(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.client_seen.load(Ordering::Relaxed)))
@@ -84,15 +95,27 @@ fn mask() -> [u8; 4] {
 }
 
 /// Relay until both sides are done; returns why the socket closed.
-pub async fn relay<C, U>(client: C, upstream: U, signal: &watch::Sender<Signal>, settings: &Settings) -> CloseWhy
+/// Round trips of weir's probe pings to the upstream go to `rtt`.
+pub async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    signal: &watch::Sender<Signal>,
+    settings: &Settings,
+    rtt: Option<RttSink<'_>>,
+) -> CloseWhy
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
-    let shared =
-        Shared { first_close: AtomicU8::new(FIRST_NONE), client_seen: AtomicU64::new(0), epoch: Instant::now() };
+    let shared = Shared {
+        first_close: AtomicU8::new(FIRST_NONE),
+        client_seen: AtomicU64::new(0),
+        epoch: Instant::now(),
+        probe_sent: AtomicU64::new(0),
+        rtt,
+    };
     let c2u = pump(cr, uw, Dir::ToUpstream, signal.subscribe(), &shared, settings);
     let u2c = pump(ur, cw, Dir::ToClient, signal.subscribe(), &shared, settings);
     let (mut c2u, mut u2c) = (std::pin::pin!(c2u), std::pin::pin!(u2c));
@@ -142,7 +165,7 @@ async fn pump<R, W>(
     mut dst: W,
     dir: Dir,
     mut signal: watch::Receiver<Signal>,
-    shared: &Shared,
+    shared: &Shared<'_>,
     settings: &Settings,
 ) -> End
 where
@@ -163,6 +186,11 @@ where
     let period = period.max(Duration::from_millis(50));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Client → upstream also carries weir's round-trip probes.
+    let probing = to_upstream && !settings.rtt_interval.is_zero() && shared.rtt.is_some();
+    let probe_every = settings.rtt_interval.max(Duration::from_millis(100));
+    let mut prober = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
+    prober.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Bytes read past a boundary where we stopped to close.
     let mut leftover: Vec<u8> = Vec::new();
     let end = loop {
@@ -200,6 +228,18 @@ where
                     break End::DstGone;
                 }
             }
+            _ = prober.tick(), if pending.is_none() && probing => {
+                // One probe at a time; one unanswered for 4 periods is lost.
+                let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
+                let sent = shared.probe_sent.load(Ordering::Relaxed);
+                let lost = sent != 0 && now_us.saturating_sub(sent) > 4 * probe_every.as_micros() as u64;
+                if (sent == 0 || lost) && frames.at_boundary() {
+                    if dst.write_all(&ping_frame(RTT_PAYLOAD, key())).await.is_err() || dst.flush().await.is_err() {
+                        break End::DstGone;
+                    }
+                    shared.probe_sent.store(shared.epoch.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+                }
+            }
             read = src.read(&mut buf) => {
                 let n = match read {
                     Ok(0) | Err(_) => {
@@ -232,6 +272,16 @@ where
                         break;
                     };
                     upto += step.used;
+                    if step.frame_end == Some(OP_PONG) && !to_upstream {
+                        // The upstream's pong to weir's probe (a pong that
+                        // answers the client's own ping while a probe is out
+                        // is taken for it: either way it times the upstream).
+                        let sent = shared.probe_sent.swap(0, Ordering::Relaxed);
+                        if let (Some(sink), true) = (shared.rtt, sent != 0) {
+                            let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
+                            sink(Duration::from_micros(now_us.saturating_sub(sent)));
+                        }
+                    }
                     if step.frame_end == Some(OP_CLOSE) {
                         let _ = shared.first_close.compare_exchange(
                             FIRST_NONE, my_close, Ordering::Relaxed, Ordering::Relaxed,
@@ -305,7 +355,7 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings { idle_timeout: Duration::from_secs(60), ping_interval: Duration::ZERO }
+        Settings { idle_timeout: Duration::from_secs(60), ping_interval: Duration::ZERO, rtt_interval: Duration::ZERO }
     }
 
     async fn read_exactly(r: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
@@ -322,7 +372,7 @@ mod tests {
         let (tx, _) = watch::channel(Signal::Open);
         let signal = std::sync::Arc::new(tx);
         let s2 = std::sync::Arc::clone(&signal);
-        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &s2, &settings()).await });
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &s2, &settings(), None).await });
 
         let frame = binary(&[7u8; 1000]);
         // Half a frame, then the signal.
@@ -355,7 +405,7 @@ mod tests {
         let (client_side, mut client) = duplex(64 * 1024);
         let (upstream_side, upstream) = duplex(64 * 1024);
         let (tx, _) = watch::channel(Signal::Open);
-        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &settings()).await });
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &settings(), None).await });
         drop(upstream);
         let head = read_exactly(&mut client, 2).await;
         assert_eq!(head[0], 0x88);
@@ -370,8 +420,12 @@ mod tests {
         let (client_side, mut client) = duplex(64 * 1024);
         let (upstream_side, mut upstream) = duplex(64 * 1024);
         let (tx, _) = watch::channel(Signal::Open);
-        let s = Settings { idle_timeout: Duration::from_secs(4), ping_interval: Duration::ZERO };
-        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &s).await });
+        let s = Settings {
+            idle_timeout: Duration::from_secs(4),
+            ping_interval: Duration::ZERO,
+            rtt_interval: Duration::ZERO,
+        };
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &s, None).await });
         // Paused clock: time jumps straight to the idle check.
         let head = read_exactly(&mut upstream, 2).await;
         assert_eq!(head[0], 0x88);

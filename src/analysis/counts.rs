@@ -1,0 +1,210 @@
+//! What the judge consumes: per-interval counts of units and bad units, per
+//! kind of bad event, per version, per evidence stratum; and the thresholds
+//! that define "bad", frozen before the interval began.
+//!
+//! The judge does not care where counts come from: this replica's recorder
+//! (`crate::evidence`) or a fleet-wide sum. Counts add up.
+
+use serde::{Deserialize, Serialize};
+
+/// Kinds of bad event. Each has its own units (`n`) and bad units (`x`):
+/// latency events only count requests judged while thresholds were set,
+/// round-trip events count ping samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// An error (design §6): 5xx, proxy-made 502/503/504, truncation, an
+    /// abnormal WebSocket close caused by the upstream.
+    Error,
+    /// Latency above stable's frozen p50 (canary: × (1 + tolerance)).
+    Over50,
+    Over95,
+    Over99,
+    /// WebSocket ping round trip above stable's frozen p95 (× tolerance).
+    Rtt95,
+    /// Latency above the absolute `max_p95` (same line for both versions).
+    Slo95,
+    /// Latency above `max_p99`.
+    Slo99,
+    /// Round trip above `max_ws_rtt_p95`.
+    SloRtt,
+}
+
+pub const EVENTS: usize = 8;
+
+impl Event {
+    pub const ALL: [Event; EVENTS] = [
+        Event::Error,
+        Event::Over50,
+        Event::Over95,
+        Event::Over99,
+        Event::Rtt95,
+        Event::Slo95,
+        Event::Slo99,
+        Event::SloRtt,
+    ];
+
+    pub const fn idx(self) -> usize {
+        self as usize
+    }
+
+    /// Round-trip samples rather than requests.
+    pub const fn is_rtt(self) -> bool {
+        matches!(self, Event::Rtt95 | Event::SloRtt)
+    }
+}
+
+/// Index of a version in count arrays.
+pub const STABLE: usize = 0;
+pub const CANARY: usize = 1;
+
+/// Units and bad units per event kind and version (`[event][version]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cell {
+    pub n: [[u64; 2]; EVENTS],
+    pub x: [[u64; 2]; EVENTS],
+}
+
+impl Cell {
+    pub fn add(&mut self, o: &Cell) {
+        for e in 0..EVENTS {
+            for v in 0..2 {
+                self.n[e][v] += o.n[e][v];
+                self.x[e][v] += o.x[e][v];
+            }
+        }
+    }
+
+    pub fn n(&self, e: Event, v: usize) -> u64 {
+        self.n[e.idx()][v]
+    }
+
+    pub fn x(&self, e: Event, v: usize) -> u64 {
+        self.x[e.idx()][v]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n.iter().all(|r| r.iter().all(|n| *n == 0))
+    }
+}
+
+/// Where a unit's evidence is compared: canary with stable traffic of the
+/// same segment (or of no segment), counted per request or per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stratum {
+    /// Index of the segment that decided, None for the route's weight.
+    pub segment: Option<u16>,
+    /// Units are users (a sticky key was present): each counts once per
+    /// event kind per scope, at its first bad event.
+    pub per_user: bool,
+}
+
+/// One stratum's counts for one interval, in both scopes. For per-request
+/// strata the two cells are equal; per-user strata dedupe users separately
+/// in the scope since the revision started and in the current epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct StratumCounts {
+    pub stratum: Option<Stratum>,
+    /// Highest canary weight (basis points) any unit of the interval was
+    /// routed with: the null share for per-user strata. Weights only rise
+    /// within a run, so the highest is the conservative choice.
+    pub weight_bp: u16,
+    pub revision: Cell,
+    pub epoch: Cell,
+}
+
+/// Everything one interval gathered for one route.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Interval {
+    pub strata: Vec<StratumCounts>,
+    /// Request-level counts over all evidence traffic (one-sample guards,
+    /// cumulative rates, the human sentence).
+    pub requests: Cell,
+    /// The thresholds these counts were classified with.
+    pub frozen: Frozen,
+}
+
+/// Thresholds in force for one interval, fixed before it began.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Frozen {
+    /// Stable's p50, p95, p99 over the previous window, µs; None during a
+    /// warm-up or while stable has too little data.
+    pub latency_us: Option<[u64; 3]>,
+    /// Stable's p95 ping round trip over the previous window, µs.
+    pub rtt95_us: Option<u64>,
+    /// Canary is "bad" only above `(1 + tolerance) ×` stable's threshold.
+    pub tolerance: f64,
+    pub slo_p95_us: Option<u64>,
+    pub slo_p99_us: Option<u64>,
+    pub slo_rtt_us: Option<u64>,
+}
+
+impl Frozen {
+    fn over(&self, canary: bool, value_us: u64, threshold_us: u64) -> bool {
+        if canary { value_us as f64 > threshold_us as f64 * (1.0 + self.tolerance) } else { value_us > threshold_us }
+    }
+
+    /// Which events a finished request takes part in, and which it is bad
+    /// for: `(eligible, bad)` bitmasks by `Event::idx`. `latency_us` is None
+    /// for events without a meaningful latency (a WebSocket session's end).
+    pub fn classify_request(&self, canary: bool, error: bool, latency_us: Option<u64>) -> (u8, u8) {
+        let mut eligible = 1u8 << Event::Error.idx();
+        let mut bad = u8::from(error) << Event::Error.idx();
+        if let Some(us) = latency_us {
+            if let Some(t) = self.latency_us {
+                for (e, t) in [Event::Over50, Event::Over95, Event::Over99].into_iter().zip(t) {
+                    eligible |= 1 << e.idx();
+                    bad |= u8::from(self.over(canary, us, t)) << e.idx();
+                }
+            }
+            for (e, slo) in [(Event::Slo95, self.slo_p95_us), (Event::Slo99, self.slo_p99_us)] {
+                if let Some(slo) = slo {
+                    eligible |= 1 << e.idx();
+                    bad |= u8::from(us > slo) << e.idx();
+                }
+            }
+        }
+        (eligible, bad)
+    }
+
+    /// The same for one ping round trip.
+    pub fn classify_rtt(&self, canary: bool, rtt_us: u64) -> (u8, u8) {
+        let (mut eligible, mut bad) = (0u8, 0u8);
+        if let Some(t) = self.rtt95_us {
+            eligible |= 1 << Event::Rtt95.idx();
+            bad |= u8::from(self.over(canary, rtt_us, t)) << Event::Rtt95.idx();
+        }
+        if let Some(slo) = self.slo_rtt_us {
+            eligible |= 1 << Event::SloRtt.idx();
+            bad |= u8::from(rtt_us > slo) << Event::SloRtt.idx();
+        }
+        (eligible, bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_is_bad_only_above_the_tolerance() {
+        let f = Frozen { latency_us: Some([100, 200, 400]), tolerance: 0.1, ..Frozen::default() };
+        let (elig, bad) = f.classify_request(false, false, Some(105));
+        assert_eq!(elig, 0b1111);
+        assert_eq!(bad, 0b0010, "stable above p50 only");
+        let (_, bad) = f.classify_request(true, false, Some(105));
+        assert_eq!(bad, 0, "canary within 10 % of p50");
+        let (_, bad) = f.classify_request(true, true, Some(111));
+        assert_eq!(bad, 0b0011, "error and over p50 × 1.1");
+    }
+
+    #[test]
+    fn without_thresholds_only_errors_are_eligible() {
+        let f = Frozen::default();
+        assert_eq!(f.classify_request(true, true, Some(1_000_000)), (1, 1));
+        assert_eq!(f.classify_rtt(true, 5), (0, 0));
+        let f = Frozen { slo_rtt_us: Some(120_000), rtt95_us: Some(50_000), ..Frozen::default() };
+        let (elig, bad) = f.classify_rtt(true, 130_000);
+        assert_eq!((elig, bad), (0b1001_0000, 0b1001_0000));
+    }
+}

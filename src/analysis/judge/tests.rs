@@ -1,0 +1,226 @@
+//! The judge with hand-made intervals: what fires, what holds, what passes,
+//! and the arithmetic of the α budget. Seeded randomness only.
+
+use super::*;
+use crate::analysis::counts::{Frozen, Stratum, StratumCounts};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const WEB: Stratum = Stratum { segment: None, per_user: false };
+
+fn policy() -> Analysis {
+    Analysis::default()
+}
+
+/// One per-request interval: `(n, x)` per version for `events`.
+fn interval(events: &[(Event, [u64; 2], [u64; 2])]) -> Interval {
+    let mut c = Cell::default();
+    for (e, n, x) in events {
+        c.n[e.idx()] = *n;
+        c.x[e.idx()] = *x;
+    }
+    Interval {
+        strata: vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, revision: c, epoch: c }],
+        requests: c,
+        frozen: Frozen::default(),
+    }
+}
+
+fn binomial(rng: &mut StdRng, n: u64, p: f64) -> u64 {
+    (0..n).filter(|_| rng.random::<f64>() < p).count() as u64
+}
+
+/// 10 s of 50 req/s at 10 % canary with the given error rates.
+fn errors(rng: &mut StdRng, stable: f64, canary: f64) -> Interval {
+    let n = [450, 50];
+    let x = [binomial(rng, n[0], stable), binomial(rng, n[1], canary)];
+    interval(&[(Event::Error, n, x)])
+}
+
+#[test]
+fn thresholds_split_alpha_over_tests_and_epochs() {
+    let p = policy();
+    let mut st = JudgeState::default();
+    let j = judge(&p, &mut st, &interval(&[]), false, 0);
+    let k = tests_in_use(&p, false).len();
+    assert_eq!(k, 4, "E, L50, L95, L99 without guards or WebSocket round trips");
+    let s = &j.standings[0];
+    assert!((s.threshold_revision - 2.0 * 4.0 / 0.01).abs() < 1e-6);
+    assert!((s.threshold_epoch - 2.0 * 2.0 * 4.0 / 0.01).abs() < 1e-6, "epoch 1: 1/(1·2) of half");
+    st.new_epoch(1);
+    let j = judge(&p, &mut st, &interval(&[]), false, 2);
+    assert!((j.standings[0].threshold_epoch - 6.0 * 2.0 * 4.0 / 0.01).abs() < 1e-6, "epoch 2: 1/(2·3)");
+    // Σ 1/(s(s+1)) = 1: the epoch shares never exceed the half they split.
+    let total: f64 = (1..100_000u64).map(|s| 1.0 / (s as f64 * (s as f64 + 1.0))).sum();
+    assert!(total < 1.0);
+    let with_guards = Analysis { max_error_rate: Some(1.0), max_p95: Some(std::time::Duration::from_millis(300)), ..p };
+    assert_eq!(tests_in_use(&with_guards, true).len(), 7);
+}
+
+#[test]
+fn a_canary_with_five_percent_errors_fails_test_e() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let p = policy();
+    let mut st = JudgeState::default();
+    let mut fired_at = None;
+    for i in 0..100 {
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.002, 0.05), false, i * 10_000);
+        if j.verdict == Verdict::Fail {
+            assert_eq!(j.fired.as_ref().map(|f| f.test), Some(Test::E));
+            assert!(j.reason.contains("test E fired"), "{}", j.reason);
+            assert!(j.reason.contains("canary errors"), "{}", j.reason);
+            fired_at = Some(i);
+            break;
+        }
+    }
+    let i = fired_at.expect("never fired");
+    assert!(i < 30, "took {i} intervals ({} canary requests)", i * 50);
+}
+
+#[test]
+fn a_healthy_canary_is_never_failed_over_a_long_run() {
+    let p = policy();
+    for seed in 0..20 {
+        let mut rng = StdRng::seed_from_u64(100 + seed);
+        let mut st = JudgeState::default();
+        for i in 0..360 {
+            let j = judge(&p, &mut st, &errors(&mut rng, 0.01, 0.01), false, i * 10_000);
+            assert_ne!(j.verdict, Verdict::Fail, "seed {seed} interval {i}: {}", j.reason);
+            if st.epoch_due(&p, i * 10_000) {
+                st.new_epoch(i * 10_000);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_shared_outage_holds_and_blames_nobody() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let mut st = JudgeState::default();
+    let mut held = 0;
+    for i in 0..12 {
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.03, 0.03), false, i * 10_000);
+        assert_ne!(j.verdict, Verdict::Fail, "{}", j.reason);
+        if j.verdict == Verdict::Hold {
+            held += 1;
+            assert_eq!(j.held_by, vec![Test::GErr]);
+            assert!(j.reason.starts_with("hold: stable breaks the SLO too"), "{}", j.reason);
+        }
+    }
+    assert!(held >= 8, "held {held} of 12 intervals");
+    // After the outage the hold lifts.
+    let mut last = Verdict::Hold;
+    for i in 12..40 {
+        last = judge(&p, &mut st, &errors(&mut rng, 0.002, 0.002), false, i * 10_000).verdict;
+    }
+    assert_eq!(last, Verdict::Pass);
+}
+
+#[test]
+fn a_canary_alone_over_its_slo_fails_the_guard() {
+    let p = Analysis { max_p95: Some(std::time::Duration::from_millis(300)), latency_tolerance: 10.0, ..policy() };
+    let mut st = JudgeState::default();
+    let mut fired = None;
+    for i in 0..60 {
+        // Canary: 15 % of requests over 300 ms; stable 2 %.
+        let iv = interval(&[(Event::Error, [450, 50], [0, 0]), (Event::Slo95, [450, 50], [9, 8])]);
+        let j = judge(&p, &mut st, &iv, false, i * 10_000);
+        if j.verdict == Verdict::Fail {
+            fired = j.fired;
+            break;
+        }
+    }
+    assert_eq!(fired.map(|f| f.test), Some(Test::G95));
+}
+
+#[test]
+fn the_error_delta_gate_keeps_tiny_differences_alive() {
+    // 0.02 % vs 0.01 %: double the odds but a difference nobody would roll back for.
+    let p = Analysis { min_error_delta: 0.1, error_tolerance: 1.0, ..policy() };
+    let mut st = JudgeState::default();
+    for i in 0..200 {
+        let iv = interval(&[(Event::Error, [90_000, 10_000], [9, if i % 5 == 0 { 10 } else { 2 }])]);
+        let j = judge(&p, &mut st, &iv, false, i * 10_000);
+        assert_ne!(j.verdict, Verdict::Fail, "{}", j.reason);
+    }
+    assert!(st.tests[&Test::E].revision.value() > 1e6, "the evidence is there, the gate holds it back");
+}
+
+#[test]
+fn one_bad_user_counts_once_on_a_sticky_route() {
+    let p = policy();
+    let mut st = JudgeState::default();
+    let user = Stratum { segment: None, per_user: true };
+    for i in 0..100 {
+        // The recorder already deduped: the failing player is one bad
+        // canary unit in the first interval and none after.
+        let mut c = Cell::default();
+        c.n[Event::Error.idx()] = [90, 10];
+        c.x[Event::Error.idx()] = [0, u64::from(i == 0)];
+        let mut r = Cell::default();
+        r.n[Event::Error.idx()] = [900, 100];
+        r.x[Event::Error.idx()] = [0, 20];
+        let iv = Interval {
+            strata: vec![StratumCounts { stratum: Some(user), weight_bp: 1000, revision: c, epoch: c }],
+            requests: r,
+            frozen: Frozen::default(),
+        };
+        let j = judge(&p, &mut st, &iv, false, i * 10_000);
+        assert_ne!(j.verdict, Verdict::Fail);
+    }
+}
+
+#[test]
+fn pass_needs_canary_traffic_in_the_step() {
+    let p = policy();
+    let mut st = JudgeState::default();
+    let j = judge(&p, &mut st, &interval(&[(Event::Error, [400, 40], [0, 0])]), false, 0);
+    assert_eq!(j.verdict, Verdict::Insufficient);
+    assert!(j.reason.contains("a pass needs 50"), "{}", j.reason);
+    let j = judge(&p, &mut st, &interval(&[(Event::Error, [400, 40], [0, 0])]), false, 10_000);
+    assert_eq!(j.verdict, Verdict::Pass, "{}", j.reason);
+    st.new_step(20_000);
+    let j = judge(&p, &mut st, &interval(&[(Event::Error, [400, 40], [0, 0])]), false, 30_000);
+    assert_eq!(j.verdict, Verdict::Insufficient, "a new step starts counting again");
+}
+
+#[test]
+fn a_late_regression_is_caught_by_the_fresh_epoch_process() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let p = policy();
+    let mut st = JudgeState::default();
+    let mut now = 0;
+    for _ in 0..300 {
+        judge(&p, &mut st, &errors(&mut rng, 0.002, 0.002), false, now);
+        now += 10_000;
+        if st.epoch_due(&p, now) {
+            st.new_epoch(now);
+        }
+    }
+    assert!(st.epoch >= 10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.002, 0.05), false, now);
+        now += 10_000;
+        if j.verdict == Verdict::Fail {
+            assert_eq!(j.fired.map(|f| f.scope), Some(Scope::Epoch));
+            break;
+        }
+        assert!(n < 60, "not caught within 60 intervals");
+    }
+}
+
+#[test]
+fn the_state_round_trips_through_json() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let mut st = JudgeState::default();
+    for i in 0..5 {
+        judge(&p, &mut st, &errors(&mut rng, 0.01, 0.02), false, i);
+    }
+    let text = serde_json::to_string(&st).unwrap();
+    let back: JudgeState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, st);
+}

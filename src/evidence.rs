@@ -1,0 +1,324 @@
+//! The evidence recorder: turns each finished request, WebSocket session
+//! and ping round trip into counts for the judge (`analysis::counts`).
+//!
+//! It lives with a route's metric handles (so it survives reloads) and does
+//! only bounded work per request under a short lock: classify against the
+//! frozen thresholds, find the stratum, add to counters, and on routes with
+//! sticky keys consult the counted-user filters. The controller takes one
+//! `Interval` per analysis interval and installs the next thresholds in the
+//! same step, so no request is counted against thresholds chosen after it.
+//!
+//! Counted-user filters: per scope (since the revision started, this epoch)
+//! a Bloom filter of (user, event) pairs answers "has this user already
+//! counted?". A false positive skips a unit regardless of its version, which
+//! costs a little power and never validity. 2^21 bits (256 KiB) per scope,
+//! four probes: under 1 % false positives up to ~150,000 entries.
+
+use crate::analysis::{Cell, Event, Frozen, Interval, Stratum, StratumCounts};
+use crate::routing::{BucketSource, Decision, Reason, Route, Version};
+use base64::Engine as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const FILTER_BITS: usize = 1 << 21;
+const FILTER_WORDS: usize = FILTER_BITS / 64;
+/// Filter entry for "this user was seen" (n), next to one per event (x).
+const SEEN: u64 = 0xff;
+
+/// Who a unit of evidence is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    pub stratum: Stratum,
+    /// Canary weight the unit was routed with, basis points.
+    pub weight_bp: u16,
+    /// The user's key hash (per-user strata only).
+    pub user: u64,
+}
+
+impl Unit {
+    /// The unit a routing decision makes, if it is evidence: only traffic
+    /// the bucket randomised (weight or a segment's weight strictly between
+    /// 0 and 100 %) can be compared; overrides, kill and rollback cannot.
+    pub fn of(route: &Route, d: &Decision) -> Option<Unit> {
+        let (segment, weight_bp) = match d.reason {
+            Reason::Weight => (None, route.weight_bp),
+            Reason::Segment(i) => (Some(u16::try_from(i).ok()?), route.segments.get(i)?.weight_bp),
+            _ => return None,
+        };
+        if weight_bp == 0 || weight_bp >= crate::routing::BUCKETS {
+            return None;
+        }
+        let b = d.bucket?;
+        let per_user = matches!(b.source, BucketSource::Key(_));
+        Some(Unit { stratum: Stratum { segment, per_user }, weight_bp, user: if per_user { b.user } else { 0 } })
+    }
+}
+
+struct Filter {
+    words: Vec<u64>,
+}
+
+fn mix(mut z: u64) -> u64 {
+    // splitmix64 finaliser: probes independent of the bucket (h % 10000).
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Filter {
+    fn new() -> Self {
+        Self { words: vec![0; FILTER_WORDS] }
+    }
+
+    /// Insert; true if the entry was not there before.
+    fn insert(&mut self, user: u64, tag: u64, segment: u64) -> bool {
+        let a = mix(user ^ mix(tag.wrapping_add(segment << 8).wrapping_add(0x9e37_79b9_7f4a_7c15)));
+        let b = mix(a);
+        let mut fresh = false;
+        for h in [a, a >> 32, b, b >> 32] {
+            let bit = (h as usize) & (FILTER_BITS - 1);
+            let (w, m) = (bit / 64, 1u64 << (bit % 64));
+            if let Some(word) = self.words.get_mut(w) {
+                fresh |= *word & m == 0;
+                *word |= m;
+            }
+        }
+        fresh
+    }
+
+    fn clear(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    frozen: Frozen,
+    strata: Vec<StratumCounts>,
+    requests: Cell,
+    /// [since the revision started, this epoch]; allocated on first use.
+    filters: Option<[Filter; 2]>,
+}
+
+impl Inner {
+    fn stratum(&mut self, s: Stratum) -> Option<&mut StratumCounts> {
+        let i = match self.strata.iter().position(|c| c.stratum == Some(s)) {
+            Some(i) => i,
+            None => {
+                self.strata.push(StratumCounts { stratum: Some(s), ..StratumCounts::default() });
+                self.strata.len() - 1
+            }
+        };
+        self.strata.get_mut(i)
+    }
+
+    fn add(&mut self, unit: &Unit, version: Version, eligible: u8, bad: u8) {
+        let v = usize::from(version == Version::Canary);
+        for e in Event::ALL {
+            if eligible & (1 << e.idx()) != 0 {
+                self.requests.n[e.idx()][v] += 1;
+                self.requests.x[e.idx()][v] += u64::from(bad & (1 << e.idx()) != 0);
+            }
+        }
+        if unit.stratum.per_user && self.filters.is_none() {
+            self.filters = Some([Filter::new(), Filter::new()]);
+        }
+        let mut filters = self.filters.take();
+        let seg = unit.stratum.segment.map_or(0, |s| u64::from(s) + 1);
+        if let Some(sc) = self.stratum(unit.stratum) {
+            sc.weight_bp = sc.weight_bp.max(unit.weight_bp);
+            for (scope, cell) in [&mut sc.revision, &mut sc.epoch].into_iter().enumerate() {
+                let filter = filters.as_mut().filter(|_| unit.stratum.per_user).and_then(|f| f.get_mut(scope));
+                let seen = filter.map(|f| (f.insert(unit.user, SEEN, seg), f));
+                for e in Event::ALL {
+                    if eligible & (1 << e.idx()) == 0 {
+                        continue;
+                    }
+                    let is_bad = bad & (1 << e.idx()) != 0;
+                    match &seen {
+                        None => {
+                            cell.n[e.idx()][v] += 1;
+                            cell.x[e.idx()][v] += u64::from(is_bad);
+                        }
+                        Some((first, _)) => cell.n[e.idx()][v] += u64::from(*first),
+                    }
+                }
+                if let Some((_, f)) = seen {
+                    for e in Event::ALL {
+                        if eligible & bad & (1 << e.idx()) != 0 && f.insert(unit.user, e.idx() as u64, seg) {
+                            cell.x[e.idx()][v] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.filters = filters;
+    }
+}
+
+/// One route's recorder.
+#[derive(Default)]
+pub struct Evidence {
+    inner: Mutex<Inner>,
+}
+
+impl Evidence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Counters only: a panic elsewhere leaves them usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A finished request (or a WebSocket session's end, with no latency).
+    pub fn record(&self, unit: &Unit, version: Version, error: bool, latency: Option<Duration>) {
+        let mut inner = self.lock();
+        let us = latency.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX));
+        let (eligible, bad) = inner.frozen.classify_request(version == Version::Canary, error, us);
+        inner.add(unit, version, eligible, bad);
+    }
+
+    /// One ping round trip of a WebSocket session.
+    pub fn record_rtt(&self, unit: &Unit, version: Version, rtt: Duration) {
+        let mut inner = self.lock();
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        let (eligible, bad) = inner.frozen.classify_rtt(version == Version::Canary, us);
+        if eligible != 0 {
+            inner.add(unit, version, eligible, bad);
+        }
+    }
+
+    /// The thresholds in force now.
+    pub fn frozen(&self) -> Frozen {
+        self.lock().frozen
+    }
+
+    /// End the interval: return its counts and install `next` thresholds.
+    pub fn take(&self, next: Frozen) -> Interval {
+        let mut inner = self.lock();
+        let frozen = std::mem::replace(&mut inner.frozen, next);
+        Interval { strata: std::mem::take(&mut inner.strata), requests: std::mem::take(&mut inner.requests), frozen }
+    }
+
+    /// A new epoch begins now: forget who counted in the old one, and drop
+    /// the epoch counts gathered since the last `take` (they were deduped
+    /// against the old epoch). `frozen`: thresholds to use from now on
+    /// (a new step starts its latency warm-up).
+    pub fn new_epoch(&self, frozen: Option<Frozen>) {
+        let mut inner = self.lock();
+        if let Some(f) = inner.filters.as_mut() {
+            f[1].clear();
+        }
+        for s in &mut inner.strata {
+            s.epoch = Cell::default();
+        }
+        if let Some(f) = frozen {
+            inner.frozen = f;
+        }
+    }
+
+    /// Start over (a new canary revision, or a resumed rollback).
+    pub fn reset(&self, frozen: Frozen) {
+        *self.lock() = Inner { frozen, ..Inner::default() };
+    }
+
+    /// The counted-user filters, for the state file (None: no sticky users).
+    pub fn export_filters(&self) -> Option<String> {
+        let inner = self.lock();
+        let f = inner.filters.as_ref()?;
+        let mut bytes = Vec::with_capacity(FILTER_WORDS * 16);
+        for w in f.iter().flat_map(|f| f.words.iter()) {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        Some(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+    }
+
+    /// Restore filters saved by `export_filters`; anything malformed is
+    /// ignored (users may then count twice: the caller starts a new epoch).
+    pub fn import_filters(&self, text: &str) -> bool {
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text) else { return false };
+        if bytes.len() != FILTER_WORDS * 16 {
+            return false;
+        }
+        let words: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        let (a, b) = words.split_at(FILTER_WORDS);
+        self.lock().filters = Some([Filter { words: a.to_vec() }, Filter { words: b.to_vec() }]);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{CANARY, STABLE};
+
+    fn per_request() -> Unit {
+        Unit { stratum: Stratum { segment: None, per_user: false }, weight_bp: 1000, user: 0 }
+    }
+
+    fn user(id: u64) -> Unit {
+        Unit { stratum: Stratum { segment: None, per_user: true }, weight_bp: 1000, user: id }
+    }
+
+    #[test]
+    fn requests_count_per_request_and_thresholds_apply_from_the_next_interval() {
+        let ev = Evidence::default();
+        ev.record(&per_request(), Version::Canary, true, Some(Duration::from_millis(50)));
+        let iv = ev.take(Frozen { latency_us: Some([10_000, 20_000, 40_000]), ..Frozen::default() });
+        assert_eq!(iv.requests.n(Event::Error, CANARY), 1);
+        assert_eq!(iv.requests.n(Event::Over50, CANARY), 0, "no thresholds in the first interval");
+        ev.record(&per_request(), Version::Stable, false, Some(Duration::from_millis(30)));
+        let iv = ev.take(Frozen::default());
+        let c = &iv.strata[0].revision;
+        assert_eq!((c.n(Event::Over95, STABLE), c.x(Event::Over95, STABLE)), (1, 1));
+        assert_eq!(c.x(Event::Over99, STABLE), 0);
+        assert_eq!(iv.frozen.latency_us, Some([10_000, 20_000, 40_000]), "the interval says what it used");
+    }
+
+    #[test]
+    fn a_user_counts_once_per_event_per_scope() {
+        let ev = Evidence::default();
+        for _ in 0..50 {
+            ev.record(&user(7), Version::Canary, true, None);
+        }
+        ev.record(&user(8), Version::Canary, false, None);
+        let iv = ev.take(Frozen::default());
+        let c = &iv.strata[0].revision;
+        assert_eq!((c.n(Event::Error, CANARY), c.x(Event::Error, CANARY)), (2, 1));
+        assert_eq!(iv.requests.x(Event::Error, CANARY), 50, "request-level counts keep every request");
+        assert_eq!(iv.strata[0].weight_bp, 1000);
+        // Next interval: user 7 already counted in both scopes.
+        ev.record(&user(7), Version::Canary, true, None);
+        let iv = ev.take(Frozen::default());
+        assert_eq!(iv.strata[0].revision.x(Event::Error, CANARY), 0);
+        // A new epoch: counted again there, not since the revision started.
+        ev.new_epoch(None);
+        ev.record(&user(7), Version::Canary, true, None);
+        let iv = ev.take(Frozen::default());
+        assert_eq!((iv.strata[0].revision.x(Event::Error, CANARY), iv.strata[0].epoch.x(Event::Error, CANARY)), (0, 1));
+    }
+
+    #[test]
+    fn filters_survive_export_and_import() {
+        let ev = Evidence::default();
+        ev.record(&user(7), Version::Stable, true, None);
+        let saved = ev.export_filters().unwrap();
+        let again = Evidence::default();
+        assert!(again.import_filters(&saved));
+        again.record(&user(7), Version::Stable, true, None);
+        assert_eq!(again.take(Frozen::default()).strata[0].revision.x(Event::Error, STABLE), 0);
+        assert!(!again.import_filters("not base64!"));
+        assert!(Evidence::default().export_filters().is_none());
+    }
+
+    #[test]
+    fn the_filter_rarely_mistakes_new_users_for_counted_ones() {
+        let mut f = Filter::new();
+        for u in 0..100_000u64 {
+            f.insert(mix(u), 1, 0);
+        }
+        let false_pos = (100_000..110_000u64).filter(|u| !f.insert(mix(*u), 1, 0)).count();
+        assert!(false_pos < 100, "{false_pos} of 10,000 new users taken as counted");
+    }
+}

@@ -1,0 +1,121 @@
+//! One route's verdict, taken: freeze the next interval's thresholds, take
+//! the interval's counts from the recorder in the same step, judge, apply
+//! the verdict to the route's state, and turn epochs (a new step, or
+//! `analysis.epoch` elapsed) in step with the recorder's user filters.
+
+use super::machine::{RouteState, Transition, duration_ms};
+use crate::analysis::{Event, Frozen, Interval, Judgement, judge};
+use crate::config::Analysis;
+use crate::metrics::RouteMetrics;
+use crate::routing::Route;
+use serde_json::{Value, json};
+use std::time::Instant;
+
+/// Stable needs this many requests in the window before its quantiles
+/// become latency lines.
+const MIN_STABLE_FOR_LINES: u64 = 20;
+
+fn us(ms: f64) -> u64 {
+    (ms * 1000.0).round().max(0.0) as u64
+}
+
+fn opt_us(d: Option<std::time::Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The thresholds for the interval that starts now: stable's quantiles over
+/// the window just past (none during a step's warm-up), and the SLO lines.
+pub fn frozen_for(a: &Analysis, m: &RouteMetrics, step_since_ms: u64, now: Instant, now_ms: u64) -> Frozen {
+    let warming = now_ms.saturating_sub(step_since_ms) < duration_ms(a.warmup);
+    let s = m.stable.window.stats(now);
+    let rtt = m.stable.rtt_window.stats(now);
+    Frozen {
+        latency_us: (!warming && s.requests >= MIN_STABLE_FOR_LINES)
+            .then(|| [us(s.p50_ms), us(s.p95_ms), us(s.p99_ms)]),
+        rtt95_us: (!warming && rtt.requests >= MIN_STABLE_FOR_LINES).then(|| us(rtt.p95_ms)),
+        tolerance: a.latency_tolerance,
+        slo_p95_us: opt_us(a.max_p95),
+        slo_p99_us: opt_us(a.max_p99),
+        slo_rtt_us: opt_us(a.max_ws_rtt_p95),
+    }
+}
+
+/// Judge `r` once. Returns the judgement, what it did to `st`, and the
+/// inputs the journal records.
+pub fn take_verdict(
+    r: &Route,
+    a: &Analysis,
+    st: &mut RouteState,
+    m: &RouteMetrics,
+    now: Instant,
+    now_ms: u64,
+) -> (Judgement, Transition, Value) {
+    let next = frozen_for(a, m, st.step_since_ms, now, now_ms);
+    let iv = m.evidence.take(next);
+    let ws_rtt = !r.websocket.rtt_interval.is_zero();
+    let j = judge(a, &mut st.judge, &iv, ws_rtt, now_ms);
+    let t = st.on_verdict(&j, a.mode, r.progression.as_deref(), now_ms);
+    match t {
+        Transition::Advanced { .. } | Transition::Promoted => {
+            // A new step: fresh epoch processes, and latency warms up again.
+            st.judge.new_step(now_ms);
+            m.evidence.new_epoch(Some(frozen_for(a, m, st.step_since_ms, now, now_ms)));
+        }
+        Transition::None if st.judge.epoch_due(a, now_ms) => {
+            st.judge.new_epoch(now_ms);
+            m.evidence.new_epoch(None);
+        }
+        _ => {}
+    }
+    st.filters = m.evidence.export_filters();
+    let inputs = inputs(a, &iv, &j, st);
+    (j, t, inputs)
+}
+
+/// A new step began outside a verdict (admin `promote`).
+pub fn new_step(a: &Analysis, st: &mut RouteState, m: &RouteMetrics, now: Instant, now_ms: u64) {
+    st.judge.new_step(now_ms);
+    m.evidence.new_epoch(Some(frozen_for(a, m, st.step_since_ms, now, now_ms)));
+}
+
+fn per_version(c: &crate::analysis::Cell, e: Event) -> Value {
+    json!({"stable": {"units": c.n(e, 0), "bad": c.x(e, 0)}, "canary": {"units": c.n(e, 1), "bad": c.x(e, 1)}})
+}
+
+/// What the journal keeps of one verdict: enough to redo it by hand.
+fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value {
+    let ms = |v: Option<u64>| v.map(|u| u as f64 / 1000.0);
+    let f = &iv.frozen;
+    let totals = &st.judge.revision_totals;
+    let version = |v: usize| {
+        let n = totals.n(Event::Error, v);
+        let x = totals.x(Event::Error, v);
+        json!({"requests": n, "errors": x, "error_percent": if n == 0 { 0.0 } else { x as f64 * 100.0 / n as f64 }})
+    };
+    json!({
+        "fired": j.fired,
+        "held_by": j.held_by.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "tests": j.standings.iter().map(|s| json!({
+            "test": s.test.as_str(),
+            "e_revision": s.e_revision, "threshold_revision": s.threshold_revision,
+            "e_epoch": s.e_epoch, "threshold_epoch": s.threshold_epoch,
+            "e_slo": s.e_slo, "breaking": s.breaking,
+        })).collect::<Vec<_>>(),
+        "epoch": st.judge.epoch,
+        "thresholds": {
+            "stable_p50_ms": ms(f.latency_us.map(|t| t[0])),
+            "stable_p95_ms": ms(f.latency_us.map(|t| t[1])),
+            "stable_p99_ms": ms(f.latency_us.map(|t| t[2])),
+            "stable_rtt_p95_ms": ms(f.rtt95_us),
+            "latency_tolerance": f.tolerance,
+            "max_p95_ms": ms(f.slo_p95_us), "max_p99_ms": ms(f.slo_p99_us), "max_ws_rtt_p95_ms": ms(f.slo_rtt_us),
+            "max_error_rate": a.max_error_rate, "error_tolerance": a.error_tolerance,
+            "min_error_delta": a.min_error_delta, "alpha": a.alpha,
+        },
+        "interval": {
+            "errors": per_version(&iv.requests, Event::Error),
+            "over_p95": per_version(&iv.requests, Event::Over95),
+        },
+        "since_revision": {"stable": version(0), "canary": version(1)},
+    })
+}
