@@ -16,7 +16,7 @@
 //! `rolled_back` (latched), `phase` and `step` (views). The routing decision
 //! itself applies kill and rollback, before overrides and segments.
 
-mod judging;
+pub mod judging;
 pub mod machine;
 pub mod store;
 
@@ -198,6 +198,16 @@ impl Book {
         }
     }
 
+    /// Save, with each judged route's counted-user filters as they are now.
+    fn save_with_filters(&mut self, config: &Snapshot, registry: &Registry) {
+        for r in config.table.routes.iter().filter(|r| r.analysis.is_some()) {
+            if let Some(st) = self.states.get_mut(&*r.name) {
+                st.filters = registry.route(&r.name).evidence.export_filters();
+            }
+        }
+        self.save();
+    }
+
     fn save(&self) {
         if let Err(err) = self.store.save(&self.states) {
             tracing::error!(path = %self.store.dir().display(), error = %err, "cannot save rollout state");
@@ -291,9 +301,13 @@ impl Book {
             let m = registry.route(&r.name);
             let from = effective_bp(r, Some(st));
             let before_streak = st.streak;
+            let before_phase = st.phase(r.config_killed);
             let (j, t, inputs) = judging::take_verdict(r, analysis, st, &m, now, now_ms);
             let st = st.clone();
             dirty = true;
+            // A hold starting or ending changes what /routes and the
+            // metrics show, though no weight moves.
+            changed |= st.phase(r.config_killed) != before_phase;
             m.verdict(&at(now_ms), &j, st.streak);
             log_verdict(r, &j);
             let mut e = entry(r, &st, "auto", "verdict", now_ms, &config.sha256, from);
@@ -314,7 +328,7 @@ impl Book {
             }
         }
         if dirty {
-            self.save();
+            self.save_with_filters(config, registry);
         }
         (changed, next)
     }

@@ -64,6 +64,8 @@ pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
         "kill_switch": {"config": r.config_killed, "admin": st.as_ref().is_some_and(|s| s.killed)},
         "rolled_back": rolled_back,
         "streak": st.as_ref().map_or(0, |s| s.streak),
+        "held": st.as_ref().is_some_and(|s| s.held),
+        "evidence": evidence_json(m, st.as_ref()),
         "analysis": r.analysis.as_deref(),
         "progression": r.progression.as_deref().map(|p| json!({
             "steps": p.steps.iter().map(|b| bp_to_percent(*b)).collect::<Vec<_>>(),
@@ -76,6 +78,26 @@ pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
         "canary": if r.canary.is_some() { version(Version::Canary) } else { Value::Null },
         "verdicts": m.recent_verdicts(),
     }))
+}
+
+/// Each test's e-values against their thresholds, and what the judge has
+/// counted since the revision started.
+fn evidence_json(m: &crate::metrics::RouteMetrics, st: Option<&crate::rollout::RouteState>) -> Value {
+    let Some(st) = st else { return Value::Null };
+    let t = &st.judge.revision().map(|s| s.totals).unwrap_or_default();
+    let e = crate::analysis::Event::Error;
+    let version = |v: usize| json!({"requests": t.n(e, v), "errors": t.x(e, v)});
+    json!({
+        "epoch": st.judge.epoch,
+        "tests": m.standings().iter().map(|s| json!({
+            "test": s.test.as_str(),
+            "e_revision": s.e_revision, "threshold_revision": s.threshold_revision,
+            "epoch": s.epoch, "e_epoch": s.e_epoch, "threshold_epoch": s.threshold_epoch,
+            "progress": s.progress(),
+            "e_slo": s.e_slo, "breaking": s.breaking,
+        })).collect::<Vec<_>>(),
+        "since_revision": {"stable": version(0), "canary": version(1)},
+    })
 }
 
 pub fn routes_json(live: &Live, served: &Served) -> Value {

@@ -126,51 +126,66 @@ pub fn tests_in_use(p: &Analysis, ws_rtt: bool) -> Vec<Test> {
         .collect()
 }
 
-/// The e-processes of one test.
+/// One test's e-processes in one scope.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Processes {
-    /// Canary against stable, since the revision started.
-    pub revision: EProcess,
-    /// Canary against stable, this epoch.
-    pub epoch: EProcess,
-    /// Guards: canary's tail share against the SLO, per scope.
+pub struct TestRun {
+    /// Canary against stable.
+    pub two: EProcess,
+    /// Guards: canary's tail share against the SLO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slo: Option<[EProcess; 2]>,
-    /// Guards: is each version (stable, canary) out of the SLO right now?
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detectors: Option<[Detector; 2]>,
+    pub slo: Option<EProcess>,
 }
+
+/// A stretch of the rollout with its own e-processes: the whole revision
+/// (epoch 0), or one epoch s ≥ 1 (a step, or `analysis.epoch` of one).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScopeState {
+    pub epoch: u32,
+    pub since_ms: u64,
+    /// Request-level totals over the scope (rates, the E gate, sentences).
+    pub totals: Cell,
+    pub tests: BTreeMap<Test, TestRun>,
+}
+
+/// Epoch processes kept alive at once. An epoch's process keeps running
+/// after the next one starts, so evidence that straddles an epoch boundary
+/// is not thrown away; past this many, the weakest old one is dropped
+/// (stopping a test early never raises its false-alarm chance).
+pub const LIVE_EPOCHS: usize = 6;
 
 /// What the judge remembers; persisted with the rollout state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JudgeState {
-    /// Epoch number s ≥ 1 (0 only before the first interval).
+    /// Number of the newest epoch, s ≥ 1 (0 only before the first interval).
     pub epoch: u32,
-    pub epoch_since_ms: u64,
-    pub tests: BTreeMap<Test, Processes>,
-    /// Request-level totals since the revision started, this epoch, this step.
-    pub revision_totals: Cell,
-    pub epoch_totals: Cell,
+    /// `scopes[0]`: since the revision started; then live epochs, oldest first.
+    pub scopes: Vec<ScopeState>,
+    /// Request-level totals of the current progression step.
     pub step_totals: Cell,
+    /// Guards: is each version (stable, canary) out of the SLO right now?
+    pub detectors: BTreeMap<Test, [Detector; 2]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Revision,
-    Epoch,
+    Epoch(u32),
 }
 
-/// One test's standing after an interval.
+/// One test's standing after an interval: the revision scope, and the live
+/// epoch closest to firing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Standing {
     pub test: Test,
     pub e_revision: f64,
     pub threshold_revision: f64,
+    pub epoch: u32,
     pub e_epoch: f64,
     pub threshold_epoch: f64,
-    /// Guards: canary's one-sample e-values (revision, epoch).
+    /// Guards: canary's one-sample e-values (revision, that epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e_slo: Option<[f64; 2]>,
     /// Guards: stable / canary out of the SLO now.
@@ -208,15 +223,34 @@ pub struct Judgement {
 }
 
 impl JudgeState {
-    /// Start the next epoch: fresh epoch processes and totals.
+    fn start(&mut self, now_ms: u64) {
+        if self.epoch == 0 || self.scopes.is_empty() {
+            self.epoch = 1;
+            self.scopes = vec![
+                ScopeState { epoch: 0, since_ms: now_ms, ..ScopeState::default() },
+                ScopeState { epoch: 1, since_ms: now_ms, ..ScopeState::default() },
+            ];
+        }
+    }
+
+    /// Start the next epoch: a fresh process per test; older epochs live on
+    /// (up to `LIVE_EPOCHS`).
     pub fn new_epoch(&mut self, now_ms: u64) {
-        self.epoch = self.epoch.max(1) + 1;
-        self.epoch_since_ms = now_ms;
-        self.epoch_totals = Cell::default();
-        for p in self.tests.values_mut() {
-            p.epoch = EProcess::default();
-            if let Some(slo) = p.slo.as_mut() {
-                slo[1] = EProcess::default();
+        self.start(now_ms);
+        self.epoch += 1;
+        self.scopes.push(ScopeState { epoch: self.epoch, since_ms: now_ms, ..ScopeState::default() });
+        while self.scopes.len() > LIVE_EPOCHS + 1 {
+            // Drop the old epoch (never the revision, never the newest) whose
+            // strongest test is weakest.
+            let strength =
+                |s: &ScopeState| s.tests.values().map(|t| t.two.log_value()).fold(f64::NEG_INFINITY, f64::max);
+            let last = self.scopes.len() - 1;
+            let weakest = (1..last).min_by(|a, b| strength(&self.scopes[*a]).total_cmp(&strength(&self.scopes[*b])));
+            match weakest {
+                Some(i) => {
+                    self.scopes.remove(i);
+                }
+                None => break,
             }
         }
     }
@@ -229,58 +263,93 @@ impl JudgeState {
 
     /// Is a time-based epoch change due?
     pub fn epoch_due(&self, p: &Analysis, now_ms: u64) -> bool {
-        self.epoch >= 1 && now_ms.saturating_sub(self.epoch_since_ms) >= crate::rollout::machine::duration_ms(p.epoch)
+        let since = self.scopes.last().map_or(now_ms, |s| s.since_ms);
+        self.epoch >= 1 && now_ms.saturating_sub(since) >= crate::rollout::machine::duration_ms(p.epoch)
     }
 
-    fn thresholds(&self, p: &Analysis, k: usize) -> (f64, f64) {
-        let alpha_k = p.alpha / k.max(1) as f64;
-        let s = f64::from(self.epoch.max(1));
-        (2.0 / alpha_k, 2.0 * s * (s + 1.0) / alpha_k)
+    /// Since the revision started.
+    pub fn revision(&self) -> Option<&ScopeState> {
+        self.scopes.first()
+    }
+}
+
+/// The e-value at which a test fires in scope `epoch` (0 = the revision):
+/// `alpha / k` per test, half of it since the revision started, the other
+/// half split ½ · 1/(s(s+1)) over epochs s = 1, 2, … (sums to the half).
+pub fn threshold(p: &Analysis, k: usize, epoch: u32) -> f64 {
+    let alpha_k = p.alpha / k.max(1) as f64;
+    if epoch == 0 {
+        2.0 / alpha_k
+    } else {
+        let s = f64::from(epoch);
+        2.0 * s * (s + 1.0) / alpha_k
     }
 }
 
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
 /// (the W95 test is in the budget).
 pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now_ms: u64) -> Judgement {
-    if st.epoch == 0 {
-        st.epoch = 1;
-        st.epoch_since_ms = now_ms;
-    }
+    st.start(now_ms);
     let tests = tests_in_use(p, ws_rtt);
-    st.revision_totals.add(&iv.requests);
-    st.epoch_totals.add(&iv.requests);
     st.step_totals.add(&iv.requests);
-    for t in &tests {
-        update(p, *t, st.tests.entry(*t).or_default(), iv);
+    let newest = st.epoch;
+    for scope in &mut st.scopes {
+        scope.totals.add(&iv.requests);
+        // Per-user strata: the newest epoch dedupes users within itself;
+        // the revision and older epochs take users counted once per
+        // revision (a subset of their own first events: still valid).
+        let use_epoch_cells = scope.epoch == newest;
+        for t in &tests {
+            update(p, *t, scope.tests.entry(*t).or_default(), iv, use_epoch_cells);
+        }
     }
-    let (thr_rev, thr_epoch) = st.thresholds(p, tests.len());
-    let mut standings = Vec::with_capacity(tests.len());
+    for t in tests.iter().filter(|t| t.is_guard()) {
+        if let Some(pi0) = t.pi0(p) {
+            let e = t.event();
+            let d = st.detectors.entry(*t).or_default();
+            d[STABLE].update(pi0, iv.requests.x(e, STABLE), iv.requests.n(e, STABLE));
+            d[CANARY].update(pi0, iv.requests.x(e, CANARY), iv.requests.n(e, CANARY));
+        }
+    }
+    let k = tests.len();
+    let mut standings = Vec::with_capacity(k);
     let mut fired: Option<Fired> = None;
     let mut held_by = Vec::new();
     for t in &tests {
-        let Some(pr) = st.tests.get(t) else { continue };
-        let breaking = pr.detectors.map(|d| [d[0].hot, d[1].hot]);
+        let breaking = st.detectors.get(t).map(|d| [d[0].hot, d[1].hot]);
         if breaking.is_some_and(|b| b[STABLE]) {
             held_by.push(*t);
         }
-        let s = Standing {
-            test: *t,
-            e_revision: pr.revision.value(),
-            threshold_revision: thr_rev,
-            e_epoch: pr.epoch.value(),
-            threshold_epoch: thr_epoch,
-            e_slo: pr.slo.map(|s| [s[0].value(), s[1].value()]),
-            breaking,
-        };
-        for (scope, e, thr, totals) in [
-            (Scope::Revision, s.e_revision, thr_rev, &st.revision_totals),
-            (Scope::Epoch, s.e_epoch, thr_epoch, &st.epoch_totals),
-        ] {
-            if fires(p, &s, scope, e, thr, totals) && fired.as_ref().is_none_or(|f| e / thr > f.e_value / f.threshold) {
-                fired = Some(Fired { test: *t, scope, e_value: e, threshold: thr });
+        let mut best_epoch: Option<(u32, f64, f64, Option<f64>)> = None;
+        let mut rev = (1.0, threshold(p, k, 0), None);
+        for scope in &st.scopes {
+            let Some(run) = scope.tests.get(t) else { continue };
+            let thr = threshold(p, k, scope.epoch);
+            let (e, e_slo) = (run.two.value(), run.slo.map(|s| s.value()));
+            if scope.epoch == 0 {
+                rev = (e, thr, e_slo);
+            } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
+                best_epoch = Some((scope.epoch, e, thr, e_slo));
+            }
+            if fires(p, *t, e, e_slo, thr, breaking, &scope.totals)
+                && fired.as_ref().is_none_or(|f| e / thr > f.e_value / f.threshold)
+            {
+                let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
+                fired = Some(Fired { test: *t, scope: which, e_value: e, threshold: thr });
             }
         }
-        standings.push(s);
+        let (epoch, e_epoch, threshold_epoch, slo_epoch) =
+            best_epoch.unwrap_or((newest, 1.0, threshold(p, k, newest), None));
+        standings.push(Standing {
+            test: *t,
+            e_revision: rev.0,
+            threshold_revision: rev.1,
+            epoch,
+            e_epoch,
+            threshold_epoch,
+            e_slo: t.is_guard().then(|| [rev.2.unwrap_or(1.0), slo_epoch.unwrap_or(1.0)]),
+            breaking,
+        });
     }
     let canary_in_step = st.step_totals.n(Event::Error, CANARY);
     let verdict = match (&fired, held_by.is_empty()) {
@@ -293,36 +362,26 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     Judgement { verdict, fired, held_by, standings, reason }
 }
 
-/// Add one interval's evidence to a test's processes.
-fn update(p: &Analysis, t: Test, pr: &mut Processes, iv: &Interval) {
+/// Add one interval's evidence to a test's processes in one scope.
+fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, use_epoch_cells: bool) {
     let e = t.event();
     let psi0 = t.psi0(p);
     for sc in &iv.strata {
         let Some(stratum) = sc.stratum else { continue };
-        for (proc_, cell) in [(&mut pr.revision, &sc.revision), (&mut pr.epoch, &sc.epoch)] {
-            let (n_s, n_c) = (cell.n(e, STABLE), cell.n(e, CANARY));
-            // Per user: a bad user is canary with the bucket weight's chance.
-            // Per request: with the interval's canary share of requests
-            // (fixed by routing, independently of outcomes).
-            let q = if stratum.per_user {
-                f64::from(sc.weight_bp) / 10_000.0
-            } else if n_c + n_s > 0 {
-                n_c as f64 / (n_c + n_s) as f64
-            } else {
-                continue;
-            };
-            proc_.two_sample(q, psi0, cell.x(e, CANARY), cell.x(e, STABLE));
+        let cell = if use_epoch_cells { &sc.epoch } else { &sc.revision };
+        let (n_s, n_c, x_s, x_c) = (cell.n(e, STABLE), cell.n(e, CANARY), cell.x(e, STABLE), cell.x(e, CANARY));
+        if stratum.per_user {
+            // A bad user is canary with the bucket weight's chance.
+            run.two.two_sample(f64::from(sc.weight_bp) / 10_000.0, psi0, x_c, x_s);
+        } else {
+            // Requests: exact, conditional on the interval's split (fixed by
+            // routing independently of outcomes) and its bad total.
+            run.two.two_sample_exact(n_c, n_s, x_c, x_s, psi0);
         }
     }
     if let Some(pi0) = t.pi0(p) {
         let r = &iv.requests;
-        let slo = pr.slo.get_or_insert_with(Default::default);
-        for s in slo.iter_mut() {
-            s.one_sample(pi0, r.x(e, CANARY), r.n(e, CANARY));
-        }
-        let d = pr.detectors.get_or_insert_with(Default::default);
-        d[STABLE].update(pi0, r.x(e, STABLE), r.n(e, STABLE));
-        d[CANARY].update(pi0, r.x(e, CANARY), r.n(e, CANARY));
+        run.slo.get_or_insert_with(EProcess::default).one_sample(pi0, r.x(e, CANARY), r.n(e, CANARY));
     }
 }
 
@@ -331,23 +390,28 @@ fn rate(c: &Cell, e: Event, v: usize) -> f64 {
     if n == 0 { 0.0 } else { c.x(e, v) as f64 / n as f64 }
 }
 
-/// Does test `s` fire in `scope`? The e-value must reach the threshold, and
+/// Does test `t` fire in a scope? The e-value must reach the threshold, and
 /// the test's practical gate must hold.
-fn fires(p: &Analysis, s: &Standing, scope: Scope, e: f64, thr: f64, totals: &Cell) -> bool {
+fn fires(
+    p: &Analysis,
+    t: Test,
+    e: f64,
+    e_slo: Option<f64>,
+    thr: f64,
+    breaking: Option<[bool; 2]>,
+    totals: &Cell,
+) -> bool {
     if e < thr {
         return false;
     }
-    match s.test {
+    match t {
         // A difference too small to matter is not a regression.
         Test::E => {
             (rate(totals, Event::Error, CANARY) - rate(totals, Event::Error, STABLE)) * 100.0 >= p.min_error_delta
         }
         // The canary breaks the SLO (one-sample), is worse than stable on
         // the same line (two-sample, above), and stable is within it.
-        g if g.is_guard() => {
-            let i = usize::from(scope == Scope::Epoch);
-            s.e_slo.is_some_and(|v| v[i] >= thr) && !s.breaking.is_some_and(|b| b[STABLE])
-        }
+        g if g.is_guard() => e_slo.is_some_and(|v| v >= thr) && !breaking.is_some_and(|b| b[STABLE]),
         _ => true,
     }
 }
@@ -360,7 +424,7 @@ fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -416,12 +480,17 @@ fn explain(
     match verdict {
         Verdict::Fail => {
             let Some(f) = fired else { return "fail".into() };
-            let totals = if f.scope == Scope::Revision { &st.revision_totals } else { &st.epoch_totals };
+            let wanted = match f.scope {
+                Scope::Revision => 0,
+                Scope::Epoch(s) => s,
+            };
+            let empty = Cell::default();
+            let totals = st.scopes.iter().find(|s| s.epoch == wanted).map_or(&empty, |s| &s.totals);
             let e = f.test.event();
             let unit = if e.is_rtt() { "round trips" } else { "requests" };
             let scope = match f.scope {
                 Scope::Revision => "since the revision started".to_string(),
-                Scope::Epoch => format!("in epoch {}", st.epoch.max(1)),
+                Scope::Epoch(s) => format!("since epoch {s} began"),
             };
             let what = line(p, f.test, frozen);
             let tol = if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::W95) && p.latency_tolerance > 0.0 {
@@ -445,7 +514,8 @@ fn explain(
                 .iter()
                 .map(|t| {
                     let e = t.event();
-                    let c = &st.epoch_totals;
+                    let empty = Cell::default();
+                    let c = st.scopes.last().map_or(&empty, |s| &s.totals);
                     format!(
                         "{} ({}: stable {}, canary {})",
                         t.as_str(),

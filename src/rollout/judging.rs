@@ -67,7 +67,6 @@ pub fn take_verdict(
         }
         _ => {}
     }
-    st.filters = m.evidence.export_filters();
     let inputs = inputs(a, &iv, &j, st);
     (j, t, inputs)
 }
@@ -86,7 +85,7 @@ fn per_version(c: &crate::analysis::Cell, e: Event) -> Value {
 fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value {
     let ms = |v: Option<u64>| v.map(|u| u as f64 / 1000.0);
     let f = &iv.frozen;
-    let totals = &st.judge.revision_totals;
+    let totals = &st.judge.revision().map(|s| s.totals).unwrap_or_default();
     let version = |v: usize| {
         let n = totals.n(Event::Error, v);
         let x = totals.x(Event::Error, v);
@@ -98,7 +97,7 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
         "tests": j.standings.iter().map(|s| json!({
             "test": s.test.as_str(),
             "e_revision": s.e_revision, "threshold_revision": s.threshold_revision,
-            "e_epoch": s.e_epoch, "threshold_epoch": s.threshold_epoch,
+            "epoch": s.epoch, "e_epoch": s.e_epoch, "threshold_epoch": s.threshold_epoch,
             "e_slo": s.e_slo, "breaking": s.breaking,
         })).collect::<Vec<_>>(),
         "epoch": st.judge.epoch,

@@ -222,10 +222,10 @@ impl RouteState {
             Phase::Killed
         } else if self.rolled_back.is_some() {
             Phase::RolledBack
-        } else if self.step.is_none() {
-            Phase::Steady
         } else if self.held {
             Phase::Held
+        } else if self.step.is_none() {
+            Phase::Steady
         } else if self.paused {
             Phase::Paused
         } else if self.promoted {
@@ -295,6 +295,12 @@ impl RouteState {
         }
         self.step = Some(from + 1);
         self.step_since_ms = now_ms;
+        // A last step of 100 % leaves no stable traffic to compare with:
+        // reaching it is the promotion.
+        if from + 2 == p.steps.len() && p.steps.last().is_some_and(|w| *w >= 10_000) {
+            self.promoted = true;
+            return Transition::Promoted;
+        }
         Transition::Advanced { from, to: from + 1 }
     }
 
@@ -478,8 +484,11 @@ mod tests {
         // The hold restarts on each step.
         assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 10 * MIN), Transition::None);
         assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 11 * MIN), Transition::Advanced { from: 1, to: 2 });
-        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 16 * MIN), Transition::Advanced { from: 2, to: 3 });
-        assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 21 * MIN), Transition::Promoted);
+        assert_eq!(
+            s.on_verdict(&pass(), ENFORCE, Some(&p), 16 * MIN),
+            Transition::Promoted,
+            "a last step of 100 % leaves nothing to compare: reaching it promotes"
+        );
         assert_eq!((s.phase(false), s.weight_bp(0, Some(&p))), (Phase::Promoted, 10000));
         assert_eq!(s.on_verdict(&pass(), ENFORCE, Some(&p), 30 * MIN), Transition::None);
     }

@@ -32,6 +32,9 @@ impl Store {
     /// Create the directory if needed, open the journal and read the state.
     pub fn open(dir: &Path) -> io::Result<(Self, Loaded)> {
         fs::create_dir_all(dir)?;
+        // A save cut short (kill -9 between write and rename) leaves its
+        // temp file; state.json itself is whole, so the leftover can go.
+        let _ = fs::remove_file(dir.join(format!("{STATE}.tmp")));
         let journal = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
         let loaded = match fs::read(dir.join(STATE)) {
             Ok(bytes) => parse_state(&bytes),

@@ -61,7 +61,7 @@ fn verdicts_are_taken_every_interval_and_a_fail_rolls_back_at_once() {
     assert!(changed, "one fail rolls back");
     let last = m.recent_verdicts().last().cloned().unwrap();
     assert_eq!((last["verdict"].as_str(), last["test"].as_str()), (Some("fail"), Some("E")), "{last}");
-    assert!(book.state("app").unwrap().judge.tests[&crate::analysis::Test::E].revision.value() > 100.0);
+    assert!(book.state("app").unwrap().judge.revision().unwrap().tests[&crate::analysis::Test::E].two.value() > 100.0);
     let eff = book.overlay(&cfg);
     assert!(app(&eff).rolled_back);
     assert_eq!(app(&eff).phase, Phase::RolledBack);

@@ -31,7 +31,7 @@ pub fn key_hash(salt_sep: &[u8], key: &[u8]) -> u64 {
     const SHORT: usize = 64;
     const STACK: usize = 256;
     let total = salt_sep.len() + key.len();
-    let h = if total <= SHORT {
+    if total <= SHORT {
         let mut buf = [0u8; SHORT];
         buf[..salt_sep.len()].copy_from_slice(salt_sep);
         buf[salt_sep.len()..total].copy_from_slice(key);
@@ -46,8 +46,7 @@ pub fn key_hash(salt_sep: &[u8], key: &[u8]) -> u64 {
         hasher.update(salt_sep);
         hasher.update(key);
         hasher.digest()
-    };
-    h
+    }
 }
 
 /// The configured bucket cookie of a route.

@@ -41,6 +41,9 @@ pub struct Upstream {
     pub connections: Arc<AtomicU64>,
     /// Answer 500 for this many of every 100 requests (by arrival order).
     pub errors_per_100: Arc<AtomicU64>,
+    /// When above 0: each answer waits a lognormal time with this median
+    /// (ms) and σ 0.8, capped at 1 s — a realistic heavy tail.
+    pub heavy_tail_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,16 +56,19 @@ impl Upstream {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
         let errors_per_100 = Arc::new(AtomicU64::new(0));
+        let heavy_tail_ms = Arc::new(AtomicU64::new(0));
         let (s2, st2, d2, c2) = (seen.clone(), status.clone(), delay_ms.clone(), connections.clone());
-        let e2 = errors_per_100.clone();
+        let (e2, h2) = (errors_per_100.clone(), heavy_tail_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 c2.fetch_add(1, Ordering::Relaxed);
                 let (seen, status, delay, errs) = (s2.clone(), st2.clone(), d2.clone(), e2.clone());
+                let heavy = h2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (seen, status, delay, errs) = (seen.clone(), status.clone(), delay.clone(), errs.clone());
+                        let heavy = heavy.clone();
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -76,6 +82,13 @@ impl Upstream {
                             let d = delay.load(Ordering::Relaxed);
                             if d > 0 {
                                 tokio::time::sleep(Duration::from_millis(d)).await;
+                            }
+                            let median = heavy.load(Ordering::Relaxed);
+                            if median > 0 {
+                                let (u1, u2): (f64, f64) = (rand::random::<f64>().max(1e-12), rand::random());
+                                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                                let ms = (median as f64 * (0.8 * z).exp()).min(1000.0);
+                                tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
                             }
                             let mut resp = Response::new(Full::new(Bytes::from(name)));
                             let code = if nth % 100 < errs.load(Ordering::Relaxed) {
@@ -96,7 +109,7 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, seen, status, delay_ms, connections, errors_per_100, task }
+        Self { name, addr, seen, status, delay_ms, connections, errors_per_100, heavy_tail_ms, task }
     }
 
     pub fn count(&self) -> usize {
