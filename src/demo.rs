@@ -6,8 +6,9 @@
 //! free ports, and drives synthetic players at it (most with a player id,
 //! some anonymous, a few staff and a few markets). A live view shows the
 //! split, per-version rate, errors and p50/p99, and the rollout step as the
-//! canary climbs. Once the canary reaches 25 % the demo breaks it (errors
-//! and latency); weir's own analysis rolls it back, and the demo prints the
+//! canary climbs, with each evidence test's e-value climbing (or not)
+//! towards its threshold. Once the canary reaches 25 % the demo breaks it
+//! (errors and latency); weir's judge rolls it back, and the demo prints the
 //! journal line that says why, a summary, and cleans up after itself.
 
 use crate::config::UpstreamSpec;
@@ -95,7 +96,7 @@ routes:
     sticky: {{keys: ["header:x-player-id"]}}
     segments:
       - {{name: staff, match: {{header: {{x-employee: "true"}}}}, weight: 100}}
-    analysis: {{interval: 1s, window: 5s, min_requests: 30, max_error_rate: 2, max_p99_ratio: 4, failures: 3}}
+    analysis: {{interval: 1s, window: 5s, warmup: 2s, max_error_rate: 5}}
     progression: {{steps: [5, 10, 25, 50, 100], hold: 5s}}
 "#,
         state = state_dir.display()
@@ -145,6 +146,10 @@ struct Frame {
     p50: [f64; 2],
     p99: [f64; 2],
     verdicts: Vec<String>,
+    /// Per test: name, e-value and threshold of its scope closest to firing.
+    evidence: Vec<(&'static str, f64, f64)>,
+    /// The latest verdict's sentence.
+    reason: String,
 }
 
 fn frame(handle: &crate::app::Handle) -> Option<Frame> {
@@ -171,7 +176,39 @@ fn frame(handle: &crate::app::Handle) -> Option<Frame> {
             .take(5)
             .filter_map(|v| v["verdict"].as_str().map(str::to_owned))
             .collect(),
+        evidence: m
+            .standings()
+            .iter()
+            .map(|s| {
+                let (e, t) = if s.e_revision / s.threshold_revision >= s.e_epoch / s.threshold_epoch {
+                    (s.e_revision, s.threshold_revision)
+                } else {
+                    (s.e_epoch, s.threshold_epoch)
+                };
+                (s.test.as_str(), e, t)
+            })
+            .collect(),
+        reason: m.recent_verdicts().last().and_then(|v| v["reason"].as_str().map(str::to_owned)).unwrap_or_default(),
     })
+}
+
+/// An e-value against its threshold on a log scale: 1 is empty, the
+/// threshold is full.
+fn evidence_bar(e: f64, threshold: f64) -> String {
+    const LEN: usize = 24;
+    let fill = if e <= 1.0 { 0.0 } else { (e.ln() / threshold.ln()).min(1.0) };
+    let n = (fill * LEN as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(n), ".".repeat(LEN - n))
+}
+
+fn short(e: f64) -> String {
+    if e >= 1e5 {
+        format!("{e:.1e}")
+    } else if e >= 10.0 {
+        format!("{e:.0}")
+    } else {
+        format!("{e:.2}")
+    }
 }
 
 fn render(f: &Frame, elapsed: Duration, event: &str) -> Vec<String> {
@@ -200,7 +237,19 @@ fn render(f: &Frame, elapsed: Duration, event: &str) -> Vec<String> {
         ));
     }
     lines.push(String::new());
+    lines.push("evidence against the canary (e-value towards the threshold that rolls it back):".to_owned());
+    for (test, e, t) in &f.evidence {
+        lines.push(format!("  {test:<9}{} {:>9} / {}", evidence_bar(*e, *t), short(*e), short(*t)));
+    }
+    lines.push(String::new());
     lines.push(format!("latest verdicts (newest first): {}", f.verdicts.join(" ")));
+    let mut why = f.reason.clone();
+    if why.len() > 110 {
+        let cut = (0..=110).rev().find(|i| why.is_char_boundary(*i)).unwrap_or(0);
+        why.truncate(cut);
+        why.push('…');
+    }
+    lines.push(format!("why: {why}"));
     lines.push(format!("now: {event}"));
     lines
 }
@@ -258,7 +307,8 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
     println!("stable upstream {stable}, canary upstream {canary}; {PLAYERS} synthetic players; Ctrl-C ends it.\n");
     let started = Instant::now();
     let mut act = Act::Climbing;
-    let mut event = String::from("canary 1.1.0 is healthy; weir walks it up the steps after each `pass`");
+    let mut event =
+        String::from("canary 1.1.0 is healthy; weir walks it up a step after each hold that ends in `pass`");
     let mut broke_at = None;
     let mut rolled_back_at = None;
     let mut drawn = 0usize;
@@ -289,7 +339,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
                 if since.elapsed() >= Duration::from_secs(3) {
                     canary_b.errors_per_mille.store(150, Ordering::Relaxed);
                     canary_b.extra_ms.store(60, Ordering::Relaxed);
-                    event = "canary degraded on purpose: 15 % errors, +60 ms; watch the verdicts".into();
+                    event = "canary degraded on purpose: 15 % errors, +60 ms; watch the evidence climb".into();
                     act = Act::Broken;
                     broke_at = Some(Instant::now());
                 }
@@ -317,8 +367,13 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
             drawn = lines.len();
         } else if last_plain.elapsed() >= Duration::from_secs(2) {
             last_plain = Instant::now();
+            let top = f
+                .evidence
+                .iter()
+                .max_by(|a, b| (a.1.max(1.0).ln() / a.2.ln()).total_cmp(&(b.1.max(1.0).ln() / b.2.ln())))
+                .map_or(String::new(), |(t, e, th)| format!(" | evidence {t} {}/{}", short(*e), short(*th)));
             println!(
-                "t={:>5.1}s state={} step={} weight={}% stable: {:.0} req/s {:.1}% err p99 {:.1}ms | canary: {:.0} req/s {:.1}% err p99 {:.1}ms",
+                "t={:>5.1}s state={} step={} weight={}% stable: {:.0} req/s {:.1}% err p99 {:.1}ms | canary: {:.0} req/s {:.1}% err p99 {:.1}ms{top}",
                 started.elapsed().as_secs_f64(),
                 f.state,
                 f.step.map_or("-".to_owned(), |s| format!("{}/{}", s + 1, f.steps)),
@@ -328,7 +383,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
                 f.p99[0],
                 f.rate[1],
                 f.errors[1],
-                f.p99[1]
+                f.p99[1],
             );
         }
         if rolled_back_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(4)) || started.elapsed() >= LIMIT {
@@ -348,8 +403,9 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
             println!("{j}\n");
         }
         println!(
-            "Summary: {} requests from {PLAYERS} players in {:.0}s. The canary climbed 5 % → 10 % → 25 % on `pass` verdicts, \
-             was degraded, failed 3 verdicts in a row and was rolled back to 0 % (latched until a new revision or POST /routes/game/resume).",
+            "Summary: {} requests from {PLAYERS} players in {:.0}s. The canary climbed 5 % → 10 % → 25 % on `pass` verdicts \
+             while no evidence test came near its threshold; once degraded, a test's e-value crossed its threshold and weir \
+             rolled it back to 0 % at once (latched until a new revision or POST /routes/game/resume).",
             sent.load(Ordering::Relaxed),
             started.elapsed().as_secs_f64()
         );

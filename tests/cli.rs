@@ -93,7 +93,7 @@ routes:
         "routes[3].websocket.ping_interval: must be shorter than idle_timeout",
         "routes[2].analysis.interval: must be more than 0s",
         "routes[2].analysis.failures: must be at least 1",
-        "routes[2].analysis.max_error_rate: a percent between 0 and 100",
+        "routes[2].analysis.max_error_rate: a percent from 0 up to 100",
         "routes[2].analysis.max_p99_ratio: must be a number above 0",
         "routes[2].progression.steps[2]: weight 101 is outside 0–100",
         "routes[2].progression.steps[1]: steps must increase strictly",
@@ -105,6 +105,52 @@ routes:
         "routes[0].weight: weight 101 is outside 0–100",
         "routes[0].segments[0].weight: weight 1.234 has more than two decimals",
         "routes[1].name: duplicate route name `app`",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_loads_the_window_rule_keys_with_a_deprecation_warning_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "old.yaml",
+        r#"listen: [{address: "127.0.0.1:0"}]
+upstreams:
+  v1: {endpoints: ["127.0.0.1:1"]}
+  v2: {endpoints: ["127.0.0.1:2"]}
+routes:
+  - name: old
+    stable: {upstream: v1}
+    canary: {upstream: v2}
+    analysis: {interval: 10s, window: 60s, min_requests: 100, max_error_rate: 1, max_p99_ratio: 1.5, failures: 3}
+  - name: new
+    stable: {upstream: v1}
+    canary: {upstream: v2}
+    analysis: {alpha: 1%, mode: observe, max_p95: 300ms, error_tolerance: 1.5, latency_tolerance: 0.1}
+"#,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["check", "-c"]).arg(&p).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for key in ["min_requests", "failures", "max_p99_ratio"] {
+        let line = format!("warning: routes[0].analysis.{key}: deprecated and ignored");
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(text.matches("warning:").count(), 3, "the new keys warn about nothing:\n{text}");
+    // A bad value for a new key is an error with its path.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "listen: [{address: \"127.0.0.1:0\"}]\nupstreams:\n  v1: {endpoints: [\"127.0.0.1:1\"]}\nroutes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v1}\n    analysis: {alpha: \"lots\", mode: dry, latency_tolerance: -1}\n",
+    );
+    let (ok, out) = check(&bad);
+    assert!(!ok);
+    for expected in [
+        "routes[0].analysis.alpha: `lots` is not a percent",
+        "routes[0].analysis.mode: `dry` is not `enforce` or `observe`",
+        "routes[0].analysis.latency_tolerance: a fraction, 0 or more",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

@@ -40,7 +40,13 @@ fn the_demo_shows_a_climb_and_an_automatic_rollback_then_cleans_up() {
     let j: serde_json::Value = serde_json::from_str(journal).unwrap();
     assert_eq!(j["actor"], "auto");
     assert_eq!(j["weight"]["to"], 0.0);
-    assert!(j["inputs"]["canary"]["error_percent"].as_f64().unwrap() > 2.0, "{j}");
+    assert!(j["inputs"]["since_revision"]["canary"]["requests"].as_u64().unwrap() > 0, "{j}");
+    let fired = &j["inputs"]["fired"];
+    assert!(["E", "L50", "L95", "L99"].contains(&fired["test"].as_str().unwrap()), "{j}");
+    assert!(fired["e_value"].as_f64().unwrap() >= fired["threshold"].as_f64().unwrap(), "{j}");
+    assert!(j["why"].as_str().unwrap().contains("fired"), "{j}");
+    // The plain view names the evidence as it climbs.
+    assert!(text.contains("| evidence "), "{text}");
     assert!(text.contains("Summary:"), "{text}");
 
     // Nothing left behind: every address it printed is closed, its
