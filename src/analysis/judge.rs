@@ -53,12 +53,16 @@ pub enum Test {
     /// WebSocket ping round trip above stable's p95.
     W95,
     /// Guard: `max_error_rate`.
+    #[serde(rename = "G_error")]
     GErr,
     /// Guard: `max_p95`.
+    #[serde(rename = "G_p95")]
     G95,
     /// Guard: `max_p99`.
+    #[serde(rename = "G_p99")]
     G99,
     /// Guard: `max_ws_rtt_p95`.
+    #[serde(rename = "G_ws_rtt")]
     GRtt,
 }
 
@@ -66,6 +70,7 @@ impl Test {
     pub const ALL: [Test; 9] =
         [Test::E, Test::L50, Test::L95, Test::L99, Test::W95, Test::GErr, Test::G95, Test::G99, Test::GRtt];
 
+    /// The name in journals, views and metric labels (also its serde name).
     pub fn as_str(self) -> &'static str {
         match self {
             Test::E => "E",

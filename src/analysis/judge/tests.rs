@@ -230,3 +230,10 @@ fn the_state_round_trips_through_json() {
     let back: JudgeState = serde_json::from_str(&text).unwrap();
     assert_eq!(back, st);
 }
+
+#[test]
+fn test_names_are_the_same_in_json_and_in_words() {
+    for t in Test::ALL {
+        assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(t.as_str()));
+    }
+}
