@@ -17,7 +17,7 @@ use crate::websocket::Hub;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// What one request sees.
@@ -90,10 +90,17 @@ impl Live {
             .routes
             .iter()
             .map(|r| {
-                let m = registry.route_with_slo(&r.name, r.analysis.as_ref().and_then(|a| a.max_p99));
+                let slos: Vec<Duration> = r
+                    .analysis
+                    .as_ref()
+                    .map(|a| [a.max_p95, a.max_p99].into_iter().flatten().collect())
+                    .unwrap_or_default();
+                let m = registry.route_with_slo(&r.name, &slos);
                 let window = r.analysis.as_ref().map_or(crate::metrics::DEFAULT_WINDOW, |a| a.window);
                 m.stable.window.configure(window, now);
                 m.canary.window.configure(window, now);
+                m.stable.rtt_window.configure(window, now);
+                m.canary.rtt_window.configure(window, now);
                 m
             })
             .collect()

@@ -316,23 +316,22 @@ pub struct Registry {
 
 impl Registry {
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
-        self.route_with_slo(name, None)
+        self.route_with_slo(name, &[])
     }
 
-    /// The handle for `name`; when it is created, `slo` (e.g. `max_p99`)
-    /// becomes one more bucket bound. An existing handle keeps its buckets
-    /// (changing them would break `rate()` over the series).
-    pub fn route_with_slo(&self, name: &Arc<str>, slo: Option<Duration>) -> Arc<RouteMetrics> {
+    /// The handle for `name`; when it is created, each of `slos` (e.g.
+    /// `max_p95`, `max_p99`) becomes one more bucket bound. An existing
+    /// handle keeps its buckets (changing them would break `rate()`).
+    pub fn route_with_slo(&self, name: &Arc<str>, slos: &[Duration]) -> Arc<RouteMetrics> {
         let fresh = || {
             let now = Instant::now();
             let mut bounds: Vec<f64> = BUCKETS.to_vec();
-            if let Some(slo) = slo.map(|d| d.as_secs_f64())
-                && slo > 0.0
-                && !bounds.iter().any(|b| (b - slo).abs() < 1e-9)
-            {
-                bounds.push(slo);
-                bounds.sort_by(f64::total_cmp);
+            for slo in slos.iter().map(Duration::as_secs_f64) {
+                if slo > 0.0 && !bounds.iter().any(|b| (b - slo).abs() < 1e-9) {
+                    bounds.push(slo);
+                }
             }
+            bounds.sort_by(f64::total_cmp);
             let bounds: Arc<[f64]> = bounds.into();
             Arc::new(RouteMetrics {
                 name: Arc::clone(name),
@@ -637,7 +636,7 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_monotone() {
         let reg = Registry::default();
-        let m = reg.route_with_slo(&Arc::from("app"), Some(Duration::from_millis(300)));
+        let m = reg.route_with_slo(&Arc::from("app"), &[Duration::from_millis(300)]);
         let now = Instant::now();
         for ms in [1u64, 3, 7, 40, 40, 300, 20_000] {
             m.canary.record(now, 200, Duration::from_millis(ms), false);
