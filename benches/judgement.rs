@@ -12,7 +12,7 @@
 //! simulated: Poisson arrivals, lognormal latency (median 20 ms), 0.2 %
 //! baseline errors, 10 % canary; sticky scenarios route by the real key hash.
 //!
-//! Run: `cargo bench --bench judgement` (all scenarios, ~30 min on 2 cores),
+//! Run: `cargo bench --bench judgement` (all scenarios, ~10 min on 2 cores),
 //! `-- --quick` (a tenth of the runs), `-- --only NAME` (scenarios whose
 //! name contains NAME). Output: a Markdown table (docs/judgement.md).
 
@@ -38,6 +38,8 @@ const Z99: f64 = 2.326_347_9;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     Healthy,
+    /// Six-hour healthy rollouts.
+    HealthyLong,
     /// Sticky users, heavy-tailed activity, 0.5 % of users on bad networks.
     HealthySticky,
     /// Sticky; the most active player is on canary and every request fails.
@@ -59,6 +61,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Healthy => "healthy",
+            Kind::HealthyLong => "healthy-6h",
             Kind::HealthySticky => "healthy-sticky",
             Kind::OneBadPlayer => "one-bad-player",
             Kind::SharedErrors => "shared-errors",
@@ -80,6 +83,7 @@ impl Kind {
     fn timeline(self) -> (u64, Option<u64>) {
         match self {
             Kind::Healthy | Kind::HealthySticky | Kind::OneBadPlayer => (3600, None),
+            Kind::HealthyLong => (6 * 3600, None),
             Kind::SharedErrors | Kind::SharedSlow => (600, Some(240)),
             Kind::CanaryErrors | Kind::CanarySlow | Kind::P99Only | Kind::MedianOnly => (7200, Some(0)),
             Kind::LateErrors | Kind::LateSlow => (3000 + 7200, Some(3000)),
@@ -330,9 +334,10 @@ fn main() {
     for rate in [50.0, 10.0] {
         for sigma in [0.5, 0.8, 1.2] {
             for (kind, runs) in [
-                (Kind::Healthy, 1000),
-                (Kind::HealthySticky, 300),
-                (Kind::OneBadPlayer, 100),
+                (Kind::Healthy, 2000),
+                (Kind::HealthyLong, 200),
+                (Kind::HealthySticky, 500),
+                (Kind::OneBadPlayer, 200),
                 (Kind::SharedErrors, 200),
                 (Kind::SharedSlow, 200),
                 (Kind::CanaryErrors, 200),

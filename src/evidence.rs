@@ -112,7 +112,7 @@ impl Inner {
         self.strata.get_mut(i)
     }
 
-    fn add(&mut self, unit: &Unit, version: Version, eligible: u8, bad: u8) {
+    fn add(&mut self, unit: &Unit, version: Version, eligible: u16, bad: u16) {
         let v = usize::from(version == Version::Canary);
         for e in Event::ALL {
             if eligible & (1 << e.idx()) != 0 {
@@ -265,7 +265,7 @@ mod tests {
     fn requests_count_per_request_and_thresholds_apply_from_the_next_interval() {
         let ev = Evidence::default();
         ev.record(&per_request(), Version::Canary, true, Some(Duration::from_millis(50)));
-        let iv = ev.take(Frozen { latency_us: Some([10_000, 20_000, 40_000]), ..Frozen::default() });
+        let iv = ev.take(Frozen { latency_us: Some([10_000, 20_000, 40_000, 80_000]), ..Frozen::default() });
         assert_eq!(iv.requests.n(Event::Error, CANARY), 1);
         assert_eq!(iv.requests.n(Event::Over50, CANARY), 0, "no thresholds in the first interval");
         ev.record(&per_request(), Version::Stable, false, Some(Duration::from_millis(30)));
@@ -273,7 +273,7 @@ mod tests {
         let c = &iv.strata[0].revision;
         assert_eq!((c.n(Event::Over95, STABLE), c.x(Event::Over95, STABLE)), (1, 1));
         assert_eq!(c.x(Event::Over99, STABLE), 0);
-        assert_eq!(iv.frozen.latency_us, Some([10_000, 20_000, 40_000]), "the interval says what it used");
+        assert_eq!(iv.frozen.latency_us, Some([10_000, 20_000, 40_000, 80_000]), "the interval says what it used");
     }
 
     #[test]

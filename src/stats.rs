@@ -71,6 +71,7 @@ pub struct WindowStats {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
 }
 
 impl Window {
@@ -175,6 +176,7 @@ impl Window {
             p50_ms: q(0.50),
             p95_ms: q(0.95),
             p99_ms: q(0.99),
+            p999_ms: q(0.999),
         }
     }
 }

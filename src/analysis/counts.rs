@@ -20,6 +20,8 @@ pub enum Event {
     Over50,
     Over95,
     Over99,
+    /// Latency above stable's frozen p99.9: a tail that moved beyond p99.
+    Over999,
     /// WebSocket ping round trip above stable's frozen p95 (× tolerance).
     Rtt95,
     /// Latency above the absolute `max_p95` (same line for both versions).
@@ -30,7 +32,7 @@ pub enum Event {
     SloRtt,
 }
 
-pub const EVENTS: usize = 8;
+pub const EVENTS: usize = 9;
 
 impl Event {
     pub const ALL: [Event; EVENTS] = [
@@ -38,6 +40,7 @@ impl Event {
         Event::Over50,
         Event::Over95,
         Event::Over99,
+        Event::Over999,
         Event::Rtt95,
         Event::Slo95,
         Event::Slo99,
@@ -127,9 +130,9 @@ pub struct Interval {
 /// Thresholds in force for one interval, fixed before it began.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Frozen {
-    /// Stable's p50, p95, p99 over the previous window, µs; None during a
-    /// warm-up or while stable has too little data.
-    pub latency_us: Option<[u64; 3]>,
+    /// Stable's p50, p95, p99, p99.9 over the previous window, µs; None
+    /// during a warm-up or while stable has too little data.
+    pub latency_us: Option<[u64; 4]>,
     /// Stable's p95 ping round trip over the previous window, µs.
     pub rtt95_us: Option<u64>,
     /// Canary is "bad" only above `(1 + tolerance) ×` stable's threshold.
@@ -147,20 +150,20 @@ impl Frozen {
     /// Which events a finished request takes part in, and which it is bad
     /// for: `(eligible, bad)` bitmasks by `Event::idx`. `latency_us` is None
     /// for events without a meaningful latency (a WebSocket session's end).
-    pub fn classify_request(&self, canary: bool, error: bool, latency_us: Option<u64>) -> (u8, u8) {
-        let mut eligible = 1u8 << Event::Error.idx();
-        let mut bad = u8::from(error) << Event::Error.idx();
+    pub fn classify_request(&self, canary: bool, error: bool, latency_us: Option<u64>) -> (u16, u16) {
+        let mut eligible = 1u16 << Event::Error.idx();
+        let mut bad = u16::from(error) << Event::Error.idx();
         if let Some(us) = latency_us {
             if let Some(t) = self.latency_us {
-                for (e, t) in [Event::Over50, Event::Over95, Event::Over99].into_iter().zip(t) {
+                for (e, t) in [Event::Over50, Event::Over95, Event::Over99, Event::Over999].into_iter().zip(t) {
                     eligible |= 1 << e.idx();
-                    bad |= u8::from(self.over(canary, us, t)) << e.idx();
+                    bad |= u16::from(self.over(canary, us, t)) << e.idx();
                 }
             }
             for (e, slo) in [(Event::Slo95, self.slo_p95_us), (Event::Slo99, self.slo_p99_us)] {
                 if let Some(slo) = slo {
                     eligible |= 1 << e.idx();
-                    bad |= u8::from(us > slo) << e.idx();
+                    bad |= u16::from(us > slo) << e.idx();
                 }
             }
         }
@@ -168,15 +171,15 @@ impl Frozen {
     }
 
     /// The same for one ping round trip.
-    pub fn classify_rtt(&self, canary: bool, rtt_us: u64) -> (u8, u8) {
-        let (mut eligible, mut bad) = (0u8, 0u8);
+    pub fn classify_rtt(&self, canary: bool, rtt_us: u64) -> (u16, u16) {
+        let (mut eligible, mut bad) = (0u16, 0u16);
         if let Some(t) = self.rtt95_us {
             eligible |= 1 << Event::Rtt95.idx();
-            bad |= u8::from(self.over(canary, rtt_us, t)) << Event::Rtt95.idx();
+            bad |= u16::from(self.over(canary, rtt_us, t)) << Event::Rtt95.idx();
         }
         if let Some(slo) = self.slo_rtt_us {
             eligible |= 1 << Event::SloRtt.idx();
-            bad |= u8::from(rtt_us > slo) << Event::SloRtt.idx();
+            bad |= u16::from(rtt_us > slo) << Event::SloRtt.idx();
         }
         (eligible, bad)
     }
@@ -188,9 +191,9 @@ mod tests {
 
     #[test]
     fn canary_is_bad_only_above_the_tolerance() {
-        let f = Frozen { latency_us: Some([100, 200, 400]), tolerance: 0.1, ..Frozen::default() };
+        let f = Frozen { latency_us: Some([100, 200, 400, 800]), tolerance: 0.1, ..Frozen::default() };
         let (elig, bad) = f.classify_request(false, false, Some(105));
-        assert_eq!(elig, 0b1111);
+        assert_eq!(elig, 0b11111);
         assert_eq!(bad, 0b0010, "stable above p50 only");
         let (_, bad) = f.classify_request(true, false, Some(105));
         assert_eq!(bad, 0, "canary within 10 % of p50");
@@ -205,6 +208,6 @@ mod tests {
         assert_eq!(f.classify_rtt(true, 5), (0, 0));
         let f = Frozen { slo_rtt_us: Some(120_000), rtt95_us: Some(50_000), ..Frozen::default() };
         let (elig, bad) = f.classify_rtt(true, 130_000);
-        assert_eq!((elig, bad), (0b1001_0000, 0b1001_0000));
+        assert_eq!((elig, bad), (0b1_0010_0000, 0b1_0010_0000));
     }
 }

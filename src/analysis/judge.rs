@@ -50,6 +50,8 @@ pub enum Test {
     L50,
     L95,
     L99,
+    /// Latency beyond stable's p99.9: a tail that moved past p99.
+    L999,
     /// WebSocket ping round trip above stable's p95.
     W95,
     /// Guard: `max_error_rate`.
@@ -67,8 +69,8 @@ pub enum Test {
 }
 
 impl Test {
-    pub const ALL: [Test; 9] =
-        [Test::E, Test::L50, Test::L95, Test::L99, Test::W95, Test::GErr, Test::G95, Test::G99, Test::GRtt];
+    pub const ALL: [Test; 10] =
+        [Test::E, Test::L50, Test::L95, Test::L99, Test::L999, Test::W95, Test::GErr, Test::G95, Test::G99, Test::GRtt];
 
     /// The name in journals, views and metric labels (also its serde name).
     pub fn as_str(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Test {
             Test::L50 => "L50",
             Test::L95 => "L95",
             Test::L99 => "L99",
+            Test::L999 => "L999",
             Test::W95 => "W95",
             Test::GErr => "G_error",
             Test::G95 => "G_p95",
@@ -91,6 +94,7 @@ impl Test {
             Test::L50 => Event::Over50,
             Test::L95 => Event::Over95,
             Test::L99 => Event::Over99,
+            Test::L999 => Event::Over999,
             Test::W95 => Event::Rtt95,
             Test::G95 => Event::Slo95,
             Test::G99 => Event::Slo99,
@@ -453,7 +457,7 @@ fn ms(us: u64) -> String {
 }
 
 /// What "bad" means for a test, in words.
-fn line(p: &Analysis, t: Test, iv_frozen: Option<[u64; 3]>) -> String {
+fn line(p: &Analysis, t: Test, iv_frozen: Option<[u64; 4]>) -> String {
     let quant = |i: usize, name: &str| match iv_frozen {
         Some(q) => format!("over stable's {name} ({})", ms(q[i])),
         None => format!("over stable's {name}"),
@@ -464,6 +468,7 @@ fn line(p: &Analysis, t: Test, iv_frozen: Option<[u64; 3]>) -> String {
         Test::L50 => quant(0, "p50"),
         Test::L95 => quant(1, "p95"),
         Test::L99 => quant(2, "p99"),
+        Test::L999 => quant(3, "p99.9"),
         Test::W95 => "WebSocket round trips over stable's p95".into(),
         Test::G95 => format!("requests over max_p95{}", dur(p.max_p95)),
         Test::G99 => format!("requests over max_p99{}", dur(p.max_p99)),
@@ -480,7 +485,7 @@ fn explain(
     held_by: &[Test],
     standings: &[Standing],
     canary_in_step: u64,
-    frozen: Option<[u64; 3]>,
+    frozen: Option<[u64; 4]>,
 ) -> String {
     match verdict {
         Verdict::Fail => {
@@ -498,7 +503,9 @@ fn explain(
                 Scope::Epoch(s) => format!("since epoch {s} began"),
             };
             let what = line(p, f.test, frozen);
-            let tol = if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::W95) && p.latency_tolerance > 0.0 {
+            let tol = if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::L999 | Test::W95)
+                && p.latency_tolerance > 0.0
+            {
                 format!(" (canary's line × {:.2})", 1.0 + p.latency_tolerance)
             } else {
                 String::new()

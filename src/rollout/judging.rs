@@ -31,7 +31,7 @@ pub fn frozen_for(a: &Analysis, m: &RouteMetrics, step_since_ms: u64, now: Insta
     let rtt = m.stable.rtt_window.stats(now);
     Frozen {
         latency_us: (!warming && s.requests >= MIN_STABLE_FOR_LINES)
-            .then(|| [us(s.p50_ms), us(s.p95_ms), us(s.p99_ms)]),
+            .then(|| [us(s.p50_ms), us(s.p95_ms), us(s.p99_ms), us(s.p999_ms)]),
         rtt95_us: (!warming && rtt.requests >= MIN_STABLE_FOR_LINES).then(|| us(rtt.p95_ms)),
         tolerance: a.latency_tolerance,
         slo_p95_us: opt_us(a.max_p95),
@@ -105,6 +105,7 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
             "stable_p50_ms": ms(f.latency_us.map(|t| t[0])),
             "stable_p95_ms": ms(f.latency_us.map(|t| t[1])),
             "stable_p99_ms": ms(f.latency_us.map(|t| t[2])),
+            "stable_p99_9_ms": ms(f.latency_us.map(|t| t[3])),
             "stable_rtt_p95_ms": ms(f.rtt95_us),
             "latency_tolerance": f.tolerance,
             "max_p95_ms": ms(f.slo_p95_us), "max_p99_ms": ms(f.slo_p99_us), "max_ws_rtt_p95_ms": ms(f.slo_rtt_us),

@@ -56,7 +56,7 @@ pub enum RollbackReason {
     ErrorRate,
     /// The `max_p95` / `max_p99` guard.
     Latency,
-    /// Tests L50/L95/L99 (latency against stable).
+    /// Tests L50/L95/L99/L999 (latency against stable).
     LatencyRatio,
     /// Test W95 or the `max_ws_rtt_p95` guard.
     WebsocketRtt,
@@ -89,7 +89,7 @@ impl RollbackReason {
     pub fn of_test(t: Test) -> Self {
         match t {
             Test::E | Test::GErr => RollbackReason::ErrorRate,
-            Test::L50 | Test::L95 | Test::L99 => RollbackReason::LatencyRatio,
+            Test::L50 | Test::L95 | Test::L99 | Test::L999 => RollbackReason::LatencyRatio,
             Test::G95 | Test::G99 => RollbackReason::Latency,
             Test::W95 | Test::GRtt => RollbackReason::WebsocketRtt,
         }

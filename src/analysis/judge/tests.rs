@@ -43,14 +43,14 @@ fn thresholds_split_alpha_over_tests_and_epochs() {
     let mut st = JudgeState::default();
     let j = judge(&p, &mut st, &interval(&[]), false, 0);
     let k = tests_in_use(&p, false).len();
-    assert_eq!(k, 4, "E, L50, L95, L99 without guards or WebSocket round trips");
+    assert_eq!(k, 5, "E, L50, L95, L99, L999 without guards or WebSocket round trips");
     let s = &j.standings[0];
-    assert!((s.threshold_revision - 2.0 * 4.0 / 0.01).abs() < 1e-6);
-    assert!((s.threshold_epoch - 2.0 * 2.0 * 4.0 / 0.01).abs() < 1e-6, "epoch 1: 1/(1·2) of half");
+    assert!((s.threshold_revision - 2.0 * 5.0 / 0.01).abs() < 1e-6);
+    assert!((s.threshold_epoch - 2.0 * 2.0 * 5.0 / 0.01).abs() < 1e-6, "epoch 1: 1/(1·2) of half");
     st.new_epoch(1);
     judge(&p, &mut st, &interval(&[]), false, 2);
     assert_eq!(st.scopes.iter().map(|s| s.epoch).collect::<Vec<_>>(), vec![0, 1, 2], "epoch 1 lives on");
-    assert!((super::threshold(&p, 4, 2) - 6.0 * 2.0 * 4.0 / 0.01).abs() < 1e-6, "epoch 2: 1/(2·3)");
+    assert!((super::threshold(&p, 5, 2) - 6.0 * 2.0 * 5.0 / 0.01).abs() < 1e-6, "epoch 2: 1/(2·3)");
     for s in 3..20 {
         st.new_epoch(s);
     }
@@ -60,7 +60,7 @@ fn thresholds_split_alpha_over_tests_and_epochs() {
     let total: f64 = (1..100_000u64).map(|s| 1.0 / (s as f64 * (s as f64 + 1.0))).sum();
     assert!(total < 1.0);
     let with_guards = Analysis { max_error_rate: Some(1.0), max_p95: Some(std::time::Duration::from_millis(300)), ..p };
-    assert_eq!(tests_in_use(&with_guards, true).len(), 7);
+    assert_eq!(tests_in_use(&with_guards, true).len(), 8);
 }
 
 #[test]
