@@ -4,7 +4,7 @@
 //! own pings to the upstream are timed per version, exported as a
 //! histogram, and a canary whose pongs come late breaks its round-trip SLO.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::result_large_err)]
 
 mod support;
 

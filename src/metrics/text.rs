@@ -1,0 +1,265 @@
+//! The Prometheus text exposition (format 0.0.4) of every route's handles,
+//! rendered on scrape. Counters are stored non-cumulative per bucket and
+//! made cumulative here.
+
+use super::*;
+use std::fmt::Write as _;
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One counter per (route, version, `label`) for a fixed list of label values.
+fn counter_family(
+    o: &mut String,
+    routes: &[RouteView<'_>],
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    counters: impl Fn(&VersionMetrics) -> &[AtomicU64],
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            for (value, c) in values.iter().zip(counters(r.metrics.version(v))) {
+                let _ = writeln!(
+                    o,
+                    "{name}{{route=\"{}\",version=\"{}\",{label}=\"{value}\"}} {}",
+                    escape(&r.metrics.name),
+                    v.as_str(),
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// One counter per (route, `label`).
+fn route_counters(
+    o: &mut String,
+    routes: &[RouteView<'_>],
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Fn(&RouteMetrics) -> Vec<(&'static str, &AtomicU64)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for r in routes {
+        for (value, c) in values(r.metrics) {
+            let _ = writeln!(
+                o,
+                "{name}{{route=\"{}\",{label}=\"{value}\"}} {}",
+                escape(&r.metrics.name),
+                c.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Prometheus text format 0.0.4.
+pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let _ = writeln!(o, "# HELP {REQUESTS_TOTAL} Requests answered, by route, version and status code.");
+    let _ = writeln!(o, "# TYPE {REQUESTS_TOTAL} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let m = r.metrics.version(v);
+            for (code, c) in m.codes.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        o,
+                        "{REQUESTS_TOTAL}{{route=\"{}\",version=\"{}\",code=\"{code:03}\"}} {n}",
+                        escape(&r.metrics.name),
+                        v.as_str()
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP {REQUEST_DURATION} Time from request head to the end of the response, seconds.");
+    let _ = writeln!(o, "# TYPE {REQUEST_DURATION} histogram");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let m = r.metrics.version(v);
+            let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
+            let mut cumulative = 0;
+            for (le, b) in m.bounds.iter().zip(&m.buckets) {
+                cumulative += b.load(Ordering::Relaxed);
+                let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let count = m.count.load(Ordering::Relaxed);
+            let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let sum = m.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(o, "{REQUEST_DURATION}_sum{{{labels}}} {sum}");
+            let _ = writeln!(o, "{REQUEST_DURATION}_count{{{labels}}} {count}");
+        }
+    }
+    counter_family(&mut o, routes, UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind.", "kind", &ERROR_KINDS, |m| {
+        &m.upstream_errors
+    });
+    counter_family(
+        &mut o,
+        routes,
+        ROUTING_DECISIONS_TOTAL,
+        "Routing decisions, by version and reason.",
+        "reason",
+        &REASONS,
+        |m| &m.decisions,
+    );
+    let _ = writeln!(o, "# HELP {WEBSOCKET_ACTIVE} Open WebSocket connections.");
+    let _ = writeln!(o, "# TYPE {WEBSOCKET_ACTIVE} gauge");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let _ = writeln!(
+                o,
+                "{WEBSOCKET_ACTIVE}{{route=\"{}\",version=\"{}\"}} {}",
+                escape(&r.metrics.name),
+                v.as_str(),
+                r.metrics.version(v).ws_active.load(Ordering::Relaxed).max(0)
+            );
+        }
+    }
+    let close_labels: Vec<&str> = CloseWhy::ALL.iter().map(|c| c.as_str()).collect();
+    counter_family(
+        &mut o,
+        routes,
+        WEBSOCKET_TOTAL,
+        "Closed WebSocket connections, by who or what closed them.",
+        "close",
+        &close_labels,
+        |m| &m.ws_closed,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP {WEBSOCKET_RTT} WebSocket ping round trips to the upstream (weir's ping to its pong), seconds."
+    );
+    let _ = writeln!(o, "# TYPE {WEBSOCKET_RTT} histogram");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let m = r.metrics.version(v);
+            let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
+            let mut cumulative = 0;
+            for (le, b) in BUCKETS.iter().zip(&m.rtt_buckets) {
+                cumulative += b.load(Ordering::Relaxed);
+                let _ = writeln!(o, "{WEBSOCKET_RTT}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let count = m.rtt_count.load(Ordering::Relaxed);
+            let _ = writeln!(o, "{WEBSOCKET_RTT}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ =
+                writeln!(o, "{WEBSOCKET_RTT}_sum{{{labels}}} {}", m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+            let _ = writeln!(o, "{WEBSOCKET_RTT}_count{{{labels}}} {count}");
+        }
+    }
+    let shadowed: Vec<&RouteView<'_>> = routes.iter().filter(|r| r.shadow).collect();
+    let _ = writeln!(o, "# HELP {SHADOW_REQUESTS_TOTAL} Mirrored copies, by outcome.");
+    let _ = writeln!(o, "# TYPE {SHADOW_REQUESTS_TOTAL} counter");
+    for r in &shadowed {
+        for (outcome, c) in ShadowOutcome::ALL.iter().zip(&r.metrics.shadow.outcomes) {
+            let _ = writeln!(
+                o,
+                "{SHADOW_REQUESTS_TOTAL}{{route=\"{}\",outcome=\"{}\"}} {}",
+                escape(&r.metrics.name),
+                outcome.as_str(),
+                c.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let _ =
+        writeln!(o, "# HELP {SHADOW_MISMATCHES_TOTAL} Shadow answers whose status class differed from the primary's.");
+    let _ = writeln!(o, "# TYPE {SHADOW_MISMATCHES_TOTAL} counter");
+    for r in &shadowed {
+        let n = r.metrics.shadow.mismatches.load(Ordering::Relaxed);
+        let _ = writeln!(o, "{SHADOW_MISMATCHES_TOTAL}{{route=\"{}\"}} {n}", escape(&r.metrics.name));
+    }
+    let _ = writeln!(o, "# HELP {SHADOW_DURATION} Time of a mirrored exchange with the shadow upstream, seconds.");
+    let _ = writeln!(o, "# TYPE {SHADOW_DURATION} histogram");
+    for r in &shadowed {
+        let m = &r.metrics.shadow;
+        let labels = format!("route=\"{}\"", escape(&r.metrics.name));
+        let mut cumulative = 0;
+        for (le, b) in BUCKETS.iter().zip(&m.buckets) {
+            cumulative += b.load(Ordering::Relaxed);
+            let _ = writeln!(o, "{SHADOW_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = m.count.load(Ordering::Relaxed);
+        let _ = writeln!(o, "{SHADOW_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "{SHADOW_DURATION}_sum{{{labels}}} {}", m.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "{SHADOW_DURATION}_count{{{labels}}} {count}");
+    }
+    let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
+    let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");
+    for r in routes {
+        for (source, bp) in [("config", r.config_weight_bp), ("effective", r.effective_weight_bp)] {
+            let _ = writeln!(
+                o,
+                "{CANARY_WEIGHT_RATIO}{{route=\"{}\",source=\"{source}\"}} {}",
+                escape(&r.metrics.name),
+                f64::from(bp) / 10_000.0
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP {ROLLOUT_STATE} 1 for the rollout state each route is in, else 0.");
+    let _ = writeln!(o, "# TYPE {ROLLOUT_STATE} gauge");
+    for r in routes {
+        for phase in Phase::ALL {
+            let _ = writeln!(
+                o,
+                "{ROLLOUT_STATE}{{route=\"{}\",state=\"{}\"}} {}",
+                escape(&r.metrics.name),
+                phase.as_str(),
+                u8::from(phase == r.phase)
+            );
+        }
+    }
+    route_counters(&mut o, routes, ANALYSIS_VERDICTS_TOTAL, "Canary analysis verdicts.", "verdict", |m| {
+        Verdict::ALL.iter().map(|v| v.as_str()).zip(m.verdicts.iter()).collect()
+    });
+    let standings: Vec<(&RouteView<'_>, Vec<Standing>)> = routes.iter().map(|r| (r, r.metrics.standings())).collect();
+    for (name, help, pick) in [
+        (
+            ANALYSIS_EVIDENCE,
+            "E-value of each evidence test after the latest verdict (a test fires at its threshold).",
+            0,
+        ),
+        (ANALYSIS_THRESHOLD, "E-value at which each evidence test fires (1/alpha share).", 1),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (r, list) in &standings {
+            for s in list {
+                for (scope, e, t) in
+                    [("revision", s.e_revision, s.threshold_revision), ("epoch", s.e_epoch, s.threshold_epoch)]
+                {
+                    let value = if pick == 0 { e } else { t };
+                    let _ = writeln!(
+                        o,
+                        "{name}{{route=\"{}\",test=\"{}\",scope=\"{scope}\"}} {value}",
+                        escape(&r.metrics.name),
+                        s.test.as_str()
+                    );
+                }
+            }
+        }
+    }
+    route_counters(&mut o, routes, ROLLBACKS_TOTAL, "Canary rollbacks, by reason.", "reason", |m| {
+        RollbackReason::ALL.iter().map(|v| v.as_str()).zip(m.rollbacks.iter()).collect()
+    });
+    let _ = writeln!(o, "# HELP {UNROUTED_TOTAL} Requests that matched no route (answered 404).");
+    let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
+    let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
+    let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
+    let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
+    let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);
+    let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"failure\"}} {}", g.reloads_failure);
+    let _ = writeln!(o, "# HELP {CONFIG_GENERATION} Generation of the config in force (1 at start).");
+    let _ = writeln!(o, "# TYPE {CONFIG_GENERATION} gauge");
+    let _ = writeln!(o, "{CONFIG_GENERATION} {}", g.generation);
+    let _ = writeln!(o, "# HELP {BUILD_INFO} Always 1; the version label says which weir runs.");
+    let _ = writeln!(o, "# TYPE {BUILD_INFO} gauge");
+    let _ = writeln!(o, "{BUILD_INFO}{{version=\"{}\"}} 1", crate::VERSION);
+    o
+}
