@@ -313,6 +313,34 @@ mod tests {
     }
 
     #[test]
+    fn only_randomised_traffic_is_evidence_and_segments_are_their_own_strata() {
+        let text = "listen: [{address: \"127.0.0.1:0\"}]\nupstreams:\n  a: {endpoints: [\"127.0.0.1:1\"]}\n\
+            routes:\n  - name: r\n    stable: {upstream: a}\n    canary: {upstream: a}\n    weight: 10\n\
+            \x20   sticky: {keys: [\"header:x-player-id\"]}\n    override: {header: x-force}\n\
+            \x20   segments:\n      - {name: staff, match: {header: {x-staff: \"1\"}}, weight: 100}\n\
+            \x20     - {name: se, match: {header: {x-market: SE}}, weight: 50}\n    analysis: {}\n";
+        let snap = crate::config::parse(text.as_bytes(), std::path::Path::new("t.yaml")).unwrap();
+        let route = &snap.table.routes[0];
+        let unit = |headers: &[(&'static str, &'static str)], draw: u16| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(*k, http::HeaderValue::from_static(v));
+            }
+            let facts = crate::routing::Facts { host: "x", path: "/", query: None, headers: &h };
+            let d = crate::routing::decide(&snap.table, &facts, draw).unwrap();
+            Unit::of(route, &d)
+        };
+        let anon = unit(&[], 42).unwrap();
+        assert_eq!((anon.stratum, anon.weight_bp, anon.user), (Stratum { segment: None, per_user: false }, 1000, 0));
+        let player = unit(&[("x-player-id", "p1")], 42).unwrap();
+        assert!(player.stratum.per_user && player.user != 0);
+        let se = unit(&[("x-market", "SE"), ("x-player-id", "p1")], 42).unwrap();
+        assert_eq!((se.stratum.segment, se.weight_bp), (Some(1), 5000));
+        assert_eq!(unit(&[("x-staff", "1")], 42), None, "a 100 % segment has no stable to compare with");
+        assert_eq!(unit(&[("x-force", "canary")], 42), None, "forced traffic is not evidence");
+    }
+
+    #[test]
     fn the_filter_rarely_mistakes_new_users_for_counted_ones() {
         let mut f = Filter::new();
         for u in 0..100_000u64 {

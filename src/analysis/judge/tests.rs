@@ -237,3 +237,38 @@ fn test_names_are_the_same_in_json_and_in_words() {
         assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(t.as_str()));
     }
 }
+
+/// A segment with its own weight and its own baseline (a market where both
+/// versions see 5 % errors, at 50 % canary, next to 0.2 % elsewhere at 10 %):
+/// compared within each segment, nothing is wrong; pooled, the canary would
+/// seem to carry more than its share of errors.
+#[test]
+fn segments_are_compared_with_stable_of_the_same_segment() {
+    let p = policy();
+    let run = |pooled: bool| {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut st = JudgeState::default();
+        for i in 0..200 {
+            let mut strata = Vec::new();
+            let mut all = Cell::default();
+            for (segment, n, rate) in [(None, [450u64, 50u64], 0.002), (Some(0u16), [50, 50], 0.05)] {
+                let mut c = Cell::default();
+                c.n[Event::Error.idx()] = n;
+                c.x[Event::Error.idx()] = [binomial(&mut rng, n[0], rate), binomial(&mut rng, n[1], rate)];
+                all.add(&c);
+                let stratum = Stratum { segment: if pooled { None } else { segment }, per_user: false };
+                strata.push(StratumCounts { stratum: Some(stratum), weight_bp: 1000, revision: c, epoch: c });
+            }
+            if pooled {
+                strata = vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, revision: all, epoch: all }];
+            }
+            let iv = Interval { strata, requests: all, frozen: Frozen::default() };
+            if judge(&p, &mut st, &iv, false, i * 10_000).verdict == Verdict::Fail {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(!run(false), "within segments the canary is as good as stable");
+    assert!(run(true), "pooled, the segment's higher share and higher baseline look like a bad canary");
+}
