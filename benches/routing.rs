@@ -81,3 +81,25 @@ fn record_one_request(b: Bencher) {
     let now = std::time::Instant::now();
     b.bench_local(|| m.canary.record(black_box(now), 200, black_box(std::time::Duration::from_micros(1234)), false));
 }
+
+/// Question (judgement): what does the evidence recorder add per request —
+/// classify against the frozen lines and count, per request (anonymous) and
+/// per user (two counted-user filter probes per scope)?
+#[divan::bench(args = [false, true])]
+fn record_evidence(b: Bencher, per_user: bool) {
+    use weir::analysis::{Frozen, Stratum};
+    use weir::evidence::{Evidence, Unit};
+    let ev = Evidence::default();
+    ev.take(Frozen { latency_us: Some([1000, 2000, 4000, 8000]), tolerance: 0.05, ..Frozen::default() });
+    let mut user = 0u64;
+    b.bench_local(|| {
+        user = user.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let unit = Unit { stratum: Stratum { segment: None, per_user }, weight_bp: 1000, user };
+        ev.record(
+            black_box(&unit),
+            weir::routing::Version::Canary,
+            false,
+            Some(black_box(std::time::Duration::from_micros(1234))),
+        );
+    });
+}

@@ -198,16 +198,6 @@ impl Book {
         }
     }
 
-    /// Save, with each judged route's counted-user filters as they are now.
-    fn save_with_filters(&mut self, config: &Snapshot, registry: &Registry) {
-        for r in config.table.routes.iter().filter(|r| r.analysis.is_some()) {
-            if let Some(st) = self.states.get_mut(&*r.name) {
-                st.filters = registry.route(&r.name).evidence.export_filters();
-            }
-        }
-        self.save();
-    }
-
     fn save(&self) {
         if let Err(err) = self.store.save(&self.states) {
             tracing::error!(path = %self.store.dir().display(), error = %err, "cannot save rollout state");
@@ -303,6 +293,9 @@ impl Book {
             let before_streak = st.streak;
             let before_phase = st.phase(r.config_killed);
             let (j, t, inputs) = judging::take_verdict(r, analysis, st, &m, now, now_ms);
+            // The counted-user filters as of this verdict, saved with it: a
+            // filter older than the e-values could count a user twice.
+            st.filters = m.evidence.export_filters();
             let st = st.clone();
             dirty = true;
             // A hold starting or ending changes what /routes and the
@@ -328,7 +321,7 @@ impl Book {
             }
         }
         if dirty {
-            self.save_with_filters(config, registry);
+            self.save();
         }
         (changed, next)
     }
