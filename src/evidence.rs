@@ -12,11 +12,12 @@
 //! a Bloom filter of (user, event) pairs answers "has this user already
 //! counted?". A false positive skips a unit regardless of its version, which
 //! costs a little power and never validity. 2^21 bits (256 KiB) per scope,
-//! four probes: under 1 % false positives up to ~150,000 entries.
+//! four probes: under 1 % false positives up to ~150,000 entries. They are
+//! saved next to the state file with each verdict of their route
+//! (`rollout::store`), so a restart does not count a user twice.
 
 use crate::analysis::{Cell, Event, Frozen, Interval, Stratum, StratumCounts};
 use crate::routing::{BucketSource, Decision, Reason, Route, Version};
-use base64::Engine as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -220,21 +221,21 @@ impl Evidence {
         *self.lock() = Inner { frozen, ..Inner::default() };
     }
 
-    /// The counted-user filters, for the state file (None: no sticky users).
-    pub fn export_filters(&self) -> Option<String> {
+    /// The counted-user filters as bytes, for `state_dir` (None: this route
+    /// has seen no sticky user).
+    pub fn export_filters(&self) -> Option<Vec<u8>> {
         let inner = self.lock();
         let f = inner.filters.as_ref()?;
         let mut bytes = Vec::with_capacity(FILTER_WORDS * 16);
         for w in f.iter().flat_map(|f| f.words.iter()) {
             bytes.extend_from_slice(&w.to_le_bytes());
         }
-        Some(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+        Some(bytes)
     }
 
-    /// Restore filters saved by `export_filters`; anything malformed is
-    /// ignored (users may then count twice: the caller starts a new epoch).
-    pub fn import_filters(&self, text: &str) -> bool {
-        let Ok(bytes) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text) else { return false };
+    /// Restore filters saved by `export_filters`; false (and nothing
+    /// changed) when the bytes are not such filters.
+    pub fn import_filters(&self, bytes: &[u8]) -> bool {
         if bytes.len() != FILTER_WORDS * 16 {
             return false;
         }
@@ -308,7 +309,7 @@ mod tests {
         assert!(again.import_filters(&saved));
         again.record(&user(7), Version::Stable, true, None);
         assert_eq!(again.take(Frozen::default()).strata[0].revision.x(Event::Error, STABLE), 0);
-        assert!(!again.import_filters("not base64!"));
+        assert!(!again.import_filters(b"too short"));
         assert!(Evidence::default().export_filters().is_none());
     }
 

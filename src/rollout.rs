@@ -178,12 +178,16 @@ impl Book {
     /// so that route's judge starts afresh (never from remembered e-values).
     fn restore_filters(&mut self, config: &Snapshot, registry: &Registry) {
         for (name, st) in &mut self.states {
-            let Some(text) = st.filters.as_deref() else { continue };
+            if !st.filters {
+                continue;
+            }
             let Some(r) = config.table.route(name) else { continue };
-            if !registry.route(&r.name).evidence.import_filters(text) {
+            let restored =
+                self.store.load_filters(name).is_some_and(|b| registry.route(&r.name).evidence.import_filters(&b));
+            if !restored {
                 tracing::warn!(route = %name, "saved counted-user filters unreadable; the route's evidence starts afresh");
                 st.judge = crate::analysis::JudgeState::default();
-                st.filters = None;
+                st.filters = false;
             }
         }
     }
@@ -295,7 +299,15 @@ impl Book {
             let (j, t, inputs) = judging::take_verdict(r, analysis, st, &m, now, now_ms);
             // The counted-user filters as of this verdict, saved with it: a
             // filter older than the e-values could count a user twice.
-            st.filters = m.evidence.export_filters();
+            if let Some(bytes) = m.evidence.export_filters() {
+                st.filters = match self.store.save_filters(&r.name, &bytes) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(route = %r.name, error = %err, "cannot save counted-user filters");
+                        false
+                    }
+                };
+            }
             let st = st.clone();
             dirty = true;
             // A hold starting or ending changes what /routes and the

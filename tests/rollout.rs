@@ -384,6 +384,10 @@ async fn the_latch_survives_reload_and_kill_9_and_clears_on_a_new_revision() {
     let counted = |doc: &Value| doc["routes"]["app"]["judge"]["scopes"][0]["totals"]["n"][0][1].as_u64().unwrap_or(0);
     let before = counted(&saved(&state));
     assert!(before >= 1, "judge state persisted: {}", saved(&state));
+    // Players have sticky keys: the counted-user filters are saved beside it.
+    assert_eq!(saved(&state)["routes"]["app"]["filters"], true);
+    let filter_files = std::fs::read_dir(state.join("filters")).unwrap().count();
+    assert_eq!(filter_files, 1);
     kill9(&mut child);
     let (mut child, addr, admin, _out, _err) = support::spawn_weir_admin(&cfg);
     let doc = saved(&state);

@@ -378,13 +378,17 @@ async fn ten_thousand_requests_against_a_hung_shadow_leave_nothing_behind_in_wei
 
     // Timed-out copies close their connections; weir's descriptors return
     // to the baseline (bounded wait), its memory stays within 4 MiB of it.
+    // Slack of 8: on a loaded machine the 50-way load can leave a few more
+    // idle keep-alive connections to stable in the pool than the warm-up
+    // did (idle pool reaping is issue 19); a leak of the hung copies would
+    // be hundreds.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proc_fds(pid) > fds0 + 2 && Instant::now() < deadline {
+    while proc_fds(pid) > fds0 + 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (fds1, rss1) = (proc_fds(pid), proc_rss_kib(pid));
     println!("weir fds {fds0} -> {fds1}; weir RSS {rss0} KiB -> {rss1} KiB; {timeouts} timed out, {dropped} dropped");
-    assert!(fds1 <= fds0 + 2, "descriptors left behind: {fds0} -> {fds1}");
+    assert!(fds1 <= fds0 + 8, "descriptors left behind: {fds0} -> {fds1}");
     assert!(rss1 < rss0 + 4096, "weir grew from {rss0} KiB to {rss1} KiB");
     let _ = child.kill();
     let _ = child.wait();

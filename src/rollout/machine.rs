@@ -132,10 +132,10 @@ pub struct RouteState {
     /// The judge's e-processes and totals for this revision.
     #[serde(default)]
     pub judge: JudgeState,
-    /// The evidence recorder's counted-user filters (base64), so a restart
-    /// does not count a user twice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<String>,
+    /// Counted-user filters were saved with this state (in
+    /// `state_dir/filters/`); without them the judge must start afresh.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filters: bool,
 }
 
 /// A change worth journaling.
@@ -185,7 +185,7 @@ impl RouteState {
             streak: 0,
             held: false,
             judge: JudgeState::default(),
-            filters: None,
+            filters: false,
         }
     }
 
@@ -318,7 +318,7 @@ impl RouteState {
             self.held = false;
             // A resumed canary is judged afresh: new processes, new filters.
             self.judge = JudgeState::default();
-            self.filters = None;
+            self.filters = false;
             self.paused = false;
             self.promoted = false;
             self.step = progression.map(|_| 0);

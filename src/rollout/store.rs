@@ -1,6 +1,9 @@
 //! `state_dir` on disk: `state.json` (every route's rollout state, replaced
-//! atomically: temp file, fsync, rename, fsync of the directory) and
-//! `journal.jsonl` (one JSON object a line, appended and fsync'd).
+//! atomically: temp file, fsync, rename, fsync of the directory),
+//! `journal.jsonl` (one JSON object a line, appended and fsync'd) and
+//! `filters/<route key>.bin` (a route's counted-user filters, replaced the
+//! same way, written only with that route's verdicts so the state file
+//! stays small however many sticky routes there are).
 
 use super::machine::RouteState;
 use serde_json::Value;
@@ -12,6 +15,22 @@ use std::path::{Path, PathBuf};
 const STATE: &str = "state.json";
 const JOURNAL: &str = "journal.jsonl";
 const FORMAT: u64 = 1;
+const FILTERS: &str = "filters";
+
+/// Write `name` under `dir` atomically: temp file, fsync, rename, fsync of
+/// the directory the file is in.
+fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    // The rename itself is durable only once the directory is synced.
+    File::open(path.parent().unwrap_or(dir))?.sync_all()
+}
 
 pub struct Store {
     dir: PathBuf,
@@ -54,17 +73,27 @@ impl Store {
 
     /// Replace `state.json` atomically.
     pub fn save(&self, routes: &BTreeMap<String, RouteState>) -> io::Result<()> {
-        let doc = serde_json::json!({"format": FORMAT, "routes": routes});
-        let tmp = self.dir.join(format!("{STATE}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(doc.to_string().as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(STATE))?;
-        // The rename itself is durable only once the directory is synced.
-        File::open(&self.dir)?.sync_all()
+        let mut doc = serde_json::json!({"format": FORMAT, "routes": routes}).to_string();
+        doc.push('\n');
+        replace(&self.dir, STATE, doc.as_bytes())
+    }
+
+    /// Where a route's filters live: a name derived from the route name, so
+    /// any route name makes a safe file name.
+    fn filters_name(route: &str) -> String {
+        use sha2::Digest;
+        format!("{FILTERS}/{}.bin", &hex::encode(sha2::Sha256::digest(route.as_bytes()))[..16])
+    }
+
+    /// Replace a route's counted-user filters atomically.
+    pub fn save_filters(&self, route: &str, bytes: &[u8]) -> io::Result<()> {
+        fs::create_dir_all(self.dir.join(FILTERS))?;
+        replace(&self.dir, &Self::filters_name(route), bytes)
+    }
+
+    /// A route's saved filters, if any could be read.
+    pub fn load_filters(&self, route: &str) -> Option<Vec<u8>> {
+        fs::read(self.dir.join(Self::filters_name(route))).ok()
     }
 
     /// Append one line and fsync it.
@@ -135,6 +164,24 @@ mod tests {
         let (_, l) = Store::open(dir.path()).unwrap();
         assert!(l.unreadable_file.is_some());
         assert!(dir.path().join("state.json.unreadable").exists());
+    }
+
+    #[test]
+    fn filters_are_kept_per_route_under_any_route_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load_filters("a/../b"), None);
+        store.save_filters("a/../b", b"one").unwrap();
+        store.save_filters("c", b"two").unwrap();
+        store.save_filters("c", b"three").unwrap();
+        assert_eq!(store.load_filters("a/../b").as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.load_filters("c").as_deref(), Some(&b"three"[..]));
+        let names: Vec<String> = fs::read_dir(dir.path().join(FILTERS))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().all(|n| n.ends_with(".bin") && !n.contains("..")), "{names:?}");
     }
 
     #[test]
