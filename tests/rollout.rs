@@ -437,11 +437,20 @@ async fn the_latch_survives_reload_and_kill_9_and_clears_on_a_new_revision() {
     // verdicts carry their inputs, the revision change is there.
     let lines = app_lines(&state);
     assert_eq!(lines.iter().filter(|e| e["event"] == "rollback").count(), 1);
-    let verdict = lines.iter().find(|e| e["event"] == "verdict").unwrap();
+    // Routine verdicts are short: each test's e-values and the interval's counts.
+    let routine = lines.iter().find(|e| e["event"] == "verdict" && e["verdict"] != "fail").unwrap();
+    let tests = routine["inputs"]["tests"].as_object().unwrap();
+    assert_eq!(tests.len(), 5, "{routine}");
+    assert!(tests["E"].as_array().is_some_and(|v| v.len() == 2 && v[0].is_number()), "{routine}");
+    println!("routine verdict line: {} bytes", routine.to_string().len());
+    assert!(routine.to_string().len() < 1200, "{} bytes: {routine}", routine.to_string().len());
+    // A fail carries everything needed to redo it by hand.
+    let fail = lines.iter().find(|e| e["event"] == "verdict" && e["verdict"] == "fail").unwrap();
     for k in ["requests", "errors", "error_percent"] {
-        assert!(verdict["inputs"]["since_revision"]["canary"][k].is_number(), "{k}: {verdict}");
+        assert!(fail["inputs"]["since_revision"]["canary"][k].is_number(), "{k}: {fail}");
     }
-    assert!(verdict["inputs"]["tests"].as_array().is_some_and(|t| t.len() == 5), "{verdict}");
+    assert!(fail["inputs"]["tests"].as_array().is_some_and(|t| t.len() == 5), "{fail}");
+    assert!(fail["inputs"]["thresholds"]["alpha"].is_number(), "{fail}");
     assert!(lines.iter().any(|e| e["event"] == "config_change" && e["actor"] == "config"), "weight edit journaled");
     assert!(lines.iter().any(|e| e["event"] == "new_revision" && e["revision"]["canary"] == "2.1"));
     let saved: Value = serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();

@@ -4,7 +4,7 @@
 //! `analysis.epoch` elapsed) in step with the recorder's user filters.
 
 use super::machine::{RouteState, Transition, duration_ms};
-use crate::analysis::{Event, Frozen, Interval, Judgement, judge};
+use crate::analysis::{Event, Frozen, Interval, Judgement, Verdict, judge};
 use crate::config::Analysis;
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
@@ -67,7 +67,10 @@ pub fn take_verdict(
         }
         _ => {}
     }
-    let inputs = inputs(a, &iv, &j, st);
+    let inputs = match j.verdict {
+        Verdict::Pass | Verdict::Insufficient => routine_inputs(&iv, &j, st),
+        Verdict::Fail | Verdict::Hold => inputs(a, &iv, &j, st),
+    };
     (j, t, inputs)
 }
 
@@ -81,7 +84,20 @@ fn per_version(c: &crate::analysis::Cell, e: Event) -> Value {
     json!({"stable": {"units": c.n(e, 0), "bad": c.x(e, 0)}, "canary": {"units": c.n(e, 1), "bad": c.x(e, 1)}})
 }
 
-/// What the journal keeps of one verdict: enough to redo it by hand.
+/// A routine verdict (pass, insufficient) is journaled short, one line of
+/// a few hundred bytes every interval: each test's e-values (since the
+/// revision, strongest epoch) and the interval's counts.
+fn routine_inputs(iv: &Interval, j: &Judgement, st: &RouteState) -> Value {
+    let tests: serde_json::Map<String, Value> =
+        j.standings.iter().map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch]))).collect();
+    json!({
+        "tests": tests,
+        "epoch": st.judge.epoch,
+        "interval": {"errors": per_version(&iv.requests, Event::Error)},
+    })
+}
+
+/// What the journal keeps of a fail or hold: enough to redo it by hand.
 fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value {
     let ms = |v: Option<u64>| v.map(|u| u as f64 / 1000.0);
     let f = &iv.frozen;
