@@ -12,13 +12,9 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{Weir, client, config, get, journal, wait_route};
-use tokio::net::{TcpListener, TcpStream};
+use support::{Weir, client, config, get, journal, wait_route, ws_open as open};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// An echo upstream; it answers pings after `pong_delay` and can drop every
 /// session at once without a close frame.
@@ -71,19 +67,6 @@ impl GameServer {
             s.abort();
         }
     }
-}
-
-async fn open(addr: SocketAddr, player: Option<&str>) -> (Ws, String) {
-    let mut req = format!("ws://{addr}/game").into_client_request().unwrap();
-    if let Some(p) = player {
-        req.headers_mut().insert("x-player-id", p.parse().unwrap());
-    }
-    let (ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake timed out")
-        .expect("handshake failed");
-    let who = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    (ws, who)
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {

@@ -12,16 +12,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Upstream, Weir, admin_post, client, config, eventually, get, spawn_weir_admin};
+use support::{Upstream, Weir, Ws, admin_post, client, config, eventually, get, spawn_weir_admin, ws_open as open};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A WebSocket echo upstream that tags its handshake answer with
 /// `x-upstream: <name>`, records each handshake's request headers and every
@@ -97,21 +93,6 @@ impl WsUpstream {
     fn closes(&self) -> Vec<u16> {
         self.closes.lock().unwrap().iter().copied().filter(|&c| c != 1005).collect()
     }
-}
-
-/// Open a WebSocket through weir as `player` (if any); returns the stream
-/// and the upstream that answered.
-async fn open(addr: SocketAddr, player: Option<&str>) -> (Ws, String) {
-    let mut req = format!("ws://{addr}/game").into_client_request().unwrap();
-    if let Some(p) = player {
-        req.headers_mut().insert("x-player-id", p.parse().unwrap());
-    }
-    let (ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake timed out")
-        .expect("handshake failed");
-    let who = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    (ws, who)
 }
 
 /// Read until a close frame arrives; its code, or None if the stream ended

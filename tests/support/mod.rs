@@ -407,3 +407,22 @@ pub fn wait_for(lines: &Lines, what: &str, limit: Duration) -> Option<String> {
     }
     None
 }
+
+/// A WebSocket client stream as tokio-tungstenite opens it.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open a WebSocket through weir at `addr` as `player` (if any); returns the
+/// stream and the upstream that answered (its `x-upstream` header).
+pub async fn ws_open(addr: SocketAddr, player: Option<&str>) -> (Ws, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/game").into_client_request().unwrap();
+    if let Some(p) = player {
+        req.headers_mut().insert("x-player-id", p.parse().unwrap());
+    }
+    let (ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake failed");
+    let who = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (ws, who)
+}
