@@ -192,6 +192,11 @@ impl Evidence {
         self.lock().frozen
     }
 
+    /// Classify with `frozen` from now on (restoring saved lines at start).
+    pub fn set_frozen(&self, frozen: Frozen) {
+        self.lock().frozen = frozen;
+    }
+
     /// End the interval: return its counts and install `next` thresholds.
     pub fn take(&self, next: Frozen) -> Interval {
         let mut inner = self.lock();

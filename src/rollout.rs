@@ -173,15 +173,18 @@ impl Book {
         Ok(book)
     }
 
-    /// Give each route's recorder the counted-user filters saved with its
-    /// state. Filters that cannot be restored mean users could count twice,
-    /// so that route's judge starts afresh (never from remembered e-values).
+    /// Give each route's recorder the lines and the counted-user filters
+    /// saved with its state. Filters that cannot be restored mean users
+    /// could count twice, so that route's judge starts afresh (never from
+    /// remembered e-values).
     fn restore_filters(&mut self, config: &Snapshot, registry: &Registry) {
         for (name, st) in &mut self.states {
+            let Some(r) = config.table.route(name) else { continue };
+            // The lines the saved state was about to classify with.
+            registry.route(&r.name).evidence.set_frozen(st.judge.frozen);
             if !st.filters {
                 continue;
             }
-            let Some(r) = config.table.route(name) else { continue };
             let restored =
                 self.store.load_filters(name).is_some_and(|b| registry.route(&r.name).evidence.import_filters(&b));
             if !restored {

@@ -386,6 +386,7 @@ async fn the_latch_survives_reload_and_kill_9_and_clears_on_a_new_revision() {
     assert!(before >= 1, "judge state persisted: {}", saved(&state));
     // Players have sticky keys: the counted-user filters are saved beside it.
     assert_eq!(saved(&state)["routes"]["app"]["filters"], true);
+    assert!(saved(&state)["routes"]["app"]["judge"]["frozen"]["tolerance"].is_number(), "the lines are kept too");
     let filter_files = std::fs::read_dir(state.join("filters")).unwrap().count();
     assert_eq!(filter_files, 1);
     kill9(&mut child);

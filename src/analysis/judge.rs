@@ -175,6 +175,9 @@ pub struct JudgeState {
     pub step_totals: Cell,
     /// Guards: is each version (stable, canary) out of the SLO right now?
     pub detectors: BTreeMap<Test, [Detector; 2]>,
+    /// The lines the interval after the latest verdict is classified with
+    /// (kept so a restart classifies with them too).
+    pub frozen: super::counts::Frozen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -52,14 +52,14 @@ pub fn take_verdict(
 ) -> (Judgement, Transition, Value) {
     let next = frozen_for(a, m, st.step_since_ms, now, now_ms);
     let iv = m.evidence.take(next);
+    st.judge.frozen = next;
     let ws_rtt = !r.websocket.rtt_interval.is_zero();
     let j = judge(a, &mut st.judge, &iv, ws_rtt, now_ms);
     let t = st.on_verdict(&j, a.mode, r.progression.as_deref(), now_ms);
     match t {
         Transition::Advanced { .. } | Transition::Promoted => {
             // A new step: fresh epoch processes, and latency warms up again.
-            st.judge.new_step(now_ms);
-            m.evidence.new_epoch(Some(frozen_for(a, m, st.step_since_ms, now, now_ms)));
+            new_step(a, st, m, now, now_ms);
         }
         Transition::None if st.judge.epoch_due(a, now_ms) => {
             st.judge.new_epoch(now_ms);
@@ -77,7 +77,9 @@ pub fn take_verdict(
 /// A new step began outside a verdict (admin `promote`).
 pub fn new_step(a: &Analysis, st: &mut RouteState, m: &RouteMetrics, now: Instant, now_ms: u64) {
     st.judge.new_step(now_ms);
-    m.evidence.new_epoch(Some(frozen_for(a, m, st.step_since_ms, now, now_ms)));
+    let frozen = frozen_for(a, m, st.step_since_ms, now, now_ms);
+    st.judge.frozen = frozen;
+    m.evidence.new_epoch(Some(frozen));
 }
 
 fn per_version(c: &crate::analysis::Cell, e: Event) -> Value {
