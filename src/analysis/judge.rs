@@ -289,13 +289,14 @@ impl JudgeState {
 /// `alpha / k` per test, half of it since the revision started, the other
 /// half split ½ · 1/(s(s+1)) over epochs s = 1, 2, … (sums to the half).
 pub fn threshold(p: &Analysis, k: usize, epoch: u32) -> f64 {
-    let alpha_k = p.alpha / k.max(1) as f64;
-    if epoch == 0 {
-        2.0 / alpha_k
+    let share = if epoch == 0 {
+        2.0
     } else {
         let s = f64::from(epoch);
-        2.0 * s * (s + 1.0) / alpha_k
-    }
+        2.0 * s * (s + 1.0)
+    };
+    // Multiply before dividing, so 1 % over 6 tests reads 1200, not 1199.9999….
+    share * k.max(1) as f64 / p.alpha
 }
 
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
