@@ -129,6 +129,11 @@ routes:
     stable: {upstream: v1}
     canary: {upstream: v2}
     analysis: {alpha: 1%, mode: observe, max_p95: 300ms, error_tolerance: 1.5, latency_tolerance: 0.1}
+  - name: dry-run-steps
+    stable: {upstream: v1}
+    canary: {upstream: v2}
+    analysis: {mode: observe}
+    progression: {steps: [5, 50]}
 "#,
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["check", "-c"]).arg(&p).output().unwrap();
@@ -138,7 +143,11 @@ routes:
         let line = format!("warning: routes[0].analysis.{key}: deprecated and ignored");
         assert!(text.contains(&line), "missing {line:?} in:\n{text}");
     }
-    assert_eq!(text.matches("warning:").count(), 3, "the new keys warn about nothing:\n{text}");
+    assert!(
+        text.contains("warning: routes[2].analysis.mode: observe never acts: progression stays on its first step"),
+        "{text}"
+    );
+    assert_eq!(text.matches("warning:").count(), 4, "the new keys warn about nothing else:\n{text}");
     // A bad value for a new key is an error with its path.
     let bad = write(
         dir.path(),

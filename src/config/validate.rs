@@ -330,6 +330,9 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
             websocket.rtt_interval = DEFAULT_RTT_INTERVAL;
         }
     }
+    if progression.is_some() && analysis.as_ref().is_some_and(|a| a.mode == crate::config::AnalysisMode::Observe) {
+        p.warn(format!("{path}.analysis.mode"), "observe never acts: progression stays on its first step");
+    }
     if progression.is_some() && analysis.is_none() {
         p.at(format!("{path}.progression"), "progression needs `analysis`: steps advance only after a `pass`");
     }
