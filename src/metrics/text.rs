@@ -59,6 +59,28 @@ fn route_counters(
     }
 }
 
+/// One histogram series: cumulative `_bucket` lines (the counters are kept
+/// per bucket), `+Inf`, `_sum` (stored in µs) and `_count`.
+fn histogram_series(
+    o: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    buckets: &[AtomicU64],
+    sum_us: &AtomicU64,
+    count: &AtomicU64,
+) {
+    let mut cumulative = 0;
+    for (le, b) in bounds.iter().zip(buckets) {
+        cumulative += b.load(Ordering::Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let count = count.load(Ordering::Relaxed);
+    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count{{{labels}}} {count}");
+}
+
 /// Prometheus text format 0.0.4.
 pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -86,16 +108,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         for v in [Version::Stable, Version::Canary] {
             let m = r.metrics.version(v);
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
-            let mut cumulative = 0;
-            for (le, b) in m.bounds.iter().zip(&m.buckets) {
-                cumulative += b.load(Ordering::Relaxed);
-                let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-            }
-            let count = m.count.load(Ordering::Relaxed);
-            let _ = writeln!(o, "{REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let sum = m.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(o, "{REQUEST_DURATION}_sum{{{labels}}} {sum}");
-            let _ = writeln!(o, "{REQUEST_DURATION}_count{{{labels}}} {count}");
+            histogram_series(&mut o, REQUEST_DURATION, &labels, &m.bounds, &m.buckets, &m.sum_us, &m.count);
         }
     }
     counter_family(&mut o, routes, UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind.", "kind", &ERROR_KINDS, |m| {
@@ -142,16 +155,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         for v in [Version::Stable, Version::Canary] {
             let m = r.metrics.version(v);
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
-            let mut cumulative = 0;
-            for (le, b) in BUCKETS.iter().zip(&m.rtt_buckets) {
-                cumulative += b.load(Ordering::Relaxed);
-                let _ = writeln!(o, "{WEBSOCKET_RTT}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-            }
-            let count = m.rtt_count.load(Ordering::Relaxed);
-            let _ = writeln!(o, "{WEBSOCKET_RTT}_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ =
-                writeln!(o, "{WEBSOCKET_RTT}_sum{{{labels}}} {}", m.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
-            let _ = writeln!(o, "{WEBSOCKET_RTT}_count{{{labels}}} {count}");
+            histogram_series(&mut o, WEBSOCKET_RTT, &labels, &BUCKETS, &m.rtt_buckets, &m.rtt_sum_us, &m.rtt_count);
         }
     }
     let shadowed: Vec<&RouteView<'_>> = routes.iter().filter(|r| r.shadow).collect();
@@ -180,15 +184,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     for r in &shadowed {
         let m = &r.metrics.shadow;
         let labels = format!("route=\"{}\"", escape(&r.metrics.name));
-        let mut cumulative = 0;
-        for (le, b) in BUCKETS.iter().zip(&m.buckets) {
-            cumulative += b.load(Ordering::Relaxed);
-            let _ = writeln!(o, "{SHADOW_DURATION}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let count = m.count.load(Ordering::Relaxed);
-        let _ = writeln!(o, "{SHADOW_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "{SHADOW_DURATION}_sum{{{labels}}} {}", m.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(o, "{SHADOW_DURATION}_count{{{labels}}} {count}");
+        histogram_series(&mut o, SHADOW_DURATION, &labels, &BUCKETS, &m.buckets, &m.sum_us, &m.count);
     }
     let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
     let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");
