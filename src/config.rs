@@ -138,6 +138,33 @@ pub struct Analysis {
     pub max_p99: Option<Duration>,
     #[serde(serialize_with = "units::ser_opt_duration_ms", rename = "max_ws_rtt_p95_ms")]
     pub max_ws_rtt_p95: Option<Duration>,
+    /// Fleet mode: judge from the fleet's counts in Prometheus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<FleetSource>,
+}
+
+/// `analysis.source`: the Prometheus every replica is scraped by. Each
+/// replica asks it for the fleet's evidence at aligned evaluation times.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetSource {
+    /// Base URL as written (`http://prometheus.monitoring:9090`).
+    pub prometheus: String,
+    /// `host:port` to connect to.
+    #[serde(skip)]
+    pub authority: String,
+    /// Path prefix before `/api/v1/…` (empty, or `/prometheus`).
+    #[serde(skip)]
+    pub path_prefix: String,
+    /// How often Prometheus scrapes weir's admin port.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "scrape_interval_ms")]
+    pub scrape_interval: Duration,
+    /// How long after an evaluation time its question is asked: a scrape
+    /// that began before it must have been stored by then.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "lag_ms")]
+    pub lag: Duration,
+    /// Per query.
+    #[serde(serialize_with = "units::ser_duration_ms", rename = "timeout_ms")]
+    pub timeout: Duration,
 }
 
 /// `analysis.mode`.
@@ -166,6 +193,7 @@ impl Default for Analysis {
             max_p95: None,
             max_p99: None,
             max_ws_rtt_p95: None,
+            source: None,
         }
     }
 }

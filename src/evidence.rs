@@ -97,63 +97,68 @@ struct Inner {
     frozen: Frozen,
     strata: Vec<StratumCounts>,
     requests: Cell,
+    /// Since this recorder began (or the revision changed): never taken,
+    /// exported as counters so a fleet can sum them (`crate::fleet`).
+    totals: Vec<StratumCounts>,
+    total_requests: Cell,
     /// [since the revision started, this epoch]; allocated on first use.
     filters: Option<[Filter; 2]>,
 }
 
-impl Inner {
-    fn stratum(&mut self, s: Stratum) -> Option<&mut StratumCounts> {
-        let i = match self.strata.iter().position(|c| c.stratum == Some(s)) {
-            Some(i) => i,
-            None => {
-                self.strata.push(StratumCounts { stratum: Some(s), ..StratumCounts::default() });
-                self.strata.len() - 1
-            }
-        };
-        self.strata.get_mut(i)
-    }
+fn stratum_in(list: &mut Vec<StratumCounts>, s: Stratum) -> Option<&mut StratumCounts> {
+    let i = match list.iter().position(|c| c.stratum == Some(s)) {
+        Some(i) => i,
+        None => {
+            list.push(StratumCounts { stratum: Some(s), ..StratumCounts::default() });
+            list.len() - 1
+        }
+    };
+    list.get_mut(i)
+}
 
+impl Inner {
     fn add(&mut self, unit: &Unit, version: Version, eligible: u16, bad: u16) {
         let v = usize::from(version == Version::Canary);
+        let mut req = Cell::default();
         for e in Event::ALL {
             if eligible & (1 << e.idx()) != 0 {
-                self.requests.n[e.idx()][v] += 1;
-                self.requests.x[e.idx()][v] += u64::from(bad & (1 << e.idx()) != 0);
+                req.n[e.idx()][v] += 1;
+                req.x[e.idx()][v] += u64::from(bad & (1 << e.idx()) != 0);
             }
         }
+        self.requests.add(&req);
+        self.total_requests.add(&req);
         if unit.stratum.per_user && self.filters.is_none() {
             self.filters = Some([Filter::new(), Filter::new()]);
         }
-        let mut filters = self.filters.take();
         let seg = unit.stratum.segment.map_or(0, |s| u64::from(s) + 1);
-        if let Some(sc) = self.stratum(unit.stratum) {
-            sc.weight_bp = sc.weight_bp.max(unit.weight_bp);
-            for (scope, cell) in [&mut sc.revision, &mut sc.epoch].into_iter().enumerate() {
-                let filter = filters.as_mut().filter(|_| unit.stratum.per_user).and_then(|f| f.get_mut(scope));
-                let seen = filter.map(|f| (f.insert(unit.user, SEEN, seg), f));
-                for e in Event::ALL {
-                    if eligible & (1 << e.idx()) == 0 {
-                        continue;
-                    }
-                    let is_bad = bad & (1 << e.idx()) != 0;
-                    match &seen {
-                        None => {
-                            cell.n[e.idx()][v] += 1;
-                            cell.x[e.idx()][v] += u64::from(is_bad);
-                        }
-                        Some((first, _)) => cell.n[e.idx()][v] += u64::from(*first),
-                    }
-                }
-                if let Some((_, f)) = seen {
+        // This unit's contribution per scope: [revision, epoch].
+        let mut delta = [Cell::default(), Cell::default()];
+        for (scope, cell) in delta.iter_mut().enumerate() {
+            let filter = self.filters.as_mut().filter(|_| unit.stratum.per_user).and_then(|f| f.get_mut(scope));
+            match filter {
+                None => *cell = req,
+                Some(f) => {
+                    let first = f.insert(unit.user, SEEN, seg);
                     for e in Event::ALL {
-                        if eligible & bad & (1 << e.idx()) != 0 && f.insert(unit.user, e.idx() as u64, seg) {
+                        if eligible & (1 << e.idx()) == 0 {
+                            continue;
+                        }
+                        cell.n[e.idx()][v] += u64::from(first);
+                        if bad & (1 << e.idx()) != 0 && f.insert(unit.user, e.idx() as u64, seg) {
                             cell.x[e.idx()][v] += 1;
                         }
                     }
                 }
             }
         }
-        self.filters = filters;
+        for list in [&mut self.strata, &mut self.totals] {
+            if let Some(sc) = stratum_in(list, unit.stratum) {
+                sc.weight_bp = sc.weight_bp.max(unit.weight_bp);
+                sc.revision.add(&delta[0]);
+                sc.epoch.add(&delta[1]);
+            }
+        }
     }
 }
 
@@ -201,7 +206,12 @@ impl Evidence {
     pub fn take(&self, next: Frozen) -> Interval {
         let mut inner = self.lock();
         let frozen = std::mem::replace(&mut inner.frozen, next);
-        Interval { strata: std::mem::take(&mut inner.strata), requests: std::mem::take(&mut inner.requests), frozen }
+        Interval {
+            strata: std::mem::take(&mut inner.strata),
+            requests: std::mem::take(&mut inner.requests),
+            frozen,
+            user_multiplicity: 0,
+        }
     }
 
     /// A new epoch begins now: forget who counted in the old one, and drop
@@ -224,6 +234,22 @@ impl Evidence {
     /// Start over (a new canary revision, or a resumed rollback).
     pub fn reset(&self, frozen: Frozen) {
         *self.lock() = Inner { frozen, ..Inner::default() };
+    }
+
+    /// Forget counted users and the interval's counts (a resumed canary in
+    /// fleet mode) but keep the exported totals: counters never go down.
+    pub fn forget_users(&self, frozen: Frozen) {
+        let mut inner = self.lock();
+        let totals = std::mem::take(&mut inner.totals);
+        let total_requests = inner.total_requests;
+        *inner = Inner { frozen, totals, total_requests, ..Inner::default() };
+    }
+
+    /// Everything counted since the recorder began: per stratum, and the
+    /// request-level cell.
+    pub fn totals(&self) -> (Vec<StratumCounts>, Cell) {
+        let inner = self.lock();
+        (inner.totals.clone(), inner.total_requests)
     }
 
     /// The counted-user filters as bytes, for `state_dir` (None: this route

@@ -125,6 +125,16 @@ pub struct Interval {
     pub requests: Cell,
     /// The thresholds these counts were classified with.
     pub frozen: Frozen,
+    /// Fleet mode: how many recorders (replica processes) may each have
+    /// counted the same user once. Each per-user bad unit then weighs
+    /// 1/this in the e-processes, which keeps them valid (a power ≤ 1 of a
+    /// likelihood ratio is still an e-value). 0 and 1 mean one recorder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub user_multiplicity: u32,
+}
+
+fn is_zero(x: &u32) -> bool {
+    *x == 0
 }
 
 /// Thresholds in force for one interval, fixed before it began.

@@ -53,11 +53,17 @@ impl EProcess {
     /// which is dominated by this binomial in convex order, so the update's
     /// null expectation stays ≤ 1 (slightly conservative).
     pub fn two_sample(&mut self, q: f64, psi0: f64, x_c: u64, x_s: u64) {
-        if x_c + x_s == 0 || !(q > 0.0 && q < 1.0) || psi0.is_nan() || psi0 <= 0.0 {
+        self.two_sample_weighted(q, psi0, x_c, x_s, 1.0);
+    }
+
+    /// The same with each unit weighing `w` ∈ (0, 1]: for units that up
+    /// to 1/w recorders may each have counted once (fleet mode).
+    pub fn two_sample_weighted(&mut self, q: f64, psi0: f64, x_c: u64, x_s: u64, w: f64) {
+        if x_c + x_s == 0 || !(q > 0.0 && q < 1.0) || psi0.is_nan() || psi0 <= 0.0 || !(w > 0.0 && w <= 1.0) {
             return;
         }
         let theta0 = share(q, psi0);
-        let (xc, xs) = (x_c as f64, x_s as f64);
+        let (xc, xs) = (x_c as f64 * w, x_s as f64 * w);
         for (l, r) in self.log.iter_mut().zip(GRID) {
             let theta = share(q, psi0 * r);
             *l += xc * (theta / theta0).ln() + xs * ((1.0 - theta) / (1.0 - theta0)).ln();

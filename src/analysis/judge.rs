@@ -385,7 +385,8 @@ fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, use_epoch_cel
         let (n_s, n_c, x_s, x_c) = (cell.n(e, STABLE), cell.n(e, CANARY), cell.x(e, STABLE), cell.x(e, CANARY));
         if stratum.per_user {
             // A bad user is canary with the bucket weight's chance.
-            run.two.two_sample(f64::from(sc.weight_bp) / 10_000.0, psi0, x_c, x_s);
+            let w = 1.0 / f64::from(iv.user_multiplicity.max(1));
+            run.two.two_sample_weighted(f64::from(sc.weight_bp) / 10_000.0, psi0, x_c, x_s, w);
         } else {
             // Requests: exact, conditional on the interval's split (fixed by
             // routing independently of outcomes) and its bad total.

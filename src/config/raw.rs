@@ -150,10 +150,20 @@ pub struct RawAnalysis {
     pub max_p95: Option<String>,
     pub max_p99: Option<String>,
     pub max_ws_rtt_p95: Option<String>,
+    pub source: Option<RawSource>,
     /// Deprecated (the window rule): accepted with a warning, ignored.
     pub min_requests: Option<u64>,
     pub max_p99_ratio: Option<f64>,
     pub failures: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub prometheus: Option<String>,
+    pub scrape_interval: Option<String>,
+    pub lag: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// A percent written as a number (`1.5`) or with its sign (`"1.5%"`).

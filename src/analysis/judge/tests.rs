@@ -23,6 +23,7 @@ fn interval(events: &[(Event, [u64; 2], [u64; 2])]) -> Interval {
         strata: vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, revision: c, epoch: c }],
         requests: c,
         frozen: Frozen::default(),
+        user_multiplicity: 0,
     }
 }
 
@@ -171,6 +172,7 @@ fn one_bad_user_counts_once_on_a_sticky_route() {
             strata: vec![StratumCounts { stratum: Some(user), weight_bp: 1000, revision: c, epoch: c }],
             requests: r,
             frozen: Frozen::default(),
+            user_multiplicity: 0,
         };
         let j = judge(&p, &mut st, &iv, false, i * 10_000);
         assert_ne!(j.verdict, Verdict::Fail);
@@ -262,7 +264,7 @@ fn segments_are_compared_with_stable_of_the_same_segment() {
             if pooled {
                 strata = vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, revision: all, epoch: all }];
             }
-            let iv = Interval { strata, requests: all, frozen: Frozen::default() };
+            let iv = Interval { strata, requests: all, frozen: Frozen::default(), user_multiplicity: 0 };
             if judge(&p, &mut st, &iv, false, i * 10_000).verdict == Verdict::Fail {
                 return true;
             }
@@ -271,4 +273,32 @@ fn segments_are_compared_with_stable_of_the_same_segment() {
     };
     assert!(!run(false), "within segments the canary is as good as stable");
     assert!(run(true), "pooled, the segment's higher share and higher baseline look like a bad canary");
+}
+
+#[test]
+fn a_user_counted_by_every_replica_weighs_one_unit() {
+    // One bad player whose requests reach three replicas is counted once by
+    // each: with multiplicity 3 the evidence equals one unit's.
+    let p = Analysis::default();
+    let user = Stratum { segment: None, per_user: true };
+    let mut c = Cell::default();
+    c.n[Event::Error.idx()] = [90, 10];
+    c.x[Event::Error.idx()] = [0, 1];
+    let iv = |x_c: u64, m: u32| {
+        let mut c = c;
+        c.x[Event::Error.idx()] = [0, x_c];
+        Interval {
+            strata: vec![StratumCounts { stratum: Some(user), weight_bp: 1000, revision: c, epoch: c }],
+            requests: c,
+            frozen: Frozen::default(),
+            user_multiplicity: m,
+        }
+    };
+    let e = |x_c: u64, m: u32| {
+        let mut st = JudgeState::default();
+        judge(&p, &mut st, &iv(x_c, m), false, 0);
+        st.scopes[0].tests[&Test::E].two.log_value()
+    };
+    assert!((e(3, 3) - e(1, 1)).abs() < 1e-9);
+    assert!(e(3, 1) > e(1, 1) + 1.0, "unweighted, the same player would count three times");
 }

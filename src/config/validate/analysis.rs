@@ -2,8 +2,8 @@
 //! with the window rule's keys accepted, warned about and ignored.
 
 use super::Problems;
-use crate::config::raw::{PercentValue, RawAnalysis};
-use crate::config::{Analysis, AnalysisMode};
+use crate::config::raw::{PercentValue, RawAnalysis, RawSource};
+use crate::config::{Analysis, AnalysisMode, FleetSource};
 use std::time::Duration;
 
 pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
@@ -111,7 +111,9 @@ pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) ->
     if a.failures == Some(0) {
         p.at(format!("{path}.failures"), "must be at least 1");
     }
+    let source = a.source.as_ref().and_then(|s| compile_source(s, &format!("{path}.source"), interval, p));
     Analysis {
+        source,
         interval,
         window,
         mode,
@@ -125,5 +127,100 @@ pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) ->
         max_p95,
         max_p99,
         max_ws_rtt_p95,
+    }
+}
+
+/// Split `http://host[:port][/prefix]` into authority and path prefix.
+pub(crate) fn parse_base_url(url: &str) -> Result<(String, String), String> {
+    let rest = match url.strip_prefix("http://") {
+        Some(r) => r,
+        None if url.starts_with("https://") => {
+            return Err("https is not supported for the analysis source yet; use the in-cluster http URL".into());
+        }
+        None => return Err(format!("`{url}` is not an http:// URL")),
+    };
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') || authority.chars().any(|c| c.is_whitespace()) {
+        return Err(format!("`{url}` has no usable host"));
+    }
+    if prefix.contains(['?', '#']) {
+        return Err(format!("`{url}`: a base URL has no query or fragment"));
+    }
+    let authority = if authority.starts_with('[') || authority.rsplit_once(':').is_none_or(|(_, p)| p.is_empty()) {
+        if authority.ends_with(']') || !authority.contains(':') { format!("{authority}:80") } else { authority.to_owned() }
+    } else {
+        authority.to_owned()
+    };
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("`{url}`: port `{port}` is not a number up to 65535"));
+    }
+    Ok((authority, prefix.to_owned()))
+}
+
+fn compile_source(s: &RawSource, path: &str, interval: Duration, p: &mut Problems) -> Option<FleetSource> {
+    let Some(url) = s.prometheus.as_deref() else {
+        p.at(format!("{path}.prometheus"), "required: the base URL of the Prometheus that scrapes every replica");
+        return None;
+    };
+    let (authority, path_prefix) = match parse_base_url(url.trim()) {
+        Ok(x) => x,
+        Err(e) => {
+            p.at(format!("{path}.prometheus"), e);
+            return None;
+        }
+    };
+    let scrape_interval = p.duration(&format!("{path}.scrape_interval"), s.scrape_interval.as_ref(), Duration::from_secs(15));
+    if scrape_interval < Duration::from_millis(100) {
+        p.at(format!("{path}.scrape_interval"), "must be at least 100ms");
+    }
+    if interval < scrape_interval {
+        p.at(
+            format!("{path}.scrape_interval"),
+            format!(
+                "the analysis interval ({}ms) is shorter than the scrape interval: most intervals would hold no new sample",
+                interval.as_millis()
+            ),
+        );
+    }
+    // A scrape that began just before an evaluation time is stored when it
+    // ends: Prometheus caps a scrape at its timeout, which is at most the
+    // scrape interval (and 10s by default).
+    let default_lag = scrape_interval.min(Duration::from_secs(10)) + Duration::from_secs(1);
+    let lag = p.duration(&format!("{path}.lag"), s.lag.as_ref(), default_lag);
+    if lag.is_zero() {
+        p.at(format!("{path}.lag"), "must be more than 0s");
+    }
+    let timeout = p.duration(&format!("{path}.timeout"), s.timeout.as_ref(), Duration::from_secs(5));
+    if timeout.is_zero() {
+        p.at(format!("{path}.timeout"), "must be more than 0s");
+    }
+    if interval.as_millis() % 1000 != 0 && 1000 % interval.as_millis().max(1) != 0 {
+        p.at(
+            format!("{path}"),
+            "fleet evaluation times are wall-clock multiples of the interval: use whole seconds (or 100ms, 200ms, 250ms, 500ms)",
+        );
+    }
+    Some(FleetSource { prometheus: url.trim().to_owned(), authority, path_prefix, scrape_interval, lag, timeout })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_base_url;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(parse_base_url("http://prom:9090").unwrap(), ("prom:9090".into(), "".into()));
+        assert_eq!(parse_base_url("http://prom").unwrap(), ("prom:80".into(), "".into()));
+        assert_eq!(parse_base_url("http://10.0.0.1:9090/prom/").unwrap(), ("10.0.0.1:9090".into(), "/prom".into()));
+        assert_eq!(parse_base_url("http://[::1]:9090").unwrap(), ("[::1]:9090".into(), "".into()));
+        assert!(parse_base_url("https://prom").unwrap_err().contains("https"));
+        assert!(parse_base_url("prom:9090").is_err());
+        assert!(parse_base_url("http://prom:x").is_err());
+        assert!(parse_base_url("http:///x").is_err());
     }
 }
