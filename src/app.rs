@@ -114,6 +114,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
     crate::config::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
     tokio::spawn(crate::rollout::control(Arc::clone(&live), stop_accepting.clone()));
+    tokio::spawn(crate::fleet::run(Arc::clone(&live), stop_accepting.clone()));
     ready.store(true, Ordering::Release);
     tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
 

@@ -19,6 +19,12 @@
 //! Where things live: the split is decided in [`routing`]; config files
 //! become an immutable [`config::Snapshot`]; the only way to change what
 //! serves is [`live::Live::install`].
+//!
+//! Judgement: each route's [`evidence`] recorder counts the canary and stable
+//! traffic it sees; the pure [`analysis`] judge turns one interval's counts
+//! into a verdict and [`rollout`] acts on it. Alone, a replica judges its
+//! own counts; in a fleet ([`fleet`]) every replica judges the fleet's
+//! counts, summed by Prometheus at aligned evaluation times.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod evidence;
 pub mod explain;
+pub mod fleet;
 pub mod fuzzing;
 pub mod live;
 pub mod metrics;

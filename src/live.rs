@@ -53,6 +53,11 @@ pub struct Live {
     pub changed: Notify,
     /// Every open WebSocket (closed on rollback, kill and shutdown).
     pub websockets: Hub,
+    /// Process start, seconds since the Unix epoch.
+    pub started_s: f64,
+    /// Queries sent to the analysis source and bytes received.
+    pub fleet_queries: std::sync::atomic::AtomicU64,
+    pub fleet_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Live {
@@ -70,6 +75,9 @@ impl Live {
             writer: Mutex::new(Writer { config: Arc::new(snapshot), book }),
             changed: Notify::new(),
             websockets: Hub::default(),
+            started_s: rollout::wall_ms() as f64 / 1000.0,
+            fleet_queries: Default::default(),
+            fleet_bytes: Default::default(),
         })
     }
 
@@ -164,6 +172,49 @@ impl Live {
             self.publish(&w, self.current.load().generation);
         }
         Ok(changed)
+    }
+
+    /// Routes in fleet mode and what to ask about them.
+    pub fn fleet_targets(&self) -> Vec<rollout::fleet::Target> {
+        let mut w = self.lock();
+        let config = Arc::clone(&w.config);
+        w.book.fleet_targets(&config, &self.registry)
+    }
+
+    /// The fleet's latest steering for a route.
+    pub fn fleet_polled(&self, route: &str, revision: &str, c: crate::fleet::control::Control) {
+        let mut w = self.lock();
+        let config = Arc::clone(&w.config);
+        if w.book.fleet_polled(&config, &self.registry, route, revision, c, rollout::wall_ms()) {
+            self.publish(&w, self.current.load().generation);
+        }
+    }
+
+    /// Fold evaluation steps from the fleet's evidence.
+    pub fn fleet_steps(&self, route: &str, revision: &str, series: &[crate::fleet::fold::Series], times: &[u64]) {
+        let mut w = self.lock();
+        let config = Arc::clone(&w.config);
+        if w.book.fleet_steps(&config, &self.registry, route, revision, series, times, rollout::wall_ms()) {
+            self.publish(&w, self.current.load().generation);
+        }
+    }
+
+    /// The analysis source did not answer for evaluation time `eval_ms`.
+    pub fn fleet_unavailable(&self, route: &str, revision: &str, eval_ms: u64, error: &str) {
+        let mut w = self.lock();
+        let config = Arc::clone(&w.config);
+        w.book.fleet_unavailable(&config, &self.registry, route, revision, eval_ms, error, rollout::wall_ms());
+    }
+
+    /// What fleet judgement has cost so far (queries, bytes received).
+    pub fn fleet_cost(&self, c: crate::fleet::prom::Cost) {
+        self.fleet_queries.store(c.queries, std::sync::atomic::Ordering::Relaxed);
+        self.fleet_bytes.store(c.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A route's fleet judgement, for `/routes`.
+    pub fn fleet_view(&self, route: &str) -> Option<serde_json::Value> {
+        self.lock().book.fleet_view(route)
     }
 
     /// Persisted rollout state of a route (for views).

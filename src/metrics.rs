@@ -8,7 +8,7 @@
 //! `metrics` crate: explicit buckets and cached per-route handles are the
 //! whole requirement, and this keeps them obvious.
 
-use crate::analysis::{Judgement, Standing, Verdict};
+use crate::analysis::{Cell, Event, Judgement, Standing, Stratum, Verdict};
 use crate::evidence::Evidence;
 use crate::rollout::{Phase, RollbackReason};
 use crate::routing::{Reason, Version};
@@ -40,6 +40,17 @@ mod text;
 pub const WEBSOCKET_RTT: &str = "weir_websocket_rtt_seconds";
 pub const ANALYSIS_EVIDENCE: &str = "weir_analysis_evidence";
 pub const ANALYSIS_THRESHOLD: &str = "weir_analysis_evidence_threshold";
+pub const EVIDENCE_UNITS: &str = "weir_analysis_units_total";
+pub const EVIDENCE_BAD: &str = "weir_analysis_bad_units_total";
+pub const EVIDENCE_SHARE: &str = "weir_analysis_null_share_ratio";
+pub const ROLLOUT_CONTROL: &str = "weir_rollout_control";
+pub const ROLLOUT_POSITION: &str = "weir_rollout_position";
+pub const FLEET_START: &str = "weir_analysis_fleet_start_seconds";
+pub const FLEET_EVALUATED: &str = "weir_analysis_fleet_evaluated_seconds";
+pub const SOURCE_UP: &str = "weir_analysis_source_up";
+pub const PROCESS_START: &str = "weir_process_start_time_seconds";
+pub const SOURCE_QUERIES: &str = "weir_analysis_source_queries_total";
+pub const SOURCE_BYTES: &str = "weir_analysis_source_received_bytes_total";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
@@ -170,6 +181,26 @@ pub struct RouteMetrics {
     standings: Mutex<Vec<Standing>>,
     /// What the judge gets: counts of this replica's evidence traffic.
     pub evidence: Evidence,
+    /// Fleet mode's exported state (`crate::fleet`).
+    pub fleet: FleetGauges,
+}
+
+/// What a replica tells the fleet about a route, through its own scrape:
+/// the steering it serves with and where its fleet judgement stands.
+#[derive(Debug, Default)]
+pub struct FleetGauges {
+    /// `weir_rollout_control`: epoch × 4 + rank (0 running, 1 paused,
+    /// 2 killed, 3 rolled back); the fleet follows the highest.
+    pub control: AtomicU64,
+    /// `weir_rollout_position`: epoch × 1024 + progression step.
+    pub position: AtomicU64,
+    /// Evaluation time (ms) the fleet judgement of this revision started
+    /// from; 0 before it has.
+    pub start_ms: AtomicU64,
+    /// Latest evaluation time judged (ms); 0 none.
+    pub through_ms: AtomicU64,
+    /// 0 not in fleet mode, 1 source unavailable, 2 source up.
+    pub source: AtomicU64,
 }
 
 /// What became of a mirrored copy (label `outcome`).
@@ -344,6 +375,7 @@ impl Registry {
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_VERDICTS)),
                 standings: Mutex::new(Vec::new()),
                 evidence: Evidence::default(),
+                fleet: FleetGauges::default(),
             })
         };
         // A poisoned lock only means another thread panicked mid-insert; the
@@ -356,6 +388,12 @@ impl Registry {
 /// Process-level values rendered with the per-route ones.
 pub struct Globals {
     pub generation: u64,
+    /// Process start, seconds since the Unix epoch (a fleet source tells a
+    /// restarted replica's counters from a reset by it).
+    pub start_time_s: f64,
+    /// Queries sent to the fleet's analysis source, and bytes received.
+    pub fleet_queries: u64,
+    pub fleet_bytes: u64,
     pub unrouted: u64,
     pub reloads_success: u64,
     pub reloads_failure: u64,
@@ -369,6 +407,10 @@ pub struct RouteView<'a> {
     pub phase: Phase,
     /// The route mirrors traffic (its shadow series are rendered).
     pub shadow: bool,
+    /// Canary revision (the evidence series carry it); None without canary.
+    pub revision: Option<&'a str>,
+    /// Segment names by index (evidence strata are labelled with them).
+    pub segments: Vec<&'a str>,
 }
 
 pub use text::render;
@@ -393,8 +435,18 @@ mod tests {
                 effective_weight_bp: 500,
                 phase: Phase::Progressing,
                 shadow: true,
+                revision: Some("2"),
+                segments: vec![],
             }],
-            &Globals { generation: 3, unrouted: 4, reloads_success: 2, reloads_failure: 1 },
+            &Globals {
+                generation: 3,
+                unrouted: 4,
+                reloads_success: 2,
+                reloads_failure: 1,
+                start_time_s: 1.5,
+                fleet_queries: 0,
+                fleet_bytes: 0,
+            },
         );
         let buckets: Vec<u64> = text
             .lines()

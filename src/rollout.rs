@@ -16,6 +16,7 @@
 //! `rolled_back` (latched), `phase` and `step` (views). The routing decision
 //! itself applies kill and rollback, before overrides and segments.
 
+pub mod fleet;
 pub mod judging;
 pub mod machine;
 pub mod store;
@@ -96,6 +97,8 @@ pub struct Book {
     store: Store,
     /// Next verdict per route (monotonic).
     due: HashMap<String, Instant>,
+    /// Routes judged by the fleet (`analysis.source`).
+    fleet: BTreeMap<String, fleet::FleetRoute>,
 }
 
 /// Canary weight in force for a route of the config, given its state.
@@ -145,7 +148,7 @@ impl Book {
     /// never at some guessed weight.
     pub fn open(dir: &Path, config: &Snapshot, registry: &Registry, now_ms: u64) -> std::io::Result<Self> {
         let (store, loaded) = Store::open(dir)?;
-        let mut book = Self { states: loaded.routes, store, due: HashMap::new() };
+        let mut book = Self { states: loaded.routes, store, due: HashMap::new(), fleet: BTreeMap::new() };
         let mut unsafe_routes: Vec<(String, String)> = loaded.unreadable_routes;
         if let Some(why) = &loaded.unreadable_file {
             tracing::error!(
@@ -284,6 +287,9 @@ impl Book {
         let mut next: Option<Instant> = None;
         for r in &config.table.routes {
             let (Some(analysis), Some(_)) = (r.analysis.as_deref(), r.canary.as_ref()) else { continue };
+            if analysis.source.is_some() {
+                continue; // judged from the fleet's evidence (`crate::fleet`)
+            }
             let due = self.due.entry(r.name.to_string()).or_insert(now + analysis.interval);
             if now < *due {
                 next = Some(next.map_or(*due, |n| n.min(*due)));
@@ -400,6 +406,9 @@ impl Book {
         let r = config.table.route(route).ok_or(SteerError::NoSuchRoute)?;
         if r.canary.is_none() {
             return Err(SteerError::NoCanary);
+        }
+        if r.analysis.as_deref().is_some_and(|a| a.source.is_some()) && self.fleet.contains_key(route) {
+            return self.fleet_steer(config, registry, r, op, peer, now_ms);
         }
         let st = self.states.get_mut(route).ok_or(SteerError::NoCanary)?;
         let from = effective_bp(r, Some(st));

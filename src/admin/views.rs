@@ -24,12 +24,17 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader) -> String
             effective_weight_bp: effective_bp(r),
             phase: r.phase,
             shadow: r.shadow.is_some(),
+            revision: r.canary.as_ref().map(|c| &*c.revision),
+            segments: r.segments.iter().map(|s| s.name.as_str()).collect(),
         })
         .collect();
     metrics::render(
         &views,
         &Globals {
             generation: served.generation,
+            start_time_s: live.started_s,
+            fleet_queries: live.fleet_queries.load(std::sync::atomic::Ordering::Relaxed),
+            fleet_bytes: live.fleet_bytes.load(std::sync::atomic::Ordering::Relaxed),
             unrouted: live.registry.unrouted.load(std::sync::atomic::Ordering::Relaxed),
             reloads_success: reloader.successes(),
             reloads_failure: reloader.failures(),
@@ -65,6 +70,7 @@ pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
         "rolled_back": rolled_back,
         "streak": st.as_ref().map_or(0, |s| s.streak),
         "held": st.as_ref().is_some_and(|s| s.held),
+        "fleet": live.fleet_view(&r.name),
         "evidence": evidence_json(m, st.as_ref()),
         "analysis": r.analysis.as_deref(),
         "progression": r.progression.as_deref().map(|p| json!({

@@ -51,6 +51,25 @@ impl Event {
         self as usize
     }
 
+    /// Label value in the exported evidence counters.
+    pub fn label(self) -> &'static str {
+        match self {
+            Event::Error => "error",
+            Event::Over50 => "over_p50",
+            Event::Over95 => "over_p95",
+            Event::Over99 => "over_p99",
+            Event::Over999 => "over_p999",
+            Event::Rtt95 => "rtt_over_p95",
+            Event::Slo95 => "over_max_p95",
+            Event::Slo99 => "over_max_p99",
+            Event::SloRtt => "rtt_over_max",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.label() == s)
+    }
+
     /// Round-trip samples rather than requests.
     pub const fn is_rtt(self) -> bool {
         matches!(self, Event::Rtt95 | Event::SloRtt)

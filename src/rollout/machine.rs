@@ -136,6 +136,14 @@ pub struct RouteState {
     /// `state_dir/filters/`); without them the judge must start afresh.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub filters: bool,
+    /// Steering epoch (fleet mode): `resume` and `unkill` raise it, and the
+    /// fleet follows the highest (`crate::fleet::control`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub control: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 /// A change worth journaling.
@@ -186,6 +194,7 @@ impl RouteState {
             held: false,
             judge: JudgeState::default(),
             filters: false,
+            control: 0,
         }
     }
 

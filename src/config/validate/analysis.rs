@@ -150,7 +150,11 @@ pub(crate) fn parse_base_url(url: &str) -> Result<(String, String), String> {
         return Err(format!("`{url}`: a base URL has no query or fragment"));
     }
     let authority = if authority.starts_with('[') || authority.rsplit_once(':').is_none_or(|(_, p)| p.is_empty()) {
-        if authority.ends_with(']') || !authority.contains(':') { format!("{authority}:80") } else { authority.to_owned() }
+        if authority.ends_with(']') || !authority.contains(':') {
+            format!("{authority}:80")
+        } else {
+            authority.to_owned()
+        }
     } else {
         authority.to_owned()
     };
@@ -174,7 +178,8 @@ fn compile_source(s: &RawSource, path: &str, interval: Duration, p: &mut Problem
             return None;
         }
     };
-    let scrape_interval = p.duration(&format!("{path}.scrape_interval"), s.scrape_interval.as_ref(), Duration::from_secs(15));
+    let scrape_interval =
+        p.duration(&format!("{path}.scrape_interval"), s.scrape_interval.as_ref(), Duration::from_secs(15));
     if scrape_interval < Duration::from_millis(100) {
         p.at(format!("{path}.scrape_interval"), "must be at least 100ms");
     }

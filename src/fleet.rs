@@ -1,0 +1,137 @@
+//! Fleet judgement through Prometheus (judgement.md § Fleet): every replica
+//! judges the canary from the whole fleet's evidence, reaches the same
+//! verdict at the same evaluation time, and follows the same steering. No
+//! protocol between replicas: each exports counters and gauges on its admin
+//! port, Prometheus scrapes them all, and each replica asks Prometheus.
+//!
+//! - [`fold`]: Prometheus answers → per-interval evidence, pure.
+//! - [`state`]: the replicated rollout state folded from those steps, and
+//!   what a replica serves ahead of it, pure.
+//! - [`control`]: steering encoded so that `max` is the merge.
+//! - [`prom`]: the HTTP API client.
+//! - [`run`] (here): the task that asks at the aligned times.
+//!
+//! Timing: evaluation time T is a wall-clock multiple of `analysis.interval`.
+//! The question about T is asked at T + `source.lag` (a scrape that began
+//! before T has been stored by then), with PromQL evaluated *at* T (range
+//! query steps land exactly on T), so every replica gets the same answer.
+//! Steering is also polled every scrape interval without alignment, so a
+//! latch reaches every replica within about two scrape intervals.
+
+pub mod control;
+pub mod fold;
+pub mod prom;
+pub mod state;
+
+use crate::live::Live;
+use crate::metrics::{
+    EVIDENCE_BAD, EVIDENCE_SHARE, EVIDENCE_UNITS, FLEET_START, PROCESS_START, ROLLOUT_CONTROL, ROLLOUT_POSITION,
+};
+use crate::rollout::fleet::Target;
+use crate::rollout::wall_ms;
+use control::Control;
+use prom::{Cost, QueryError, quote};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A replica with nothing folded and no fleet start to follow looks this
+/// far back for the revision's first evidence.
+const LOOKBACK_MS: u64 = 10 * 60_000;
+/// Evaluation times per range query (Prometheus allows 11,000 points).
+const MAX_STEPS: u64 = 1_000;
+
+/// Everything the fold needs about one route, in one range query.
+pub fn evidence_query(route: &str, revision: &str) -> String {
+    format!(
+        "{{__name__=~\"{EVIDENCE_UNITS}|{EVIDENCE_BAD}|{EVIDENCE_SHARE}|{ROLLOUT_CONTROL}|{ROLLOUT_POSITION}\",route={},revision={}}} or {PROCESS_START}",
+        quote(route),
+        quote(revision)
+    )
+}
+
+fn label_filter(t: &Target) -> String {
+    format!("route={},revision={}", quote(&t.route), quote(&t.revision))
+}
+
+/// Where a replica with nothing folded starts: the fleet's start, or a
+/// look back for the first evidence.
+async fn start_of(t: &Target, latest: u64, cost: &mut Cost) -> Result<u64, QueryError> {
+    let q = format!("min({FLEET_START}{{{}}})", label_filter(t));
+    let found = prom::instant(&t.source, &q, cost).await?;
+    let aligned = |ms: u64| ms / t.interval_ms * t.interval_ms;
+    Ok(match found.first().map(|(_, v)| *v) {
+        Some(s) if s.is_finite() && s > 0.0 => aligned((s * 1000.0).round() as u64).min(latest),
+        _ => aligned(latest.saturating_sub(LOOKBACK_MS)),
+    })
+}
+
+/// Fold every evaluation time from `t.through_ms` (or the start) to `latest`.
+async fn evaluate(live: &Arc<Live>, t: &Target, latest: u64, cost: &mut Cost) -> Result<(), QueryError> {
+    let mut from = match t.through_ms {
+        Some(th) => th,
+        None => start_of(t, latest, cost).await?,
+    };
+    let q = evidence_query(&t.route, &t.revision);
+    while from < latest {
+        let to = latest.min(from + MAX_STEPS * t.interval_ms);
+        let series = prom::range(&t.source, &q, from, to, t.interval_ms, cost).await?;
+        let times: Vec<u64> = (0..=(to - from) / t.interval_ms).map(|i| from + i * t.interval_ms).collect();
+        // The fold's baseline lives in the Book: fold there.
+        let (l, route, revision) = (Arc::clone(live), t.route.clone(), t.revision.clone());
+        let _ = tokio::task::spawn_blocking(move || l.fleet_steps(&route, &revision, &series, &times)).await;
+        from = to;
+    }
+    Ok(())
+}
+
+/// The fleet task: polls steering every scrape interval and folds each
+/// evaluation time once its lag has passed, for every route in fleet mode.
+pub async fn run(live: Arc<Live>, stop: tokio_util::sync::CancellationToken) {
+    let mut polled_at: HashMap<String, Instant> = HashMap::new();
+    let mut cost = Cost::default();
+    loop {
+        let targets = {
+            let l = Arc::clone(&live);
+            tokio::task::spawn_blocking(move || l.fleet_targets()).await.unwrap_or_default()
+        };
+        let mut wake = Duration::from_secs(1);
+        for t in &targets {
+            let poll_every = t.source.scrape_interval.max(Duration::from_millis(200));
+            wake = wake.min(poll_every);
+            let due = polled_at.get(&t.route).is_none_or(|p| p.elapsed() >= poll_every);
+            if due {
+                polled_at.insert(t.route.clone(), Instant::now());
+                let q = format!("max({ROLLOUT_CONTROL}{{{}}})", label_filter(t));
+                if let Ok(found) = prom::instant(&t.source, &q, &mut cost).await
+                    && let Some((_, v)) = found.first()
+                {
+                    let (l, route, revision, c) =
+                        (Arc::clone(&live), t.route.clone(), t.revision.clone(), Control::decode(*v));
+                    let _ = tokio::task::spawn_blocking(move || l.fleet_polled(&route, &revision, c)).await;
+                }
+            }
+            let now = wall_ms();
+            let lag = crate::rollout::machine::duration_ms(t.source.lag);
+            let latest = now.saturating_sub(lag) / t.interval_ms * t.interval_ms;
+            if t.through_ms.is_some_and(|th| th >= latest) {
+                let next = latest + t.interval_ms + lag;
+                wake = wake.min(Duration::from_millis(next.saturating_sub(now).max(10)));
+                continue;
+            }
+            if let Err(e) = evaluate(&live, t, latest, &mut cost).await {
+                let (l, route, revision, why) = (Arc::clone(&live), t.route.clone(), t.revision.clone(), e.to_string());
+                let _ = tokio::task::spawn_blocking(move || l.fleet_unavailable(&route, &revision, latest, &why)).await;
+            }
+        }
+        if targets.is_empty() {
+            wake = Duration::from_secs(1);
+        }
+        live.fleet_cost(cost);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = live.changed.notified() => {}
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}

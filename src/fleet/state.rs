@@ -1,0 +1,305 @@
+//! One route's fleet judgement, pure: the rollout state every replica
+//! computes from the same evaluation steps, and how a replica's served
+//! state follows it.
+//!
+//! The fold is the replicated state machine: it changes only at evaluation
+//! times, only from what Prometheus said about those times (evidence,
+//! steering, position), so a replica that restarts and replays the history
+//! since the revision began ends in the same state as one that never
+//! stopped. What a replica *serves* may run ahead of the fold: a latch or a
+//! resume sent to it (or seen in the fleet a moment ago) applies at once,
+//! and the fold catches up at the next evaluation time that shows it.
+
+use super::control::{self, Control, KILLED, PAUSED, ROLLED_BACK};
+use super::fold::{Baseline, Step};
+use crate::analysis::{Interval, Judgement, judge};
+use crate::config::{Analysis, Progression};
+use crate::rollout::RouteState;
+use crate::rollout::machine::{RollbackReason, Transition};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetFold {
+    pub revision: String,
+    /// Evaluation time before the first one with evidence: where a replica
+    /// that joins later starts its replay (exported, the fleet takes the min).
+    pub start_ms: Option<u64>,
+    /// Latest evaluation time folded.
+    pub through_ms: Option<u64>,
+    pub base: Baseline,
+    /// Steering epoch the state belongs to.
+    pub epoch: u64,
+    pub state: RouteState,
+}
+
+/// What one evaluation time did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub at_ms: u64,
+    /// None while the canary is rolled back or killed (nothing judged).
+    pub judgement: Option<Judgement>,
+    pub transition: Transition,
+    /// Steering the fleet applied at this time (`resume`, `rollback`, …).
+    pub steered: Vec<&'static str>,
+    pub interval: Interval,
+}
+
+impl FleetFold {
+    pub fn new(revision: &str, progression: Option<&Progression>) -> Self {
+        Self {
+            revision: revision.to_owned(),
+            start_ms: None,
+            through_ms: None,
+            base: Baseline::default(),
+            epoch: 0,
+            state: RouteState::fresh(revision, progression, 0),
+        }
+    }
+
+    pub fn began(&self) -> bool {
+        self.start_ms.is_some()
+    }
+
+    pub fn control(&self) -> Control {
+        Control { epoch: self.epoch, rank: Control::rank_of(&self.state) }
+    }
+
+    pub fn position(&self) -> u64 {
+        control::position(self.epoch, self.state.step)
+    }
+
+    /// Fold one evaluation time. `prev_ms`: the evaluation time before it.
+    /// Returns None before the revision's first evidence.
+    pub fn apply(
+        &mut self,
+        a: &Analysis,
+        progression: Option<&Progression>,
+        ws_rtt: bool,
+        step: &Step,
+        prev_ms: u64,
+    ) -> Option<Outcome> {
+        let at = step.at_ms;
+        self.through_ms = Some(at);
+        if !self.began() {
+            if !step.has_evidence() {
+                return None;
+            }
+            self.start_ms = Some(prev_ms);
+            self.state = RouteState::fresh(&self.revision, progression, prev_ms);
+        }
+        let mut steered = Vec::new();
+        if let Some(c) = step.control {
+            steered.extend(self.steer(c, progression, at));
+        }
+        if let Some(p) = step.position {
+            steered.extend(self.promote_to(p, progression, at));
+        }
+        let st = &mut self.state;
+        if st.rolled_back.is_some() || st.killed {
+            return Some(Outcome {
+                at_ms: at,
+                judgement: None,
+                transition: Transition::None,
+                steered,
+                interval: step.interval.clone(),
+            });
+        }
+        let j = judge(a, &mut st.judge, &step.interval, ws_rtt, at);
+        let t = st.on_verdict(&j, a.mode, progression, at);
+        match t {
+            Transition::Advanced { .. } | Transition::Promoted => st.judge.new_step(at),
+            Transition::None if st.judge.epoch_due(a, at) => st.judge.new_epoch(at),
+            _ => {}
+        }
+        Some(Outcome { at_ms: at, judgement: Some(j), transition: t, steered, interval: step.interval.clone() })
+    }
+
+    /// Follow the fleet's steering as of an evaluation time.
+    fn steer(&mut self, c: Control, progression: Option<&Progression>, at: u64) -> Vec<&'static str> {
+        let mut done = Vec::new();
+        if c.epoch > self.epoch {
+            lift(&mut self.state, &self.revision, progression, at);
+            self.epoch = c.epoch;
+            done.push("resume");
+        }
+        if c.epoch == self.epoch {
+            done.extend(latch(&mut self.state, c.rank, progression, at));
+        }
+        done
+    }
+
+    /// An admin `promote` somewhere in the fleet: walk to its step.
+    fn promote_to(&mut self, p: u64, progression: Option<&Progression>, at: u64) -> Vec<&'static str> {
+        let (epoch, step) = control::decode_position(p);
+        let mut done = Vec::new();
+        if epoch != self.epoch {
+            return done;
+        }
+        while self.state.step.is_some_and(|s| s < step) {
+            match self.state.promote(progression, at) {
+                Ok(Transition::Advanced { .. } | Transition::Promoted) => {
+                    self.state.judge.new_step(at);
+                    done.push("promote");
+                    if self.state.promoted {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        done
+    }
+
+    /// What this replica serves: the fold, with steering it knows of that
+    /// the fold has not reached yet (`ctl`: the highest of its own admin
+    /// calls, the fleet's latest and the fold's).
+    pub fn served(&self, ctl: Control, progression: Option<&Progression>) -> RouteState {
+        let mut s = self.state.clone();
+        let at = self.through_ms.unwrap_or(0);
+        if ctl.epoch > self.epoch {
+            lift(&mut s, &self.revision, progression, at);
+        }
+        if ctl.epoch >= self.epoch {
+            latch(&mut s, ctl.rank, progression, at);
+        }
+        s
+    }
+}
+
+/// A new epoch: a rolled-back canary starts over (first step, judged
+/// afresh); a killed or paused one carries on where it was.
+fn lift(st: &mut RouteState, revision: &str, progression: Option<&Progression>, at: u64) {
+    if st.rolled_back.is_some() {
+        *st = RouteState::fresh(revision, progression, at);
+    } else {
+        st.paused = false;
+        st.killed = false;
+    }
+}
+
+fn latch(st: &mut RouteState, rank: u8, progression: Option<&Progression>, at: u64) -> Option<&'static str> {
+    match rank {
+        ROLLED_BACK if st.rolled_back.is_none() => {
+            st.rollback(RollbackReason::Admin, at);
+            Some("rollback")
+        }
+        KILLED if !st.killed && st.rolled_back.is_none() => {
+            st.killed = true;
+            Some("kill")
+        }
+        PAUSED if !st.paused && progression.is_some() && st.rolled_back.is_none() => {
+            st.paused = true;
+            Some("pause")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{CANARY, Cell, Event, STABLE, Verdict};
+    use crate::fleet::control::RUNNING;
+    use std::time::Duration;
+
+    fn prog() -> Progression {
+        Progression { steps: vec![1000, 5000, 10000], hold: Duration::from_secs(20) }
+    }
+
+    fn step(at: u64, errors: [u64; 2], control: Option<Control>) -> Step {
+        let mut c = Cell::default();
+        c.n[Event::Error.idx()][STABLE] = 900;
+        c.n[Event::Error.idx()][CANARY] = 100;
+        c.x[Event::Error.idx()] = errors;
+        let stratum = crate::analysis::Stratum { segment: None, per_user: false };
+        let iv = Interval {
+            strata: vec![crate::analysis::StratumCounts {
+                stratum: Some(stratum),
+                weight_bp: 1000,
+                revision: c,
+                epoch: c,
+            }],
+            requests: c,
+            ..Interval::default()
+        };
+        Step { at_ms: at, interval: iv, control, position: None }
+    }
+
+    #[test]
+    fn nothing_happens_before_the_first_evidence_and_then_it_begins() {
+        let a = Analysis::default();
+        let p = prog();
+        let mut f = FleetFold::new("2", Some(&p));
+        let empty = Step { at_ms: 10, interval: Interval::default(), control: None, position: None };
+        assert!(f.apply(&a, Some(&p), false, &empty, 0).is_none());
+        assert!(!f.began());
+        let o = f.apply(&a, Some(&p), false, &step(20, [1, 0], None), 10).unwrap();
+        assert_eq!(f.start_ms, Some(10));
+        assert_eq!(o.judgement.unwrap().verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_bad_canary_is_rolled_back_and_a_fleet_resume_starts_it_over() {
+        let a = Analysis::default();
+        let p = prog();
+        let mut f = FleetFold::new("2", Some(&p));
+        let mut t = 0;
+        let rolled = loop {
+            t += 10_000;
+            let o = f.apply(&a, Some(&p), false, &step(t, [0, 8], None), t - 10_000).unwrap();
+            if let Transition::RolledBack(r) = o.transition {
+                break r;
+            }
+            assert!(t < 1_000_000);
+        };
+        assert_eq!(rolled, RollbackReason::ErrorRate);
+        assert_eq!(f.control(), Control { epoch: 0, rank: ROLLED_BACK });
+        // Nothing is judged while latched, whatever arrives.
+        let o = f.apply(&a, Some(&p), false, &step(t + 10_000, [0, 50], Some(f.control())), t).unwrap();
+        assert!(o.judgement.is_none());
+        // A resume elsewhere (epoch 1) reaches the fold: step 0, fresh judge.
+        let o = f
+            .apply(&a, Some(&p), false, &step(t + 20_000, [0, 0], Some(Control { epoch: 1, rank: RUNNING })), t)
+            .unwrap();
+        assert_eq!(o.steered, vec!["resume"]);
+        assert_eq!(f.state.rolled_back, None);
+        assert_eq!(f.state.step, Some(0));
+        assert_eq!(f.state.judge.revision().map(|s| s.totals.n(Event::Error, CANARY)), Some(100));
+    }
+
+    #[test]
+    fn served_runs_ahead_of_the_fold_and_never_behind() {
+        let p = prog();
+        let mut f = FleetFold::new("2", Some(&p));
+        f.state.step = Some(1);
+        // An admin rollback here, before the fold has seen it.
+        let s = f.served(Control { epoch: 0, rank: ROLLED_BACK }, Some(&p));
+        assert!(s.rolled_back.is_some());
+        // A stale lower value changes nothing.
+        f.epoch = 2;
+        let s = f.served(Control { epoch: 1, rank: ROLLED_BACK }, Some(&p));
+        assert!(s.rolled_back.is_none());
+        // Pause then resume keeps the step.
+        f.state.paused = true;
+        let s = f.served(Control { epoch: 3, rank: RUNNING }, Some(&p));
+        assert!(!s.paused);
+        assert_eq!(s.step, Some(1));
+    }
+
+    #[test]
+    fn a_promote_anywhere_moves_every_fold_to_that_step() {
+        let a = Analysis::default();
+        let p = prog();
+        let mut f = FleetFold::new("2", Some(&p));
+        f.apply(&a, Some(&p), false, &step(10, [0, 0], None), 0);
+        let mut s = step(20, [0, 0], None);
+        s.position = Some(control::position(0, Some(1)));
+        let o = f.apply(&a, Some(&p), false, &s, 10).unwrap();
+        assert_eq!(o.steered, vec!["promote"]);
+        assert_eq!(f.state.step, Some(1));
+        // From another epoch: ignored.
+        let mut s = step(30, [0, 0], None);
+        s.position = Some(control::position(5, Some(2)));
+        f.apply(&a, Some(&p), false, &s, 20);
+        assert_eq!(f.state.step, Some(1));
+    }
+}

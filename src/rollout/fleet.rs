@@ -1,0 +1,454 @@
+//! The Book's fleet side: routes whose `analysis.source` names a Prometheus.
+//! Their verdicts come from `crate::fleet` (the fleet's evidence folded at
+//! aligned evaluation times), not from this replica's own tick; admin
+//! steering is exported for the fleet and served at once here; and the
+//! state served is the fold's, plus whatever steering it has not reached yet.
+
+use super::{Book, Steer, SteerError, at, canary_revision, effective_bp, entry, log_verdict};
+use crate::analysis::Verdict;
+use crate::config::{FleetSource, Snapshot};
+use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
+use crate::fleet::fold::{Series, Step};
+use crate::fleet::state::FleetFold;
+use crate::metrics::Registry;
+use crate::routing::Route;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// A replica's fleet bookkeeping for one route.
+#[derive(Debug, Clone)]
+pub struct FleetRoute {
+    pub fold: FleetFold,
+    /// Steering sent to this replica (persisted in the served state).
+    pub local: Control,
+    /// The fleet's highest steering, polled.
+    pub polled: Control,
+    /// An admin `promote` here, for the fleet: epoch × 1024 + step.
+    pub local_position: u64,
+    /// The fold has replayed the fleet's history once: until then the
+    /// state read from `state_dir` is served.
+    pub synced: bool,
+    pub source: SourceStatus,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SourceStatus {
+    pub up: Option<bool>,
+    pub error: Option<String>,
+    /// First evaluation time that could not be asked (while down).
+    pub down_since_ms: Option<u64>,
+    /// Latest evaluation time recorded as `source_unavailable`.
+    pub missed_ms: u64,
+}
+
+/// What the fleet task needs to ask Prometheus about one route.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub route: String,
+    pub revision: String,
+    pub source: FleetSource,
+    pub interval_ms: u64,
+    pub segments: Vec<String>,
+    /// Latest evaluation time folded (None: replay from the start).
+    pub through_ms: Option<u64>,
+}
+
+fn interval_ms(r: &Route) -> u64 {
+    r.analysis.as_deref().map_or(10_000, |a| super::machine::duration_ms(a.interval).max(1))
+}
+
+impl Book {
+    /// Routes in fleet mode, with their fold brought to the config's revision.
+    pub fn fleet_targets(&mut self, config: &Snapshot, registry: &Registry) -> Vec<Target> {
+        let mut out = Vec::new();
+        let mut live = Vec::new();
+        for r in &config.table.routes {
+            let (Some(a), Some(_)) = (r.analysis.as_deref(), r.canary.as_ref()) else { continue };
+            let Some(source) = a.source.as_ref() else { continue };
+            let revision = canary_revision(r);
+            live.push(r.name.to_string());
+            let fresh = self.fleet.get(&*r.name).is_none_or(|f| f.fold.revision != revision);
+            if fresh {
+                let persisted = self.states.get(&*r.name).filter(|s| s.revision == revision);
+                let local = persisted.map_or_else(Control::default, |s| {
+                    Control { epoch: s.control, rank: Control::rank_of(s) }.max(Control::default())
+                });
+                self.fleet.insert(
+                    r.name.to_string(),
+                    FleetRoute {
+                        fold: FleetFold::new(revision, r.progression.as_deref()),
+                        local,
+                        polled: Control::default(),
+                        local_position: 0,
+                        synced: false,
+                        source: SourceStatus::default(),
+                    },
+                );
+            }
+            let Some(f) = self.fleet.get(&*r.name) else { continue };
+            let m = registry.route(&r.name);
+            m.fleet.source.store(if f.source.up == Some(false) { 1 } else { 2 }, Ordering::Relaxed);
+            self.export(r, registry);
+            out.push(Target {
+                route: r.name.to_string(),
+                revision: revision.to_owned(),
+                source: source.clone(),
+                interval_ms: interval_ms(r),
+                segments: r.segments.iter().map(|s| s.name.clone()).collect(),
+                through_ms: self.fleet.get(&*r.name).and_then(|f| f.fold.through_ms),
+            });
+        }
+        self.fleet.retain(|name, _| live.contains(name));
+        out
+    }
+
+    /// The steering to serve with: the highest of this replica's own, the
+    /// fleet's latest and the fold's.
+    fn fleet_control(f: &FleetRoute) -> Control {
+        f.local.max(f.polled).max(f.fold.control())
+    }
+
+    /// Publish this replica's steering and judgement position as gauges.
+    fn export(&self, r: &Route, registry: &Registry) {
+        let m = registry.route(&r.name);
+        if let Some(f) = self.fleet.get(&*r.name) {
+            m.fleet.control.store(Self::fleet_control(f).encode(), Ordering::Relaxed);
+            m.fleet.position.store(f.fold.position().max(f.local_position), Ordering::Relaxed);
+            m.fleet.start_ms.store(f.fold.start_ms.unwrap_or(0), Ordering::Relaxed);
+            m.fleet.through_ms.store(f.fold.through_ms.unwrap_or(0), Ordering::Relaxed);
+        } else if let Some(st) = self.states.get(&*r.name) {
+            // Not in fleet mode: the gauges still say what this replica serves.
+            let c = Control { epoch: st.control, rank: Control::rank_of(st) };
+            m.fleet.control.store(c.encode(), Ordering::Relaxed);
+            m.fleet.position.store(control::position(st.control, st.step), Ordering::Relaxed);
+        }
+    }
+
+    /// Recompute what route `r` serves from its fleet state; journal and
+    /// count what changed. Returns whether the effective table changed.
+    fn fleet_serve(&mut self, r: &Route, registry: &Registry, sha: &str, actor: &str, now_ms: u64) -> bool {
+        let Some(f) = self.fleet.get(&*r.name) else { return false };
+        let prog = r.progression.as_deref();
+        let ctl = Self::fleet_control(f);
+        let old = self.states.get(&*r.name).cloned();
+        let mut served = match (&old, f.synced) {
+            (Some(old), false) => {
+                // Not replayed yet: keep what was persisted, plus steering.
+                let mut s = old.clone();
+                let mut pre = FleetFold::new(&f.fold.revision, prog);
+                pre.state = s.clone();
+                pre.epoch = s.control;
+                pre.through_ms = Some(now_ms);
+                s = pre.served(ctl, prog);
+                s
+            }
+            _ => f.fold.served(ctl, prog),
+        };
+        served.control = ctl.epoch;
+        served.filters = false;
+        let from = old.as_ref().map_or(r.config_weight_bp, |o| effective_bp(r, Some(o)));
+        let changed_flags = old.as_ref().is_none_or(|o| {
+            o.rolled_back.is_some() != served.rolled_back.is_some()
+                || o.killed != served.killed
+                || o.paused != served.paused
+                || o.step != served.step
+                || o.promoted != served.promoted
+                || o.held != served.held
+        });
+        let resumed = old.as_ref().is_some_and(|o| o.control < served.control && o.rolled_back.is_some())
+            && served.rolled_back.is_none();
+        let newly_rolled_back = served.rolled_back.is_some() && old.as_ref().is_none_or(|o| o.rolled_back.is_none());
+        self.states.insert(r.name.to_string(), served.clone());
+        let m = registry.route(&r.name);
+        if newly_rolled_back && let Some(l) = served.rolled_back {
+            m.rolled_back(l.reason);
+            tracing::warn!(
+                route = %r.name, reason = l.reason.as_str(), revision = canary_revision(r), actor,
+                "canary rolled back (fleet)"
+            );
+        }
+        if resumed {
+            // Judged afresh: users count again from now.
+            m.canary.window.reset(Instant::now());
+            m.evidence.forget_users(m.evidence.frozen());
+            m.clear_standings();
+        }
+        if changed_flags && old.is_some() {
+            let to = effective_bp(r, Some(&served));
+            let mut e = entry(r, &served, actor, "fleet_state", now_ms, sha, from);
+            e.insert("control_epoch".into(), json!(ctl.epoch));
+            if from != to || newly_rolled_back || resumed {
+                tracing::info!(route = %r.name, state = served.phase(r.config_killed).as_str(), step = ?served.step, from = crate::config::units::bp_to_percent(from), to = crate::config::units::bp_to_percent(to), "fleet state served");
+            }
+            self.journal(Value::Object(e));
+        }
+        self.export(r, registry);
+        changed_flags
+    }
+
+    /// The fleet's latest steering, polled (not at an evaluation time).
+    pub fn fleet_polled(
+        &mut self,
+        config: &Snapshot,
+        registry: &Registry,
+        route: &str,
+        revision: &str,
+        c: Control,
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = config.table.route(route) else { return false };
+        let Some(f) = self.fleet.get_mut(route).filter(|f| f.fold.revision == revision) else { return false };
+        if c <= f.polled {
+            return false;
+        }
+        f.polled = c;
+        let changed = self.fleet_serve(r, registry, &config.sha256, "fleet", now_ms);
+        if changed {
+            self.save();
+        }
+        changed
+    }
+
+    /// Evaluation steps from the fleet's evidence. `replay`: the first
+    /// batch after this replica (re)started: its verdicts are history, so
+    /// they are not journaled one by one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fleet_steps(
+        &mut self,
+        config: &Snapshot,
+        registry: &Registry,
+        route: &str,
+        revision: &str,
+        series: &[Series],
+        times: &[u64],
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = config.table.route(route) else { return false };
+        let Some(a) = r.analysis.as_deref() else { return false };
+        let m = registry.route(&r.name);
+        let prog = r.progression.as_deref();
+        let ws_rtt = !r.websocket.rtt_interval.is_zero();
+        let Some(f) = self.fleet.get_mut(route).filter(|f| f.fold.revision == revision) else { return false };
+        let (Some(&prev_ms), Some(&last)) = (times.first(), times.last()) else { return false };
+        if f.fold.through_ms.is_some_and(|t| t >= last) || f.fold.through_ms.is_some_and(|t| t != prev_ms) {
+            return false; // already folded, or not the continuation of what was
+        }
+        let segments: Vec<String> = r.segments.iter().map(|s| s.name.clone()).collect();
+        let steps: Vec<Step> = crate::fleet::fold::steps(series, times, &segments, &mut f.fold.base);
+        let replay = !f.synced;
+        let came_back = f.source.up == Some(false);
+        f.source = SourceStatus { up: Some(true), ..SourceStatus::default() };
+        let mut prev = prev_ms;
+        let mut outcomes = Vec::with_capacity(steps.len());
+        let epoch_before = f.fold.state.judge.epoch;
+        for s in &steps {
+            if f.fold.through_ms.is_some_and(|t| s.at_ms <= t) {
+                prev = s.at_ms;
+                continue; // never fold a time twice
+            }
+            if let Some(o) = f.fold.apply(a, prog, ws_rtt, s, prev) {
+                outcomes.push(o);
+            }
+            prev = s.at_ms;
+        }
+        f.synced = true;
+        let epoch_after = f.fold.state.judge.epoch;
+        let state = f.fold.state.clone();
+        let (through, start) = (f.fold.through_ms, f.fold.start_ms);
+        // This replica's recorder: lines for what comes next, its interval
+        // counts drained (the fleet's came from Prometheus), its user
+        // filters turned with the fold's epochs.
+        let next = super::judging::frozen_for(a, &m, state.step_since_ms, Instant::now(), now_ms);
+        let _ = m.evidence.take(next);
+        if epoch_after != epoch_before {
+            m.evidence.new_epoch(Some(next));
+        }
+        if came_back {
+            tracing::info!(route, through = through.map(at), "analysis source is back; fleet judgement resumes");
+        }
+        let sha = config.sha256.clone();
+        let last_verdict = outcomes.iter().rev().find_map(|o| o.judgement.clone().map(|j| (o.at_ms, j)));
+        if replay {
+            let mut e = entry(r, &state, "fleet", "fleet_sync", now_ms, &sha, effective_bp(r, self.states.get(route)));
+            e.insert("through".into(), json!(through.map(at)));
+            e.insert("start".into(), json!(start.map(at)));
+            e.insert("replayed".into(), json!(outcomes.len()));
+            if let Some((t, j)) = &last_verdict {
+                e.insert("verdict".into(), json!(j.verdict.as_str()));
+                e.insert("verdict_at".into(), json!(at(*t)));
+                e.insert("reason".into(), json!(j.reason));
+            }
+            self.journal(Value::Object(e));
+            tracing::info!(
+                route,
+                replayed = outcomes.len(),
+                through = through.map(at),
+                "fleet judgement replayed from the analysis source"
+            );
+        }
+        for o in &outcomes {
+            if let Some(j) = &o.judgement {
+                m.verdict(&at(o.at_ms), j, state.streak);
+                if !replay {
+                    log_verdict(r, j);
+                    let mut e = entry(r, &state, "fleet", "verdict", o.at_ms, &sha, effective_bp(r, Some(&state)));
+                    e.insert("verdict".into(), json!(j.verdict.as_str()));
+                    e.insert("reason".into(), json!(j.reason));
+                    e.insert("fired".into(), json!(j.fired));
+                    e.insert("interval".into(), json!({
+                        "errors": {
+                            "stable": [o.interval.requests.n(crate::analysis::Event::Error, 0), o.interval.requests.x(crate::analysis::Event::Error, 0)],
+                            "canary": [o.interval.requests.n(crate::analysis::Event::Error, 1), o.interval.requests.x(crate::analysis::Event::Error, 1)],
+                        },
+                    }));
+                    e.insert("since_revision".into(), json!({
+                        "canary_requests": state.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 1)),
+                        "stable_requests": state.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 0)),
+                    }));
+                    e.insert(
+                        "tests".into(),
+                        Value::Object(
+                            j.standings
+                                .iter()
+                                .map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch])))
+                                .collect(),
+                        ),
+                    );
+                    e.insert("evaluated_at".into(), json!(at(now_ms)));
+                    self.journal(Value::Object(e));
+                }
+            }
+            if !replay && !o.steered.is_empty() {
+                let mut e = entry(r, &state, "fleet", "fleet_steer", o.at_ms, &sha, effective_bp(r, Some(&state)));
+                e.insert("applied".into(), json!(o.steered));
+                self.journal(Value::Object(e));
+            }
+        }
+        let changed = self.fleet_serve(r, registry, &sha, "fleet", now_ms);
+        self.save();
+        changed || !outcomes.is_empty()
+    }
+
+    /// The source could not be asked about `eval_ms`: no verdict is taken
+    /// from missing data; the route keeps serving as it is.
+    pub fn fleet_unavailable(
+        &mut self,
+        config: &Snapshot,
+        registry: &Registry,
+        route: &str,
+        revision: &str,
+        eval_ms: u64,
+        error: &str,
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = config.table.route(route) else { return false };
+        let Some(f) = self.fleet.get_mut(route).filter(|f| f.fold.revision == revision) else { return false };
+        let was_up = f.source.up != Some(false);
+        f.source.up = Some(false);
+        f.source.error = Some(error.to_owned());
+        f.source.down_since_ms.get_or_insert(eval_ms);
+        if eval_ms <= f.source.missed_ms {
+            return false;
+        }
+        f.source.missed_ms = eval_ms;
+        let m = registry.route(&r.name);
+        m.fleet.source.store(1, Ordering::Relaxed);
+        let j = crate::analysis::Judgement {
+            verdict: Verdict::Insufficient,
+            fired: None,
+            held_by: vec![],
+            standings: m.standings(),
+            reason: format!("source_unavailable: {error}"),
+        };
+        let state = self.states.get(route).cloned().unwrap_or_else(|| f.fold.state.clone());
+        m.verdict(&at(eval_ms), &j, state.streak);
+        if was_up {
+            tracing::warn!(
+                route,
+                error,
+                "analysis source unavailable: verdicts are insufficient until it answers; nothing is promoted or rolled back for want of data"
+            );
+        }
+        let mut e = entry(r, &state, "fleet", "verdict", eval_ms, &config.sha256, effective_bp(r, Some(&state)));
+        e.insert("verdict".into(), json!("insufficient"));
+        e.insert("reason".into(), json!("source_unavailable"));
+        e.insert("detail".into(), json!(error));
+        e.insert("evaluated_at".into(), json!(at(now_ms)));
+        self.journal(Value::Object(e));
+        was_up
+    }
+
+    /// What `/routes` says about a route's fleet judgement.
+    pub fn fleet_view(&self, route: &str) -> Option<Value> {
+        let f = self.fleet.get(route)?;
+        Some(json!({
+            "source_up": f.source.up,
+            "source_error": f.source.error,
+            "unavailable_since": f.source.down_since_ms.map(at),
+            "evaluated_through": f.fold.through_ms.map(at),
+            "started_from": f.fold.start_ms.map(at),
+            "synced": f.synced,
+            "control": {"epoch": Self::fleet_control(f).epoch, "rank": Self::fleet_control(f).rank,
+                        "local": f.local.encode(), "fleet": f.polled.encode(), "fold": f.fold.control().encode()},
+            "replica_processes": f.fold.base.processes(),
+        }))
+    }
+
+    /// Admin steering of a fleet route: served here at once, exported for
+    /// the rest of the fleet (which follows within a scrape and a poll),
+    /// and reached by every replica's fold at the same evaluation time.
+    pub fn fleet_steer(
+        &mut self,
+        config: &Snapshot,
+        registry: &Registry,
+        r: &Route,
+        op: Steer,
+        peer: SocketAddr,
+        now_ms: u64,
+    ) -> Result<bool, SteerError> {
+        let prog = r.progression.as_deref();
+        let Some(f) = self.fleet.get_mut(&*r.name) else { return Err(SteerError::NoCanary) };
+        let cur = Self::fleet_control(f);
+        let served = f.fold.served(cur, prog);
+        let refused = |x: super::machine::Refusal| SteerError::Refused(x.message());
+        let want = match op {
+            Steer::Rollback => Control { epoch: cur.epoch, rank: cur.rank.max(ROLLED_BACK) },
+            Steer::Kill => Control { epoch: cur.epoch, rank: cur.rank.max(KILLED) },
+            Steer::Pause => {
+                if prog.is_none() {
+                    return Err(refused(super::machine::Refusal::NoProgression));
+                }
+                Control { epoch: cur.epoch, rank: cur.rank.max(PAUSED) }
+            }
+            Steer::Resume | Steer::Unkill => {
+                let lifts = match op {
+                    Steer::Unkill => served.killed,
+                    _ => served.rolled_back.is_some() || served.paused,
+                };
+                if lifts { Control { epoch: cur.epoch + 1, rank: RUNNING } } else { cur }
+            }
+            Steer::Promote => {
+                let mut s = served.clone();
+                s.promote(prog, now_ms).map_err(refused)?;
+                f.local_position = f.local_position.max(control::position(cur.epoch, s.step));
+                cur
+            }
+        };
+        let changed = want > cur || op == Steer::Promote;
+        f.local = f.local.max(want);
+        let sha = config.sha256.clone();
+        self.fleet_serve(r, registry, &sha, "admin", now_ms);
+        let st = self.states.get(&*r.name).cloned().unwrap_or(served);
+        let mut e = entry(r, &st, "admin", op.as_str(), now_ms, &sha, effective_bp(r, Some(&st)));
+        e.insert("peer".into(), json!(peer.to_string()));
+        e.insert("changed".into(), json!(changed));
+        e.insert("fleet".into(), json!({"control_epoch": want.epoch, "rank": want.rank,
+            "note": if op == Steer::Promote { "every replica takes the step at the next evaluation time" } else { "served here now; the fleet follows within a scrape and a poll" }}));
+        self.journal(Value::Object(e));
+        tracing::warn!(route = %r.name, action = op.as_str(), peer = %peer, changed, "admin steered route (fleet)");
+        self.save();
+        Ok(changed)
+    }
+}
