@@ -41,6 +41,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicU64>,
     /// Answer 500 for this many of every 100 requests (by arrival order).
     pub errors_per_100: Arc<AtomicU64>,
+    /// When above 0: answer 500 to every Nth request (evenly spread).
+    pub error_every: Arc<AtomicU64>,
     /// When above 0: each answer waits a lognormal time with this median
     /// (ms) and σ 0.8, capped at 1 s — a realistic heavy tail.
     pub heavy_tail_ms: Arc<AtomicU64>,
@@ -57,6 +59,8 @@ impl Upstream {
         let connections = Arc::new(AtomicU64::new(0));
         let errors_per_100 = Arc::new(AtomicU64::new(0));
         let heavy_tail_ms = Arc::new(AtomicU64::new(0));
+        let error_every = Arc::new(AtomicU64::new(0));
+        let ev2 = error_every.clone();
         let (s2, st2, d2, c2) = (seen.clone(), status.clone(), delay_ms.clone(), connections.clone());
         let (e2, h2) = (errors_per_100.clone(), heavy_tail_ms.clone());
         let task = tokio::spawn(async move {
@@ -65,10 +69,12 @@ impl Upstream {
                 c2.fetch_add(1, Ordering::Relaxed);
                 let (seen, status, delay, errs) = (s2.clone(), st2.clone(), d2.clone(), e2.clone());
                 let heavy = h2.clone();
+                let every = ev2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (seen, status, delay, errs) = (seen.clone(), status.clone(), delay.clone(), errs.clone());
                         let heavy = heavy.clone();
+                        let every = every.load(Ordering::Relaxed);
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -91,7 +97,9 @@ impl Upstream {
                                 tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
                             }
                             let mut resp = Response::new(Full::new(Bytes::from(name)));
-                            let code = if nth % 100 < errs.load(Ordering::Relaxed) {
+                            let code = if nth % 100 < errs.load(Ordering::Relaxed)
+                                || (every > 0 && nth % every == every - 1)
+                            {
                                 500
                             } else {
                                 status.load(Ordering::Relaxed)
@@ -109,7 +117,7 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, seen, status, delay_ms, connections, errors_per_100, heavy_tail_ms, task }
+        Self { name, addr, seen, status, delay_ms, connections, errors_per_100, error_every, heavy_tail_ms, task }
     }
 
     pub fn count(&self) -> usize {
