@@ -9,6 +9,7 @@
 //!   what a replica serves ahead of it, pure.
 //! - [`control`]: steering encoded so that `max` is the merge.
 //! - [`prom`]: the HTTP API client.
+//! - [`broadcast`]: `weir fleet`, one admin call to every replica.
 //! - [`run`] (here): the task that asks at the aligned times.
 //!
 //! Timing: evaluation time T is a wall-clock multiple of `analysis.interval`.
@@ -18,6 +19,7 @@
 //! Steering is also polled every scrape interval without alignment, so a
 //! latch reaches every replica within about two scrape intervals.
 
+pub mod broadcast;
 pub mod control;
 pub mod fold;
 pub mod prom;

@@ -45,6 +45,22 @@ enum Command {
         #[arg(long)]
         query: Option<String>,
     },
+    /// Send one admin action to every replica behind a DNS name (a
+    /// headless Service) or a list of admin addresses, all at once.
+    Fleet {
+        /// rollback, resume, pause, promote, kill or unkill.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(weir::fleet::broadcast::ACTIONS))]
+        action: String,
+        /// Route name.
+        route: String,
+        /// `host:port` of the replicas' admin listeners; a name that
+        /// resolves to many addresses reaches each. Repeatable.
+        #[arg(long = "replicas", required = true)]
+        replicas: Vec<String>,
+        /// File with the admin bearer token (`admin.token_file`).
+        #[arg(long = "token-file", env = "WEIR_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+    },
     /// Print the version.
     /// Exit 0 when `URL` (plain http://host:port/path) answers 200 within
     /// 2 s: a container probe that needs no shell or curl in the image.
@@ -87,6 +103,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Fleet { action, route, replicas, token_file } => {
+            fleet(&action, &route, &replicas, token_file.as_deref())
+        }
         Command::Demo => match demo() {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -188,6 +207,44 @@ fn healthcheck(url: &str) -> anyhow::Result<()> {
     let status = line.split_whitespace().nth(1).unwrap_or("none");
     anyhow::ensure!(status == "200", "{url} answered {status}");
     Ok(())
+}
+
+/// `weir fleet`: exit 0 when every replica accepted the call.
+fn fleet(action: &str, route: &str, replicas: &[String], token_file: Option<&std::path::Path>) -> ExitCode {
+    let token = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+        Err(e) => {
+            eprintln!("weir fleet: token file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir fleet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answers = rt.block_on(async {
+        let addrs = weir::fleet::broadcast::resolve(replicas).await?;
+        Ok::<_, String>(weir::fleet::broadcast::broadcast(&addrs, route, action, token.as_deref()).await)
+    });
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weir fleet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for a in &answers {
+        match &a.result {
+            Ok((status, body)) => println!("{}\t{status}\t{body}", a.replica),
+            Err(e) => println!("{}\terror\t{e}", a.replica),
+        }
+    }
+    let ok = answers.iter().filter(|a| a.ok()).count();
+    eprintln!("{action} {route}: {ok} of {} replicas accepted", answers.len());
+    if ok == answers.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn demo() -> anyhow::Result<bool> {

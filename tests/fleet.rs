@@ -110,7 +110,8 @@ impl Replica {
     fn start(s: SocketAddr, c: SocketAddr, route: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
-        std::fs::write(dir.path().join("weir.yaml"), yaml(port, admin, &dir.path().join("state"), s, c, route)).unwrap();
+        std::fs::write(dir.path().join("weir.yaml"), yaml(port, admin, &dir.path().join("state"), s, c, route))
+            .unwrap();
         let mut r = Self {
             child: None,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
@@ -309,7 +310,8 @@ async fn a_bad_canary_is_rolled_back_on_every_replica_after_as_many_requests_as_
     assert!(same_where_both(&seqs[0], &seqs[1]) >= 5);
     assert!(same_where_both(&seqs[0], &seqs[2]) >= 5);
     for j in &journals {
-        let rb = j.iter().find(|e| e["event"] == "rollback" || (e["event"] == "fleet_state" && e["state"] == "rolled_back"));
+        let rb =
+            j.iter().find(|e| e["event"] == "rollback" || (e["event"] == "fleet_state" && e["state"] == "rolled_back"));
         assert!(rb.is_some(), "no rollback line: {j:#?}");
     }
 
@@ -378,8 +380,35 @@ async fn a_healthy_fleet_follows_steering_from_any_replica_and_a_killed_replica_
     assert_eq!(code, 200);
     let (ok, views) = all_routes(&admins, Duration::from_secs(6), |v| v["state"] == "progressing").await;
     assert!(ok, "resume did not reach every replica: {views:#?}");
-    let (ok, views) = all_routes(&admins, Duration::from_secs(15), |v| v["canary"]["window"]["requests"].as_u64() > Some(0)).await;
+    let (ok, views) =
+        all_routes(&admins, Duration::from_secs(15), |v| v["canary"]["window"]["requests"].as_u64() > Some(0)).await;
     assert!(ok, "canary gets no traffic after the resume: {views:#?}");
+
+    // `weir fleet` reaches every replica at once: each is paused when it returns.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["fleet", "pause", "app"]);
+    for a in &admins {
+        cmd.arg("--replicas").arg(a.to_string());
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 of 3 replicas accepted"));
+    for a in &admins {
+        assert_eq!(route_view(*a, "app").await["state"], "paused");
+    }
+    // One replica unreachable: said, and the exit code says so.
+    let dead = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["fleet", "resume", "app", "--replicas"])
+        .arg(admins[0].to_string())
+        .arg("--replicas")
+        .arg(format!("127.0.0.1:{dead}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("127.0.0.1:{dead}\terror")), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 replicas accepted"));
     load.stop().await;
 
     // Healthy all along: no automatic rollback anywhere, and the replicas
@@ -401,10 +430,12 @@ async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_i
     let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
     let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
     let mut prom = Prom::start(prom_port, &admins);
-    let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 25);
+    let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 80);
     // Some healthy evidence first, judged by the fleet.
-    let (ok, views) =
-        all_routes(&admins, Duration::from_secs(30), |v| v["fleet"]["evaluated_through"].is_string() && v["fleet"]["started_from"].is_string()).await;
+    let (ok, views) = all_routes(&admins, Duration::from_secs(30), |v| {
+        v["fleet"]["evaluated_through"].is_string() && v["fleet"]["started_from"].is_string()
+    })
+    .await;
     assert!(ok, "fleet judgement did not start: {views:#?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -421,8 +452,14 @@ async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_i
     }
     let m = support::get(&client(), &format!("http://{}/metrics", admins[0]), &[]).await.2;
     assert!(m.contains("weir_analysis_source_up{route=\"app\"} 0"), "{m}");
-    // Enough bad canary traffic for a fail goes by: nobody decides on it.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Enough bad canary traffic for a fail goes by (one replica alone needs
+    // about 160 canary requests at 5 %): nobody decides on it.
+    let before = c.count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.count() < before + 250 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.count() >= before + 250, "too little canary traffic during the outage");
     for a in &admins {
         let v = route_view(*a, "app").await;
         assert_eq!(v["state"], "steady", "decided without data: {v}");

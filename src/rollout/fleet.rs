@@ -333,6 +333,7 @@ impl Book {
 
     /// The source could not be asked about `eval_ms`: no verdict is taken
     /// from missing data; the route keeps serving as it is.
+    #[allow(clippy::too_many_arguments)]
     pub fn fleet_unavailable(
         &mut self,
         config: &Snapshot,

@@ -204,12 +204,6 @@ fn compile_source(s: &RawSource, path: &str, interval: Duration, p: &mut Problem
     if timeout.is_zero() {
         p.at(format!("{path}.timeout"), "must be more than 0s");
     }
-    if interval.as_millis() % 1000 != 0 && 1000 % interval.as_millis().max(1) != 0 {
-        p.at(
-            format!("{path}"),
-            "fleet evaluation times are wall-clock multiples of the interval: use whole seconds (or 100ms, 200ms, 250ms, 500ms)",
-        );
-    }
     Some(FleetSource { prometheus: url.trim().to_owned(), authority, path_prefix, scrape_interval, lag, timeout })
 }
 
