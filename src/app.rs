@@ -115,6 +115,16 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     crate::config::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
     tokio::spawn(crate::rollout::control(Arc::clone(&live), stop_accepting.clone()));
     tokio::spawn(crate::fleet::run(Arc::clone(&live), stop_accepting.clone()));
+    // Fleet mode: take the fleet's state (or learn that the source is
+    // down) before saying ready, so a new replica does not serve the first
+    // step while the fleet is further on. Bounded: a slow source never
+    // keeps a replica out of service for long.
+    {
+        let first = live.fleet_first_pass.notified();
+        if !live.fleet_targets().is_empty() && !live.fleet_passed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(crate::fleet::READY_WAIT, first).await;
+        }
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
 

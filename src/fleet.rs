@@ -40,16 +40,34 @@ use std::time::{Duration, Instant};
 /// A replica with nothing folded and no fleet start to follow looks this
 /// far back for the revision's first evidence.
 const LOOKBACK_MS: u64 = 10 * 60_000;
+/// Longest a replica in fleet mode waits for its first answer from the
+/// source before it reports ready anyway.
+pub const READY_WAIT: Duration = Duration::from_secs(8);
 /// Evaluation times per range query (Prometheus allows 11,000 points).
 const MAX_STEPS: u64 = 1_000;
 
 /// Everything the fold needs about one route, in one range query.
 pub fn evidence_query(route: &str, revision: &str) -> String {
     format!(
-        "{{__name__=~\"{EVIDENCE_UNITS}|{EVIDENCE_BAD}|{EVIDENCE_SHARE}|{ROLLOUT_CONTROL}|{ROLLOUT_POSITION}\",route={},revision={}}} or {PROCESS_START}",
+        "{{__name__=~\"{EVIDENCE_UNITS}|{EVIDENCE_BAD}|{EVIDENCE_SHARE}|{ROLLOUT_CONTROL}|{ROLLOUT_POSITION}\",route={},revision={}}} or {PROCESS_START} or label_replace(timestamp({PROCESS_START}), \"{FRESH}\", \"1\", \"\", \"\")",
         quote(route),
         quote(revision)
     )
+}
+
+/// Label on the series that carry each target's latest sample time.
+pub const FRESH: &str = "weir_sample_time";
+
+/// How old the stalest replica's newest sample is at `t` (ms), if any
+/// replica reports: a source that lags behind its scrapes would answer a
+/// question about `t` differently a moment later.
+pub fn staleness(series: &[fold::Series], t: u64) -> Option<u64> {
+    series
+        .iter()
+        .filter(|s| s.labels.contains_key(FRESH))
+        .filter_map(|s| s.points.iter().find(|p| p.0 == t).map(|p| p.1))
+        .map(|ts| t.saturating_sub((ts * 1000.0).round() as u64))
+        .max()
 }
 
 fn label_filter(t: &Target) -> String {
@@ -78,6 +96,15 @@ async fn evaluate(live: &Arc<Live>, t: &Target, latest: u64, cost: &mut Cost) ->
     while from < latest {
         let to = latest.min(from + MAX_STEPS * t.interval_ms);
         let series = prom::range(&t.source, &q, from, to, t.interval_ms, cost).await?;
+        // The newest time must be settled: every replica scraped after it
+        // (within the scrape interval, and a second for the scrape itself).
+        let allowed = crate::rollout::machine::duration_ms(t.source.scrape_interval) * 2 + 1_000;
+        if to == latest
+            && let Some(age) = staleness(&series, to)
+            && age > allowed
+        {
+            return Err(QueryError::Lagging(age));
+        }
         let times: Vec<u64> = (0..=(to - from) / t.interval_ms).map(|i| from + i * t.interval_ms).collect();
         // The fold's baseline lives in the Book: fold there.
         let (l, route, revision) = (Arc::clone(live), t.route.clone(), t.revision.clone());
@@ -130,6 +157,10 @@ pub async fn run(live: Arc<Live>, stop: tokio_util::sync::CancellationToken) {
             wake = Duration::from_secs(1);
         }
         live.fleet_cost(cost);
+        if !live.fleet_passed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            live.fleet_first_pass.notify_waiters();
+            live.fleet_first_pass.notify_one();
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = live.changed.notified() => {}

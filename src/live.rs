@@ -58,6 +58,9 @@ pub struct Live {
     /// Queries sent to the analysis source and bytes received.
     pub fleet_queries: std::sync::atomic::AtomicU64,
     pub fleet_bytes: std::sync::atomic::AtomicU64,
+    /// The fleet task has asked the source once about every fleet route.
+    pub fleet_passed: std::sync::atomic::AtomicBool,
+    pub fleet_first_pass: Notify,
 }
 
 impl Live {
@@ -78,6 +81,8 @@ impl Live {
             started_s: rollout::wall_ms() as f64 / 1000.0,
             fleet_queries: Default::default(),
             fleet_bytes: Default::default(),
+            fleet_passed: Default::default(),
+            fleet_first_pass: Notify::new(),
         })
     }
 

@@ -427,7 +427,9 @@ async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_i
     let s = Upstream::start("stable").await;
     let c = canary_with_errors().await;
     let prom_port = free_port();
-    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
+    let progression = "    progression: {steps: [20, 30, 40, 50, 60, 70, 80, 90], hold: 3s}\n";
+    let replicas: Vec<Replica> =
+        (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, progression))).collect();
     let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
     let mut prom = Prom::start(prom_port, &admins);
     let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 80);
@@ -450,6 +452,7 @@ async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_i
         assert!(last["reason"].as_str().unwrap().starts_with("source_unavailable"), "{v}");
         assert!(v["fleet"]["source_error"].is_string());
     }
+    let at_outage: Vec<(Value, Value)> = views.iter().map(|v| (v["step"].clone(), v["state"].clone())).collect();
     let m = support::get(&client(), &format!("http://{}/metrics", admins[0]), &[]).await.2;
     assert!(m.contains("weir_analysis_source_up{route=\"app\"} 0"), "{m}");
     // Enough bad canary traffic for a fail goes by (one replica alone needs
@@ -460,10 +463,10 @@ async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_i
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(c.count() >= before + 250, "too little canary traffic during the outage");
-    for a in &admins {
+    for (a, before) in admins.iter().zip(&at_outage) {
         let v = route_view(*a, "app").await;
-        assert_eq!(v["state"], "steady", "decided without data: {v}");
-        assert_eq!(v["weight"]["effective"], 20.0);
+        assert_eq!((v["step"].clone(), v["state"].clone()), before.clone(), "decided without data: {v}");
+        assert_eq!(v["state"], "progressing");
     }
 
     // Back: the evidence gathered meanwhile is judged, once, and the

@@ -25,6 +25,8 @@ pub enum QueryError {
     Status(u16, String),
     #[error("unexpected answer: {0}")]
     Shape(String),
+    #[error("lagging: the stalest replica's newest sample is {0} ms older than the evaluation time")]
+    Lagging(u64),
 }
 
 /// Bytes received, for the cost figure (docs/fleet.md).

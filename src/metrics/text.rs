@@ -343,6 +343,8 @@ fn evidence_families(o: &mut String, routes: &[RouteView<'_>]) {
             );
         }
     }
+    let fleet: Vec<&(&RouteView<'_>, &str)> =
+        with_canary.iter().filter(|(r, _)| r.metrics.fleet.source.load(Ordering::Relaxed) != 0).collect();
     for (name, help, get) in [
         (
             ROLLOUT_CONTROL,
@@ -353,7 +355,7 @@ fn evidence_families(o: &mut String, routes: &[RouteView<'_>]) {
     ] {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} gauge");
-        for (r, revision) in &with_canary {
+        for (r, revision) in &fleet {
             let f = &r.metrics.fleet;
             let v = if get == 0 { f.control.load(Ordering::Relaxed) } else { f.position.load(Ordering::Relaxed) };
             let _ =

@@ -288,9 +288,13 @@ impl Book {
                 "fleet judgement replayed from the analysis source"
             );
         }
-        for o in &outcomes {
+        let newest = outcomes.iter().rposition(|o| o.judgement.is_some());
+        for (i, o) in outcomes.iter().enumerate() {
             if let Some(j) = &o.judgement {
-                m.verdict(&at(o.at_ms), j, state.streak);
+                // A replay is history: only its newest verdict is shown and counted.
+                if !replay || Some(i) == newest {
+                    m.verdict(&at(o.at_ms), j, state.streak);
+                }
                 if !replay {
                     log_verdict(r, j);
                     let mut e = entry(r, &state, "fleet", "verdict", o.at_ms, &sha, effective_bp(r, Some(&state)));
