@@ -132,6 +132,12 @@ fn kubernetes_manifests_parse_and_keep_their_promises() {
             assert!(grace >= 30, "{name}: terminationGracePeriodSeconds {grace}");
         }
         if name.ends_with("gateway.yaml") {
+            // Fleet mode: the replicas judge together through Prometheus, and
+            // the admin Service is headless so `weir fleet` reaches every pod.
+            let text = configmaps["weir-config"]["data"]["weir.yaml"].as_str().unwrap();
+            assert!(text.contains("source: { prometheus: "), "{name}: no fleet analysis source");
+            let admin = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "weir-admin").unwrap();
+            assert_eq!(admin["spec"]["clusterIP"], "None", "{name}: weir-admin must be headless");
             assert!(docs.iter().any(|d| d["kind"] == "Service"), "{name}: no Service");
             assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"), "{name}: no PodDisruptionBudget");
         }
@@ -184,4 +190,21 @@ fn healthcheck_answers_for_a_running_weir_and_fails_for_a_dead_one() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(!probe(&format!("http://{admin}/ready")).success());
+}
+
+/// The Prometheus scrape configuration the fleet setup needs is valid, and
+/// its scrape interval is the one the gateway's routes rely on.
+#[test]
+fn the_fleet_scrape_config_passes_promtool_and_matches_the_gateway() {
+    let path = root().join("config/prometheus/scrape.yaml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&path)
+        .output()
+        .expect("promtool must be installed (.ci/run installs the Debian package prometheus)");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let scrape = std::fs::read_to_string(&path).unwrap();
+    let gateway = std::fs::read_to_string(root().join("config/kubernetes/gateway.yaml")).unwrap();
+    assert!(scrape.contains("scrape_interval: 15s") && gateway.contains("scrape_interval: 15s"));
+    assert!(scrape.contains("weir-admin.games.svc.cluster.local"), "scrapes the headless admin Service");
 }

@@ -498,3 +498,78 @@ async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_i
         assert_eq!(times, dedup, "an evaluation time was judged twice");
     }
 }
+
+/// Figures for docs/fleet.md (not run in CI): rounds of a bad canary on
+/// three replicas; per round, the time from the failing evaluation time to
+/// each replica's latch, and what fleet judgement cost in queries and bytes.
+/// `cargo test --release --test fleet -- --ignored --nocapture fleet_figures`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run by hand, figures in docs/fleet.md"]
+async fn fleet_figures() {
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    for round in 0..rounds {
+        let s = Upstream::start("stable").await;
+        let c = canary_with_errors().await;
+        bad(&c);
+        let prom_port = free_port();
+        let replicas: Vec<Replica> =
+            (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
+        let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
+        let _prom = Prom::start(prom_port, &admins);
+        let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 25);
+        // Poll each replica's view; note when each first shows the latch.
+        let mut latched: Vec<Option<u64>> = vec![None; 3];
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while latched.iter().any(Option::is_none) && Instant::now() < deadline {
+            for (i, a) in admins.iter().enumerate() {
+                if latched[i].is_none() && route_view(*a, "app").await["state"] == "rolled_back" {
+                    latched[i] =
+                        Some(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                            as u64);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        load.stop().await;
+        let j = replicas[0].journal();
+        let fail = j.iter().find(|e| e["event"] == "verdict" && e["verdict"] == "fail").expect("no fail");
+        let t = fail["at"].as_str().unwrap();
+        let fail_ms = parse_rfc3339_ms(t);
+        let delays: Vec<i64> = latched.iter().map(|l| l.unwrap() as i64 - fail_ms as i64).collect();
+        let m = support::get(&client(), &format!("http://{}/metrics", admins[0]), &[]).await.2;
+        let metric = |name: &str| -> f64 {
+            m.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+        };
+        let (queries, bytes) =
+            (metric("weir_analysis_source_queries_total"), metric("weir_analysis_source_received_bytes_total"));
+        let evals = j.iter().filter(|e| e["event"] == "verdict" && e["actor"] == "fleet").count().max(1);
+        let series = support::get(&client(), &format!("http://{}/metrics", admins[0]), &[])
+            .await
+            .2
+            .lines()
+            .filter(|l| l.starts_with("weir_analysis_units_total") || l.starts_with("weir_analysis_bad_units_total"))
+            .count();
+        println!(
+            "round {round}: fail at {t}; latched after {delays:?} ms; replica 1 sent {queries} queries, received {bytes} bytes over {evals} evaluations ({:.1} queries, {:.0} bytes each); {series} evidence series per replica",
+            queries / evals as f64,
+            bytes / evals as f64
+        );
+    }
+}
+
+fn parse_rfc3339_ms(t: &str) -> u64 {
+    // 2026-12-01T18:20:53.000Z
+    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let h: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from civil (Howard Hinnant).
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().unwrap();
+    ((days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2]) * 1000 + ms) as u64
+}

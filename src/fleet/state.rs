@@ -302,4 +302,131 @@ mod tests {
         f.apply(&a, Some(&p), false, &s, 20);
         assert_eq!(f.state.step, Some(1));
     }
+
+    mod laws {
+        use super::*;
+        use crate::fleet::fold::{Baseline, Series, steps};
+        use crate::metrics::{EVIDENCE_BAD, EVIDENCE_UNITS, PROCESS_START};
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        /// Counter series for three replicas: per time, (stable n, canary
+        /// n, canary errors) increments, a gap flag and a restart flag.
+        fn answer(ticks: &[(u8, u8, u8, bool, bool, u8)]) -> (Vec<Series>, Vec<u64>) {
+            let times: Vec<u64> = (0..=ticks.len() as u64).map(|i| 1_000_000 + i * 10_000).collect();
+            let mut out = Vec::new();
+            for inst in 0..3u8 {
+                let mut totals = [0f64; 3];
+                let mut start = 1.0;
+                let mut pts: [Vec<(u64, f64)>; 3] = Default::default();
+                let mut starts = Vec::new();
+                for (i, (s, c, e, gap, restart, who)) in ticks.iter().enumerate() {
+                    let t = times[i + 1];
+                    if *restart && who % 3 == inst {
+                        totals = [0.0; 3];
+                        start += 1.0;
+                    }
+                    totals[0] += f64::from(*s);
+                    totals[1] += f64::from(*c);
+                    totals[2] += f64::from((*e).min(*c));
+                    if *gap {
+                        continue; // Prometheus missed this time
+                    }
+                    for k in 0..3 {
+                        pts[k].push((t, totals[k]));
+                    }
+                    starts.push((t, start));
+                }
+                let name = format!("10.0.0.{inst}:9901");
+                let mk = |metric: &str, version: &str, p: Vec<(u64, f64)>| {
+                    let mut labels = BTreeMap::new();
+                    for (k, v) in [
+                        ("__name__", metric),
+                        ("job", "weir"),
+                        ("instance", name.as_str()),
+                        ("version", version),
+                        ("event", "error"),
+                        ("stratum", "weight"),
+                        ("unit", "request"),
+                        ("scope", "revision"),
+                    ] {
+                        labels.insert(k.to_owned(), v.to_owned());
+                    }
+                    Series { labels, points: p }
+                };
+                let [a, b, c] = pts;
+                out.push(mk(EVIDENCE_UNITS, "stable", a));
+                out.push(mk(EVIDENCE_UNITS, "canary", b));
+                out.push(mk(EVIDENCE_BAD, "canary", c));
+                let mut labels = BTreeMap::new();
+                labels.insert("__name__".to_owned(), PROCESS_START.to_owned());
+                labels.insert("job".to_owned(), "weir".to_owned());
+                labels.insert("instance".to_owned(), name.clone());
+                out.push(Series { labels, points: starts });
+            }
+            (out, times)
+        }
+
+        fn fold_in(series: &[Series], times: &[u64], cuts: &[usize]) -> FleetFold {
+            let a = Analysis::default();
+            let p = prog();
+            let mut f = FleetFold::new("2", Some(&p));
+            let mut base = Baseline::default();
+            let mut from = 0;
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c % times.len()).filter(|c| *c > 0).collect();
+            bounds.push(times.len() - 1);
+            bounds.sort_unstable();
+            bounds.dedup();
+            for to in bounds {
+                let batch = &times[from..=to];
+                let mut prev = batch[0];
+                for s in steps(series, batch, &[], &mut base) {
+                    f.apply(&a, Some(&p), false, &s, prev);
+                    prev = s.at_ms;
+                }
+                from = to;
+            }
+            f.base = base;
+            f
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// A replica that folds every evaluation time as it comes, one
+            /// that catches up after an outage, and one that replays the
+            /// whole history after a restart end in the same state.
+            #[test]
+            fn the_same_history_folds_to_the_same_state_however_it_is_split(
+                ticks in proptest::collection::vec((0u8..60, 0u8..12, 0u8..3, any::<bool>(), any::<bool>(), any::<u8>()), 1..40),
+                cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            ) {
+                let ticks: Vec<_> = ticks.into_iter().map(|(s, c, e, gap, restart, who)| (s, c, e, gap && who % 4 == 0, restart && who % 5 == 0, who)).collect();
+                let (series, times) = answer(&ticks);
+                let whole = fold_in(&series, &times, &[]);
+                let split = fold_in(&series, &times, &cuts);
+                let one_by_one = fold_in(&series, &times, &(1..times.len()).collect::<Vec<_>>());
+                prop_assert_eq!(&whole, &split);
+                prop_assert_eq!(&whole, &one_by_one);
+            }
+
+            /// Nothing is lost or counted twice: the canary units folded
+            /// equal the increments the replicas made, gaps included, as
+            /// long as each replica's last values were scraped.
+            #[test]
+            fn every_increment_is_counted_once(
+                ticks in proptest::collection::vec((0u8..60, 0u8..12, 0u8..3, any::<bool>(), any::<u8>()), 1..40),
+            ) {
+                let mut ticks: Vec<_> = ticks.into_iter().map(|(s, c, e, gap, who)| (s, c, e, gap && who % 3 == 0, false, who)).collect();
+                if let Some(last) = ticks.last_mut() {
+                    last.3 = false;
+                }
+                let (series, times) = answer(&ticks);
+                let rev: u64 = steps(&series, &times, &[], &mut Baseline::default()).iter().map(|s| {
+                    s.interval.strata.iter().map(|c| c.revision.n(Event::Error, CANARY)).sum::<u64>()
+                }).sum();
+                let made: u64 = ticks.iter().map(|t| u64::from(t.1)).sum::<u64>() * 3;
+                prop_assert_eq!(rev, made);
+            }
+        }
+    }
 }
