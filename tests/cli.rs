@@ -336,3 +336,58 @@ routes:
         assert_eq!(v["status"], 200);
     }
 }
+
+#[test]
+fn check_validates_the_fleet_analysis_source_with_field_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = |name: &str, analysis: &str| {
+        format!(
+            "  - name: {name}\n    stable: {{upstream: v1}}\n    canary: {{upstream: v2}}\n    analysis: {analysis}\n"
+        )
+    };
+    let head = "listen: [{address: \"127.0.0.1:0\"}]\nupstreams:\n  v1: {endpoints: [\"127.0.0.1:1\"]}\n  v2: {endpoints: [\"127.0.0.1:2\"]}\nroutes:\n";
+    let good = write(
+        dir.path(),
+        "fleet.yaml",
+        &format!(
+            "{head}{}",
+            route(
+                "a",
+                "{interval: 30s, source: {prometheus: \"http://prometheus.monitoring:9090/prom\", scrape_interval: 15s}}"
+            )
+        ),
+    );
+    let (ok, out) = check(&good);
+    assert!(ok, "{out}");
+    let bad = write(
+        dir.path(),
+        "bad-fleet.yaml",
+        &format!(
+            "{head}{}{}{}{}",
+            route("a", "{source: {scrape_interval: 15s}}"),
+            route("b", "{source: {prometheus: \"https://prom:9090\"}}"),
+            route("c", "{interval: 5s, source: {prometheus: \"http://prom:9090\", scrape_interval: 15s, lag: 0s}}"),
+            route("d", "{source: {prometheus: \"http://prom:x\"}}"),
+        ),
+    );
+    let (ok, out) = check(&bad);
+    assert!(!ok);
+    for expected in [
+        "routes[0].analysis.source.prometheus: required",
+        "routes[1].analysis.source.prometheus: https is not supported",
+        "routes[2].analysis.source.scrape_interval: the analysis interval (5000ms) is shorter than the scrape interval",
+        "routes[2].analysis.source.lag: must be more than 0s",
+        "routes[3].analysis.source.prometheus: `http://prom:x`: port `x` is not a number",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // An unknown key is named with its line and column.
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        &format!("{head}{}", route("a", "{source: {prometheus: \"http://prom:9090\", scrape: 1s}}")),
+    );
+    let (ok, out) = check(&typo);
+    assert!(!ok);
+    assert!(out.contains("unknown field `scrape`, expected one of prometheus, scrape_interval, lag, timeout"), "{out}");
+}
