@@ -176,7 +176,9 @@ fn authorize<B>(state: &AdminState, req: &Request<B>) -> Result<(), (StatusCode,
         };
     };
     // Read on each call so a rotated token applies without a reload.
-    let expected = match std::fs::read_to_string(&file) {
+    let expected = match crate::files::read_capped(&file, crate::files::MAX_SECRET)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+    {
         Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
         _ => {
             tracing::error!(path = %file.display(), "admin token file unreadable or empty; refusing mutations");

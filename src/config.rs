@@ -305,7 +305,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let bytes = crate::files::read_capped(path, crate::files::MAX_CONFIG)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&bytes, path)
 }
 

@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod evidence;
 pub mod explain;
+pub mod files;
 pub mod fleet;
 pub mod fuzzing;
 pub mod live;

@@ -211,8 +211,8 @@ fn healthcheck(url: &str) -> anyhow::Result<()> {
 
 /// `weir fleet`: exit 0 when every replica accepted the call.
 fn fleet(action: &str, route: &str, replicas: &[String], token_file: Option<&std::path::Path>) -> ExitCode {
-    let token = match token_file.map(std::fs::read_to_string).transpose() {
-        Ok(t) => t.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+    let token = match token_file.map(|f| weir::files::read_capped(f, weir::files::MAX_SECRET)).transpose() {
+        Ok(t) => t.map(|t| String::from_utf8_lossy(&t).trim().to_owned()).filter(|t| !t.is_empty()),
         Err(e) => {
             eprintln!("weir fleet: token file: {e}");
             return ExitCode::FAILURE;

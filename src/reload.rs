@@ -98,7 +98,7 @@ impl Reloader {
     /// we already refused, say nothing and count nothing (watch/poll use
     /// this; explicit triggers do not).
     pub fn reload(&self, trigger: &'static str, quiet_repeat: bool) -> Result<Outcome, ReloadError> {
-        let bytes = match std::fs::read(&self.path) {
+        let bytes = match crate::files::read_capped(&self.path, crate::files::MAX_CONFIG) {
             Ok(b) => b,
             Err(source) => {
                 let seen = format!("unreadable:{}", source.kind());

@@ -54,8 +54,10 @@ pub fn load(certs: &[CertPaths]) -> Result<Tls, Vec<CertProblem>> {
     let mut hash = Sha256::new();
     for (index, paths) in certs.iter().enumerate() {
         let bad = |field, message: String| CertProblem { index, field, message };
-        let read =
-            |p: &PathBuf, field| std::fs::read(p).map_err(|e| bad(field, format!("cannot read {}: {e}", p.display())));
+        let read = |p: &PathBuf, field| {
+            crate::files::read_capped(p, crate::files::MAX_PEM)
+                .map_err(|e| bad(field, format!("cannot read {}: {e}", p.display())))
+        };
         let (cert_pem, key_pem) = match (read(&paths.cert, "cert"), read(&paths.key, "key")) {
             (Ok(c), Ok(k)) => (c, k),
             (c, k) => {
@@ -118,7 +120,7 @@ pub fn fingerprint_on_disk(certs: &[CertPaths]) -> String {
     let mut hash = Sha256::new();
     for p in certs {
         for f in [&p.cert, &p.key] {
-            match std::fs::read(f) {
+            match crate::files::read_capped(f, crate::files::MAX_PEM) {
                 Ok(b) => hash.update(&b),
                 Err(e) => hash.update(e.kind().to_string().as_bytes()),
             }

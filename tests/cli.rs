@@ -391,3 +391,59 @@ fn check_validates_the_fleet_analysis_source_with_field_paths() {
     assert!(!ok);
     assert!(out.contains("unknown field `scrape`, expected one of prometheus, scrape_interval, lag, timeout"), "{out}");
 }
+
+/// Hostile files are refused at once with a clear error: never read whole,
+/// never waited on.
+#[test]
+fn check_refuses_devices_fifos_and_huge_files_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big).unwrap().set_len(3 << 29).unwrap();
+    for (path, expected) in [
+        (std::path::PathBuf::from("/dev/zero"), "not a regular file"),
+        (fifo, "not a regular file"),
+        (big, "is 1.5 GiB; the limit is 4.0 MiB"),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("weir check hung on {}", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(1), "{}: {text}", path.display());
+        assert!(text.contains(expected), "{}: {text}", path.display());
+    }
+    // A secret file that is a device is a field error, not a hang or an OOM.
+    let cfg = write(
+        dir.path(),
+        "secret.yaml",
+        r#"listen: [{address: "127.0.0.1:0"}]
+upstreams:
+  v1: {endpoints: ["127.0.0.1:1"]}
+routes:
+  - name: r
+    stable: {upstream: v1}
+    canary: {upstream: v1}
+    sticky: {keys: ["header:x-p"], cookie: {name: b, secret_file: /dev/zero}}
+"#,
+    );
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    assert!(out.contains("routes[0].sticky.cookie.secret_file: cannot read /dev/zero: is not a regular file"), "{out}");
+}

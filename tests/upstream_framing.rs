@@ -43,6 +43,19 @@ fn answer(path: &str) -> (Vec<u8>, bool) {
             v.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
             (v, false)
         }
+        // Framed two ways: Transfer-Encoding wins (RFC 9112 §6.3) and the
+        // client must not be told a length that truncates the body.
+        "/cl-te" => (
+            a("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            false,
+        ),
+        // One header of 100 KB: over the 64 KiB head limit in few headers.
+        "/fat-head" => {
+            let mut v = a("HTTP/1.1 200 OK\r\nx-fat: ");
+            v.extend(std::iter::repeat_n(b'f', 100 * 1024));
+            v.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+            (v, false)
+        }
         "/early" => (a("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"), true),
         _ => (a("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), false),
     }
@@ -174,4 +187,22 @@ async fn an_oversized_response_head_is_a_502_and_an_early_answer_is_heard() {
     // And weir carries on.
     let (s, _, b) = call(&w, Method::GET, "/after", b"").await;
     assert_eq!((s, &b[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_framed_two_ways_reaches_the_client_whole_and_a_fat_head_is_refused() {
+    let up = Scripted::start().await;
+    let (_u, w) = weir_in_front(up.addr).await;
+    let (s, h, b) = call(&w, Method::GET, "/cl-te", b"").await;
+    assert_eq!((s, &b[..]), (200, &b"hello"[..]), "the client read the whole chunked body");
+    assert!(h.get("content-length").is_none_or(|v| v == "5"), "no stale length forwarded: {h:?}");
+    // Not trusted again: the next request opens a new connection.
+    let before = up.connections.load(Ordering::Relaxed);
+    let (s, _, _) = call(&w, Method::GET, "/after", b"").await;
+    assert_eq!(s, 200);
+    assert_eq!(up.connections.load(Ordering::Relaxed), before + 1);
+    // A 100 KB head whatever its header count: 502, counted as the upstream's fault.
+    let (s, h, _) = call(&w, Method::GET, "/fat-head", b"").await;
+    assert_eq!(s, 502);
+    assert_eq!(h.get("x-weir-error").map(|v| v.as_bytes()), Some(&b"upstream_protocol"[..]));
 }

@@ -519,7 +519,7 @@ fn compile_sticky(s: &super::raw::RawSticky, route: &str, path: &str, base: &Pat
         let max_age = p.duration(&format!("{cp}.max_age"), c.max_age.as_ref(), Duration::from_secs(30 * 86400));
         let secret = match &c.secret_file {
             None => None,
-            Some(f) => match std::fs::read(resolve(base, f)) {
+            Some(f) => match crate::files::read_capped(&resolve(base, f), crate::files::MAX_SECRET) {
                 Ok(mut bytes) => {
                     while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
                         bytes.pop();

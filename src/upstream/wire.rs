@@ -336,6 +336,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ExchangeErr
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+        // The limit holds on the bytes of the head, however they arrived
+        // (a whole oversized head can come in one read).
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(ExchangeError::Protocol("response head too large".into()));
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => return Err(ExchangeError::Protocol(format!("invalid response head: {e}"))),
@@ -368,6 +373,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ExchangeErr
             .and_then(|b| HeaderValue::from_maybe_shared(b).ok())
             .ok_or_else(|| ExchangeError::Protocol(format!("invalid value for header {name}")))?;
         headers.append(name, value);
+    }
+    if facts.transfer_encoding {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a
+        // forwarder removes the length: the client must see only the framing
+        // weir read the body with, never a length that truncates it.
+        headers.remove(CONTENT_LENGTH);
     }
     let (framing, mut keep_alive) = response_framing(method, status, &facts);
     keep_alive &= version == Version::HTTP_11 && !facts.close;
@@ -457,8 +468,9 @@ pub enum Chunk {
     Data(u64),
     /// Expecting the CRLF after chunk data.
     DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
+    /// After the last chunk: trailer lines until an empty one (bytes of
+    /// the section so far).
+    Trailers(usize),
 }
 
 /// A piece of response body, or the end.
@@ -540,11 +552,13 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
     loop {
         match state {
             Chunk::Size => {
-                let Some(eol) = find_crlf(buf) else {
-                    if buf.len() > MAX_CHUNK_LINE {
+                let eol = match find_crlf(buf) {
+                    Some(eol) if eol <= MAX_CHUNK_LINE => eol,
+                    Some(_) => return Err(BodyError::Chunked("chunk-size line too long")),
+                    None if buf.len() > MAX_CHUNK_LINE => {
                         return Err(BodyError::Chunked("chunk-size line too long"));
                     }
-                    return Ok(Decoded::NeedMore);
+                    None => return Ok(Decoded::NeedMore),
                 };
                 let line = &buf[..eol];
                 let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
@@ -560,7 +574,7 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
                     acc * 16 + u64::from(v)
                 });
                 buf.advance(eol + 2);
-                *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                *state = if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) };
             }
             Chunk::Data(left) => {
                 if buf.is_empty() {
@@ -583,14 +597,18 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
                 buf.advance(2);
                 *state = Chunk::Size;
             }
-            Chunk::Trailers => {
-                let Some(eol) = find_crlf(buf) else {
-                    if buf.len() > MAX_TRAILERS {
+            Chunk::Trailers(seen) => {
+                // The section's limit counts every byte of it, line by line.
+                let eol = match find_crlf(buf) {
+                    Some(eol) if *seen + eol + 2 <= MAX_TRAILERS => eol,
+                    Some(_) => return Err(BodyError::Chunked("trailer section too long")),
+                    None if *seen + buf.len() > MAX_TRAILERS => {
                         return Err(BodyError::Chunked("trailer section too long"));
                     }
-                    return Ok(Decoded::NeedMore);
+                    None => return Ok(Decoded::NeedMore),
                 };
                 buf.advance(eol + 2);
+                *seen += eol + 2;
                 if eol == 0 {
                     return Ok(Decoded::End);
                 }
@@ -731,6 +749,39 @@ mod tests {
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 1];
         assert!(chunked(&long).is_err());
+    }
+
+    #[test]
+    fn every_limit_holds_on_bytes_received_even_in_one_read() {
+        // A chunk line longer than the limit that arrives whole, CRLF included.
+        let mut line = b"5;".to_vec();
+        line.extend(std::iter::repeat_n(b'e', MAX_CHUNK_LINE));
+        line.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        assert!(matches!(chunked(&line), Err(BodyError::Chunked("chunk-size line too long"))));
+        // A trailer section over the limit made of short lines, in one read.
+        let mut t = b"0\r\n".to_vec();
+        for i in 0..(MAX_TRAILERS / 20 + 10) {
+            t.extend_from_slice(format!("x-t{i:05}: {}\r\n", "v".repeat(8)).as_bytes());
+        }
+        t.extend_from_slice(b"\r\n");
+        assert!(matches!(chunked(&t), Err(BodyError::Chunked("trailer section too long"))));
+        // A response head over the limit with few headers, whole in the buffer.
+        let mut h = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        h.extend(std::iter::repeat_n(b'a', 100 * 1024));
+        h.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\nok");
+        assert!(matches!(head(&h, &Method::GET), Err(ExchangeError::Protocol(m)) if m.contains("too large")));
+        // Just under the limits still passes.
+        let (body, done) = chunked(b"5;e=1\r\nhello\r\n0\r\nx: 1\r\n\r\n").unwrap_or_default();
+        assert_eq!((body.as_slice(), done), (&b"hello"[..], true));
+    }
+
+    #[test]
+    fn with_both_framings_the_length_is_not_forwarded() {
+        let h = done(head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", &Method::GET))
+            .unwrap();
+        assert!(h.headers.get(CONTENT_LENGTH).is_none());
+        assert_eq!(h.framing, RespFraming::Chunked(Chunk::Size));
+        assert!(!h.keep_alive, "a response framed two ways is not trusted again");
     }
 
     fn head(raw: &[u8], method: &Method) -> Result<Parsed, ExchangeError> {
