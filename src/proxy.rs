@@ -374,8 +374,11 @@ impl Proxy {
         }
         parts.headers.insert(&X_WEIR_ROUTE, route.name_header.clone());
         parts.headers.insert(&X_WEIR_VERSION, version_value(version));
-        if !parts.headers.contains_key(HOST)
-            && let Some(v) = authority_value
+        // Route and forward with one authority (RFC 9112 §3.2.2): with an
+        // absolute-form target the upstream gets the target's authority as
+        // Host, never a Host that would have matched another route.
+        if let Some(v) = authority_value
+            && parts.headers.get(HOST) != Some(&v)
         {
             parts.headers.insert(HOST, v);
         }

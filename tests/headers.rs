@@ -174,3 +174,28 @@ async fn h2c_prior_knowledge_works_with_curl() {
     assert_eq!(seen[0].headers["host"], "shop.example.com", "h2 :authority becomes Host for the h1 upstream");
     assert_eq!(seen[0].headers["x-player-id"], "7");
 }
+
+/// An absolute-form target and a different Host: weir routes by the
+/// target's authority (RFC 9112 §3.2.2) and the upstream gets that same
+/// authority as Host, so no route is reachable under another route's Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_is_routed_and_forwarded_with_one_authority() {
+    let (public, internal) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let routes = r#"  - name: internal
+    match: {hosts: [internal.example]}
+    stable: {upstream: v2}
+  - name: public
+    match: {hosts: [public.example]}
+    stable: {upstream: v1}
+"#;
+    let weir = Weir::start(&config(public.addr, internal.addr, routes)).await;
+    let req = "GET http://internal.example/x HTTP/1.1\r\nHost: public.example\r\n\r\n";
+    let resp = raw(weir.addr, req.as_bytes(), Duration::from_millis(500)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(public.count(), 0, "the Host's route was not used");
+    let seen = internal.requests();
+    assert_eq!(seen.len(), 1);
+    let hosts: Vec<_> = seen[0].headers.get_all("host").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert_eq!(hosts, vec!["internal.example"], "the upstream sees the authority it was routed by");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "internal.example");
+}
