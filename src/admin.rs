@@ -35,6 +35,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The admin listener is bound to a loopback address.
     pub loopback: bool,
+    /// For the count of access-log lines dropped.
+    pub access_log: Arc<crate::access_log::AccessLog>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -88,7 +90,7 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            views::metrics_text(&state.live, &state.live.load(), &state.reloader),
+            views::metrics_text(&state.live, &state.live.load(), &state.reloader, state.access_log.dropped()),
         ),
         (&Method::GET, "/config") => json(StatusCode::OK, &views::config_json(&state.live.load())),
         (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live, &state.live.load())),

@@ -86,7 +86,8 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     let state_dir = snapshot.state_dir.clone();
     let live = Arc::new(Live::new(snapshot).map_err(|source| StartError::State { dir: state_dir, source })?);
     let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
-    let proxy = Arc::new(Proxy::new(Arc::clone(&live), Arc::new(AccessLog::stdout())));
+    let access_log = Arc::new(AccessLog::stdout());
+    let proxy = Arc::new(Proxy::new(Arc::clone(&live), Arc::clone(&access_log)));
     let ready = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
     // Separate from `stop`: accepting ends only after `shutdown.delay`.
@@ -110,6 +111,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
         reloader: Arc::clone(&reloader),
         ready: Arc::clone(&ready),
         loopback: admin_addr.ip().is_loopback(),
+        access_log,
     });
     tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
     crate::config::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());

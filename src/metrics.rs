@@ -49,6 +49,7 @@ pub const FLEET_START: &str = "weir_analysis_fleet_start_seconds";
 pub const FLEET_EVALUATED: &str = "weir_analysis_fleet_evaluated_seconds";
 pub const SOURCE_UP: &str = "weir_analysis_source_up";
 pub const PROCESS_START: &str = "weir_process_start_time_seconds";
+pub const ACCESS_LOG_DROPPED: &str = "weir_access_log_dropped_total";
 pub const SOURCE_QUERIES: &str = "weir_analysis_source_queries_total";
 pub const SOURCE_BYTES: &str = "weir_analysis_source_received_bytes_total";
 /// Requests no route matched (answered 404); no route label exists for them.
@@ -57,7 +58,6 @@ pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 /// Histogram bucket bounds, seconds. A route's `analysis.max_p99` is added
 /// to these when its handle is created, so the SLO line is a bucket edge.
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
-const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
 const REASONS: [&str; 6] = ["weight", "segment", "override", "kill_switch", "rollback", "fallback"];
 /// Sliding window of routes without `analysis` (with it: `analysis.window`),
 /// in 10 slots, so the window slides in tenths.
@@ -72,7 +72,8 @@ pub struct VersionMetrics {
     buckets: Vec<AtomicU64>,
     sum_us: AtomicU64,
     count: AtomicU64,
-    upstream_errors: [AtomicU64; 4],
+    /// By `ErrorKind::ALL` order.
+    upstream_errors: [AtomicU64; 5],
     decisions: [AtomicU64; 6],
     ws_active: AtomicI64,
     /// By `CloseWhy::ALL` order.
@@ -133,10 +134,14 @@ impl VersionMetrics {
         self.window.record(now, latency, error);
     }
 
-    pub fn upstream_error(&self, kind: &str) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.upstream_errors[i].fetch_add(1, Ordering::Relaxed);
+    pub fn upstream_error(&self, kind: crate::upstream::ErrorKind) {
+        if let Some(c) = self.upstream_errors.get(kind as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn upstream_errors_of(&self, kind: crate::upstream::ErrorKind) -> u64 {
+        self.upstream_errors.get(kind as usize).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn websocket_opened(&self) {
@@ -391,6 +396,8 @@ pub struct Globals {
     /// Process start, seconds since the Unix epoch (a fleet source tells a
     /// restarted replica's counters from a reset by it).
     pub start_time_s: f64,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: u64,
     /// Queries sent to the fleet's analysis source, and bytes received.
     pub fleet_queries: u64,
     pub fleet_bytes: u64,
@@ -428,6 +435,10 @@ mod tests {
             m.canary.record(now, 200, Duration::from_millis(ms), false);
         }
         m.canary.record(now, 0, Duration::from_millis(2), true);
+        for k in crate::upstream::ErrorKind::ALL {
+            m.stable.upstream_error(k);
+        }
+        m.stable.upstream_error(crate::upstream::ErrorKind::Client);
         let text = render(
             &[RouteView {
                 metrics: &m,
@@ -444,6 +455,7 @@ mod tests {
                 reloads_success: 2,
                 reloads_failure: 1,
                 start_time_s: 1.5,
+                access_log_dropped: 7,
                 fleet_queries: 0,
                 fleet_bytes: 0,
             },
@@ -460,6 +472,14 @@ mod tests {
         assert_eq!(buckets[0], 1, "le=0.001 holds the 1 ms sample");
         assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"200\"} 7"));
         assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"000\"} 1"));
+        assert!(text.contains("weir_access_log_dropped_total 7"), "{text}");
+        // Every error kind that can be produced is counted under its label.
+        for k in crate::upstream::ErrorKind::ALL {
+            let n = if k == crate::upstream::ErrorKind::Client { 2 } else { 1 };
+            let line =
+                format!("weir_upstream_errors_total{{route=\"app\",version=\"stable\",kind=\"{}\"}} {n}", k.as_str());
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
         assert!(text.contains("weir_canary_weight_ratio{route=\"app\",source=\"effective\"} 0.05"));
         assert!(text.contains("weir_config_generation 3"));
         assert!(text.contains("weir_rollout_state{route=\"app\",state=\"progressing\"} 1"));

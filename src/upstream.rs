@@ -52,15 +52,44 @@ pub enum UpstreamError {
     ClientBody(String),
 }
 
-impl UpstreamError {
-    /// Bounded label for `weir_upstream_errors_total{kind}`.
-    pub fn kind(&self) -> &'static str {
+/// The label of `weir_upstream_errors_total{kind}`: an enum, so a kind
+/// that is produced is always a kind that is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+    /// The client's request body failed (too large, stalled, broken).
+    Client,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] =
+        [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Reset, ErrorKind::Protocol, ErrorKind::Client];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::ConnectTimeout | UpstreamError::Timeout => "timeout",
-            UpstreamError::Reset(_) => "reset",
-            UpstreamError::Protocol(_) | UpstreamError::Protocol101 => "protocol",
-            UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_) => "client",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Client => "client",
+        }
+    }
+}
+
+impl UpstreamError {
+    /// Which `weir_upstream_errors_total{kind}` counts it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            UpstreamError::Connect(_) => ErrorKind::Connect,
+            UpstreamError::ConnectTimeout | UpstreamError::Timeout => ErrorKind::Timeout,
+            UpstreamError::Reset(_) => ErrorKind::Reset,
+            UpstreamError::Protocol(_) | UpstreamError::Protocol101 => ErrorKind::Protocol,
+            UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_) => {
+                ErrorKind::Client
+            }
         }
     }
 

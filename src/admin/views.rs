@@ -11,7 +11,7 @@ use crate::routing::{Route, Version};
 use serde_json::{Value, json};
 use std::time::Instant;
 
-pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader) -> String {
+pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader, access_log_dropped: u64) -> String {
     let views: Vec<RouteView<'_>> = served
         .snapshot
         .table
@@ -33,6 +33,7 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader) -> String
         &Globals {
             generation: served.generation,
             start_time_s: live.started_s,
+            access_log_dropped,
             fleet_queries: live.fleet_queries.load(std::sync::atomic::Ordering::Relaxed),
             fleet_bytes: live.fleet_bytes.load(std::sync::atomic::Ordering::Relaxed),
             unrouted: live.registry.unrouted.load(std::sync::atomic::Ordering::Relaxed),

@@ -111,9 +111,16 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             histogram_series(&mut o, REQUEST_DURATION, &labels, &m.bounds, &m.buckets, &m.sum_us, &m.count);
         }
     }
-    counter_family(&mut o, routes, UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind.", "kind", &ERROR_KINDS, |m| {
-        &m.upstream_errors
-    });
+    let kinds: Vec<&str> = crate::upstream::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    counter_family(
+        &mut o,
+        routes,
+        UPSTREAM_ERRORS_TOTAL,
+        "Upstream failures, by kind (`client`: the client's request body failed).",
+        "kind",
+        &kinds,
+        |m| &m.upstream_errors,
+    );
     counter_family(
         &mut o,
         routes,
@@ -248,6 +255,9 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {PROCESS_START} Start time of this weir process, seconds since the Unix epoch.");
     let _ = writeln!(o, "# TYPE {PROCESS_START} gauge");
     let _ = writeln!(o, "{PROCESS_START} {}", g.start_time_s);
+    let _ = writeln!(o, "# HELP {ACCESS_LOG_DROPPED} Access-log lines dropped because stdout could not keep up.");
+    let _ = writeln!(o, "# TYPE {ACCESS_LOG_DROPPED} counter");
+    let _ = writeln!(o, "{ACCESS_LOG_DROPPED} {}", g.access_log_dropped);
     let _ = writeln!(o, "# HELP {SOURCE_QUERIES} Queries sent to the analysis source (fleet mode).");
     let _ = writeln!(o, "# TYPE {SOURCE_QUERIES} counter");
     let _ = writeln!(o, "{SOURCE_QUERIES} {}", g.fleet_queries);
