@@ -94,7 +94,11 @@ pub struct UpstreamSpec {
     /// `host:port`, as written.
     pub endpoints: Vec<String>,
     pub connect_timeout: Duration,
+    /// From the end of the request (its body sent) to the response head.
     pub request_timeout: Duration,
+    /// Longest a body stalls on this upstream: no byte of the response body
+    /// read, or no byte of the request body taken, for this long.
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -296,6 +296,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
         endpoints: vec![listen.to_string()],
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
     }));
     let sent = Arc::new(AtomicU64::new(0));
     let players: Vec<_> = (0..PLAYERS)

@@ -18,6 +18,7 @@ mod pool;
 mod wire;
 
 pub use body::{BoxError, PooledBody, ReqBody, Tee};
+pub use wire::BodyError;
 
 use crate::config::UpstreamSpec;
 use http::{Request, Response};
@@ -50,6 +51,8 @@ pub enum UpstreamError {
     BodyTimeout,
     #[error("request body failed: {0}")]
     ClientBody(String),
+    #[error("the upstream took no request body bytes for {0:?} (upstream body_timeout)")]
+    UploadStalled(Duration),
 }
 
 /// The label of `weir_upstream_errors_total{kind}`: an enum, so a kind
@@ -84,7 +87,9 @@ impl UpstreamError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             UpstreamError::Connect(_) => ErrorKind::Connect,
-            UpstreamError::ConnectTimeout | UpstreamError::Timeout => ErrorKind::Timeout,
+            UpstreamError::ConnectTimeout | UpstreamError::Timeout | UpstreamError::UploadStalled(_) => {
+                ErrorKind::Timeout
+            }
             UpstreamError::Reset(_) => ErrorKind::Reset,
             UpstreamError::Protocol(_) | UpstreamError::Protocol101 => ErrorKind::Protocol,
             UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_) => {
@@ -152,14 +157,16 @@ impl Upstream {
         Err(last)
     }
 
-    /// Send a request on `conn`, waiting at most `request_timeout` for the
-    /// response head. The request target is the URI's path and query.
+    /// Send a request on `conn`. The response head must come within
+    /// `request_timeout` of the request's end; while the body uploads, it
+    /// must keep moving (`body_timeout`). The request target is the URI's
+    /// path and query.
     pub async fn send(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
-        let timeout = self.spec.request_timeout;
-        match tokio::time::timeout(timeout, self.exchange(conn, req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(result) => result,
-        }
+        self.exchange(conn, req).await
+    }
+
+    fn deadlines(&self) -> wire::Deadlines {
+        wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
     }
 
     async fn exchange(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
@@ -169,13 +176,14 @@ impl Upstream {
         let head = wire::encode_head(&parts.method, target, &parts.headers, framing);
         let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
         let Conn { mut wire, endpoint, reused } = conn;
-        let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method).await {
+        let deadlines = self.deadlines();
+        let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method, deadlines).await {
             Err(ExchangeError::Io { answered: false, unsent, .. })
                 if reused && replayable && (unsent || idempotent(&parts.method)) =>
             {
                 // The idle connection died under us: once more on a fresh one.
                 wire = endpoint.connect(self.spec.connect_timeout).await?;
-                wire::exchange(&mut wire, &head, ReqBody::empty(), framing, &parts.method).await
+                wire::exchange(&mut wire, &head, ReqBody::empty(), framing, &parts.method, deadlines).await
             }
             other => other,
         };
@@ -183,9 +191,12 @@ impl Upstream {
             ExchangeError::Body(e) => e,
             ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
             ExchangeError::Protocol(why) => UpstreamError::Protocol(why),
+            ExchangeError::Timeout => UpstreamError::Timeout,
+            ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
         })?;
         let keep_alive = head.keep_alive && body_done;
-        let mut resp = Response::new(PooledBody::wire(wire, head.framing, endpoint, keep_alive));
+        let mut resp =
+            Response::new(PooledBody::wire(wire, head.framing, endpoint, keep_alive, self.spec.body_timeout));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;

@@ -88,6 +88,7 @@ pub struct RawUpstream {
     pub endpoints: Vec<String>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub body_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -223,7 +223,9 @@ fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
             p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
         let request_timeout =
             p.duration(&format!("{path}.request_timeout"), u.request_timeout.as_ref(), Duration::from_secs(30));
-        if connect_timeout.is_zero() || request_timeout.is_zero() {
+        let body_timeout =
+            p.duration(&format!("{path}.body_timeout"), u.body_timeout.as_ref(), Duration::from_secs(30));
+        if connect_timeout.is_zero() || request_timeout.is_zero() || body_timeout.is_zero() {
             p.at(&path, "timeouts must be greater than zero");
         }
         out.push(UpstreamSpec {
@@ -231,6 +233,7 @@ fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
             endpoints: u.endpoints.clone(),
             connect_timeout,
             request_timeout,
+            body_timeout,
         });
     }
     out

@@ -63,7 +63,19 @@ impl Body for RespBody {
                         }
                     }
                     None => this.complete = true,
-                    Some(Err(_)) => {}
+                    Some(Err(e)) => {
+                        // A stalled upstream body: the client's request failed
+                        // by the upstream's fault, a timeout of that version.
+                        let idle = e
+                            .downcast_ref::<crate::upstream::BodyError>()
+                            .is_some_and(|b| matches!(b, crate::upstream::BodyError::Idle(_)));
+                        if idle && let Some(done) = this.done.as_mut() {
+                            done.flags.push("upstream_body_timeout");
+                            if let Some((m, v)) = &done.metrics {
+                                m.version(*v).upstream_error(crate::upstream::ErrorKind::Timeout);
+                            }
+                        }
+                    }
                 }
                 Poll::Ready(out)
             }

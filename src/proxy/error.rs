@@ -43,7 +43,9 @@ impl ProxyError {
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(
+                UpstreamError::ConnectTimeout | UpstreamError::Timeout | UpstreamError::UploadStalled(_),
+            ) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(
                 UpstreamError::Connect(_)
                 | UpstreamError::Reset(_)
@@ -87,6 +89,7 @@ impl ProxyError {
                 UpstreamError::Connect(_) => "upstream_connect",
                 UpstreamError::ConnectTimeout => "upstream_connect_timeout",
                 UpstreamError::Timeout => "upstream_timeout",
+                UpstreamError::UploadStalled(_) => "upstream_upload_stalled",
                 UpstreamError::Reset(_) => "upstream_reset",
                 UpstreamError::Protocol(_) | UpstreamError::Protocol101 => "upstream_protocol",
                 UpstreamError::BodyTooLarge => "body_too_large",

@@ -235,11 +235,22 @@ pub struct WireBody {
     /// A read failure held back for one turn, so the bytes already handed
     /// out (and the response head) reach the client before it is cut off.
     failed: Option<wire::BodyError>,
+    /// Longest the body may stall (`body_timeout`).
+    idle: std::time::Duration,
+    /// Armed on the first read that has to wait (most bodies never do, so
+    /// most never allocate it); pushed back by every piece of body.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl PooledBody {
-    pub(super) fn wire(wire: Wire, framing: RespFraming, endpoint: Arc<Endpoint>, keep_alive: bool) -> Self {
-        let mut b = WireBody { wire: Some(wire), framing, endpoint, keep_alive, failed: None };
+    pub(super) fn wire(
+        wire: Wire,
+        framing: RespFraming,
+        endpoint: Arc<Endpoint>,
+        keep_alive: bool,
+        idle: std::time::Duration,
+    ) -> Self {
+        let mut b = WireBody { wire: Some(wire), framing, endpoint, keep_alive, failed: None, idle, timer: None };
         b.release_if_done();
         PooledBody::Wire(b)
     }
@@ -276,7 +287,21 @@ impl Body for PooledBody {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 let Some(wire) = b.wire.as_mut() else { return Poll::Ready(None) };
-                match ready!(wire::poll_body(wire, &mut b.framing, cx)) {
+                let polled = match wire::poll_body(wire, &mut b.framing, cx) {
+                    Poll::Pending => {
+                        let idle = b.idle;
+                        let timer = b.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        Err(wire::BodyError::Idle(idle))
+                    }
+                    Poll::Ready(r) => r,
+                };
+                if let (Ok(Step::Data(_)), Some(t)) = (&polled, b.timer.as_mut()) {
+                    t.as_mut().reset(tokio::time::Instant::now() + b.idle);
+                }
+                match polled {
                     Ok(Step::Data(data)) => {
                         b.release_if_done();
                         Poll::Ready(Some(Ok(Frame::data(data))))

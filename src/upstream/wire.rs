@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::Body;
 use std::io;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -159,6 +160,19 @@ pub enum ExchangeError {
     Io { error: io::Error, answered: bool, unsent: bool },
     /// The response head is not HTTP/1.x we can frame.
     Protocol(String),
+    /// No response head within `request_timeout` of the request's end.
+    Timeout,
+    /// The upstream took no request body bytes for `body_timeout`.
+    Stalled(Duration),
+}
+
+/// The two deadlines of an exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From the end of the request (body sent) to the response head.
+    pub head: Duration,
+    /// Longest the upstream may take no request body bytes.
+    pub upload: Duration,
 }
 
 /// A parsed response head and how its body is framed.
@@ -174,35 +188,45 @@ pub struct Head {
 /// Send the request (head, then body) and read the response head, both at
 /// once: the first complete head wins, even if the body is still going.
 /// `body_done` reports whether the whole request body was sent (if not, the
-/// connection cannot be reused).
+/// connection cannot be reused). The head deadline runs from the end of
+/// the request: a slow upload that keeps moving is not a slow upstream.
 pub async fn exchange(
     wire: &mut Wire,
     head: &[u8],
     mut body: ReqBody,
     framing: ReqFraming,
     method: &Method,
+    deadlines: Deadlines,
 ) -> Result<(Head, bool), ExchangeError> {
     let Wire { io, buf } = wire;
     let (mut rd, mut wr) = io.split();
     let send = async {
         if framing == ReqFraming::None {
-            return wr.write_all(head).await.map_err(Sent::Io);
+            return stalls(deadlines.upload, wr.write_all(head)).await;
         }
-        send_body(&mut wr, head, &mut body, framing).await
+        send_body(&mut wr, head, &mut body, framing, deadlines.upload).await
     };
     let recv = read_head(&mut rd, buf, method);
-    tokio::pin!(send, recv);
+    let timer = tokio::time::sleep(deadlines.head);
+    tokio::pin!(send, recv, timer);
     let mut body_done = false;
+    let mut request_ended = false;
     let mut write_failed: Option<io::Error> = None;
     loop {
         tokio::select! {
             biased;
-            sent = &mut send, if !body_done && write_failed.is_none() => match sent {
-                Ok(()) => body_done = true,
-                Err(Sent::Body(e)) => return Err(ExchangeError::Body(e)),
-                // Keep listening: the upstream may have answered and closed.
-                Err(Sent::Io(e)) => write_failed = Some(e),
+            sent = &mut send, if !body_done && write_failed.is_none() => {
+                match sent {
+                    Ok(()) => body_done = true,
+                    Err(Sent::Body(e)) => return Err(ExchangeError::Body(e)),
+                    Err(Sent::Stalled(d)) => return Err(ExchangeError::Stalled(d)),
+                    // Keep listening: the upstream may have answered and closed.
+                    Err(Sent::Io(e)) => write_failed = Some(e),
+                }
+                request_ended = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + deadlines.head);
             },
+            () = &mut timer, if request_ended => return Err(ExchangeError::Timeout),
             head = &mut recv => {
                 return match head {
                     Ok(h) => Ok((h, body_done)),
@@ -220,6 +244,16 @@ pub async fn exchange(
 enum Sent {
     Io(io::Error),
     Body(super::UpstreamError),
+    /// The upstream took nothing for this long.
+    Stalled(Duration),
+}
+
+/// One write, cut off when the upstream takes nothing for `limit`.
+async fn stalls(limit: Duration, write: impl std::future::Future<Output = io::Result<()>>) -> Result<(), Sent> {
+    match tokio::time::timeout(limit, write).await {
+        Err(_) => Err(Sent::Stalled(limit)),
+        Ok(r) => r.map_err(Sent::Io),
+    }
 }
 
 /// Stream the body after the head. The head waits for the first piece of
@@ -230,6 +264,7 @@ async fn send_body(
     head: &[u8],
     body: &mut ReqBody,
     framing: ReqFraming,
+    limit: Duration,
 ) -> Result<(), Sent> {
     let mut sent: u64 = 0;
     let mut pending_head = Some(head);
@@ -256,14 +291,14 @@ async fn send_body(
             out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         }
         if out.is_empty() && framing != ReqFraming::Chunked {
-            wr.write_all(&data).await.map_err(Sent::Io)?;
+            stalls(limit, wr.write_all(&data)).await?;
             continue;
         }
         out.extend_from_slice(&data);
         if framing == ReqFraming::Chunked {
             out.extend_from_slice(b"\r\n");
         }
-        wr.write_all(&out).await.map_err(Sent::Io)?;
+        stalls(limit, wr.write_all(&out)).await?;
     }
     if matches!(framing, ReqFraming::Length(n) if sent != n) {
         return Err(Sent::Body(super::UpstreamError::ClientBody("body shorter than its Content-Length".into())));
@@ -278,7 +313,7 @@ async fn send_body(
     if out.is_empty() {
         return Ok(());
     }
-    wr.write_all(&out).await.map_err(Sent::Io)
+    stalls(limit, wr.write_all(&out)).await
 }
 
 /// Sort a request body error into the limit, the stall, or a broken client.
@@ -490,6 +525,8 @@ pub enum BodyError {
     Chunked(&'static str),
     #[error("reading the upstream body failed: {0}")]
     Io(#[from] io::Error),
+    #[error("no response body bytes from the upstream for {0:?} (upstream body_timeout)")]
+    Idle(Duration),
 }
 
 /// Read the next piece of body from `wire` as framed by `framing`.
