@@ -138,6 +138,16 @@ impl Upstream {
         &self.spec
     }
 
+    /// Close idle connections that expired or that the upstream closed.
+    pub fn reap_idle(&self) -> usize {
+        self.endpoints.iter().map(|e| e.reap()).sum()
+    }
+
+    /// Idle connections kept, over all endpoints.
+    pub fn idle_connections(&self) -> usize {
+        self.endpoints.iter().map(|e| e.idle_count()).sum()
+    }
+
     /// A pooled or new connection. Tries each endpoint once, in round-robin
     /// order, each attempt bounded by `connect_timeout`.
     pub async fn connect(&self) -> Result<Conn, UpstreamError> {

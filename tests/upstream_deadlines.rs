@@ -100,3 +100,70 @@ async fn a_slow_upload_that_keeps_moving_is_not_a_timeout() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body.len(), total, "the upstream got the whole body");
 }
+
+/// An upstream that, like nginx's `keepalive_timeout`, half-closes a
+/// keep-alive connection after 200 ms without a request, then counts the
+/// connections whose other end (weir) closed too.
+async fn closing_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let wait = if buf.is_empty() { Duration::from_millis(200) } else { Duration::from_secs(5) };
+                    match tokio::time::timeout(wait, s.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) => break, // idle: close our side
+                    }
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        buf.clear();
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                }
+                let _ = s.shutdown().await;
+                // weir's side is in CLOSE_WAIT now, until weir closes it.
+                let mut rest = [0u8; 64];
+                if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(30), s.read(&mut rest)).await {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_the_upstream_closed_are_closed_by_weir_without_new_traffic() {
+    use std::sync::atomic::Ordering;
+    let (up, closed) = closing_upstream().await;
+    let weir = Weir::start(&yaml(up, "request_timeout: 5s")).await;
+    // A burst: 40 requests at once open about 40 upstream connections.
+    let http = client();
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let (http, url) = (http.clone(), weir.url("/"));
+            tokio::spawn(async move { get(&http, &url, &[]).await.0 })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    let pooled = weir.handle.live.load().upstreams[0].idle_connections();
+    assert!(pooled >= 10, "the burst left {pooled} idle connections");
+    // No more traffic. The upstream closes each after 200 ms; weir must
+    // close its side on its own, not when a request pops it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed.load(Ordering::Relaxed) < pooled && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed.load(Ordering::Relaxed) >= pooled, "{} of {pooled} closed", closed.load(Ordering::Relaxed));
+    assert_eq!(weir.handle.live.load().upstreams[0].idle_connections(), 0, "the pool is empty again");
+}

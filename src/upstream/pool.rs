@@ -42,6 +42,22 @@ impl Endpoint {
         }
     }
 
+    /// Drop idle connections past the idle timeout or closed by the peer
+    /// (a socket the upstream closed sits in CLOSE_WAIT until weir closes
+    /// it). Returns how many were dropped. Cheap per connection: readiness
+    /// is known to the reactor, so a quiet socket costs no system call.
+    pub fn reap(&self) -> usize {
+        let Ok(mut stack) = self.idle.lock() else { return 0 };
+        let before = stack.len();
+        let timeout = self.idle_timeout;
+        stack.retain(|c| c.since.elapsed() <= timeout && c.wire.is_idle_usable());
+        before - stack.len()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |s| s.len())
+    }
+
     pub fn put(&self, mut wire: Wire) {
         wire.shrink();
         if let Ok(mut stack) = self.idle.lock()
