@@ -119,3 +119,11 @@ pub fn ws_frames(data: &[u8]) {
     }
     let _ = tracker.at_boundary();
 }
+
+/// What weir's own upstream client makes of a response received whole
+/// (status, body), or why it refuses it. For the differential test against
+/// hyper's client (`tests/differential_client.rs`): a GET's answer, the
+/// upstream closing after the last byte.
+pub fn upstream_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    crate::upstream::parse_whole_response(bytes)
+}

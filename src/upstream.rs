@@ -20,6 +20,12 @@ mod wire;
 pub use body::{BoxError, PooledBody, ReqBody, Tee};
 pub use wire::BodyError;
 
+/// A whole response parsed as weir's client would (for the differential
+/// test against hyper's client; see `crate::fuzzing`).
+pub fn parse_whole_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    wire::parse_whole(bytes)
+}
+
 use crate::config::UpstreamSpec;
 use http::{Request, Response};
 use hyper::client::conn::http1;

@@ -387,6 +387,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ExchangeErr
         return Ok(Parsed::Interim);
     }
     let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    if version == Version::HTTP_10 && resp.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+        // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): such framing
+        // cannot be trusted (hyper's client refuses it too).
+        return Err(ExchangeError::Protocol("Transfer-Encoding in an HTTP/1.0 response".into()));
+    }
     // Header values are kept as slices of the head's bytes: remember where
     // each one lies, then cut the head off the buffer once.
     let base = buf.as_ptr() as usize;
@@ -447,6 +452,11 @@ impl Framing {
                 self.content_length = Some(n);
             }
         } else if name == TRANSFER_ENCODING {
+            if tokens().next().is_none() {
+                // Readers disagree on an empty coding list (hyper's client
+                // reads it as "not chunked"): refuse rather than guess.
+                return Err(ExchangeError::Protocol("empty Transfer-Encoding".into()));
+            }
             self.transfer_encoding = true;
             if let Some(last) = tokens().next_back() {
                 self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
@@ -662,6 +672,43 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 /// connection holds no stray bytes.
 pub fn clean_after_body(wire: &Wire) -> bool {
     wire.buf.is_empty()
+}
+
+/// A whole response in `bytes`, as one exchange would read it (a GET; the
+/// connection closes after the last byte): status and body, or the error
+/// that would cut it. For the differential test against hyper's client.
+pub fn parse_whole(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let mut buf = BytesMut::from(bytes);
+    let head = loop {
+        match parse_head(&mut buf, &Method::GET) {
+            Ok(Parsed::Done(h)) => break h,
+            Ok(Parsed::Interim) => continue,
+            Ok(Parsed::Partial) => return Err("connection closed before a response head".into()),
+            Err(ExchangeError::Protocol(why)) => return Err(why),
+            Err(_) => return Err("exchange failed".into()),
+        }
+    };
+    let mut body = Vec::new();
+    let mut framing = head.framing;
+    match &mut framing {
+        RespFraming::Done => {}
+        RespFraming::Length(n) => {
+            let n = usize::try_from(*n).unwrap_or(usize::MAX);
+            if buf.len() < n {
+                return Err(BodyError::Truncated((n - buf.len()) as u64).to_string());
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        RespFraming::Close => body.extend_from_slice(&buf),
+        RespFraming::Chunked(state) => loop {
+            match decode_chunked(&mut buf, state).map_err(|e| e.to_string())? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::End => break,
+                Decoded::NeedMore => return Err(BodyError::TruncatedChunked.to_string()),
+            }
+        },
+    }
+    Ok((head.status.as_u16(), body))
 }
 
 #[cfg(test)]
