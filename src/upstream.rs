@@ -193,17 +193,24 @@ impl Upstream {
         let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
         let Conn { mut wire, endpoint, reused } = conn;
         let deadlines = self.deadlines();
-        let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method, deadlines).await {
-            Err(ExchangeError::Io { answered: false, unsent, .. })
-                if reused && replayable && (unsent || idempotent(&parts.method)) =>
-            {
-                // The idle connection died under us: once more on a fresh one.
-                wire = endpoint.connect(self.spec.connect_timeout).await?;
-                wire::exchange(&mut wire, &head, ReqBody::empty(), framing, &parts.method, deadlines).await
-            }
-            other => other,
+        let outcome = if replayable {
+            let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method, deadlines).await {
+                Err(ExchangeError::Io { answered: false, unsent, .. })
+                    if reused && (unsent || idempotent(&parts.method)) =>
+                {
+                    // The idle connection died under us: once more on a fresh one.
+                    wire = endpoint.connect(self.spec.connect_timeout).await?;
+                    wire::exchange(&mut wire, &head, ReqBody::empty(), framing, &parts.method, deadlines).await
+                }
+                other => other,
+            };
+            outcome.map(|(h, done)| (h, wire, done))
+        } else {
+            // A body: the upload may go on after the answer (an upstream
+            // that answers early and still reads), so the socket is split.
+            wire::exchange_streaming(wire, head, body, framing, &parts.method, deadlines).await
         };
-        let (head, body_done) = outcome.map_err(|e| match e {
+        let (head, wire, body_done) = outcome.map_err(|e| match e {
             ExchangeError::Body(e) => e,
             ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
             ExchangeError::Protocol(why) => UpstreamError::Protocol(why),
@@ -224,8 +231,10 @@ impl Upstream {
     pub async fn send_upgrade(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let timeout = self.spec.request_timeout;
         let exchange = async move {
+            // Pooled and fresh connections are whole sockets.
+            let io = conn.wire.into_io().ok_or_else(|| UpstreamError::Reset("connection not whole".into()))?;
             let (mut tx, driver) = http1::Builder::new()
-                .handshake(TokioIo::new(conn.wire.into_io()))
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| UpstreamError::Reset(e.to_string()))?;
             // The driver owns the socket until the upgrade hands it over.

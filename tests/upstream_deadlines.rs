@@ -167,3 +167,60 @@ async fn idle_connections_the_upstream_closed_are_closed_by_weir_without_new_tra
     assert!(closed.load(Ordering::Relaxed) >= pooled, "{} of {pooled} closed", closed.load(Ordering::Relaxed));
     assert_eq!(weir.handle.live.load().upstreams[0].idle_connections(), 0, "the pool is empty again");
 }
+
+/// An upstream that answers as soon as it has the request head, then reads
+/// the whole body anyway (a streaming API that acknowledges first), and
+/// reports how many body bytes it got.
+async fn early_answering_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let end = loop {
+                    let mut chunk = [0u8; 8192];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let want: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                let mut got = buf.len() - end;
+                while got < want {
+                    let mut chunk = [0u8; 65536];
+                    match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => got += n,
+                        _ => break,
+                    }
+                }
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_does_not_stop_the_upload() {
+    let (up, mut got) = early_answering_upstream().await;
+    let weir = Weir::start(&yaml(up, "request_timeout: 5s, body_timeout: 5s")).await;
+    let body = Bytes::from(vec![b'b'; 2 * 1024 * 1024]);
+    let req = http::Request::post(weir.url("/upload")).body(Full::new(body)).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.unwrap().unwrap();
+    assert_eq!(&text.to_bytes()[..], b"ok", "the client got the answer");
+    let n = tokio::time::timeout(Duration::from_secs(15), got.recv()).await.unwrap().unwrap();
+    assert_eq!(n, 2 * 1024 * 1024, "the upstream got the whole body after answering");
+}

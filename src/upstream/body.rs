@@ -266,6 +266,7 @@ impl WireBody {
         if self.framing == RespFraming::Done
             && let Some(wire) = self.wire.take()
             && self.keep_alive
+            && wire.is_whole()
             && wire::clean_after_body(&wire)
         {
             self.endpoint.put(wire);

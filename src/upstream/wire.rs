@@ -42,19 +42,34 @@ const BODY_READ: usize = 64 * 1024;
 
 /// One upstream connection and the bytes read from it but not yet used.
 pub struct Wire {
-    io: TcpStream,
+    io: Io,
     buf: BytesMut,
+}
+
+enum Io {
+    Whole(TcpStream),
+    /// Only the read side: the write side is still uploading the request
+    /// body in its own task (the upstream answered early). Never pooled.
+    Read(tokio::net::tcp::OwnedReadHalf),
 }
 
 impl Wire {
     pub fn new(io: TcpStream) -> Self {
-        Self { io, buf: BytesMut::new() }
+        Self { io: Io::Whole(io), buf: BytesMut::new() }
     }
 
     /// The socket, for handing over to hyper (WebSocket handshakes). Only
     /// idle connections are handed over, and they hold no unread bytes.
-    pub fn into_io(self) -> TcpStream {
-        self.io
+    pub fn into_io(self) -> Option<TcpStream> {
+        match self.io {
+            Io::Whole(s) => Some(s),
+            Io::Read(_) => None,
+        }
+    }
+
+    /// Can go back to the pool at all (not a read side alone).
+    pub fn is_whole(&self) -> bool {
+        matches!(self.io, Io::Whole(_))
     }
 
     /// An idle connection is usable if the peer has neither closed it nor
@@ -63,8 +78,9 @@ impl Wire {
         if !self.buf.is_empty() {
             return false;
         }
+        let Io::Whole(io) = &self.io else { return false };
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Going idle: keep a head-sized read buffer for the next exchange (it
@@ -82,13 +98,16 @@ impl Wire {
         if self.buf.capacity() - self.buf.len() < want / 2 {
             self.buf.reserve(want);
         }
-        loop {
-            std::task::ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        match &mut self.io {
+            Io::Whole(io) => loop {
+                std::task::ready!(io.poll_read_ready(cx))?;
+                match io.try_read_buf(&mut self.buf) {
+                    Ok(n) => return Poll::Ready(Ok(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            Io::Read(rd) => tokio_util::io::poll_read_buf(std::pin::Pin::new(rd), cx, &mut self.buf),
         }
     }
 }
@@ -199,6 +218,9 @@ pub async fn exchange(
     deadlines: Deadlines,
 ) -> Result<(Head, bool), ExchangeError> {
     let Wire { io, buf } = wire;
+    let Io::Whole(io) = io else {
+        return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
+    };
     let (mut rd, mut wr) = io.split();
     let send = async {
         if framing == ReqFraming::None {
@@ -241,6 +263,85 @@ pub async fn exchange(
     }
 }
 
+/// Like `exchange`, for a request with a body, which may outlive the
+/// exchange: when the upstream answers before the body is all sent and
+/// keeps the connection, the upload goes on in its own task (the upstream
+/// gets the whole body while the client gets the answer). Returns the head,
+/// the connection (whole when the body was all sent; else its read side
+/// only, never pooled), and whether the body was all sent.
+pub async fn exchange_streaming(
+    wire: Wire,
+    head: Vec<u8>,
+    body: ReqBody,
+    framing: ReqFraming,
+    method: &Method,
+    deadlines: Deadlines,
+) -> Result<(Head, Wire, bool), ExchangeError> {
+    let Wire { io, mut buf } = wire;
+    let Io::Whole(io) = io else {
+        return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
+    };
+    let (mut rd, wr) = io.into_split();
+    let limit = deadlines.upload;
+    let mut upload = Box::pin(async move {
+        let mut wr = wr;
+        let mut body = body;
+        let sent = send_body(&mut wr, &head, &mut body, framing, limit).await;
+        (wr, sent)
+    });
+    let timer = tokio::time::sleep(deadlines.head);
+    tokio::pin!(timer);
+    let mut sent_all: Option<tokio::net::tcp::OwnedWriteHalf> = None;
+    let mut request_ended = false;
+    let mut write_failed: Option<io::Error> = None;
+    let answer = {
+        let recv = read_head(&mut rd, &mut buf, method);
+        tokio::pin!(recv);
+        loop {
+            tokio::select! {
+                biased;
+                (wr, sent) = &mut upload, if !request_ended => {
+                    match sent {
+                        Ok(()) => sent_all = Some(wr),
+                        Err(Sent::Body(e)) => return Err(ExchangeError::Body(e)),
+                        Err(Sent::Stalled(d)) => return Err(ExchangeError::Stalled(d)),
+                        // Keep listening: the upstream may have answered and closed.
+                        Err(Sent::Io(e)) => write_failed = Some(e),
+                    }
+                    request_ended = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + deadlines.head);
+                },
+                () = &mut timer, if request_ended => return Err(ExchangeError::Timeout),
+                head = &mut recv => break head,
+            }
+        }
+    };
+    let head = match answer {
+        Ok(h) => h,
+        Err(ExchangeError::Io { error, answered: false, .. }) => {
+            let unsent = write_failed.is_some();
+            return Err(ExchangeError::Io { error: write_failed.unwrap_or(error), answered: false, unsent });
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(wr) = sent_all {
+        let io = rd.reunite(wr).map_err(|_| ExchangeError::Protocol("socket halves do not match".into()))?;
+        return Ok((head, Wire { io: Io::Whole(io), buf }, true));
+    }
+    if !request_ended && head.keep_alive {
+        // An early answer on a connection the upstream keeps: it still
+        // expects the rest of the body. Bounded by `body_timeout` per write
+        // and by the client's own body timeout.
+        tokio::spawn(async move {
+            let (_wr, sent) = upload.await;
+            if let Err(Sent::Io(e)) = &sent {
+                tracing::debug!(error = %e, "upload after an early answer ended early");
+            }
+        });
+    }
+    Ok((head, Wire { io: Io::Read(rd), buf }, false))
+}
+
 enum Sent {
     Io(io::Error),
     Body(super::UpstreamError),
@@ -260,7 +361,7 @@ async fn stalls(limit: Duration, write: impl std::future::Future<Output = io::Re
 /// body and goes out with it (one write; and a body that fails at once
 /// never puts a request head on the upstream's wire).
 async fn send_body(
-    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
     head: &[u8],
     body: &mut ReqBody,
     framing: ReqFraming,
@@ -328,7 +429,7 @@ fn body_error(e: &super::body::BoxError) -> super::UpstreamError {
 }
 
 async fn read_head(
-    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Head, ExchangeError> {
