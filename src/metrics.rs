@@ -55,8 +55,9 @@ pub const SOURCE_BYTES: &str = "weir_analysis_source_received_bytes_total";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
-/// Histogram bucket bounds, seconds. A route's `analysis.max_p99` is added
-/// to these when its handle is created, so the SLO line is a bucket edge.
+/// Histogram bucket bounds, seconds. A route's `analysis.max_p95` and
+/// `max_p99` are added as extra edges (`SloEdges`) on every install, so the
+/// SLO lines are bucket edges.
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
 const REASONS: [&str; 6] = ["weight", "segment", "override", "kill_switch", "rollback", "fallback"];
 /// Sliding window of routes without `analysis` (with it: `analysis.window`),
@@ -67,9 +68,10 @@ const WINDOW_SLOTS: usize = 10;
 pub struct VersionMetrics {
     /// Index = status code (100–599); index 0 is `000` (no response).
     codes: Vec<AtomicU64>,
-    /// Upper bounds, seconds, ascending.
-    bounds: Arc<[f64]>,
-    buckets: Vec<AtomicU64>,
+    /// Non-cumulative counts per `BUCKETS` bound.
+    buckets: [AtomicU64; BUCKETS.len()],
+    /// The route's SLO lines as extra bucket edges.
+    slo: SloEdges,
     sum_us: AtomicU64,
     count: AtomicU64,
     /// By `ErrorKind::ALL` order.
@@ -88,11 +90,11 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
-    fn new(now: Instant, bounds: Arc<[f64]>) -> Self {
+    fn new(now: Instant) -> Self {
         Self {
             codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            bounds,
+            buckets: Default::default(),
+            slo: SloEdges::default(),
             sum_us: AtomicU64::new(0),
             count: AtomicU64::new(0),
             upstream_errors: Default::default(),
@@ -126,9 +128,10 @@ impl VersionMetrics {
         }
         let secs = latency.as_secs_f64();
         // Non-cumulative here; made cumulative when rendered.
-        if let Some(b) = self.bounds.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
+        self.slo.record(latency);
         self.sum_us.fetch_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.window.record(now, latency, error);
@@ -188,6 +191,69 @@ pub struct RouteMetrics {
     pub evidence: Evidence,
     /// Fleet mode's exported state (`crate::fleet`).
     pub fleet: FleetGauges,
+}
+
+/// Up to two extra histogram edges (a route's `max_p95` and `max_p99`),
+/// set on every install, so an SLO added or changed by a reload becomes a
+/// bucket edge at once. Each edge counts the samples between the `BUCKETS`
+/// bound below it and itself; rendered cumulative, that stays monotone.
+/// An edge's counts start when it was set.
+#[derive(Debug, Default)]
+pub struct SloEdges {
+    /// Per edge: edge (µs, 0 = unset), the edge below it (a `BUCKETS` bound
+    /// or the other SLO edge, µs), and the samples in (below, edge].
+    edges: [(AtomicU64, AtomicU64, AtomicU64); 2],
+}
+
+impl SloEdges {
+    fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        for (edge, below, count) in &self.edges {
+            let e = edge.load(Ordering::Relaxed);
+            if e > 0 && us <= e && us > below.load(Ordering::Relaxed) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Install `slos` as the edges (those equal to a `BUCKETS` bound need
+    /// none). A changed edge starts counting from zero.
+    pub fn set(&self, slos: &[Duration]) {
+        let bound_us = |b: &f64| (b * 1e6).round() as u64;
+        let mut wanted: Vec<u64> = slos
+            .iter()
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .filter(|us| *us > 0 && !BUCKETS.iter().any(|b| bound_us(b) == *us))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        wanted.truncate(self.edges.len());
+        for (i, (edge, below, count)) in self.edges.iter().enumerate() {
+            let want = wanted.get(i).copied().unwrap_or(0);
+            let std_below = BUCKETS.iter().map(bound_us).filter(|b| *b < want).max().unwrap_or(0);
+            let lower = match i.checked_sub(1).and_then(|j| wanted.get(j)) {
+                Some(prev) => std_below.max(*prev),
+                None => std_below,
+            };
+            if edge.load(Ordering::Relaxed) != want || below.load(Ordering::Relaxed) != lower {
+                count.store(0, Ordering::Relaxed);
+                below.store(lower, Ordering::Relaxed);
+                edge.store(want, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (edge seconds, samples in (edge below, edge]) of the set edges,
+    /// ascending.
+    fn snapshot(&self) -> Vec<(f64, u64)> {
+        self.edges
+            .iter()
+            .filter_map(|(e, _, c)| {
+                let e = e.load(Ordering::Relaxed);
+                (e > 0).then(|| (e as f64 / 1e6, c.load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
 }
 
 /// What a replica tells the fleet about a route, through its own scrape:
@@ -352,29 +418,15 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The handle for `name`, created on first use.
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
-        self.route_with_slo(name, &[])
-    }
-
-    /// The handle for `name`; when it is created, each of `slos` (e.g.
-    /// `max_p95`, `max_p99`) becomes one more bucket bound. An existing
-    /// handle keeps its buckets (changing them would break `rate()`).
-    pub fn route_with_slo(&self, name: &Arc<str>, slos: &[Duration]) -> Arc<RouteMetrics> {
         let fresh = || {
             let now = Instant::now();
-            let mut bounds: Vec<f64> = BUCKETS.to_vec();
-            for slo in slos.iter().map(Duration::as_secs_f64) {
-                if slo > 0.0 && !bounds.iter().any(|b| (b - slo).abs() < 1e-9) {
-                    bounds.push(slo);
-                }
-            }
-            bounds.sort_by(f64::total_cmp);
-            let bounds: Arc<[f64]> = bounds.into();
             Arc::new(RouteMetrics {
                 name: Arc::clone(name),
-                stable: VersionMetrics::new(now, Arc::clone(&bounds)),
+                stable: VersionMetrics::new(now),
                 shadow: ShadowMetrics::default(),
-                canary: VersionMetrics::new(now, bounds),
+                canary: VersionMetrics::new(now),
                 verdicts: Default::default(),
                 rollbacks: Default::default(),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_VERDICTS)),
@@ -387,6 +439,15 @@ impl Registry {
         // map itself is still usable.
         let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(map.entry(Arc::clone(name)).or_insert_with(fresh))
+    }
+
+    /// The handle for `name` with `slos` (e.g. `max_p95`, `max_p99`) as
+    /// its histogram's extra edges, whenever and however it was created.
+    pub fn route_with_slo(&self, name: &Arc<str>, slos: &[Duration]) -> Arc<RouteMetrics> {
+        let m = self.route(name);
+        m.stable.slo.set(slos);
+        m.canary.slo.set(slos);
+        m
     }
 }
 
@@ -488,5 +549,66 @@ mod tests {
         assert!(text.contains("weir_unrouted_requests_total 4"));
         // Same handle on the next "reload": counters persist.
         assert!(Arc::ptr_eq(&m, &reg.route(&Arc::from("app"))));
+    }
+
+    #[test]
+    fn slo_edges_follow_the_config_whenever_the_handle_was_made() {
+        let reg = Registry::default();
+        let name: Arc<str> = Arc::from("app");
+        // Made first without SLOs (as after an unreadable state file) ...
+        let m = reg.route(&name);
+        let now = Instant::now();
+        m.canary.record(now, 200, Duration::from_millis(280), false);
+        // ... then installed with max_p95 300ms and max_p99 350ms: both are
+        // edges from now on.
+        let m = reg.route_with_slo(&name, &[Duration::from_millis(300), Duration::from_millis(350)]);
+        for ms in [260u64, 290, 320, 390, 600] {
+            m.canary.record(now, 200, Duration::from_millis(ms), false);
+        }
+        let view = |m: &RouteMetrics| {
+            render(
+                &[RouteView {
+                    metrics: m,
+                    config_weight_bp: 0,
+                    effective_weight_bp: 0,
+                    phase: Phase::Steady,
+                    shadow: false,
+                    revision: None,
+                    segments: vec![],
+                }],
+                &Globals {
+                    generation: 1,
+                    unrouted: 0,
+                    reloads_success: 0,
+                    reloads_failure: 0,
+                    start_time_s: 0.0,
+                    access_log_dropped: 0,
+                    fleet_queries: 0,
+                    fleet_bytes: 0,
+                },
+            )
+        };
+        let text = view(&m);
+        let le = |text: &str, le: &str| -> u64 {
+            let key = format!("weir_request_duration_seconds_bucket{{route=\"app\",version=\"canary\",le=\"{le}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(key.as_str())).unwrap().parse().unwrap()
+        };
+        assert_eq!(le(&text, "0.25"), 0);
+        assert_eq!(le(&text, "0.3"), 2, "260 and 290 since the edge was set (280 came before it)");
+        assert_eq!(le(&text, "0.35"), 3);
+        assert_eq!(le(&text, "0.4"), 5, "the standard bound is untouched by the edges");
+        assert_eq!(le(&text, "1"), 6);
+        let cumulative: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("weir_request_duration_seconds_bucket{route=\"app\",version=\"canary\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(cumulative.windows(2).all(|w| w[0] <= w[1]), "{cumulative:?}");
+        // A reload that drops one SLO and changes the other.
+        let m = reg.route_with_slo(&name, &[Duration::from_millis(700)]);
+        let text = view(&m);
+        assert!(!text.contains("le=\"0.3\"") && !text.contains("le=\"0.35\""));
+        assert_eq!(le(&text, "0.7"), 5, "a new edge counts from when it was set: the 600 ms sample came before it");
+        assert_eq!(le(&text, "1"), 6);
     }
 }

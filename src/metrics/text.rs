@@ -108,7 +108,30 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         for v in [Version::Stable, Version::Canary] {
             let m = r.metrics.version(v);
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
-            histogram_series(&mut o, REQUEST_DURATION, &labels, &m.bounds, &m.buckets, &m.sum_us, &m.count);
+            let extra = m.slo.snapshot();
+            if extra.is_empty() {
+                histogram_series(&mut o, REQUEST_DURATION, &labels, &BUCKETS, &m.buckets, &m.sum_us, &m.count);
+            } else {
+                // Merge the SLO edges in: each one's cumulative count is the
+                // bound below it plus its own samples.
+                let mut bounds: Vec<f64> = BUCKETS.to_vec();
+                let mut counts: Vec<u64> = m.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+                for (edge, own) in extra {
+                    let at = bounds.partition_point(|b| *b < edge);
+                    bounds.insert(at, edge);
+                    counts.insert(at, own);
+                    // The next standard bound above now holds only what
+                    // lies beyond the edge (the edges' ranges do not overlap).
+                    if let Some(next) = (at + 1..bounds.len())
+                        .find(|j| BUCKETS.iter().any(|b| bounds.get(*j) == Some(b)))
+                        .and_then(|j| counts.get_mut(j))
+                    {
+                        *next = next.saturating_sub(own);
+                    }
+                }
+                let counters: Vec<AtomicU64> = counts.into_iter().map(AtomicU64::new).collect();
+                histogram_series(&mut o, REQUEST_DURATION, &labels, &bounds, &counters, &m.sum_us, &m.count);
+            }
         }
     }
     let kinds: Vec<&str> = crate::upstream::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
