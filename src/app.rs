@@ -114,10 +114,10 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
         access_log,
     });
     tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
-    crate::config::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
-    tokio::spawn(crate::rollout::control(Arc::clone(&live), stop_accepting.clone()));
-    tokio::spawn(crate::fleet::run(Arc::clone(&live), stop_accepting.clone()));
-    tokio::spawn(reap_idle_connections(Arc::clone(&live), stop_accepting.clone()));
+    crate::reload::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
+    tokio::spawn(crate::tasks::controller(Arc::clone(&live), stop_accepting.clone()));
+    tokio::spawn(crate::tasks::fleet(Arc::clone(&live), stop_accepting.clone()));
+    tokio::spawn(crate::tasks::reap_idle_connections(Arc::clone(&live), stop_accepting.clone()));
     // Fleet mode: take the fleet's state (or learn that the source is
     // down) before saying ready, so a new replica does not serve the first
     // step while the fleet is further on. Bounded: a slow source never
@@ -187,7 +187,7 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Held for as long as a client connection lives, upgraded WebSockets
 /// included (`limits.max_connections`).
-pub type ConnPermit = Arc<tokio::sync::OwnedSemaphorePermit>;
+pub use crate::limits::ConnPermit;
 
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
@@ -330,24 +330,4 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
-}
-
-/// How often idle upstream connections are checked.
-const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Close pooled upstream connections that expired or that their upstream
-/// closed, so a burst's sockets do not linger (in CLOSE_WAIT) until a
-/// request happens to pop them.
-async fn reap_idle_connections(live: Arc<Live>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(REAP_EVERY) => {}
-        }
-        let served = live.load();
-        let dropped: usize = served.upstreams.iter().map(|u| u.reap_idle()).sum();
-        if dropped > 0 {
-            tracing::debug!(dropped, "idle upstream connections closed");
-        }
-    }
 }

@@ -9,7 +9,6 @@
 pub mod raw;
 pub mod units;
 mod validate;
-pub mod watch;
 
 use crate::routing::Table;
 use sha2::{Digest, Sha256};

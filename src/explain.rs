@@ -52,7 +52,7 @@ pub fn headers_of(q: &Query) -> Result<HeaderMap, String> {
 /// The §2 decision for `q`; `draw` is used only without a sticky key.
 pub fn explain(snapshot: &Snapshot, q: &Query, draw: u16) -> Result<Explanation, String> {
     let headers = headers_of(q)?;
-    let host = crate::proxy::headers::split_port(&q.host).0;
+    let host = crate::headers::split_port(&q.host).0;
     let facts = Facts { host, path: &q.path, query: q.query.as_deref(), headers: &headers };
     let Some(d) = routing::decide(&snapshot.table, &facts, draw) else {
         return Ok(Explanation {

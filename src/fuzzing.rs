@@ -88,9 +88,9 @@ pub fn request(data: &[u8]) {
     }
     let Ok(req) = builder.body(()) else { return };
     let (parts, ()) = req.into_parts();
-    let _ = crate::proxy::headers::check_framing(&parts.headers);
-    if let Ok(authority) = crate::proxy::headers::authority(&parts) {
-        let _ = crate::proxy::headers::split_port(authority);
+    let _ = crate::headers::check_framing(&parts.headers);
+    if let Ok(authority) = crate::headers::authority(&parts) {
+        let _ = crate::headers::split_port(authority);
     }
 }
 

@@ -10,7 +10,7 @@
 
 mod body;
 pub mod error;
-pub mod headers;
+use crate::headers;
 
 pub use body::RespBody;
 pub use error::ProxyError;
@@ -52,11 +52,11 @@ pub struct Peer {
     /// The client address, already in its header form (X-Forwarded-For).
     ip: HeaderValue,
     /// The connection's `max_connections` slot; an upgraded WebSocket keeps it.
-    permit: crate::app::ConnPermit,
+    permit: crate::limits::ConnPermit,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, https: bool, permit: crate::app::ConnPermit) -> Self {
+    pub fn new(addr: SocketAddr, https: bool, permit: crate::limits::ConnPermit) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self { https, ip, permit }
     }
@@ -264,7 +264,7 @@ impl Proxy {
         served: &Served,
         peer: &Peer,
         req: Request<Incoming>,
-        upgrade: Option<(OnUpgrade, crate::app::ConnPermit)>,
+        upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
         done: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let snap = &served.snapshot;

@@ -7,6 +7,8 @@
 //! leaves the serving table untouched, is logged with every problem and is
 //! counted.
 
+pub mod watch;
+
 use crate::config::{self, ConfigError, Snapshot};
 use crate::live::Live;
 use std::net::SocketAddr;

@@ -35,7 +35,6 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use store::Store;
 
@@ -505,26 +504,6 @@ fn log_verdict(r: &Route, j: &Judgement) {
         ),
         Verdict::Pass | Verdict::Insufficient => {
             tracing::debug!(route = %r.name, verdict = j.verdict.as_str(), why = %j.reason, "canary verdict")
-        }
-    }
-}
-
-/// Longest the controller sleeps, so it notices new routes promptly even
-/// if a wake-up were missed.
-const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The controller task: takes each route's verdict every `interval` until
-/// `stop`. The tick runs on a blocking thread because it fsyncs the journal.
-pub async fn control(live: Arc<crate::live::Live>, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        let l = Arc::clone(&live);
-        let next = tokio::task::spawn_blocking(move || l.tick(Instant::now(), wall_ms())).await.ok().flatten();
-        let now = Instant::now();
-        let wake = next.map_or(now + MAX_SLEEP, |n| n.min(now + MAX_SLEEP));
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = live.changed.notified() => {}
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
     }
 }

@@ -12,7 +12,7 @@ mod table;
 
 pub use bucket::{BUCKETS, BucketCookie, bucket_of, key_hash};
 pub use facts::Facts;
-pub use table::{Backend, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table};
+pub use table::{Backend, HostMatch, KeySource, Override, Phase, Route, Segment, SegmentMatcher, Sticky, Table};
 
 /// A role behind a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -102,7 +102,7 @@ impl Copy {
     /// The head the shadow gets: the primary's, rewritten as for the primary
     /// (Host kept), minus `x-weir-version`, plus `x-weir-shadow: 1`.
     pub fn head(mut headers: HeaderMap) -> HeaderMap {
-        headers.remove(&crate::proxy::headers::X_WEIR_VERSION);
+        headers.remove(&crate::headers::X_WEIR_VERSION);
         headers.insert(&X_WEIR_SHADOW, HeaderValue::from_static("1"));
         headers
     }

@@ -94,7 +94,7 @@ pub struct NewSocket {
     pub metrics: Arc<RouteMetrics>,
     pub settings: Settings,
     /// The client connection's `max_connections` slot, held until the end.
-    pub permit: crate::app::ConnPermit,
+    pub permit: crate::limits::ConnPermit,
     /// Evidence unit of the handshake: the session's end and its round
     /// trips are evidence of its version too.
     pub unit: Option<crate::evidence::Unit>,

@@ -95,6 +95,11 @@ pub fn bp_to_percent(bp: u16) -> f64 {
     f64::from(bp) / 100.0
 }
 
+/// Milliseconds in a duration, saturating.
+pub fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

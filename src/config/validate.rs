@@ -353,7 +353,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         rolled_back: false,
         analysis,
         progression,
-        phase: crate::rollout::Phase::Steady,
+        phase: crate::routing::Phase::Steady,
         step: None,
         expose_version: r.expose_version.unwrap_or(false),
         shadow: r.shadow.as_ref().and_then(|sh| compile_shadow(sh, &format!("{path}.shadow"), ups, p)).map(Arc::new),

@@ -7,46 +7,7 @@ use crate::analysis::{JudgeState, Judgement, Test, Verdict};
 use crate::config::{AnalysisMode, Progression};
 use serde::{Deserialize, Serialize};
 
-/// What `GET /routes` calls `state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Fixed config weight, no progression.
-    #[default]
-    Steady,
-    Progressing,
-    Paused,
-    /// Progression walked every step.
-    Promoted,
-    /// The SLO guard holds: stable breaks an SLO too, so nothing moves.
-    Held,
-    RolledBack,
-    Killed,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] = [
-        Phase::Steady,
-        Phase::Progressing,
-        Phase::Paused,
-        Phase::Promoted,
-        Phase::Held,
-        Phase::RolledBack,
-        Phase::Killed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Steady => "steady",
-            Phase::Progressing => "progressing",
-            Phase::Paused => "paused",
-            Phase::Promoted => "promoted",
-            Phase::Held => "held",
-            Phase::RolledBack => "rolled_back",
-            Phase::Killed => "killed",
-        }
-    }
-}
+pub use crate::routing::Phase;
 
 /// Why a route was rolled back (label of `weir_rollbacks_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,9 +321,7 @@ impl RouteState {
     }
 }
 
-pub fn duration_ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+pub use crate::config::units::duration_ms;
 
 #[cfg(test)]
 mod tests {

@@ -235,7 +235,7 @@ pub struct Route {
     pub analysis: Option<Arc<crate::config::Analysis>>,
     pub progression: Option<Arc<crate::config::Progression>>,
     /// Rollout state in force (set by the rollout overlay; views only).
-    pub phase: crate::rollout::Phase,
+    pub phase: Phase,
     /// Index into `progression.steps` while progression runs.
     pub step: Option<usize>,
     pub expose_version: bool,
@@ -278,6 +278,48 @@ impl Route {
                 None => (Bucket { value: draw, source: BucketSource::Random, user: 0 }, Some(draw)),
             },
             None => (Bucket { value: draw, source: BucketSource::Random, user: 0 }, None),
+        }
+    }
+}
+
+/// What `GET /routes` calls `state`: the rollout phase a route is in (set
+/// by the rollout book's overlay; routing itself only reads kill/rollback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Fixed config weight, no progression.
+    #[default]
+    Steady,
+    Progressing,
+    Paused,
+    /// Progression walked every step.
+    Promoted,
+    /// The SLO guard holds: stable breaks an SLO too, so nothing moves.
+    Held,
+    RolledBack,
+    Killed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Steady,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoted,
+        Phase::Held,
+        Phase::RolledBack,
+        Phase::Killed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Steady => "steady",
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Promoted => "promoted",
+            Phase::Held => "held",
+            Phase::RolledBack => "rolled_back",
+            Phase::Killed => "killed",
         }
     }
 }

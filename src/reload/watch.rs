@@ -8,7 +8,7 @@
 //! net for filesystems without inotify and in case the watcher cannot be
 //! created at all.
 
-use crate::reload::Reloader;
+use super::Reloader;
 use notify::{RecursiveMode, Watcher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,7 @@ pub fn spawn(reloader: Arc<Reloader>, stop: CancellationToken) -> tokio::task::J
     .map(|mut w| {
         // Certificate directories (often a Secret mounted elsewhere). A
         // directory that cannot be watched is still covered by the poll.
-        for d in crate::reload::cert_dirs(&reloader.live().load().snapshot) {
+        for d in super::cert_dirs(&reloader.live().load().snapshot) {
             if d != dir
                 && let Err(e) = w.watch(&d, RecursiveMode::NonRecursive)
             {
