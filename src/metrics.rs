@@ -10,10 +10,10 @@
 
 use crate::analysis::{Cell, Event, Judgement, Standing, Stratum, Verdict};
 use crate::evidence::Evidence;
-use crate::rollout::{Phase, RollbackReason};
+use crate::labels::{CloseWhy, RollbackReason};
+use crate::routing::Phase;
 use crate::routing::{Reason, Version};
 use crate::stats::Window;
-use crate::websocket::CloseWhy;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,13 +137,13 @@ impl VersionMetrics {
         self.window.record(now, latency, error);
     }
 
-    pub fn upstream_error(&self, kind: crate::upstream::ErrorKind) {
+    pub fn upstream_error(&self, kind: crate::labels::ErrorKind) {
         if let Some(c) = self.upstream_errors.get(kind as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub fn upstream_errors_of(&self, kind: crate::upstream::ErrorKind) -> u64 {
+    pub fn upstream_errors_of(&self, kind: crate::labels::ErrorKind) -> u64 {
         self.upstream_errors.get(kind as usize).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
@@ -496,10 +496,10 @@ mod tests {
             m.canary.record(now, 200, Duration::from_millis(ms), false);
         }
         m.canary.record(now, 0, Duration::from_millis(2), true);
-        for k in crate::upstream::ErrorKind::ALL {
+        for k in crate::labels::ErrorKind::ALL {
             m.stable.upstream_error(k);
         }
-        m.stable.upstream_error(crate::upstream::ErrorKind::Client);
+        m.stable.upstream_error(crate::labels::ErrorKind::Client);
         let text = render(
             &[RouteView {
                 metrics: &m,
@@ -535,8 +535,8 @@ mod tests {
         assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"000\"} 1"));
         assert!(text.contains("weir_access_log_dropped_total 7"), "{text}");
         // Every error kind that can be produced is counted under its label.
-        for k in crate::upstream::ErrorKind::ALL {
-            let n = if k == crate::upstream::ErrorKind::Client { 2 } else { 1 };
+        for k in crate::labels::ErrorKind::ALL {
+            let n = if k == crate::labels::ErrorKind::Client { 2 } else { 1 };
             let line =
                 format!("weir_upstream_errors_total{{route=\"app\",version=\"stable\",kind=\"{}\"}} {n}", k.as_str());
             assert!(text.contains(&line), "{line} missing:\n{text}");

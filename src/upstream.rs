@@ -61,32 +61,7 @@ pub enum UpstreamError {
     UploadStalled(Duration),
 }
 
-/// The label of `weir_upstream_errors_total{kind}`: an enum, so a kind
-/// that is produced is always a kind that is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Connect,
-    Timeout,
-    Reset,
-    Protocol,
-    /// The client's request body failed (too large, stalled, broken).
-    Client,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] =
-        [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Reset, ErrorKind::Protocol, ErrorKind::Client];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Connect => "connect",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Reset => "reset",
-            ErrorKind::Protocol => "protocol",
-            ErrorKind::Client => "client",
-        }
-    }
-}
+pub use crate::labels::ErrorKind;
 
 impl UpstreamError {
     /// Which `weir_upstream_errors_total{kind}` counts it.

@@ -25,30 +25,9 @@ use tokio_util::task::TaskTracker;
 
 pub use relay::Settings;
 
-/// Why a socket closed (label `close` of `weir_websocket_connections_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseWhy {
-    Client,
-    Upstream,
-    Rollback,
-    Shutdown,
-    Error,
-}
+pub use crate::labels::CloseWhy;
 
 impl CloseWhy {
-    pub const ALL: [CloseWhy; 5] =
-        [CloseWhy::Client, CloseWhy::Upstream, CloseWhy::Rollback, CloseWhy::Shutdown, CloseWhy::Error];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseWhy::Client => "client",
-            CloseWhy::Upstream => "upstream",
-            CloseWhy::Rollback => "rollback",
-            CloseWhy::Shutdown => "shutdown",
-            CloseWhy::Error => "error",
-        }
-    }
-
     /// Reason text in the close frames weir writes.
     fn reason_text(self) -> &'static str {
         match self {

@@ -134,7 +134,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             }
         }
     }
-    let kinds: Vec<&str> = crate::upstream::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    let kinds: Vec<&str> = crate::labels::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
     counter_family(
         &mut o,
         routes,

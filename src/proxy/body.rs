@@ -72,7 +72,7 @@ impl Body for RespBody {
                         if idle && let Some(done) = this.done.as_mut() {
                             done.flags.push("upstream_body_timeout");
                             if let Some((m, v)) = &done.metrics {
-                                m.version(*v).upstream_error(crate::upstream::ErrorKind::Timeout);
+                                m.version(*v).upstream_error(crate::labels::ErrorKind::Timeout);
                             }
                         }
                     }

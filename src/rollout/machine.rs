@@ -9,44 +9,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::routing::Phase;
 
-/// Why a route was rolled back (label of `weir_rollbacks_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RollbackReason {
-    /// Test E (errors against stable) or the `max_error_rate` guard.
-    ErrorRate,
-    /// The `max_p95` / `max_p99` guard.
-    Latency,
-    /// Tests L50/L95/L99/L999 (latency against stable).
-    LatencyRatio,
-    /// Test W95 or the `max_ws_rtt_p95` guard.
-    WebsocketRtt,
-    Admin,
-    /// The persisted state could not be read: start with the canary off.
-    StateUnreadable,
-}
+pub use crate::labels::RollbackReason;
 
 impl RollbackReason {
-    pub const ALL: [RollbackReason; 6] = [
-        RollbackReason::ErrorRate,
-        RollbackReason::Latency,
-        RollbackReason::LatencyRatio,
-        RollbackReason::WebsocketRtt,
-        RollbackReason::Admin,
-        RollbackReason::StateUnreadable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RollbackReason::ErrorRate => "error_rate",
-            RollbackReason::Latency => "latency",
-            RollbackReason::LatencyRatio => "latency_ratio",
-            RollbackReason::WebsocketRtt => "websocket_rtt",
-            RollbackReason::Admin => "admin",
-            RollbackReason::StateUnreadable => "state_unreadable",
-        }
-    }
-
+    /// The reason a fired test gives.
     pub fn of_test(t: Test) -> Self {
         match t {
             Test::E | Test::GErr => RollbackReason::ErrorRate,

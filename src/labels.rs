@@ -1,0 +1,97 @@
+//! Label values of weir's metrics that more than one layer produces, as
+//! enums at the bottom of the module ladder: the code that produces a value
+//! and the exporter that counts it share one type, so a value that is
+//! produced is always one that is counted (no string matching).
+
+use serde::{Deserialize, Serialize};
+
+/// Why a socket closed (label `close` of `weir_websocket_connections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseWhy {
+    Client,
+    Upstream,
+    Rollback,
+    Shutdown,
+    Error,
+}
+
+impl CloseWhy {
+    pub const ALL: [CloseWhy; 5] =
+        [CloseWhy::Client, CloseWhy::Upstream, CloseWhy::Rollback, CloseWhy::Shutdown, CloseWhy::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseWhy::Client => "client",
+            CloseWhy::Upstream => "upstream",
+            CloseWhy::Rollback => "rollback",
+            CloseWhy::Shutdown => "shutdown",
+            CloseWhy::Error => "error",
+        }
+    }
+}
+
+/// Why a route was rolled back (label of `weir_rollbacks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackReason {
+    /// Test E (errors against stable) or the `max_error_rate` guard.
+    ErrorRate,
+    /// The `max_p95` / `max_p99` guard.
+    Latency,
+    /// Tests L50/L95/L99/L999 (latency against stable).
+    LatencyRatio,
+    /// Test W95 or the `max_ws_rtt_p95` guard.
+    WebsocketRtt,
+    Admin,
+    /// The persisted state could not be read: start with the canary off.
+    StateUnreadable,
+}
+
+impl RollbackReason {
+    pub const ALL: [RollbackReason; 6] = [
+        RollbackReason::ErrorRate,
+        RollbackReason::Latency,
+        RollbackReason::LatencyRatio,
+        RollbackReason::WebsocketRtt,
+        RollbackReason::Admin,
+        RollbackReason::StateUnreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackReason::ErrorRate => "error_rate",
+            RollbackReason::Latency => "latency",
+            RollbackReason::LatencyRatio => "latency_ratio",
+            RollbackReason::WebsocketRtt => "websocket_rtt",
+            RollbackReason::Admin => "admin",
+            RollbackReason::StateUnreadable => "state_unreadable",
+        }
+    }
+}
+
+/// The label of `weir_upstream_errors_total{kind}`: an enum, so a kind
+/// that is produced is always a kind that is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+    /// The client's request body failed (too large, stalled, broken).
+    Client,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] =
+        [ErrorKind::Connect, ErrorKind::Timeout, ErrorKind::Reset, ErrorKind::Protocol, ErrorKind::Client];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Client => "client",
+        }
+    }
+}
