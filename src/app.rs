@@ -139,7 +139,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
             let crate::config::Shutdown { delay, grace } = live.load().snapshot.shutdown.clone();
             ready.store(false, Ordering::Release);
             // From now on HTTP/1 responses say `Connection: close`.
-            proxy.drain();
+            proxy.start_draining();
             tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown: readiness off");
             tokio::time::sleep(delay).await;
             stop_accepting.cancel();

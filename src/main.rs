@@ -61,7 +61,6 @@ enum Command {
         #[arg(long = "token-file", env = "WEIR_ADMIN_TOKEN_FILE")]
         token_file: Option<PathBuf>,
     },
-    /// Print the version.
     /// Exit 0 when `URL` (plain http://host:port/path) answers 200 within
     /// 2 s: a container probe that needs no shell or curl in the image.
     Healthcheck {
@@ -71,6 +70,7 @@ enum Command {
     /// A self-contained demo on loopback: upstreams, players, a canary that
     /// climbs, breaks and is rolled back by weir; ends by itself.
     Demo,
+    /// Print the version.
     Version,
 }
 

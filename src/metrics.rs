@@ -58,7 +58,8 @@ pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 /// Histogram bucket bounds, seconds. A route's `analysis.max_p95` and
 /// `max_p99` are added as extra edges (`SloEdges`) on every install, so the
 /// SLO lines are bucket edges.
-pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BOUNDS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0];
 const REASONS: [&str; 6] = ["weight", "segment", "override", "kill_switch", "rollback", "fallback"];
 /// Sliding window of routes without `analysis` (with it: `analysis.window`),
 /// in 10 slots, so the window slides in tenths.
@@ -68,8 +69,8 @@ const WINDOW_SLOTS: usize = 10;
 pub struct VersionMetrics {
     /// Index = status code (100–599); index 0 is `000` (no response).
     codes: Vec<AtomicU64>,
-    /// Non-cumulative counts per `BUCKETS` bound.
-    buckets: [AtomicU64; BUCKETS.len()],
+    /// Non-cumulative counts per `LATENCY_BOUNDS` bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     /// The route's SLO lines as extra bucket edges.
     slo: SloEdges,
     sum_us: AtomicU64,
@@ -82,7 +83,7 @@ pub struct VersionMetrics {
     ws_closed: [AtomicU64; 5],
     pub window: Window,
     /// WebSocket ping round trips (upstream pong after weir's ping).
-    rtt_buckets: [AtomicU64; BUCKETS.len()],
+    rtt_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     rtt_sum_us: AtomicU64,
     rtt_count: AtomicU64,
     /// Round trips over the analysis window (stable's p95 is W95's line).
@@ -112,7 +113,7 @@ impl VersionMetrics {
     /// One WebSocket ping round trip.
     pub fn rtt(&self, now: Instant, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.rtt_buckets.get(i)) {
+        if let Some(b) = LATENCY_BOUNDS.iter().position(|le| secs <= *le).and_then(|i| self.rtt_buckets.get(i)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.rtt_sum_us.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -128,7 +129,7 @@ impl VersionMetrics {
         }
         let secs = latency.as_secs_f64();
         // Non-cumulative here; made cumulative when rendered.
-        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
+        if let Some(b) = LATENCY_BOUNDS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.slo.record(latency);
@@ -195,12 +196,12 @@ pub struct RouteMetrics {
 
 /// Up to two extra histogram edges (a route's `max_p95` and `max_p99`),
 /// set on every install, so an SLO added or changed by a reload becomes a
-/// bucket edge at once. Each edge counts the samples between the `BUCKETS`
+/// bucket edge at once. Each edge counts the samples between the `LATENCY_BOUNDS`
 /// bound below it and itself; rendered cumulative, that stays monotone.
 /// An edge's counts start when it was set.
 #[derive(Debug, Default)]
 pub struct SloEdges {
-    /// Per edge: edge (µs, 0 = unset), the edge below it (a `BUCKETS` bound
+    /// Per edge: edge (µs, 0 = unset), the edge below it (a `LATENCY_BOUNDS` bound
     /// or the other SLO edge, µs), and the samples in (below, edge].
     edges: [(AtomicU64, AtomicU64, AtomicU64); 2],
 }
@@ -216,21 +217,21 @@ impl SloEdges {
         }
     }
 
-    /// Install `slos` as the edges (those equal to a `BUCKETS` bound need
+    /// Install `slos` as the edges (those equal to a `LATENCY_BOUNDS` bound need
     /// none). A changed edge starts counting from zero.
     pub fn set(&self, slos: &[Duration]) {
         let bound_us = |b: &f64| (b * 1e6).round() as u64;
         let mut wanted: Vec<u64> = slos
             .iter()
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .filter(|us| *us > 0 && !BUCKETS.iter().any(|b| bound_us(b) == *us))
+            .filter(|us| *us > 0 && !LATENCY_BOUNDS.iter().any(|b| bound_us(b) == *us))
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
         wanted.truncate(self.edges.len());
         for (i, (edge, below, count)) in self.edges.iter().enumerate() {
             let want = wanted.get(i).copied().unwrap_or(0);
-            let std_below = BUCKETS.iter().map(bound_us).filter(|b| *b < want).max().unwrap_or(0);
+            let std_below = LATENCY_BOUNDS.iter().map(bound_us).filter(|b| *b < want).max().unwrap_or(0);
             let lower = match i.checked_sub(1).and_then(|j| wanted.get(j)) {
                 Some(prev) => std_below.max(*prev),
                 None => std_below,
@@ -315,7 +316,7 @@ pub struct ShadowMetrics {
     mismatches: AtomicU64,
     /// Copies being sent right now (the `max_in_flight` gate).
     pub in_flight: AtomicUsize,
-    buckets: [AtomicU64; BUCKETS.len()],
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     sum_us: AtomicU64,
     count: AtomicU64,
 }
@@ -351,7 +352,7 @@ impl ShadowMetrics {
     /// Time of one copy's exchange (sent ones only).
     pub fn duration(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
+        if let Some(b) = LATENCY_BOUNDS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.sum_us.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -526,7 +527,7 @@ mod tests {
             .filter(|l| l.starts_with("weir_request_duration_seconds_bucket{route=\"app\",version=\"canary\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
-        assert_eq!(buckets.len(), BUCKETS.len() + 2, "one more for the 300 ms SLO, plus +Inf");
+        assert_eq!(buckets.len(), LATENCY_BOUNDS.len() + 2, "one more for the 300 ms SLO, plus +Inf");
         assert!(text.contains("le=\"0.3\"} 7"), "the SLO is a bucket edge: {text}");
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
         assert_eq!(buckets.last(), Some(&8));

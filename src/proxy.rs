@@ -186,7 +186,7 @@ impl Proxy {
 
     /// Requests currently being handled (for shutdown and metrics).
     /// Shutdown has begun (see `draining`).
-    pub fn drain(&self) {
+    pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
@@ -478,18 +478,18 @@ impl Proxy {
         let Some(slot) = shadow::Slot::acquire(metrics, sh.max_in_flight) else { return body };
         let (body, copy_body) = if has_body {
             let (tee, rx) = crate::upstream::Tee::new(sh.max_body);
-            (body.with_tee(tee), shadow::CopyBody::Pending(rx))
+            (body.with_tee(tee), shadow::MirrorBody::Pending(rx))
         } else {
-            (body, shadow::CopyBody::Empty)
+            (body, shadow::MirrorBody::Empty)
         };
         let (tx, primary) = tokio::sync::oneshot::channel();
         done.shadow_status = Some(tx);
-        let copy = shadow::Copy {
+        let copy = shadow::Mirror {
             upstream: Arc::clone(upstream),
             timeout: sh.timeout,
             method: parts.method.clone(),
             uri: parts.uri.clone(),
-            headers: shadow::Copy::head(parts.headers.clone()),
+            headers: shadow::Mirror::head(parts.headers.clone()),
             body: copy_body,
             primary,
         };

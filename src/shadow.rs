@@ -80,25 +80,25 @@ impl Drop for Slot {
 }
 
 /// The copy's body.
-pub enum CopyBody {
+pub enum MirrorBody {
     Empty,
     /// Arrives when the primary's body has streamed to its end.
     Pending(oneshot::Receiver<Bytes>),
 }
 
 /// One mirrored request, ready to go.
-pub struct Copy {
+pub struct Mirror {
     pub upstream: Arc<Upstream>,
     pub timeout: Duration,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
-    pub body: CopyBody,
+    pub body: MirrorBody,
     /// The primary's status, once known (for the mismatch counter).
     pub primary: oneshot::Receiver<u16>,
 }
 
-impl Copy {
+impl Mirror {
     /// The head the shadow gets: the primary's, rewritten as for the primary
     /// (Host kept), minus `x-weir-version`, plus `x-weir-shadow: 1`.
     pub fn head(mut headers: HeaderMap) -> HeaderMap {
@@ -109,15 +109,15 @@ impl Copy {
 }
 
 /// Send `copy` in the background; the caller never waits for it.
-pub fn spawn(copy: Copy, slot: Slot) {
+pub fn spawn(copy: Mirror, slot: Slot) {
     tokio::spawn(run(copy, slot));
 }
 
-async fn run(copy: Copy, slot: Slot) {
+async fn run(copy: Mirror, slot: Slot) {
     let metrics = Arc::clone(&slot.0);
     let started = Instant::now();
     let deadline = started + copy.timeout;
-    let Copy { upstream, method, uri, headers, body, primary, .. } = copy;
+    let Mirror { upstream, method, uri, headers, body, primary, .. } = copy;
     let outcome = match tokio::time::timeout_at(deadline, exchange(&upstream, method, uri, headers, body)).await {
         Err(_) => ShadowOutcome::Timeout,
         Ok(Err(o)) => o,
@@ -145,11 +145,11 @@ async fn exchange(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: CopyBody,
+    body: MirrorBody,
 ) -> Result<u16, ShadowOutcome> {
     let body = match body {
-        CopyBody::Empty => Bytes::new(),
-        CopyBody::Pending(rx) => rx.await.map_err(|_| ShadowOutcome::SkippedBody)?,
+        MirrorBody::Empty => Bytes::new(),
+        MirrorBody::Pending(rx) => rx.await.map_err(|_| ShadowOutcome::SkippedBody)?,
     };
     let failed = |e: crate::upstream::UpstreamError| match e {
         crate::upstream::UpstreamError::Timeout | crate::upstream::UpstreamError::ConnectTimeout => {

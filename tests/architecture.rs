@@ -176,7 +176,7 @@ fn every_module_uses_only_its_layer_and_below() {
 
 #[test]
 fn the_scanner_sees_grouped_and_plain_paths() {
-    let found = uses("use crate::{config::{self, Snapshot}, routing};\nlet x = crate::metrics::BUCKETS;\n");
+    let found = uses("use crate::{config::{self, Snapshot}, routing};\nlet x = crate::metrics::LATENCY_BOUNDS;\n");
     assert_eq!(found.into_iter().collect::<Vec<_>>(), vec!["config", "metrics", "routing"]);
     assert!(code("// crate::app\nlet a = 1;\n#[cfg(test)]\nmod tests { use crate::app; }").find("app").is_none());
 }

@@ -447,3 +447,15 @@ routes:
     assert!(!ok);
     assert!(out.contains("routes[0].sticky.cookie.secret_file: cannot read /dev/zero: is not a regular file"), "{out}");
 }
+
+/// Every command's help line says what that command does.
+#[test]
+fn help_describes_each_command_once() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |cmd: &str| text.lines().find(|l| l.trim_start().starts_with(cmd)).unwrap_or_default().to_owned();
+    assert!(line("healthcheck").contains("answers 200"), "{text}");
+    assert!(line("version").contains("Print the version"), "{text}");
+    assert!(line("fleet").contains("every replica"), "{text}");
+    assert_eq!(text.matches("Print the version").count(), 1, "{text}");
+}

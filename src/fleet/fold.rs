@@ -91,7 +91,7 @@ impl Baseline {
 
 /// What one evaluation time gives the judge.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
+pub struct Evaluation {
     pub at_ms: u64,
     pub interval: Interval,
     /// The fleet's highest steering at that time.
@@ -100,7 +100,7 @@ pub struct Step {
     pub position: Option<u64>,
 }
 
-impl Step {
+impl Evaluation {
     pub fn has_evidence(&self) -> bool {
         !self.interval.requests.is_empty() || self.interval.strata.iter().any(|s| !s.revision.is_empty())
     }
@@ -115,9 +115,9 @@ fn version(s: &str) -> Option<usize> {
 }
 
 /// Turn a range answer (evaluation times `times`, the first being the
-/// baseline already folded or to be taken as one) into one `Step` per later
+/// baseline already folded or to be taken as one) into one `Evaluation` per later
 /// time. `segments`: the route's segment names by index.
-pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut Baseline) -> Vec<Step> {
+pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut Baseline) -> Vec<Evaluation> {
     // Process start per target per time.
     let starts: HashMap<String, &Series> =
         series.iter().filter(|s| s.name() == PROCESS_START).map(|s| (s.target(), s)).collect();
@@ -207,7 +207,7 @@ pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut B
         }
         iv.strata = strata.into_values().collect();
         iv.user_multiplicity = u32::try_from(base.processes()).unwrap_or(u32::MAX);
-        out.push(Step { at_ms: t, interval: iv, control, position });
+        out.push(Evaluation { at_ms: t, interval: iv, control, position });
     }
     out
 }
@@ -236,7 +236,7 @@ mod tests {
         )
     }
 
-    fn canary_units(s: &[Step]) -> Vec<u64> {
+    fn canary_units(s: &[Evaluation]) -> Vec<u64> {
         s.iter().map(|s| s.interval.requests.n(Event::Error, CANARY)).collect()
     }
 

@@ -11,7 +11,7 @@
 //! and the fold catches up at the next evaluation time that shows it.
 
 use super::control::{self, Control, KILLED, PAUSED, ROLLED_BACK};
-use super::fold::{Baseline, Step};
+use super::fold::{Baseline, Evaluation};
 use crate::analysis::{Interval, Judgement, judge};
 use crate::config::{Analysis, Progression};
 use crate::rollout::RouteState;
@@ -74,7 +74,7 @@ impl FleetFold {
         a: &Analysis,
         progression: Option<&Progression>,
         ws_rtt: bool,
-        step: &Step,
+        step: &Evaluation,
         prev_ms: u64,
     ) -> Option<Outcome> {
         let at = step.at_ms;
@@ -205,7 +205,7 @@ mod tests {
         Progression { steps: vec![1000, 5000, 10000], hold: Duration::from_secs(20) }
     }
 
-    fn step(at: u64, errors: [u64; 2], control: Option<Control>) -> Step {
+    fn step(at: u64, errors: [u64; 2], control: Option<Control>) -> Evaluation {
         let mut c = Cell::default();
         c.n[Event::Error.idx()][STABLE] = 900;
         c.n[Event::Error.idx()][CANARY] = 100;
@@ -221,7 +221,7 @@ mod tests {
             requests: c,
             ..Interval::default()
         };
-        Step { at_ms: at, interval: iv, control, position: None }
+        Evaluation { at_ms: at, interval: iv, control, position: None }
     }
 
     #[test]
@@ -229,7 +229,7 @@ mod tests {
         let a = Analysis::default();
         let p = prog();
         let mut f = FleetFold::new("2", Some(&p));
-        let empty = Step { at_ms: 10, interval: Interval::default(), control: None, position: None };
+        let empty = Evaluation { at_ms: 10, interval: Interval::default(), control: None, position: None };
         assert!(f.apply(&a, Some(&p), false, &empty, 0).is_none());
         assert!(!f.began());
         let o = f.apply(&a, Some(&p), false, &step(20, [1, 0], None), 10).unwrap();

@@ -110,11 +110,11 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
             let extra = m.slo.snapshot();
             if extra.is_empty() {
-                histogram_series(&mut o, REQUEST_DURATION, &labels, &BUCKETS, &m.buckets, &m.sum_us, &m.count);
+                histogram_series(&mut o, REQUEST_DURATION, &labels, &LATENCY_BOUNDS, &m.buckets, &m.sum_us, &m.count);
             } else {
                 // Merge the SLO edges in: each one's cumulative count is the
                 // bound below it plus its own samples.
-                let mut bounds: Vec<f64> = BUCKETS.to_vec();
+                let mut bounds: Vec<f64> = LATENCY_BOUNDS.to_vec();
                 let mut counts: Vec<u64> = m.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
                 for (edge, own) in extra {
                     let at = bounds.partition_point(|b| *b < edge);
@@ -123,7 +123,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
                     // The next standard bound above now holds only what
                     // lies beyond the edge (the edges' ranges do not overlap).
                     if let Some(next) = (at + 1..bounds.len())
-                        .find(|j| BUCKETS.iter().any(|b| bounds.get(*j) == Some(b)))
+                        .find(|j| LATENCY_BOUNDS.iter().any(|b| bounds.get(*j) == Some(b)))
                         .and_then(|j| counts.get_mut(j))
                     {
                         *next = next.saturating_sub(own);
@@ -185,7 +185,15 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         for v in [Version::Stable, Version::Canary] {
             let m = r.metrics.version(v);
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
-            histogram_series(&mut o, WEBSOCKET_RTT, &labels, &BUCKETS, &m.rtt_buckets, &m.rtt_sum_us, &m.rtt_count);
+            histogram_series(
+                &mut o,
+                WEBSOCKET_RTT,
+                &labels,
+                &LATENCY_BOUNDS,
+                &m.rtt_buckets,
+                &m.rtt_sum_us,
+                &m.rtt_count,
+            );
         }
     }
     let shadowed: Vec<&RouteView<'_>> = routes.iter().filter(|r| r.shadow).collect();
@@ -214,7 +222,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     for r in &shadowed {
         let m = &r.metrics.shadow;
         let labels = format!("route=\"{}\"", escape(&r.metrics.name));
-        histogram_series(&mut o, SHADOW_DURATION, &labels, &BUCKETS, &m.buckets, &m.sum_us, &m.count);
+        histogram_series(&mut o, SHADOW_DURATION, &labels, &LATENCY_BOUNDS, &m.buckets, &m.sum_us, &m.count);
     }
     let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
     let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");

@@ -8,7 +8,7 @@ use super::{Book, Steer, SteerError, at, canary_revision, effective_bp, entry, l
 use crate::analysis::Verdict;
 use crate::config::{FleetSource, Snapshot};
 use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
-use crate::fleet::fold::{Series, Step};
+use crate::fleet::fold::{Evaluation, Series};
 use crate::fleet::state::FleetFold;
 use crate::metrics::Registry;
 use crate::routing::Route;
@@ -236,7 +236,7 @@ impl Book {
             return false; // already folded, or not the continuation of what was
         }
         let segments: Vec<String> = r.segments.iter().map(|s| s.name.clone()).collect();
-        let steps: Vec<Step> = crate::fleet::fold::steps(series, times, &segments, &mut f.fold.base);
+        let steps: Vec<Evaluation> = crate::fleet::fold::steps(series, times, &segments, &mut f.fold.base);
         let replay = !f.synced;
         let came_back = f.source.up == Some(false);
         f.source = SourceStatus { up: Some(true), ..SourceStatus::default() };
