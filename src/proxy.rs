@@ -1,15 +1,27 @@
 //! The hyper service: one request's lifecycle.
 //!
-//! Phases: load the snapshot once → validate the head (Host, body size) →
-//! `routing::decide` → connect (canary unreachable ⇒ stable, reason
-//! `fallback`) → rewrite headers in place → send → rewrite response headers
-//! → stream the body back. The request is finished when the response body is
-//! dropped: `Completion` then writes the access-log line and frees the
-//! in-flight slot. Errors become responses in exactly one place
-//! (`ProxyError::status`, `local_response`).
+//! Phases (`phases.rs`, one function each, in this order):
+//!
+//! 1. `request_filter`: validate the head (framing, target length, Host,
+//!    declared body size); fix the authority to route and forward with.
+//! 2. `choose`: `routing::decide` (route, version, reason, bucket), whether
+//!    to mirror, the metric handles and the evidence unit.
+//! 3. `upstream_peer`: connect (canary unreachable ⇒ stable, reason
+//!    `fallback`, charged to canary).
+//! 4. `upstream_request_filter`: rewrite the request head in place.
+//! 5. `request_body`: the body to send (limit, stall guard, shadow tee).
+//! 6. send (`upstream::Upstream::send`, or `send_upgrade` for WebSockets).
+//! 7. `response_filter`: a 101 becomes a relayed WebSocket; response head
+//!    rewritten; sticky cookie set.
+//!
+//! The request is finished when the response body is dropped: `Completion`
+//! then writes the access-log line and frees the in-flight slot. Errors
+//! become responses in exactly one place (`ProxyError::status`,
+//! `local_response`).
 
 mod body;
 pub mod error;
+mod phases;
 use crate::headers;
 
 pub use body::RespBody;
@@ -18,17 +30,13 @@ pub use error::ProxyError;
 use crate::access_log::{AccessLog, Record, rfc3339_now};
 use crate::live::{Live, Served};
 use crate::metrics::RouteMetrics;
-use crate::routing::{self, BUCKETS, Facts, Reason, Version};
-use crate::shadow;
-use crate::upstream::{ReqBody, UpstreamError};
+use crate::routing::Version;
 use crate::websocket;
 use bytes::Bytes;
-use headers::{X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, SET_COOKIE};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -259,6 +267,7 @@ impl Proxy {
         }
     }
 
+    /// The request's way through weir, phase by phase (each in `phases`).
     async fn forward(
         &self,
         served: &Served,
@@ -267,234 +276,21 @@ impl Proxy {
         upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
         done: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
-        let snap = &served.snapshot;
         let (mut parts, body) = req.into_parts();
-        if parts.version <= http::Version::HTTP_11 {
-            headers::check_framing(&parts.headers).map_err(ProxyError::Framing)?;
-        }
-        if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > headers::MAX_URI {
-            return Err(ProxyError::UriTooLong);
-        }
-        let authority = headers::authority(&parts).map_err(ProxyError::Host)?;
-        // The authority in header form, for X-Forwarded-Host (and Host when
-        // the client sent only an absolute URI): usually the Host value itself.
-        let authority_value = match parts.headers.get(HOST) {
-            Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
-            _ if authority.is_empty() => None,
-            _ => HeaderValue::from_str(authority).ok(),
-        };
-        let (hostname, _port) = headers::split_port(authority);
-        if let Some(f) = done.fields.as_mut() {
-            authority.clone_into(&mut f.authority);
-            f.trace_id = headers::trace_id(&parts.headers).map(str::to_owned);
-        }
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > snap.limits.max_request_body) {
-            return Err(ProxyError::BodyTooLarge);
-        }
-        let draw = rand::rng().random_range(0..BUCKETS);
-        let facts = Facts { host: hostname, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
-        let Some(decision) = routing::decide(&snap.table, &facts, draw) else {
-            self.live.registry.unrouted.fetch_add(1, Ordering::Relaxed);
-            return Err(ProxyError::NoRoute);
-        };
-        let route = snap.table.routes.get(decision.route).ok_or(ProxyError::NoRoute)?;
-        let (mut version, mut reason) = (decision.version, decision.reason);
-        let metrics = served.route_metrics.get(decision.route).map(Arc::clone);
-        // Mirrored? Decided now, while the client's head is as it came.
-        let mirror = route.shadow.as_ref().filter(|sh| {
-            upgrade.is_none()
-                && shadow::sampled(
-                    sh,
-                    route,
-                    &parts.method,
-                    decision.bucket,
-                    &facts,
-                    rand::rng().random_range(0..BUCKETS),
-                )
-        });
-        done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), version));
-        done.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
-
-        // Connect before touching the request: a canary we cannot reach has
-        // not seen it, so stable can take it whatever the method (§2 step 7).
+        let admitted = self.request_filter(&served.snapshot, &parts, done)?;
+        let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), done)?;
         let upstream_start = Instant::now();
-        let pick = |v: Version| served.upstream(route.backend(v).upstream).ok_or(ProxyError::NoRoute);
-        let conn = match pick(version)?.connect().await {
-            Ok(c) => c,
-            Err(e) if version == Version::Canary && e.is_connect() => {
-                tracing::debug!(route = %route.name, error = %e, "canary unreachable, falling back to stable");
-                // The canary failed: that counts against it for analysis,
-                // although the client is served by stable.
-                if let Some(m) = &metrics {
-                    m.canary.upstream_error(e.kind());
-                    m.canary.window.record(Instant::now(), upstream_start.elapsed(), true);
-                    if let Some(u) = done.unit.take() {
-                        m.evidence.record(&u, Version::Canary, true, Some(upstream_start.elapsed()));
-                    }
-                }
-                version = Version::Stable;
-                reason = Reason::Fallback;
-                done.flags.push("fallback");
-                done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), version));
-                pick(version)?.connect().await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let backend = route.backend(version);
-        if let Some(m) = &metrics {
-            m.version(version).decision(reason);
-        }
-        if let Some(f) = done.fields.as_mut() {
-            f.route = Some(Arc::clone(&route.name));
-            f.version = Some(version);
-            f.revision = Some(Arc::clone(&backend.revision));
-            f.reason = Some(reason.describe(route));
-            f.bucket = decision.bucket.map(|b| b.value);
-            f.upstream = Some(Arc::clone(&backend.upstream_name));
-        }
-
-        // Rewrite the request head in place. Room for the headers added
-        // below, so the map grows at most once.
-        parts.headers.reserve(8);
-        let keep = route.override_.as_ref().and_then(|o| o.header.as_ref());
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        if upgrade.is_some() {
-            headers::set_websocket_upgrade(&mut parts.headers);
-        }
-        headers::strip_internal(&mut parts.headers, keep);
-        let proto = if peer.https { "https" } else { "http" };
-        headers::add_forwarded(&mut parts.headers, &peer.ip, proto, authority_value.clone());
-        if parts.headers.get(&X_REQUEST_ID).is_none_or(|v| v.to_str().is_err()) {
-            parts.headers.insert(&X_REQUEST_ID, headers::new_request_id(rand::rng().random::<u128>()));
-        }
-        if let Some(f) = done.fields.as_mut() {
-            let id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            id.clone_into(&mut f.request_id);
-        }
-        parts.headers.insert(&X_WEIR_ROUTE, route.name_header.clone());
-        parts.headers.insert(&X_WEIR_VERSION, version_value(version));
-        // Route and forward with one authority (RFC 9112 §3.2.2): with an
-        // absolute-form target the upstream gets the target's authority as
-        // Host, never a Host that would have matched another route.
-        if let Some(v) = authority_value
-            && parts.headers.get(HOST) != Some(&v)
-        {
-            parts.headers.insert(HOST, v);
-        }
-        if parts.uri.authority().is_some() {
-            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
-        }
-        parts.version = http::Version::HTTP_11;
-        let has_body = !hyper::body::Body::is_end_stream(&body) && parts.method != Method::HEAD;
-        let mut req_body = if has_body {
-            let counter = done.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
-            done.bytes_in.clone_from(&counter);
-            ReqBody::new(body, snap.limits.max_request_body, snap.limits.body_timeout, counter)
-        } else {
-            ReqBody::empty()
-        };
-        if let (Some(sh), Some(m)) = (mirror, metrics.as_ref()) {
-            req_body = self.mirror(served, sh, m, &parts, declared, has_body, req_body, done);
-        }
-
-        let upstream = pick(version)?;
+        let conn = self.upstream_peer(served, &mut choice, upstream_start, done).await?;
+        phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrade.is_some(), done);
+        let req_body = self.request_body(served, &choice, &parts, body, admitted.declared, done);
+        let upstream = served.upstream(choice.route.backend(choice.version).upstream).ok_or(ProxyError::NoRoute)?;
         let req = Request::from_parts(parts, req_body);
         let resp =
             if upgrade.is_some() { upstream.send_upgrade(conn, req).await? } else { upstream.send(conn, req).await? };
         if done.fields.is_some() {
             done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
         }
-        let mut resp = resp;
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switched {
-            // Only a WebSocket handshake may switch protocols; a 101 to
-            // anything else (or to another protocol) is broken.
-            let (Some((client, permit)), Some(m)) = (upgrade, metrics.as_ref()) else {
-                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
-            };
-            if !websocket::accepts_websocket(resp.headers()) {
-                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
-            }
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            let policy = &route.websocket;
-            let settings = websocket::Settings {
-                idle_timeout: policy.idle_timeout,
-                ping_interval: policy.ping_interval,
-                rtt_interval: policy.rtt_interval,
-            };
-            let socket = websocket::NewSocket {
-                route: Arc::clone(&route.name),
-                version,
-                metrics: Arc::clone(m),
-                settings,
-                permit,
-                unit: done.unit,
-            };
-            self.live.websockets.spawn(socket, client, upstream_side);
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers, switched);
-        if switched {
-            headers::set_websocket_upgrade(&mut rparts.headers);
-        }
-        rparts.version = http::Version::HTTP_11;
-        if route.expose_version {
-            rparts.headers.insert(&X_WEIR_VERSION, version_value(version));
-        }
-        if let (Some(bucket), Some(cookie)) =
-            (decision.set_cookie, route.sticky.as_ref().and_then(|s| s.cookie.as_ref()))
-            && let Ok(v) = HeaderValue::from_str(&cookie.set_cookie_header(bucket))
-        {
-            rparts.headers.append(SET_COOKIE, v);
-            done.flags.push("bucket_cookie_set");
-        }
-        done.status = rparts.status.as_u16();
-        Ok(Response::from_parts(rparts, rbody))
-    }
-}
-
-impl Proxy {
-    /// Start the shadow copy of this request (design §10) and return the
-    /// primary's body, teed when the copy needs it. Never waits.
-    #[allow(clippy::too_many_arguments)]
-    fn mirror(
-        &self,
-        served: &Served,
-        sh: &crate::config::Shadow,
-        metrics: &Arc<RouteMetrics>,
-        parts: &http::request::Parts,
-        declared: Option<u64>,
-        has_body: bool,
-        body: ReqBody,
-        done: &mut Completion,
-    ) -> ReqBody {
-        if declared.is_some_and(|n| n > sh.max_body) {
-            metrics.shadow.outcome(crate::metrics::ShadowOutcome::SkippedBody);
-            return body;
-        }
-        let Some(upstream) = served.upstream(sh.upstream) else { return body };
-        let Some(slot) = shadow::Slot::acquire(metrics, sh.max_in_flight) else { return body };
-        let (body, copy_body) = if has_body {
-            let (tee, rx) = crate::upstream::Tee::new(sh.max_body);
-            (body.with_tee(tee), shadow::MirrorBody::Pending(rx))
-        } else {
-            (body, shadow::MirrorBody::Empty)
-        };
-        let (tx, primary) = tokio::sync::oneshot::channel();
-        done.shadow_status = Some(tx);
-        let copy = shadow::Mirror {
-            upstream: Arc::clone(upstream),
-            timeout: sh.timeout,
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: shadow::Mirror::head(parts.headers.clone()),
-            body: copy_body,
-            primary,
-        };
-        shadow::spawn(copy, slot);
-        body
+        self.response_filter(&choice, resp, upgrade, done)
     }
 }
 

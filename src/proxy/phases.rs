@@ -1,0 +1,317 @@
+//! The phases of one proxied request (see the module doc of `proxy`), each
+//! a function with one job. `Proxy::forward` calls them in order.
+
+use super::{Completion, Peer, Proxy, ProxyError, version_value};
+use crate::config::{Shadow, Snapshot};
+use crate::headers::{self, X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
+use crate::live::Served;
+use crate::metrics::RouteMetrics;
+use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
+use crate::shadow;
+use crate::upstream::{Conn, PooledBody, ReqBody, UpstreamError};
+use crate::websocket;
+use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE};
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use rand::RngExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// What the head check established.
+pub(super) struct Admitted {
+    /// The authority to route and forward with, in header form (None: an
+    /// HTTP/1.0 request without one).
+    pub authority: Option<HeaderValue>,
+    /// The client's `Content-Length`.
+    pub declared: Option<u64>,
+}
+
+/// The routing decision and what follows from it for this request.
+pub(super) struct Choice<'s> {
+    pub route: &'s Route,
+    pub decision: Decision,
+    /// May become stable on fallback.
+    pub version: Version,
+    pub reason: Reason,
+    pub metrics: Option<Arc<RouteMetrics>>,
+    /// Mirror this request to the route's shadow.
+    pub mirror: Option<&'s Shadow>,
+}
+
+impl Proxy {
+    /// Phase 1: Refuse a head weir will not forward; fix the authority.
+    pub(super) fn request_filter(
+        &self,
+        snap: &Snapshot,
+        parts: &Parts,
+        done: &mut Completion,
+    ) -> Result<Admitted, ProxyError> {
+        if parts.version <= http::Version::HTTP_11 {
+            headers::check_framing(&parts.headers).map_err(ProxyError::Framing)?;
+        }
+        if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > headers::MAX_URI {
+            return Err(ProxyError::UriTooLong);
+        }
+        let authority = headers::authority(parts).map_err(ProxyError::Host)?;
+        // In header form: usually the Host value itself (no copy).
+        let value = match parts.headers.get(HOST) {
+            Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+            _ if authority.is_empty() => None,
+            _ => HeaderValue::from_str(authority).ok(),
+        };
+        if let Some(f) = done.fields.as_mut() {
+            authority.clone_into(&mut f.authority);
+            f.trace_id = headers::trace_id(&parts.headers).map(str::to_owned);
+        }
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > snap.limits.max_request_body) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        Ok(Admitted { authority: value, declared })
+    }
+
+    /// Phase 2: Route, version and reason; mirror or not; metrics and evidence.
+    pub(super) fn choose<'s>(
+        &self,
+        served: &'s Served,
+        parts: &Parts,
+        admitted: &Admitted,
+        upgrading: bool,
+        done: &mut Completion,
+    ) -> Result<Choice<'s>, ProxyError> {
+        let snap = &served.snapshot;
+        let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        let (host, _port) = headers::split_port(authority);
+        let facts = Facts { host, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
+        let Some(decision) = routing::decide(&snap.table, &facts, rand::rng().random_range(0..BUCKETS)) else {
+            self.live.registry.unrouted.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::NoRoute);
+        };
+        let route = snap.table.routes.get(decision.route).ok_or(ProxyError::NoRoute)?;
+        let metrics = served.route_metrics.get(decision.route).map(Arc::clone);
+        // Decided now, while the client's head is as it came.
+        let mirror = route.shadow.as_deref().filter(|sh| {
+            !upgrading
+                && shadow::sampled(
+                    sh,
+                    route,
+                    &parts.method,
+                    decision.bucket,
+                    &facts,
+                    rand::rng().random_range(0..BUCKETS),
+                )
+        });
+        done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), decision.version));
+        done.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
+        Ok(Choice { route, version: decision.version, reason: decision.reason, decision, metrics, mirror })
+    }
+
+    /// Phase 3: A connection to the chosen version. A canary that cannot be
+    /// reached has not seen the request, so stable takes it whatever the
+    /// method (design §2 step 7); the failure is charged to canary.
+    pub(super) async fn upstream_peer(
+        &self,
+        served: &Served,
+        c: &mut Choice<'_>,
+        started: Instant,
+        done: &mut Completion,
+    ) -> Result<Conn, ProxyError> {
+        let pick = |v: Version| served.upstream(c.route.backend(v).upstream).ok_or(ProxyError::NoRoute);
+        let conn = match pick(c.version)?.connect().await {
+            Ok(conn) => conn,
+            Err(e) if c.version == Version::Canary && e.is_connect() => {
+                tracing::debug!(route = %c.route.name, error = %e, "canary unreachable, falling back to stable");
+                if let Some(m) = &c.metrics {
+                    m.canary.upstream_error(e.kind());
+                    m.canary.window.record(Instant::now(), started.elapsed(), true);
+                    if let Some(u) = done.unit.take() {
+                        m.evidence.record(&u, Version::Canary, true, Some(started.elapsed()));
+                    }
+                }
+                (c.version, c.reason) = (Version::Stable, Reason::Fallback);
+                done.flags.push("fallback");
+                done.metrics = c.metrics.as_ref().map(|m| (Arc::clone(m), Version::Stable));
+                pick(Version::Stable)?.connect().await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(m) = &c.metrics {
+            m.version(c.version).decision(c.reason);
+        }
+        if let Some(f) = done.fields.as_mut() {
+            let backend = c.route.backend(c.version);
+            f.route = Some(Arc::clone(&c.route.name));
+            f.version = Some(c.version);
+            f.revision = Some(Arc::clone(&backend.revision));
+            f.reason = Some(c.reason.describe(c.route));
+            f.bucket = c.decision.bucket.map(|b| b.value);
+            f.upstream = Some(Arc::clone(&backend.upstream_name));
+        }
+        Ok(conn)
+    }
+
+    /// Phase 5: The body to send: limited, guarded against stalls, and teed to
+    /// the shadow when mirrored.
+    pub(super) fn request_body(
+        &self,
+        served: &Served,
+        c: &Choice<'_>,
+        parts: &Parts,
+        body: Incoming,
+        declared: Option<u64>,
+        done: &mut Completion,
+    ) -> ReqBody {
+        let limits = &served.snapshot.limits;
+        let has_body = !hyper::body::Body::is_end_stream(&body) && parts.method != Method::HEAD;
+        let req_body = if has_body {
+            let counter = done.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
+            done.bytes_in.clone_from(&counter);
+            ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter)
+        } else {
+            ReqBody::empty()
+        };
+        match (c.mirror, c.metrics.as_ref()) {
+            (Some(sh), Some(m)) => mirror(served, sh, m, parts, (req_body, has_body, declared), done),
+            _ => req_body,
+        }
+    }
+
+    /// Phase 7: The answer on its way back: a 101 becomes a relayed WebSocket;
+    /// hop-by-hop headers go; the version header and the sticky cookie.
+    pub(super) fn response_filter(
+        &self,
+        c: &Choice<'_>,
+        mut resp: Response<PooledBody>,
+        upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
+        done: &mut Completion,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            // Only a WebSocket handshake may switch protocols; a 101 to
+            // anything else (or to another protocol) is broken.
+            let (Some((client, permit)), Some(m)) = (upgrade, c.metrics.as_ref()) else {
+                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+            };
+            if !websocket::accepts_websocket(resp.headers()) {
+                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+            }
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            let policy = &c.route.websocket;
+            let socket = websocket::NewSocket {
+                route: Arc::clone(&c.route.name),
+                version: c.version,
+                metrics: Arc::clone(m),
+                settings: websocket::Settings {
+                    idle_timeout: policy.idle_timeout,
+                    ping_interval: policy.ping_interval,
+                    rtt_interval: policy.rtt_interval,
+                },
+                permit,
+                unit: done.unit,
+            };
+            self.live.websockets.spawn(socket, client, upstream_side);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers, switched);
+        if switched {
+            headers::set_websocket_upgrade(&mut rparts.headers);
+        }
+        rparts.version = http::Version::HTTP_11;
+        if c.route.expose_version {
+            rparts.headers.insert(&X_WEIR_VERSION, version_value(c.version));
+        }
+        if let (Some(bucket), Some(cookie)) =
+            (c.decision.set_cookie, c.route.sticky.as_ref().and_then(|s| s.cookie.as_ref()))
+            && let Ok(v) = HeaderValue::from_str(&cookie.set_cookie_header(bucket))
+        {
+            rparts.headers.append(SET_COOKIE, v);
+            done.flags.push("bucket_cookie_set");
+        }
+        done.status = rparts.status.as_u16();
+        Ok(Response::from_parts(rparts, rbody))
+    }
+}
+
+/// Phase 4: Rewrite the request head in place for the upstream.
+pub(super) fn upstream_request_filter(
+    peer: &Peer,
+    c: &Choice<'_>,
+    authority: Option<HeaderValue>,
+    parts: &mut Parts,
+    upgrading: bool,
+    done: &mut Completion,
+) {
+    // Room for the headers added below, so the map grows at most once.
+    parts.headers.reserve(8);
+    let keep = c.route.override_.as_ref().and_then(|o| o.header.as_ref());
+    headers::strip_hop_by_hop(&mut parts.headers, upgrading);
+    if upgrading {
+        headers::set_websocket_upgrade(&mut parts.headers);
+    }
+    headers::strip_internal(&mut parts.headers, keep);
+    let proto = if peer.https { "https" } else { "http" };
+    headers::add_forwarded(&mut parts.headers, &peer.ip, proto, authority.clone());
+    if parts.headers.get(&X_REQUEST_ID).is_none_or(|v| v.to_str().is_err()) {
+        parts.headers.insert(&X_REQUEST_ID, headers::new_request_id(rand::rng().random::<u128>()));
+    }
+    if let Some(f) = done.fields.as_mut() {
+        let id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        id.clone_into(&mut f.request_id);
+    }
+    parts.headers.insert(&X_WEIR_ROUTE, c.route.name_header.clone());
+    parts.headers.insert(&X_WEIR_VERSION, version_value(c.version));
+    // Route and forward with one authority (RFC 9112 §3.2.2): with an
+    // absolute-form target the upstream gets the target's authority as
+    // Host, never a Host that would have matched another route.
+    if let Some(v) = authority
+        && parts.headers.get(HOST) != Some(&v)
+    {
+        parts.headers.insert(HOST, v);
+    }
+    if parts.uri.authority().is_some() {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = http::Version::HTTP_11;
+}
+
+/// Start the shadow copy of this request (design §10) and return the
+/// primary's body, teed when the copy needs it. Never waits. `body`: the
+/// primary's body, whether the request has one, its declared length.
+fn mirror(
+    served: &Served,
+    sh: &Shadow,
+    metrics: &Arc<RouteMetrics>,
+    parts: &Parts,
+    (body, has_body, declared): (ReqBody, bool, Option<u64>),
+    done: &mut Completion,
+) -> ReqBody {
+    if declared.is_some_and(|n| n > sh.max_body) {
+        metrics.shadow.outcome(crate::metrics::ShadowOutcome::SkippedBody);
+        return body;
+    }
+    let Some(upstream) = served.upstream(sh.upstream) else { return body };
+    let Some(slot) = shadow::Slot::acquire(metrics, sh.max_in_flight) else { return body };
+    let (body, copy_body) = if has_body {
+        let (tee, rx) = crate::upstream::Tee::new(sh.max_body);
+        (body.with_tee(tee), shadow::MirrorBody::Pending(rx))
+    } else {
+        (body, shadow::MirrorBody::Empty)
+    };
+    let (tx, primary) = tokio::sync::oneshot::channel();
+    done.shadow_status = Some(tx);
+    let copy = shadow::Mirror {
+        upstream: Arc::clone(upstream),
+        timeout: sh.timeout,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: shadow::Mirror::head(parts.headers.clone()),
+        body: copy_body,
+        primary,
+    };
+    shadow::spawn(copy, slot);
+    body
+}
