@@ -17,7 +17,7 @@ mod body;
 mod pool;
 mod wire;
 
-pub use body::{BoxError, PooledBody, ReqBody, Tee};
+pub use body::{PooledBody, ReqBody, Tee};
 pub use wire::BodyError;
 
 /// A whole response parsed as weir's client would (for the differential
@@ -35,6 +35,54 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use wire::{ExchangeError, Wire};
+
+/// The client stopped sending its body for longer than `body_timeout`.
+#[derive(Debug)]
+pub struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no request body data within the body timeout")
+    }
+}
+impl std::error::Error for BodyTimeout {}
+
+/// True if a hyper error was caused by our body timeout.
+pub fn is_body_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<BodyTimeout>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The client sent more than `max_request_body`.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over the configured limit")
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+/// True if a hyper error was caused by our body limit.
+pub fn is_body_too_large(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<BodyTooLarge>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why an upstream could not answer. Mapped to a status in `proxy::error`.
 #[derive(Debug, thiserror::Error)]
@@ -234,10 +282,10 @@ fn idempotent(m: &http::Method) -> bool {
 
 /// Sort a hyper client error into what happened.
 fn classify(e: hyper::Error) -> UpstreamError {
-    if body::is_body_too_large(&e) {
+    if is_body_too_large(&e) {
         return UpstreamError::BodyTooLarge;
     }
-    if body::is_body_timeout(&e) {
+    if is_body_timeout(&e) {
         return UpstreamError::BodyTimeout;
     }
     if e.is_user() || e.is_body_write_aborted() {

@@ -17,53 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-/// The client stopped sending its body for longer than `body_timeout`.
-#[derive(Debug)]
-pub struct BodyTimeout;
-
-impl std::fmt::Display for BodyTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no request body data within the body timeout")
-    }
-}
-impl std::error::Error for BodyTimeout {}
-
-/// True if a hyper error was caused by our body timeout.
-pub fn is_body_timeout(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<BodyTimeout>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The client sent more than `max_request_body`.
-#[derive(Debug)]
-pub struct BodyTooLarge;
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body over the configured limit")
-    }
-}
-impl std::error::Error for BodyTooLarge {}
-
-/// True if a hyper error was caused by our body limit.
-pub fn is_body_too_large(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<BodyTooLarge>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{BodyTimeout, BodyTooLarge, BoxError};
 
 /// Request body sent upstream.
 pub struct ReqBody {

@@ -16,7 +16,7 @@
 //! being sent, so an upstream that answers early (413, 401) is heard.
 //! WebSocket handshakes do not come here (hyper's client does the upgrade).
 
-use super::body::{BodyTimeout, BodyTooLarge, ReqBody};
+use super::{BodyTimeout, BodyTooLarge, BoxError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -126,7 +126,7 @@ pub enum ReqFraming {
 /// from the client is kept (weir already refused conflicting framing); an
 /// empty POST/PUT/PATCH gets `content-length: 0`; a body of unknown length
 /// is sent chunked.
-pub fn request_framing(method: &Method, headers: &mut HeaderMap, body: &ReqBody) -> ReqFraming {
+pub fn request_framing(method: &Method, headers: &mut HeaderMap, body: &impl Body) -> ReqFraming {
     if let Some(n) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
         return ReqFraming::Length(n);
     }
@@ -185,6 +185,11 @@ pub enum ExchangeError {
     Stalled(Duration),
 }
 
+/// What a request body must be for the exchange: weir's `ReqBody`, or
+/// anything else that streams bytes and fails with a boxed error.
+pub trait ReqBodyLike: Body<Data = Bytes, Error = BoxError> + Unpin {}
+impl<T: Body<Data = Bytes, Error = BoxError> + Unpin> ReqBodyLike for T {}
+
 /// The two deadlines of an exchange.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
@@ -212,7 +217,7 @@ pub struct Head {
 pub async fn exchange(
     wire: &mut Wire,
     head: &[u8],
-    mut body: ReqBody,
+    mut body: impl ReqBodyLike,
     framing: ReqFraming,
     method: &Method,
     deadlines: Deadlines,
@@ -272,7 +277,7 @@ pub async fn exchange(
 pub async fn exchange_streaming(
     wire: Wire,
     head: Vec<u8>,
-    body: ReqBody,
+    body: impl ReqBodyLike + Send + 'static,
     framing: ReqFraming,
     method: &Method,
     deadlines: Deadlines,
@@ -363,7 +368,7 @@ async fn stalls(limit: Duration, write: impl std::future::Future<Output = io::Re
 async fn send_body(
     wr: &mut (impl tokio::io::AsyncWrite + Unpin),
     head: &[u8],
-    body: &mut ReqBody,
+    body: &mut impl ReqBodyLike,
     framing: ReqFraming,
     limit: Duration,
 ) -> Result<(), Sent> {
@@ -418,7 +423,7 @@ async fn send_body(
 }
 
 /// Sort a request body error into the limit, the stall, or a broken client.
-fn body_error(e: &super::body::BoxError) -> super::UpstreamError {
+fn body_error(e: &BoxError) -> super::UpstreamError {
     if e.is::<BodyTooLarge>() {
         super::UpstreamError::BodyTooLarge
     } else if e.is::<BodyTimeout>() {
@@ -815,6 +820,7 @@ pub fn parse_whole(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::ReqBody;
     use proptest::prelude::*;
 
     /// Feed `wire` to the decoder in pieces cut at `cuts`; returns the body
