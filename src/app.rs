@@ -96,15 +96,14 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     let conn_cap = Arc::new(Semaphore::new(max_connections));
 
     for (index, listener) in listeners.into_iter().enumerate() {
-        tokio::spawn(accept_loop(
-            index,
-            listener,
-            Arc::clone(&live),
-            Arc::clone(&proxy),
-            Arc::clone(&conn_cap),
-            stop_accepting.clone(),
-            tracker.clone(),
-        ));
+        let shared = Accepting {
+            live: Arc::clone(&live),
+            proxy: Arc::clone(&proxy),
+            conn_cap: Arc::clone(&conn_cap),
+            stop: stop_accepting.clone(),
+            tracker: tracker.clone(),
+        };
+        tokio::spawn(accept_loop(index, listener, shared));
     }
     let admin_state = Arc::new(AdminState {
         live: Arc::clone(&live),
@@ -189,16 +188,19 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// included (`limits.max_connections`).
 pub use crate::limits::ConnPermit;
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
-    index: usize,
-    listener: TcpListener,
+/// What every listener's accept loop shares.
+struct Accepting {
     live: Arc<Live>,
     proxy: Arc<Proxy>,
+    /// `limits.max_connections`: a connection holds one permit.
     conn_cap: Arc<Semaphore>,
     stop: CancellationToken,
+    /// Connection tasks, awaited by the drain.
     tracker: TaskTracker,
-) {
+}
+
+async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
+    let Accepting { live, proxy, conn_cap, stop, tracker } = shared;
     // Limits are read at connection start; rebuild the server settings only
     // when a reload changed them.
     let mut limits = live.load().snapshot.limits.clone();

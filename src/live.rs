@@ -11,6 +11,7 @@
 
 use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
+use crate::rollout::fleet::FleetKey;
 use crate::rollout::{self, Book, Steer, SteerError};
 use crate::upstream::Upstream;
 use crate::websocket::Hub;
@@ -199,7 +200,13 @@ impl Live {
     pub fn fleet_steps(&self, route: &str, revision: &str, series: &[crate::fleet::fold::Series], times: &[u64]) {
         let mut w = self.lock();
         let config = Arc::clone(&w.config);
-        if w.book.fleet_steps(&config, &self.registry, route, revision, series, times, rollout::wall_ms()) {
+        if w.book.fleet_steps(
+            &config,
+            &self.registry,
+            FleetKey { route, revision },
+            (series, times),
+            rollout::wall_ms(),
+        ) {
             self.publish(&w, self.current.load().generation);
         }
     }
@@ -208,7 +215,13 @@ impl Live {
     pub fn fleet_unavailable(&self, route: &str, revision: &str, eval_ms: u64, error: &str) {
         let mut w = self.lock();
         let config = Arc::clone(&w.config);
-        w.book.fleet_unavailable(&config, &self.registry, route, revision, eval_ms, error, rollout::wall_ms());
+        w.book.fleet_unavailable(
+            &config,
+            &self.registry,
+            FleetKey { route, revision },
+            (eval_ms, error),
+            rollout::wall_ms(),
+        );
     }
 
     /// What fleet judgement has cost so far (queries, bytes received).

@@ -90,6 +90,16 @@ pub enum SteerError {
     Refused(&'static str),
 }
 
+/// A verdict taken and what it did, for the journal.
+struct Taken<'a> {
+    judgement: &'a Judgement,
+    transition: Transition,
+    /// The journal's `inputs` object.
+    inputs: Value,
+    /// Canary weight before (basis points).
+    from: u16,
+}
+
 /// Every route's rollout state and where it is kept.
 pub struct Book {
     states: BTreeMap<String, RouteState>,
@@ -337,7 +347,8 @@ impl Book {
             }
             if t != Transition::None {
                 changed = true;
-                self.note_transition(r, &st, &m, t, &j, inputs, from, &config.sha256, now_ms);
+                let taken = Taken { judgement: &j, transition: t, inputs, from };
+                self.note_transition(r, &st, &m, taken, &config.sha256, now_ms);
             }
         }
         if dirty {
@@ -346,19 +357,16 @@ impl Book {
         (changed, next)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn note_transition(
         &mut self,
         r: &Route,
         st: &RouteState,
         m: &RouteMetrics,
-        t: Transition,
-        j: &Judgement,
-        inputs: Value,
-        from: u16,
+        taken: Taken<'_>,
         sha: &str,
         now_ms: u64,
     ) {
+        let Taken { judgement: j, transition: t, inputs, from } = taken;
         let (event, reason) = match t {
             Transition::RolledBack(reason) => ("rollback", Some(reason)),
             Transition::Advanced { .. } => ("step", None),

@@ -371,7 +371,8 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
         (None, true) if canary_in_step >= PASS_FLOOR => Verdict::Pass,
         (None, true) => Verdict::Insufficient,
     };
-    let reason = explain(p, st, verdict, fired.as_ref(), &held_by, &standings, canary_in_step, iv.frozen.latency_us);
+    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings };
+    let reason = explain(p, st, &found, canary_in_step, iv.frozen.latency_us);
     Judgement { verdict, fired, held_by, standings, reason }
 }
 
@@ -481,17 +482,16 @@ fn line(p: &Analysis, t: Test, iv_frozen: Option<[u64; 4]>) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn explain(
-    p: &Analysis,
-    st: &JudgeState,
+/// What one judgement found, for its sentence.
+struct Found<'a> {
     verdict: Verdict,
-    fired: Option<&Fired>,
-    held_by: &[Test],
-    standings: &[Standing],
-    canary_in_step: u64,
-    frozen: Option<[u64; 4]>,
-) -> String {
+    fired: Option<&'a Fired>,
+    held_by: &'a [Test],
+    standings: &'a [Standing],
+}
+
+fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64, frozen: Option<[u64; 4]>) -> String {
+    let Found { verdict, fired, held_by, standings } = *found;
     match verdict {
         Verdict::Fail => {
             let Some(f) = fired else { return "fail".into() };

@@ -43,6 +43,13 @@ pub struct SourceStatus {
     pub missed_ms: u64,
 }
 
+/// One route's canary revision in fleet mode.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetKey<'a> {
+    pub route: &'a str,
+    pub revision: &'a str,
+}
+
 /// What the fleet task needs to ask Prometheus about one route.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -211,20 +218,19 @@ impl Book {
         changed
     }
 
-    /// Evaluation steps from the fleet's evidence. `replay`: the first
-    /// batch after this replica (re)started: its verdicts are history, so
-    /// they are not journaled one by one.
-    #[allow(clippy::too_many_arguments)]
+    /// Evaluation steps from the fleet's evidence: `answer` is Prometheus'
+    /// series over the evaluation `times` (the first already folded or the
+    /// baseline). The first batch after this replica (re)started is a
+    /// replay: its verdicts are history, so they are not journaled one by one.
     pub fn fleet_steps(
         &mut self,
         config: &Snapshot,
         registry: &Registry,
-        route: &str,
-        revision: &str,
-        series: &[Series],
-        times: &[u64],
+        key: FleetKey<'_>,
+        (series, times): (&[Series], &[u64]),
         now_ms: u64,
     ) -> bool {
+        let FleetKey { route, revision } = key;
         let Some(r) = config.table.route(route) else { return false };
         let Some(a) = r.analysis.as_deref() else { return false };
         let m = registry.route(&r.name);
@@ -337,17 +343,15 @@ impl Book {
 
     /// The source could not be asked about `eval_ms`: no verdict is taken
     /// from missing data; the route keeps serving as it is.
-    #[allow(clippy::too_many_arguments)]
     pub fn fleet_unavailable(
         &mut self,
         config: &Snapshot,
         registry: &Registry,
-        route: &str,
-        revision: &str,
-        eval_ms: u64,
-        error: &str,
+        key: FleetKey<'_>,
+        (eval_ms, error): (u64, &str),
         now_ms: u64,
     ) -> bool {
+        let FleetKey { route, revision } = key;
         let Some(r) = config.table.route(route) else { return false };
         let Some(f) = self.fleet.get_mut(route).filter(|f| f.fold.revision == revision) else { return false };
         let was_up = f.source.up != Some(false);
