@@ -159,10 +159,10 @@ fn frame(handle: &crate::app::Handle) -> Option<Frame> {
     let now = Instant::now();
     let window = m.canary.window.length().as_secs_f64().max(0.001);
     let s = [m.stable.window.stats(now), m.canary.window.stats(now)];
-    let effective = if route.killed || route.rolled_back { 0 } else { route.weight_bp };
+    let effective = route.effective_weight_bp();
     Some(Frame {
-        state: route.phase.as_str(),
-        step: route.step,
+        state: route.overlay.phase.as_str(),
+        step: route.overlay.step,
         steps: route.progression.as_ref().map_or(0, |p| p.steps.len()),
         weight: f64::from(effective) / 100.0,
         rate: [s[0].requests as f64 / window, s[1].requests as f64 / window],

@@ -42,7 +42,7 @@ impl Unit {
     /// 0 and 100 %) can be compared; overrides, kill and rollback cannot.
     pub fn of(route: &Route, d: &Decision) -> Option<Unit> {
         let (segment, weight_bp) = match d.reason {
-            Reason::Weight => (None, route.weight_bp),
+            Reason::Weight => (None, route.overlay.weight_bp),
             Reason::Segment(i) => (Some(u16::try_from(i).ok()?), route.segments.get(i)?.weight_bp),
             _ => return None,
         };

@@ -70,8 +70,8 @@ pub fn explain(snapshot: &Snapshot, q: &Query, draw: u16) -> Result<Explanation,
     let route = snapshot.table.routes.get(d.route).ok_or("route index out of range")?;
     let backend = route.backend(d.version);
     let weight_bp = match d.reason {
-        routing::Reason::Segment(i) => route.segments.get(i).map_or(route.weight_bp, |s| s.weight_bp),
-        _ => route.weight_bp,
+        routing::Reason::Segment(i) => route.segments.get(i).map_or(route.overlay.weight_bp, |s| s.weight_bp),
+        _ => route.overlay.weight_bp,
     };
     let source = d.bucket.map(|b| match b.source {
         BucketSource::Key(i) => route

@@ -244,7 +244,7 @@ impl Live {
 /// Routes whose canary was just withdrawn (rollback or kill switch, config or
 /// admin) and whose canary WebSockets should be closed, with the close rate.
 fn withdrawn_canaries(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<str>, f64)> {
-    let off = |r: &crate::routing::Route| r.canary.is_some() && (r.killed || r.rolled_back);
+    let off = |r: &crate::routing::Route| r.canary.is_some() && (r.overlay.killed || r.overlay.rolled_back);
     new.table
         .routes
         .iter()

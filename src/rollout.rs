@@ -110,16 +110,21 @@ pub struct Book {
     fleet: BTreeMap<String, fleet::FleetRoute>,
 }
 
+/// What route `r` of the config serves with, given its rollout state.
+fn overlay_of(r: &Route, st: Option<&RouteState>) -> crate::routing::Overlay {
+    let Some(s) = st else { return crate::routing::Overlay::of_config(r.config_weight_bp, r.config_killed) };
+    crate::routing::Overlay {
+        weight_bp: s.weight_bp(r.config_weight_bp, r.progression.as_deref()),
+        killed: r.config_killed || s.killed,
+        rolled_back: s.rolled_back.is_some(),
+        phase: s.phase(r.config_killed),
+        step: s.step,
+    }
+}
+
 /// Canary weight in force for a route of the config, given its state.
 fn effective_bp(r: &Route, st: Option<&RouteState>) -> u16 {
-    if r.canary.is_none() || r.config_killed {
-        return 0;
-    }
-    match st {
-        Some(s) if s.killed || s.rolled_back.is_some() => 0,
-        Some(s) => s.weight_bp(r.config_weight_bp, r.progression.as_deref()),
-        None => r.config_weight_bp,
-    }
+    overlay_of(r, st).effective_bp(r.canary.is_some())
 }
 
 fn canary_revision(r: &Route) -> &str {
@@ -272,12 +277,7 @@ impl Book {
         let mut out = config.clone();
         for r in &mut out.table.routes {
             let st = self.states.get(&*r.name);
-            r.weight_bp = st.map_or(r.config_weight_bp, |s| s.weight_bp(r.config_weight_bp, r.progression.as_deref()));
-            r.killed = r.config_killed || st.is_some_and(|s| s.killed);
-            r.rolled_back = st.is_some_and(|s| s.rolled_back.is_some());
-            r.phase =
-                st.map_or(if r.config_killed { Phase::Killed } else { Phase::Steady }, |s| s.phase(r.config_killed));
-            r.step = st.and_then(|s| s.step);
+            r.overlay = overlay_of(r, st);
         }
         out
     }

@@ -12,7 +12,9 @@ mod table;
 
 pub use bucket::{BUCKETS, BucketCookie, bucket_of, key_hash};
 pub use facts::Facts;
-pub use table::{Backend, HostMatch, KeySource, Override, Phase, Route, Segment, SegmentMatcher, Sticky, Table};
+pub use table::{
+    Backend, HostMatch, KeySource, Overlay, Override, Phase, Route, Segment, SegmentMatcher, Sticky, Table,
+};
 
 /// A role behind a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,10 +110,10 @@ pub fn decide(table: &Table, facts: &Facts<'_>, draw: u16) -> Option<Decision> {
     if route.canary.is_none() {
         return fixed(Version::Stable, Reason::Weight);
     }
-    if route.killed {
+    if route.overlay.killed {
         return fixed(Version::Stable, Reason::KillSwitch);
     }
-    if route.rolled_back {
+    if route.overlay.rolled_back {
         return fixed(Version::Stable, Reason::Rollback);
     }
     if let Some(version) = route.override_.as_ref().and_then(|o| o.read(facts)) {
@@ -120,7 +122,7 @@ pub fn decide(table: &Table, facts: &Facts<'_>, draw: u16) -> Option<Decision> {
     let (bucket, set_cookie) = route.bucket(facts, draw);
     let (weight_bp, reason) = match route.segments.iter().position(|s| s.matches(facts)) {
         Some(i) => (route.segments[i].weight_bp, Reason::Segment(i)),
-        None => (route.weight_bp, Reason::Weight),
+        None => (route.overlay.weight_bp, Reason::Weight),
     };
     let version = if bucket.value < weight_bp { Version::Canary } else { Version::Stable };
     Some(Decision { route: idx, version, reason, bucket: Some(bucket), set_cookie })

@@ -253,7 +253,7 @@ async fn a_burst_of_100_edits_ends_on_the_final_content() {
         eventually(Duration::from_secs(5), || live.load().snapshot.sha256 == want).await,
         "did not settle on the final content"
     );
-    assert_eq!(weir.handle.live.load().snapshot.table.routes[0].weight_bp, 4200);
+    assert_eq!(weir.handle.live.load().snapshot.table.routes[0].overlay.weight_bp, 4200);
     eprintln!("burst of 101 edits settled {:?} after it began", start.elapsed());
 }
 

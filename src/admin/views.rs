@@ -7,7 +7,7 @@ use crate::live::{Live, Served};
 use crate::metrics::{self, Globals, RouteView};
 
 use crate::reload::Reloader;
-use crate::routing::{Route, Version};
+use crate::routing::Version;
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -21,8 +21,8 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader, access_lo
         .map(|(r, m)| RouteView {
             metrics: m,
             config_weight_bp: r.config_weight_bp,
-            effective_weight_bp: effective_bp(r),
-            phase: r.phase,
+            effective_weight_bp: r.effective_weight_bp(),
+            phase: r.overlay.phase,
             shadow: r.shadow.is_some(),
             revision: r.canary.as_ref().map(|c| &*c.revision),
             segments: r.segments.iter().map(|s| s.name.as_str()).collect(),
@@ -43,11 +43,6 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader, access_lo
     )
 }
 
-/// Weight actually in force: 0 while killed or rolled back.
-fn effective_bp(r: &Route) -> u16 {
-    if r.canary.is_none() || r.killed || r.rolled_back { 0 } else { r.weight_bp }
-}
-
 pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
     let r = served.snapshot.table.routes.get(idx)?;
     let m = served.route_metrics.get(idx)?;
@@ -64,9 +59,9 @@ pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
     });
     Some(json!({
         "name": &*r.name,
-        "state": r.phase.as_str(),
-        "step": r.step,
-        "weight": {"config": bp_to_percent(r.config_weight_bp), "effective": bp_to_percent(effective_bp(r))},
+        "state": r.overlay.phase.as_str(),
+        "step": r.overlay.step,
+        "weight": {"config": bp_to_percent(r.config_weight_bp), "effective": bp_to_percent(r.effective_weight_bp())},
         "kill_switch": {"config": r.config_killed, "admin": st.as_ref().is_some_and(|s| s.killed)},
         "rolled_back": rolled_back,
         "streak": st.as_ref().map_or(0, |s| s.streak),

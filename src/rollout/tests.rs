@@ -63,21 +63,21 @@ fn verdicts_are_taken_every_interval_and_a_fail_rolls_back_at_once() {
     assert_eq!((last["verdict"].as_str(), last["test"].as_str()), (Some("fail"), Some("E")), "{last}");
     assert!(book.state("app").unwrap().judge.revision().unwrap().tests[&crate::analysis::Test::E].two.value() > 100.0);
     let eff = book.overlay(&cfg);
-    assert!(app(&eff).rolled_back);
-    assert_eq!(app(&eff).phase, Phase::RolledBack);
+    assert!(app(&eff).overlay.rolled_back);
+    assert_eq!(app(&eff).overlay.phase, Phase::RolledBack);
 
     // A weight edit keeps the latch; reopening the directory too.
     let edited = snapshot(dir.path(), "2", 40);
     book.reconcile(Some(&cfg), &edited, 30_000);
-    assert!(app(&book.overlay(&edited)).rolled_back);
+    assert!(app(&book.overlay(&edited)).overlay.rolled_back);
     drop(book);
     let mut book = Book::open(&edited.state_dir, &edited, &reg, 40_000).unwrap();
-    assert!(app(&book.overlay(&edited)).rolled_back, "latched across a restart");
+    assert!(app(&book.overlay(&edited)).overlay.rolled_back, "latched across a restart");
     let new_rev = snapshot(dir.path(), "3", 40);
     book.reconcile(Some(&edited), &new_rev, 50_000);
     let eff = book.overlay(&new_rev);
-    assert!(!app(&eff).rolled_back);
-    assert_eq!(app(&eff).weight_bp, 4000);
+    assert!(!app(&eff).overlay.rolled_back);
+    assert_eq!(app(&eff).overlay.weight_bp, 4000);
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn admin_steering_refuses_what_does_not_apply() {
     assert!(matches!(book.steer(&cfg, &reg, "app", Steer::Promote, peer, 1), Err(SteerError::Refused(_))));
     assert_eq!(book.steer(&cfg, &reg, "app", Steer::Kill, peer, 1), Ok(true));
     assert_eq!(book.steer(&cfg, &reg, "app", Steer::Kill, peer, 2), Ok(false), "idempotent");
-    assert_eq!(app(&book.overlay(&cfg)).phase, Phase::Killed);
+    assert_eq!(app(&book.overlay(&cfg)).overlay.phase, Phase::Killed);
     assert_eq!(book.steer(&cfg, &reg, "app", Steer::Unkill, peer, 3), Ok(true));
-    assert_eq!(app(&book.overlay(&cfg)).phase, Phase::Steady);
+    assert_eq!(app(&book.overlay(&cfg)).overlay.phase, Phase::Steady);
 }

@@ -224,20 +224,13 @@ pub struct Route {
     pub canary: Option<Backend>,
     /// Weight from the config file, basis points.
     pub config_weight_bp: u16,
-    /// Weight in force (config weight, or a progression step), basis points.
-    pub weight_bp: u16,
     /// `kill_switch` as written in the config file.
     pub config_killed: bool,
-    /// Config `kill_switch` or an admin kill (set by the rollout overlay).
-    pub killed: bool,
-    /// Latched automatic or admin rollback (set by the rollout overlay).
-    pub rolled_back: bool,
     pub analysis: Option<Arc<crate::config::Analysis>>,
     pub progression: Option<Arc<crate::config::Progression>>,
-    /// Rollout state in force (set by the rollout overlay; views only).
-    pub phase: Phase,
-    /// Index into `progression.steps` while progression runs.
-    pub step: Option<usize>,
+    /// What the rollout makes of the config right now (never read from
+    /// the file; set by `rollout::Book::overlay` on every publish).
+    pub overlay: Overlay,
     pub expose_version: bool,
     pub shadow: Option<Arc<crate::config::Shadow>>,
     pub websocket: crate::config::WebSocketPolicy,
@@ -246,7 +239,47 @@ pub struct Route {
     pub segments: Vec<Segment>,
 }
 
+/// The runtime side of a route: its rollout state applied to the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overlay {
+    /// Weight in force (config weight, or a progression step), basis points.
+    pub weight_bp: u16,
+    /// Config `kill_switch` or an admin kill.
+    pub killed: bool,
+    /// Latched automatic or admin rollback.
+    pub rolled_back: bool,
+    /// Rollout state in force (views only).
+    pub phase: Phase,
+    /// Index into `progression.steps` while progression runs.
+    pub step: Option<usize>,
+}
+
+impl Overlay {
+    /// Canary weight in force: 0 without a canary, killed or rolled back.
+    /// The one place this rule lives.
+    pub fn effective_bp(&self, has_canary: bool) -> u16 {
+        if !has_canary || self.killed || self.rolled_back { 0 } else { self.weight_bp }
+    }
+
+    /// The overlay of a config before any rollout state applies.
+    pub fn of_config(weight_bp: u16, killed: bool) -> Self {
+        Self {
+            weight_bp,
+            killed,
+            rolled_back: false,
+            phase: if killed { Phase::Killed } else { Phase::Steady },
+            step: None,
+        }
+    }
+}
+
 impl Route {
+    /// Canary weight actually in force: 0 without a canary, while killed
+    /// or rolled back.
+    pub fn effective_weight_bp(&self) -> u16 {
+        self.overlay.effective_bp(self.canary.is_some())
+    }
+
     pub fn matches(&self, host: &str, path: &str) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))) && path.starts_with(&self.path_prefix)
     }
