@@ -7,6 +7,8 @@
 //! - [`eprocess`]: the e-process arithmetic (likelihood-ratio mixtures) and
 //!   the change detector behind `hold`.
 //! - [`judge`]: one interval in, a verdict with its explanation out.
+//! - [`machine`]: one route's rollout state and what a verdict or a
+//!   steering call does to it (steps, hold, latch), pure.
 //!
 //! Nothing here reads a clock, draws a random number or does I/O. Where the
 //! counts come from (this replica's `evidence` recorder, or a fleet-wide
@@ -15,6 +17,7 @@
 pub mod counts;
 pub mod eprocess;
 pub mod judge;
+pub mod machine;
 
 pub use counts::{CANARY, Cell, EVENTS, Event, Frozen, Interval, STABLE, Stratum, StratumCounts};
 pub use eprocess::{Detector, EProcess};

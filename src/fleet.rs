@@ -25,8 +25,8 @@ pub mod fold;
 pub mod prom;
 pub mod state;
 
+use crate::config::FleetSource;
 use crate::metrics::{EVIDENCE_BAD, EVIDENCE_SHARE, EVIDENCE_UNITS, PROCESS_START, ROLLOUT_CONTROL, ROLLOUT_POSITION};
-use crate::rollout::fleet::Target;
 use prom::quote;
 use std::time::Duration;
 
@@ -66,4 +66,16 @@ pub fn staleness(series: &[fold::Series], t: u64) -> Option<u64> {
 /// The PromQL label matchers of one route's revision.
 pub fn label_filter(t: &Target) -> String {
     format!("route={},revision={}", quote(&t.route), quote(&t.revision))
+}
+
+/// What the fleet task needs to ask Prometheus about one route.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub route: String,
+    pub revision: String,
+    pub source: FleetSource,
+    pub interval_ms: u64,
+    pub segments: Vec<String>,
+    /// Latest evaluation time folded (None: replay from the start).
+    pub through_ms: Option<u64>,
 }

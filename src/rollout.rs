@@ -18,7 +18,8 @@
 
 pub mod fleet;
 pub mod judging;
-pub mod machine;
+/// The rollout state machine lives with the judge, in the domain rung.
+pub use crate::analysis::machine;
 pub mod store;
 
 pub use machine::{Phase, RollbackReason, RouteState};

@@ -21,18 +21,11 @@ const LADDER: &[(&str, &[&str])] = &[
 ];
 
 /// Cycles between two modules of one layer that remain, and why.
-const KNOWN_CYCLES: &[(&str, &str, &str)] = &[
-    (
-        "config",
-        "routing",
-        "config builds the routing table; the table's routes carry config's policy types (analysis, shadow, websocket)",
-    ),
-    (
-        "fleet",
-        "rollout",
-        "the Book's fleet side (rollout::fleet) drives fleet's fold; the fold replays rollout's state machine",
-    ),
-];
+const KNOWN_CYCLES: &[(&str, &str, &str)] = &[(
+    "config",
+    "routing",
+    "config builds the routing table; the table's routes carry config's policy types (analysis, shadow, websocket)",
+)];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

@@ -3,7 +3,7 @@
 //! `unkill` raise it); at one epoch a stronger latch wins: rolled back over
 //! killed over paused over running.
 
-use crate::rollout::RouteState;
+use crate::analysis::machine::RouteState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Control {

@@ -12,10 +12,10 @@
 
 use super::control::{self, Control, KILLED, PAUSED, ROLLED_BACK};
 use super::fold::{Baseline, Evaluation};
+use crate::analysis::machine::RouteState;
+use crate::analysis::machine::{RollbackReason, Transition};
 use crate::analysis::{Interval, Judgement, judge};
 use crate::config::{Analysis, Progression};
-use crate::rollout::RouteState;
-use crate::rollout::machine::{RollbackReason, Transition};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetFold {

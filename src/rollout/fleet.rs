@@ -6,7 +6,7 @@
 
 use super::{Book, Steer, SteerError, at, canary_revision, effective_bp, entry, log_verdict};
 use crate::analysis::Verdict;
-use crate::config::{FleetSource, Snapshot};
+use crate::config::Snapshot;
 use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
 use crate::fleet::fold::{Evaluation, Series};
 use crate::fleet::state::FleetFold;
@@ -50,17 +50,7 @@ pub struct FleetKey<'a> {
     pub revision: &'a str,
 }
 
-/// What the fleet task needs to ask Prometheus about one route.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub route: String,
-    pub revision: String,
-    pub source: FleetSource,
-    pub interval_ms: u64,
-    pub segments: Vec<String>,
-    /// Latest evaluation time folded (None: replay from the start).
-    pub through_ms: Option<u64>,
-}
+pub use crate::fleet::Target;
 
 fn interval_ms(r: &Route) -> u64 {
     r.analysis.as_deref().map_or(10_000, |a| super::machine::duration_ms(a.interval).max(1))
