@@ -236,7 +236,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
         let handshake_timeout = limits.header_read_timeout;
         let (builder, proxy, stop) = (Arc::clone(&builder), Arc::clone(&proxy), stop.clone());
         tracker.spawn(async move {
-            let conn = Conn { builder, proxy, stop, peer, permit: Arc::new(permit) };
+            let conn = ClientConn { builder, proxy, stop, peer, permit: Arc::new(permit) };
             let Some(tls) = tls else {
                 return conn.serve(TokioIo::new(stream), false).await;
             };
@@ -256,7 +256,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
 }
 
 /// One accepted client connection.
-struct Conn {
+struct ClientConn {
     builder: Arc<auto::Builder<TokioExecutor>>,
     proxy: Arc<Proxy>,
     stop: CancellationToken,
@@ -264,12 +264,12 @@ struct Conn {
     permit: ConnPermit,
 }
 
-impl Conn {
+impl ClientConn {
     async fn serve<I>(self, io: TokioIo<I>, https: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn { builder, proxy, stop, peer, permit } = self;
+        let ClientConn { builder, proxy, stop, peer, permit } = self;
         let peer = Arc::new(Peer::new(peer, https, permit));
         let svc = service_fn(move |req| {
             let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));

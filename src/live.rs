@@ -12,7 +12,7 @@
 use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
 use crate::rollout::fleet::FleetKey;
-use crate::rollout::{self, Book, Steer, SteerError};
+use crate::rollout::{self, Rollouts, Steer, SteerError};
 use crate::upstream::Upstream;
 use crate::websocket::Hub;
 use arc_swap::ArcSwap;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// What one request sees.
-pub struct Served {
+pub struct Serving {
     /// The effective snapshot: config with the rollout overlay applied.
     pub snapshot: Arc<Snapshot>,
     /// Config generation (1 at start, +1 per applied reload).
@@ -33,7 +33,7 @@ pub struct Served {
     pub route_metrics: Vec<Arc<RouteMetrics>>,
 }
 
-impl Served {
+impl Serving {
     pub fn upstream(&self, idx: usize) -> Option<&Arc<Upstream>> {
         self.upstreams.get(idx)
     }
@@ -42,11 +42,11 @@ impl Served {
 struct Writer {
     /// The config as loaded, without overlay.
     config: Arc<Snapshot>,
-    book: Book,
+    book: Rollouts,
 }
 
 pub struct Live {
-    current: ArcSwap<Served>,
+    current: ArcSwap<Serving>,
     /// Metric handles by route name, reused across reloads.
     pub registry: Registry,
     writer: Mutex<Writer>,
@@ -68,11 +68,11 @@ impl Live {
     /// Open the rollout state in `snapshot.state_dir` and serve `snapshot`.
     pub fn new(snapshot: Snapshot) -> std::io::Result<Self> {
         let registry = Registry::default();
-        let book = Book::open(&snapshot.state_dir, &snapshot, &registry, rollout::wall_ms())?;
+        let book = Rollouts::open(&snapshot.state_dir, &snapshot, &registry, rollout::wall_ms())?;
         let effective = book.overlay(&snapshot);
         let upstreams = effective.upstreams.iter().map(|s| Arc::new(Upstream::new(s.clone()))).collect();
         let route_metrics = Self::metrics_for(&registry, &effective);
-        let served = Served { snapshot: Arc::new(effective), generation: 1, upstreams, route_metrics };
+        let served = Serving { snapshot: Arc::new(effective), generation: 1, upstreams, route_metrics };
         Ok(Self {
             current: ArcSwap::from_pointee(served),
             registry,
@@ -88,7 +88,7 @@ impl Live {
     }
 
     /// The current table; keep it for the whole request.
-    pub fn load(&self) -> Arc<Served> {
+    pub fn load(&self) -> Arc<Serving> {
         self.current.load_full()
     }
 
@@ -135,7 +135,7 @@ impl Live {
             .collect();
         let route_metrics = Self::metrics_for(&self.registry, &effective);
         let withdrawn = withdrawn_canaries(&old.snapshot, &effective);
-        self.current.store(Arc::new(Served { snapshot: Arc::new(effective), generation, upstreams, route_metrics }));
+        self.current.store(Arc::new(Serving { snapshot: Arc::new(effective), generation, upstreams, route_metrics }));
         // After the swap, so a socket closed here reconnects onto stable.
         for (route, per_second) in withdrawn {
             self.websockets.close_canary(&route, per_second);

@@ -28,7 +28,7 @@ pub use body::RespBody;
 pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record, rfc3339_now};
-use crate::live::{Live, Served};
+use crate::live::{Live, Serving};
 use crate::metrics::RouteMetrics;
 use crate::routing::Version;
 use crate::websocket;
@@ -234,7 +234,7 @@ impl Proxy {
 
     async fn respond(
         &self,
-        served: &Served,
+        served: &Serving,
         peer: &Peer,
         mut req: Request<Incoming>,
         mut done: Box<Completion>,
@@ -270,7 +270,7 @@ impl Proxy {
     /// The request's way through weir, phase by phase (each in `phases`).
     async fn forward(
         &self,
-        served: &Served,
+        served: &Serving,
         peer: &Peer,
         req: Request<Incoming>,
         upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,

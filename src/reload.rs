@@ -43,14 +43,14 @@ impl ReloadError {
 
 /// The socket-level settings fixed at start; changing them needs a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Sockets {
+struct RestartOnly {
     listen: Vec<SocketAddr>,
     admin: SocketAddr,
     max_connections: usize,
     state_dir: PathBuf,
 }
 
-impl Sockets {
+impl RestartOnly {
     fn of(s: &Snapshot) -> Self {
         Self {
             listen: s.listen.clone(),
@@ -64,7 +64,7 @@ impl Sockets {
 pub struct Reloader {
     path: PathBuf,
     live: Arc<Live>,
-    sockets: Sockets,
+    sockets: RestartOnly,
     /// sha256 of the last content we judged (applied or refused), so the
     /// poll and watch paths do not re-log the same bad file over and over.
     last_seen: Mutex<String>,
@@ -75,7 +75,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(path: PathBuf, live: Arc<Live>) -> Self {
         let current = live.load();
-        let sockets = Sockets::of(&current.snapshot);
+        let sockets = RestartOnly::of(&current.snapshot);
         let last_seen = Mutex::new(current.snapshot.sha256.clone());
         Self { path, live, sockets, last_seen, successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
     }
@@ -131,7 +131,7 @@ impl Reloader {
         self.mark_seen(seen_key);
         let started = std::time::Instant::now();
         let snapshot = config::parse(&bytes, &self.path).map_err(|e| self.fail(trigger, e.into()))?;
-        let wanted = Sockets::of(&snapshot);
+        let wanted = RestartOnly::of(&snapshot);
         if wanted != self.sockets {
             let what = describe_socket_change(&self.sockets, &wanted);
             return Err(self.fail(trigger, ReloadError::RestartRequired(what)));
@@ -197,7 +197,7 @@ pub fn cert_dirs(s: &Snapshot) -> Vec<PathBuf> {
     dirs
 }
 
-fn describe_socket_change(old: &Sockets, new: &Sockets) -> String {
+fn describe_socket_change(old: &RestartOnly, new: &RestartOnly) -> String {
     let mut parts = Vec::new();
     if old.listen != new.listen {
         parts.push(format!("listen changed from {:?} to {:?}", old.listen, new.listen));

@@ -7,7 +7,7 @@
 //!   interval, counts taken from the recorder, epochs turned, journal inputs.
 //! - [`machine`]: one route's state and its transitions, pure (time passed in).
 //! - [`store`]: `state_dir/state.json` (atomic replace) and `journal.jsonl`.
-//! - [`Book`] (here): every route's state plus the store. It lives inside
+//! - [`Rollouts`] (here): every route's state plus the store. It lives inside
 //!   `Live`'s writer lock, so reloads, the controller tick and admin calls
 //!   all change state and publish the effective table through one path.
 //!
@@ -102,7 +102,7 @@ struct Taken<'a> {
 }
 
 /// Every route's rollout state and where it is kept.
-pub struct Book {
+pub struct Rollouts {
     states: BTreeMap<String, RouteState>,
     store: Store,
     /// Next verdict per route (monotonic).
@@ -157,7 +157,7 @@ fn entry(
     m
 }
 
-impl Book {
+impl Rollouts {
     /// Open `state_dir`, read what was persisted and fit it to `config`.
     /// Routes whose state could not be read start rolled back (canary at 0 %),
     /// never at some guessed weight.

@@ -58,9 +58,9 @@ fn spread(bucket: u16) -> u16 {
 }
 
 /// A place under the route's `max_in_flight`; freed on drop.
-pub struct Slot(Arc<RouteMetrics>);
+pub struct MirrorPermit(Arc<RouteMetrics>);
 
-impl Slot {
+impl MirrorPermit {
     /// `None` (and the copy counted `dropped`) when the route is at its cap.
     pub fn acquire(metrics: &Arc<RouteMetrics>, max: usize) -> Option<Self> {
         let gate = &metrics.shadow.in_flight;
@@ -73,7 +73,7 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
+impl Drop for MirrorPermit {
     fn drop(&mut self) {
         self.0.shadow.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -109,11 +109,11 @@ impl Mirror {
 }
 
 /// Send `copy` in the background; the caller never waits for it.
-pub fn spawn(copy: Mirror, slot: Slot) {
+pub fn spawn(copy: Mirror, slot: MirrorPermit) {
     tokio::spawn(run(copy, slot));
 }
 
-async fn run(copy: Mirror, slot: Slot) {
+async fn run(copy: Mirror, slot: MirrorPermit) {
     let metrics = Arc::clone(&slot.0);
     let started = Instant::now();
     let deadline = started + copy.timeout;

@@ -74,7 +74,7 @@ async fn evaluate(live: &Arc<Live>, t: &Target, latest: u64, cost: &mut Cost) ->
             return Err(QueryError::Lagging(age));
         }
         let times: Vec<u64> = (0..=(to - from) / t.interval_ms).map(|i| from + i * t.interval_ms).collect();
-        // The fold's baseline lives in the Book: fold there.
+        // The fold's baseline lives in `Rollouts`: fold there.
         let (l, route, revision) = (Arc::clone(live), t.route.clone(), t.revision.clone());
         let _ = tokio::task::spawn_blocking(move || l.fleet_steps(&route, &revision, &series, &times)).await;
         from = to;

@@ -3,7 +3,7 @@
 
 use crate::config::units::bp_to_percent;
 use crate::explain::{self, Query};
-use crate::live::{Live, Served};
+use crate::live::{Live, Serving};
 use crate::metrics::{self, Globals, RouteView};
 
 use crate::reload::Reloader;
@@ -11,7 +11,7 @@ use crate::routing::Version;
 use serde_json::{Value, json};
 use std::time::Instant;
 
-pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader, access_log_dropped: u64) -> String {
+pub fn metrics_text(live: &Live, served: &Serving, reloader: &Reloader, access_log_dropped: u64) -> String {
     let views: Vec<RouteView<'_>> = served
         .snapshot
         .table
@@ -43,7 +43,7 @@ pub fn metrics_text(live: &Live, served: &Served, reloader: &Reloader, access_lo
     )
 }
 
-pub fn route_json(live: &Live, served: &Served, idx: usize) -> Option<Value> {
+pub fn route_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
     let r = served.snapshot.table.routes.get(idx)?;
     let m = served.route_metrics.get(idx)?;
     let now = Instant::now();
@@ -102,12 +102,12 @@ fn evidence_json(m: &crate::metrics::RouteMetrics, st: Option<&crate::rollout::R
     })
 }
 
-pub fn routes_json(live: &Live, served: &Served) -> Value {
+pub fn routes_json(live: &Live, served: &Serving) -> Value {
     Value::Array((0..served.snapshot.table.routes.len()).filter_map(|i| route_json(live, served, i)).collect())
 }
 
 /// Effective config, secrets redacted.
-pub fn config_json(served: &Served) -> Value {
+pub fn config_json(served: &Serving) -> Value {
     let s = &served.snapshot;
     let routes: Vec<Value> = s
         .table
@@ -174,7 +174,7 @@ pub fn config_json(served: &Served) -> Value {
 }
 
 /// `/explain?host=&path=&header=K:V&cookie=K=V&query=...`
-pub fn explain_json(served: &Served, query: Option<&str>, draw: u16) -> Result<Value, String> {
+pub fn explain_json(served: &Serving, query: Option<&str>, draw: u16) -> Result<Value, String> {
     let mut q = Query { path: "/".into(), ..Query::default() };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -4,7 +4,7 @@
 use super::{Completion, Peer, Proxy, ProxyError, version_value};
 use crate::config::{Shadow, Snapshot};
 use crate::headers::{self, X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
-use crate::live::Served;
+use crate::live::Serving;
 use crate::metrics::RouteMetrics;
 use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
@@ -76,7 +76,7 @@ impl Proxy {
     /// Phase 2: Route, version and reason; mirror or not; metrics and evidence.
     pub(super) fn choose<'s>(
         &self,
-        served: &'s Served,
+        served: &'s Serving,
         parts: &Parts,
         admitted: &Admitted,
         upgrading: bool,
@@ -114,7 +114,7 @@ impl Proxy {
     /// method (design §2 step 7); the failure is charged to canary.
     pub(super) async fn upstream_peer(
         &self,
-        served: &Served,
+        served: &Serving,
         c: &mut Choice<'_>,
         started: Instant,
         done: &mut Completion,
@@ -157,7 +157,7 @@ impl Proxy {
     /// the shadow when mirrored.
     pub(super) fn request_body(
         &self,
-        served: &Served,
+        served: &Serving,
         c: &Choice<'_>,
         parts: &Parts,
         body: Incoming,
@@ -282,7 +282,7 @@ pub(super) fn upstream_request_filter(
 /// primary's body, teed when the copy needs it. Never waits. `body`: the
 /// primary's body, whether the request has one, its declared length.
 fn mirror(
-    served: &Served,
+    served: &Serving,
     sh: &Shadow,
     metrics: &Arc<RouteMetrics>,
     parts: &Parts,
@@ -294,7 +294,7 @@ fn mirror(
         return body;
     }
     let Some(upstream) = served.upstream(sh.upstream) else { return body };
-    let Some(slot) = shadow::Slot::acquire(metrics, sh.max_in_flight) else { return body };
+    let Some(slot) = shadow::MirrorPermit::acquire(metrics, sh.max_in_flight) else { return body };
     let (body, copy_body) = if has_body {
         let (tee, rx) = crate::upstream::Tee::new(sh.max_body);
         (body.with_tee(tee), shadow::MirrorBody::Pending(rx))

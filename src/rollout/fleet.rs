@@ -1,10 +1,10 @@
-//! The Book's fleet side: routes whose `analysis.source` names a Prometheus.
+//! The fleet side of `Rollouts`: routes whose `analysis.source` names a Prometheus.
 //! Their verdicts come from `crate::fleet` (the fleet's evidence folded at
 //! aligned evaluation times), not from this replica's own tick; admin
 //! steering is exported for the fleet and served at once here; and the
 //! state served is the fold's, plus whatever steering it has not reached yet.
 
-use super::{Book, Steer, SteerError, at, canary_revision, effective_bp, entry, log_verdict};
+use super::{Rollouts, Steer, SteerError, at, canary_revision, effective_bp, entry, log_verdict};
 use crate::analysis::Verdict;
 use crate::config::Snapshot;
 use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
@@ -56,7 +56,7 @@ fn interval_ms(r: &Route) -> u64 {
     r.analysis.as_deref().map_or(10_000, |a| super::machine::duration_ms(a.interval).max(1))
 }
 
-impl Book {
+impl Rollouts {
     /// Routes in fleet mode, with their fold brought to the config's revision.
     pub fn fleet_targets(&mut self, config: &Snapshot, registry: &Registry) -> Vec<Target> {
         let mut out = Vec::new();

@@ -36,7 +36,7 @@ fn verdicts_are_taken_every_interval_and_a_fail_rolls_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = snapshot(dir.path(), "2", 20);
     let reg = Registry::default();
-    let mut book = Book::open(&cfg.state_dir, &cfg, &reg, 0).unwrap();
+    let mut book = Rollouts::open(&cfg.state_dir, &cfg, &reg, 0).unwrap();
     let t0 = Instant::now();
     let m = reg.route(&app(&cfg).name);
     let record = |n: usize, v: Version, every: usize| {
@@ -71,7 +71,7 @@ fn verdicts_are_taken_every_interval_and_a_fail_rolls_back_at_once() {
     book.reconcile(Some(&cfg), &edited, 30_000);
     assert!(app(&book.overlay(&edited)).overlay.rolled_back);
     drop(book);
-    let mut book = Book::open(&edited.state_dir, &edited, &reg, 40_000).unwrap();
+    let mut book = Rollouts::open(&edited.state_dir, &edited, &reg, 40_000).unwrap();
     assert!(app(&book.overlay(&edited)).overlay.rolled_back, "latched across a restart");
     let new_rev = snapshot(dir.path(), "3", 40);
     book.reconcile(Some(&edited), &new_rev, 50_000);
@@ -85,7 +85,7 @@ fn admin_steering_refuses_what_does_not_apply() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = snapshot(dir.path(), "2", 20);
     let reg = Registry::default();
-    let mut book = Book::open(&cfg.state_dir, &cfg, &reg, 0).unwrap();
+    let mut book = Rollouts::open(&cfg.state_dir, &cfg, &reg, 0).unwrap();
     let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
     assert_eq!(book.steer(&cfg, &reg, "nope", Steer::Kill, peer, 1), Err(SteerError::NoSuchRoute));
     assert!(matches!(book.steer(&cfg, &reg, "app", Steer::Promote, peer, 1), Err(SteerError::Refused(_))));

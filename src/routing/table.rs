@@ -229,7 +229,7 @@ pub struct Route {
     pub analysis: Option<Arc<crate::config::Analysis>>,
     pub progression: Option<Arc<crate::config::Progression>>,
     /// What the rollout makes of the config right now (never read from
-    /// the file; set by `rollout::Book::overlay` on every publish).
+    /// the file; set by `rollout::Rollouts::overlay` on every publish).
     pub overlay: Overlay,
     pub expose_version: bool,
     pub shadow: Option<Arc<crate::config::Shadow>>,
