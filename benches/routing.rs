@@ -82,6 +82,34 @@ fn record_one_request(b: Bencher) {
     b.bench_local(|| m.canary.record(black_box(now), 200, black_box(std::time::Duration::from_micros(1234)), false));
 }
 
+/// Question (issue 19): what would the `metrics` facade with its Prometheus
+/// exporter cost for the same counters (status counter and latency
+/// histogram through cached handles), against weir's own atomics? The
+/// sliding window is weir's either way, so it is left out of both.
+#[divan::bench(args = ["weir", "facade"])]
+fn record_counters(b: Bencher, how: &str) {
+    let registry = weir::metrics::Registry::default();
+    let m = registry.route(&std::sync::Arc::from("app"));
+    if how == "weir" {
+        b.bench_local(|| m.canary.record_counters(200, black_box(std::time::Duration::from_micros(1234))));
+        return;
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&weir::metrics::LATENCY_BOUNDS)
+        .unwrap()
+        .build_recorder();
+    let (c, h) = metrics::with_local_recorder(&recorder, || {
+        (
+            metrics::counter!("weir_requests_total", "route" => "app", "version" => "canary", "code" => "200"),
+            metrics::histogram!("weir_request_duration_seconds", "route" => "app", "version" => "canary"),
+        )
+    });
+    b.bench_local(|| {
+        c.increment(1);
+        h.record(black_box(0.001234));
+    });
+}
+
 /// Question (judgement): what does the evidence recorder add per request —
 /// classify against the frozen lines and count, per request (anonymous) and
 /// per user (two counted-user filter probes per scope)?

@@ -121,20 +121,25 @@ impl VersionMetrics {
         self.rtt_window.record(now, d, false);
     }
 
-    /// One finished request: status (`0` = no response), latency, error per design §6.
-    pub fn record(&self, now: Instant, status: u16, latency: Duration, error: bool) {
+    /// The exported counters of one finished request (no sliding window).
+    pub fn record_counters(&self, status: u16, latency: Duration) {
         let idx = if (100..600).contains(&status) { usize::from(status) } else { 0 };
         if let Some(c) = self.codes.get(idx) {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let secs = latency.as_secs_f64();
-        // Non-cumulative here; made cumulative when rendered.
         if let Some(b) = LATENCY_BOUNDS.iter().position(|le| secs <= *le).and_then(|i| self.buckets.get(i)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.slo.record(latency);
         self.sum_us.fetch_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One finished request: status (`0` = no response), latency, error per design §6.
+    pub fn record(&self, now: Instant, status: u16, latency: Duration, error: bool) {
+        // Histogram counts are non-cumulative here; made cumulative when rendered.
+        self.record_counters(status, latency);
         self.window.record(now, latency, error);
     }
 
