@@ -94,10 +94,11 @@ fn record_counters(b: Bencher, how: &str) {
         b.bench_local(|| m.canary.record_counters(200, black_box(std::time::Duration::from_micros(1234))));
         return;
     }
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&weir::metrics::LATENCY_BOUNDS)
-        .unwrap()
-        .build_recorder();
+    let Ok(builder) = metrics_exporter_prometheus::PrometheusBuilder::new().set_buckets(&weir::metrics::LATENCY_BOUNDS)
+    else {
+        return;
+    };
+    let recorder = builder.build_recorder();
     let (c, h) = metrics::with_local_recorder(&recorder, || {
         (
             metrics::counter!("weir_requests_total", "route" => "app", "version" => "canary", "code" => "200"),
