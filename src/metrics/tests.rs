@@ -1,3 +1,6 @@
+//! Unit tests of the metric handles and their rendering (a `#[cfg(test)]`
+//! module of `metrics`).
+
 use super::*;
 
 #[test]

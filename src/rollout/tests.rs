@@ -1,4 +1,4 @@
-//! The book with injected time: verdicts are due every `interval`, a fail
+//! (A `#[cfg(test)]` module.) Rollouts with injected time: verdicts are due every `interval`, a fail
 //! rolls back at once and publishes weight 0 in the overlay, the latch and
 //! the judge's state survive a config change and a reopen of the state
 //! directory, and a new revision clears them.

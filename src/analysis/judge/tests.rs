@@ -1,5 +1,6 @@
-//! The judge with hand-made intervals: what fires, what holds, what passes,
-//! and the arithmetic of the α budget. Seeded randomness only.
+//! The judge with hand-made intervals (a `#[cfg(test)]` module): what fires,
+//! what holds, what passes, and the arithmetic of the α budget. Seeded
+//! randomness only.
 
 use super::*;
 use crate::analysis::counts::{Frozen, Stratum, StratumCounts};

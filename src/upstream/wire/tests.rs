@@ -1,3 +1,7 @@
+//! Unit tests of the HTTP/1.1 exchange (a `#[cfg(test)]` module of `wire`):
+//! request heads, response heads and framing, chunked decoding at every cut,
+//! every limit on bytes received.
+
 use super::*;
 use crate::upstream::ReqBody;
 use proptest::prelude::*;
