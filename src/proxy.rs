@@ -206,7 +206,7 @@ impl Proxy {
     pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         let served = self.live.load();
-        let done = Box::new(Completion {
+        let completion = Box::new(Completion {
             log: Arc::clone(&self.log),
             metrics: None,
             start,
@@ -225,7 +225,7 @@ impl Proxy {
             unit: None,
         });
         let http1 = req.version() <= http::Version::HTTP_11;
-        let mut resp = self.respond(&served, peer, req, done).await;
+        let mut resp = self.respond(&served, peer, req, completion).await;
         if http1 && self.draining.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -237,32 +237,32 @@ impl Proxy {
         served: &Serving,
         peer: &Peer,
         mut req: Request<Incoming>,
-        mut done: Box<Completion>,
+        mut completion: Box<Completion>,
     ) -> Response<RespBody> {
         match InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight) {
-            Some(slot) => done._slot = Some(slot),
-            None => return local_response(&ProxyError::Overloaded, done),
+            Some(slot) => completion._slot = Some(slot),
+            None => return local_response(&ProxyError::Overloaded, completion),
         }
         // A WebSocket handshake: take the client side of the upgrade now,
         // before the request is taken apart.
         let upgrade =
             websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let upgrade = upgrade.map(|u| (u, Arc::clone(&peer.permit)));
-        match self.forward(served, peer, req, upgrade, &mut done).await {
+        match self.forward(served, peer, req, upgrade, &mut completion).await {
             Ok(resp) => {
-                if let Some(tx) = done.shadow_status.take() {
+                if let Some(tx) = completion.shadow_status.take() {
                     let _ = tx.send(resp.status().as_u16());
                 }
-                resp.map(|b| RespBody::upstream(b, Some(done)))
+                resp.map(|b| RespBody::upstream(b, Some(completion)))
             }
             Err(e) => {
-                if let Some(tx) = done.shadow_status.take() {
+                if let Some(tx) = completion.shadow_status.take() {
                     let _ = tx.send(e.status().as_u16());
                 }
-                if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &done.metrics) {
+                if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &completion.metrics) {
                     m.version(*v).upstream_error(ue.kind());
                 }
-                local_response(&e, done)
+                local_response(&e, completion)
             }
         }
     }
@@ -274,38 +274,38 @@ impl Proxy {
         peer: &Peer,
         req: Request<Incoming>,
         upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
-        done: &mut Completion,
+        completion: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let admitted = self.request_filter(&served.snapshot, &parts, done)?;
-        let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), done)?;
+        let admitted = self.request_filter(&served.snapshot, &parts, completion)?;
+        let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), completion)?;
         let upstream_start = Instant::now();
-        let conn = self.upstream_peer(served, &mut choice, upstream_start, done).await?;
-        phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrade.is_some(), done);
-        let req_body = self.request_body(served, &choice, &parts, body, admitted.declared, done);
+        let conn = self.upstream_peer(served, &mut choice, upstream_start, completion).await?;
+        phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrade.is_some(), completion);
+        let req_body = self.request_body(served, &choice, &parts, body, admitted.declared, completion);
         let upstream = served.upstream(choice.route.backend(choice.version).upstream).ok_or(ProxyError::NoRoute)?;
         let req = Request::from_parts(parts, req_body);
         let resp =
             if upgrade.is_some() { upstream.send_upgrade(conn, req).await? } else { upstream.send(conn, req).await? };
-        if done.fields.is_some() {
-            done.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
+        if completion.fields.is_some() {
+            completion.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
         }
-        self.response_filter(&choice, resp, upgrade, done)
+        self.response_filter(&choice, resp, upgrade, completion)
     }
 }
 
 /// The response weir itself generates for an error.
-fn local_response(err: &ProxyError, mut done: Box<Completion>) -> Response<RespBody> {
+fn local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response<RespBody> {
     let status = err.status();
-    done.status = status.as_u16();
-    done.flags.push(err.tag());
+    completion.status = status.as_u16();
+    completion.flags.push(err.tag());
     match err.fault() {
         error::Fault::Upstream => tracing::warn!(error = %err, status = status.as_u16(), "upstream failure"),
         error::Fault::Ours => tracing::warn!(error = %err, status = status.as_u16(), "request refused"),
         error::Fault::Client => tracing::debug!(error = %err, status = status.as_u16(), "bad request"),
     }
     let text = Bytes::from(format!("weir: {}\n", status.canonical_reason().unwrap_or("error")));
-    let mut resp = Response::new(RespBody::local(text, Some(done)));
+    let mut resp = Response::new(RespBody::local(text, Some(completion)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp.headers_mut().insert("x-weir-error", HeaderValue::from_static(err.tag()));

@@ -20,20 +20,20 @@ pub struct RespBody {
     bytes_out: u64,
     /// Set once the upstream body ended cleanly (or for local bodies).
     complete: bool,
-    done: Option<Box<Completion>>,
+    completion: Option<Box<Completion>>,
 }
 
 impl RespBody {
-    pub fn upstream(body: PooledBody, done: Option<Box<Completion>>) -> Self {
-        Self { inner: Inner::Upstream(body), bytes_out: 0, complete: false, done }
+    pub fn upstream(body: PooledBody, completion: Option<Box<Completion>>) -> Self {
+        Self { inner: Inner::Upstream(body), bytes_out: 0, complete: false, completion }
     }
 
-    pub fn local(text: Bytes, done: Option<Box<Completion>>) -> Self {
-        Self { inner: Inner::Local(Some(text)), bytes_out: 0, complete: true, done }
+    pub fn local(text: Bytes, completion: Option<Box<Completion>>) -> Self {
+        Self { inner: Inner::Local(Some(text)), bytes_out: 0, complete: true, completion }
     }
 
     pub fn empty() -> Self {
-        Self { inner: Inner::Local(None), bytes_out: 0, complete: true, done: None }
+        Self { inner: Inner::Local(None), bytes_out: 0, complete: true, completion: None }
     }
 }
 
@@ -69,9 +69,9 @@ impl Body for RespBody {
                         let idle = e
                             .downcast_ref::<crate::upstream::BodyError>()
                             .is_some_and(|b| matches!(b, crate::upstream::BodyError::Idle(_)));
-                        if idle && let Some(done) = this.done.as_mut() {
-                            done.flags.push("upstream_body_timeout");
-                            if let Some((m, v)) = &done.metrics {
+                        if idle && let Some(completion) = this.completion.as_mut() {
+                            completion.flags.push("upstream_body_timeout");
+                            if let Some((m, v)) = &completion.metrics {
                                 m.version(*v).upstream_error(crate::labels::ErrorKind::Timeout);
                             }
                         }
@@ -100,9 +100,9 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
+        if let Some(completion) = self.completion.take() {
             let complete = self.complete || self.is_end_stream();
-            done.finish(self.bytes_out, complete);
+            completion.finish(self.bytes_out, complete);
         }
     }
 }

@@ -47,7 +47,7 @@ impl Proxy {
         &self,
         snap: &Snapshot,
         parts: &Parts,
-        done: &mut Completion,
+        completion: &mut Completion,
     ) -> Result<Admitted, ProxyError> {
         if parts.version <= http::Version::HTTP_11 {
             headers::check_framing(&parts.headers).map_err(ProxyError::Framing)?;
@@ -62,7 +62,7 @@ impl Proxy {
             _ if authority.is_empty() => None,
             _ => HeaderValue::from_str(authority).ok(),
         };
-        if let Some(f) = done.fields.as_mut() {
+        if let Some(f) = completion.fields.as_mut() {
             authority.clone_into(&mut f.authority);
             f.trace_id = headers::trace_id(&parts.headers).map(str::to_owned);
         }
@@ -80,7 +80,7 @@ impl Proxy {
         parts: &Parts,
         admitted: &Admitted,
         upgrading: bool,
-        done: &mut Completion,
+        completion: &mut Completion,
     ) -> Result<Choice<'s>, ProxyError> {
         let snap = &served.snapshot;
         let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -104,8 +104,8 @@ impl Proxy {
                     rand::rng().random_range(0..BUCKETS),
                 )
         });
-        done.metrics = metrics.as_ref().map(|m| (Arc::clone(m), decision.version));
-        done.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
+        completion.metrics = metrics.as_ref().map(|m| (Arc::clone(m), decision.version));
+        completion.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
         Ok(Choice { route, version: decision.version, reason: decision.reason, decision, metrics, mirror })
     }
 
@@ -117,7 +117,7 @@ impl Proxy {
         served: &Serving,
         c: &mut Choice<'_>,
         started: Instant,
-        done: &mut Completion,
+        completion: &mut Completion,
     ) -> Result<Conn, ProxyError> {
         let pick = |v: Version| served.upstream(c.route.backend(v).upstream).ok_or(ProxyError::NoRoute);
         let conn = match pick(c.version)?.connect().await {
@@ -127,13 +127,13 @@ impl Proxy {
                 if let Some(m) = &c.metrics {
                     m.canary.upstream_error(e.kind());
                     m.canary.window.record(Instant::now(), started.elapsed(), true);
-                    if let Some(u) = done.unit.take() {
+                    if let Some(u) = completion.unit.take() {
                         m.evidence.record(&u, Version::Canary, true, Some(started.elapsed()));
                     }
                 }
                 (c.version, c.reason) = (Version::Stable, Reason::Fallback);
-                done.flags.push("fallback");
-                done.metrics = c.metrics.as_ref().map(|m| (Arc::clone(m), Version::Stable));
+                completion.flags.push("fallback");
+                completion.metrics = c.metrics.as_ref().map(|m| (Arc::clone(m), Version::Stable));
                 pick(Version::Stable)?.connect().await?
             }
             Err(e) => return Err(e.into()),
@@ -141,7 +141,7 @@ impl Proxy {
         if let Some(m) = &c.metrics {
             m.version(c.version).decision(c.reason);
         }
-        if let Some(f) = done.fields.as_mut() {
+        if let Some(f) = completion.fields.as_mut() {
             let backend = c.route.backend(c.version);
             f.route = Some(Arc::clone(&c.route.name));
             f.version = Some(c.version);
@@ -162,19 +162,19 @@ impl Proxy {
         parts: &Parts,
         body: Incoming,
         declared: Option<u64>,
-        done: &mut Completion,
+        completion: &mut Completion,
     ) -> ReqBody {
         let limits = &served.snapshot.limits;
         let has_body = !hyper::body::Body::is_end_stream(&body) && parts.method != Method::HEAD;
         let req_body = if has_body {
-            let counter = done.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
-            done.bytes_in.clone_from(&counter);
+            let counter = completion.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
+            completion.bytes_in.clone_from(&counter);
             ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter)
         } else {
             ReqBody::empty()
         };
         match (c.mirror, c.metrics.as_ref()) {
-            (Some(sh), Some(m)) => mirror(served, sh, m, parts, (req_body, has_body, declared), done),
+            (Some(sh), Some(m)) => mirror(served, sh, m, parts, (req_body, has_body, declared), completion),
             _ => req_body,
         }
     }
@@ -186,7 +186,7 @@ impl Proxy {
         c: &Choice<'_>,
         mut resp: Response<PooledBody>,
         upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
-        done: &mut Completion,
+        completion: &mut Completion,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched {
@@ -210,7 +210,7 @@ impl Proxy {
                     rtt_interval: policy.rtt_interval,
                 },
                 permit,
-                unit: done.unit,
+                unit: completion.unit,
             };
             self.live.websockets.spawn(socket, client, upstream_side);
         }
@@ -228,9 +228,9 @@ impl Proxy {
             && let Ok(v) = HeaderValue::from_str(&cookie.set_cookie_header(bucket))
         {
             rparts.headers.append(SET_COOKIE, v);
-            done.flags.push("bucket_cookie_set");
+            completion.flags.push("bucket_cookie_set");
         }
-        done.status = rparts.status.as_u16();
+        completion.status = rparts.status.as_u16();
         Ok(Response::from_parts(rparts, rbody))
     }
 }
@@ -242,7 +242,7 @@ pub(super) fn upstream_request_filter(
     authority: Option<HeaderValue>,
     parts: &mut Parts,
     upgrading: bool,
-    done: &mut Completion,
+    completion: &mut Completion,
 ) {
     // Room for the headers added below, so the map grows at most once.
     parts.headers.reserve(8);
@@ -257,7 +257,7 @@ pub(super) fn upstream_request_filter(
     if parts.headers.get(&X_REQUEST_ID).is_none_or(|v| v.to_str().is_err()) {
         parts.headers.insert(&X_REQUEST_ID, headers::new_request_id(rand::rng().random::<u128>()));
     }
-    if let Some(f) = done.fields.as_mut() {
+    if let Some(f) = completion.fields.as_mut() {
         let id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
         id.clone_into(&mut f.request_id);
     }
@@ -287,7 +287,7 @@ fn mirror(
     metrics: &Arc<RouteMetrics>,
     parts: &Parts,
     (body, has_body, declared): (ReqBody, bool, Option<u64>),
-    done: &mut Completion,
+    completion: &mut Completion,
 ) -> ReqBody {
     if declared.is_some_and(|n| n > sh.max_body) {
         metrics.shadow.outcome(crate::metrics::ShadowOutcome::SkippedBody);
@@ -302,7 +302,7 @@ fn mirror(
         (body, shadow::MirrorBody::Empty)
     };
     let (tx, primary) = tokio::sync::oneshot::channel();
-    done.shadow_status = Some(tx);
+    completion.shadow_status = Some(tx);
     let copy = shadow::Mirror {
         upstream: Arc::clone(upstream),
         timeout: sh.timeout,
