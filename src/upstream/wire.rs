@@ -243,13 +243,8 @@ pub async fn exchange(
         tokio::select! {
             biased;
             sent = &mut send, if !body_done && write_failed.is_none() => {
-                match sent {
-                    Ok(()) => body_done = true,
-                    Err(Sent::Body(e)) => return Err(ExchangeError::Body(e)),
-                    Err(Sent::Stalled(d)) => return Err(ExchangeError::Stalled(d)),
-                    // Keep listening: the upstream may have answered and closed.
-                    Err(Sent::Io(e)) => write_failed = Some(e),
-                }
+                write_failed = upload_ended(sent)?;
+                body_done = write_failed.is_none();
                 request_ended = true;
                 timer.as_mut().reset(tokio::time::Instant::now() + deadlines.head);
             },
@@ -306,12 +301,9 @@ pub async fn exchange_streaming(
             tokio::select! {
                 biased;
                 (wr, sent) = &mut upload, if !request_ended => {
-                    match sent {
-                        Ok(()) => sent_all = Some(wr),
-                        Err(Sent::Body(e)) => return Err(ExchangeError::Body(e)),
-                        Err(Sent::Stalled(d)) => return Err(ExchangeError::Stalled(d)),
-                        // Keep listening: the upstream may have answered and closed.
-                        Err(Sent::Io(e)) => write_failed = Some(e),
+                    write_failed = upload_ended(sent)?;
+                    if write_failed.is_none() {
+                        sent_all = Some(wr);
                     }
                     request_ended = true;
                     timer.as_mut().reset(tokio::time::Instant::now() + deadlines.head);
@@ -352,6 +344,18 @@ enum Sent {
     Body(super::UpstreamError),
     /// The upstream took nothing for this long.
     Stalled(Duration),
+}
+
+/// How an upload ended, for the exchange: a body or stall error ends it;
+/// a failed write does not (the upstream may have answered and closed), it
+/// is kept to report if no answer comes.
+fn upload_ended(sent: Result<(), Sent>) -> Result<Option<io::Error>, ExchangeError> {
+    match sent {
+        Ok(()) => Ok(None),
+        Err(Sent::Body(e)) => Err(ExchangeError::Body(e)),
+        Err(Sent::Stalled(d)) => Err(ExchangeError::Stalled(d)),
+        Err(Sent::Io(e)) => Ok(Some(e)),
+    }
 }
 
 /// One write, cut off when the upstream takes nothing for `limit`.
