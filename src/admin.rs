@@ -191,13 +191,21 @@ fn authorize<B>(state: &AdminState, req: &Request<B>) -> Result<(), (StatusCode,
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if tokens_equal(given.trim(), &expected) {
         Ok(())
     } else {
         Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n"))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1): `bearer`, `BEARER` work too; one or
+/// more spaces may separate it from the token.
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim_start())
 }
 
 /// Constant-time token comparison: hashing first makes the comparison
@@ -210,7 +218,17 @@ pub fn tokens_equal(given: &str, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::tokens_equal;
+    use super::{bearer_token, tokens_equal};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR   s3cret"] {
+            assert_eq!(bearer_token(v), Some("s3cret"), "{v}");
+        }
+        for v in ["Basic s3cret", "Bearers3cret", "s3cret", "", "Token s3cret"] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
+    }
 
     #[test]
     fn token_comparison() {

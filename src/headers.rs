@@ -197,9 +197,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
     }
+    if seen.lookalike {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| framing_lookalike(n)).cloned().collect();
+        for n in names {
+            headers.remove(n);
+        }
+    }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Names that framing or hop-by-hop names become when a server reads `_` as
+/// `-` (some CGI-style servers and frameworks do): `Transfer_Encoding`,
+/// `Content_Length`, `Proxy_Connection`. Forwarded, they could make the next
+/// hop read a different message boundary than weir did, so they are dropped
+/// in both directions, as nginx does with `underscores_in_headers off`.
+const LOOKALIKES: [&str; 9] = [
+    "te",
+    "host",
+    "trailer",
+    "upgrade",
+    "connection",
+    "keep-alive",
+    "content-length",
+    "proxy-connection",
+    "transfer-encoding",
+];
+
+/// True for a header name that contains `_` and equals a framing or
+/// hop-by-hop name once every `_` is read as `-`.
+pub fn framing_lookalike(n: &HeaderName) -> bool {
+    let s = n.as_str().as_bytes();
+    if !matches!(s.len(), 2 | 4 | 7 | 10 | 14 | 16 | 17) || !s.contains(&b'_') {
+        return false;
+    }
+    LOOKALIKES.iter().any(|want| {
+        want.len() == s.len() && want.bytes().zip(s).all(|(w, &c)| w == c || (w == b'-' && c == b'_'))
+    })
 }
 
 /// Which hop-by-hop names a header map holds.
@@ -212,6 +247,7 @@ struct Hop {
     trailer: bool,
     upgrade: bool,
     te: bool,
+    lookalike: bool,
 }
 
 impl Hop {
@@ -232,6 +268,8 @@ impl Hop {
             self.keep_alive = true;
         } else if n.as_str().len() == 16 && n == PROXY_CONNECTION {
             self.proxy_connection = true;
+        } else if framing_lookalike(n) {
+            self.lookalike = true;
         }
     }
 
@@ -242,7 +280,8 @@ impl Hop {
             || self.transfer_encoding
             || self.trailer
             || self.upgrade
-            || self.te)
+            || self.te
+            || self.lookalike)
     }
 }
 
@@ -383,6 +422,24 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["te", "x-keep"]);
         assert_eq!(h.get(TE), Some(&HeaderValue::from_static("trailers")));
+    }
+
+    #[test]
+    fn names_that_read_as_framing_with_underscores_are_dropped() {
+        let mut h = HeaderMap::new();
+        for k in ["transfer_encoding", "content_length", "proxy_connection", "te_", "x_forwarded_for", "host"] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static("chunked"));
+        }
+        h.append(HeaderName::from_static("keep_alive"), HeaderValue::from_static("1"));
+        h.append(HeaderName::from_static("t_e"), HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        // `te_` and `t_e` are not lookalikes (length or letters differ);
+        // `x_forwarded_for` is harmless; `host` is a real Host, kept.
+        assert_eq!(names, ["host", "t_e", "te_", "x_forwarded_for"]);
+        assert!(framing_lookalike(&HeaderName::from_static("transfer_encoding")));
+        assert!(!framing_lookalike(&TRANSFER_ENCODING));
     }
 
     #[test]

@@ -61,6 +61,9 @@ impl RestartOnly {
     }
 }
 
+/// How long an empty or missing config file is taken for one being written.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Reloader {
     path: PathBuf,
     live: Arc<Live>,
@@ -68,6 +71,11 @@ pub struct Reloader {
     /// sha256 of the last content we judged (applied or refused), so the
     /// poll and watch paths do not re-log the same bad file over and over.
     last_seen: Mutex<String>,
+    /// When the watch or poll first found the file empty or missing, the
+    /// usual look of a file in the middle of being written (an in-place
+    /// write truncates first; a vim-style save renames the old file away
+    /// first). Only a file still empty or missing `SETTLE` later is refused.
+    settling_since: Mutex<Option<std::time::Instant>>,
     successes: AtomicU64,
     failures: AtomicU64,
 }
@@ -77,7 +85,15 @@ impl Reloader {
         let current = live.load();
         let sockets = RestartOnly::of(&current.snapshot);
         let last_seen = Mutex::new(current.snapshot.sha256.clone());
-        Self { path, live, sockets, last_seen, successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
+        Self {
+            path,
+            live,
+            sockets,
+            last_seen,
+            settling_since: Mutex::new(None),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
     }
 
     pub fn live(&self) -> &Arc<Live> {
@@ -100,7 +116,16 @@ impl Reloader {
     /// we already refused, say nothing and count nothing (watch/poll use
     /// this; explicit triggers do not).
     pub fn reload(&self, trigger: &'static str, quiet_repeat: bool) -> Result<Outcome, ReloadError> {
-        let bytes = match crate::files::read_capped(&self.path, crate::files::MAX_CONFIG) {
+        let read = crate::files::read_capped(&self.path, crate::files::MAX_CONFIG);
+        let mid_write = match &read {
+            Ok(b) => b.is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if quiet_repeat && self.still_settling(mid_write) {
+            tracing::debug!(trigger, "config file empty or missing; waiting for the write to finish");
+            return Ok(Outcome::Unchanged { generation: self.live.load().generation });
+        }
+        let bytes = match read {
             Ok(b) => b,
             Err(source) => {
                 let seen = format!("unreadable:{}", source.kind());
@@ -149,6 +174,24 @@ impl Reloader {
             "config reloaded"
         );
         Ok(Outcome::Applied { generation, sha256: sha })
+    }
+
+    /// For automatic triggers: true while an empty or missing file has been
+    /// so for less than `SETTLE` (the write that follows will trigger the
+    /// watch again; the poll reports a file that stays that way).
+    fn still_settling(&self, mid_write: bool) -> bool {
+        let Ok(mut since) = self.settling_since.lock() else { return false };
+        if !mid_write {
+            *since = None;
+            return false;
+        }
+        let first = *since.get_or_insert_with(std::time::Instant::now);
+        first.elapsed() < SETTLE
+    }
+
+    /// True while an empty or missing file is given time to be written.
+    pub fn settling(&self) -> bool {
+        self.settling_since.lock().is_ok_and(|s| s.is_some())
     }
 
     fn seen(&self, sha: &str) -> bool {

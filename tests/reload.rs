@@ -330,6 +330,9 @@ async fn admin_reload_reports_generation_or_problems_and_honours_the_token() {
     };
     assert_eq!(post(None).await.unwrap().status(), 401);
     assert_eq!(post(Some("Bearer wrong")).await.unwrap().status(), 401);
+    assert_eq!(post(Some("Basic t0ken")).await.unwrap().status(), 401);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    assert_eq!(post(Some("bearer t0ken")).await.unwrap().status(), 200);
     let resp = post(Some("Bearer t0ken")).await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();

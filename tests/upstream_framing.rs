@@ -56,6 +56,19 @@ fn answer(path: &str) -> (Vec<u8>, bool) {
             v.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
             (v, false)
         }
+        // An endless-looking stream of interim responses before the answer.
+        "/interim-flood" => {
+            let mut v = a("HTTP/1.1 102 Processing\r\n\r\n").repeat(1000);
+            v.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            (v, false)
+        }
+        // A trailer line ended by a bare LF, and a second response behind it
+        // that a lenient reader would take as the answer to the next request.
+        "/trailer-lf" => (
+            a("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\n\
+               HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled\r\n\r\n"),
+            false,
+        ),
         "/early" => (a("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"), true),
         _ => (a("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), false),
     }
@@ -205,4 +218,28 @@ async fn a_response_framed_two_ways_reaches_the_client_whole_and_a_fat_head_is_r
     let (s, h, _) = call(&w, Method::GET, "/fat-head", b"").await;
     assert_eq!(s, 502);
     assert_eq!(h.get("x-weir-error").map(|v| v.as_bytes()), Some(&b"upstream_protocol"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_floods_and_bare_lf_in_trailers_are_refused() {
+    let up = Scripted::start().await;
+    let (_u, w) = weir_in_front(up.addr).await;
+    let (s, h, _) = call(&w, Method::GET, "/interim-flood", b"").await;
+    assert_eq!(s, 502, "1,000 interim responses are not skipped one by one");
+    assert_eq!(h.get("x-weir-error").map(|v| v.as_bytes()), Some(&b"upstream_protocol"[..]));
+
+    // The head is already forwarded when the bad trailer arrives: the client
+    // sees its body cut (an error, never a clean end), and the bytes behind
+    // the trailer never answer anyone.
+    let req = Request::get(w.url("/trailer-lf")).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect()).await.unwrap();
+    assert!(body.is_err(), "a body cut by bad framing must not look complete");
+    let before = up.connections.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        let (s, _, b) = call(&w, Method::GET, "/after", b"").await;
+        assert_eq!((s, &b[..]), (200, &b"ok"[..]), "the smuggled response answered nobody");
+    }
+    assert!(up.connections.load(Ordering::Relaxed) > before, "the broken connection was not reused");
 }

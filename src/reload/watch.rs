@@ -77,6 +77,9 @@ async fn run(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate: it catches an edit made between loading
     // the config and registering the watch.
+    // Set while the file is empty or missing: look again once it has had
+    // time to be written, so a file that stays so is reported promptly.
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
         let trigger = tokio::select! {
             _ = stop.cancelled() => break,
@@ -85,10 +88,26 @@ async fn run(
                 debounce(&mut rx).await;
                 "watch"
             }
+            () = sleep_until_some(recheck) => "recheck",
         };
         let r = Arc::clone(&reloader);
         // Reading and validating is blocking work; keep it off the workers.
         let _ = tokio::task::spawn_blocking(move || r.reload(trigger, true)).await;
+        recheck = match (reloader.settling(), recheck) {
+            // Settled either way: applied, or reported by that recheck.
+            _ if trigger == "recheck" => None,
+            (false, _) => None,
+            (true, Some(at)) => Some(at),
+            (true, None) => Some(tokio::time::Instant::now() + super::SETTLE + DEBOUNCE),
+        };
+    }
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

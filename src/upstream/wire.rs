@@ -31,6 +31,10 @@ use tokio::net::TcpStream;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 128;
+/// Interim (1xx) responses accepted before the final one. Each is skipped;
+/// an upstream sending an endless stream of them would otherwise keep a
+/// core busy until `request_timeout`.
+pub const MAX_INTERIM: usize = 16;
 /// Longest chunk-size line (with extensions) or trailer section.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -443,12 +447,19 @@ async fn read_head(
     method: &Method,
 ) -> Result<Head, ExchangeError> {
     let mut answered = false;
+    let mut interim = 0;
     loop {
         if !buf.is_empty() {
             answered = true;
             match parse_head(buf, method)? {
                 Parsed::Done(head) => return Ok(head),
-                Parsed::Interim => continue,
+                Parsed::Interim => {
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(too_many_interim());
+                    }
+                    continue;
+                }
                 Parsed::Partial => {}
             }
             if buf.len() >= MAX_HEAD {
@@ -467,6 +478,14 @@ async fn read_head(
             Err(error) => return Err(ExchangeError::Io { error, answered, unsent: false }),
         }
     }
+}
+
+fn too_many_interim() -> ExchangeError {
+    ExchangeError::Protocol(too_many_interim_why())
+}
+
+fn too_many_interim_why() -> String {
+    format!("more than {MAX_INTERIM} interim (1xx) responses")
 }
 
 mod response;

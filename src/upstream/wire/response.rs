@@ -251,7 +251,7 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
     loop {
         match state {
             Chunk::Size => {
-                let eol = match find_crlf(buf) {
+                let eol = match find_line(buf)? {
                     Some(eol) if eol <= MAX_CHUNK_LINE => eol,
                     Some(_) => return Err(BodyError::Chunked("chunk-size line too long")),
                     None if buf.len() > MAX_CHUNK_LINE => {
@@ -298,7 +298,7 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
             }
             Chunk::Trailers(seen) => {
                 // The section's limit counts every byte of it, line by line.
-                let eol = match find_crlf(buf) {
+                let eol = match find_line(buf)? {
                     Some(eol) if *seen + eol + 2 <= MAX_TRAILERS => eol,
                     Some(_) => return Err(BodyError::Chunked("trailer section too long")),
                     None if *seen + buf.len() > MAX_TRAILERS => {
@@ -316,8 +316,25 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
     }
 }
 
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
+/// The length of the next line of chunked framing (a size line or a trailer
+/// line) when its CRLF has arrived. A bare LF or CR is refused, not taken as
+/// part of the line: a peer that ends lines with LF alone could otherwise
+/// hide what follows (the next response) inside a trailer.
+fn find_line(buf: &[u8]) -> Result<Option<usize>, BodyError> {
+    let Some(lf) = buf.iter().position(|b| *b == b'\n') else {
+        return if buf.iter().position(|b| *b == b'\r').is_some_and(|cr| cr + 1 < buf.len()) {
+            Err(BodyError::Chunked("bare CR in chunked framing"))
+        } else {
+            Ok(None)
+        };
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(BodyError::Chunked("bare LF in chunked framing"));
+    }
+    if buf[..lf - 1].contains(&b'\r') {
+        return Err(BodyError::Chunked("bare CR in chunked framing"));
+    }
+    Ok(Some(lf - 1))
 }
 
 /// True when the body ended exactly at the end of what was read, so the
@@ -331,10 +348,12 @@ pub fn clean_after_body(wire: &Wire) -> bool {
 /// that would cut it. For the differential test against hyper's client.
 pub fn parse_whole(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
     let mut buf = BytesMut::from(bytes);
+    let mut interim = 0;
     let head = loop {
         match parse_head(&mut buf, &Method::GET) {
             Ok(Parsed::Done(h)) => break h,
-            Ok(Parsed::Interim) => continue,
+            Ok(Parsed::Interim) if interim < super::MAX_INTERIM => interim += 1,
+            Ok(Parsed::Interim) => return Err(super::too_many_interim_why()),
             Ok(Parsed::Partial) => return Err("connection closed before a response head".into()),
             Err(ExchangeError::Protocol(why)) => return Err(why),
             Err(_) => return Err("exchange failed".into()),

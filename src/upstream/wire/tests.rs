@@ -126,6 +126,20 @@ fn bad_chunked_bodies_are_errors() {
 }
 
 #[test]
+fn bare_lf_or_cr_in_chunked_framing_is_refused() {
+    // A trailer line ended by LF alone would take the next response (here a
+    // smuggled 200) into the trailer section.
+    let smuggle = b"5\r\nhello\r\n0\r\nx-t: 1\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(chunked(smuggle), Err(BodyError::Chunked("bare LF in chunked framing"))));
+    for bad in [&b"5\nhello\r\n0\r\n\r\n"[..], b"5;a=b\nc\r\nhello\r\n", b"0\r\n\n", b"0\r\nx: 1\rx\r\n\r\n", b"5\rx"] {
+        assert!(chunked(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    // A CR waiting for its LF at the end of what arrived is not yet an error.
+    assert!(matches!(chunked(b"5\r"), Ok((_, false))));
+    assert!(matches!(chunked(b"5\r\nhello\r\n0\r\nx: 1\r"), Ok((_, false))));
+}
+
+#[test]
 fn every_limit_holds_on_bytes_received_even_in_one_read() {
     // A chunk line longer than the limit that arrives whole, CRLF included.
     let mut line = b"5;".to_vec();
