@@ -387,7 +387,12 @@ async fn the_latch_survives_reload_and_kill_9_and_clears_on_a_new_revision() {
     // Players have sticky keys: the counted-user filters are saved beside it.
     assert_eq!(saved(&state)["routes"]["app"]["filters"], true);
     assert!(saved(&state)["routes"]["app"]["judge"]["frozen"]["tolerance"].is_number(), "the lines are kept too");
-    let filter_files = std::fs::read_dir(state.join("filters")).unwrap().count();
+    // Count saved filters only: a save in progress has a `.bin.tmp` beside
+    // them for an instant (write, fsync, rename).
+    let filter_files = std::fs::read_dir(state.join("filters"))
+        .unwrap()
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "bin")))
+        .count();
     assert_eq!(filter_files, 1);
     kill9(&mut child);
     let (mut child, addr, admin, _out, _err) = support::spawn_weir_admin(&cfg);
