@@ -187,12 +187,7 @@ fn authorize<B>(state: &AdminState, req: &Request<B>) -> Result<(), (StatusCode,
             return Err((StatusCode::FORBIDDEN, "admin token unavailable\n"));
         }
     };
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .unwrap_or("");
+    let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token).unwrap_or("");
     if tokens_equal(given.trim(), &expected) {
         Ok(())
     } else {

@@ -232,9 +232,9 @@ pub fn framing_lookalike(n: &HeaderName) -> bool {
     if !matches!(s.len(), 2 | 4 | 7 | 10 | 14 | 16 | 17) || !s.contains(&b'_') {
         return false;
     }
-    LOOKALIKES.iter().any(|want| {
-        want.len() == s.len() && want.bytes().zip(s).all(|(w, &c)| w == c || (w == b'-' && c == b'_'))
-    })
+    LOOKALIKES
+        .iter()
+        .any(|want| want.len() == s.len() && want.bytes().zip(s).all(|(w, &c)| w == c || (w == b'-' && c == b'_')))
 }
 
 /// Which hop-by-hop names a header map holds.

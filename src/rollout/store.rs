@@ -54,6 +54,13 @@ impl Store {
         // A save cut short (kill -9 between write and rename) leaves its
         // temp file; state.json itself is whole, so the leftover can go.
         let _ = fs::remove_file(dir.join(format!("{STATE}.tmp")));
+        if let Ok(entries) = fs::read_dir(dir.join(FILTERS)) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let journal = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
         let loaded = match fs::read(dir.join(STATE)) {
             Ok(bytes) => parse_state(&bytes),

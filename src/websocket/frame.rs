@@ -61,15 +61,18 @@ impl FrameTracker {
     pub fn consume(&mut self, data: &[u8]) -> Result<Step, FrameError> {
         let mut used = 0;
         if !self.in_payload {
-            // Gather the header.
+            // Gather the header. Each byte is checked as soon as it can be,
+            // so a broken frame is refused at the same byte however the
+            // stream was split.
             while used < data.len() {
                 self.hdr[self.hdr_len] = data[used];
                 self.hdr_len += 1;
                 used += 1;
+                check_prefix(&self.hdr[..self.hdr_len])?;
                 if let Some(need) = header_len(&self.hdr[..self.hdr_len])
                     && self.hdr_len == need
                 {
-                    let (opcode, len) = parse(&self.hdr[..need])?;
+                    let (opcode, len) = parse(&self.hdr[..need]);
                     self.opcode = opcode;
                     self.remaining = len;
                     self.hdr_len = 0;
@@ -91,6 +94,22 @@ impl FrameTracker {
         }
         Ok(Step { used, frame_end: None })
     }
+
+    /// Opcode of the frame whose payload is being read, if any.
+    pub fn opcode(&self) -> Option<u8> {
+        self.in_payload.then_some(self.opcode)
+    }
+
+    /// Give back the bytes of a header not yet complete: the caller keeps
+    /// them and feeds them again with what follows. A relay that forwards
+    /// only whole headers never leaves its peer inside a frame it might
+    /// have to refuse, and can always add a frame of its own.
+    pub fn take_partial_header(&mut self) -> usize {
+        if self.in_payload {
+            return 0;
+        }
+        std::mem::take(&mut self.hdr_len)
+    }
 }
 
 /// Total header length once the first bytes are known.
@@ -104,29 +123,35 @@ fn header_len(h: &[u8]) -> Option<usize> {
     Some(2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 })
 }
 
-fn parse(h: &[u8]) -> Result<(u8, u64), FrameError> {
-    let (b0, b1) = (h[0], h[1]);
+/// What the header bytes so far already rule out (RFC 6455 §5.2, §5.5).
+fn check_prefix(h: &[u8]) -> Result<(), FrameError> {
+    let Some(&b0) = h.first() else { return Ok(()) };
     let opcode = b0 & 0x0f;
     if matches!(opcode, 0x3..=0x7 | 0xb..=0xf) {
         return Err(FrameError::ReservedOpcode(opcode));
     }
-    let len = match b1 & 0x7f {
+    let Some(&b1) = h.get(1) else { return Ok(()) };
+    if opcode >= 0x8 && (b0 & 0x80 == 0 || b1 & 0x7f > 125) {
+        return Err(FrameError::BadControlFrame);
+    }
+    if b1 & 0x7f == 127 && h.get(2).is_some_and(|b| b & 0x80 != 0) {
+        return Err(FrameError::BadLength);
+    }
+    Ok(())
+}
+
+/// Opcode and payload length of a whole header `check_prefix` accepted.
+fn parse(h: &[u8]) -> (u8, u64) {
+    let len = match h[1] & 0x7f {
         126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
         127 => {
             let mut b = [0u8; 8];
             b.copy_from_slice(&h[2..10]);
-            let n = u64::from_be_bytes(b);
-            if n >> 63 != 0 {
-                return Err(FrameError::BadLength);
-            }
-            n
+            u64::from_be_bytes(b)
         }
         n => u64::from(n),
     };
-    if opcode >= 0x8 && (b0 & 0x80 == 0 || len > 125) {
-        return Err(FrameError::BadControlFrame);
-    }
-    Ok((opcode, len))
+    (h[0] & 0x0f, len)
 }
 
 /// A close frame with `code` and a short reason; masked with `mask` when it
@@ -245,6 +270,53 @@ mod tests {
         assert_eq!(t.consume(&[0x89, 126, 0, 200]), Err(FrameError::BadControlFrame), "ping over 125 bytes");
         let mut t = FrameTracker::default();
         assert_eq!(t.consume(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]), Err(FrameError::BadLength));
+    }
+
+    /// Where (byte offset) a stream is refused, if it is, fed in `chunk`s
+    /// with partial headers given back and fed again as a relay does; and
+    /// the bytes a relay would have forwarded before that.
+    fn refused_at(stream: &[u8], chunk: usize) -> (Option<FrameError>, usize) {
+        let mut t = FrameTracker::default();
+        let (mut forwarded, mut held) = (0, 0);
+        let mut pos = 0;
+        while pos < stream.len() {
+            let end = (pos + chunk).min(stream.len());
+            let data = &stream[pos - held..end];
+            let mut upto = 0;
+            while upto < data.len() {
+                match t.consume(&data[upto..]) {
+                    Ok(s) => upto += s.used,
+                    Err(e) => return (Some(e), forwarded + upto),
+                }
+            }
+            held = t.take_partial_header();
+            forwarded += upto - held;
+            pos = end;
+        }
+        (None, forwarded)
+    }
+
+    #[test]
+    fn a_broken_frame_is_refused_the_same_way_however_the_bytes_are_split() {
+        let good = [frame(true, 1, 5, true), frame(false, 2, 300, true), frame(true, 0, 3, true)].concat();
+        let bad_frames: [(Vec<u8>, FrameError); 5] = [
+            (frame(true, 3, 4, true), FrameError::ReservedOpcode(3)),
+            (frame(true, 0xb, 0, true), FrameError::ReservedOpcode(0xb)),
+            (frame(false, 9, 2, true), FrameError::BadControlFrame),
+            (frame(true, 0xA, 126, true), FrameError::BadControlFrame),
+            ([&[0x82u8, 0xff, 0x80][..], &[0; 11]].concat(), FrameError::BadLength),
+        ];
+        for (bad, why) in bad_frames {
+            let stream = [&good[..], &bad[..], &frame(true, 1, 2, true)[..]].concat();
+            for chunk in [1, 2, 3, 5, 7, 64, good.len() + 1, stream.len()] {
+                // Refused, for the same reason, and only the good frames
+                // before it were forwarded: never a piece of the bad header.
+                assert_eq!(refused_at(&stream, chunk), (Some(why), good.len()), "chunk {chunk}, {why}");
+            }
+        }
+        for chunk in [1, 3, 13] {
+            assert_eq!(refused_at(&good, chunk), (None, good.len()));
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use super::frame::{FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
 use super::{CloseWhy, Signal};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -53,7 +53,14 @@ enum End {
     Closed,
     /// No byte from the client for the idle timeout.
     Idle,
+    /// The source sent a frame that breaks RFC 6455 (reserved opcode,
+    /// fragmented or oversized control frame, bad length): the frames
+    /// before it went on, then a close frame to the destination.
+    Protocol,
 }
+
+/// Close code for a peer that broke RFC 6455.
+const PROTOCOL_ERROR: u16 = 1002;
 
 /// Who sent the first close frame: 0 nobody, 1 client, 2 upstream.
 const FIRST_NONE: u8 = 0;
@@ -75,6 +82,10 @@ const RTT_PAYLOAD: &[u8] = b"weir-rtt";
 
 struct Shared<'a> {
     first_close: AtomicU8,
+    /// Set (before weir's close frame goes to the upstream) when the client
+    /// broke the protocol: the upstream's frames still in flight reach the
+    /// client, and its close answer is replaced by weir's 1002.
+    client_broke: AtomicBool,
     /// ms since `epoch` of the last byte from the client.
     client_seen: AtomicU64,
     epoch: Instant,
@@ -111,6 +122,7 @@ where
     let (ur, uw) = tokio::io::split(upstream);
     let shared = Shared {
         first_close: AtomicU8::new(FIRST_NONE),
+        client_broke: AtomicBool::new(false),
         client_seen: AtomicU64::new(0),
         epoch: Instant::now(),
         probe_sent: AtomicU64::new(0),
@@ -124,6 +136,10 @@ where
         e = &mut u2c => (Dir::ToClient, e),
     };
     let why = match (end, shared.first_close.load(Ordering::Relaxed), side) {
+        // A client's broken frame is the client's doing; an upstream's
+        // counts against its version.
+        (End::Protocol, _, Dir::ToUpstream) => CloseWhy::Client,
+        (End::Protocol, _, Dir::ToClient) => CloseWhy::Error,
         (End::Closed, _, _) => match *signal.borrow() {
             Signal::Close { why, .. } => why,
             Signal::Open => CloseWhy::Error,
@@ -136,8 +152,10 @@ where
     };
     // Ask the other direction to finish too (a no-op if it already is).
     if end != End::Closed {
-        let code = match why {
-            CloseWhy::Error => 1011,
+        // The side that broke the protocol hears 1002 (RFC 6455 §7.4.1).
+        let code = match (end, why) {
+            (End::Protocol, _) => PROTOCOL_ERROR,
+            (_, CloseWhy::Error) => 1011,
             _ => 1001,
         };
         signal.send_if_modified(|s| match s {
@@ -193,10 +211,23 @@ where
     prober.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Bytes read past a boundary where we stopped to close.
     let mut leftover: Vec<u8> = Vec::new();
+    // The start of a frame header not yet whole, kept at the front of `buf`
+    // and fed again with the next read: only whole, checked headers are
+    // forwarded, so the destination is always between frames when a frame
+    // of weir's own (close, ping) or a refusal comes.
+    let mut held = 0;
+    // Upstream → client after the client broke the protocol: the close to
+    // the client waits (at most CLOSE_WAIT) for the upstream's close answer,
+    // so the replies it sends before that still arrive.
+    let mut await_peer_close: Option<Instant> = None;
+    // The source's close frame was seen (and replaced): nothing to drain.
+    let mut answered = false;
     let end = loop {
         if let Some((code, reason)) = pending
             && frames.at_boundary()
+            && await_peer_close.is_none_or(|by| Instant::now() >= by)
         {
+            leftover.extend_from_slice(&buf[..held]);
             let _ = dst.write_all(&close_frame(code, reason, key())).await;
             let _ = dst.flush().await;
             break End::Closed;
@@ -207,9 +238,19 @@ where
                     break End::SrcGone;
                 }
                 if let Signal::Close { code, why } = *signal.borrow_and_update() {
-                    pending = Some((code, why.reason_text()));
+                    let reason = if code == PROTOCOL_ERROR { "weir: protocol error" } else { why.reason_text() };
+                    pending = Some((code, reason));
                     close_by = tokio::time::Instant::now() + BOUNDARY_WAIT;
+                    if !to_upstream && shared.client_broke.load(Ordering::Relaxed) {
+                        await_peer_close = Some(Instant::now() + CLOSE_WAIT);
+                        close_by += CLOSE_WAIT;
+                    }
                 }
+            }
+            // The upstream did not answer weir's close in time: close the
+            // client at the next boundary anyway.
+            _ = tokio::time::sleep_until(await_peer_close.unwrap_or(close_by)), if await_peer_close.is_some() => {
+                await_peer_close = None;
             }
             // A peer stopped mid-frame: give up on a clean close.
             _ = tokio::time::sleep_until(close_by), if pending.is_some() => break End::DstGone,
@@ -240,7 +281,7 @@ where
                     shared.probe_sent.store(shared.epoch.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
                 }
             }
-            read = src.read(&mut buf) => {
+            read = src.read(&mut buf[held..]) => {
                 let n = match read {
                     Ok(0) | Err(_) => {
                         // Gone without a close frame: tell the other side properly.
@@ -252,11 +293,12 @@ where
                         }
                         break End::SrcGone;
                     }
-                    Ok(n) => n,
+                    Ok(n) => held + n,
                 };
                 if n == buf.len() && buf.len() < BUF_BULK {
                     buf.resize(BUF_BULK, 0);
                 }
+                held = 0;
                 if to_upstream {
                     shared.client_seen.store(shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
@@ -267,11 +309,25 @@ where
                 let mut upto = 0;
                 let mut end = None;
                 while upto < n {
+                    let start = upto;
+                    let began = frames.at_boundary();
                     let Ok(step) = frames.consume(&buf[upto..n]) else {
-                        end = Some(End::SrcGone);
+                        end = Some(End::Protocol);
                         break;
                     };
                     upto += step.used;
+                    if began
+                        && !to_upstream
+                        && step.frame_end.or(frames.opcode()) == Some(OP_CLOSE)
+                        && shared.client_broke.load(Ordering::Relaxed)
+                    {
+                        // The upstream's answer to weir's close: the client
+                        // hears 1002 in its place (the frames before it went on).
+                        upto = start;
+                        end = Some(End::Closed);
+                        answered = true;
+                        break;
+                    }
                     if step.frame_end == Some(OP_PONG) && !to_upstream {
                         // The upstream's pong to weir's probe (a pong that
                         // answers the client's own ping while a probe is out
@@ -287,16 +343,37 @@ where
                             FIRST_NONE, my_close, Ordering::Relaxed, Ordering::Relaxed,
                         );
                     }
-                    if step.frame_end.is_some() && pending.is_some() {
+                    if step.frame_end.is_some() && pending.is_some() && await_peer_close.is_none() {
                         // Our close frame goes here; what follows is not forwarded.
                         leftover.extend_from_slice(&buf[upto..n]);
                         break;
                     }
                 }
-                if dst.write_all(&buf[..upto]).await.is_err() {
+                if end.is_none() && leftover.is_empty() {
+                    held = frames.take_partial_header();
+                }
+                if dst.write_all(&buf[..upto - held]).await.is_err() {
                     break End::DstGone;
                 }
+                buf.copy_within(upto - held..upto, 0);
+                if answered {
+                    let _ = dst.write_all(&close_frame(PROTOCOL_ERROR, "weir: protocol error", None)).await;
+                    let _ = dst.flush().await;
+                    break End::Closed;
+                }
                 if let Some(e) = end {
+                    // The frames before the broken one went on; the
+                    // destination hears why nothing more will come.
+                    if to_upstream {
+                        shared.client_broke.store(true, Ordering::Relaxed);
+                    }
+                    let (code, reason) = if to_upstream {
+                        (1001, "weir: client broke the WebSocket protocol")
+                    } else {
+                        (1011, "weir: upstream broke the WebSocket protocol")
+                    };
+                    let _ = dst.write_all(&close_frame(code, reason, key())).await;
+                    let _ = dst.flush().await;
                     break e;
                 }
                 if dst.flush().await.is_err() {
@@ -305,7 +382,7 @@ where
             }
         }
     };
-    if end == End::Closed || end == End::Idle {
+    if (end == End::Closed || end == End::Idle) && !answered {
         drain(&mut src, &mut buf, frames, &leftover).await;
     }
     let _ = dst.shutdown().await;
@@ -433,5 +510,72 @@ mod tests {
         assert_eq!(head[0], 0x88);
         let why = tokio::time::timeout(Duration::from_secs(30), relay).await.unwrap().unwrap();
         assert_eq!(why, CloseWhy::Client);
+    }
+
+    /// A masked text frame (client → upstream direction).
+    fn masked_text(payload: &[u8]) -> Vec<u8> {
+        let key = [9, 8, 7, 6];
+        let mut f = vec![0x81, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// Read one close frame; its code (unmasking if needed).
+    async fn close_code(r: &mut (impl AsyncRead + Unpin)) -> u16 {
+        let head = read_exactly(r, 2).await;
+        assert_eq!(head[0], 0x88, "a close frame");
+        let masked = head[1] & 0x80 != 0;
+        let len = usize::from(head[1] & 0x7f);
+        let rest = read_exactly(r, len + if masked { 4 } else { 0 }).await;
+        if masked {
+            u16::from_be_bytes([rest[4] ^ rest[0], rest[5] ^ rest[1]])
+        } else {
+            u16::from_be_bytes([rest[0], rest[1]])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_frame_that_breaks_the_protocol_gets_1002_however_it_is_split() {
+        let good = masked_text(b"hello");
+        // Reserved opcode 0x3, masked, 4 bytes of payload.
+        let bad = [&[0x83u8, 0x84, 1, 2, 3, 4][..], b"abcd"].concat();
+        let stream = [&good[..], &bad[..]].concat();
+        for split in [1, 2, good.len(), good.len() + 1, good.len() + 3, stream.len()] {
+            let (client_side, mut client) = duplex(64 * 1024);
+            let (upstream_side, mut upstream) = duplex(64 * 1024);
+            let (tx, _) = watch::channel(Signal::Open);
+            let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &settings(), None).await });
+            client.write_all(&stream[..split]).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::task::yield_now().await;
+            client.write_all(&stream[split..]).await.unwrap();
+            // The upstream gets the good frame whole, then a close frame:
+            // never a piece of the broken one.
+            assert_eq!(read_exactly(&mut upstream, good.len()).await, good, "split {split}");
+            assert_eq!(close_code(&mut upstream).await, 1001, "split {split}");
+            // Its echo, sent before it answers the close, still reaches the
+            // client; its close answer is replaced by 1002 (protocol error).
+            let echo = binary(b"hello");
+            upstream.write_all(&[&echo[..], &close_frame(1001, "", None)[..]].concat()).await.unwrap();
+            assert_eq!(read_exactly(&mut client, echo.len()).await, echo, "split {split}");
+            assert_eq!(close_code(&mut client).await, 1002, "split {split}");
+            let why = tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap().unwrap();
+            assert_eq!(why, CloseWhy::Client, "the client's fault, not the version's");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_frame_that_breaks_the_protocol_counts_against_it() {
+        let (client_side, mut client) = duplex(64 * 1024);
+        let (upstream_side, mut upstream) = duplex(64 * 1024);
+        let (tx, _) = watch::channel(Signal::Open);
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &tx, &settings(), None).await });
+        // A fragmented ping from the upstream.
+        upstream.write_all(&[0x09, 0x00]).await.unwrap();
+        assert_eq!(close_code(&mut client).await, 1011);
+        assert_eq!(close_code(&mut upstream).await, 1002);
+        let why = tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap().unwrap();
+        assert_eq!(why, CloseWhy::Error);
     }
 }
