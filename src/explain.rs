@@ -2,8 +2,8 @@
 //! what weir would do, in the same code path the proxy uses.
 
 use crate::config::Snapshot;
-use crate::config::units::bp_to_percent;
 use crate::routing::{self, BucketSource, Facts};
+use crate::units::bp_to_percent;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 

@@ -52,6 +52,7 @@ pub mod shadow;
 pub mod stats;
 pub mod tasks;
 pub mod tls;
+pub mod units;
 pub mod upstream;
 pub mod websocket;
 

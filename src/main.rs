@@ -1,5 +1,8 @@
 //! The `weir` command line: run, check, explain, version. Thin: parses
 //! arguments, sets up logging and maps outcomes to exit codes.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -258,6 +261,13 @@ fn demo() -> anyhow::Result<bool> {
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
     init_logging();
+    // jemalloc's background thread purges freed pages on its own (10 s
+    // decay), so memory taken by a connection flood goes back to the OS
+    // once the flood is over, even while the proxy sits idle.
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "cannot start the allocator's background purge thread");
+    }
     let snapshot = match config::load(&path) {
         Ok(s) => s,
         Err(e) => {

@@ -8,6 +8,7 @@
 
 pub mod bucket;
 pub mod facts;
+pub mod policy;
 mod table;
 
 pub use bucket::{BUCKETS, BucketCookie, bucket_of, key_hash};

@@ -66,7 +66,7 @@ async fn evaluate(live: &Arc<Live>, t: &Target, latest: u64, cost: &mut Cost) ->
         let series = prom::range(&t.source, &q, from, to, t.interval_ms, cost).await?;
         // The newest time must be settled: every replica scraped after it
         // (within the scrape interval, and a second for the scrape itself).
-        let allowed = crate::config::units::duration_ms(t.source.scrape_interval) * 2 + 1_000;
+        let allowed = crate::units::duration_ms(t.source.scrape_interval) * 2 + 1_000;
         if to == latest
             && let Some(age) = staleness(&series, to)
             && age > allowed
@@ -109,7 +109,7 @@ pub async fn fleet(live: Arc<Live>, stop: CancellationToken) {
                 }
             }
             let now = wall_ms();
-            let lag = crate::config::units::duration_ms(t.source.lag);
+            let lag = crate::units::duration_ms(t.source.lag);
             let latest = now.saturating_sub(lag) / t.interval_ms * t.interval_ms;
             if t.through_ms.is_some_and(|th| th >= latest) {
                 let next = latest + t.interval_ms + lag;

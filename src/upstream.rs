@@ -34,7 +34,7 @@ use pool::Endpoint;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use wire::{ExchangeError, Wire};
+use wire::{Connection, ExchangeError};
 
 /// The client stopped sending its body for longer than `body_timeout`.
 #[derive(Debug)]
@@ -133,9 +133,10 @@ impl UpstreamError {
     }
 }
 
-/// A connection ready to take one request.
-pub struct Conn {
-    wire: Wire,
+/// A connection checked out of its endpoint's pool (or just dialled),
+/// ready to take one request.
+pub struct Checkout {
+    wire: Connection,
     endpoint: Arc<Endpoint>,
     reused: bool,
 }
@@ -179,17 +180,17 @@ impl Upstream {
 
     /// A pooled or new connection. Tries each endpoint once, in round-robin
     /// order, each attempt bounded by `connect_timeout`.
-    pub async fn connect(&self) -> Result<Conn, UpstreamError> {
+    pub async fn connect(&self) -> Result<Checkout, UpstreamError> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = UpstreamError::ConnectTimeout;
         for i in 0..n {
             let Some(ep) = self.endpoints.get((start + i) % n) else { continue };
             if let Some(wire) = ep.checkout() {
-                return Ok(Conn { wire, endpoint: Arc::clone(ep), reused: true });
+                return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: true });
             }
             match ep.connect(self.spec.connect_timeout).await {
-                Ok(wire) => return Ok(Conn { wire, endpoint: Arc::clone(ep), reused: false }),
+                Ok(wire) => return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: false }),
                 Err(e) => last = e,
             }
         }
@@ -200,7 +201,7 @@ impl Upstream {
     /// `request_timeout` of the request's end; while the body uploads, it
     /// must keep moving (`body_timeout`). The request target is the URI's
     /// path and query.
-    pub async fn send(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
+    pub async fn send(&self, conn: Checkout, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
         self.exchange(conn, req).await
     }
 
@@ -208,13 +209,13 @@ impl Upstream {
         wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
     }
 
-    async fn exchange(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
+    async fn exchange(&self, conn: Checkout, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         let framing = wire::request_framing(&parts.method, &mut parts.headers, &body);
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let head = wire::encode_head(&parts.method, target, &parts.headers, framing);
         let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
-        let Conn { mut wire, endpoint, reused } = conn;
+        let Checkout { mut wire, endpoint, reused } = conn;
         let deadlines = self.deadlines();
         let outcome = if replayable {
             let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method, deadlines).await {
@@ -251,7 +252,11 @@ impl Upstream {
 
     /// A WebSocket handshake: hyper's client on a connection of this pool,
     /// with upgrades enabled; the connection is never pooled again.
-    pub async fn send_upgrade(&self, conn: Conn, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
+    pub async fn send_upgrade(
+        &self,
+        conn: Checkout,
+        req: Request<ReqBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
         let timeout = self.spec.request_timeout;
         let exchange = async move {
             // Pooled and fresh connections are whole sockets.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom-up. A module may use modules of its own layer and of layers below.
 const LADDER: &[(&str, &[&str])] = &[
-    ("leaves", &["access_log", "files", "headers", "labels", "limits", "stats", "tls"]),
+    ("leaves", &["access_log", "files", "headers", "labels", "limits", "stats", "tls", "units"]),
     ("domain", &["routing", "config", "analysis"]),
     ("parts", &["evidence", "upstream", "explain"]),
     ("metrics", &["metrics"]),
@@ -20,19 +20,20 @@ const LADDER: &[(&str, &[&str])] = &[
     ("app", &["app", "demo", "fuzzing", "lib"]),
 ];
 
-/// Cycles between two modules of one layer that remain, and why.
-const KNOWN_CYCLES: &[(&str, &str, &str)] = &[(
-    "config",
-    "routing",
-    "config builds the routing table; the table's routes carry config's policy types (analysis, shadow, websocket)",
-)];
+/// Cycles between two modules of one layer that remain, and why. None
+/// today: the last one (config ↔ routing) went when the route policies
+/// moved to `routing::policy` and the units to a leaf.
+const KNOWN_CYCLES: &[(&str, &str, &str)] = &[];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
             files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
+        } else if p.extension().is_some_and(|x| x == "rs") && p.file_name().is_some_and(|n| n != "tests.rs") {
+            // `tests.rs` files are test modules (`#[cfg(test)] mod tests;`):
+            // a test may build its fixtures with a module above (a routing
+            // table from YAML through `config`).
             out.push(p);
         }
     }

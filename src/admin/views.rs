@@ -1,10 +1,10 @@
 //! Read-only admin views: /metrics, /routes, /routes/{name}, /config,
 //! /explain. Pure functions of what is serving; no side effects.
 
-use crate::config::units::bp_to_percent;
 use crate::explain::{self, Query};
 use crate::live::{Live, Serving};
 use crate::metrics::{self, Globals, RouteView};
+use crate::units::bp_to_percent;
 
 use crate::reload::Reloader;
 use crate::routing::Version;

@@ -276,7 +276,7 @@ impl JudgeState {
     /// Is a time-based epoch change due?
     pub fn epoch_due(&self, p: &Analysis, now_ms: u64) -> bool {
         let since = self.scopes.last().map_or(now_ms, |s| s.since_ms);
-        self.epoch >= 1 && now_ms.saturating_sub(since) >= crate::config::units::duration_ms(p.epoch)
+        self.epoch >= 1 && now_ms.saturating_sub(since) >= crate::units::duration_ms(p.epoch)
     }
 
     /// Since the revision started.

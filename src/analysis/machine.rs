@@ -287,7 +287,7 @@ impl RouteState {
     }
 }
 
-pub use crate::config::units::duration_ms;
+pub use crate::units::duration_ms;
 
 #[cfg(test)]
 mod tests {

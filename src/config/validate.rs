@@ -2,13 +2,13 @@
 //! problem (with its field path) instead of stopping at the first.
 
 use super::raw::{RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawShadow, RawWebsocket, SizeValue};
-use super::units::{parse_duration, parse_rate, parse_size, weight_to_bp};
 use super::{
     DEFAULT_ADMIN, Limits, Problem, Progression, Shadow, Shutdown, Snapshot, UpstreamSpec, WebSocketPolicy, sha256_hex,
 };
 use crate::routing::{
     Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table,
 };
+use crate::units::{parse_duration, parse_rate, parse_size, weight_to_bp};
 use http::HeaderName;
 use std::collections::HashSet;
 use std::net::SocketAddr;

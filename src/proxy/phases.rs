@@ -8,7 +8,7 @@ use crate::live::Serving;
 use crate::metrics::RouteMetrics;
 use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
-use crate::upstream::{Conn, PooledBody, ReqBody, UpstreamError};
+use crate::upstream::{Checkout, PooledBody, ReqBody, UpstreamError};
 use crate::websocket;
 use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE};
 use http::request::Parts;
@@ -118,7 +118,7 @@ impl Proxy {
         c: &mut Choice<'_>,
         started: Instant,
         completion: &mut Completion,
-    ) -> Result<Conn, ProxyError> {
+    ) -> Result<Checkout, ProxyError> {
         let pick = |v: Version| served.upstream(c.route.backend(v).upstream).ok_or(ProxyError::NoRoute);
         let conn = match pick(c.version)?.connect().await {
             Ok(conn) => conn,

@@ -177,7 +177,7 @@ impl Rollouts {
             let mut e = entry(r, &served, actor, "fleet_state", now_ms, sha, from);
             e.insert("control_epoch".into(), json!(ctl.epoch));
             if from != to || newly_rolled_back || resumed {
-                tracing::info!(route = %r.name, state = served.phase(r.config_killed).as_str(), step = ?served.step, from = crate::config::units::bp_to_percent(from), to = crate::config::units::bp_to_percent(to), "fleet state served");
+                tracing::info!(route = %r.name, state = served.phase(r.config_killed).as_str(), step = ?served.step, from = crate::units::bp_to_percent(from), to = crate::units::bp_to_percent(to), "fleet state served");
             }
             self.journal(Value::Object(e));
         }

@@ -226,14 +226,14 @@ pub struct Route {
     pub config_weight_bp: u16,
     /// `kill_switch` as written in the config file.
     pub config_killed: bool,
-    pub analysis: Option<Arc<crate::config::Analysis>>,
-    pub progression: Option<Arc<crate::config::Progression>>,
+    pub analysis: Option<Arc<super::policy::Analysis>>,
+    pub progression: Option<Arc<super::policy::Progression>>,
     /// What the rollout makes of the config right now (never read from
     /// the file; set by `rollout::Rollouts::overlay` on every publish).
     pub overlay: Overlay,
     pub expose_version: bool,
-    pub shadow: Option<Arc<crate::config::Shadow>>,
-    pub websocket: crate::config::WebSocketPolicy,
+    pub shadow: Option<Arc<super::policy::Shadow>>,
+    pub websocket: super::policy::WebSocketPolicy,
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,
     pub segments: Vec<Segment>,

@@ -7,7 +7,7 @@
 //! has been read to the end; dropped early, the connection is closed.
 
 use super::pool::Endpoint;
-use super::wire::{self, RespFraming, Step, Wire};
+use super::wire::{self, Connection, RespFraming, Step};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -176,12 +176,13 @@ impl Body for ReqBody {
 /// closed. A WebSocket handshake's answer comes from hyper and is never
 /// pooled.
 pub enum PooledBody {
-    Wire(WireBody),
+    /// Read from weir's own connection, which goes back to the pool after it.
+    Own(ConnectionBody),
     Detached(Incoming),
 }
 
-pub struct WireBody {
-    wire: Option<Wire>,
+pub struct ConnectionBody {
+    wire: Option<Connection>,
     framing: RespFraming,
     endpoint: Arc<Endpoint>,
     /// The exchange allows another request on this connection.
@@ -198,15 +199,15 @@ pub struct WireBody {
 
 impl PooledBody {
     pub(super) fn wire(
-        wire: Wire,
+        wire: Connection,
         framing: RespFraming,
         endpoint: Arc<Endpoint>,
         keep_alive: bool,
         idle: std::time::Duration,
     ) -> Self {
-        let mut b = WireBody { wire: Some(wire), framing, endpoint, keep_alive, failed: None, idle, timer: None };
+        let mut b = ConnectionBody { wire: Some(wire), framing, endpoint, keep_alive, failed: None, idle, timer: None };
         b.release_if_done();
-        PooledBody::Wire(b)
+        PooledBody::Own(b)
     }
 
     /// A body whose connection must not be reused (after a 101).
@@ -215,7 +216,7 @@ impl PooledBody {
     }
 }
 
-impl WireBody {
+impl ConnectionBody {
     fn release_if_done(&mut self) {
         if self.framing == RespFraming::Done
             && let Some(wire) = self.wire.take()
@@ -237,7 +238,7 @@ impl Body for PooledBody {
             PooledBody::Detached(inner) => {
                 Pin::new(inner).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
             }
-            PooledBody::Wire(b) => {
+            PooledBody::Own(b) => {
                 if let Some(e) = b.failed.take() {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
@@ -282,14 +283,14 @@ impl Body for PooledBody {
     fn is_end_stream(&self) -> bool {
         match self {
             PooledBody::Detached(inner) => inner.is_end_stream(),
-            PooledBody::Wire(b) => b.framing == RespFraming::Done,
+            PooledBody::Own(b) => b.framing == RespFraming::Done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             PooledBody::Detached(inner) => inner.size_hint(),
-            PooledBody::Wire(b) => match b.framing {
+            PooledBody::Own(b) => match b.framing {
                 RespFraming::Done => SizeHint::with_exact(0),
                 RespFraming::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),

@@ -4,13 +4,13 @@
 //! a half-read or failed exchange never poisons the pool.
 
 use super::UpstreamError;
-use super::wire::Wire;
+use super::wire::Connection;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 pub struct Idle {
-    pub wire: Wire,
+    pub wire: Connection,
     pub since: Instant,
 }
 
@@ -30,7 +30,7 @@ impl Endpoint {
     /// Most recently used idle connection that is still usable: not past the
     /// idle timeout, not closed by the upstream, nothing unsolicited on it.
     /// The check costs no system call unless the upstream did something.
-    pub fn checkout(&self) -> Option<Wire> {
+    pub fn checkout(&self) -> Option<Connection> {
         loop {
             let idle = {
                 let mut stack = self.idle.lock().ok()?;
@@ -58,7 +58,7 @@ impl Endpoint {
         self.idle.lock().map_or(0, |s| s.len())
     }
 
-    pub fn put(&self, mut wire: Wire) {
+    pub fn put(&self, mut wire: Connection) {
         wire.shrink();
         if let Ok(mut stack) = self.idle.lock()
             && stack.len() < self.max_idle
@@ -68,7 +68,7 @@ impl Endpoint {
     }
 
     /// Dial a new connection.
-    pub async fn connect(&self, timeout: Duration) -> Result<Wire, UpstreamError> {
+    pub async fn connect(&self, timeout: Duration) -> Result<Connection, UpstreamError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr.as_str())).await {
             Err(_) => return Err(UpstreamError::ConnectTimeout),
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
@@ -76,6 +76,6 @@ impl Endpoint {
         };
         // Small request/response exchanges: do not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        Ok(Wire::new(stream))
+        Ok(Connection::new(stream))
     }
 }

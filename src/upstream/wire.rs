@@ -45,7 +45,7 @@ const KEEP_IDLE: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
 /// One upstream connection and the bytes read from it but not yet used.
-pub struct Wire {
+pub struct Connection {
     io: Io,
     buf: BytesMut,
 }
@@ -57,7 +57,7 @@ enum Io {
     Read(tokio::net::tcp::OwnedReadHalf),
 }
 
-impl Wire {
+impl Connection {
     pub fn new(io: TcpStream) -> Self {
         Self { io: Io::Whole(io), buf: BytesMut::new() }
     }
@@ -219,14 +219,14 @@ pub struct Head {
 /// connection cannot be reused). The head deadline runs from the end of
 /// the request: a slow upload that keeps moving is not a slow upstream.
 pub async fn exchange(
-    wire: &mut Wire,
+    wire: &mut Connection,
     head: &[u8],
     mut body: impl ReqBodyLike,
     framing: ReqFraming,
     method: &Method,
     deadlines: Deadlines,
 ) -> Result<(Head, bool), ExchangeError> {
-    let Wire { io, buf } = wire;
+    let Connection { io, buf } = wire;
     let Io::Whole(io) = io else {
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
@@ -274,14 +274,14 @@ pub async fn exchange(
 /// the connection (whole when the body was all sent; else its read side
 /// only, never pooled), and whether the body was all sent.
 pub async fn exchange_streaming(
-    wire: Wire,
+    wire: Connection,
     head: Vec<u8>,
     body: impl ReqBodyLike + Send + 'static,
     framing: ReqFraming,
     method: &Method,
     deadlines: Deadlines,
-) -> Result<(Head, Wire, bool), ExchangeError> {
-    let Wire { io, mut buf } = wire;
+) -> Result<(Head, Connection, bool), ExchangeError> {
+    let Connection { io, mut buf } = wire;
     let Io::Whole(io) = io else {
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
@@ -327,7 +327,7 @@ pub async fn exchange_streaming(
     };
     if let Some(wr) = sent_all {
         let io = rd.reunite(wr).map_err(|_| ExchangeError::Protocol("socket halves do not match".into()))?;
-        return Ok((head, Wire { io: Io::Whole(io), buf }, true));
+        return Ok((head, Connection { io: Io::Whole(io), buf }, true));
     }
     if !request_ended && head.keep_alive {
         // An early answer on a connection the upstream keeps: it still
@@ -340,7 +340,7 @@ pub async fn exchange_streaming(
             }
         });
     }
-    Ok((head, Wire { io: Io::Read(rd), buf }, false))
+    Ok((head, Connection { io: Io::Read(rd), buf }, false))
 }
 
 enum Sent {

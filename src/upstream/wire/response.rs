@@ -3,7 +3,9 @@
 //! §6.3), and the body read and decoded as it arrives. Every limit holds on
 //! bytes received.
 
-use super::{BODY_READ, ExchangeError, HEAD_READ, Head, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_TRAILERS, Wire};
+use super::{
+    BODY_READ, Connection, ExchangeError, HEAD_READ, Head, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_TRAILERS,
+};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -192,7 +194,11 @@ pub enum BodyError {
 }
 
 /// Read the next piece of body from `wire` as framed by `framing`.
-pub fn poll_body(wire: &mut Wire, framing: &mut RespFraming, cx: &mut Context<'_>) -> Poll<Result<Step, BodyError>> {
+pub fn poll_body(
+    wire: &mut Connection,
+    framing: &mut RespFraming,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Step, BodyError>> {
     loop {
         match framing {
             RespFraming::Done => return Poll::Ready(Ok(Step::End)),
@@ -339,7 +345,7 @@ fn find_line(buf: &[u8]) -> Result<Option<usize>, BodyError> {
 
 /// True when the body ended exactly at the end of what was read, so the
 /// connection holds no stray bytes.
-pub fn clean_after_body(wire: &Wire) -> bool {
+pub fn clean_after_body(wire: &Connection) -> bool {
     wire.buf.is_empty()
 }
 
