@@ -7,7 +7,7 @@
 //! has been read to the end; dropped early, the connection is closed.
 
 use super::pool::Endpoint;
-use super::wire::{self, Connection, RespFraming, Step};
+use super::wire::{self, Connection, Piece, RespFraming};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -254,15 +254,15 @@ impl Body for PooledBody {
                     }
                     Poll::Ready(r) => r,
                 };
-                if let (Ok(Step::Data(_)), Some(t)) = (&polled, b.timer.as_mut()) {
+                if let (Ok(Piece::Data(_)), Some(t)) = (&polled, b.timer.as_mut()) {
                     t.as_mut().reset(tokio::time::Instant::now() + b.idle);
                 }
                 match polled {
-                    Ok(Step::Data(data)) => {
+                    Ok(Piece::Data(data)) => {
                         b.release_if_done();
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
-                    Ok(Step::End) => {
+                    Ok(Piece::End) => {
                         b.release_if_done();
                         Poll::Ready(None)
                     }

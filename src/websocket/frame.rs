@@ -43,7 +43,7 @@ pub struct FrameTracker {
 
 /// What `consume` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
+pub struct Consumed {
     /// Bytes of the input taken.
     pub used: usize,
     /// Opcode of a frame that ended exactly at `used`.
@@ -58,7 +58,7 @@ impl FrameTracker {
 
     /// Take bytes from `data` up to the end of the current frame (or all of
     /// them if it does not end there).
-    pub fn consume(&mut self, data: &[u8]) -> Result<Step, FrameError> {
+    pub fn consume(&mut self, data: &[u8]) -> Result<Consumed, FrameError> {
         let mut used = 0;
         if !self.in_payload {
             // Gather the header. Each byte is checked as soon as it can be,
@@ -81,7 +81,7 @@ impl FrameTracker {
                 }
             }
             if !self.in_payload {
-                return Ok(Step { used, frame_end: None });
+                return Ok(Consumed { used, frame_end: None });
             }
         }
         let left = (data.len() - used) as u64;
@@ -90,9 +90,9 @@ impl FrameTracker {
         self.remaining -= take;
         if self.remaining == 0 {
             self.in_payload = false;
-            return Ok(Step { used, frame_end: Some(self.opcode) });
+            return Ok(Consumed { used, frame_end: Some(self.opcode) });
         }
-        Ok(Step { used, frame_end: None })
+        Ok(Consumed { used, frame_end: None })
     }
 
     /// Opcode of the frame whose payload is being read, if any.
@@ -256,7 +256,7 @@ mod tests {
         assert!(!t.at_boundary(), "inside a header");
         t.consume(&f[1..5]).unwrap();
         assert!(!t.at_boundary(), "inside a payload");
-        assert_eq!(t.consume(&f[5..]).unwrap(), Step { used: 7, frame_end: Some(1) });
+        assert_eq!(t.consume(&f[5..]).unwrap(), Consumed { used: 7, frame_end: Some(1) });
         assert!(t.at_boundary());
     }
 

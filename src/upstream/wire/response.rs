@@ -173,7 +173,7 @@ pub enum Chunk {
 }
 
 /// A piece of response body, or the end.
-pub enum Step {
+pub enum Piece {
     Data(Bytes),
     End,
 }
@@ -198,13 +198,13 @@ pub fn poll_body(
     wire: &mut Connection,
     framing: &mut RespFraming,
     cx: &mut Context<'_>,
-) -> Poll<Result<Step, BodyError>> {
+) -> Poll<Result<Piece, BodyError>> {
     loop {
         match framing {
-            RespFraming::Done => return Poll::Ready(Ok(Step::End)),
+            RespFraming::Done => return Poll::Ready(Ok(Piece::End)),
             RespFraming::Length(0) => {
                 *framing = RespFraming::Done;
-                return Poll::Ready(Ok(Step::End));
+                return Poll::Ready(Ok(Piece::End));
             }
             RespFraming::Length(left) => {
                 if !wire.buf.is_empty() {
@@ -213,7 +213,7 @@ pub fn poll_body(
                     if *left == 0 {
                         *framing = RespFraming::Done;
                     }
-                    return Poll::Ready(Ok(Step::Data(wire.buf.split_to(n).freeze())));
+                    return Poll::Ready(Ok(Piece::Data(wire.buf.split_to(n).freeze())));
                 }
                 let want = usize::try_from(*left).unwrap_or(BODY_READ).clamp(HEAD_READ, BODY_READ);
                 if std::task::ready!(wire.poll_read_more(cx, want))? == 0 {
@@ -222,19 +222,19 @@ pub fn poll_body(
             }
             RespFraming::Close => {
                 if !wire.buf.is_empty() {
-                    return Poll::Ready(Ok(Step::Data(wire.buf.split().freeze())));
+                    return Poll::Ready(Ok(Piece::Data(wire.buf.split().freeze())));
                 }
                 if std::task::ready!(wire.poll_read_more(cx, BODY_READ))? == 0 {
                     *framing = RespFraming::Done;
-                    return Poll::Ready(Ok(Step::End));
+                    return Poll::Ready(Ok(Piece::End));
                 }
             }
             RespFraming::Chunked(state) => {
                 match decode_chunked(&mut wire.buf, state)? {
-                    Decoded::Data(b) => return Poll::Ready(Ok(Step::Data(b))),
+                    Decoded::Data(b) => return Poll::Ready(Ok(Piece::Data(b))),
                     Decoded::End => {
                         *framing = RespFraming::Done;
-                        return Poll::Ready(Ok(Step::End));
+                        return Poll::Ready(Ok(Piece::End));
                     }
                     Decoded::NeedMore => {}
                 }
