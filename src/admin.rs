@@ -96,12 +96,26 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
         (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live, &state.live.load())),
         (&Method::GET, p) if p.starts_with("/routes/") => {
             let served = state.live.load();
-            let name = &p["/routes/".len()..];
-            match served.snapshot.table.routes.iter().position(|r| &*r.name == name) {
-                Some(i) => match views::route_json(&state.live, &served, i) {
-                    Some(v) => json(StatusCode::OK, &v),
-                    None => text(StatusCode::NOT_FOUND, "no such route\n"),
-                },
+            let rest = &p["/routes/".len()..];
+            let find = |name: &str| served.snapshot.table.routes.iter().position(|r| &*r.name == name);
+            let found = match (find(rest), rest.strip_suffix("/verdict").and_then(find)) {
+                (Some(i), _) => views::route_json(&state.live, &served, i),
+                (None, Some(i)) => {
+                    let v = views::verdict_json(&state.live, &served, i);
+                    // `?gate=1`: the status says it too (200 healthy, 503
+                    // not), for webhooks that read only the status (Flagger).
+                    let gate = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "gate=1" || kv == "gate"));
+                    if let (true, Some(v)) = (gate, &v) {
+                        let status =
+                            if v["healthy"] == true { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                        return json(status, v);
+                    }
+                    v
+                }
+                (None, None) => None,
+            };
+            match found {
+                Some(v) => json(StatusCode::OK, &v),
                 None => text(StatusCode::NOT_FOUND, "no such route\n"),
             }
         }

@@ -50,6 +50,7 @@ pub mod rollout;
 pub mod routing;
 pub mod shadow;
 pub mod stats;
+pub mod status;
 pub mod tasks;
 pub mod tls;
 pub mod units;

@@ -70,6 +70,33 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:9901/ready")]
         url: String,
     },
+    /// Show each route of a running weir: state, step, weight, latest
+    /// verdict and its reason, evidence per test (from its admin API).
+    /// `--wait` blocks until ROUTE is promoted (exit 0), rolled back or
+    /// killed (exit 1), or `--timeout` passes (exit 2).
+    Status {
+        /// Route name (all routes when left out; `--wait` needs one).
+        route: Option<String>,
+        /// The admin API of the weir to ask.
+        #[arg(long, env = "WEIR_ADMIN", default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Redraw every `--interval` (in place on a terminal; plain lines,
+        /// printed on change, otherwise). Ctrl-C ends it.
+        #[arg(long, conflicts_with_all = ["wait", "json"])]
+        watch: bool,
+        /// Block until the rollout ends; the exit code says how.
+        #[arg(long, requires = "route")]
+        wait: bool,
+        /// With `--wait`: give up after this long (`30m`, `90s`).
+        #[arg(long, default_value = "30m", value_parser = duration_arg)]
+        timeout: std::time::Duration,
+        /// Poll period for `--watch` and `--wait`.
+        #[arg(long, default_value = "2s", value_parser = duration_arg)]
+        interval: std::time::Duration,
+        /// Print the admin API's JSON (the route, or every route).
+        #[arg(long)]
+        json: bool,
+    },
     /// A self-contained demo on loopback: upstreams, players, a canary that
     /// climbs, breaks and is rolled back by weir; ends by itself.
     Demo,
@@ -80,6 +107,10 @@ enum Command {
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once(':').ok_or("expected Name:Value")?;
     Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    weir::units::parse_duration(s)
 }
 
 fn parse_cookie(s: &str) -> Result<(String, String), String> {
@@ -108,6 +139,9 @@ fn main() -> ExitCode {
         },
         Command::Fleet { action, route, replicas, token_file } => {
             fleet(&action, &route, &replicas, token_file.as_deref())
+        }
+        Command::Status { route, admin, watch, wait, timeout, interval, json } => {
+            status(&admin, route.as_deref(), StatusMode { watch, wait, json }, timeout, interval)
         }
         Command::Demo => match demo() {
             Ok(true) => ExitCode::SUCCESS,
@@ -210,6 +244,90 @@ fn healthcheck(url: &str) -> anyhow::Result<()> {
     let status = line.split_whitespace().nth(1).unwrap_or("none");
     anyhow::ensure!(status == "200", "{url} answered {status}");
     Ok(())
+}
+
+struct StatusMode {
+    watch: bool,
+    wait: bool,
+    json: bool,
+}
+
+/// `weir status`.
+fn status(
+    admin: &str,
+    route: Option<&str>,
+    mode: StatusMode,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    use weir::status;
+    let every = every.max(std::time::Duration::from_millis(100));
+    if mode.wait {
+        let Some(route) = route else { return ExitCode::from(2) };
+        let end = status::wait(admin, route, timeout, every, |line| println!("{line}"));
+        return match end {
+            Ok(end) => {
+                let what = match end {
+                    status::WaitEnd::Promoted => "promoted",
+                    status::WaitEnd::Failed => "rolled back or killed",
+                    status::WaitEnd::TimedOut => "still running at the timeout",
+                };
+                println!("{route}: {what}");
+                ExitCode::from(end.exit_code())
+            }
+            Err(e) => {
+                eprintln!("weir status: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if mode.json {
+        return match status::fetch(admin, route) {
+            Ok(routes) => {
+                let v = match route {
+                    Some(_) => routes.into_iter().next().unwrap_or_default(),
+                    None => serde_json::Value::Array(routes),
+                };
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir status: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let text = match status::fetch(admin, route) {
+            Ok(routes) => status::render(&routes),
+            Err(e) if !mode.watch => {
+                eprintln!("weir status: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => format!("weir status: {e}\n"),
+        };
+        if !mode.watch {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        let mut out = std::io::stdout().lock();
+        let written = if tty {
+            let stamp = weir::access_log::rfc3339_now();
+            write!(out, "{}", status::redraw(&format!("weir status — {admin} — {stamp}\n\n{text}")))
+        } else if text != last {
+            write!(out, "--- {}\n{text}", weir::access_log::rfc3339_now())
+        } else {
+            Ok(())
+        };
+        if written.and_then(|()| out.flush()).is_err() {
+            return ExitCode::SUCCESS; // the reader went away (a closed pipe)
+        }
+        last = text;
+        std::thread::sleep(every);
+    }
 }
 
 /// `weir fleet`: exit 0 when every replica accepted the call.

@@ -339,7 +339,10 @@ impl Rollouts {
             e.insert("reason".into(), json!(j.reason));
             e.insert("inputs".into(), inputs.clone());
             self.journal(Value::Object(e));
-            if j.verdict == Verdict::Fail && analysis.mode == AnalysisMode::Observe && before_streak == 0 {
+            if j.verdict == Verdict::Fail
+                && r.control.acting_mode(analysis.mode) == AnalysisMode::Observe
+                && before_streak == 0
+            {
                 // A dry run says once what it would have done.
                 let mut e = entry(r, &st, "auto", "would_rollback", now_ms, &config.sha256, from);
                 e.insert("reason".into(), json!(j.reason));

@@ -75,10 +75,60 @@ pub fn route_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
             "step_since": st.as_ref().map(|s| crate::access_log::rfc3339(s.step_since_ms / 1000, (s.step_since_ms % 1000) as u32)),
         })),
         "websocket": &r.websocket,
+        "control": r.control.as_str(),
         "window_ms": m.canary.window.length().as_millis() as u64,
         "stable": version(Version::Stable),
         "canary": if r.canary.is_some() { version(Version::Canary) } else { Value::Null },
         "verdicts": m.recent_verdicts(),
+    }))
+}
+
+/// Version of the `GET /routes/{name}/verdict` answer. Fields are only ever
+/// added under one version; a change of meaning gets a new one.
+pub const VERDICT_API_VERSION: u32 = 1;
+
+/// `GET /routes/{name}/verdict`: the route's outcome and latest verdict in
+/// a stable shape for outside controllers (Argo Rollouts' `web` metric
+/// provider, Flagger webhooks, pipeline gates). Also: whether it is
+/// `healthy` (no fail and no rollback or kill) and whether the rollout is
+/// `done` (promoted, rolled back or killed).
+pub fn verdict_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
+    use crate::routing::Phase;
+    let r = served.snapshot.table.routes.get(idx)?;
+    let m = served.route_metrics.get(idx)?;
+    let phase = r.overlay.phase;
+    let latest = m.recent_verdicts().pop();
+    let field = |k: &str| latest.as_ref().map_or(Value::Null, |v| v[k].clone());
+    let verdict = field("verdict");
+    let outcome = match phase {
+        Phase::Promoted => "promoted",
+        Phase::RolledBack => "rolled_back",
+        Phase::Killed => "killed",
+        _ => "running",
+    };
+    let healthy = !matches!(phase, Phase::RolledBack | Phase::Killed) && verdict != "fail";
+    let st = live.rollout_state(&r.name);
+    let rolled_back = st.as_ref().and_then(|s| s.rolled_back).map(|l| l.reason.as_str());
+    Some(json!({
+        "api_version": VERDICT_API_VERSION,
+        "route": &*r.name,
+        "revision": r.canary.as_ref().map(|c| &*c.revision),
+        "control": r.control.as_str(),
+        "state": phase.as_str(),
+        "outcome": outcome,
+        "done": outcome != "running",
+        "healthy": healthy,
+        "step": r.overlay.step,
+        "weight": bp_to_percent(r.effective_weight_bp()),
+        "verdict": verdict,
+        "reason": field("reason"),
+        "at": field("at"),
+        "test": field("test"),
+        "rollback_reason": rolled_back,
+        "tests": m.standings().iter().map(|s| json!({
+            "test": s.test.as_str(), "e_revision": s.e_revision,
+            "threshold_revision": s.threshold_revision, "progress": s.progress(),
+        })).collect::<Vec<_>>(),
     }))
 }
 

@@ -111,6 +111,7 @@ pub struct RawRoute {
     pub analysis: Option<RawAnalysis>,
     pub progression: Option<RawProgression>,
     pub websocket: Option<RawWebsocket>,
+    pub control: Option<crate::routing::policy::Control>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -336,6 +336,9 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
     if progression.is_some() && analysis.as_ref().is_some_and(|a| a.mode == crate::config::AnalysisMode::Observe) {
         p.warn(format!("{path}.analysis.mode"), "observe never acts: progression stays on its first step");
     }
+    if r.control == Some(crate::routing::policy::Control::External) && analysis.is_none() {
+        p.warn(format!("{path}.control"), "control: external without `analysis`: nothing to judge or export");
+    }
     if progression.is_some() && analysis.is_none() {
         p.at(format!("{path}.progression"), "progression needs `analysis`: steps advance only after a `pass`");
     }
@@ -354,6 +357,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         expose_version: r.expose_version.unwrap_or(false),
         shadow: r.shadow.as_ref().and_then(|sh| compile_shadow(sh, &format!("{path}.shadow"), ups, p)).map(Arc::new),
         websocket,
+        control: r.control.unwrap_or_default(),
         sticky,
         override_,
         segments,

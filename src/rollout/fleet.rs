@@ -223,6 +223,16 @@ impl Rollouts {
         let FleetKey { route, revision } = key;
         let Some(r) = config.table.route(route) else { return false };
         let Some(a) = r.analysis.as_deref() else { return false };
+        // An externally controlled route is folded as in `observe` on every
+        // replica alike: judged, never stepped or rolled back by weir.
+        let acting;
+        let a = match r.control.acting_mode(a.mode) {
+            m if m == a.mode => a,
+            mode => {
+                acting = crate::config::Analysis { mode, ..a.clone() };
+                &acting
+            }
+        };
         let m = registry.route(&r.name);
         let prog = r.progression.as_deref();
         let ws_rtt = !r.websocket.rtt_interval.is_zero();

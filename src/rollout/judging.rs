@@ -55,7 +55,7 @@ pub fn take_verdict(
     st.judge.frozen = next;
     let ws_rtt = !r.websocket.rtt_interval.is_zero();
     let j = judge(a, &mut st.judge, &iv, ws_rtt, now_ms);
-    let t = st.on_verdict(&j, a.mode, r.progression.as_deref(), now_ms);
+    let t = st.on_verdict(&j, r.control.acting_mode(a.mode), r.progression.as_deref(), now_ms);
     match t {
         Transition::Advanced { .. } | Transition::Promoted => {
             // A new step: fresh epoch processes, and latency warms up again.

@@ -174,3 +174,36 @@ impl Default for WebSocketPolicy {
         }
     }
 }
+
+/// `routes[].control`: who steers the route's canary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// weir steps, holds and rolls back by itself on its verdicts.
+    #[default]
+    Weir,
+    /// An outside controller (Argo Rollouts, Flagger, a pipeline) steers:
+    /// weir still judges, journals and exports every verdict, but never
+    /// steps or rolls back by itself. Steering comes through the admin API
+    /// (`promote`, `rollback`, `pause`, …) or config edits, so weir and the
+    /// outside controller never both steer.
+    External,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Weir => "weir",
+            Control::External => "external",
+        }
+    }
+
+    /// The analysis mode the route's verdicts are acted on with: an
+    /// externally controlled route is judged as in `observe`.
+    pub fn acting_mode(self, configured: AnalysisMode) -> AnalysisMode {
+        match self {
+            Control::Weir => configured,
+            Control::External => AnalysisMode::Observe,
+        }
+    }
+}

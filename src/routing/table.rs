@@ -234,6 +234,7 @@ pub struct Route {
     pub expose_version: bool,
     pub shadow: Option<Arc<super::policy::Shadow>>,
     pub websocket: super::policy::WebSocketPolicy,
+    pub control: super::policy::Control,
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,
     pub segments: Vec<Segment>,
