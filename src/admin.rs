@@ -90,7 +90,13 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            views::metrics_text(&state.live, &state.live.load(), &state.reloader, state.access_log.dropped()),
+            views::metrics_text(
+                &state.live,
+                &state.live.load(),
+                &state.reloader,
+                state.access_log.dropped(),
+                state.ready.load(Ordering::Acquire),
+            ),
         ),
         (&Method::GET, "/config") => json(StatusCode::OK, &views::config_json(&state.live.load())),
         (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live, &state.live.load())),

@@ -35,6 +35,7 @@ pub const SHADOW_DURATION: &str = "weir_shadow_duration_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
+pub const READY: &str = "weir_ready";
 mod text;
 
 pub const WEBSOCKET_RTT: &str = "weir_websocket_rtt_seconds";
@@ -471,6 +472,8 @@ pub struct Globals {
     pub unrouted: u64,
     pub reloads_success: u64,
     pub reloads_failure: u64,
+    /// `/ready` would answer 200 (not starting, not draining).
+    pub ready: bool,
 }
 
 /// Route metrics plus the weights to show; built from what is serving.

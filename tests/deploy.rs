@@ -208,3 +208,35 @@ fn the_fleet_scrape_config_passes_promtool_and_matches_the_gateway() {
     assert!(scrape.contains("scrape_interval: 15s") && gateway.contains("scrape_interval: 15s"));
     assert!(scrape.contains("weir-admin.games.svc.cluster.local"), "scrapes the headless admin Service");
 }
+
+/// The shipped alert rules load, and each alert has a unit test in
+/// weir-rules.test.yaml that fires it (`promtool test rules`).
+#[test]
+fn the_alert_rules_pass_promtool_and_every_alert_is_tested() {
+    let dir = root().join("config/prometheus");
+    for args in [&["check", "rules", "weir-rules.yaml"][..], &["test", "rules", "weir-rules.test.yaml"][..]] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool must be installed (.ci/run installs the Debian package prometheus)");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {args:?}: {text}");
+    }
+    let rules = &documents(&dir.join("weir-rules.yaml"))[0];
+    let tests = &documents(&dir.join("weir-rules.test.yaml"))[0];
+    let alerts: Vec<&str> =
+        rules["groups"][0]["rules"].as_array().unwrap().iter().filter_map(|r| r["alert"].as_str()).collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    let fired: Vec<&str> = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().unwrap().iter())
+        .filter(|c| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()))
+        .filter_map(|c| c["alertname"].as_str())
+        .collect();
+    for a in &alerts {
+        assert!(fired.contains(a), "alert {a} has no test that fires it");
+    }
+}

@@ -11,7 +11,13 @@ use crate::routing::Version;
 use serde_json::{Value, json};
 use std::time::Instant;
 
-pub fn metrics_text(live: &Live, served: &Serving, reloader: &Reloader, access_log_dropped: u64) -> String {
+pub fn metrics_text(
+    live: &Live,
+    served: &Serving,
+    reloader: &Reloader,
+    access_log_dropped: u64,
+    ready: bool,
+) -> String {
     let views: Vec<RouteView<'_>> = served
         .snapshot
         .table
@@ -39,6 +45,7 @@ pub fn metrics_text(live: &Live, served: &Serving, reloader: &Reloader, access_l
             unrouted: live.registry.unrouted.load(std::sync::atomic::Ordering::Relaxed),
             reloads_success: reloader.successes(),
             reloads_failure: reloader.failures(),
+            ready,
         },
     )
 }

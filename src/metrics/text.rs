@@ -305,6 +305,9 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {CONFIG_GENERATION} Generation of the config in force (1 at start).");
     let _ = writeln!(o, "# TYPE {CONFIG_GENERATION} gauge");
     let _ = writeln!(o, "{CONFIG_GENERATION} {}", g.generation);
+    let _ = writeln!(o, "# HELP {READY} 1 while /ready answers 200; 0 while starting or draining.");
+    let _ = writeln!(o, "# TYPE {READY} gauge");
+    let _ = writeln!(o, "{READY} {}", u8::from(g.ready));
     let _ = writeln!(o, "# HELP {BUILD_INFO} Always 1; the version label says which weir runs.");
     let _ = writeln!(o, "# TYPE {BUILD_INFO} gauge");
     let _ = writeln!(o, "{BUILD_INFO}{{version=\"{}\"}} 1", crate::VERSION);
