@@ -108,6 +108,23 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
+/// `journal:`: when `state_dir/journal.jsonl` is rotated into
+/// `journal-<seq>.jsonl` (the hash chain runs on through the next file).
+/// Rotated files are kept; retention is the operator's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalRotation {
+    /// `rotate_size` (default 64MiB).
+    pub max_bytes: u64,
+    /// `rotate_age` (default: none).
+    pub max_age: Option<Duration>,
+}
+
+impl Default for JournalRotation {
+    fn default() -> Self {
+        Self { max_bytes: 64 * 1024 * 1024, max_age: None }
+    }
+}
+
 /// A validated config, ready to serve. Immutable once built.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -120,6 +137,7 @@ pub struct Snapshot {
     /// `admin.token_file`, resolved against the config directory.
     pub admin_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
+    pub journal: JournalRotation,
     pub limits: Limits,
     pub shutdown: Shutdown,
     pub access_log: bool,

@@ -97,11 +97,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The decision journal: `verify [PATH]` checks its hash chain and
+    /// names the first edited, removed or reordered line (exit 1).
+    Journal {
+        #[command(subcommand)]
+        action: JournalAction,
+    },
     /// A self-contained demo on loopback: upstreams, players, a canary that
     /// climbs, breaks and is rolled back by weir; ends by itself.
     Demo,
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum JournalAction {
+    /// Check the chain: PATH is `state_dir` (every rotated file and
+    /// journal.jsonl, from the first line; and state.json's record of the
+    /// newest line) or one journal file.
+    Verify {
+        #[arg(default_value = "weir-state")]
+        path: PathBuf,
+    },
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -143,6 +160,7 @@ fn main() -> ExitCode {
         Command::Status { route, admin, watch, wait, timeout, interval, json } => {
             status(&admin, route.as_deref(), StatusMode { watch, wait, json }, timeout, interval)
         }
+        Command::Journal { action: JournalAction::Verify { path } } => journal_verify(&path),
         Command::Demo => match demo() {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -328,6 +346,72 @@ fn status(
         last = text;
         std::thread::sleep(every);
     }
+}
+
+/// `weir journal verify`: 0 intact, 1 broken, 2 unreadable.
+fn journal_verify(path: &std::path::Path) -> ExitCode {
+    use weir::journal;
+    let read = |p: &std::path::Path| std::fs::read(p).map(|b| (p.display().to_string(), b));
+    let (files, from, state) = if path.is_dir() {
+        let mut names = weir::rollout::store::rotated_journals(path);
+        let current = path.join("journal.jsonl");
+        if current.exists() {
+            names.push(current);
+        }
+        let files: Result<Vec<_>, _> = names.iter().map(|p| read(p)).collect();
+        (files, None, std::fs::read(path.join("state.json")).ok())
+    } else {
+        let file = read(path);
+        let from = file.as_ref().ok().and_then(|(_, b)| journal::claimed_start(b)).filter(|h| h.seq > 0);
+        (file.map(|f| vec![f]), from, None)
+    };
+    let files = match files {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("weir journal verify: no journal in {}", path.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("weir journal verify: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let r = journal::verify(&files, from.as_ref());
+    if let Some(b) = &r.broken {
+        println!("journal BROKEN at {} line {}: {}", b.file, b.line, b.why);
+        println!("(the {} lines before it verify)", r.lines);
+        return ExitCode::FAILURE;
+    }
+    // state.json records the newest line at each save: a journal that ends
+    // before it lost lines at its end.
+    let recorded = state
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| Some((v["journal_head"]["seq"].as_u64()?, v["journal_head"]["hash"].as_str()?.to_owned())));
+    if let Some((seq, hash)) = &recorded
+        && (*seq > r.head.seq || (*seq == r.head.seq && *hash != r.head.hash))
+    {
+        println!(
+            "journal BROKEN at its end: state.json records line seq {seq}, the journal ends at seq {} \
+             (lines removed from the end, or the last line edited)",
+            r.head.seq
+        );
+        return ExitCode::FAILURE;
+    }
+    if let Some(h) = &from {
+        println!("continues from seq {} (the file before it is not checked here)", h.seq);
+    }
+    if r.unchained > 0 {
+        println!("{} line(s) from before the chain (not protected)", r.unchained);
+    }
+    println!(
+        "journal intact: {} chained line(s) in {} file(s), newest seq {}, hash {}{}",
+        r.lines,
+        files.len(),
+        r.head.seq,
+        r.head.hash,
+        if recorded.is_some() { "; matches state.json" } else { "" }
+    );
+    ExitCode::SUCCESS
 }
 
 /// `weir fleet`: exit 0 when every replica accepted the call.

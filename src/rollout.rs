@@ -162,7 +162,8 @@ impl Rollouts {
     /// Routes whose state could not be read start rolled back (canary at 0 %),
     /// never at some guessed weight.
     pub fn open(dir: &Path, config: &Snapshot, registry: &Registry, now_ms: u64) -> std::io::Result<Self> {
-        let (store, loaded) = Store::open(dir)?;
+        let (mut store, loaded) = Store::open(dir)?;
+        store.set_rotation(config.journal);
         let mut book = Self { states: loaded.routes, store, due: HashMap::new(), fleet: BTreeMap::new() };
         let mut unsafe_routes: Vec<(String, String)> = loaded.unreadable_routes;
         if let Some(why) = &loaded.unreadable_file {
@@ -232,6 +233,7 @@ impl Rollouts {
     /// Fit every route's state to a newly installed config; journal weight
     /// changes that come from the config (actor `config`).
     pub fn reconcile(&mut self, old: Option<&Snapshot>, config: &Snapshot, now_ms: u64) {
+        self.store.set_rotation(config.journal);
         let mut dirty = false;
         for r in config.table.routes.iter().filter(|r| r.canary.is_some()) {
             let old_route = old.and_then(|o| o.table.route(&r.name));

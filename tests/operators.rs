@@ -143,3 +143,84 @@ async fn control_external_judges_but_never_steers() {
     let (_, v) = verdict(weir.admin, "").await;
     assert_eq!(v["outcome"], "rolled_back");
 }
+
+/// Run `weir journal verify PATH`: exit code and stdout.
+fn verify(path: &std::path::Path) -> (i32, String) {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["journal", "verify"]).arg(path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_a_hash_chain_and_verify_finds_the_first_tampered_line() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weir.yaml");
+    let state = dir.path().join("weir-state");
+    // Rotate at the smallest size allowed, so the chain crosses files.
+    let yaml = config(s.addr, c.addr, &route(STEPS)).replace("routes:", "journal: {rotate_size: 64KiB}\nroutes:");
+    std::fs::write(&cfg, yaml).unwrap();
+    let (mut child, addr, admin, _out, _err) = support::spawn_weir_admin(&cfg);
+    let http = client();
+    // Verdicts every 100 ms while traffic flows: about 1 KB of journal each.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let current_lines = || std::fs::read_to_string(state.join("journal.jsonl")).map_or(0, |t| t.lines().count());
+    while weir::rollout::store::rotated_journals(&state).is_empty() || current_lines() < 6 {
+        assert!(std::time::Instant::now() < deadline, "no rotation within 60 s");
+        for i in 0..20 {
+            get(&http, &format!("http://{addr}/"), &[("x-player-id", &format!("p{i}"))]).await;
+        }
+        let _ = support::route_view(admin, "app").await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (code, out) = verify(&state);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("journal intact") && !out.contains(" 1 file(s)") && out.contains("matches state.json"),
+        "{out}"
+    );
+    let journal = state.join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("journal_rotated"), "the new file starts by naming the old one");
+    assert!(lines.len() >= 4, "{}", lines.len());
+    let write =
+        |ls: &[&str]| std::fs::write(&journal, ls.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+
+    // The current file alone continues the chain from the rotated one.
+    let (code, out) = verify(&journal);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("continues from seq"), "{out}");
+
+    // An edited line: the next one no longer links.
+    let edited = lines[1].replacen("\"event\":\"", "\"event\":\"x", 1);
+    assert_ne!(edited, lines[1]);
+    write(&[&[lines[0], edited.as_str()][..], &lines[2..]].concat());
+    let (code, out) = verify(&state);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("journal.jsonl line 3") && out.contains("edited"), "{out}");
+
+    // A removed line.
+    write(&[&lines[..1], &lines[2..]].concat());
+    let (code, out) = verify(&state);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("journal.jsonl line 2") && out.contains("removed"), "{out}");
+
+    // Reordered lines.
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    write(&swapped);
+    assert_eq!(verify(&state).0, 1);
+
+    // Lines cut from the end: state.json still names the newest.
+    write(&lines[..lines.len() - 1]);
+    let (code, out) = verify(&state);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("at its end"), "{out}");
+
+    // Put back whole, it verifies again.
+    write(&lines);
+    assert_eq!(verify(&state).0, 0);
+}

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub listen: Vec<RawListen>,
     pub admin: Option<RawAdmin>,
     pub state_dir: Option<String>,
+    pub journal: Option<RawJournal>,
     pub limits: Option<RawLimits>,
     pub shutdown: Option<RawShutdown>,
     /// weir extension: `false` turns off the per-request JSON access log.
@@ -24,6 +25,13 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub rotate_size: Option<SizeValue>,
+    pub rotate_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -159,6 +159,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         admin,
         admin_token_file,
         state_dir: resolve(base, raw.state_dir.as_deref().unwrap_or("weir-state")),
+        journal: compile_journal(&raw, p),
         limits,
         shutdown,
         access_log: raw.access_log.unwrap_or(true),
@@ -166,6 +167,21 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         table: Table::new(routes),
         warnings: Vec::new(),
     }
+}
+
+fn compile_journal(raw: &RawConfig, p: &mut Problems) -> crate::config::JournalRotation {
+    let d = crate::config::JournalRotation::default();
+    let Some(j) = &raw.journal else { return d };
+    let max_bytes = p.size("journal.rotate_size", j.rotate_size.as_ref(), d.max_bytes);
+    if max_bytes < 64 * 1024 {
+        p.at("journal.rotate_size", "at least 64KiB (a journal line can be a few KiB)");
+    }
+    let max_age =
+        j.rotate_age.as_ref().map(|_| p.duration("journal.rotate_age", j.rotate_age.as_ref(), Duration::ZERO));
+    if max_age.is_some_and(|a| a < Duration::from_secs(60)) {
+        p.at("journal.rotate_age", "at least 1m");
+    }
+    crate::config::JournalRotation { max_bytes, max_age }
 }
 
 fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {

@@ -1,11 +1,15 @@
 //! `state_dir` on disk: `state.json` (every route's rollout state, replaced
 //! atomically: temp file, fsync, rename, fsync of the directory),
-//! `journal.jsonl` (one JSON object a line, appended and fsync'd) and
+//! `journal.jsonl` (one JSON object a line, appended and fsync'd, each
+//! line chained to the one before by hash: `crate::journal`; rotated by
+//! size or age into `journal-<seq>.jsonl`, the chain running on) and
 //! `filters/<route key>.bin` (a route's counted-user filters, replaced the
 //! same way, written only with that route's verdicts so the state file
 //! stays small however many sticky routes there are).
 
 use super::machine::RouteState;
+use crate::config::JournalRotation as Rotation;
+use crate::journal::Head;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -35,6 +39,46 @@ fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 pub struct Store {
     dir: PathBuf,
     journal: File,
+    /// The chain's newest line.
+    head: Head,
+    /// Bytes in the current journal file and when it was started.
+    journal_bytes: u64,
+    journal_since: std::time::SystemTime,
+    rotation: Rotation,
+}
+
+/// Rotated journal files, oldest first (by the seq in their name).
+pub fn rotated_journals(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let seq = name.strip_prefix("journal-")?.strip_suffix(".jsonl")?.parse().ok()?;
+            Some((seq, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The chain's head on disk: the current file's last chained line, or the
+/// newest rotated file's (a rotation cut short before its first line).
+fn head_on_disk(dir: &Path) -> Head {
+    let tail = |p: &Path| -> Option<Head> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = File::open(p).ok()?;
+        let len = f.metadata().ok()?.len();
+        // Lines are at most a few KiB; the last MiB holds the newest whole one.
+        let start = len.saturating_sub(1024 * 1024);
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        let from = if start > 0 { buf.iter().position(|b| *b == b'\n').map_or(buf.len(), |i| i + 1) } else { 0 };
+        crate::journal::head_of(&buf[from..])
+    };
+    tail(&dir.join(JOURNAL)).or_else(|| rotated_journals(dir).last().and_then(|p| tail(p))).unwrap_or_default()
 }
 
 /// What was found on disk at start.
@@ -61,7 +105,11 @@ impl Store {
                 }
             }
         }
+        let head = head_on_disk(dir);
         let journal = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
+        let meta = journal.metadata()?;
+        let journal_since =
+            meta.created().or_else(|_| meta.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
         let loaded = match fs::read(dir.join(STATE)) {
             Ok(bytes) => parse_state(&bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::default(),
@@ -71,16 +119,35 @@ impl Store {
             // Keep the bad file for a human; the next save replaces state.json.
             let _ = fs::copy(dir.join(STATE), dir.join("state.json.unreadable"));
         }
-        Ok((Self { dir: dir.to_path_buf(), journal }, loaded))
+        let store = Self {
+            dir: dir.to_path_buf(),
+            journal,
+            head,
+            journal_bytes: meta.len(),
+            journal_since,
+            rotation: Rotation::default(),
+        };
+        Ok((store, loaded))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Replace `state.json` atomically.
+    pub fn set_rotation(&mut self, rotation: Rotation) {
+        self.rotation = rotation;
+    }
+
+    /// The journal chain's newest line.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Replace `state.json` atomically. It records the journal's head too,
+    /// so lines cut from the end of the journal can be told.
     pub fn save(&self, routes: &BTreeMap<String, RouteState>) -> io::Result<()> {
-        let mut doc = serde_json::json!({"format": FORMAT, "routes": routes}).to_string();
+        let head = serde_json::json!({"seq": self.head.seq, "hash": self.head.hash});
+        let mut doc = serde_json::json!({"format": FORMAT, "routes": routes, "journal_head": head}).to_string();
         doc.push('\n');
         replace(&self.dir, STATE, doc.as_bytes())
     }
@@ -103,12 +170,47 @@ impl Store {
         fs::read(self.dir.join(Self::filters_name(route))).ok()
     }
 
-    /// Append one line and fsync it.
+    /// Append one line, chained to the one before, and fsync it; rotate
+    /// first when the file is due.
     pub fn journal(&mut self, entry: &Value) -> io::Result<()> {
-        let mut line = entry.to_string();
+        if self.rotation_due() {
+            self.rotate()?;
+        }
+        let mut entry = entry.clone();
+        self.append(&mut entry)
+    }
+
+    fn append(&mut self, entry: &mut Value) -> io::Result<()> {
+        let (mut line, head) = crate::journal::link(entry, &self.head);
         line.push('\n');
         self.journal.write_all(line.as_bytes())?;
-        self.journal.sync_data()
+        self.journal.sync_data()?;
+        self.head = head;
+        self.journal_bytes += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotation_due(&self) -> bool {
+        self.journal_bytes > 0
+            && (self.journal_bytes >= self.rotation.max_bytes
+                || self.rotation.max_age.is_some_and(|age| self.journal_since.elapsed().is_ok_and(|e| e >= age)))
+    }
+
+    /// Close the current file as `journal-<last seq>.jsonl` and start a new
+    /// one whose first line links to it.
+    fn rotate(&mut self) -> io::Result<()> {
+        let rotated = format!("journal-{:012}.jsonl", self.head.seq);
+        fs::rename(self.dir.join(JOURNAL), self.dir.join(&rotated))?;
+        self.journal = OpenOptions::new().create(true).append(true).open(self.dir.join(JOURNAL))?;
+        File::open(&self.dir)?.sync_all()?;
+        self.journal_bytes = 0;
+        self.journal_since = std::time::SystemTime::now();
+        let mut first = serde_json::json!({
+            "time": crate::access_log::rfc3339_now(),
+            "event": "journal_rotated",
+            "previous_file": rotated,
+        });
+        self.append(&mut first)
     }
 }
 
@@ -199,6 +301,39 @@ mod tests {
         let (mut store, _) = Store::open(dir.path()).unwrap();
         store.journal(&serde_json::json!({"n": 2})).unwrap();
         let text = fs::read_to_string(dir.path().join(JOURNAL)).unwrap();
-        assert_eq!(text, "{\"n\":1}\n{\"n\":2}\n");
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.iter().map(|l| l["n"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
+        assert_eq!(lines.iter().map(|l| l["seq"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
+        assert_eq!(lines[0]["prev"], crate::journal::GENESIS);
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn the_chain_survives_rotation_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store.set_rotation(Rotation { max_bytes: 300, max_age: None });
+        for n in 0..10 {
+            store.journal(&serde_json::json!({"event": "verdict", "n": n, "pad": "x".repeat(60)})).unwrap();
+        }
+        drop(store);
+        // Reopened, it carries on from the head on disk.
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store.journal(&serde_json::json!({"event": "verdict", "n": 10})).unwrap();
+        store.save(&BTreeMap::new()).unwrap();
+        let rotated = rotated_journals(dir.path());
+        assert!(rotated.len() >= 2, "rotated by size: {rotated:?}");
+        let mut files: Vec<(String, Vec<u8>)> =
+            rotated.iter().map(|p| (p.display().to_string(), fs::read(p).unwrap())).collect();
+        files.push(("journal.jsonl".into(), fs::read(dir.path().join(JOURNAL)).unwrap()));
+        let r = crate::journal::verify(&files, None);
+        assert_eq!(r.broken, None);
+        // 11 entries plus one `journal_rotated` line per rotation.
+        assert_eq!(r.lines, 11 + rotated.len() as u64);
+        assert_eq!(&r.head, store.head());
+        let state: Value = serde_json::from_slice(&fs::read(dir.path().join(STATE)).unwrap()).unwrap();
+        assert_eq!(state["journal_head"]["hash"], store.head().hash.as_str(), "state.json names the head");
+        let first = String::from_utf8(files[1].1.clone()).unwrap();
+        assert!(first.starts_with("{") && first.contains("journal_rotated"), "{first}");
     }
 }
