@@ -125,6 +125,70 @@ impl Default for JournalRotation {
     }
 }
 
+/// What a webhook is told about (`notify[].events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    Rollback,
+    Hold,
+    Promoted,
+    Step,
+    Kill,
+    ConfigRefused,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 6] = [
+        NotifyEvent::Rollback,
+        NotifyEvent::Hold,
+        NotifyEvent::Promoted,
+        NotifyEvent::Step,
+        NotifyEvent::Kill,
+        NotifyEvent::ConfigRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Rollback => "rollback",
+            NotifyEvent::Hold => "hold",
+            NotifyEvent::Promoted => "promoted",
+            NotifyEvent::Step => "step",
+            NotifyEvent::Kill => "kill",
+            NotifyEvent::ConfigRefused => "config_refused",
+        }
+    }
+}
+
+/// `notify[].format`: the body's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    /// The journal line plus `text` (a sentence ready to post).
+    Json,
+    /// `{"text": …}` for a Slack incoming webhook.
+    Slack,
+    /// A MessageCard for a Microsoft Teams incoming webhook.
+    Teams,
+}
+
+/// One outbound webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySink {
+    pub name: String,
+    /// As written (shown in /config without its query string).
+    pub url: String,
+    pub tls: bool,
+    /// `host:port` to connect to, and the host name (SNI, Host header).
+    pub authority: String,
+    pub host: String,
+    /// Path and query to POST to.
+    pub path: String,
+    pub format: NotifyFormat,
+    pub events: Vec<NotifyEvent>,
+    pub token_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
 /// A validated config, ready to serve. Immutable once built.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -138,6 +202,8 @@ pub struct Snapshot {
     pub admin_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub journal: JournalRotation,
+    /// Outbound webhooks told about rollbacks, holds, steps… (`notify:`).
+    pub notify: Vec<NotifySink>,
     pub limits: Limits,
     pub shutdown: Shutdown,
     pub access_log: bool,

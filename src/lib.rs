@@ -45,6 +45,7 @@ pub mod labels;
 pub mod limits;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;

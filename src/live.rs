@@ -62,13 +62,18 @@ pub struct Live {
     /// The fleet task has asked the source once about every fleet route.
     pub fleet_passed: std::sync::atomic::AtomicBool,
     pub fleet_first_pass: Notify,
+    /// Outbound webhooks (`notify:`).
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Live {
     /// Open the rollout state in `snapshot.state_dir` and serve `snapshot`.
     pub fn new(snapshot: Snapshot) -> std::io::Result<Self> {
         let registry = Registry::default();
-        let book = Rollouts::open(&snapshot.state_dir, &snapshot, &registry, rollout::wall_ms())?;
+        let mut book = Rollouts::open(&snapshot.state_dir, &snapshot, &registry, rollout::wall_ms())?;
+        let notifier = Arc::new(crate::notify::Notifier::new());
+        notifier.configure(&snapshot.notify);
+        book.set_notifier(Arc::clone(&notifier));
         let effective = book.overlay(&snapshot);
         let upstreams = effective.upstreams.iter().map(|s| Arc::new(Upstream::new(s.clone()))).collect();
         let route_metrics = Self::metrics_for(&registry, &effective);
@@ -84,6 +89,7 @@ impl Live {
             fleet_bytes: Default::default(),
             fleet_passed: Default::default(),
             fleet_first_pass: Notify::new(),
+            notifier,
         })
     }
 
@@ -149,6 +155,7 @@ impl Live {
         let mut w = self.lock();
         let old = Arc::clone(&w.config);
         w.book.windows_for_new_revisions(Some(&old), &snapshot, &self.registry);
+        self.notifier.configure(&snapshot.notify);
         w.book.reconcile(Some(&old), &snapshot, rollout::wall_ms());
         w.config = Arc::new(snapshot);
         let generation = self.current.load().generation + 1;

@@ -36,6 +36,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "weir_config_generation";
 pub const BUILD_INFO: &str = "weir_build_info";
 pub const READY: &str = "weir_ready";
+pub const NOTIFICATIONS_TOTAL: &str = "weir_notifications_total";
 mod text;
 
 pub const WEBSOCKET_RTT: &str = "weir_websocket_rtt_seconds";
@@ -474,6 +475,9 @@ pub struct Globals {
     pub reloads_failure: u64,
     /// `/ready` would answer 200 (not starting, not draining).
     pub ready: bool,
+    /// Per webhook: messages sent, failed (after every retry), dropped
+    /// (queue full) and retried attempts.
+    pub notifications: Vec<(String, [u64; 4])>,
 }
 
 /// Route metrics plus the weights to show; built from what is serving.

@@ -207,9 +207,11 @@ impl Reloader {
     fn fail(&self, trigger: &'static str, err: ReloadError) -> ReloadError {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let generation = self.live.load().generation;
-        for problem in err.problems() {
+        let problems = err.problems();
+        for problem in &problems {
             tracing::error!(trigger, generation, path = %self.path.display(), problem = %problem, "config reload refused; still serving the previous config");
         }
+        self.live.notifier.config_refused(&self.path.display().to_string(), &problems);
         err
     }
 }

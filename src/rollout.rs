@@ -109,6 +109,8 @@ pub struct Rollouts {
     due: HashMap<String, Instant>,
     /// Routes judged by the fleet (`analysis.source`).
     fleet: BTreeMap<String, fleet::FleetRoute>,
+    /// Told about every journal line (it picks what webhooks want).
+    notifier: Option<std::sync::Arc<crate::notify::Notifier>>,
 }
 
 /// What route `r` of the config serves with, given its rollout state.
@@ -164,7 +166,8 @@ impl Rollouts {
     pub fn open(dir: &Path, config: &Snapshot, registry: &Registry, now_ms: u64) -> std::io::Result<Self> {
         let (mut store, loaded) = Store::open(dir)?;
         store.set_rotation(config.journal);
-        let mut book = Self { states: loaded.routes, store, due: HashMap::new(), fleet: BTreeMap::new() };
+        let mut book =
+            Self { states: loaded.routes, store, due: HashMap::new(), fleet: BTreeMap::new(), notifier: None };
         let mut unsafe_routes: Vec<(String, String)> = loaded.unreadable_routes;
         if let Some(why) = &loaded.unreadable_file {
             tracing::error!(
@@ -218,10 +221,17 @@ impl Rollouts {
         self.states.get(route)
     }
 
-    fn journal(&mut self, e: Value) {
-        if let Err(err) = self.store.journal(&e) {
+    fn journal(&mut self, mut e: Value) {
+        if let Err(err) = self.store.journal(&mut e) {
             tracing::error!(path = %self.store.dir().display(), error = %err, "cannot append to the rollout journal");
         }
+        if let Some(n) = &self.notifier {
+            n.on_journal(&e);
+        }
+    }
+
+    pub fn set_notifier(&mut self, n: std::sync::Arc<crate::notify::Notifier>) {
+        self.notifier = Some(n);
     }
 
     fn save(&self) {

@@ -14,7 +14,7 @@ const LADDER: &[(&str, &[&str])] = &[
     ("domain", &["routing", "config", "analysis"]),
     ("parts", &["evidence", "upstream", "explain"]),
     ("metrics", &["metrics"]),
-    ("runtime", &["websocket", "shadow", "rollout", "fleet"]),
+    ("runtime", &["websocket", "shadow", "rollout", "fleet", "notify"]),
     ("live", &["live"]),
     ("edges", &["proxy", "reload", "admin", "tasks"]),
     ("app", &["app", "demo", "fuzzing", "lib", "status"]),

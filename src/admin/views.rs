@@ -46,6 +46,15 @@ pub fn metrics_text(
             reloads_success: reloader.successes(),
             reloads_failure: reloader.failures(),
             ready,
+            notifications: live
+                .notifier
+                .stats()
+                .into_iter()
+                .map(|(name, s)| {
+                    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                    (name, [n(&s.sent), n(&s.failed), n(&s.dropped), n(&s.retried)])
+                })
+                .collect(),
         },
     )
 }

@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub state_dir: Option<String>,
     pub journal: Option<RawJournal>,
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
     pub limits: Option<RawLimits>,
     pub shutdown: Option<RawShutdown>,
     /// weir extension: `false` turns off the per-request JSON access log.
@@ -25,6 +27,17 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub name: Option<String>,
+    pub url: String,
+    pub format: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub token_file: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -305,6 +305,13 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {CONFIG_GENERATION} Generation of the config in force (1 at start).");
     let _ = writeln!(o, "# TYPE {CONFIG_GENERATION} gauge");
     let _ = writeln!(o, "{CONFIG_GENERATION} {}", g.generation);
+    let _ = writeln!(o, "# HELP {NOTIFICATIONS_TOTAL} Webhook notifications by outcome (retried counts attempts).");
+    let _ = writeln!(o, "# TYPE {NOTIFICATIONS_TOTAL} counter");
+    for (sink, counts) in &g.notifications {
+        for (outcome, n) in ["sent", "failed", "dropped", "retried"].iter().zip(counts) {
+            let _ = writeln!(o, "{NOTIFICATIONS_TOTAL}{{sink=\"{}\",outcome=\"{outcome}\"}} {n}", escape(sink));
+        }
+    }
     let _ = writeln!(o, "# HELP {READY} 1 while /ready answers 200; 0 while starting or draining.");
     let _ = writeln!(o, "# TYPE {READY} gauge");
     let _ = writeln!(o, "{READY} {}", u8::from(g.ready));

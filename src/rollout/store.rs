@@ -172,12 +172,12 @@ impl Store {
 
     /// Append one line, chained to the one before, and fsync it; rotate
     /// first when the file is due.
-    pub fn journal(&mut self, entry: &Value) -> io::Result<()> {
+    /// `entry` gets its `seq` and `prev`.
+    pub fn journal(&mut self, entry: &mut Value) -> io::Result<()> {
         if self.rotation_due() {
             self.rotate()?;
         }
-        let mut entry = entry.clone();
-        self.append(&mut entry)
+        self.append(entry)
     }
 
     fn append(&mut self, entry: &mut Value) -> io::Result<()> {
@@ -297,9 +297,9 @@ mod tests {
     fn journal_lines_are_appended() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = Store::open(dir.path()).unwrap();
-        store.journal(&serde_json::json!({"n": 1})).unwrap();
+        store.journal(&mut serde_json::json!({"n": 1})).unwrap();
         let (mut store, _) = Store::open(dir.path()).unwrap();
-        store.journal(&serde_json::json!({"n": 2})).unwrap();
+        store.journal(&mut serde_json::json!({"n": 2})).unwrap();
         let text = fs::read_to_string(dir.path().join(JOURNAL)).unwrap();
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.iter().map(|l| l["n"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
@@ -314,12 +314,12 @@ mod tests {
         let (mut store, _) = Store::open(dir.path()).unwrap();
         store.set_rotation(Rotation { max_bytes: 300, max_age: None });
         for n in 0..10 {
-            store.journal(&serde_json::json!({"event": "verdict", "n": n, "pad": "x".repeat(60)})).unwrap();
+            store.journal(&mut serde_json::json!({"event": "verdict", "n": n, "pad": "x".repeat(60)})).unwrap();
         }
         drop(store);
         // Reopened, it carries on from the head on disk.
         let (mut store, _) = Store::open(dir.path()).unwrap();
-        store.journal(&serde_json::json!({"event": "verdict", "n": 10})).unwrap();
+        store.journal(&mut serde_json::json!({"event": "verdict", "n": 10})).unwrap();
         store.save(&BTreeMap::new()).unwrap();
         let rotated = rotated_journals(dir.path());
         assert!(rotated.len() >= 2, "rotated by size: {rotated:?}");
