@@ -155,10 +155,11 @@ pub fn classify(line: &Value) -> Option<(NotifyEvent, String)> {
         ("promoted", _) => NotifyEvent::Promoted,
         ("step", _) => NotifyEvent::Step,
         ("verdict", _) if s("verdict") == "hold" => NotifyEvent::Hold,
-        // Fleet mode: the state the fleet's fold reached.
-        ("fleet_state" | "fleet_steer" | "fleet_sync", "rolled_back") => NotifyEvent::Rollback,
-        ("fleet_state" | "fleet_steer" | "fleet_sync", "promoted") => NotifyEvent::Promoted,
-        ("fleet_state" | "fleet_steer" | "fleet_sync", "killed") => NotifyEvent::Kill,
+        // Fleet mode: the state the fleet's fold reached. (`fleet_sync`, a
+        // replica catching up after a restart, is not news.)
+        ("fleet_state" | "fleet_steer", "rolled_back") => NotifyEvent::Rollback,
+        ("fleet_state" | "fleet_steer", "promoted") => NotifyEvent::Promoted,
+        ("fleet_state" | "fleet_steer", "killed") => NotifyEvent::Kill,
         _ => return None,
     };
     let detail = match event {
@@ -371,6 +372,7 @@ mod tests {
         assert_eq!(classify(&line("verdict", json!({"verdict": "pass"}))), None);
         assert_eq!(classify(&line("fleet_state", json!({}))).map(|c| c.0), Some(NotifyEvent::Rollback));
         assert_eq!(classify(&line("kill", json!({}))).map(|c| c.0), Some(NotifyEvent::Kill));
+        assert_eq!(classify(&line("fleet_sync", json!({}))), None, "catching up is not news");
     }
 
     #[test]
