@@ -40,6 +40,7 @@ pub mod files;
 pub mod fleet;
 pub mod fuzzing;
 pub mod headers;
+pub mod import;
 pub mod journal;
 pub mod labels;
 pub mod limits;

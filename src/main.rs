@@ -97,6 +97,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a weir config from what a cluster has: `ingress-nginx FILE|-`
+    /// (Ingresses with canary annotations; `kubectl get ingress,service -A
+    /// -o yaml` output works). The config goes to stdout (or `-o`), what
+    /// could not be translated to stderr. Exit 0 complete, 1 incomplete
+    /// (the config is valid; the list says what is missing), 2 failed.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// The decision journal: `verify [PATH]` checks its hash chain and
     /// names the first edited, removed or reordered line (exit 1).
     Journal {
@@ -108,6 +117,21 @@ enum Command {
     Demo,
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// Ingresses of ingress-nginx and their canary annotations.
+    IngressNginx {
+        /// Kubernetes YAML (multi-document or a List); `-` reads stdin.
+        file: PathBuf,
+        /// Only Ingresses of this class (or without one).
+        #[arg(long, default_value = "nginx")]
+        class: String,
+        /// Write the config here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +185,9 @@ fn main() -> ExitCode {
             status(&admin, route.as_deref(), StatusMode { watch, wait, json }, timeout, interval)
         }
         Command::Journal { action: JournalAction::Verify { path } } => journal_verify(&path),
+        Command::Import { from: ImportFrom::IngressNginx { file, class, output } } => {
+            import_ingress_nginx(&file, &class, output.as_deref())
+        }
         Command::Demo => match demo() {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
@@ -346,6 +373,60 @@ fn status(
         last = text;
         std::thread::sleep(every);
     }
+}
+
+/// `weir import ingress-nginx`: 0 complete, 1 incomplete, 2 failed.
+fn import_ingress_nginx(file: &std::path::Path, class: &str, output: Option<&std::path::Path>) -> ExitCode {
+    use std::io::Read;
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        match std::io::stdin().take(weir::files::MAX_CONFIG * 16).read_to_string(&mut s) {
+            Ok(_) => Ok(s),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        weir::files::read_capped(file, weir::files::MAX_CONFIG * 16)
+            .map_err(|e| e.to_string())
+            .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
+    };
+    let objects = match text.and_then(|t| weir::import::objects(&t)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("weir import: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let imported = weir::import::ingress_nginx::import(&objects, class);
+    if let Err(problems) = weir::config::validate(imported.yaml.as_bytes(), std::path::Path::new(".")) {
+        // A bug of the importer: say so with what it wrote.
+        eprintln!("weir import: the generated config does not pass weir check (please report):");
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        eprintln!("{}", imported.yaml);
+        return ExitCode::from(2);
+    }
+    let written = match output {
+        Some(path) => std::fs::write(path, &imported.yaml).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            print!("{}", imported.yaml);
+            Ok(())
+        }
+    };
+    if let Err(e) = written {
+        eprintln!("weir import: {e}");
+        return ExitCode::from(2);
+    }
+    for s in &imported.skipped {
+        eprintln!("not translated: {s}");
+    }
+    eprintln!(
+        "weir import: {} route(s) written; {} item(s) not translated{}",
+        imported.routes,
+        imported.skipped.len(),
+        if imported.skipped.is_empty() { "" } else { " (listed above)" }
+    );
+    if imported.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// `weir journal verify`: 0 intact, 1 broken, 2 unreadable.

@@ -14,7 +14,7 @@ mod table;
 pub use bucket::{BUCKETS, BucketCookie, bucket_of, key_hash};
 pub use facts::Facts;
 pub use table::{
-    Backend, HostMatch, KeySource, Overlay, Override, Phase, Route, Segment, SegmentMatcher, Sticky, Table,
+    Backend, HostMatch, KeySource, Overlay, Override, PathMatch, Phase, Route, Segment, SegmentMatcher, Sticky, Table,
 };
 
 /// A role behind a route.

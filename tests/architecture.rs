@@ -17,7 +17,7 @@ const LADDER: &[(&str, &[&str])] = &[
     ("runtime", &["websocket", "shadow", "rollout", "fleet", "notify"]),
     ("live", &["live"]),
     ("edges", &["proxy", "reload", "admin", "tasks"]),
-    ("app", &["app", "demo", "fuzzing", "lib", "status"]),
+    ("app", &["app", "demo", "fuzzing", "import", "lib", "status"]),
 ];
 
 /// Cycles between two modules of one layer that remain, and why. None

@@ -196,7 +196,7 @@ pub fn config_json(served: &Serving) -> Value {
                     crate::routing::HostMatch::Exact(e) => e.clone(),
                     crate::routing::HostMatch::Suffix(s) => format!("*{s}"),
                 }).collect::<Vec<_>>(),
-                "path_prefix": r.path_prefix,
+                "path": r.path.describe(),
                 "stable": {"upstream": &*r.stable.upstream_name, "revision": &*r.stable.revision},
                 "canary": r.canary.as_ref().map(|c| json!({"upstream": &*c.upstream_name, "revision": &*c.revision})),
                 "weight": bp_to_percent(r.config_weight_bp),

@@ -226,6 +226,8 @@ pub struct RawRouteMatch {
     #[serde(default)]
     pub hosts: Vec<String>,
     pub path_prefix: Option<String>,
+    pub path: Option<String>,
+    pub path_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +279,8 @@ pub struct RawSegmentMatch {
     pub cookie: BTreeMap<String, OneOrMany>,
     #[serde(default)]
     pub query: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub header_regex: BTreeMap<String, String>,
 }
 
 /// `x-market: SE` or `x-market: [SE, NO]`. Scalars of any YAML type

@@ -378,10 +378,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         p.at(format!("{path}.name"), "names may use letters, digits, `-`, `_` and `.` only");
     }
     let hosts = compile_hosts(r, path, p);
-    let path_prefix = r.match_.as_ref().and_then(|m| m.path_prefix.clone()).unwrap_or_else(|| "/".into());
-    if !path_prefix.starts_with('/') {
-        p.at(format!("{path}.match.path_prefix"), "must start with `/`");
-    }
+    let path_match = compile_path(r.match_.as_ref(), &format!("{path}.match"), p);
     let stable = backend(&format!("{path}.stable"), &r.stable.upstream, r.stable.revision.as_ref(), ups, p);
     let canary =
         r.canary.as_ref().and_then(|c| backend(&format!("{path}.canary"), &c.upstream, c.revision.as_ref(), ups, p));
@@ -444,7 +441,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         name: Arc::from(r.name.as_str()),
         name_header: http::HeaderValue::from_str(&r.name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
         hosts,
-        path_prefix,
+        path: path_match,
         stable: stable?,
         canary,
         config_weight_bp: weight_bp,
@@ -649,6 +646,59 @@ fn resolve(base: &Path, f: &str) -> PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
 }
 
+/// Longest `header_regex` pattern accepted, and the compiled size allowed:
+/// matching stays linear in the header's length (the `regex` crate has no
+/// backtracking) and a pattern cannot blow up memory.
+const MAX_REGEX_LEN: usize = 1024;
+const MAX_REGEX_SIZE: usize = 256 * 1024;
+
+fn header_regex(at: &str, pattern: &str, p: &mut Problems) -> Option<regex::bytes::Regex> {
+    if pattern.len() > MAX_REGEX_LEN {
+        p.at(at, format!("pattern longer than {MAX_REGEX_LEN} bytes"));
+        return None;
+    }
+    regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_SIZE)
+        .dfa_size_limit(MAX_REGEX_SIZE)
+        .build()
+        .map_err(|e| p.at(at, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("invalid"))))
+        .ok()
+}
+
+/// `match.path_prefix` (a plain string prefix, the default `/`), or
+/// `match.path` with `path_type`: `exact`, or `prefix` (Kubernetes: whole
+/// path segments, `/api` takes `/api` and `/api/x`, not `/apix`).
+fn compile_path(m: Option<&super::raw::RawRouteMatch>, at: &str, p: &mut Problems) -> crate::routing::PathMatch {
+    use crate::routing::PathMatch;
+    let Some(m) = m else { return PathMatch::Str("/".into()) };
+    let checked = |p: &mut Problems, key: &str, v: &str| {
+        if !v.starts_with('/') {
+            p.at(format!("{at}.{key}"), "must start with `/`");
+        }
+        v.to_owned()
+    };
+    match (&m.path_prefix, &m.path, m.path_type.as_deref()) {
+        (Some(_), Some(_), _) => {
+            p.at(format!("{at}.path"), "use `path_prefix` or `path` with `path_type`, not both");
+            PathMatch::Str("/".into())
+        }
+        (prefix, None, None) => PathMatch::Str(checked(p, "path_prefix", prefix.as_deref().unwrap_or("/"))),
+        (_, None, Some(_)) => {
+            p.at(format!("{at}.path_type"), "needs `path`");
+            PathMatch::Str("/".into())
+        }
+        (_, Some(v), Some("exact")) => PathMatch::Exact(checked(p, "path", v)),
+        (_, Some(v), Some("prefix")) => PathMatch::Segments(checked(p, "path", v)),
+        (_, Some(_), other) => {
+            p.at(
+                format!("{at}.path_type"),
+                format!("{}: use `exact` or `prefix`", other.map_or("missing".into(), |o| format!("`{o}`"))),
+            );
+            PathMatch::Str("/".into())
+        }
+    }
+}
+
 fn compile_segment_match(m: &RawSegmentMatch, path: &str, p: &mut Problems) -> Vec<SegmentMatcher> {
     let mut out = Vec::new();
     for (name, values) in &m.header {
@@ -662,8 +712,14 @@ fn compile_segment_match(m: &RawSegmentMatch, path: &str, p: &mut Problems) -> V
     for (name, values) in &m.query {
         out.push(SegmentMatcher::Query(name.clone(), values.clone().into_vec()));
     }
+    for (name, pattern) in &m.header_regex {
+        let at = format!("{path}.header_regex.{name}");
+        if let (Some(h), Some(re)) = (header_name(&at, name, p), header_regex(&at, pattern, p)) {
+            out.push(SegmentMatcher::HeaderRegex(h, re));
+        }
+    }
     if out.is_empty() {
-        p.at(path, "a segment needs at least one header, cookie or query condition");
+        p.at(path, "a segment needs at least one header, header_regex, cookie or query condition");
     }
     out
 }

@@ -88,7 +88,7 @@ impl Table {
     }
 
     fn path_fits(&self, i: usize, path: &str) -> bool {
-        self.routes.get(i).is_some_and(|r| path.starts_with(&r.path_prefix))
+        self.routes.get(i).is_some_and(|r| r.path.matches(path))
     }
 }
 
@@ -178,9 +178,45 @@ impl Override {
     }
 }
 
+/// Which request paths a route takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// `path_prefix`: a plain string prefix (`/api` takes `/apix` too).
+    Str(String),
+    /// `path` with `path_type: exact`.
+    Exact(String),
+    /// `path` with `path_type: prefix`: whole segments, as Kubernetes'
+    /// `Prefix` (`/api` and `/api/` take `/api`, `/api/x`; not `/apix`).
+    Segments(String),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Str(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Segments(p) => {
+                let p = p.trim_end_matches('/');
+                p.is_empty() || (path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+        }
+    }
+
+    /// As the config file writes it.
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Str(p) => format!("prefix {p}"),
+            PathMatch::Exact(p) => format!("exactly {p}"),
+            PathMatch::Segments(p) => format!("path segments {p}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum SegmentMatcher {
     Header(HeaderName, Vec<String>),
+    /// A regex searched in the header's value (not anchored; use `^…$`).
+    HeaderRegex(HeaderName, regex::bytes::Regex),
     Cookie(String, Vec<String>),
     Query(String, Vec<String>),
 }
@@ -188,6 +224,9 @@ pub enum SegmentMatcher {
 impl SegmentMatcher {
     fn matches(&self, facts: &Facts<'_>) -> bool {
         let (value, allowed) = match self {
+            SegmentMatcher::HeaderRegex(h, re) => {
+                return facts.headers.get(h).is_some_and(|v| re.is_match(v.as_bytes()));
+            }
             // Compared as bytes: equal to one of the (valid) listed values
             // means valid, so the header needs no separate text check.
             SegmentMatcher::Header(h, vs) => (facts.headers.get(h).map(http::HeaderValue::as_bytes), vs),
@@ -219,7 +258,7 @@ pub struct Route {
     pub name_header: http::HeaderValue,
     /// Empty: any host.
     pub hosts: Vec<HostMatch>,
-    pub path_prefix: String,
+    pub path: PathMatch,
     pub stable: Backend,
     pub canary: Option<Backend>,
     /// Weight from the config file, basis points.
@@ -282,7 +321,7 @@ impl Route {
     }
 
     pub fn matches(&self, host: &str, path: &str) -> bool {
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))) && path.starts_with(&self.path_prefix)
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))) && self.path.matches(path)
     }
 
     pub fn backend(&self, version: Version) -> &Backend {

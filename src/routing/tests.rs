@@ -290,3 +290,58 @@ proptest! {
         prop_assert_eq!(t.find(host, path), linear);
     }
 }
+
+#[test]
+fn kubernetes_path_types_match_exactly_or_by_whole_segments() {
+    let t = with_routes(
+        r#"
+  - {name: exact, match: {path: /session, path_type: exact}, stable: {upstream: v1}}
+  - {name: segs, match: {path: /api/, path_type: prefix}, stable: {upstream: v1}}
+  - {name: str, match: {path_prefix: /st}, stable: {upstream: v1}}
+"#,
+    );
+    let route =
+        |path: &str| decide_with(&t, "h", path, &HeaderMap::new(), 0).map(|d| t.routes[d.route].name.to_string());
+    assert_eq!(route("/session").as_deref(), Some("exact"));
+    assert_eq!(route("/session/"), None, "exact is exact");
+    assert_eq!(route("/api").as_deref(), Some("segs"), "a trailing / in the rule does not matter");
+    assert_eq!(route("/api/").as_deref(), Some("segs"));
+    assert_eq!(route("/api/v1/bet").as_deref(), Some("segs"));
+    assert_eq!(route("/apix"), None, "not a whole segment");
+    assert_eq!(route("/stats").as_deref(), Some("str"), "path_prefix stays a plain string prefix");
+    assert!(PathMatch::Segments("/".into()).matches("/anything"));
+}
+
+#[test]
+fn header_regex_segments_search_the_value_and_bad_patterns_name_their_field() {
+    let t = with_routes(
+        r#"
+  - name: app
+    stable: {upstream: v1}
+    canary: {upstream: v2}
+    segments:
+      - {name: brands, match: {header_regex: {x-brand: "^(lucky|star)"}}, weight: 100}
+"#,
+    );
+    let version = |v: &'static str| decide_with(&t, "h", "/", &hdrs(&[("x-brand", v)]), 0).map(|d| d.version);
+    assert_eq!(version("lucky-7"), Some(Version::Canary));
+    assert_eq!(version("starlight"), Some(Version::Canary));
+    assert_eq!(version("unlucky"), Some(Version::Stable), "anchored by the pattern itself");
+    for (pattern, why) in [("(", "invalid regex"), ("a{1000}{1000}", "invalid regex")] {
+        let yaml = format!(
+            "{BASE}  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, segments: [{{name: s, match: {{header_regex: {{x-b: \"{pattern}\"}}}}, weight: 1}}]}}\n"
+        );
+        let problems = validate(yaml.as_bytes(), Path::new(".")).err().unwrap_or_default();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "routes[0].segments[0].match.header_regex.x-b" && p.message.contains(why)),
+            "{pattern}: {problems:?}"
+        );
+    }
+    let long = format!(
+        "{BASE}  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, segments: [{{name: s, match: {{header_regex: {{x-b: \"{}\"}}}}, weight: 1}}]}}\n",
+        "a".repeat(2000)
+    );
+    assert!(validate(long.as_bytes(), Path::new(".")).is_err());
+}

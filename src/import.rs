@@ -1,0 +1,79 @@
+//! `weir import`: a weir config from what a cluster already has — the
+//! canary annotations of ingress-nginx Ingresses (`ingress_nginx`).
+//!
+//! The output is YAML text with comments that say where each route came
+//! from and what weir does differently; whatever cannot be translated is
+//! listed (object and annotation or field), never silently dropped. The
+//! caller checks the output with `config::validate` like any config.
+
+pub mod ingress_nginx;
+
+/// Something of the input that the output does not carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// The annotation or field.
+    pub what: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.what, self.why)
+    }
+}
+
+/// What an import produced.
+#[derive(Debug, Clone, Default)]
+pub struct Imported {
+    /// The weir config, ready for `weir check`.
+    pub yaml: String,
+    pub routes: usize,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The Kubernetes objects of a YAML stream: multi-document, and `kind: List`
+/// (what `kubectl get … -o yaml` prints) unpacked.
+pub fn objects(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_str_multiple_with_options(text, options).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for d in docs {
+        match d.get("items").and_then(serde_json::Value::as_array) {
+            Some(items) if d.get("kind").and_then(serde_json::Value::as_str).is_some_and(|k| k.ends_with("List")) => {
+                out.extend(items.iter().cloned());
+            }
+            _ if d.is_null() => {}
+            _ => out.push(d),
+        }
+    }
+    Ok(out)
+}
+
+/// A string as a YAML scalar (JSON strings are valid YAML).
+pub(crate) fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A lower-case DNS name, or `*.` and one.
+pub(crate) fn valid_host(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(dns_label)
+}
+
+/// A DNS-1123 label: `a-z`, `0-9`, `-` inside, at most 63.
+pub(crate) fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An HTTP token (header and cookie names).
+pub(crate) fn token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

@@ -1,0 +1,357 @@
+//! ingress-nginx Ingresses → weir routes.
+//!
+//! How ingress-nginx decides, from its source (`balancer.lua`,
+//! `route_to_alternative_balancer`), not only its docs:
+//!
+//! 1. A canary Ingress (`canary: "true"`) joins the primary Ingress that
+//!    serves the same host, path and pathType; alone it serves nothing.
+//! 2. `canary-by-header` H, if the request has H:
+//!    - with `canary-by-header-value` V: H == V → canary; else go on;
+//!    - else with `canary-by-header-pattern` P: P matches H (a search,
+//!      not anchored) → canary; else go on;
+//!    - else H == `always` → canary, H == `never` → stable (the cookie and
+//!      weight are not looked at), anything else → go on.
+//! 3. `canary-by-cookie` C: `always` → canary, `never` → stable, else go on.
+//! 4. `canary-weight` W of `canary-weight-total` T (default 100): canary
+//!    with chance W/T, drawn per request.
+//!
+//! weir's segments are checked in order and the first that matches decides
+//! with its weight (100 = canary, 0 = stable), then the route's weight: the
+//! same precedence, written out. Paths: `Exact` and `Prefix` keep their
+//! Kubernetes meaning (weir's `path_type`), `ImplementationSpecific` is
+//! nginx's plain string prefix; routes are written the way nginx picks a
+//! location (exact first, then the longest prefix), hosts before rules
+//! without a host.
+
+use super::{Imported, Skipped, dns_label, valid_host};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+mod output;
+use output::write;
+
+const ANN: &str = "nginx.ingress.kubernetes.io/";
+
+/// Annotations of a canary Ingress that are translated.
+const CANARY_KEYS: [&str; 8] = [
+    "canary",
+    "canary-by-header",
+    "canary-by-header-value",
+    "canary-by-header-pattern",
+    "canary-by-cookie",
+    "canary-weight",
+    "canary-weight-total",
+    "affinity-canary-behavior",
+];
+
+/// Annotations of a primary Ingress that are translated.
+const PRIMARY_KEYS: [&str; 5] =
+    ["mirror-target", "mirror-request-body", "mirror-host", "affinity", "session-cookie-name"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PathType {
+    Exact,
+    Prefix,
+    /// nginx's own meaning: a plain string prefix.
+    ImplementationSpecific,
+}
+
+impl PathType {
+    fn parse(s: Option<&str>) -> Option<Self> {
+        match s {
+            Some("Exact") => Some(PathType::Exact),
+            Some("Prefix") => Some(PathType::Prefix),
+            Some("ImplementationSpecific") | None => Some(PathType::ImplementationSpecific),
+            Some(_) => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            PathType::Exact => "Exact",
+            PathType::Prefix => "Prefix",
+            PathType::ImplementationSpecific => "ImplementationSpecific",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Backend {
+    ns: String,
+    service: String,
+    port: u16,
+}
+
+impl Backend {
+    fn upstream(&self) -> String {
+        format!("{}-{}-{}", self.service, self.ns, self.port)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}.{}.svc.cluster.local:{}", self.service, self.ns, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    host: String,
+    path: String,
+    kind: PathType,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+struct Ingress {
+    ns: String,
+    name: String,
+    ann: BTreeMap<String, String>,
+    rules: Vec<Rule>,
+}
+
+impl Ingress {
+    fn id(&self) -> String {
+        format!("Ingress {}/{}", self.ns, self.name)
+    }
+
+    fn ann(&self, key: &str) -> Option<&str> {
+        self.ann.get(key).map(String::as_str)
+    }
+
+    fn is_canary(&self) -> bool {
+        self.ann("canary") == Some("true")
+    }
+}
+
+/// Import every Ingress of class `class` in `objects`.
+pub fn import(objects: &[Value], class: &str) -> Imported {
+    let mut skipped = Vec::new();
+    let ports = service_ports(objects);
+    let mut ingresses = Vec::new();
+    for o in objects.iter().filter(|o| o["kind"] == "Ingress") {
+        if let Some(i) = read_ingress(o, class, &ports, &mut skipped) {
+            ingresses.push(i);
+        }
+    }
+    let (primaries, canaries): (Vec<&Ingress>, Vec<&Ingress>) = ingresses.iter().partition(|i| !i.is_canary());
+    let mut routes = Vec::new();
+    for p in &primaries {
+        note_unused(p, &PRIMARY_KEYS, "not translated", &mut skipped);
+        for r in &p.rules {
+            routes.push(Planned { primary: p, rule: r, canary: None });
+        }
+    }
+    // Pair each canary path with the primary path of the same host, path
+    // and pathType; ingress-nginx uses the first canary that joins.
+    for c in &canaries {
+        note_unused(c, &CANARY_KEYS, "ignored on a canary Ingress (ingress-nginx ignores it too)", &mut skipped);
+        for r in &c.rules {
+            let joined =
+                routes.iter_mut().find(|p| p.rule.host == r.host && p.rule.path == r.path && p.rule.kind == r.kind);
+            match joined {
+                Some(p) if p.canary.is_none() => p.canary = Some((c, r)),
+                Some(p) => skipped.push(Skipped {
+                    object: c.id(),
+                    what: format!("host {:?} path {} ({})", r.host, r.path, r.kind.as_str()),
+                    why: format!(
+                        "a second canary for the same path; only the first ({}) is used",
+                        p.canary.map(|(c, _)| c.id()).unwrap_or_default()
+                    ),
+                }),
+                None => skipped.push(Skipped {
+                    object: c.id(),
+                    what: format!("host {:?} path {} ({})", r.host, r.path, r.kind.as_str()),
+                    why: "unpaired canary: no primary Ingress serves this host, path and pathType, so ingress-nginx \
+                          serves nothing from it either"
+                        .into(),
+                }),
+            }
+        }
+    }
+    routes.sort_by_key(|a| order(a.rule));
+    write(&routes, skipped)
+}
+
+struct Planned<'a> {
+    primary: &'a Ingress,
+    rule: &'a Rule,
+    canary: Option<(&'a Ingress, &'a Rule)>,
+}
+
+/// How nginx would pick: named hosts first (exact names, then wildcards),
+/// rules without a host last; per host exact paths, then longer prefixes.
+fn order(r: &Rule) -> (u8, String, u8, std::cmp::Reverse<usize>, String) {
+    let host_rank = if r.host.is_empty() {
+        2
+    } else if r.host.starts_with("*.") {
+        1
+    } else {
+        0
+    };
+    let path_rank = u8::from(r.kind != PathType::Exact);
+    (host_rank, r.host.clone(), path_rank, std::cmp::Reverse(r.path.len()), r.path.clone())
+}
+
+/// `Service` ports by name, to resolve `port.name` in backends.
+fn service_ports(objects: &[Value]) -> BTreeMap<(String, String, String), u16> {
+    let mut out = BTreeMap::new();
+    for s in objects.iter().filter(|o| o["kind"] == "Service") {
+        let ns = s["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+        let name = s["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        for p in s["spec"]["ports"].as_array().into_iter().flatten() {
+            if let (Some(pn), Some(port)) = (p["name"].as_str(), p["port"].as_u64()) {
+                out.insert((ns.clone(), name.clone(), pn.to_owned()), u16::try_from(port).unwrap_or(0));
+            }
+        }
+    }
+    out
+}
+
+fn read_ingress(
+    o: &Value,
+    class: &str,
+    ports: &BTreeMap<(String, String, String), u16>,
+    skipped: &mut Vec<Skipped>,
+) -> Option<Ingress> {
+    let ns = o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+    let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let id = format!("Ingress {ns}/{name}");
+    let annotations = o["metadata"]["annotations"].as_object();
+    let their_class = o["spec"]["ingressClassName"]
+        .as_str()
+        .or_else(|| annotations.and_then(|a| a.get("kubernetes.io/ingress.class")).and_then(Value::as_str));
+    if their_class.is_some_and(|c| c != class) {
+        skipped.push(Skipped {
+            object: id,
+            what: "ingressClassName".into(),
+            why: format!("class {:?}, not {class:?}: not imported", their_class.unwrap_or_default()),
+        });
+        return None;
+    }
+    let mut ann = BTreeMap::new();
+    for (k, v) in annotations.into_iter().flatten() {
+        if let Some(short) = k.strip_prefix(ANN) {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            ann.insert(short.to_owned(), v);
+        }
+    }
+    let backend_of = |b: &Value, what: &str, skipped: &mut Vec<Skipped>| -> Option<Backend> {
+        let svc = &b["service"];
+        if !dns_label(&ns) {
+            skipped.push(Skipped {
+                object: id.clone(),
+                what: what.into(),
+                why: format!("namespace {ns:?} is not a DNS label"),
+            });
+            return None;
+        }
+        let Some(service) = svc["name"].as_str().filter(|s| dns_label(s)) else {
+            skipped.push(Skipped {
+                object: id.clone(),
+                what: what.into(),
+                why: "backend is not a Service (resource backends are not supported)".into(),
+            });
+            return None;
+        };
+        let port = match (svc["port"]["number"].as_u64(), svc["port"]["name"].as_str()) {
+            (Some(n), _) => u16::try_from(n).ok(),
+            (None, Some(pn)) => match ports.get(&(ns.clone(), service.to_owned(), pn.to_owned())) {
+                Some(p) => Some(*p),
+                None => {
+                    skipped.push(Skipped {
+                        object: id.clone(),
+                        what: what.into(),
+                        why: format!("port name {pn:?} of Service {ns}/{service} not found: add the Service to the input, or use a port number"),
+                    });
+                    return None;
+                }
+            },
+            (None, None) => None,
+        };
+        let Some(port) = port.filter(|p| *p > 0) else {
+            skipped.push(Skipped { object: id.clone(), what: what.into(), why: "backend without a valid port".into() });
+            return None;
+        };
+        Some(Backend { ns: ns.clone(), service: service.to_owned(), port })
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
+        let host = rule["host"].as_str().unwrap_or("").to_ascii_lowercase();
+        if !host.is_empty() && !valid_host(&host) {
+            skipped.push(Skipped {
+                object: id.clone(),
+                what: format!("spec.rules[{i}].host"),
+                why: format!("{host:?} is not a DNS name or *.suffix"),
+            });
+            continue;
+        }
+        for (j, p) in rule["http"]["paths"].as_array().into_iter().flatten().enumerate() {
+            let what = format!("spec.rules[{i}].http.paths[{j}]");
+            let Some(kind) = PathType::parse(p["pathType"].as_str()) else {
+                skipped.push(Skipped { object: id.clone(), what, why: format!("unknown pathType {}", p["pathType"]) });
+                continue;
+            };
+            let path = p["path"].as_str().unwrap_or("/").to_owned();
+            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                skipped.push(Skipped { object: id.clone(), what, why: format!("path {path:?} does not start with /") });
+                continue;
+            }
+            if ann.get("use-regex").is_some_and(|v| v == "true") {
+                skipped.push(Skipped {
+                    object: id.clone(),
+                    what,
+                    why: "use-regex paths are not translated (weir matches paths by prefix or exactly)".into(),
+                });
+                continue;
+            }
+            if let Some(backend) = backend_of(&p["backend"], &what, skipped) {
+                rules.push(Rule { host: host.clone(), path, kind, backend });
+            }
+        }
+    }
+    if !o["spec"]["defaultBackend"].is_null()
+        && let Some(backend) = backend_of(&o["spec"]["defaultBackend"], "spec.defaultBackend", skipped)
+    {
+        // What the Ingress serves for any path of any host it has no rule for.
+        rules.push(Rule { host: String::new(), path: "/".into(), kind: PathType::ImplementationSpecific, backend });
+    }
+    if o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+        skipped.push(Skipped {
+            object: id.clone(),
+            what: "spec.tls".into(),
+            why: "TLS is weir's listener's job: put the Secret's tls.crt and tls.key in listen[].tls.certs".into(),
+        });
+    }
+    Some(Ingress { ns, name, ann, rules })
+}
+
+/// List the annotations of `i` that are not among `used`.
+fn note_unused(i: &Ingress, used: &[&str], why: &str, skipped: &mut Vec<Skipped>) {
+    for k in i.ann.keys().filter(|k| !used.contains(&k.as_str())) {
+        skipped.push(Skipped { object: i.id(), what: format!("{ANN}{k}"), why: why.into() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output::{percent, slug};
+
+    #[test]
+    fn percent_keeps_two_decimals_and_says_when_it_rounds() {
+        assert_eq!(percent(10, 100), (10.0, true));
+        assert_eq!(percent(1, 3), (33.33, false));
+        assert_eq!(percent(250, 1000), (25.0, true));
+        assert_eq!(percent(150, 100), (100.0, true), "over the total is all");
+    }
+
+    #[test]
+    fn slugs_are_safe_route_names() {
+        assert_eq!(
+            slug(&["games", "bet-api", "bet.example.com", "/v1/place_bet"]),
+            "games-bet-api-bet.example.com-v1-place-bet"
+        );
+        assert_eq!(slug(&["a", "", "/"]), "a");
+    }
+}

@@ -1,0 +1,299 @@
+//! Writing the imported routes as a weir config: names, upstreams, the
+//! canary's segments in ingress-nginx's order, affinity and mirrors, each
+//! with a comment saying where it came from.
+
+use super::{ANN, Backend, Ingress, PathType, Planned, Rule};
+use crate::import::{Imported, Skipped, q, token, valid_host};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+/// Slug for route and upstream names.
+pub(super) fn slug(parts: &[&str]) -> String {
+    let raw = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("-");
+    let mut s: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    while s.contains("--") {
+        s = s.replace("--", "-");
+    }
+    s.trim_matches('-').to_owned()
+}
+
+/// The canary weight in percent with weir's two decimals; and whether that
+/// is exact.
+pub(super) fn percent(weight: u64, total: u64) -> (f64, bool) {
+    let bp = (weight.min(total) as f64 * 10_000.0 / total as f64).round();
+    let exact = (weight.min(total) * 10_000).is_multiple_of(total);
+    (bp / 100.0, exact)
+}
+
+pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Imported {
+    let mut upstreams: BTreeSet<Backend> = BTreeSet::new();
+    let mut mirrors: BTreeMap<String, String> = BTreeMap::new();
+    let mut body = String::new();
+    let mut names = BTreeSet::new();
+    let mut count = 0;
+    for p in routes {
+        let r = p.rule;
+        let base = slug(&[&p.primary.ns, &p.primary.name, if r.host.is_empty() { "any" } else { &r.host }, &r.path]);
+        let mut name = if base.is_empty() { "route".to_owned() } else { base };
+        let mut n = 2;
+        while names.contains(&name) {
+            name = format!("{}-{n}", name.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('-'));
+            n += 1;
+        }
+        names.insert(name.clone());
+        count += 1;
+        upstreams.insert(r.backend.clone());
+        let _ = writeln!(
+            body,
+            "  # {} host {} path {} ({})",
+            p.primary.id(),
+            if r.host.is_empty() { "(any)".to_owned() } else { r.host.clone() },
+            r.path,
+            r.kind.as_str()
+        );
+        let _ = writeln!(body, "  - name: {}", q(&name));
+        let mut m = Vec::new();
+        if !r.host.is_empty() {
+            m.push(format!("hosts: [{}]", q(&r.host)));
+        }
+        match r.kind {
+            PathType::Exact => m.push(format!("path: {}, path_type: exact", q(&r.path))),
+            PathType::Prefix => m.push(format!("path: {}, path_type: prefix", q(&r.path))),
+            PathType::ImplementationSpecific if r.path != "/" => m.push(format!("path_prefix: {}", q(&r.path))),
+            PathType::ImplementationSpecific => {}
+        }
+        if !m.is_empty() {
+            let _ = writeln!(body, "    match: {{{}}}", m.join(", "));
+        }
+        let _ = writeln!(body, "    stable: {{upstream: {}}}", q(&r.backend.upstream()));
+        if let Some((c, cr)) = p.canary {
+            upstreams.insert(cr.backend.clone());
+            write_canary(&mut body, c, cr, &mut skipped);
+        }
+        write_affinity(&mut body, p, &mut skipped);
+        write_mirror(&mut body, p.primary, &mut mirrors, &mut skipped);
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "# Imported from ingress-nginx Ingresses by `weir import ingress-nginx`.");
+    let _ = writeln!(out, "# Check it with `weir check -c FILE`; set listen and admin for your deployment.");
+    let _ = writeln!(out, "#");
+    let _ = writeln!(out, "# What weir does differently from ingress-nginx:");
+    let _ = writeln!(out, "# - a request for a named host that matches none of its paths falls through to the rules");
+    let _ = writeln!(out, "#   without a host (ingress-nginx answers 404 from its default backend there);");
+    let _ = writeln!(out, "# - canary-by-header-pattern is a Rust `regex` (linear time, no look-around or");
+    let _ = writeln!(out, "#   back-references) searched in the value like ngx.re.match, not PCRE;");
+    let _ =
+        writeln!(out, "# - weights have two decimals (a canary-weight-total that does not divide evenly is rounded);");
+    let _ =
+        writeln!(out, "# - weir judges the canary and can roll it back by itself once `analysis` is added to a route.");
+    let _ = writeln!(out, "listen: [{{address: \"0.0.0.0:8080\"}}]");
+    let _ = writeln!(out, "admin: {{address: \"127.0.0.1:9901\"}}");
+    let _ = writeln!(out, "upstreams:{}", if upstreams.is_empty() && mirrors.is_empty() { " {}" } else { "" });
+    for b in &upstreams {
+        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(&b.upstream()), q(&b.endpoint()));
+    }
+    for (name, endpoint) in &mirrors {
+        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(name), q(endpoint));
+    }
+    if routes.is_empty() {
+        let _ = writeln!(out, "routes: []");
+    } else {
+        let _ = writeln!(out, "routes:");
+        out.push_str(&body);
+    }
+    Imported { yaml: out, routes: count, skipped }
+}
+
+fn write_canary(body: &mut String, c: &Ingress, cr: &Rule, skipped: &mut Vec<Skipped>) {
+    let _ = writeln!(body, "    # canary from {}", c.id());
+    let _ = writeln!(body, "    canary: {{upstream: {}}}", q(&cr.backend.upstream()));
+    let number = |key: &str, default: u64, skipped: &mut Vec<Skipped>| match c.ann(key) {
+        None => default,
+        Some(v) => v.trim().parse().unwrap_or_else(|_| {
+            skipped.push(Skipped {
+                object: c.id(),
+                what: format!("{ANN}{key}"),
+                why: format!("{v:?} is not a whole number; used {default}"),
+            });
+            default
+        }),
+    };
+    let total = number("canary-weight-total", 100, skipped).max(1);
+    let weight = number("canary-weight", 0, skipped);
+    let (pct, exact) = percent(weight, total);
+    let _ = writeln!(
+        body,
+        "    weight: {pct}{}",
+        if exact {
+            format!("   # canary-weight {weight} of {total}")
+        } else {
+            format!("   # canary-weight {weight} of {total}, rounded")
+        }
+    );
+    let mut segments = Vec::new();
+    let bad = |key: &str, v: &str, why: &str, skipped: &mut Vec<Skipped>| {
+        skipped.push(Skipped { object: c.id(), what: format!("{ANN}{key}"), why: format!("{v:?}: {why}") });
+    };
+    let header = c.ann("canary-by-header").filter(|h| !h.is_empty());
+    let header = match header {
+        Some(h) if !token(h) => {
+            bad("canary-by-header", h, "not a header name", skipped);
+            None
+        }
+        other => other,
+    };
+    let pattern = match c.ann("canary-by-header-pattern").filter(|v| !v.is_empty()) {
+        Some(pat) if pat.len() > 1024 || regex::Regex::new(pat).is_err() => {
+            bad(
+                "canary-by-header-pattern",
+                pat,
+                "not a regex weir can run (Rust regex syntax, at most 1024 bytes)",
+                skipped,
+            );
+            None
+        }
+        other => other,
+    };
+    if let Some(h) = header {
+        match (c.ann("canary-by-header-value").filter(|v| !v.is_empty()), pattern) {
+            (Some(v), pattern) => {
+                segments.push(format!(
+                    "{{name: by-header-value, match: {{header: {{{}: {}}}}}, weight: 100}}",
+                    q(h),
+                    q(v)
+                ));
+                if pattern.is_some() {
+                    skipped.push(Skipped {
+                        object: c.id(),
+                        what: format!("{ANN}canary-by-header-pattern"),
+                        why: "ignored: canary-by-header-value is set (ingress-nginx ignores the pattern then too)"
+                            .into(),
+                    });
+                }
+            }
+            (None, Some(pattern)) => {
+                segments.push(format!(
+                    "{{name: by-header-pattern, match: {{header_regex: {{{}: {}}}}}, weight: 100}}",
+                    q(h),
+                    q(pattern)
+                ));
+            }
+            (None, None) => {
+                segments
+                    .push(format!("{{name: by-header-always, match: {{header: {{{}: always}}}}, weight: 100}}", q(h)));
+                segments.push(format!("{{name: by-header-never, match: {{header: {{{}: never}}}}, weight: 0}}", q(h)));
+            }
+        }
+    } else if c.ann("canary-by-header-value").is_some() || c.ann("canary-by-header-pattern").is_some() {
+        skipped.push(Skipped {
+            object: c.id(),
+            what: format!("{ANN}canary-by-header-value/pattern"),
+            why: "ignored: no canary-by-header names the header (ingress-nginx ignores them then too)".into(),
+        });
+    }
+    if let Some(ck) = c.ann("canary-by-cookie").filter(|v| !v.is_empty() && !token(v)) {
+        bad("canary-by-cookie", ck, "not a cookie name", skipped);
+    }
+    if let Some(ck) = c.ann("canary-by-cookie").filter(|v| token(v)) {
+        segments.push(format!("{{name: by-cookie-always, match: {{cookie: {{{}: always}}}}, weight: 100}}", q(ck)));
+        segments.push(format!("{{name: by-cookie-never, match: {{cookie: {{{}: never}}}}, weight: 0}}", q(ck)));
+    }
+    if !segments.is_empty() {
+        let _ = writeln!(body, "    # checked in order, as ingress-nginx does: header, then cookie, then the weight");
+        let _ = writeln!(body, "    segments:");
+        for s in segments {
+            let _ = writeln!(body, "      - {s}");
+        }
+    }
+}
+
+/// Session affinity on the primary: weir keeps a user on one version by a
+/// sticky key instead (`affinity-canary-behavior: sticky`, the default).
+fn write_affinity(body: &mut String, p: &Planned<'_>, skipped: &mut Vec<Skipped>) {
+    if p.primary.ann("affinity") != Some("cookie") {
+        return;
+    }
+    if p.canary.is_none() {
+        skipped.push(Skipped {
+            object: p.primary.id(),
+            what: format!("{ANN}affinity (host {:?} path {})", p.rule.host, p.rule.path),
+            why:
+                "pins users to one pod, which weir does not do (it keeps users on one version where there is a canary)"
+                    .into(),
+        });
+        return;
+    }
+    let legacy = p.canary.is_some_and(|(c, _)| c.ann("affinity-canary-behavior") == Some("legacy"));
+    if legacy {
+        let _ = writeln!(body, "    # affinity-canary-behavior: legacy — the version is drawn per request, as there");
+        return;
+    }
+    let cookie = p.primary.ann("session-cookie-name").unwrap_or("INGRESSCOOKIE");
+    let _ = writeln!(body, "    # affinity: cookie — weir keeps each user on one version by this cookie's value;");
+    let _ = writeln!(body, "    # ingress-nginx sets the cookie itself, weir reads the one the application sets");
+    let _ = writeln!(body, "    sticky: {{keys: [{}]}}", q(&format!("cookie:{cookie}")));
+}
+
+/// `mirror-target` on the primary: every request copied to the shadow.
+fn write_mirror(body: &mut String, i: &Ingress, mirrors: &mut BTreeMap<String, String>, skipped: &mut Vec<Skipped>) {
+    let Some(target) = i.ann("mirror-target") else { return };
+    let rest =
+        target.strip_prefix("http://").map(|r| (r, 80)).or_else(|| target.strip_prefix("https://").map(|r| (r, 443)));
+    let Some((rest, default_port)) = rest else {
+        skipped.push(Skipped {
+            object: i.id(),
+            what: format!("{ANN}mirror-target"),
+            why: format!("{target:?} is not an http(s) URL"),
+        });
+        return;
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '$']).unwrap_or(rest.len()));
+    if !(path.is_empty() || path == "/$request_uri" || path == "$request_uri") {
+        skipped.push(Skipped {
+            object: i.id(),
+            what: format!("{ANN}mirror-target"),
+            why: format!("path {path:?}: weir mirrors to the request's own path"),
+        });
+    }
+    if target.starts_with("https://") {
+        skipped.push(Skipped {
+            object: i.id(),
+            what: format!("{ANN}mirror-target"),
+            why: "https: weir's shadow speaks plain HTTP/1.1 to the mirror".into(),
+        });
+    }
+    let (host, port) = crate::headers::split_port(authority);
+    let port = match port.map(str::parse::<u16>) {
+        None => Some(default_port),
+        Some(Ok(p)) if p > 0 => Some(p),
+        Some(_) => None,
+    };
+    let (Some(port), true) = (port, valid_host(&host.to_ascii_lowercase()) && !host.starts_with('*')) else {
+        skipped.push(Skipped {
+            object: i.id(),
+            what: format!("{ANN}mirror-target"),
+            why: format!("{target:?}: no valid host and port"),
+        });
+        return;
+    };
+    let endpoint = format!("{}:{port}", host.to_ascii_lowercase());
+    let name = slug(&["mirror", authority]);
+    mirrors.insert(name.clone(), endpoint);
+    let _ = writeln!(body, "    # mirror-target {target}");
+    let mut shadow = format!("upstream: {}, percent: 100", q(&name));
+    if i.ann("mirror-request-body") == Some("off") {
+        shadow.push_str(", methods: [GET, HEAD, OPTIONS]");
+        let _ = writeln!(body, "    # mirror-request-body: off — weir mirrors only requests without a body instead");
+    }
+    let _ = writeln!(body, "    shadow: {{{shadow}}}");
+    if i.ann("mirror-host").is_some() {
+        skipped.push(Skipped {
+            object: i.id(),
+            what: format!("{ANN}mirror-host"),
+            why: "weir sends the mirror the request's own Host".into(),
+        });
+    }
+}
