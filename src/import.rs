@@ -1,11 +1,13 @@
 //! `weir import`: a weir config from what a cluster already has — the
-//! canary annotations of ingress-nginx Ingresses (`ingress_nginx`).
+//! canary annotations of ingress-nginx Ingresses (`ingress_nginx`) and
+//! Gateway API HTTPRoutes (`gateway_api`).
 //!
 //! The output is YAML text with comments that say where each route came
 //! from and what weir does differently; whatever cannot be translated is
 //! listed (object and annotation or field), never silently dropped. The
 //! caller checks the output with `config::validate` like any config.
 
+pub mod gateway_api;
 pub mod ingress_nginx;
 
 /// Something of the input that the output does not carry.
@@ -76,4 +78,17 @@ pub(crate) fn dns_label(s: &str) -> bool {
 /// An HTTP token (header and cookie names).
 pub(crate) fn token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Slug for route and upstream names: lower-case letters, digits, `.`, `-`.
+pub(crate) fn slug(parts: &[&str]) -> String {
+    let raw = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("-");
+    let mut s: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    while s.contains("--") {
+        s = s.replace("--", "-");
+    }
+    s.trim_matches('-').to_owned()
 }

@@ -132,6 +132,14 @@ enum ImportFrom {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
+    /// Gateway API HTTPRoutes: weights, header/query/path matches, mirrors.
+    GatewayApi {
+        /// Kubernetes YAML (multi-document or a List); `-` reads stdin.
+        file: PathBuf,
+        /// Write the config here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,7 +194,10 @@ fn main() -> ExitCode {
         }
         Command::Journal { action: JournalAction::Verify { path } } => journal_verify(&path),
         Command::Import { from: ImportFrom::IngressNginx { file, class, output } } => {
-            import_ingress_nginx(&file, &class, output.as_deref())
+            import(&file, output.as_deref(), |o| weir::import::ingress_nginx::import(o, &class))
+        }
+        Command::Import { from: ImportFrom::GatewayApi { file, output } } => {
+            import(&file, output.as_deref(), weir::import::gateway_api::import)
         }
         Command::Demo => match demo() {
             Ok(true) => ExitCode::SUCCESS,
@@ -375,8 +386,12 @@ fn status(
     }
 }
 
-/// `weir import ingress-nginx`: 0 complete, 1 incomplete, 2 failed.
-fn import_ingress_nginx(file: &std::path::Path, class: &str, output: Option<&std::path::Path>) -> ExitCode {
+/// `weir import …`: 0 complete, 1 incomplete, 2 failed.
+fn import(
+    file: &std::path::Path,
+    output: Option<&std::path::Path>,
+    translate: impl Fn(&[serde_json::Value]) -> weir::import::Imported,
+) -> ExitCode {
     use std::io::Read;
     let text = if file.as_os_str() == "-" {
         let mut s = String::new();
@@ -396,7 +411,7 @@ fn import_ingress_nginx(file: &std::path::Path, class: &str, output: Option<&std
             return ExitCode::from(2);
         }
     };
-    let imported = weir::import::ingress_nginx::import(&objects, class);
+    let imported = translate(&objects);
     if let Err(problems) = weir::config::validate(imported.yaml.as_bytes(), std::path::Path::new(".")) {
         // A bug of the importer: say so with what it wrote.
         eprintln!("weir import: the generated config does not pass weir check (please report):");

@@ -336,7 +336,8 @@ fn note_unused(i: &Ingress, used: &[&str], why: &str, skipped: &mut Vec<Skipped>
 
 #[cfg(test)]
 mod tests {
-    use super::output::{percent, slug};
+    use super::output::percent;
+    use crate::import::slug;
 
     #[test]
     fn percent_keeps_two_decimals_and_says_when_it_rounds() {

@@ -3,22 +3,9 @@
 //! with a comment saying where it came from.
 
 use super::{ANN, Backend, Ingress, PathType, Planned, Rule};
-use crate::import::{Imported, Skipped, q, token, valid_host};
+use crate::import::{Imported, Skipped, q, slug, token, valid_host};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-
-/// Slug for route and upstream names.
-pub(super) fn slug(parts: &[&str]) -> String {
-    let raw = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("-");
-    let mut s: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '-' })
-        .collect();
-    while s.contains("--") {
-        s = s.replace("--", "-");
-    }
-    s.trim_matches('-').to_owned()
-}
 
 /// The canary weight in percent with weir's two decimals; and whether that
 /// is exact.

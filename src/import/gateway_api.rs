@@ -1,0 +1,417 @@
+//! Gateway API HTTPRoutes → weir routes.
+//!
+//! An HTTPRoute rule sends requests that fit one of its `matches` to its
+//! `backendRefs` by weight. weir's route splits one path between two
+//! versions, with segments for requests that carry given headers or query
+//! parameters. So per (hostnames, path) the rule without header or query
+//! matches becomes the route (first backend stable, second canary, the
+//! weight the second's share) and each rule with header or query matches
+//! for the same path becomes a segment, ordered as the Gateway API orders
+//! them (more header matches first, then more query matches, then rule
+//! order) and weighted by the share of the canary among its backends.
+//! `RequestMirror` becomes a `shadow`. Paths: `Exact` and `PathPrefix`
+//! (whole segments); header `RegularExpression` is matched whole
+//! (`^(?:…)$`). What does not fit this shape is listed, not dropped.
+
+use super::{Imported, Skipped, dns_label, q, token, valid_host};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Backend {
+    ns: String,
+    service: String,
+    port: u16,
+}
+
+impl Backend {
+    fn upstream(&self) -> String {
+        format!("{}-{}-{}", self.service, self.ns, self.port)
+    }
+}
+
+/// One `matches[]` entry of a rule, with the rule's backends.
+#[derive(Debug, Clone)]
+struct Match {
+    headers: Vec<(String, String, bool)>,
+    query: Vec<(String, String)>,
+    /// Backends with weight > 0, in rule order.
+    backends: Vec<(Backend, u64)>,
+    mirror: Option<(Backend, f64)>,
+    rule: usize,
+}
+
+struct Group {
+    route_id: String,
+    ns: String,
+    name: String,
+    hosts: Vec<String>,
+    exact: bool,
+    path: String,
+    base: Option<Match>,
+    conditional: Vec<Match>,
+}
+
+/// Import every HTTPRoute in `objects`.
+pub fn import(objects: &[Value]) -> Imported {
+    let mut skipped = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut routes: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "HTTPRoute").collect();
+    // Oldest first, then by namespace/name: the Gateway API's tie-break.
+    routes.sort_by_key(|o| {
+        (
+            o["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_owned(),
+            o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
+            o["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        )
+    });
+    for o in routes {
+        read_route(o, &mut groups, &mut skipped);
+    }
+    write(groups, skipped)
+}
+
+fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
+    let ns = o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+    let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let id = format!("HTTPRoute {ns}/{name}");
+    let skip =
+        |skipped: &mut Vec<Skipped>, what: String, why: String| skipped.push(Skipped { object: id.clone(), what, why });
+    let mut hosts = Vec::new();
+    for (i, h) in o["spec"]["hostnames"].as_array().into_iter().flatten().enumerate() {
+        match h.as_str().map(str::to_ascii_lowercase) {
+            Some(h) if valid_host(&h) => hosts.push(h),
+            _ => skip(skipped, format!("spec.hostnames[{i}]"), format!("{h} is not a host name or *.suffix")),
+        }
+    }
+    if o["spec"]["hostnames"].as_array().is_some_and(|a| !a.is_empty()) && hosts.is_empty() {
+        return;
+    }
+    for (ri, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("spec.rules[{ri}]");
+        let backends = backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped);
+        if backends.is_empty() {
+            skip(
+                skipped,
+                at.clone(),
+                "no Service backend with a weight above 0 (the Gateway answers 500 there)".into(),
+            );
+            continue;
+        }
+        let mut mirror = None;
+        let mut untranslatable = false;
+        for (fi, f) in rule["filters"].as_array().into_iter().flatten().enumerate() {
+            let fat = format!("{at}.filters[{fi}]");
+            match f["type"].as_str() {
+                Some("RequestMirror") => {
+                    let m = &f["requestMirror"];
+                    let b = backends_of(&m["backendRef"], &ns);
+                    let pct = match (m["percent"].as_f64(), m["fraction"]["numerator"].as_f64()) {
+                        (Some(p), _) => p,
+                        (None, Some(n)) => n * 100.0 / m["fraction"]["denominator"].as_f64().unwrap_or(100.0).max(1.0),
+                        (None, None) => 100.0,
+                    };
+                    match b {
+                        Some(b) if mirror.is_none() => {
+                            mirror = Some((b, (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0))
+                        }
+                        Some(_) => skip(skipped, fat, "a second mirror: weir mirrors to one shadow per route".into()),
+                        None => skip(skipped, fat, "mirror backendRef is not a Service with a port".into()),
+                    }
+                }
+                other => {
+                    // Served without it, the rule would behave differently:
+                    // leave the whole rule to be moved by hand.
+                    skip(skipped, fat, format!("filter {} is not translated; rule not imported", other.unwrap_or("?")));
+                    untranslatable = true;
+                }
+            }
+        }
+        if untranslatable {
+            continue;
+        }
+        let matches = rule["matches"].as_array().cloned().unwrap_or_default();
+        let matches = if matches.is_empty() { vec![serde_json::json!({})] } else { matches };
+        for (mi, m) in matches.iter().enumerate() {
+            let mat = format!("{at}.matches[{mi}]");
+            let (exact, path) = match (
+                m["path"]["type"].as_str().unwrap_or("PathPrefix"),
+                m["path"]["value"].as_str().unwrap_or("/"),
+            ) {
+                (_, v) if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
+                    skip(skipped, format!("{mat}.path"), format!("{v:?} is not a path"));
+                    continue;
+                }
+                ("Exact", v) => (true, v.to_owned()),
+                ("PathPrefix", v) => (false, v.to_owned()),
+                (t, _) => {
+                    skip(skipped, format!("{mat}.path"), format!("path type {t} is not translated"));
+                    continue;
+                }
+            };
+            if !m["method"].is_null() {
+                skip(skipped, format!("{mat}.method"), "weir routes do not match methods".into());
+                continue;
+            }
+            let mut headers = Vec::new();
+            let mut ok = true;
+            for (hi, h) in m["headers"].as_array().into_iter().flatten().enumerate() {
+                let (Some(n), Some(v)) = (h["name"].as_str(), h["value"].as_str()) else {
+                    ok = false;
+                    break;
+                };
+                let regex = h["type"].as_str() == Some("RegularExpression");
+                let valid = token(n)
+                    && (!regex || (v.len() <= 1000 && regex::Regex::new(&format!("^(?:{v})$")).is_ok()))
+                    && (regex || http::HeaderValue::from_str(v).is_ok());
+                if !valid {
+                    skip(skipped, format!("{mat}.headers[{hi}]"), format!("{n:?}: {v:?} cannot be matched by weir"));
+                    ok = false;
+                    break;
+                }
+                headers.push((n.to_ascii_lowercase(), v.to_owned(), regex));
+            }
+            let mut query = Vec::new();
+            for (qi, qp) in m["queryParams"].as_array().into_iter().flatten().enumerate() {
+                match (qp["name"].as_str(), qp["value"].as_str(), qp["type"].as_str().unwrap_or("Exact")) {
+                    (Some(n), Some(v), "Exact") if !n.is_empty() => query.push((n.to_owned(), v.to_owned())),
+                    _ => {
+                        skip(
+                            skipped,
+                            format!("{mat}.queryParams[{qi}]"),
+                            "only Exact query matches are translated".into(),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let found = Match { headers, query, backends: backends.clone(), mirror: mirror.clone(), rule: ri };
+            let g = match groups.iter_mut().position(|g| g.hosts == hosts && g.exact == exact && g.path == path) {
+                Some(i) => &mut groups[i],
+                None => {
+                    groups.push(Group {
+                        route_id: id.clone(),
+                        ns: ns.clone(),
+                        name: name.clone(),
+                        hosts: hosts.clone(),
+                        exact,
+                        path,
+                        base: None,
+                        conditional: Vec::new(),
+                    });
+                    let last = groups.len() - 1;
+                    &mut groups[last]
+                }
+            };
+            if found.headers.is_empty() && found.query.is_empty() {
+                if g.base.is_none() {
+                    g.base = Some(found);
+                } // a later plain match for the same path never wins
+            } else {
+                g.conditional.push(found);
+            }
+        }
+    }
+}
+
+fn backends_of(b: &Value, ns: &str) -> Option<Backend> {
+    if b["kind"].as_str().is_some_and(|k| k != "Service") || b["group"].as_str().is_some_and(|g| !g.is_empty()) {
+        return None;
+    }
+    let service = b["name"].as_str().filter(|s| dns_label(s))?;
+    let ns = b["namespace"].as_str().unwrap_or(ns);
+    let port = u16::try_from(b["port"].as_u64()?).ok().filter(|p| *p > 0)?;
+    dns_label(ns).then(|| Backend { ns: ns.to_owned(), service: service.to_owned(), port })
+}
+
+fn backends(refs: &Value, ns: &str, at: &str, id: &str, skipped: &mut Vec<Skipped>) -> Vec<(Backend, u64)> {
+    let mut out = Vec::new();
+    for (i, r) in refs.as_array().into_iter().flatten().enumerate() {
+        let weight = r["weight"].as_u64().unwrap_or(1);
+        match backends_of(r, ns) {
+            Some(b) if weight > 0 => out.push((b, weight)),
+            Some(_) => {}
+            None => skipped.push(Skipped {
+                object: id.to_owned(),
+                what: format!("{at}[{i}]"),
+                why: "not a Service with a port in a valid namespace".into(),
+            }),
+        }
+    }
+    out
+}
+
+/// The canary's share of a match's traffic, basis points; None when its
+/// backends are not the route's stable and canary.
+fn canary_bp(backends: &[(Backend, u64)], stable: &Backend, canary: Option<&Backend>) -> Option<u64> {
+    let total: u64 = backends.iter().map(|(_, w)| w).sum();
+    let mut to_canary = 0;
+    for (b, w) in backends {
+        if Some(b) == canary {
+            to_canary += w;
+        } else if b != stable {
+            return None;
+        }
+    }
+    Some((to_canary * 10_000 + total / 2) / total.max(1))
+}
+
+/// The Gateway API's order: exact hostnames, then wildcards (longer first),
+/// then routes without hostnames; per hostnames exact paths, then longer
+/// prefixes.
+fn order(g: &Group) -> (u8, std::cmp::Reverse<usize>, String, u8, std::cmp::Reverse<usize>) {
+    let host_rank = match g.hosts.first() {
+        None => 2,
+        Some(h) if h.starts_with("*.") => 1,
+        Some(_) => 0,
+    };
+    let longest = g.hosts.iter().map(String::len).max().unwrap_or(0);
+    (
+        host_rank,
+        std::cmp::Reverse(longest),
+        g.hosts.join(","),
+        u8::from(!g.exact),
+        std::cmp::Reverse(g.path.trim_end_matches('/').len()),
+    )
+}
+
+fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
+    groups.sort_by_key(order);
+    let mut upstreams: BTreeSet<Backend> = BTreeSet::new();
+    let mut body = String::new();
+    let mut names = BTreeSet::new();
+    let mut count = 0;
+    for g in &mut groups {
+        let what =
+            format!("hostnames {:?} path {} ({})", g.hosts, g.path, if g.exact { "Exact" } else { "PathPrefix" });
+        let Some(base) = g.base.take() else {
+            skipped.push(Skipped {
+                object: g.route_id.clone(),
+                what,
+                why: "only matches with headers or query parameters for this path: weir has no route that takes \
+                      only some requests of a path (add a rule without them, or keep these on the Gateway)"
+                    .into(),
+            });
+            continue;
+        };
+        if base.backends.len() > 2 {
+            skipped.push(Skipped {
+                object: g.route_id.clone(),
+                what: what.clone(),
+                why: format!("{} backends: weir splits a path between two versions", base.backends.len()),
+            });
+            continue;
+        }
+        let stable = base.backends[0].0.clone();
+        let canary = base.backends.get(1).map(|(b, _)| b.clone());
+        let mut name = super::slug(&[&g.ns, &g.name, g.hosts.first().map_or("any", String::as_str), &g.path]);
+        if name.is_empty() {
+            name = "route".into();
+        }
+        let mut n = 2;
+        let base_name = name.clone();
+        while names.contains(&name) {
+            name = format!("{base_name}-{n}");
+            n += 1;
+        }
+        names.insert(name.clone());
+        count += 1;
+        upstreams.insert(stable.clone());
+        let _ = writeln!(body, "  # {} {what}", g.route_id);
+        let _ = writeln!(body, "  - name: {}", q(&name));
+        let mut m = Vec::new();
+        if !g.hosts.is_empty() {
+            m.push(format!("hosts: [{}]", g.hosts.iter().map(|h| q(h)).collect::<Vec<_>>().join(", ")));
+        }
+        m.push(format!("path: {}, path_type: {}", q(&g.path), if g.exact { "exact" } else { "prefix" }));
+        let _ = writeln!(body, "    match: {{{}}}", m.join(", "));
+        let _ = writeln!(body, "    stable: {{upstream: {}}}", q(&stable.upstream()));
+        // Segments: more header matches first, then more query matches; a
+        // stable sort keeps the reading order (older route, then rule order).
+        g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
+        let mut segments = Vec::new();
+        for (i, c) in g.conditional.iter().enumerate() {
+            match canary_bp(&c.backends, &stable, canary.as_ref()) {
+                // Without a canary everything goes to stable anyway.
+                Some(0) if canary.is_none() => {}
+                Some(bp) if canary.is_some() => {
+                    let mut conds = Vec::new();
+                    let plain: Vec<String> = c.headers.iter().filter(|h| !h.2).map(|(n, v, _)| format!("{}: {}", q(n), q(v))).collect();
+                    let regex: Vec<String> =
+                        c.headers.iter().filter(|h| h.2).map(|(n, v, _)| format!("{}: {}", q(n), q(&format!("^(?:{v})$")))).collect();
+                    let query: Vec<String> = c.query.iter().map(|(n, v)| format!("{}: {}", q(n), q(v))).collect();
+                    for (key, list) in [("header", plain), ("header_regex", regex), ("query", query)] {
+                        if !list.is_empty() {
+                            conds.push(format!("{key}: {{{}}}", list.join(", ")));
+                        }
+                    }
+                    segments.push(format!(
+                        "{{name: {}, match: {{{}}}, weight: {}}}",
+                        q(&format!("rule-{}-segment-{i}", c.rule)),
+                        conds.join(", "),
+                        bp as f64 / 100.0
+                    ));
+                }
+                _ => skipped.push(Skipped {
+                    object: g.route_id.clone(),
+                    what: format!("spec.rules[{}] ({what})", c.rule),
+                    why: "its backends are not this path's two versions: weir's segments choose between stable and canary"
+                        .into(),
+                }),
+            }
+        }
+        if let Some(c) = &canary {
+            upstreams.insert(c.clone());
+            let bp = canary_bp(&base.backends, &stable, Some(c)).unwrap_or(0);
+            let _ = writeln!(body, "    canary: {{upstream: {}}}", q(&c.upstream()));
+            let _ = writeln!(
+                body,
+                "    weight: {}   # backendRefs weights {} : {}",
+                bp as f64 / 100.0,
+                base.backends[0].1,
+                base.backends[1].1
+            );
+        }
+        if !segments.is_empty() {
+            let _ = writeln!(body, "    # the rules with header or query matches, in the Gateway API's precedence");
+            let _ = writeln!(body, "    segments:");
+            for s in segments {
+                let _ = writeln!(body, "      - {s}");
+            }
+        }
+        if let Some((m, pct)) = &base.mirror {
+            upstreams.insert(m.clone());
+            let _ = writeln!(body, "    shadow: {{upstream: {}, percent: {pct}}}   # RequestMirror", q(&m.upstream()));
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "# Imported from Gateway API HTTPRoutes by `weir import gateway-api`.");
+    let _ = writeln!(out, "# Check it with `weir check -c FILE`; set listen and admin for your deployment.");
+    let _ = writeln!(out, "#");
+    let _ = writeln!(out, "# What weir does differently from a Gateway:");
+    let _ = writeln!(out, "# - parentRefs are not read: every route is served on weir's listeners;");
+    let _ = writeln!(out, "# - a path's rules with header/query matches become segments of the rule without them;");
+    let _ = writeln!(out, "# - RegularExpression header matches use Rust `regex` syntax, matched whole.");
+    let _ = writeln!(out, "listen: [{{address: \"0.0.0.0:8080\"}}]");
+    let _ = writeln!(out, "admin: {{address: \"127.0.0.1:9901\"}}");
+    let _ = writeln!(out, "upstreams:{}", if upstreams.is_empty() { " {}" } else { "" });
+    for b in &upstreams {
+        let _ = writeln!(
+            out,
+            "  {}: {{endpoints: [{}]}}",
+            q(&b.upstream()),
+            q(&format!("{}.{}.svc.cluster.local:{}", b.service, b.ns, b.port))
+        );
+    }
+    if count == 0 {
+        let _ = writeln!(out, "routes: []");
+    } else {
+        let _ = writeln!(out, "routes:");
+        out.push_str(&body);
+    }
+    Imported { yaml: out, routes: count, skipped }
+}
