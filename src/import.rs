@@ -35,6 +35,55 @@ pub struct Imported {
     pub skipped: Vec<Skipped>,
 }
 
+/// A Service port a route sends to, named as a weir upstream.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Backend {
+    pub ns: String,
+    pub service: String,
+    pub port: u16,
+}
+
+impl Backend {
+    pub fn upstream(&self) -> String {
+        format!("{}-{}-{}", self.service, self.ns, self.port)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("{}.{}.svc.cluster.local:{}", self.service, self.ns, self.port)
+    }
+}
+
+/// The whole config: `header` comment lines, defaults for listen and admin,
+/// every upstream (Services and extra `name → host:port`), then the routes.
+pub(crate) fn config_text(
+    header: &[&str],
+    upstreams: &std::collections::BTreeSet<Backend>,
+    extra: &std::collections::BTreeMap<String, String>,
+    routes: &str,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for line in header {
+        let _ = writeln!(out, "#{}{line}", if line.is_empty() { "" } else { " " });
+    }
+    let _ = writeln!(out, "listen: [{{address: \"0.0.0.0:8080\"}}]");
+    let _ = writeln!(out, "admin: {{address: \"127.0.0.1:9901\"}}");
+    let _ = writeln!(out, "upstreams:{}", if upstreams.is_empty() && extra.is_empty() { " {}" } else { "" });
+    for b in upstreams {
+        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(&b.upstream()), q(&b.endpoint()));
+    }
+    for (name, endpoint) in extra {
+        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(name), q(endpoint));
+    }
+    if routes.is_empty() {
+        let _ = writeln!(out, "routes: []");
+    } else {
+        let _ = writeln!(out, "routes:");
+        out.push_str(routes);
+    }
+    out
+}
+
 /// The Kubernetes objects of a YAML stream: multi-document, and `kind: List`
 /// (what `kubectl get … -o yaml` prints) unpacked.
 pub fn objects(text: &str) -> Result<Vec<serde_json::Value>, String> {

@@ -1,13 +1,11 @@
 //! Checks a raw config and compiles it into a `Snapshot`, collecting every
 //! problem (with its field path) instead of stopping at the first.
 
-use super::raw::{RawConfig, RawProgression, RawRoute, RawSegmentMatch, RawShadow, RawWebsocket, SizeValue};
+use super::raw::{RawConfig, RawProgression, RawRoute, RawShadow, RawWebsocket, SizeValue};
 use super::{
     DEFAULT_ADMIN, Limits, Problem, Progression, Shadow, Shutdown, Snapshot, UpstreamSpec, WebSocketPolicy, sha256_hex,
 };
-use crate::routing::{
-    Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, SegmentMatcher, Sticky, Table,
-};
+use crate::routing::{Backend, BucketCookie, HostMatch, KeySource, Override, Route, Segment, Sticky, Table};
 use crate::units::{parse_duration, parse_rate, parse_size, weight_to_bp};
 use http::HeaderName;
 use std::collections::HashSet;
@@ -17,8 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod analysis;
+mod matching;
+mod operations;
 
 use analysis::compile_analysis;
+use matching::{compile_path, compile_segment_match};
+use operations::{compile_journal, compile_notify};
 
 /// Round-trip probe period when `max_ws_rtt_p95` is set and
 /// `websocket.rtt_interval` is not.
@@ -173,97 +175,6 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         table: Table::new(routes),
         warnings: Vec::new(),
     }
-}
-
-fn compile_notify(
-    n: &super::raw::RawNotify,
-    path: &str,
-    base: &Path,
-    p: &mut Problems,
-) -> Option<crate::config::NotifySink> {
-    use crate::config::{NotifyEvent, NotifyFormat};
-    let (tls, rest) = match (n.url.strip_prefix("https://"), n.url.strip_prefix("http://")) {
-        (Some(r), _) => (true, r),
-        (None, Some(r)) => (false, r),
-        _ => {
-            p.at(format!("{path}.url"), "must start with http:// or https://");
-            return None;
-        }
-    };
-    let (hostport, rest_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if hostport.is_empty() || hostport.contains('@') {
-        p.at(format!("{path}.url"), "needs a host (and no user:password@)");
-        return None;
-    }
-    let (host, port) = crate::headers::split_port(hostport);
-    let port = match port.map(str::parse::<u16>) {
-        None => {
-            if tls {
-                443
-            } else {
-                80
-            }
-        }
-        Some(Ok(p)) => p,
-        Some(Err(_)) => {
-            p.at(format!("{path}.url"), "invalid port");
-            return None;
-        }
-    };
-    let format = match n.format.as_deref() {
-        None | Some("json") => NotifyFormat::Json,
-        Some("slack") => NotifyFormat::Slack,
-        Some("teams") => NotifyFormat::Teams,
-        Some(other) => {
-            p.at(format!("{path}.format"), format!("`{other}`: use json, slack or teams"));
-            NotifyFormat::Json
-        }
-    };
-    let events = match &n.events {
-        // Steps are routine; everything else is worth a message by default.
-        None => NotifyEvent::ALL.into_iter().filter(|e| *e != NotifyEvent::Step).collect(),
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                let found = NotifyEvent::ALL.into_iter().find(|k| k.as_str() == e);
-                if found.is_none() {
-                    p.at(
-                        format!("{path}.events[{i}]"),
-                        format!("`{e}`: use rollback, hold, promoted, step, kill or config_refused"),
-                    );
-                }
-                found
-            })
-            .collect(),
-    };
-    Some(crate::config::NotifySink {
-        name: n.name.clone().unwrap_or_else(|| host.to_owned()),
-        url: n.url.split('?').next().unwrap_or_default().to_owned(),
-        tls,
-        authority: format!("{host}:{port}"),
-        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
-        path: if rest_path.is_empty() { "/".to_owned() } else { rest_path.to_owned() },
-        format,
-        events,
-        token_file: n.token_file.as_deref().map(|f| resolve(base, f)),
-        timeout: p.duration(&format!("{path}.timeout"), n.timeout.as_ref(), Duration::from_secs(5)),
-    })
-}
-
-fn compile_journal(raw: &RawConfig, p: &mut Problems) -> crate::config::JournalRotation {
-    let d = crate::config::JournalRotation::default();
-    let Some(j) = &raw.journal else { return d };
-    let max_bytes = p.size("journal.rotate_size", j.rotate_size.as_ref(), d.max_bytes);
-    if max_bytes < 64 * 1024 {
-        p.at("journal.rotate_size", "at least 64KiB (a journal line can be a few KiB)");
-    }
-    let max_age =
-        j.rotate_age.as_ref().map(|_| p.duration("journal.rotate_age", j.rotate_age.as_ref(), Duration::ZERO));
-    if max_age.is_some_and(|a| a < Duration::from_secs(60)) {
-        p.at("journal.rotate_age", "at least 1m");
-    }
-    crate::config::JournalRotation { max_bytes, max_age }
 }
 
 fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {
@@ -644,82 +555,4 @@ fn compile_sticky(s: &super::raw::RawSticky, route: &str, path: &str, base: &Pat
 fn resolve(base: &Path, f: &str) -> PathBuf {
     let path = Path::new(f);
     if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
-}
-
-/// Longest `header_regex` pattern accepted, and the compiled size allowed:
-/// matching stays linear in the header's length (the `regex` crate has no
-/// backtracking) and a pattern cannot blow up memory.
-const MAX_REGEX_LEN: usize = 1024;
-const MAX_REGEX_SIZE: usize = 256 * 1024;
-
-fn header_regex(at: &str, pattern: &str, p: &mut Problems) -> Option<regex::bytes::Regex> {
-    if pattern.len() > MAX_REGEX_LEN {
-        p.at(at, format!("pattern longer than {MAX_REGEX_LEN} bytes"));
-        return None;
-    }
-    regex::bytes::RegexBuilder::new(pattern)
-        .size_limit(MAX_REGEX_SIZE)
-        .dfa_size_limit(MAX_REGEX_SIZE)
-        .build()
-        .map_err(|e| p.at(at, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("invalid"))))
-        .ok()
-}
-
-/// `match.path_prefix` (a plain string prefix, the default `/`), or
-/// `match.path` with `path_type`: `exact`, or `prefix` (Kubernetes: whole
-/// path segments, `/api` takes `/api` and `/api/x`, not `/apix`).
-fn compile_path(m: Option<&super::raw::RawRouteMatch>, at: &str, p: &mut Problems) -> crate::routing::PathMatch {
-    use crate::routing::PathMatch;
-    let Some(m) = m else { return PathMatch::Str("/".into()) };
-    let checked = |p: &mut Problems, key: &str, v: &str| {
-        if !v.starts_with('/') {
-            p.at(format!("{at}.{key}"), "must start with `/`");
-        }
-        v.to_owned()
-    };
-    match (&m.path_prefix, &m.path, m.path_type.as_deref()) {
-        (Some(_), Some(_), _) => {
-            p.at(format!("{at}.path"), "use `path_prefix` or `path` with `path_type`, not both");
-            PathMatch::Str("/".into())
-        }
-        (prefix, None, None) => PathMatch::Str(checked(p, "path_prefix", prefix.as_deref().unwrap_or("/"))),
-        (_, None, Some(_)) => {
-            p.at(format!("{at}.path_type"), "needs `path`");
-            PathMatch::Str("/".into())
-        }
-        (_, Some(v), Some("exact")) => PathMatch::Exact(checked(p, "path", v)),
-        (_, Some(v), Some("prefix")) => PathMatch::Segments(checked(p, "path", v)),
-        (_, Some(_), other) => {
-            p.at(
-                format!("{at}.path_type"),
-                format!("{}: use `exact` or `prefix`", other.map_or("missing".into(), |o| format!("`{o}`"))),
-            );
-            PathMatch::Str("/".into())
-        }
-    }
-}
-
-fn compile_segment_match(m: &RawSegmentMatch, path: &str, p: &mut Problems) -> Vec<SegmentMatcher> {
-    let mut out = Vec::new();
-    for (name, values) in &m.header {
-        if let Some(h) = header_name(&format!("{path}.header.{name}"), name, p) {
-            out.push(SegmentMatcher::Header(h, values.clone().into_vec()));
-        }
-    }
-    for (name, values) in &m.cookie {
-        out.push(SegmentMatcher::Cookie(name.clone(), values.clone().into_vec()));
-    }
-    for (name, values) in &m.query {
-        out.push(SegmentMatcher::Query(name.clone(), values.clone().into_vec()));
-    }
-    for (name, pattern) in &m.header_regex {
-        let at = format!("{path}.header_regex.{name}");
-        if let (Some(h), Some(re)) = (header_name(&at, name, p), header_regex(&at, pattern, p)) {
-            out.push(SegmentMatcher::HeaderRegex(h, re));
-        }
-    }
-    if out.is_empty() {
-        p.at(path, "a segment needs at least one header, header_regex, cookie or query condition");
-    }
-    out
 }

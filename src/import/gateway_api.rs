@@ -13,23 +13,10 @@
 //! (whole segments); header `RegularExpression` is matched whole
 //! (`^(?:…)$`). What does not fit this shape is listed, not dropped.
 
-use super::{Imported, Skipped, dns_label, q, token, valid_host};
+use super::{Backend, Imported, Skipped, config_text, dns_label, q, token, valid_host};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Backend {
-    ns: String,
-    service: String,
-    port: u16,
-}
-
-impl Backend {
-    fn upstream(&self) -> String {
-        format!("{}-{}-{}", self.service, self.ns, self.port)
-    }
-}
 
 /// One `matches[]` entry of a rule, with the rule's backends.
 #[derive(Debug, Clone)]
@@ -388,30 +375,15 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
             let _ = writeln!(body, "    shadow: {{upstream: {}, percent: {pct}}}   # RequestMirror", q(&m.upstream()));
         }
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "# Imported from Gateway API HTTPRoutes by `weir import gateway-api`.");
-    let _ = writeln!(out, "# Check it with `weir check -c FILE`; set listen and admin for your deployment.");
-    let _ = writeln!(out, "#");
-    let _ = writeln!(out, "# What weir does differently from a Gateway:");
-    let _ = writeln!(out, "# - parentRefs are not read: every route is served on weir's listeners;");
-    let _ = writeln!(out, "# - a path's rules with header/query matches become segments of the rule without them;");
-    let _ = writeln!(out, "# - RegularExpression header matches use Rust `regex` syntax, matched whole.");
-    let _ = writeln!(out, "listen: [{{address: \"0.0.0.0:8080\"}}]");
-    let _ = writeln!(out, "admin: {{address: \"127.0.0.1:9901\"}}");
-    let _ = writeln!(out, "upstreams:{}", if upstreams.is_empty() { " {}" } else { "" });
-    for b in &upstreams {
-        let _ = writeln!(
-            out,
-            "  {}: {{endpoints: [{}]}}",
-            q(&b.upstream()),
-            q(&format!("{}.{}.svc.cluster.local:{}", b.service, b.ns, b.port))
-        );
-    }
-    if count == 0 {
-        let _ = writeln!(out, "routes: []");
-    } else {
-        let _ = writeln!(out, "routes:");
-        out.push_str(&body);
-    }
+    let header = [
+        "Imported from Gateway API HTTPRoutes by `weir import gateway-api`.",
+        "Check it with `weir check -c FILE`; set listen and admin for your deployment.",
+        "",
+        "What weir does differently from a Gateway:",
+        "- parentRefs are not read: every route is served on weir's listeners;",
+        "- a path's rules with header/query matches become segments of the rule without them;",
+        "- RegularExpression header matches use Rust `regex` syntax, matched whole.",
+    ];
+    let out = config_text(&header, &upstreams, &std::collections::BTreeMap::new(), &body);
     Imported { yaml: out, routes: count, skipped }
 }

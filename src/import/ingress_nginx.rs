@@ -23,7 +23,7 @@
 //! location (exact first, then the longest prefix), hosts before rules
 //! without a host.
 
-use super::{Imported, Skipped, dns_label, valid_host};
+use super::{Backend, Imported, Skipped, dns_label, valid_host};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -72,23 +72,6 @@ impl PathType {
             PathType::Prefix => "Prefix",
             PathType::ImplementationSpecific => "ImplementationSpecific",
         }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Backend {
-    ns: String,
-    service: String,
-    port: u16,
-}
-
-impl Backend {
-    fn upstream(&self) -> String {
-        format!("{}-{}-{}", self.service, self.ns, self.port)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("{}.{}.svc.cluster.local:{}", self.service, self.ns, self.port)
     }
 }
 

@@ -2,8 +2,8 @@
 //! canary's segments in ingress-nginx's order, affinity and mirrors, each
 //! with a comment saying where it came from.
 
-use super::{ANN, Backend, Ingress, PathType, Planned, Rule};
-use crate::import::{Imported, Skipped, q, slug, token, valid_host};
+use super::{ANN, Ingress, PathType, Planned, Rule};
+use crate::import::{Backend, Imported, Skipped, config_text, q, slug, token, valid_host};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
@@ -63,34 +63,19 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
         write_affinity(&mut body, p, &mut skipped);
         write_mirror(&mut body, p.primary, &mut mirrors, &mut skipped);
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "# Imported from ingress-nginx Ingresses by `weir import ingress-nginx`.");
-    let _ = writeln!(out, "# Check it with `weir check -c FILE`; set listen and admin for your deployment.");
-    let _ = writeln!(out, "#");
-    let _ = writeln!(out, "# What weir does differently from ingress-nginx:");
-    let _ = writeln!(out, "# - a request for a named host that matches none of its paths falls through to the rules");
-    let _ = writeln!(out, "#   without a host (ingress-nginx answers 404 from its default backend there);");
-    let _ = writeln!(out, "# - canary-by-header-pattern is a Rust `regex` (linear time, no look-around or");
-    let _ = writeln!(out, "#   back-references) searched in the value like ngx.re.match, not PCRE;");
-    let _ =
-        writeln!(out, "# - weights have two decimals (a canary-weight-total that does not divide evenly is rounded);");
-    let _ =
-        writeln!(out, "# - weir judges the canary and can roll it back by itself once `analysis` is added to a route.");
-    let _ = writeln!(out, "listen: [{{address: \"0.0.0.0:8080\"}}]");
-    let _ = writeln!(out, "admin: {{address: \"127.0.0.1:9901\"}}");
-    let _ = writeln!(out, "upstreams:{}", if upstreams.is_empty() && mirrors.is_empty() { " {}" } else { "" });
-    for b in &upstreams {
-        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(&b.upstream()), q(&b.endpoint()));
-    }
-    for (name, endpoint) in &mirrors {
-        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(name), q(endpoint));
-    }
-    if routes.is_empty() {
-        let _ = writeln!(out, "routes: []");
-    } else {
-        let _ = writeln!(out, "routes:");
-        out.push_str(&body);
-    }
+    let header = [
+        "Imported from ingress-nginx Ingresses by `weir import ingress-nginx`.",
+        "Check it with `weir check -c FILE`; set listen and admin for your deployment.",
+        "",
+        "What weir does differently from ingress-nginx:",
+        "- a request for a named host that matches none of its paths falls through to the rules",
+        "  without a host (ingress-nginx answers 404 from its default backend there);",
+        "- canary-by-header-pattern is a Rust `regex` (linear time, no look-around or",
+        "  back-references) searched in the value like ngx.re.match, not PCRE;",
+        "- weights have two decimals (a canary-weight-total that does not divide evenly is rounded);",
+        "- weir judges the canary and can roll it back by itself once `analysis` is added to a route.",
+    ];
+    let out = config_text(&header, &upstreams, &mirrors, &body);
     Imported { yaml: out, routes: count, skipped }
 }
 
