@@ -203,3 +203,30 @@ async fn webhooks_are_told_once_retried_and_never_hold_up_the_proxy() {
         assert!(!l.contains("t0p-s3cret") && !l.contains("s3cretpath"), "secret in a log line: {l}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let slow = Receiver::start().await;
+    slow.delay_ms.store(2_000, Ordering::Relaxed);
+    let notify =
+        format!("notify:\n  - {{name: slow, url: \"{}\", events: [config_refused], timeout: 10s}}\n", slow.url("/x"));
+    let routes = "  - {name: bet, stable: {upstream: v1}, canary: {upstream: v2}, weight: 10}\n";
+    let yaml = config(s.addr, c.addr, routes).replace("routes:", &format!("{notify}routes:"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weir.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let (mut child, addr, admin, _out, _err) = support::spawn_weir_admin(&cfg);
+    // 80 different refused edits while the webhook takes 2 s per message:
+    // one in flight, 64 queued, the rest dropped at once.
+    for i in 0..80 {
+        std::fs::write(&cfg, yaml.replace("weight: 10", &format!("weight: {}", 200 + i))).unwrap();
+        assert_eq!(admin_post(admin, "/reload").await.0, 400);
+    }
+    let dropped = metric(admin, "weir_notifications_total{sink=\"slow\",outcome=\"dropped\"}").await.unwrap_or(0.0);
+    // Had the reloads waited on the webhook, nothing would have dropped.
+    assert!(dropped >= 10.0, "dropped {dropped}");
+    assert_eq!(get(&client(), &format!("http://{addr}/"), &[]).await.0, 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
