@@ -386,6 +386,27 @@ fn status(
     }
 }
 
+/// Raise the soft open-file limit to the hard one (systemd and containers
+/// often start processes at 1,024 soft with a far higher hard limit): each
+/// client connection can hold a client socket, an upstream socket and a
+/// shadow copy's. Says what it found, and warns when even the hard limit is
+/// below what `limits.max_connections` needs.
+fn raise_open_file_limit(max_connections: usize) {
+    let before = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(0);
+    let needed = (max_connections as u64).saturating_mul(2).saturating_add(256);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now < needed => tracing::warn!(
+            before,
+            now,
+            needed,
+            max_connections,
+            "open-file limit below what limits.max_connections needs (2 per connection + 256); raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(now) => tracing::info!(before, now, "open-file limit"),
+        Err(e) => tracing::warn!(before, error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// `weir import …`: 0 complete, 1 incomplete, 2 failed.
 fn import(
     file: &std::path::Path,
@@ -573,6 +594,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("invalid config");
         }
     };
+    raise_open_file_limit(snapshot.limits.max_connections);
     // TOKIO_WORKER_THREADS sets the worker count (default: one per core).
     // With exactly one, the single-threaded scheduler does the same work
     // without the multi-thread scheduler's synchronisation.

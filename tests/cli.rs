@@ -459,3 +459,52 @@ fn help_describes_each_command_once() {
     assert!(line("fleet").contains("every replica"), "{text}");
     assert_eq!(text.matches("Print the version").count(), 1, "{text}");
 }
+
+/// The soft open-file limit a process has, from /proc.
+fn soft_nofile(pid: &str) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap_or(u64::MAX)
+}
+
+#[test]
+fn run_raises_the_soft_open_file_limit_to_the_hard_one() {
+    let hard = {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+        line.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap_or(u64::MAX)
+    };
+    if hard <= 512 {
+        eprintln!("hard open-file limit {hard}: nothing to raise here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "weir.yaml",
+        "listen: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\nupstreams: {v1: {endpoints: [\"127.0.0.1:9\"]}}\nroutes: [{name: r, stable: {upstream: v1}}]\n",
+    );
+    // Started the way systemd or a container often starts it: a low soft limit.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -S -n 512 && exec \"$0\" run -c \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let said = wait_for(&rx, "open-file limit", Duration::from_secs(10)).expect("the limit is logged");
+    assert!(said.contains("\"before\":512"), "{said}");
+    assert!(wait_for(&rx, "weir ready", Duration::from_secs(10)).is_some());
+    assert_eq!(soft_nofile(&child.id().to_string()), hard, "soft raised to hard");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
