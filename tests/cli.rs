@@ -493,14 +493,7 @@ fn run_raises_the_soft_open_file_limit_to_the_hard_one() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = support::lines_of(child.stderr.take().unwrap());
     let said = wait_for(&rx, "open-file limit", Duration::from_secs(10)).expect("the limit is logged");
     assert!(said.contains("\"before\":512"), "{said}");
     assert!(wait_for(&rx, "weir ready", Duration::from_secs(10)).is_some());

@@ -359,6 +359,18 @@ pub fn journal(dir: &std::path::Path) -> Vec<serde_json::Value> {
 /// The `weir` binary, run on `config`; waits for its "weir ready" line.
 pub type Lines = std::sync::mpsc::Receiver<String>;
 
+/// The lines a child writes to `pipe`, as they come (a reader thread).
+#[allow(dead_code)]
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Lines {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// Returns the child, its proxy address, stdout lines and stderr lines.
 pub fn spawn_weir(config: &std::path::Path) -> (std::process::Child, std::net::SocketAddr, Lines, Lines) {
     let (child, addr, _, out, err) = spawn_weir_admin(config);
@@ -376,13 +388,7 @@ pub fn spawn_weir_admin(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     let ready = loop {
         let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("weir did not get ready");
@@ -393,13 +399,7 @@ pub fn spawn_weir_admin(
     let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
     let listen = v["fields"]["listen"].as_str().unwrap();
     let addr = listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let (ltx, lrx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = ltx.send(line);
-        }
-    });
+    let lrx = lines_of(child.stdout.take().unwrap());
     let admin = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
     (child, addr, admin, lrx, rx)
 }
