@@ -12,7 +12,7 @@ start_upstreams() {
   mkdir -p "$work/nginx"
   cat > "$work/nginx.conf" <<CFG
 daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.err warn;
-events { worker_connections 4096; }
+events { worker_connections 30000; } worker_rlimit_nofile 200000;
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
   uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
@@ -21,3 +21,75 @@ http { access_log off; keepalive_requests 1000000;
 CFG
   taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
 }
+
+# The three proxies configured for the same work: a 90/10 weighted split
+# over keep-alive upstream connections ($sp/$cp), HTTP/1.1 on $pp and h2c
+# on $hp, access logs off, room for 30,000 connections. $1: workers
+# (weir's worker threads, nginx worker processes, HAProxy threads).
+write_proxies() {
+  local workers=${1:-1}
+  cat > "$work/weir.yaml" <<CFG
+listen: [{address: "127.0.0.1:$pp"}, {address: "127.0.0.1:$hp"}]
+admin: {address: "127.0.0.1:$ap"}
+access_log: false
+state_dir: $work/state
+limits: {max_connections: 30000, max_in_flight: 30000}
+upstreams: {stable: {endpoints: ["127.0.0.1:$sp"]}, canary: {endpoints: ["127.0.0.1:$cp"]}}
+routes:
+  - {name: app, stable: {upstream: stable}, canary: {upstream: canary}, weight: 10}
+CFG
+  mkdir -p "$work/np"
+  cat > "$work/proxy-nginx.conf" <<CFG
+daemon off; worker_processes $workers; worker_rlimit_nofile 200000; pid $work/np.pid; error_log $work/np.err warn;
+events { worker_connections 30000; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
+  uwsgi_temp_path $work/np; scgi_temp_path $work/np;
+  upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 4096; }
+  server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; location / { proxy_pass http://split;
+    proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CFG
+  cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread $workers
+  maxconn 30000
+defaults
+  mode http
+  maxconn 30000
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:$pp
+  bind 127.0.0.1:$hp proto h2
+  default_backend b
+backend b
+  balance roundrobin
+  http-reuse always
+  server stable 127.0.0.1:$sp weight 90
+  server canary 127.0.0.1:$cp weight 10
+CFG
+}
+
+# start_proxy NAME WORKERS CPUS: start one of the three on the given cores
+# (taskset list) and wait until it answers on $pp. Sets $ppid.
+start_proxy() {
+  local name=$1 workers=${2:-1} cpus=${3:-0}
+  case $name in
+    weir) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" ./target/release/weir run -c "$work/weir.yaml" 2>/dev/null & ;;
+    nginx) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
+    haproxy) taskset -c "$cpus" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
+  esac
+  ppid=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$pp/" && return; sleep 0.1; done
+  echo "$name did not start"; exit 1
+}
+# CPU ticks of the proxy's process and its children (nginx workers).
+proxy_ticks() {
+  local t=0 p
+  for p in "$ppid" $(pgrep -P "$ppid" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+stop_proxy() { kill "$ppid" 2>/dev/null || true; wait "$ppid" 2>/dev/null || true; }

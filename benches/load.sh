@@ -31,55 +31,7 @@ done = function(summary, latency, requests)
   io.write(string.format("LAT %d %d %d\n", latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
 end
 LUA
-cat > "$work/weir.yaml" <<CFG
-listen: [{address: "127.0.0.1:$pp"}, {address: "127.0.0.1:$hp"}]
-admin: {address: "127.0.0.1:$ap"}
-access_log: false
-state_dir: $work/state
-upstreams: {stable: {endpoints: ["127.0.0.1:$sp"]}, canary: {endpoints: ["127.0.0.1:$cp"]}}
-routes:
-  - {name: app, stable: {upstream: stable}, canary: {upstream: canary}, weight: 10}
-CFG
-mkdir -p "$work/np"
-cat > "$work/proxy-nginx.conf" <<CFG
-daemon off; worker_processes 1; pid $work/np.pid; error_log $work/np.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
-  uwsgi_temp_path $work/np; scgi_temp_path $work/np;
-  upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 128; }
-  server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; location / { proxy_pass http://split;
-    proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CFG
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-frontend f
-  bind 127.0.0.1:$pp
-  bind 127.0.0.1:$hp proto h2
-  default_backend b
-backend b
-  balance roundrobin
-  http-reuse always
-  server stable 127.0.0.1:$sp weight 90
-  server canary 127.0.0.1:$cp weight 10
-CFG
-
-start_proxy() {
-  case $1 in
-    weir) TOKIO_WORKER_THREADS=1 taskset -c 0 ./target/release/weir run -c "$work/weir.yaml" 2>/dev/null & ;;
-    nginx) taskset -c 0 nginx -c "$work/proxy-nginx.conf" & ;;
-    haproxy) taskset -c 0 haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
-  esac
-  ppid=$!
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$pp/" && return; sleep 0.1; done
-  echo "$1 did not start"; exit 1
-}
+write_proxies 1
 # The process doing the work: nginx's worker is the master's child.
 worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -88,7 +40,7 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 results="$work/results.tsv"
 for r in $(seq "$ROUNDS"); do
   for name in nginx haproxy weir; do
-    start_proxy "$name"
+    start_proxy "$name" 1 0
     wpid=$(worker_pid)
     rss_idle=$(rss_kib "$wpid")
     taskset -c 1 timeout 30 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$pp/" >/dev/null
@@ -111,7 +63,7 @@ for r in $(seq "$ROUNDS"); do
         | awk '/^finished in/ {gsub(",", "", $4); print $4}')
       h2=${h2:--}
     fi
-    kill "$ppid"; wait "$ppid" 2>/dev/null || true
+    stop_proxy
     cpu100k=$(python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) / $reqs * 100000, 3))")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$rps" "$l50" "$l99" "$l999" "$o50" "$o99" "$o999" "$cpu100k" "$rss" "$h2" "$rss_idle" | tee -a "$results"
   done

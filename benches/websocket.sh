@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
 # WebSocket memory and relay throughput (see benches/websocket.rs).
-# weir holds two descriptors per relayed socket, so 10,000 sockets need an
-# open-file limit above 20,000 for weir; the clients and the upstream run in
-# separate processes. Where the hard limit is lower (containers), set
-# WS_SOCKETS below half of it.
+# weir holds two descriptors per relayed socket, so N sockets need an
+# open-file limit above 2N for weir; the clients and the upstream run in
+# separate processes. As root the script raises the hard limit itself; where
+# it cannot (containers), set WS_SOCKETS below half of the hard limit.
+# Every socket is a loopback connection to one address, so beyond ~28,000
+# sockets the ephemeral port range must be wider: as root the script widens
+# net.ipv4.ip_local_port_range for the run and puts it back on exit.
+#
+#   benches/websocket.sh                 # WS_SOCKETS=10000
+#   WS_SOCKETS=50000 benches/websocket.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WS_SOCKETS="${WS_SOCKETS:-10000}" cargo bench --bench websocket
+n="${WS_SOCKETS:-10000}"
+want=$((2 * n + 10000))
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$want" ]; then
+  ulimit -Hn "$want" 2>/dev/null || echo "cannot raise the hard open-file limit to $want (not root?)"
+fi
+ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+range=/proc/sys/net/ipv4/ip_local_port_range
+if [ "$n" -gt 25000 ] && [ -w "$range" ]; then
+  old=$(cat "$range")
+  trap 'echo "$old" > "$range"' EXIT
+  echo "1024 65535" > "$range"
+fi
+WS_SOCKETS="$n" cargo bench --bench websocket

@@ -6,16 +6,16 @@
 //! (HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY) → wait
 //! up to `shutdown.grace` → return.
 
+mod client;
+
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
-use crate::config::{Limits, Snapshot};
+use crate::config::Snapshot;
 use crate::live::Live;
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::Proxy;
 use crate::reload::Reloader;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
+use client::{ClientConn, Servers};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -165,25 +165,6 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
     Ok(Handle { listen, admin: admin_addr, live, reloader, ready, stop, lifecycle })
 }
 
-/// The hyper server settings from the limits (design §8, hardening.md).
-fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // Without a timer the header-read timeout silently does nothing.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .max_header_list_size(16 * 1024)
-        .max_pending_accept_reset_streams(50)
-        .max_local_error_reset_streams(Some(256));
-    b
-}
-
 /// Held for as long as a client connection lives, upgraded WebSockets
 /// included (`limits.max_connections`).
 pub use crate::limits::ConnPermit;
@@ -204,7 +185,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
     // Limits are read at connection start; rebuild the server settings only
     // when a reload changed them.
     let mut limits = live.load().snapshot.limits.clone();
-    let mut builder = Arc::new(server_builder(&limits));
+    let mut builder = Arc::new(Servers::new(&limits));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -227,7 +208,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
         let current = live.load();
         if current.snapshot.limits != limits {
             limits = current.snapshot.limits.clone();
-            builder = Arc::new(server_builder(&limits));
+            builder = Arc::new(Servers::new(&limits));
         }
         // TLS or not is read per connection, so a reload can turn it on,
         // off, or swap certificates without touching the socket.
@@ -238,7 +219,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
         tracker.spawn(async move {
             let conn = ClientConn { builder, proxy, stop, peer, permit: Arc::new(permit) };
             let Some(tls) = tls else {
-                return conn.serve(TokioIo::new(stream), false).await;
+                return conn.serve_plain(stream, handshake_timeout).await;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
             // The handshake gets the same deadline as a request head.
@@ -252,40 +233,6 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
                 Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
             }
         });
-    }
-}
-
-/// One accepted client connection.
-struct ClientConn {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    proxy: Arc<Proxy>,
-    stop: CancellationToken,
-    peer: SocketAddr,
-    permit: ConnPermit,
-}
-
-impl ClientConn {
-    async fn serve<I>(self, io: TokioIo<I>, https: bool)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let ClientConn { builder, proxy, stop, peer, permit } = self;
-        let peer = Arc::new(Peer::new(peer, https, permit));
-        let svc = service_fn(move |req| {
-            let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
-            async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        // Serve until the peer is done, or until shutdown asks the
-        // connection to finish its in-flight work and close.
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
     }
 }
 

@@ -36,7 +36,6 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -245,9 +244,18 @@ impl Proxy {
         }
         // A WebSocket handshake: take the client side of the upgrade now,
         // before the request is taken apart.
-        let upgrade =
-            websocket::is_upgrade(req.method(), req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let upgrade = upgrade.map(|u| (u, Arc::clone(&peer.permit)));
+        let h2_ws = websocket::is_extended_connect(req.method(), req.version(), req.extensions());
+        if req.method() == http::Method::CONNECT && !h2_ws {
+            // weir is not a forward proxy; HTTP/2 CONNECT is only for RFC 8441.
+            return local_response(&ProxyError::Connect, completion);
+        }
+        let upgrade = (h2_ws || websocket::is_upgrade(req.method(), req.version(), req.headers())).then(|| {
+            websocket::ClientUpgrade {
+                on: hyper::upgrade::on(&mut req),
+                permit: Arc::clone(&peer.permit),
+                h2_key: h2_ws.then(websocket::new_key),
+            }
+        });
         match self.forward(served, peer, req, upgrade, &mut completion).await {
             Ok(resp) => {
                 if let Some(tx) = completion.shadow_status.take() {
@@ -273,7 +281,7 @@ impl Proxy {
         served: &Serving,
         peer: &Peer,
         req: Request<Incoming>,
-        upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
+        upgrade: Option<websocket::ClientUpgrade>,
         completion: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
@@ -281,7 +289,8 @@ impl Proxy {
         let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), completion)?;
         let upstream_start = Instant::now();
         let conn = self.upstream_peer(served, &mut choice, upstream_start, completion).await?;
-        phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrade.is_some(), completion);
+        let upgrading = upgrade.as_ref().map(|u| u.h2_key.as_ref());
+        phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrading, completion);
         let req_body = self.request_body(served, &choice, &parts, body, admitted.declared, completion);
         let upstream = served.upstream(choice.route.backend(choice.version).upstream).ok_or(ProxyError::NoRoute)?;
         let req = Request::from_parts(parts, req_body);

@@ -8,14 +8,16 @@
 //! close a route's canary sockets with 1012 at `close_rate`.
 
 pub mod frame;
+mod io;
 mod relay;
 
 use crate::metrics::RouteMetrics;
 use crate::routing::Version;
-use http::HeaderMap;
 use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use io::Bare;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +61,44 @@ pub fn is_upgrade(method: &http::Method, version: http::Version, headers: &Heade
         && version == http::Version::HTTP_11
         && has_token(CONNECTION, "upgrade")
         && has_token(UPGRADE, "websocket")
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): a `CONNECT` with `:protocol: websocket`.
+/// weir opens the upstream side as an HTTP/1.1 upgrade and answers the
+/// client 200 on the stream.
+pub fn is_extended_connect(method: &http::Method, version: http::Version, ext: &http::Extensions) -> bool {
+    method == http::Method::CONNECT
+        && version == http::Version::HTTP_2
+        && ext.get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64; RFC 6455 §4.1).
+pub fn new_key() -> HeaderValue {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    HeaderValue::from_str(&key).unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// The `Sec-WebSocket-Accept` an upstream must answer `key` with (RFC 6455 §4.2.2).
+pub fn accept_for(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// The client side of a WebSocket handshake, taken before the request is
+/// taken apart.
+pub struct ClientUpgrade {
+    pub on: OnUpgrade,
+    /// The client connection's `max_connections` slot, held by the socket.
+    pub permit: crate::limits::ConnPermit,
+    /// RFC 8441 (HTTP/2 client): the key weir sends the upstream, whose
+    /// answer it checks itself; `None` for an HTTP/1.1 client (the client
+    /// checks the answer).
+    pub h2_key: Option<HeaderValue>,
 }
 
 /// The upstream's 101 names `Upgrade: websocket`.
@@ -159,7 +199,17 @@ impl Hub {
             };
             let why = match both {
                 Ok((Ok(c), Ok(u))) => {
-                    relay::relay(TokioIo::new(c), TokioIo::new(u), &signal, &settings, Some(&sink)).await
+                    let rtt = Some(&sink as relay::RttSink<'_>);
+                    // Bare TCP where the upgrade allows it (idle sockets then
+                    // hold no buffers); TLS and HTTP/2 streams as they come.
+                    match (Bare::from_upgraded(c), Bare::from_upgraded(u)) {
+                        (Ok(c), Ok(u)) => relay::relay(c, u, &signal, &settings, rtt).await,
+                        (Ok(c), Err(u)) => relay::relay(c, TokioIo::new(u), &signal, &settings, rtt).await,
+                        (Err(c), Ok(u)) => relay::relay(TokioIo::new(c), u, &signal, &settings, rtt).await,
+                        (Err(c), Err(u)) => {
+                            relay::relay(TokioIo::new(c), TokioIo::new(u), &signal, &settings, rtt).await
+                        }
+                    }
                 }
                 _ => CloseWhy::Error,
             };

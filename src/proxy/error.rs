@@ -27,6 +27,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("too many requests in flight")]
     Overloaded,
+    /// CONNECT other than RFC 8441's WebSocket: weir is not a forward proxy.
+    #[error("CONNECT is only accepted for WebSocket over HTTP/2")]
+    Connect,
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
 }
@@ -41,6 +44,7 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(
@@ -61,7 +65,8 @@ impl ProxyError {
             | ProxyError::Framing(_)
             | ProxyError::UriTooLong
             | ProxyError::NoRoute
-            | ProxyError::BodyTooLarge => Fault::Client,
+            | ProxyError::BodyTooLarge
+            | ProxyError::Connect => Fault::Client,
             ProxyError::Upstream(
                 UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_),
             ) => Fault::Client,
@@ -85,6 +90,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::Connect => "connect_refused",
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect(_) => "upstream_connect",
                 UpstreamError::ConnectTimeout => "upstream_connect_timeout",
@@ -116,5 +122,7 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
         assert_eq!(ProxyError::BodyTooLarge.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(ProxyError::Overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ProxyError::Connect.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(ProxyError::Connect.fault(), Fault::Client);
     }
 }

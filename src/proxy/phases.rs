@@ -10,11 +10,10 @@ use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
 use crate::upstream::{Checkout, PooledBody, ReqBody, UpstreamError};
 use crate::websocket;
-use http::header::{CONTENT_LENGTH, HOST, SET_COOKIE};
+use http::header::{CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use rand::RngExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,18 +184,30 @@ impl Proxy {
         &self,
         c: &Choice<'_>,
         mut resp: Response<PooledBody>,
-        upgrade: Option<(OnUpgrade, crate::limits::ConnPermit)>,
+        upgrade: Option<websocket::ClientUpgrade>,
         completion: &mut Completion,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let mut over_h2 = false;
         if switched {
             // Only a WebSocket handshake may switch protocols; a 101 to
             // anything else (or to another protocol) is broken.
-            let (Some((client, permit)), Some(m)) = (upgrade, c.metrics.as_ref()) else {
+            let (Some(websocket::ClientUpgrade { on: client, permit, h2_key }), Some(m)) =
+                (upgrade, c.metrics.as_ref())
+            else {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
             };
             if !websocket::accepts_websocket(resp.headers()) {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+            }
+            // RFC 8441: the HTTP/2 client cannot check the upstream's
+            // answer to a key it never sent, so weir does.
+            if let Some(key) = h2_key {
+                let want = websocket::accept_for(key.as_bytes());
+                if resp.headers().get(SEC_WEBSOCKET_ACCEPT).is_none_or(|v| v.as_bytes() != want.as_bytes()) {
+                    return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+                }
+                over_h2 = true;
             }
             let upstream_side = hyper::upgrade::on(&mut resp);
             let policy = &c.route.websocket;
@@ -215,8 +226,12 @@ impl Proxy {
             self.live.websockets.spawn(socket, client, upstream_side);
         }
         let (mut rparts, rbody) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers, switched);
-        if switched {
+        headers::strip_hop_by_hop(&mut rparts.headers, switched && !over_h2);
+        if over_h2 {
+            // The stream is the tunnel: 200, no upgrade headers (RFC 8441 §5).
+            rparts.status = StatusCode::OK;
+            rparts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+        } else if switched {
             headers::set_websocket_upgrade(&mut rparts.headers);
         }
         rparts.version = http::Version::HTTP_11;
@@ -241,15 +256,20 @@ pub(super) fn upstream_request_filter(
     c: &Choice<'_>,
     authority: Option<HeaderValue>,
     parts: &mut Parts,
-    upgrading: bool,
+    upgrading: Option<Option<&HeaderValue>>,
     completion: &mut Completion,
 ) {
     // Room for the headers added below, so the map grows at most once.
     parts.headers.reserve(8);
     let keep = c.route.override_.as_ref().and_then(|o| o.header.as_ref());
-    headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-    if upgrading {
+    headers::strip_hop_by_hop(&mut parts.headers, upgrading.is_some());
+    if let Some(h2_key) = upgrading {
         headers::set_websocket_upgrade(&mut parts.headers);
+        if let Some(key) = h2_key {
+            // RFC 8441 → RFC 6455: the upstream gets an HTTP/1.1 handshake.
+            parts.method = Method::GET;
+            parts.headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+        }
     }
     headers::strip_internal(&mut parts.headers, keep);
     let proto = if peer.https { "https" } else { "http" };

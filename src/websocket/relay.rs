@@ -1,7 +1,8 @@
 //! Relaying one upgraded connection, byte for byte, in both directions.
 //!
 //! Each direction is a pump with one buffer: 4 KiB, grown once to 64 KiB
-//! when reads keep filling it (bulk transfer). Memory per socket is bounded
+//! when reads keep filling it (bulk transfer). Over bare TCP the buffer
+//! exists only while bytes are passing (see `io`): an idle socket holds none. Memory per socket is bounded
 //! whatever the peers do: a slow reader simply stops the pump that writes to
 //! it, and TCP flow control pushes back on the sender. The pumps
 //! track frame boundaries so weir can add its own close (or ping) frame
@@ -17,15 +18,14 @@
 //! - a normal close handshake passes through untouched.
 
 use super::frame::{FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
+use super::io::{BUF, Endpoint, Source};
 use super::{CloseWhy, Signal};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Per direction, two per socket: every socket starts with this much.
-const BUF: usize = 4 * 1024;
 /// A direction whose reads keep filling the buffer (bulk transfer) grows it
 /// once to this size, so fewer, larger syscalls; never more.
 const BUF_BULK: usize = 64 * 1024;
@@ -107,19 +107,15 @@ fn mask() -> [u8; 4] {
 
 /// Relay until both sides are done; returns why the socket closed.
 /// Round trips of weir's probe pings to the upstream go to `rtt`.
-pub async fn relay<C, U>(
+pub async fn relay<C: Endpoint, U: Endpoint>(
     client: C,
     upstream: U,
     signal: &watch::Sender<Signal>,
     settings: &Settings,
     rtt: Option<RttSink<'_>>,
-) -> CloseWhy
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let (cr, cw) = tokio::io::split(client);
-    let (ur, uw) = tokio::io::split(upstream);
+) -> CloseWhy {
+    let (cr, cw) = client.halves();
+    let (ur, uw) = upstream.halves();
     let shared = Shared {
         first_close: AtomicU8::new(FIRST_NONE),
         client_broke: AtomicBool::new(false),
@@ -187,10 +183,11 @@ async fn pump<R, W>(
     settings: &Settings,
 ) -> End
 where
-    R: AsyncRead + Unpin,
+    R: Source,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    // Taken when bytes arrive (see `Source::fill`).
+    let mut buf: Vec<u8> = Vec::new();
     let mut frames = FrameTracker::default();
     let mut pending: Option<(u16, &'static str)> = None;
     let mut close_by = tokio::time::Instant::now() + Duration::from_secs(86_400);
@@ -281,7 +278,7 @@ where
                     shared.probe_sent.store(shared.epoch.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
                 }
             }
-            read = src.read(&mut buf[held..]) => {
+            read = src.fill(&mut buf, held) => {
                 let n = match read {
                     Ok(0) | Err(_) => {
                         // Gone without a close frame: tell the other side properly.
@@ -379,6 +376,11 @@ where
                 if dst.flush().await.is_err() {
                     break End::DstGone;
                 }
+                // A light read is forwarded and nothing is held: an idle
+                // socket keeps no buffer (bulk transfer keeps its own).
+                if R::PARKS && held == 0 && n < BUF && buf.len() == BUF {
+                    buf = Vec::new();
+                }
             }
         }
     };
@@ -391,7 +393,7 @@ where
 
 /// After our close frame: read and discard until the source's own close
 /// frame, EOF or `CLOSE_WAIT`.
-async fn drain<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8], mut frames: FrameTracker, leftover: &[u8]) {
+async fn drain<R: Source>(src: &mut R, buf: &mut Vec<u8>, mut frames: FrameTracker, leftover: &[u8]) {
     let saw_close = |frames: &mut FrameTracker, mut data: &[u8]| {
         while !data.is_empty() {
             match frames.consume(data) {
@@ -407,7 +409,7 @@ async fn drain<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8], mut frames: Fr
     }
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
     loop {
-        match tokio::time::timeout_at(deadline, src.read(buf)).await {
+        match tokio::time::timeout_at(deadline, src.fill(buf, 0)).await {
             Ok(Ok(n)) if n > 0 => {
                 if saw_close(&mut frames, &buf[..n]) {
                     return;
@@ -421,7 +423,7 @@ async fn drain<R: AsyncRead + Unpin>(src: &mut R, buf: &mut [u8], mut frames: Fr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{AsyncRead, AsyncReadExt, duplex};
 
     /// An unmasked binary frame (upstream → client direction).
     fn binary(payload: &[u8]) -> Vec<u8> {

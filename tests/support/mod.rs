@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+mod ws_upstream;
+#[allow(unused_imports)]
+pub use ws_upstream::WsUpstream;
+
 /// What an upstream saw for one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -433,4 +437,25 @@ pub async fn ws_open(addr: SocketAddr, player: Option<&str>) -> (Ws, String) {
         .expect("handshake failed");
     let who = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     (ws, who)
+}
+
+/// The admin API's /metrics text.
+pub async fn metrics(admin: SocketAddr) -> String {
+    get(&client(), &format!("http://{admin}/metrics"), &[]).await.2
+}
+
+/// Poll /metrics (bounded) until `series` reads `want`; returns the last text.
+pub async fn wait_metric(admin: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t = metrics(admin).await;
+        if metric(&t, series) == Some(want) || Instant::now() > deadline {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

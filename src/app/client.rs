@@ -1,0 +1,170 @@
+//! Serving one accepted client connection with hyper.
+//!
+//! Plain TCP: weir tells HTTP/2 with prior knowledge (h2c) from HTTP/1 by
+//! peeking at the first bytes (the 24-byte HTTP/2 preface) and then hands the
+//! socket itself to hyper's HTTP/1 or HTTP/2 server. Nothing wraps the
+//! socket, so an upgraded WebSocket gets the bare `TcpStream` back (the relay
+//! then waits for readability without holding a buffer) and no read passes
+//! through a rewind layer. TLS: hyper-util's auto server reads the preface.
+
+use crate::config::Limits;
+use crate::proxy::{Peer, Proxy};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The hyper server settings from the limits (design §8, hardening.md).
+pub struct Servers {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// TLS connections (the preface is read through the TLS layer).
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Servers {
+    pub fn new(limits: &Limits) -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        // Without a timer the header-read timeout silently does nothing.
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size(16 * 1024)
+            .max_pending_accept_reset_streams(50)
+            .max_local_error_reset_streams(Some(256))
+            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+            .enable_connect_protocol();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size(16 * 1024)
+            .max_pending_accept_reset_streams(50)
+            .max_local_error_reset_streams(Some(256))
+            .enable_connect_protocol();
+        Self { h1, h2, auto }
+    }
+}
+
+/// Does this plain-TCP client open with the HTTP/2 preface? Peeks (reads
+/// nothing); `None` when the peer closed, failed or stalled inside the
+/// preface past `deadline`.
+async fn speaks_h2(stream: &TcpStream, deadline: Duration) -> Option<bool> {
+    let sniff = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        // A peer that stops part-way through the preface keeps the socket
+        // readable, so peeking again at once would spin: back off instead.
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 || buf[..n] != H2_PREFACE[..n] {
+                // HTTP/1 (or EOF, which hyper's HTTP/1 side handles quietly).
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    };
+    tokio::time::timeout(deadline, sniff).await.ok().flatten()
+}
+
+/// One accepted client connection.
+pub struct ClientConn {
+    pub builder: Arc<Servers>,
+    pub proxy: Arc<Proxy>,
+    pub stop: CancellationToken,
+    pub peer: SocketAddr,
+    pub permit: crate::limits::ConnPermit,
+}
+
+impl ClientConn {
+    /// A plain-TCP connection: HTTP/1.1 (with upgrades) or h2c.
+    pub async fn serve_plain(self, stream: TcpStream, deadline: Duration) {
+        let Some(h2) = speaks_h2(&stream, deadline).await else { return };
+        let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
+        let svc = self.service(false);
+        let io = TokioIo::new(stream);
+        if h2 {
+            let conn = builder.h2.serve_connection(io, svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        } else {
+            let conn = builder.h1.serve_connection(io, svc).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+    }
+
+    /// A TLS connection: the protocol is read through the TLS layer.
+    pub async fn serve<I>(self, io: TokioIo<I>, https: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
+        let svc = self.service(https);
+        let conn = builder.auto.serve_connection_with_upgrades(io, svc);
+        let mut conn = std::pin::pin!(conn);
+        // Serve until the peer is done, or until shutdown asks the
+        // connection to finish its in-flight work and close.
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+
+    fn service(
+        self,
+        https: bool,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<crate::proxy::RespBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<hyper::Response<crate::proxy::RespBody>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let ClientConn { proxy, peer, permit, .. } = self;
+        let peer = Arc::new(Peer::new(peer, https, permit));
+        service_fn(move |req| {
+            let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
+            async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) }
+        })
+    }
+}
