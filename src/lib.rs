@@ -52,6 +52,7 @@ pub mod reload;
 pub mod rollout;
 pub mod routing;
 pub mod shadow;
+pub mod shards;
 pub mod stats;
 pub mod status;
 pub mod tasks;

@@ -6,7 +6,12 @@
 //! unit-tested without sleeping and wall-clock jumps cannot age a window.
 //! A slot's histogram is allocated on its first sample, so idle routes cost
 //! almost nothing.
+//!
+//! Every request records into its version's window, so the ring is sharded
+//! per worker thread (`shards`): a thread locks only its own ring, and
+//! readers (the analysis, /routes) rotate and merge all of them.
 
+use crate::shards::{self, Padded};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::sync::Mutex;
@@ -59,7 +64,7 @@ impl Ring {
 
 /// A sliding window of `slots` slots covering `window` in total.
 pub struct Window {
-    ring: Mutex<Ring>,
+    rings: Box<[Padded<Mutex<Ring>>]>,
 }
 
 /// What a window holds right now.
@@ -76,33 +81,52 @@ pub struct WindowStats {
 
 impl Window {
     pub fn new(window: Duration, slots: usize, now: Instant) -> Self {
-        Self { ring: Mutex::new(Ring::new(window, slots, now)) }
+        Self::with_shards(window, slots, now, shards::count())
+    }
+
+    fn with_shards(window: Duration, slots: usize, now: Instant, n: usize) -> Self {
+        Self { rings: (0..n.max(1)).map(|_| Padded(Mutex::new(Ring::new(window, slots, now)))).collect() }
+    }
+
+    fn each(&self, mut f: impl FnMut(&mut Ring)) {
+        for r in self.rings.iter() {
+            if let Ok(mut ring) = r.lock() {
+                f(&mut ring);
+            }
+        }
+    }
+
+    /// This thread's ring.
+    fn mine(&self) -> Option<std::sync::MutexGuard<'_, Ring>> {
+        self.rings.get(shards::mine(self.rings.len()))?.lock().ok()
     }
 
     /// Change the window length (a reload changed `analysis.window`). A new
     /// length starts empty; the same length keeps every sample.
     pub fn configure(&self, window: Duration, now: Instant) {
-        let Ok(mut ring) = self.ring.lock() else { return };
-        let n = ring.slots.len();
-        if ring.slot_len != Ring::slot_len(window, n) {
-            *ring = Ring::new(window, n, now);
-        }
+        self.each(|ring| {
+            let n = ring.slots.len();
+            if ring.slot_len != Ring::slot_len(window, n) {
+                *ring = Ring::new(window, n, now);
+            }
+        });
     }
 
     /// Drop every sample (a new canary revision, or a resumed rollback).
     pub fn reset(&self, now: Instant) {
-        let Ok(mut ring) = self.ring.lock() else { return };
-        ring.slots.iter_mut().for_each(Slot::clear);
-        ring.head_start = now;
+        self.each(|ring| {
+            ring.slots.iter_mut().for_each(Slot::clear);
+            ring.head_start = now;
+        });
     }
 
     /// Length of the window.
     pub fn length(&self) -> Duration {
-        self.ring.lock().map_or(Duration::ZERO, |r| r.slot_len * r.slots.len() as u32)
+        self.rings.first().and_then(|r| r.lock().ok()).map_or(Duration::ZERO, |r| r.slot_len * r.slots.len() as u32)
     }
 
     /// Advance the ring so the head slot contains `now`.
-    fn rotate(&self, ring: &mut Ring, now: Instant) {
+    fn rotate(ring: &mut Ring, now: Instant) {
         let n = ring.slots.len();
         let elapsed = now.saturating_duration_since(ring.head_start);
         if elapsed < ring.slot_len {
@@ -124,8 +148,8 @@ impl Window {
     }
 
     pub fn record(&self, now: Instant, latency: Duration, error: bool) {
-        let Ok(mut ring) = self.ring.lock() else { return };
-        self.rotate(&mut ring, now);
+        let Some(mut ring) = self.mine() else { return };
+        Self::rotate(&mut ring, now);
         let head = ring.head;
         let Some(slot) = ring.slots.get_mut(head) else { return };
         slot.requests += 1;
@@ -142,8 +166,8 @@ impl Window {
     /// Count a failed event that has no meaningful latency (an abnormal
     /// WebSocket close): it adds to requests and errors, not to the histogram.
     pub fn record_error_only(&self, now: Instant) {
-        let Ok(mut ring) = self.ring.lock() else { return };
-        self.rotate(&mut ring, now);
+        let Some(mut ring) = self.mine() else { return };
+        Self::rotate(&mut ring, now);
         let head = ring.head;
         if let Some(slot) = ring.slots.get_mut(head) {
             slot.requests += 1;
@@ -152,22 +176,23 @@ impl Window {
     }
 
     pub fn stats(&self, now: Instant) -> WindowStats {
-        let Ok(mut ring) = self.ring.lock() else { return WindowStats::default() };
-        self.rotate(&mut ring, now);
         let mut merged: Option<Histogram<u32>> = None;
         let (mut requests, mut errors) = (0, 0);
-        for slot in &ring.slots {
-            requests += slot.requests;
-            errors += slot.errors;
-            if let Some(h) = &slot.hist {
-                match merged.as_mut() {
-                    Some(m) => {
-                        let _ = m.add(h);
+        self.each(|ring| {
+            Self::rotate(ring, now);
+            for slot in &ring.slots {
+                requests += slot.requests;
+                errors += slot.errors;
+                if let Some(h) = &slot.hist {
+                    match merged.as_mut() {
+                        Some(m) => {
+                            let _ = m.add(h);
+                        }
+                        None => merged = Some(h.clone()),
                     }
-                    None => merged = Some(h.clone()),
                 }
             }
-        }
+        });
         let q = |p: f64| merged.as_ref().map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0);
         WindowStats {
             requests,
@@ -187,6 +212,40 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn samples_recorded_on_many_threads_merge_into_one_window() {
+        let t0 = Instant::now();
+        let sharded = std::sync::Arc::new(Window::with_shards(Duration::from_secs(60), 6, t0, 4));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let w = std::sync::Arc::clone(&sharded);
+                std::thread::spawn(move || {
+                    for i in 0..250u64 {
+                        w.record(t0 + ms(i), ms(10 + t * 5), i % 50 == 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().is_ok());
+        }
+        let one = Window::with_shards(Duration::from_secs(60), 6, t0, 1);
+        for t in 0..8u64 {
+            for i in 0..250u64 {
+                one.record(t0 + ms(i), ms(10 + t * 5), i % 50 == 0);
+            }
+        }
+        let at = t0 + ms(300);
+        assert_eq!(sharded.stats(at).requests, 2000);
+        assert_eq!(sharded.stats(at).errors, 40);
+        assert_eq!(sharded.stats(at), one.stats(at));
+        // Ageing and reset reach every shard.
+        assert_eq!(sharded.stats(t0 + Duration::from_secs(61)).requests, 0);
+        sharded.record(t0 + Duration::from_secs(62), ms(1), false);
+        sharded.reset(t0 + Duration::from_secs(62));
+        assert_eq!(sharded.stats(t0 + Duration::from_secs(62)).requests, 0);
     }
 
     #[test]

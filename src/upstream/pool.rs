@@ -5,6 +5,7 @@
 
 use super::UpstreamError;
 use super::wire::Connection;
+use crate::shards::{self, Padded};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -17,29 +18,38 @@ pub struct Idle {
 pub struct Endpoint {
     /// `host:port` as configured; resolved on each dial so DNS changes apply.
     addr: String,
-    idle: Mutex<Vec<Idle>>,
+    /// One stack per worker-thread shard: a request takes and returns
+    /// connections under its own thread's lock, and borrows from the other
+    /// shards only when its own is empty.
+    idle: Box<[Padded<Mutex<Vec<Idle>>>]>,
+    /// Per shard.
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Endpoint {
     pub fn new(addr: String, max_idle: usize, idle_timeout: Duration) -> Self {
-        Self { addr, idle: Mutex::new(Vec::new()), max_idle, idle_timeout }
+        let n = shards::count();
+        let idle = (0..n).map(|_| Padded(Mutex::new(Vec::new()))).collect();
+        Self { addr, idle, max_idle: max_idle.div_ceil(n).max(1), idle_timeout }
     }
 
     /// Most recently used idle connection that is still usable: not past the
     /// idle timeout, not closed by the upstream, nothing unsolicited on it.
     /// The check costs no system call unless the upstream did something.
     pub fn checkout(&self) -> Option<Connection> {
-        loop {
-            let idle = {
-                let mut stack = self.idle.lock().ok()?;
-                stack.pop()?
-            };
-            if idle.since.elapsed() <= self.idle_timeout && idle.wire.is_idle_usable() {
-                return Some(idle.wire);
+        let n = self.idle.len();
+        let first = shards::mine(n);
+        for k in 0..n {
+            let Some(shard) = self.idle.get((first + k) % n) else { continue };
+            loop {
+                let Some(idle) = shard.lock().ok().and_then(|mut s| s.pop()) else { break };
+                if idle.since.elapsed() <= self.idle_timeout && idle.wire.is_idle_usable() {
+                    return Some(idle.wire);
+                }
             }
         }
+        None
     }
 
     /// Drop idle connections past the idle timeout or closed by the peer
@@ -47,20 +57,24 @@ impl Endpoint {
     /// it). Returns how many were dropped. Cheap per connection: readiness
     /// is known to the reactor, so a quiet socket costs no system call.
     pub fn reap(&self) -> usize {
-        let Ok(mut stack) = self.idle.lock() else { return 0 };
-        let before = stack.len();
         let timeout = self.idle_timeout;
-        stack.retain(|c| c.since.elapsed() <= timeout && c.wire.is_idle_usable());
-        before - stack.len()
+        let mut dropped = 0;
+        for shard in self.idle.iter() {
+            let Ok(mut stack) = shard.lock() else { continue };
+            let before = stack.len();
+            stack.retain(|c| c.since.elapsed() <= timeout && c.wire.is_idle_usable());
+            dropped += before - stack.len();
+        }
+        dropped
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |s| s.len())
+        self.idle.iter().map(|s| s.lock().map_or(0, |s| s.len())).sum()
     }
 
     pub fn put(&self, mut wire: Connection) {
         wire.shrink();
-        if let Ok(mut stack) = self.idle.lock()
+        if let Some(Ok(mut stack)) = self.idle.get(shards::mine(self.idle.len())).map(|s| s.lock())
             && stack.len() < self.max_idle
         {
             stack.push(Idle { wire, since: Instant::now() });
