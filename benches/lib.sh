@@ -25,11 +25,18 @@ CFG
 # The three proxies configured for the same work: a 90/10 weighted split
 # over keep-alive upstream connections ($sp/$cp), HTTP/1.1 on $pp and h2c
 # on $hp, access logs off, room for 30,000 connections. $1: workers
-# (weir's worker threads, nginx worker processes, HAProxy threads).
+# (weir's worker threads, nginx worker processes, HAProxy threads). With
+# $tp set (and $work/tls.crt, tls.key from make_cert): TLS with ALPN h2 there.
 write_proxies() {
-  local workers=${1:-1}
+  local workers=${1:-1} weir_tls="" nginx_tls="" haproxy_tls=""
+  if [ -n "${tp:-}" ]; then
+    weir_tls=", {address: \"127.0.0.1:$tp\", tls: {certs: [{cert: \"$work/tls.crt\", key: \"$work/tls.key\"}]}}"
+    nginx_tls="server { listen 127.0.0.1:$tp ssl http2; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
+    location / { proxy_pass http://split; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    haproxy_tls="  bind 127.0.0.1:$tp ssl crt $work/tls.pem alpn h2,http/1.1"
+  fi
   cat > "$work/weir.yaml" <<CFG
-listen: [{address: "127.0.0.1:$pp"}, {address: "127.0.0.1:$hp"}]
+listen: [{address: "127.0.0.1:$pp"}, {address: "127.0.0.1:$hp"}$weir_tls]
 admin: {address: "127.0.0.1:$ap"}
 access_log: false
 state_dir: $work/state
@@ -47,7 +54,8 @@ http { access_log off; keepalive_requests 1000000;
   uwsgi_temp_path $work/np; scgi_temp_path $work/np;
   upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 4096; }
   server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; location / { proxy_pass http://split;
-    proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  $nginx_tls }
 CFG
   cat > "$work/haproxy.cfg" <<CFG
 global
@@ -62,6 +70,7 @@ defaults
 frontend f
   bind 127.0.0.1:$pp
   bind 127.0.0.1:$hp proto h2
+$haproxy_tls
   default_backend b
 backend b
   balance roundrobin
@@ -69,6 +78,14 @@ backend b
   server stable 127.0.0.1:$sp weight 90
   server canary 127.0.0.1:$cp weight 10
 CFG
+}
+
+# A self-signed ECDSA P-256 certificate for bench.example in $work
+# (tls.crt, tls.key, and tls.pem = both, for HAProxy).
+make_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls.key" \
+    -out "$work/tls.crt" -days 1 -subj /CN=bench.example -addext subjectAltName=DNS:bench.example 2>/dev/null
+  cat "$work/tls.crt" "$work/tls.key" > "$work/tls.pem"
 }
 
 # start_proxy NAME WORKERS CPUS: start one of the three on the given cores

@@ -9,8 +9,16 @@
 //!    128 B) to an echo upstream and reads the echoes concurrently; MiB/s
 //!    and messages/s through weir and direct, and the ratio.
 //!
+//! 3. With WS_MODE=rollback instead: N sockets split 50/50 between stable
+//!    and canary by a sticky player id, and 50 keep-alive HTTP clients on
+//!    another route in a closed loop for 40 s. At 5 s the socket route is
+//!    rolled back (its ~N/2 canary sockets closed with 1012 at `close_rate`
+//!    500/s); at 10 s the config is reloaded. Printed per second: HTTP req/s,
+//!    p50, p99, canary closes; then the HTTP p99 before the rollback against
+//!    the worst second while sockets were closing.
+//!
 //! Run with `benches/websocket.sh` (raises the open-file limit, then
-//! `cargo bench --bench websocket`). Env: WS_SOCKETS (default 10000).
+//! `cargo bench --bench websocket`). Env: WS_SOCKETS (default 10000), WS_MODE.
 //! Loopback only; every loop is bounded in count and time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::result_large_err)]
@@ -21,6 +29,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+#[path = "websocket/rollback.rs"]
+mod rollback;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -48,12 +59,47 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-fn start_weir(dir: &std::path::Path, up: SocketAddr, sockets: usize) -> (std::process::Child, SocketAddr) {
+/// The rollback mode's config: a sticky 50/50 socket route and an HTTP
+/// route. `mark` changes a value, so writing it again is a real reload.
+fn rollback_config(ws: SocketAddr, http: SocketAddr, cap: usize, mark: bool) -> String {
+    format!(
+        r#"listen: [{{address: "127.0.0.1:0"}}]
+admin: {{address: "127.0.0.1:0"}}
+access_log: false
+limits: {{max_connections: {cap}, max_in_flight: {cap}}}
+upstreams:
+  v1: {{endpoints: ["{ws}"], connect_timeout: 10s}}
+  v2: {{endpoints: ["{ws}"], connect_timeout: 10s}}
+  api: {{endpoints: ["{http}"]}}
+routes:
+  - name: ws
+    match: {{path_prefix: /ws}}
+    stable: {{upstream: v1}}
+    canary: {{upstream: v2, revision: r1}}
+    weight: 50
+    sticky: {{keys: ["header:x-player-id"]}}
+    expose_version: true
+    websocket: {{close_rate: 500/s}}
+  - name: api
+    stable: {{upstream: api}}
+    expose_version: {mark}
+"#
+    )
+}
+
+struct Started {
+    child: std::process::Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// `http`: the rollback mode's HTTP upstream.
+fn start_weir(dir: &std::path::Path, up: SocketAddr, sockets: usize, http: Option<SocketAddr>) -> Started {
     let cap = sockets + 1_000;
     let cfg = dir.join("weir.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let text = match http {
+        Some(http) => rollback_config(up, http, cap, false),
+        None => format!(
             r#"listen: [{{address: "127.0.0.1:0"}}]
 admin: {{address: "127.0.0.1:0"}}
 access_log: false
@@ -65,9 +111,18 @@ routes:
     stable: {{upstream: echo}}
 "#
         ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+    };
+    std::fs::write(&cfg, text).unwrap();
+    // Pinned to core 0 when `taskset` is there (the bench runs on core 1).
+    let pinned = std::process::Command::new("taskset").arg("-V").output().is_ok();
+    let mut cmd = if pinned {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", "0"]).arg(env!("CARGO_BIN_EXE_weir"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+    };
+    let mut child = cmd
         .args(["run", "-c"])
         .arg(&cfg)
         .env("TOKIO_WORKER_THREADS", "1")
@@ -78,18 +133,19 @@ routes:
     let err = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut lines = err.lines();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
+    let (addr, admin) = loop {
         assert!(Instant::now() < deadline, "weir did not start");
         let line = lines.next().unwrap().unwrap();
         if line.contains("weir ready") {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             let listen = v["fields"]["listen"].as_str().unwrap();
-            break listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
+            let addr = listen.trim_matches(|c| c == '[' || c == ']').split(',').next().unwrap().trim().parse().unwrap();
+            break (addr, v["fields"]["admin"].as_str().unwrap().parse().unwrap());
         }
     };
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    (child, addr)
+    Started { child, addr, admin }
 }
 
 async fn connect(addr: SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
@@ -129,7 +185,7 @@ async fn throughput(addr: SocketAddr, size: usize, count: usize) -> Duration {
 /// The upstream runs in a child process of its own (this binary again), so
 /// clients, upstream and weir each stay under the per-process open-file
 /// limit (weir holds two descriptors per socket).
-fn spawn_upstream() -> (std::process::Child, SocketAddr) {
+fn spawn_upstream() -> (std::process::Child, SocketAddr, SocketAddr) {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .env("WS_BENCH_UPSTREAM", "1")
         .stdin(std::process::Stdio::piped())
@@ -139,22 +195,31 @@ fn spawn_upstream() -> (std::process::Child, SocketAddr) {
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    (child, line.trim().parse().unwrap())
+    let mut addrs = line.split_whitespace().map(|a| a.parse().unwrap());
+    (child, addrs.next().unwrap(), addrs.next().unwrap())
 }
 
 #[tokio::main]
 async fn main() {
     if std::env::var_os("WS_BENCH_UPSTREAM").is_some() {
         let addr = upstream().await;
-        println!("{addr}");
+        let http = rollback::http_upstream().await;
+        println!("{addr} {http}");
         // Until the parent closes our stdin.
         let _ = tokio::task::spawn_blocking(|| std::io::read_to_string(std::io::stdin())).await;
         return;
     }
     let n: usize = std::env::var("WS_SOCKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let (mut up_child, up) = spawn_upstream();
+    let (mut up_child, up, http_up) = spawn_upstream();
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, weir) = start_weir(dir.path(), up, n);
+    if std::env::var("WS_MODE").is_ok_and(|m| m == "rollback") {
+        rollback::run(dir.path(), up, http_up, n).await;
+        drop(up_child.stdin.take());
+        let _ = up_child.kill();
+        let _ = up_child.wait();
+        return;
+    }
+    let Started { mut child, addr: weir, .. } = start_weir(dir.path(), up, n, None);
     let pid = child.id();
 
     // Warm up (allocator arenas, runtime) with a few sockets, then measure.

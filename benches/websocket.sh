@@ -10,6 +10,8 @@
 #
 #   benches/websocket.sh                 # WS_SOCKETS=10000
 #   WS_SOCKETS=50000 benches/websocket.sh
+#   WS_MODE=rollback benches/websocket.sh   # rollback + reload under HTTP load
+# weir runs on core 0 (taskset), the clients and upstreams on core 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${WS_SOCKETS:-10000}"
@@ -24,4 +26,5 @@ if [ "$n" -gt 25000 ] && [ -w "$range" ]; then
   trap 'echo "$old" > "$range"' EXIT
   echo "1024 65535" > "$range"
 fi
-WS_SOCKETS="$n" cargo bench --bench websocket
+cargo bench --bench websocket --no-run --quiet
+WS_SOCKETS="$n" taskset -c 1 cargo bench --bench websocket

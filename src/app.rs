@@ -228,7 +228,10 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
                 _ = conn.stop.cancelled() => return,
             };
             match accepted {
-                Ok(Ok(stream)) => conn.serve(TokioIo::new(stream), true).await,
+                Ok(Ok(stream)) => {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    conn.serve(TokioIo::new(stream), h2, true).await
+                }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
             }

@@ -5,14 +5,13 @@
 //! socket itself to hyper's HTTP/1 or HTTP/2 server. Nothing wraps the
 //! socket, so an upgraded WebSocket gets the bare `TcpStream` back (the relay
 //! then waits for readability without holding a buffer) and no read passes
-//! through a rewind layer. TLS: hyper-util's auto server reads the preface.
+//! through a rewind layer. TLS: ALPN says which.
 
 use crate::config::Limits;
 use crate::proxy::{Peer, Proxy};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,33 +25,20 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Servers {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
-    /// TLS connections (the preface is read through the TLS layer).
-    auto: auto::Builder<TokioExecutor>,
 }
 
 impl Servers {
     pub fn new(limits: &Limits) -> Self {
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        // Without a timer the header-read timeout silently does nothing.
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_headers(limits.max_headers)
-            .max_buf_size(limits.max_header_bytes)
-            .keep_alive(true);
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(100)
-            .max_header_list_size(16 * 1024)
-            .max_pending_accept_reset_streams(50)
-            .max_local_error_reset_streams(Some(256))
-            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
-            .enable_connect_protocol();
         let mut h1 = http1::Builder::new();
+        // Without a timer the header-read timeout silently does nothing.
         h1.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers)
             .max_buf_size(limits.max_header_bytes)
+            // The read buffer limit alone is not a head limit: one large
+            // read can bring a whole oversized head in before it is
+            // checked. This one is checked against the parsed head.
+            .max_header_size(limits.max_header_bytes)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -60,8 +46,9 @@ impl Servers {
             .max_header_list_size(16 * 1024)
             .max_pending_accept_reset_streams(50)
             .max_local_error_reset_streams(Some(256))
+            // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
             .enable_connect_protocol();
-        Self { h1, h2, auto }
+        Self { h1, h2 }
     }
 }
 
@@ -103,9 +90,18 @@ impl ClientConn {
     /// A plain-TCP connection: HTTP/1.1 (with upgrades) or h2c.
     pub async fn serve_plain(self, stream: TcpStream, deadline: Duration) {
         let Some(h2) = speaks_h2(&stream, deadline).await else { return };
+        self.serve(TokioIo::new(stream), h2, false).await;
+    }
+
+    /// Serve until the peer is done, or until shutdown asks the connection
+    /// to finish its in-flight work and close. TLS connections come here
+    /// with `h2` from ALPN (RFC 9113 §3.2: h2 over TLS is negotiated).
+    pub async fn serve<I>(self, io: TokioIo<I>, h2: bool, https: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
-        let svc = self.service(false);
-        let io = TokioIo::new(stream);
+        let svc = self.service(https);
         if h2 {
             let conn = builder.h2.serve_connection(io, svc);
             let mut conn = std::pin::pin!(conn);
@@ -125,26 +121,6 @@ impl ClientConn {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
-            }
-        }
-    }
-
-    /// A TLS connection: the protocol is read through the TLS layer.
-    pub async fn serve<I>(self, io: TokioIo<I>, https: bool)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
-        let svc = self.service(https);
-        let conn = builder.auto.serve_connection_with_upgrades(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        // Serve until the peer is done, or until shutdown asks the
-        // connection to finish its in-flight work and close.
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
             }
         }
     }
