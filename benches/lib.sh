@@ -12,7 +12,7 @@ start_upstreams() {
   mkdir -p "$work/nginx"
   cat > "$work/nginx.conf" <<CFG
 daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.err warn;
-events { worker_connections 30000; } worker_rlimit_nofile 200000;
+events { worker_connections 30000; } worker_rlimit_nofile 20000;
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
   uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
@@ -24,7 +24,7 @@ CFG
 
 # The three proxies configured for the same work: a 90/10 weighted split
 # over keep-alive upstream connections ($sp/$cp), HTTP/1.1 on $pp and h2c
-# on $hp, access logs off, room for 30,000 connections. $1: workers
+# on $hp, access logs off, room for 9,900 client connections (HAProxy sizes its descriptors from maxconn: 2 per connection must fit the hard open-file limit, 20,000 on the machine the figures come from). $1: workers
 # (weir's worker threads, nginx worker processes, HAProxy threads). With
 # $tp set (and $work/tls.crt, tls.key from make_cert): TLS with ALPN h2 there.
 write_proxies() {
@@ -47,7 +47,7 @@ routes:
 CFG
   mkdir -p "$work/np"
   cat > "$work/proxy-nginx.conf" <<CFG
-daemon off; worker_processes $workers; worker_rlimit_nofile 200000; pid $work/np.pid; error_log $work/np.err warn;
+daemon off; worker_processes $workers; worker_rlimit_nofile 20000; pid $work/np.pid; error_log $work/np.err warn;
 events { worker_connections 30000; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
@@ -60,10 +60,10 @@ CFG
   cat > "$work/haproxy.cfg" <<CFG
 global
   nbthread $workers
-  maxconn 30000
+  maxconn 9900
 defaults
   mode http
-  maxconn 30000
+  maxconn 9900
   timeout connect 1s
   timeout client 30s
   timeout server 30s

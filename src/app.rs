@@ -62,22 +62,93 @@ impl Handle {
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, StartError> {
     let err = |source| StartError::Bind { addr, source };
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
     socket.set_nodelay(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
     socket.listen(4096).map_err(err)
 }
 
+/// How connections are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One runtime (multi-thread work stealing, or a single thread): every
+    /// listener accepted once, connections run wherever the scheduler puts
+    /// them.
+    Shared,
+    /// Thread per core (`WEIR_RUNTIME=per-core`): this many threads, each a
+    /// single-threaded runtime with its own `SO_REUSEPORT` socket per
+    /// listener; the kernel spreads new connections over them, and a
+    /// connection lives and dies on the thread that accepted it. Admin,
+    /// reloads and the controller run on the first one.
+    PerCore(usize),
+}
+
+/// Bind every listen address once per accepting thread (extra sockets on
+/// the port the first one got, so `:0` works too).
+fn bind_all(addrs: &[SocketAddr], threads: usize) -> Result<Vec<Vec<TcpListener>>, StartError> {
+    let reuse = threads > 1;
+    let first: Vec<TcpListener> = addrs.iter().map(|a| bind(*a, reuse)).collect::<Result<_, _>>()?;
+    let bound: Vec<SocketAddr> = first
+        .iter()
+        .zip(addrs)
+        .map(|(l, a)| l.local_addr().map_err(|source| StartError::Bind { addr: *a, source }))
+        .collect::<Result<_, _>>()?;
+    let mut sets = vec![first];
+    for _ in 1..threads {
+        sets.push(bound.iter().map(|a| bind(*a, true)).collect::<Result<_, _>>()?);
+    }
+    Ok(sets)
+}
+
+/// Run the accept loops of one per-core thread until `done`.
+fn spawn_accept_thread(k: usize, set: Vec<std::net::TcpListener>, shared: Accepting, done: CancellationToken) {
+    let run = move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::error!(thread = k, error = %e, "cannot start an accepting thread's runtime"),
+        };
+        rt.block_on(async move {
+            for (index, l) in set.into_iter().enumerate() {
+                match TcpListener::from_std(l) {
+                    Ok(l) => drop(tokio::spawn(accept_loop(index, l, shared.clone()))),
+                    Err(e) => tracing::error!(thread = k, error = %e, "cannot register a listener"),
+                }
+            }
+            done.cancelled().await;
+        });
+    };
+    if let Err(e) = std::thread::Builder::new().name(format!("weir-core-{k}")).spawn(run) {
+        tracing::error!(thread = k, error = %e, "cannot start an accepting thread");
+    }
+}
+
 /// Bind everything and start serving `snapshot`.
 pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, StartError> {
+    start_with(config_path, snapshot, Layout::Shared).await
+}
+
+/// `start`, with the connections spread as `layout` says.
+pub async fn start_with(config_path: PathBuf, snapshot: Snapshot, layout: Layout) -> Result<Handle, StartError> {
     // One crypto provider in the process, chosen explicitly (stack.md): the
     // TLS configs name it too, this covers anything using the default.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let listeners: Vec<TcpListener> = snapshot.listen.iter().map(|a| bind(*a)).collect::<Result<_, _>>()?;
-    let admin_listener = bind(snapshot.admin)?;
+    let threads = match layout {
+        Layout::Shared => 1,
+        Layout::PerCore(n) => n.max(1),
+    };
+    let mut sets = bind_all(&snapshot.listen, threads)?.into_iter();
+    let listeners = sets.next().unwrap_or_default();
+    // The other threads' sockets leave this runtime's reactor; each thread
+    // registers its own.
+    let others: Vec<Vec<std::net::TcpListener>> =
+        sets.map(|set| set.into_iter().filter_map(|l| l.into_std().ok()).collect()).collect();
+    let admin_listener = bind(snapshot.admin, false)?;
     let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
 
@@ -104,6 +175,18 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
             tracker: tracker.clone(),
         };
         tokio::spawn(accept_loop(index, listener, shared));
+    }
+    // Per-core threads end once the drain is over (see `lifecycle`).
+    let threads_done = CancellationToken::new();
+    for (k, set) in others.into_iter().enumerate() {
+        let shared = Accepting {
+            live: Arc::clone(&live),
+            proxy: Arc::clone(&proxy),
+            conn_cap: Arc::clone(&conn_cap),
+            stop: stop_accepting.clone(),
+            tracker: tracker.clone(),
+        };
+        spawn_accept_thread(k + 1, set, shared, threads_done.clone());
     }
     let admin_state = Arc::new(AdminState {
         live: Arc::clone(&live),
@@ -160,6 +243,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
                     "shutdown: grace period over, closing the rest"
                 );
             }
+            threads_done.cancel();
         })
     };
     Ok(Handle { listen, admin: admin_addr, live, reloader, ready, stop, lifecycle })
@@ -170,6 +254,7 @@ pub async fn start(config_path: PathBuf, snapshot: Snapshot) -> Result<Handle, S
 pub use crate::limits::ConnPermit;
 
 /// What every listener's accept loop shares.
+#[derive(Clone)]
 struct Accepting {
     live: Arc<Live>,
     proxy: Arc<Proxy>,
@@ -240,12 +325,12 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
 }
 
 /// Run until SIGTERM or SIGINT, then drain. A second SIGINT exits at once.
-pub async fn run(config_path: PathBuf, snapshot: Snapshot) -> Result<(), RunError> {
+pub async fn run(config_path: PathBuf, snapshot: Snapshot, layout: Layout) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
-    let handle = start(config_path, snapshot).await?;
+    let handle = start_with(config_path, snapshot, layout).await?;
     loop {
         tokio::select! {
             _ = term.recv() => {

@@ -598,10 +598,25 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     // TOKIO_WORKER_THREADS sets the worker count (default: one per core).
     // With exactly one, the single-threaded scheduler does the same work
     // without the multi-thread scheduler's synchronisation.
-    let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
-    let mut builder =
-        if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    // WEIR_RUNTIME=per-core: one single-threaded runtime per worker, each
+    // accepting on its own SO_REUSEPORT sockets (no work stealing).
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let layout = match std::env::var("WEIR_RUNTIME").as_deref().map(str::trim) {
+        Ok("per-core") => weir::app::Layout::PerCore(workers),
+        Ok("" | "work-stealing") | Err(_) => weir::app::Layout::Shared,
+        Ok(other) => anyhow::bail!("WEIR_RUNTIME={other}: expected `work-stealing` (default) or `per-core`"),
+    };
+    tracing::info!(workers, runtime = ?layout, "runtime");
+    let mut builder = if workers == 1 || layout != weir::app::Layout::Shared {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     let rt = builder.enable_all().build().context("starting the runtime")?;
-    rt.block_on(weir::app::run(path, snapshot))?;
+    rt.block_on(weir::app::run(path, snapshot, layout))?;
     Ok(())
 }

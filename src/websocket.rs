@@ -202,7 +202,9 @@ impl Hub {
                     let rtt = Some(&sink as relay::RttSink<'_>);
                     // Bare TCP where the upgrade allows it (idle sockets then
                     // hold no buffers); TLS and HTTP/2 streams as they come.
-                    match (Bare::from_upgraded(c), Bare::from_upgraded(u)) {
+                    let (c, u) = (Bare::from_upgraded(c), Bare::from_upgraded(u));
+                    tracing::debug!(client_bare = c.is_ok(), upstream_bare = u.is_ok(), "websocket relay");
+                    match (c, u) {
                         (Ok(c), Ok(u)) => relay::relay(c, u, &signal, &settings, rtt).await,
                         (Ok(c), Err(u)) => relay::relay(c, TokioIo::new(u), &signal, &settings, rtt).await,
                         (Err(c), Ok(u)) => relay::relay(TokioIo::new(c), u, &signal, &settings, rtt).await,

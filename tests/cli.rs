@@ -501,3 +501,93 @@ fn run_raises_the_soft_open_file_limit_to_the_hard_one() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Start the binary with extra environment (and the soft open-file limit
+/// it was given); its stderr lines.
+fn spawn_with_env(cfg: &Path, env: &[(&str, &str)]) -> (std::process::Child, support::Lines) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c"])
+        .arg(cfg)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = support::lines_of(child.stderr.take().unwrap());
+    (child, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_runtime_serves_on_every_thread_and_drains_on_sigterm() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "weir.yaml",
+        &format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\nupstreams:\n  v1: {{endpoints: [\"{}\"]}}\n  v2: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, weight: 50}}\n",
+            s.addr, c.addr
+        ),
+    );
+    let (mut child, rx) = spawn_with_env(&cfg, &[("WEIR_RUNTIME", "per-core"), ("TOKIO_WORKER_THREADS", "3")]);
+    let ready = wait_for(&rx, "weir ready", Duration::from_secs(10)).expect("weir ready");
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let listen = v["fields"]["listen"].as_str().unwrap().trim_matches(|c| c == '[' || c == ']').to_owned();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    // Three threads named for their core slot, each with its own sockets.
+    let pid = child.id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "weir-core-1") && names.iter().any(|n| n == "weir-core-2"), "{names:?}");
+
+    // 90 fresh connections: the kernel spreads them over the three
+    // threads' sockets; every one is answered.
+    let conns: Vec<_> = (0..90)
+        .map(|_| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+                t.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await.unwrap();
+                let mut out = String::new();
+                tokio::time::timeout(Duration::from_secs(10), t.read_to_string(&mut out)).await.unwrap().unwrap();
+                out
+            })
+        })
+        .collect();
+    for c in conns {
+        let out = c.await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with("stable") || out.ends_with("canary"), "{out}");
+    }
+    assert_eq!(s.count() + c.count(), 90, "every request reached an upstream once");
+    assert!(s.count() > 0 && c.count() > 0, "the split still applies");
+
+    let term = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn an_unknown_runtime_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "weir.yaml",
+        "listen: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\nupstreams: {v1: {endpoints: [\"127.0.0.1:9\"]}}\nroutes: [{name: r, stable: {upstream: v1}}]\n",
+    );
+    let out = weir().args(["run", "-c"]).arg(&cfg).env("WEIR_RUNTIME", "fibers").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WEIR_RUNTIME=fibers") && err.contains("per-core"), "{err}");
+}
