@@ -88,12 +88,15 @@ make_cert() {
   cat "$work/tls.crt" "$work/tls.key" > "$work/tls.pem"
 }
 
-# start_proxy NAME WORKERS CPUS: start one of the three on the given cores
+# start_proxy NAME WORKERS CPUS: start one of the three (weir-pc: weir with
+# WEIR_RUNTIME=per-core) on the given cores
 # (taskset list) and wait until it answers on $pp. Sets $ppid.
 start_proxy() {
   local name=$1 workers=${2:-1} cpus=${3:-0}
   case $name in
     weir) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" ./target/release/weir run -c "$work/weir.yaml" 2>/dev/null & ;;
+    weir-pc) WEIR_RUNTIME=per-core TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" ./target/release/weir run \
+      -c "$work/weir.yaml" 2>/dev/null & ;;
     nginx) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
     haproxy) taskset -c "$cpus" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
   esac

@@ -7,7 +7,9 @@
 #   (default 9,000: each proxy holds a client and an upstream descriptor per connection, and the hard open-file limit here is 20,000 without CAP_SYS_RESOURCE): req/s and CPU seconds per 100k requests of the proxy,
 #   and the growth (cost at $MANY / cost at 50). Rounds interleave proxies.
 # - workers: side by side, 1 vs 2 workers, nothing pinned (proxy, upstream
-#   and `wrk -t2 -c100` share both cores): req/s and the 2/1 ratio.
+#   and `wrk -t2 -c100` share both cores): req/s and the 2/1 ratio; weir
+#   both with tokio's work-stealing scheduler and with WEIR_RUNTIME=per-core
+#   (weir-pc: a single-threaded runtime per worker, SO_REUSEPORT).
 # - routes: weir only, 1 → 1,000 routes (the matched route is the last one,
 #   behind 999 exact-host routes), 50/500/5,000 connections, and h2c.
 # Medians over $ROUNDS rounds. Loopback only; every run bounded by -d.
@@ -57,7 +59,7 @@ fi
 if [[ " $PARTS " == *" workers "* ]]; then
   WRK=""
   for r in $(seq "$ROUNDS"); do
-    for name in nginx haproxy weir; do
+    for name in nginx haproxy weir weir-pc; do
       for workers in 1 2; do
         write_proxies "$workers"
         start_proxy "$name" "$workers" 0,1
@@ -94,7 +96,7 @@ if any(r[0] == "workers" for r in rows):
     print(f"\nworkers, nothing pinned, wrk -t2 -c100 (medians; spread across rounds)")
     print("| | req/s 1 worker | req/s 2 workers | 2/1 | CPU s/100k 1w | CPU s/100k 2w |")
     print("|---|---|---|---|---|---|")
-    for n in names:
+    for n in names + ["weir-pc"]:
         a, b = med("workers", n, "1", 4), med("workers", n, "2", 4)
         print(f"| {n} | {a:,.0f} ({spread('workers', n, '1', 4)}) | {b:,.0f} ({spread('workers', n, '2', 4)}) | "
               f"×{b / a:.2f} | {med('workers', n, '1', 5):.3f} | {med('workers', n, '2', 5):.3f} |")

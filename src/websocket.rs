@@ -17,7 +17,6 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use io::Bare;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -202,16 +201,7 @@ impl Hub {
                     let rtt = Some(&sink as relay::RttSink<'_>);
                     // Bare TCP where the upgrade allows it (idle sockets then
                     // hold no buffers); TLS and HTTP/2 streams as they come.
-                    let (c, u) = (Bare::from_upgraded(c), Bare::from_upgraded(u));
-                    tracing::debug!(client_bare = c.is_ok(), upstream_bare = u.is_ok(), "websocket relay");
-                    match (c, u) {
-                        (Ok(c), Ok(u)) => relay::relay(c, u, &signal, &settings, rtt).await,
-                        (Ok(c), Err(u)) => relay::relay(c, TokioIo::new(u), &signal, &settings, rtt).await,
-                        (Err(c), Ok(u)) => relay::relay(TokioIo::new(c), u, &signal, &settings, rtt).await,
-                        (Err(c), Err(u)) => {
-                            relay::relay(TokioIo::new(c), TokioIo::new(u), &signal, &settings, rtt).await
-                        }
-                    }
+                    relay::relay(TokioIo::new(c), TokioIo::new(u), &signal, &settings, rtt).await
                 }
                 _ => CloseWhy::Error,
             };

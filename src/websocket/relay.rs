@@ -1,8 +1,7 @@
 //! Relaying one upgraded connection, byte for byte, in both directions.
 //!
 //! Each direction is a pump with one buffer: 4 KiB, grown once to 64 KiB
-//! when reads keep filling it (bulk transfer). Over bare TCP the buffer
-//! exists only while bytes are passing (see `io`): an idle socket holds none. Memory per socket is bounded
+//! when reads keep filling it (bulk transfer). Memory per socket is bounded
 //! whatever the peers do: a slow reader simply stops the pump that writes to
 //! it, and TCP flow control pushes back on the sender. The pumps
 //! track frame boundaries so weir can add its own close (or ping) frame
@@ -18,7 +17,7 @@
 //! - a normal close handshake passes through untouched.
 
 use super::frame::{FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
-use super::io::{BUF, Endpoint, Source};
+use super::io::{Endpoint, Source};
 use super::{CloseWhy, Signal};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -375,11 +374,6 @@ where
                 }
                 if dst.flush().await.is_err() {
                     break End::DstGone;
-                }
-                // A light read is forwarded and nothing is held: an idle
-                // socket keeps no buffer (bulk transfer keeps its own).
-                if R::PARKS && held == 0 && n < BUF && buf.len() == BUF {
-                    buf = Vec::new();
                 }
             }
         }
