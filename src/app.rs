@@ -166,28 +166,22 @@ pub async fn start_with(config_path: PathBuf, snapshot: Snapshot, layout: Layout
     let tracker = TaskTracker::new();
     let conn_cap = Arc::new(Semaphore::new(max_connections));
 
+    let shared = Accepting {
+        live: Arc::clone(&live),
+        proxy: Arc::clone(&proxy),
+        conn_cap: Arc::clone(&conn_cap),
+        stop: stop_accepting.clone(),
+        tracker: tracker.clone(),
+    };
     for (index, listener) in listeners.into_iter().enumerate() {
-        let shared = Accepting {
-            live: Arc::clone(&live),
-            proxy: Arc::clone(&proxy),
-            conn_cap: Arc::clone(&conn_cap),
-            stop: stop_accepting.clone(),
-            tracker: tracker.clone(),
-        };
-        tokio::spawn(accept_loop(index, listener, shared));
+        tokio::spawn(accept_loop(index, listener, shared.clone()));
     }
     // Per-core threads end once the drain is over (see `lifecycle`).
     let threads_done = CancellationToken::new();
     for (k, set) in others.into_iter().enumerate() {
-        let shared = Accepting {
-            live: Arc::clone(&live),
-            proxy: Arc::clone(&proxy),
-            conn_cap: Arc::clone(&conn_cap),
-            stop: stop_accepting.clone(),
-            tracker: tracker.clone(),
-        };
-        spawn_accept_thread(k + 1, set, shared, threads_done.clone());
+        spawn_accept_thread(k + 1, set, shared.clone(), threads_done.clone());
     }
+    drop(shared);
     let admin_state = Arc::new(AdminState {
         live: Arc::clone(&live),
         reloader: Arc::clone(&reloader),

@@ -238,15 +238,7 @@ async fn sighup_reloads_and_sigterm_exits_cleanly() {
     assert_eq!(get(&client(), &format!("http://{addr}/"), &[]).await.2, "canary");
     let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit status {status}");
+    assert_exits_cleanly(&mut child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,15 +559,7 @@ async fn per_core_runtime_serves_on_every_thread_and_drains_on_sigterm() {
 
     let term = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit status {status}");
+    assert_exits_cleanly(&mut child);
 }
 
 #[test]
@@ -590,4 +574,17 @@ fn an_unknown_runtime_is_refused_with_its_name() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WEIR_RUNTIME=fibers") && err.contains("per-core"), "{err}");
+}
+
+/// The child exits 0 within 10 s (after a SIGTERM).
+fn assert_exits_cleanly(child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
 }

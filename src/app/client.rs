@@ -102,26 +102,23 @@ impl ClientConn {
     {
         let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
         let svc = self.service(https);
+        // The two connection types share no trait for graceful shutdown.
+        macro_rules! drive {
+            ($conn:expr) => {{
+                let mut conn = std::pin::pin!($conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            }};
+        }
         if h2 {
-            let conn = builder.h2.serve_connection(io, svc);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            drive!(builder.h2.serve_connection(io, svc));
         } else {
-            let conn = builder.h1.serve_connection(io, svc).with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            drive!(builder.h1.serve_connection(io, svc).with_upgrades());
         }
     }
 
