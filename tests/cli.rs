@@ -220,12 +220,7 @@ routes:
 async fn sighup_reloads_and_sigterm_exits_cleanly() {
     let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
-    let text = |w: u32| {
-        format!(
-            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\nupstreams:\n  v1: {{endpoints: [\"{}\"]}}\n  v2: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, weight: {w}}}\n",
-            s.addr, c.addr
-        )
-    };
+    let text = |w: u32| split_config(&s, &c, w);
     let cfg = write(dir.path(), "weir.yaml", &text(0));
     let (mut child, addr, _out, err) = spawn_weir(&cfg);
     let pid = child.id().to_string();
@@ -513,14 +508,7 @@ fn spawn_with_env(cfg: &Path, env: &[(&str, &str)]) -> (std::process::Child, sup
 async fn per_core_runtime_serves_on_every_thread_and_drains_on_sigterm() {
     let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(
-        dir.path(),
-        "weir.yaml",
-        &format!(
-            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\nupstreams:\n  v1: {{endpoints: [\"{}\"]}}\n  v2: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, weight: 50}}\n",
-            s.addr, c.addr
-        ),
-    );
+    let cfg = write(dir.path(), "weir.yaml", &split_config(&s, &c, 50));
     let (mut child, rx) = spawn_with_env(&cfg, &[("WEIR_RUNTIME", "per-core"), ("TOKIO_WORKER_THREADS", "3")]);
     let ready = wait_for(&rx, "weir ready", Duration::from_secs(10)).expect("weir ready");
     let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
@@ -587,4 +575,12 @@ fn assert_exits_cleanly(child: &mut std::process::Child) {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// One route splitting `weight` % to `c`, listeners on port 0.
+fn split_config(s: &Upstream, c: &Upstream, weight: u32) -> String {
+    format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\nupstreams:\n  v1: {{endpoints: [\"{}\"]}}\n  v2: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: app, stable: {{upstream: v1}}, canary: {{upstream: v2}}, weight: {weight}}}\n",
+        s.addr, c.addr
+    )
 }
