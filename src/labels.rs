@@ -43,17 +43,21 @@ pub enum RollbackReason {
     /// Test W95 or the `max_ws_rtt_p95` guard.
     WebsocketRtt,
     Admin,
+    /// Another replica of the fleet latched (by its judgement or an admin
+    /// call there) before this replica's own judgement reached that time.
+    Fleet,
     /// The persisted state could not be read: start with the canary off.
     StateUnreadable,
 }
 
 impl RollbackReason {
-    pub const ALL: [RollbackReason; 6] = [
+    pub const ALL: [RollbackReason; 7] = [
         RollbackReason::ErrorRate,
         RollbackReason::Latency,
         RollbackReason::LatencyRatio,
         RollbackReason::WebsocketRtt,
         RollbackReason::Admin,
+        RollbackReason::Fleet,
         RollbackReason::StateUnreadable,
     ];
 
@@ -64,6 +68,7 @@ impl RollbackReason {
             RollbackReason::LatencyRatio => "latency_ratio",
             RollbackReason::WebsocketRtt => "websocket_rtt",
             RollbackReason::Admin => "admin",
+            RollbackReason::Fleet => "fleet",
             RollbackReason::StateUnreadable => "state_unreadable",
         }
     }

@@ -122,7 +122,7 @@ impl FleetFold {
             done.push("resume");
         }
         if c.epoch == self.epoch {
-            done.extend(latch(&mut self.state, c.rank, progression, at));
+            done.extend(latch(&mut self.state, c.rank, RollbackReason::Admin, progression, at));
         }
         done
     }
@@ -151,15 +151,19 @@ impl FleetFold {
 
     /// What this replica serves: the fold, with steering it knows of that
     /// the fold has not reached yet (`ctl`: the highest of its own admin
-    /// calls, the fleet's latest and the fold's).
-    pub fn served(&self, ctl: Control, progression: Option<&Progression>) -> RouteState {
+    /// calls, the fleet's latest and the fold's). A rollback served ahead
+    /// of the fold is labelled `ahead`: `Admin` when it is this replica's
+    /// own admin call, `Fleet` when another replica latched first (by
+    /// judgement or by admin there). Once the fold reaches that evaluation
+    /// time, its own reason replaces it.
+    pub fn served(&self, ctl: Control, ahead: RollbackReason, progression: Option<&Progression>) -> RouteState {
         let mut s = self.state.clone();
         let at = self.through_ms.unwrap_or(0);
         if ctl.epoch > self.epoch {
             lift(&mut s, &self.revision, progression, at);
         }
         if ctl.epoch >= self.epoch {
-            latch(&mut s, ctl.rank, progression, at);
+            latch(&mut s, ctl.rank, ahead, progression, at);
         }
         s
     }
@@ -176,10 +180,16 @@ fn lift(st: &mut RouteState, revision: &str, progression: Option<&Progression>, 
     }
 }
 
-fn latch(st: &mut RouteState, rank: u8, progression: Option<&Progression>, at: u64) -> Option<&'static str> {
+fn latch(
+    st: &mut RouteState,
+    rank: u8,
+    reason: RollbackReason,
+    progression: Option<&Progression>,
+    at: u64,
+) -> Option<&'static str> {
     match rank {
         ROLLED_BACK if st.rolled_back.is_none() => {
-            st.rollback(RollbackReason::Admin, at);
+            st.rollback(reason, at);
             Some("rollback")
         }
         KILLED if !st.killed && st.rolled_back.is_none() => {
@@ -272,15 +282,15 @@ mod tests {
         let mut f = FleetFold::new("2", Some(&p));
         f.state.step = Some(1);
         // An admin rollback here, before the fold has seen it.
-        let s = f.served(Control { epoch: 0, rank: ROLLED_BACK }, Some(&p));
-        assert!(s.rolled_back.is_some());
+        let s = f.served(Control { epoch: 0, rank: ROLLED_BACK }, RollbackReason::Fleet, Some(&p));
+        assert_eq!(s.rolled_back.map(|l| l.reason), Some(RollbackReason::Fleet));
         // A stale lower value changes nothing.
         f.epoch = 2;
-        let s = f.served(Control { epoch: 1, rank: ROLLED_BACK }, Some(&p));
+        let s = f.served(Control { epoch: 1, rank: ROLLED_BACK }, RollbackReason::Admin, Some(&p));
         assert!(s.rolled_back.is_none());
         // Pause then resume keeps the step.
         f.state.paused = true;
-        let s = f.served(Control { epoch: 3, rank: RUNNING }, Some(&p));
+        let s = f.served(Control { epoch: 3, rank: RUNNING }, RollbackReason::Admin, Some(&p));
         assert!(!s.paused);
         assert_eq!(s.step, Some(1));
     }

@@ -10,6 +10,7 @@ use crate::config::Snapshot;
 use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
 use crate::fleet::fold::{Evaluation, Series};
 use crate::fleet::state::FleetFold;
+use crate::labels::RollbackReason;
 use crate::metrics::Registry;
 use crate::routing::Route;
 use serde_json::{Value, json};
@@ -107,6 +108,12 @@ impl Rollouts {
         f.local.max(f.polled).max(f.fold.control())
     }
 
+    /// The reason of a rollback served ahead of the fold: this replica's
+    /// own admin call, or the fleet's.
+    fn ahead_reason(f: &FleetRoute) -> RollbackReason {
+        if f.local >= f.polled.max(f.fold.control()) { RollbackReason::Admin } else { RollbackReason::Fleet }
+    }
+
     /// Publish this replica's steering and judgement position as gauges.
     fn export(&self, r: &Route, registry: &Registry) {
         let m = registry.route(&r.name);
@@ -138,10 +145,10 @@ impl Rollouts {
                 pre.state = s.clone();
                 pre.epoch = s.control;
                 pre.through_ms = Some(now_ms);
-                s = pre.served(ctl, prog);
+                s = pre.served(ctl, Self::ahead_reason(f), prog);
                 s
             }
-            _ => f.fold.served(ctl, prog),
+            _ => f.fold.served(ctl, Self::ahead_reason(f), prog),
         };
         served.control = ctl.epoch;
         served.filters = false;
@@ -420,7 +427,7 @@ impl Rollouts {
         let prog = r.progression.as_deref();
         let Some(f) = self.fleet.get_mut(&*r.name) else { return Err(SteerError::NoCanary) };
         let cur = Self::fleet_control(f);
-        let served = f.fold.served(cur, prog);
+        let served = f.fold.served(cur, Self::ahead_reason(f), prog);
         let refused = |x: super::machine::Refusal| SteerError::Refused(x.message());
         let want = match op {
             Steer::Rollback => Control { epoch: cur.epoch, rank: cur.rank.max(ROLLED_BACK) },
