@@ -2,7 +2,8 @@
 //! and ping round trip into counts for the judge (`analysis::counts`).
 //!
 //! It lives with a route's metric handles (so it survives reloads) and does
-//! only bounded work per request under a short lock: classify against the
+//! only bounded work per request under its worker thread's own lock (the
+//! counts are sharded per thread and merged when taken): classify against the
 //! frozen thresholds, find the stratum, add to counters, and on routes with
 //! sticky keys consult the counted-user filters. The controller takes one
 //! `Interval` per analysis interval and installs the next thresholds in the
@@ -18,7 +19,9 @@
 
 use crate::analysis::{Cell, Event, Frozen, Interval, Stratum, StratumCounts};
 use crate::routing::{BucketSource, Decision, Reason, Route, Version};
-use std::sync::Mutex;
+use crate::shards::{self, Padded};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 const FILTER_BITS: usize = 1 << 21;
@@ -55,8 +58,13 @@ impl Unit {
     }
 }
 
+/// A Bloom filter every worker writes without a lock: a probe is one
+/// `fetch_or`. Two workers counting the same new user at the same instant
+/// may both see it as new (it then counts twice, for the version it was
+/// routed to); that race needs two of one player's requests to finish
+/// together, on two threads, on that player's first event.
 struct Filter {
-    words: Vec<u64>,
+    words: Box<[AtomicU64]>,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -68,32 +76,32 @@ fn mix(mut z: u64) -> u64 {
 
 impl Filter {
     fn new() -> Self {
-        Self { words: vec![0; FILTER_WORDS] }
+        Self { words: (0..FILTER_WORDS).map(|_| AtomicU64::new(0)).collect() }
     }
 
     /// Insert; true if the entry was not there before.
-    fn insert(&mut self, user: u64, tag: u64, segment: u64) -> bool {
+    fn insert(&self, user: u64, tag: u64, segment: u64) -> bool {
         let a = mix(user ^ mix(tag.wrapping_add(segment << 8).wrapping_add(0x9e37_79b9_7f4a_7c15)));
         let b = mix(a);
         let mut fresh = false;
         for h in [a, a >> 32, b, b >> 32] {
             let bit = (h as usize) & (FILTER_BITS - 1);
             let (w, m) = (bit / 64, 1u64 << (bit % 64));
-            if let Some(word) = self.words.get_mut(w) {
-                fresh |= *word & m == 0;
-                *word |= m;
+            if let Some(word) = self.words.get(w) {
+                fresh |= word.fetch_or(m, Ordering::Relaxed) & m == 0;
             }
         }
         fresh
     }
 
-    fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| *w = 0);
+    fn clear(&self) {
+        self.words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
     }
 }
 
+/// One shard's counts, and the thresholds it classifies with.
 #[derive(Default)]
-struct Inner {
+struct Counts {
     frozen: Frozen,
     strata: Vec<StratumCounts>,
     requests: Cell,
@@ -101,8 +109,6 @@ struct Inner {
     /// exported as counters so a fleet can sum them (`crate::fleet`).
     totals: Vec<StratumCounts>,
     total_requests: Cell,
-    /// [since the revision started, this epoch]; allocated on first use.
-    filters: Option<[Filter; 2]>,
 }
 
 fn stratum_in(list: &mut Vec<StratumCounts>, s: Stratum) -> Option<&mut StratumCounts> {
@@ -116,8 +122,21 @@ fn stratum_in(list: &mut Vec<StratumCounts>, s: Stratum) -> Option<&mut StratumC
     list.get_mut(i)
 }
 
-impl Inner {
-    fn add(&mut self, unit: &Unit, version: Version, eligible: u16, bad: u16) {
+/// Add `from` into `into`, stratum by stratum.
+fn merge(into: &mut Vec<StratumCounts>, from: &[StratumCounts]) {
+    for f in from {
+        let Some(s) = f.stratum else { continue };
+        if let Some(sc) = stratum_in(into, s) {
+            sc.weight_bp = sc.weight_bp.max(f.weight_bp);
+            sc.revision.add(&f.revision);
+            sc.epoch.add(&f.epoch);
+        }
+    }
+}
+
+impl Counts {
+    /// `filters`: [since the revision, this epoch], for per-user units.
+    fn add(&mut self, filters: Option<&[Filter; 2]>, unit: &Unit, version: Version, eligible: u16, bad: u16) {
         let v = usize::from(version == Version::Canary);
         let mut req = Cell::default();
         for e in Event::ALL {
@@ -128,15 +147,11 @@ impl Inner {
         }
         self.requests.add(&req);
         self.total_requests.add(&req);
-        if unit.stratum.per_user && self.filters.is_none() {
-            self.filters = Some([Filter::new(), Filter::new()]);
-        }
         let seg = unit.stratum.segment.map_or(0, |s| u64::from(s) + 1);
         // This unit's contribution per scope: [revision, epoch].
         let mut delta = [Cell::default(), Cell::default()];
         for (scope, cell) in delta.iter_mut().enumerate() {
-            let filter = self.filters.as_mut().filter(|_| unit.stratum.per_user).and_then(|f| f.get_mut(scope));
-            match filter {
+            match filters.and_then(|f| f.get(scope)) {
                 None => *cell = req,
                 Some(f) => {
                     let first = f.insert(unit.user, SEEN, seg);
@@ -162,56 +177,109 @@ impl Inner {
     }
 }
 
-/// One route's recorder.
-#[derive(Default)]
+/// One route's recorder: counts sharded per worker thread (a request takes
+/// only its own thread's lock), counted-user filters shared and lock-free.
+/// Every shard holds the same thresholds; the controller's calls walk all
+/// shards, so each request is classified by the thresholds of the
+/// interval it is counted in.
 pub struct Evidence {
-    inner: Mutex<Inner>,
+    shards: Box<[Padded<Mutex<Counts>>]>,
+    /// [since the revision started, this epoch]; allocated on first use.
+    filters: OnceLock<[Filter; 2]>,
+    /// The filters hold something worth saving (a sticky unit since the
+    /// last reset, or filters restored from disk).
+    sticky: AtomicBool,
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Self::with_shards(shards::count())
+    }
+}
+
+fn lock(m: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
+    // Counters only: a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Evidence {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Counters only: a panic elsewhere leaves them usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn with_shards(n: usize) -> Self {
+        Self {
+            shards: (0..n.max(1)).map(|_| Padded(Mutex::new(Counts::default()))).collect(),
+            filters: OnceLock::new(),
+            sticky: AtomicBool::new(false),
+        }
+    }
+
+    /// This thread's shard (None only if there were no shards).
+    fn mine(&self) -> Option<MutexGuard<'_, Counts>> {
+        self.shards.get(shards::mine(self.shards.len())).map(|s| lock(&s.0))
+    }
+
+    /// Every shard in turn.
+    fn each(&self, mut f: impl FnMut(&mut Counts)) {
+        for s in self.shards.iter() {
+            f(&mut lock(&s.0));
+        }
+    }
+
+    fn filters_for(&self, unit: &Unit) -> Option<&[Filter; 2]> {
+        if !unit.stratum.per_user {
+            return None;
+        }
+        if !self.sticky.load(Ordering::Relaxed) {
+            self.sticky.store(true, Ordering::Relaxed);
+        }
+        Some(self.filters.get_or_init(|| [Filter::new(), Filter::new()]))
+    }
+
+    fn clear_filters(&self) {
+        if let Some(f) = self.filters.get() {
+            f.iter().for_each(Filter::clear);
+        }
+        self.sticky.store(false, Ordering::Relaxed);
     }
 
     /// A finished request (or a WebSocket session's end, with no latency).
     pub fn record(&self, unit: &Unit, version: Version, error: bool, latency: Option<Duration>) {
-        let mut inner = self.lock();
+        let filters = self.filters_for(unit);
+        let Some(mut c) = self.mine() else { return };
         let us = latency.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX));
-        let (eligible, bad) = inner.frozen.classify_request(version == Version::Canary, error, us);
-        inner.add(unit, version, eligible, bad);
+        let (eligible, bad) = c.frozen.classify_request(version == Version::Canary, error, us);
+        c.add(filters, unit, version, eligible, bad);
     }
 
     /// One ping round trip of a WebSocket session.
     pub fn record_rtt(&self, unit: &Unit, version: Version, rtt: Duration) {
-        let mut inner = self.lock();
+        let filters = self.filters_for(unit);
+        let Some(mut c) = self.mine() else { return };
         let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
-        let (eligible, bad) = inner.frozen.classify_rtt(version == Version::Canary, us);
+        let (eligible, bad) = c.frozen.classify_rtt(version == Version::Canary, us);
         if eligible != 0 {
-            inner.add(unit, version, eligible, bad);
+            c.add(filters, unit, version, eligible, bad);
         }
     }
 
     /// The thresholds in force now.
     pub fn frozen(&self) -> Frozen {
-        self.lock().frozen
+        self.shards.first().map(|s| lock(&s.0).frozen).unwrap_or_default()
     }
 
     /// Classify with `frozen` from now on (restoring saved lines at start).
     pub fn set_frozen(&self, frozen: Frozen) {
-        self.lock().frozen = frozen;
+        self.each(|c| c.frozen = frozen);
     }
 
     /// End the interval: return its counts and install `next` thresholds.
     pub fn take(&self, next: Frozen) -> Interval {
-        let mut inner = self.lock();
-        let frozen = std::mem::replace(&mut inner.frozen, next);
-        Interval {
-            strata: std::mem::take(&mut inner.strata),
-            requests: std::mem::take(&mut inner.requests),
-            frozen,
-            user_multiplicity: 0,
-        }
+        let mut iv = Interval { frozen: self.frozen(), user_multiplicity: 0, ..Interval::default() };
+        self.each(|c| {
+            iv.frozen = std::mem::replace(&mut c.frozen, next);
+            merge(&mut iv.strata, &std::mem::take(&mut c.strata));
+            iv.requests.add(&std::mem::take(&mut c.requests));
+        });
+        iv.strata.sort_by_key(|s| s.stratum);
+        iv
     }
 
     /// A new epoch begins now: forget who counted in the old one, and drop
@@ -219,47 +287,57 @@ impl Evidence {
     /// against the old epoch). `frozen`: thresholds to use from now on
     /// (a new step starts its latency warm-up).
     pub fn new_epoch(&self, frozen: Option<Frozen>) {
-        let mut inner = self.lock();
-        if let Some(f) = inner.filters.as_mut() {
-            f[1].clear();
+        if let Some(f) = self.filters.get().and_then(|f| f.get(1)) {
+            f.clear();
         }
-        for s in &mut inner.strata {
-            s.epoch = Cell::default();
-        }
-        if let Some(f) = frozen {
-            inner.frozen = f;
-        }
+        self.each(|c| {
+            for s in &mut c.strata {
+                s.epoch = Cell::default();
+            }
+            if let Some(f) = frozen {
+                c.frozen = f;
+            }
+        });
     }
 
     /// Start over (a new canary revision, or a resumed rollback).
     pub fn reset(&self, frozen: Frozen) {
-        *self.lock() = Inner { frozen, ..Inner::default() };
+        self.clear_filters();
+        self.each(|c| *c = Counts { frozen, ..Counts::default() });
     }
 
     /// Forget counted users and the interval's counts (a resumed canary in
     /// fleet mode) but keep the exported totals: counters never go down.
     pub fn forget_users(&self, frozen: Frozen) {
-        let mut inner = self.lock();
-        let totals = std::mem::take(&mut inner.totals);
-        let total_requests = inner.total_requests;
-        *inner = Inner { frozen, totals, total_requests, ..Inner::default() };
+        self.clear_filters();
+        self.each(|c| {
+            let totals = std::mem::take(&mut c.totals);
+            *c = Counts { frozen, totals, total_requests: c.total_requests, ..Counts::default() };
+        });
     }
 
     /// Everything counted since the recorder began: per stratum, and the
     /// request-level cell.
     pub fn totals(&self) -> (Vec<StratumCounts>, Cell) {
-        let inner = self.lock();
-        (inner.totals.clone(), inner.total_requests)
+        let (mut strata, mut requests) = (Vec::new(), Cell::default());
+        self.each(|c| {
+            merge(&mut strata, &c.totals);
+            requests.add(&c.total_requests);
+        });
+        strata.sort_by_key(|s| s.stratum);
+        (strata, requests)
     }
 
     /// The counted-user filters as bytes, for `state_dir` (None: this route
     /// has seen no sticky user).
     pub fn export_filters(&self) -> Option<Vec<u8>> {
-        let inner = self.lock();
-        let f = inner.filters.as_ref()?;
+        if !self.sticky.load(Ordering::Relaxed) {
+            return None;
+        }
+        let f = self.filters.get()?;
         let mut bytes = Vec::with_capacity(FILTER_WORDS * 16);
         for w in f.iter().flat_map(|f| f.words.iter()) {
-            bytes.extend_from_slice(&w.to_le_bytes());
+            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
         }
         Some(bytes)
     }
@@ -270,12 +348,12 @@ impl Evidence {
         if bytes.len() != FILTER_WORDS * 16 {
             return false;
         }
-        let words: Vec<u64> = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        let (a, b) = words.split_at(FILTER_WORDS);
-        self.lock().filters = Some([Filter { words: a.to_vec() }, Filter { words: b.to_vec() }]);
+        let filters = self.filters.get_or_init(|| [Filter::new(), Filter::new()]);
+        let words = filters.iter().flat_map(|f| f.words.iter());
+        for (w, c) in words.zip(bytes.chunks_exact(8)) {
+            w.store(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]), Ordering::Relaxed);
+        }
+        self.sticky.store(true, Ordering::Relaxed);
         true
     }
 }
@@ -373,8 +451,46 @@ mod tests {
     }
 
     #[test]
+    fn shards_add_up_to_what_one_recorder_counts_and_a_user_counts_once_across_threads() {
+        let ev = Evidence::with_shards(4);
+        let one = Evidence::with_shards(1);
+        let seg = |i: u64| Stratum { segment: i.is_multiple_of(3).then_some(1), per_user: i.is_multiple_of(2) };
+        let unit_of =
+            |i: u64| Unit { stratum: seg(i), weight_bp: 1000, user: if i.is_multiple_of(2) { i % 50 } else { 0 } };
+        let record = |ev: &Evidence, t: u64, i: u64| {
+            let v = if (i + t).is_multiple_of(5) { Version::Canary } else { Version::Stable };
+            ev.record(&unit_of(i), v, (i * 7 + t).is_multiple_of(11), Some(Duration::from_millis(i % 40)));
+        };
+        // Threads one after another, so the per-user dedup race cannot
+        // happen; each thread lands on its own shard.
+        for t in 0..8u64 {
+            std::thread::scope(|sc| sc.spawn(|| (0..500).for_each(|i| record(&ev, t, i))).join().unwrap());
+            (0..500).for_each(|i| record(&one, t, i));
+        }
+        let per_shard: Vec<u64> = ev.shards.iter().map(|s| lock(&s.0).total_requests.n(Event::Error, STABLE)).collect();
+        assert!(per_shard.iter().filter(|&&n| n > 0).count() > 1, "one shard took everything: {per_shard:?}");
+        let (a, b) = (ev.take(Frozen::default()), one.take(Frozen::default()));
+        assert_eq!(a.requests, b.requests);
+        assert_eq!(a.strata, b.strata);
+        assert_eq!(ev.totals(), one.totals());
+        // 25 users (even ids below 50), seen from every thread in two strata
+        // (segment or none): each counts once per stratum.
+        let users = a.strata.iter().filter(|s| s.stratum.is_some_and(|s| s.per_user));
+        assert_eq!(
+            users.map(|s| s.revision.n(Event::Error, CANARY) + s.revision.n(Event::Error, STABLE)).sum::<u64>(),
+            50
+        );
+        // The controller's calls reach every shard.
+        ev.new_epoch(Some(Frozen { latency_us: Some([1, 2, 3, 4]), ..Frozen::default() }));
+        assert!(ev.shards.iter().all(|s| lock(&s.0).frozen.latency_us == Some([1, 2, 3, 4])));
+        ev.reset(Frozen::default());
+        assert_eq!(ev.totals(), (Vec::new(), Cell::default()));
+        assert!(ev.export_filters().is_none());
+    }
+
+    #[test]
     fn the_filter_rarely_mistakes_new_users_for_counted_ones() {
-        let mut f = Filter::new();
+        let f = Filter::new();
         for u in 0..100_000u64 {
             f.insert(mix(u), 1, 0);
         }
