@@ -190,7 +190,7 @@ pub struct RouteMetrics {
     /// By `Verdict::ALL` order.
     verdicts: [AtomicU64; 4],
     /// By `RollbackReason::ALL` order.
-    rollbacks: [AtomicU64; 6],
+    rollbacks: [AtomicU64; RollbackReason::ALL.len()],
     /// The latest verdicts, newest last (for `GET /routes`).
     recent: Mutex<VecDeque<serde_json::Value>>,
     /// Each test's e-values after the latest verdict.
@@ -400,8 +400,8 @@ impl RouteMetrics {
     }
 
     pub fn rolled_back(&self, reason: RollbackReason) {
-        if let Some(i) = RollbackReason::ALL.iter().position(|x| *x == reason) {
-            self.rollbacks[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = RollbackReason::ALL.iter().position(|x| *x == reason).and_then(|i| self.rollbacks.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
