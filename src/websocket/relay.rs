@@ -1,7 +1,10 @@
 //! Relaying one upgraded connection, byte for byte, in both directions.
 //!
-//! Each direction is a pump with one buffer: 4 KiB, grown once to 64 KiB
-//! when reads keep filling it (bulk transfer). Memory per socket is bounded
+//! Each direction is a pump with one buffer: 512 bytes while the socket is
+//! chatty or idle (most of a relayed socket's life; it is most of weir's
+//! memory per idle socket), grown eightfold, up to 64 KiB, each time a read
+//! fills it (bulk transfer), and shrunk back after a run of small reads.
+//! Memory per socket is bounded
 //! whatever the peers do: a slow reader simply stops the pump that writes to
 //! it, and TCP flow control pushes back on the sender. The pumps
 //! track frame boundaries so weir can add its own close (or ping) frame
@@ -17,7 +20,7 @@
 //! - a normal close handshake passes through untouched.
 
 use super::frame::{FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
-use super::io::{Endpoint, Source};
+use super::io::{BUF, Endpoint, Source};
 use super::{CloseWhy, Signal};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,8 +29,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// A direction whose reads keep filling the buffer (bulk transfer) grows it
-/// once to this size, so fewer, larger syscalls; never more.
+/// (×8 per full read) up to this size, so fewer, larger syscalls; never more.
 const BUF_BULK: usize = 64 * 1024;
+/// This many reads in a row that would have fit in `BUF` shrink a grown
+/// buffer back to `BUF`.
+const SMALL_READS_TO_SHRINK: u32 = 8;
 /// How long a closing side gets to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long a pump may take to reach a frame boundary once asked to close
@@ -97,6 +103,23 @@ impl Shared<'_> {
     fn client_idle(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.client_seen.load(Ordering::Relaxed)))
+    }
+}
+
+/// A ticking interval that lets ticks it missed go (no bursts).
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+/// The next tick of `i`; never, when there is no interval.
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -198,13 +221,13 @@ where
     let period = if to_upstream { settings.idle_timeout / 4 } else { settings.ping_interval };
     let timer_on = !period.is_zero();
     let period = period.max(Duration::from_millis(50));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = timer_on.then(|| every(period));
     // Client → upstream also carries weir's round-trip probes.
     let probing = to_upstream && !settings.rtt_interval.is_zero() && shared.rtt.is_some();
     let probe_every = settings.rtt_interval.max(Duration::from_millis(100));
-    let mut prober = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
-    prober.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prober = probing.then(|| every(probe_every));
+    // Reads in a row that would have fit in `BUF`.
+    let mut small_reads = 0u32;
     // Bytes read past a boundary where we stopped to close.
     let mut leftover: Vec<u8> = Vec::new();
     // The start of a frame header not yet whole, kept at the front of `buf`
@@ -250,7 +273,7 @@ where
             }
             // A peer stopped mid-frame: give up on a clean close.
             _ = tokio::time::sleep_until(close_by), if pending.is_some() => break End::DstGone,
-            _ = ticker.tick(), if pending.is_none() && timer_on => {
+            _ = tick(&mut ticker), if pending.is_none() && timer_on => {
                 if to_upstream {
                     if shared.client_idle() >= settings.idle_timeout && frames.at_boundary() {
                         let _ = dst.write_all(&close_frame(1001, "weir: idle timeout", key())).await;
@@ -265,7 +288,7 @@ where
                     break End::DstGone;
                 }
             }
-            _ = prober.tick(), if pending.is_none() && probing => {
+            _ = tick(&mut prober), if pending.is_none() && probing => {
                 // One probe at a time; one unanswered for 4 periods is lost.
                 let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
                 let sent = shared.probe_sent.load(Ordering::Relaxed);
@@ -291,9 +314,11 @@ where
                     }
                     Ok(n) => held + n,
                 };
-                if n == buf.len() && buf.len() < BUF_BULK {
-                    buf.resize(BUF_BULK, 0);
+                let grown = buf.len();
+                if n == grown && grown < BUF_BULK {
+                    buf.resize((grown * 8).min(BUF_BULK), 0);
                 }
+                small_reads = if grown > BUF && n <= BUF { small_reads + 1 } else { 0 };
                 held = 0;
                 if to_upstream {
                     shared.client_seen.store(shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -374,6 +399,13 @@ where
                 }
                 if dst.flush().await.is_err() {
                     break End::DstGone;
+                }
+                if small_reads >= SMALL_READS_TO_SHRINK {
+                    // Chatty again after a burst: give the big buffer back
+                    // (what is kept is at most a partial frame header).
+                    buf.truncate(BUF.max(held));
+                    buf.shrink_to_fit();
+                    small_reads = 0;
                 }
             }
         }
@@ -471,6 +503,40 @@ mod tests {
         upstream.write_all(&close_frame(1012, "", None)).await.unwrap();
         let why = tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap().unwrap();
         assert_eq!(why, CloseWhy::Rollback);
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_unchanged_while_the_buffer_grows_for_bulk_and_shrinks_for_chatter() {
+        let (client_side, mut client) = duplex(256 * 1024);
+        let (upstream_side, mut upstream) = duplex(256 * 1024);
+        let (tx, _) = watch::channel(Signal::Open);
+        let signal = std::sync::Arc::new(tx);
+        let s2 = std::sync::Arc::clone(&signal);
+        let relay = tokio::spawn(async move { relay(client_side, upstream_side, &s2, &settings(), None).await });
+        let bulk: Vec<u8> = (0..40).flat_map(|i| binary(&vec![i as u8; 60_000])).collect();
+        let chatter: Vec<Vec<u8>> = (0..20).map(|i| binary(&[i as u8; 30])).collect();
+        for round in 0..2 {
+            // Bulk: full reads grow the buffer 512 → 4 KiB → 32 KiB → 64 KiB.
+            let (wrote, got) = tokio::join!(upstream.write_all(&bulk), read_exactly(&mut client, bulk.len()));
+            wrote.unwrap();
+            assert!(got == bulk, "bulk, round {round}");
+            // Chatter, one frame per read: after eight it shrinks back.
+            for f in &chatter {
+                upstream.write_all(f).await.unwrap();
+                assert_eq!(&read_exactly(&mut client, f.len()).await, f, "chatter, round {round}");
+            }
+        }
+        // A frame split around a partial header still arrives whole.
+        let f = binary(&[9u8; 700]);
+        upstream.write_all(&f[..3]).await.unwrap();
+        tokio::task::yield_now().await;
+        upstream.write_all(&f[3..]).await.unwrap();
+        assert_eq!(read_exactly(&mut client, f.len()).await, f);
+        signal.send_replace(Signal::Close { code: 1001, why: CloseWhy::Shutdown });
+        let head = read_exactly(&mut client, 2).await;
+        assert_eq!(head[0], 0x88);
+        drop((client, upstream));
+        let _ = tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap();
     }
 
     #[tokio::test]
