@@ -94,8 +94,8 @@ make_cert() {
 start_proxy() {
   local name=$1 workers=${2:-1} cpus=${3:-0}
   case $name in
-    weir) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" ./target/release/weir run -c "$work/weir.yaml" 2>/dev/null & ;;
-    weir-pc) WEIR_RUNTIME=per-core TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" ./target/release/weir run \
+    weir) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run -c "$work/weir.yaml" 2>/dev/null & ;;
+    weir-pc) WEIR_RUNTIME=per-core TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run \
       -c "$work/weir.yaml" 2>/dev/null & ;;
     nginx) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
     haproxy) taskset -c "$cpus" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;

@@ -16,7 +16,12 @@ use tokio::net::TcpListener;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_h2_client.py");
 
 async fn h2_client(args: &[&str]) -> serde_json::Value {
-    let run = tokio::process::Command::new("python3").arg(SCRIPT).args(args).output();
+    h2_client_with(args, &[]).await
+}
+
+/// The client with environment (`WS_H2_CA`, `WS_H2_SNI`: TLS with ALPN h2).
+async fn h2_client_with(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let run = tokio::process::Command::new("python3").arg(SCRIPT).args(args).envs(env.iter().copied()).output();
     let out = tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("h2 client timed out")
@@ -149,4 +154,49 @@ async fn a_wrong_accept_is_a_502_and_plain_connect_is_refused() {
     let v = h2_client(&["connect", &addr]).await;
     assert_eq!(v["status"], "405", "{v}");
     assert_eq!(v["headers"]["x-weir-error"], "connect_refused", "{v}");
+}
+
+/// A CA and a leaf for game.example in `dir` (ca.crt; game.crt, game.key),
+/// made with the openssl CLI.
+fn make_certs(dir: &std::path::Path) {
+    std::fs::write(dir.join("game.ext"), "subjectAltName=DNS:game.example\n").unwrap();
+    let cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt \
+         -days 2 -subj /CN=weir-test-ca && \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout game.key -out game.csr \
+         -subj /CN=game.example && \
+         openssl x509 -req -in game.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+         -extfile game.ext -out game.crt";
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().expect("sh");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn websocket_over_h2_works_the_same_over_tls_with_alpn() {
+    let stable = WsUpstream::start("stable", false).await;
+    let canary = WsUpstream::start("canary", false).await;
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let d = certs.path().display();
+    let yaml = config(stable.addr, canary.addr, CANARY_ROUTE).replacen(
+        r#"listen: [{address: "127.0.0.1:0"}]"#,
+        &format!(r#"listen: [{{address: "127.0.0.1:0", tls: {{certs: [{{cert: "{d}/game.crt", key: "{d}/game.key"}}]}}}}]"#),
+        1,
+    );
+    let w = Weir::start(&yaml).await;
+    let ca = certs.path().join("ca.crt");
+    let env = [("WS_H2_CA", ca.to_str().unwrap()), ("WS_H2_SNI", "game.example")];
+
+    let v = h2_client_with(&["echo", &w.addr.to_string(), "/game/lobby", "p9"], &env).await;
+    assert_eq!(v["enable_connect_protocol"], 1, "{v}");
+    assert_eq!(v["status"], "200", "{v}");
+    assert_eq!(v["headers"]["x-upstream"], "canary", "{v}");
+    assert_eq!((v["echo_text"].clone(), v["echo_binary"].clone(), v["echo_fragmented"].clone()), (true.into(), true.into(), true.into()), "{v}");
+    assert_eq!(v["close_code"], 1000, "{v}");
+    assert!(eventually(Duration::from_secs(5), || *canary.closes.lock().unwrap() == vec![1000]).await);
+    // The upstream got a plain HTTP/1.1 handshake: TLS ends at weir.
+    let hs = canary.handshakes.lock().unwrap()[0].clone();
+    assert_eq!(hs["upgrade"], "websocket");
+    assert_eq!(hs["x-player-id"], "p9");
+    assert_eq!(hs["x-forwarded-proto"], "https", "{hs}");
+    assert!(stable.handshakes.lock().unwrap().is_empty());
 }

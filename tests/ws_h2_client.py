@@ -1,7 +1,9 @@
 """WebSocket over HTTP/2 (RFC 8441) client for tests/websocket_h2.rs.
 
 Uses the `h2` library (installed by .ci/run) over plain TCP (h2c prior
-knowledge). Prints one JSON object with what it saw.
+knowledge), or over TLS with ALPN h2 when WS_H2_CA names the CA file to
+trust (WS_H2_SNI: the server name to ask for). Prints one JSON object with
+what it saw.
 
   ws_h2_client.py echo HOST:PORT PATH PLAYER   # open, echo, close 1000
   ws_h2_client.py hold HOST:PORT PATH PLAYER   # open, echo, wait for a close
@@ -11,6 +13,7 @@ knowledge). Prints one JSON object with what it saw.
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -63,6 +66,16 @@ class Client:
     def __init__(self, addr):
         host, port = addr.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.scheme = "http"
+        ca = os.environ.get("WS_H2_CA")
+        if ca:
+            ctx = ssl.create_default_context(cafile=ca)
+            ctx.set_alpn_protocols(["h2"])
+            name = os.environ.get("WS_H2_SNI", host)
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=name)
+            if self.sock.selected_alpn_protocol() != "h2":
+                raise RuntimeError(f"ALPN chose {self.sock.selected_alpn_protocol()!r}, not h2")
+            self.scheme = "https"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         self.flush()
@@ -124,7 +137,7 @@ def websocket(mode, addr, path, player):
         [
             (":method", "CONNECT"),
             (":protocol", "websocket"),
-            (":scheme", "http"),
+            (":scheme", c.scheme),
             (":path", path),
             (":authority", c.authority),
             ("sec-websocket-version", "13"),
