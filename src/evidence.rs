@@ -183,7 +183,11 @@ impl Counts {
 /// shards, so each request is classified by the thresholds of the
 /// interval it is counted in.
 pub struct Evidence {
-    shards: Box<[Padded<Mutex<Counts>>]>,
+    /// Made on first use: a route without analysis never records, and a
+    /// config may have thousands of routes.
+    shards: OnceLock<Box<[Padded<Mutex<Counts>>]>>,
+    /// How many shards to make.
+    n: usize,
     /// [since the revision started, this epoch]; allocated on first use.
     filters: OnceLock<[Filter; 2]>,
     /// The filters hold something worth saving (a sticky unit since the
@@ -204,22 +208,30 @@ fn lock(m: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
 
 impl Evidence {
     fn with_shards(n: usize) -> Self {
-        Self {
-            shards: (0..n.max(1)).map(|_| Padded(Mutex::new(Counts::default()))).collect(),
-            filters: OnceLock::new(),
-            sticky: AtomicBool::new(false),
+        Self { shards: OnceLock::new(), n: n.max(1), filters: OnceLock::new(), sticky: AtomicBool::new(false) }
+    }
+
+    fn shards(&self) -> &[Padded<Mutex<Counts>>] {
+        self.shards.get_or_init(|| (0..self.n).map(|_| Padded(Mutex::new(Counts::default()))).collect())
+    }
+
+    /// This thread's shard.
+    fn mine(&self) -> Option<MutexGuard<'_, Counts>> {
+        let all = self.shards();
+        all.get(shards::mine(all.len())).map(|s| lock(&s.0))
+    }
+
+    /// Every shard in turn (made first if need be).
+    fn each(&self, mut f: impl FnMut(&mut Counts)) {
+        for s in self.shards() {
+            f(&mut lock(&s.0));
         }
     }
 
-    /// This thread's shard (None only if there were no shards).
-    fn mine(&self) -> Option<MutexGuard<'_, Counts>> {
-        self.shards.get(shards::mine(self.shards.len())).map(|s| lock(&s.0))
-    }
-
-    /// Every shard in turn.
-    fn each(&self, mut f: impl FnMut(&mut Counts)) {
-        for s in self.shards.iter() {
-            f(&mut lock(&s.0));
+    /// Every shard there is, without making them.
+    fn each_made(&self, mut f: impl FnMut(&Counts)) {
+        for s in self.shards.get().into_iter().flatten() {
+            f(&lock(&s.0));
         }
     }
 
@@ -262,7 +274,7 @@ impl Evidence {
 
     /// The thresholds in force now.
     pub fn frozen(&self) -> Frozen {
-        self.shards.first().map(|s| lock(&s.0).frozen).unwrap_or_default()
+        self.shards.get().and_then(|all| all.first()).map(|s| lock(&s.0).frozen).unwrap_or_default()
     }
 
     /// Classify with `frozen` from now on (restoring saved lines at start).
@@ -320,7 +332,7 @@ impl Evidence {
     /// request-level cell.
     pub fn totals(&self) -> (Vec<StratumCounts>, Cell) {
         let (mut strata, mut requests) = (Vec::new(), Cell::default());
-        self.each(|c| {
+        self.each_made(|c| {
             merge(&mut strata, &c.totals);
             requests.add(&c.total_requests);
         });
@@ -454,6 +466,7 @@ mod tests {
     fn shards_add_up_to_what_one_recorder_counts_and_a_user_counts_once_across_threads() {
         let ev = Evidence::with_shards(4);
         let one = Evidence::with_shards(1);
+        assert!(ev.shards.get().is_none() && ev.totals() == (Vec::new(), Cell::default()), "made on first use");
         let seg = |i: u64| Stratum { segment: i.is_multiple_of(3).then_some(1), per_user: i.is_multiple_of(2) };
         let unit_of =
             |i: u64| Unit { stratum: seg(i), weight_bp: 1000, user: if i.is_multiple_of(2) { i % 50 } else { 0 } };
@@ -467,7 +480,8 @@ mod tests {
             std::thread::scope(|sc| sc.spawn(|| (0..500).for_each(|i| record(&ev, t, i))).join().unwrap());
             (0..500).for_each(|i| record(&one, t, i));
         }
-        let per_shard: Vec<u64> = ev.shards.iter().map(|s| lock(&s.0).total_requests.n(Event::Error, STABLE)).collect();
+        let per_shard: Vec<u64> =
+            ev.shards().iter().map(|s| lock(&s.0).total_requests.n(Event::Error, STABLE)).collect();
         assert!(per_shard.iter().filter(|&&n| n > 0).count() > 1, "one shard took everything: {per_shard:?}");
         let (a, b) = (ev.take(Frozen::default()), one.take(Frozen::default()));
         assert_eq!(a.requests, b.requests);
@@ -482,7 +496,7 @@ mod tests {
         );
         // The controller's calls reach every shard.
         ev.new_epoch(Some(Frozen { latency_us: Some([1, 2, 3, 4]), ..Frozen::default() }));
-        assert!(ev.shards.iter().all(|s| lock(&s.0).frozen.latency_us == Some([1, 2, 3, 4])));
+        assert!(ev.shards().iter().all(|s| lock(&s.0).frozen.latency_us == Some([1, 2, 3, 4])));
         ev.reset(Frozen::default());
         assert_eq!(ev.totals(), (Vec::new(), Cell::default()));
         assert!(ev.export_filters().is_none());

@@ -14,7 +14,7 @@
 use crate::shards::{self, Padded};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Highest latency tracked exactly, µs (larger samples are clamped): 10 minutes.
@@ -64,7 +64,13 @@ impl Ring {
 
 /// A sliding window of `slots` slots covering `window` in total.
 pub struct Window {
-    rings: Box<[Padded<Mutex<Ring>>]>,
+    /// Shard 0's ring; it also holds the window's length for the others.
+    first: Padded<Mutex<Ring>>,
+    /// The other shards' rings, made on the first sample from a thread of
+    /// theirs: a route that gets no traffic (there may be thousands, on a
+    /// 16-core machine) costs one ring, not sixteen.
+    rest: OnceLock<Box<[Padded<Mutex<Ring>>]>>,
+    shards: usize,
 }
 
 /// What a window holds right now.
@@ -85,12 +91,31 @@ impl Window {
     }
 
     fn with_shards(window: Duration, slots: usize, now: Instant, n: usize) -> Self {
-        Self { rings: (0..n.max(1)).map(|_| Padded(Mutex::new(Ring::new(window, slots, now)))).collect() }
+        Self { first: Padded(Mutex::new(Ring::new(window, slots, now))), rest: OnceLock::new(), shards: n.max(1) }
     }
 
+    /// Shard 0's length and start, for a ring made or checked later.
+    fn shape(&self) -> Option<(Duration, usize, Instant)> {
+        let f = self.first.lock().ok()?;
+        Some((f.slot_len * f.slots.len() as u32, f.slots.len(), f.head_start))
+    }
+
+    /// Every ring made so far. A ring whose length differs from shard 0's
+    /// (made from the old length while a reload changed it) starts over
+    /// with the new one.
     fn each(&self, mut f: impl FnMut(&mut Ring)) {
-        for r in self.rings.iter() {
+        if let Ok(mut ring) = self.first.lock() {
+            f(&mut ring);
+        }
+        let Some(rest) = self.rest.get() else { return };
+        let shape = self.shape();
+        for r in rest.iter() {
             if let Ok(mut ring) = r.lock() {
+                if let Some((window, n, start)) = shape
+                    && (ring.slots.len() != n || ring.slot_len != Ring::slot_len(window, n))
+                {
+                    *ring = Ring::new(window, n, start);
+                }
                 f(&mut ring);
             }
         }
@@ -98,7 +123,16 @@ impl Window {
 
     /// This thread's ring.
     fn mine(&self) -> Option<std::sync::MutexGuard<'_, Ring>> {
-        self.rings.get(shards::mine(self.rings.len()))?.lock().ok()
+        match shards::mine(self.shards) {
+            0 => self.first.lock().ok(),
+            i => {
+                let rest = self.rest.get_or_init(|| {
+                    let (window, n, start) = self.shape().unwrap_or((Duration::from_secs(1), 1, Instant::now()));
+                    (1..self.shards).map(|_| Padded(Mutex::new(Ring::new(window, n, start)))).collect()
+                });
+                rest.get(i - 1)?.lock().ok()
+            }
+        }
     }
 
     /// Change the window length (a reload changed `analysis.window`). A new
@@ -122,7 +156,7 @@ impl Window {
 
     /// Length of the window.
     pub fn length(&self) -> Duration {
-        self.rings.first().and_then(|r| r.lock().ok()).map_or(Duration::ZERO, |r| r.slot_len * r.slots.len() as u32)
+        self.shape().map_or(Duration::ZERO, |(window, _, _)| window)
     }
 
     /// Advance the ring so the head slot contains `now`.
@@ -241,6 +275,13 @@ mod tests {
         assert_eq!(sharded.stats(at).requests, 2000);
         assert_eq!(sharded.stats(at).errors, 40);
         assert_eq!(sharded.stats(at), one.stats(at));
+        assert!(sharded.rest.get().is_some());
+        let idle = Window::with_shards(Duration::from_secs(60), 6, t0, 4);
+        assert!(idle.stats(at).requests == 0 && idle.rest.get().is_none(), "other shards made on first use");
+        // A new length reaches every shard.
+        sharded.configure(Duration::from_secs(30), at);
+        assert_eq!(sharded.length(), Duration::from_secs(30));
+        assert_eq!(sharded.stats(at).requests, 0, "a new length starts empty on every shard");
         // Ageing and reset reach every shard.
         assert_eq!(sharded.stats(t0 + Duration::from_secs(61)).requests, 0);
         sharded.record(t0 + Duration::from_secs(62), ms(1), false);

@@ -179,7 +179,9 @@ async fn websocket_over_h2_works_the_same_over_tls_with_alpn() {
     let d = certs.path().display();
     let yaml = config(stable.addr, canary.addr, CANARY_ROUTE).replacen(
         r#"listen: [{address: "127.0.0.1:0"}]"#,
-        &format!(r#"listen: [{{address: "127.0.0.1:0", tls: {{certs: [{{cert: "{d}/game.crt", key: "{d}/game.key"}}]}}}}]"#),
+        &format!(
+            r#"listen: [{{address: "127.0.0.1:0", tls: {{certs: [{{cert: "{d}/game.crt", key: "{d}/game.key"}}]}}}}]"#
+        ),
         1,
     );
     let w = Weir::start(&yaml).await;
@@ -190,13 +192,17 @@ async fn websocket_over_h2_works_the_same_over_tls_with_alpn() {
     assert_eq!(v["enable_connect_protocol"], 1, "{v}");
     assert_eq!(v["status"], "200", "{v}");
     assert_eq!(v["headers"]["x-upstream"], "canary", "{v}");
-    assert_eq!((v["echo_text"].clone(), v["echo_binary"].clone(), v["echo_fragmented"].clone()), (true.into(), true.into(), true.into()), "{v}");
+    assert_eq!(
+        (v["echo_text"].clone(), v["echo_binary"].clone(), v["echo_fragmented"].clone()),
+        (true.into(), true.into(), true.into()),
+        "{v}"
+    );
     assert_eq!(v["close_code"], 1000, "{v}");
     assert!(eventually(Duration::from_secs(5), || *canary.closes.lock().unwrap() == vec![1000]).await);
     // The upstream got a plain HTTP/1.1 handshake: TLS ends at weir.
     let hs = canary.handshakes.lock().unwrap()[0].clone();
     assert_eq!(hs["upgrade"], "websocket");
     assert_eq!(hs["x-player-id"], "p9");
-    assert_eq!(hs["x-forwarded-proto"], "https", "{hs}");
+    assert_eq!(hs["x-forwarded-proto"], "https", "{hs:?}");
     assert!(stable.handshakes.lock().unwrap().is_empty());
 }
