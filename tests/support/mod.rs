@@ -82,13 +82,18 @@ impl Upstream {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let nth = seen.lock().unwrap().len() as u64;
-                            seen.lock().unwrap().push(Seen {
-                                method: parts.method.to_string(),
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body,
-                            });
+                            // Numbered and recorded under one lock: two requests
+                            // at once must not both be the nth.
+                            let nth = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(Seen {
+                                    method: parts.method.to_string(),
+                                    uri: parts.uri.to_string(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                seen.len() as u64 - 1
+                            };
                             let d = delay.load(Ordering::Relaxed);
                             if d > 0 {
                                 tokio::time::sleep(Duration::from_millis(d)).await;
