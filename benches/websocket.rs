@@ -61,7 +61,14 @@ async fn upstream() -> SocketAddr {
 
 /// The rollback mode's config: a sticky 50/50 socket route and an HTTP
 /// route. `mark` changes a value, so writing it again is a real reload.
+/// `WS_CANARY_WEIGHT` (default 50): the canary's share of the sockets in
+/// the rollback mode, percent.
+fn canary_weight() -> u32 {
+    std::env::var("WS_CANARY_WEIGHT").ok().and_then(|v| v.parse().ok()).filter(|w| *w <= 100).unwrap_or(50)
+}
+
 fn rollback_config(ws: SocketAddr, http: SocketAddr, cap: usize, mark: bool) -> String {
+    let weight = canary_weight();
     format!(
         r#"listen: [{{address: "127.0.0.1:0"}}]
 admin: {{address: "127.0.0.1:0"}}
@@ -76,7 +83,7 @@ routes:
     match: {{path_prefix: /ws}}
     stable: {{upstream: v1}}
     canary: {{upstream: v2, revision: r1}}
-    weight: 50
+    weight: {weight}
     sticky: {{keys: ["header:x-player-id"]}}
     expose_version: true
     websocket: {{close_rate: 500/s}}

@@ -11,6 +11,7 @@
 #   benches/websocket.sh                 # WS_SOCKETS=10000
 #   WS_SOCKETS=50000 benches/websocket.sh
 #   WS_MODE=rollback benches/websocket.sh   # rollback + reload under HTTP load
+#   WS_MODE=rollback WS_CANARY_WEIGHT=60 WS_SOCKETS=9000 benches/websocket.sh   # ~5,400 canary sockets
 # weir runs on core 0 (taskset), the clients and upstreams on core 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."

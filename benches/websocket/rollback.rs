@@ -1,5 +1,6 @@
-//! WS_MODE=rollback: a rollback closing half of N sockets at `close_rate`,
-//! and a reload, under HTTP load on another route. See benches/websocket.rs.
+//! WS_MODE=rollback: a rollback closing the canary's share of N sockets
+//! (`WS_CANARY_WEIGHT`, default 50 %) at `close_rate`, and a reload, under
+//! HTTP load on another route. See benches/websocket.rs.
 
 use super::{Started, rollback_config, start_weir};
 use futures_util::StreamExt;
