@@ -1,5 +1,5 @@
-//! The relay's unit tests: in-memory duplex pipes stand in for the client
-//! and the upstream.
+//! (A `#[cfg(test)]` module.) The relay's unit tests: in-memory duplex pipes
+//! stand in for the client and the upstream.
 
 use super::*;
 use tokio::io::{AsyncRead, AsyncReadExt, duplex};
