@@ -323,7 +323,7 @@ async fn a_bad_canary_is_rolled_back_on_every_replica_after_as_many_requests_as_
     let single_n = canary_requests_at_fail(&journal(&dir.path().join("state"))).expect("single fail line has counts");
     let ratio = fleet_n as f64 / single_n as f64;
     eprintln!("canary requests to the fail: fleet {fleet_n}, one replica {single_n} (ratio {ratio:.2})");
-    // One run each, random routing: seen 0.78-1.11 over five runs. What it
+    // One run each, random routing: seen 0.78-1.11 over four printed runs. What it
     // guards against is each replica judging alone, which needs about 3x.
     assert!((0.67..=1.5).contains(&ratio), "fleet needed {fleet_n} canary requests, one replica {single_n}");
 }
