@@ -24,6 +24,12 @@ struct GMatch {
     backends: Vec<(String, u64)>,
 }
 
+/// The first item of each key, in order.
+fn first_of_each<T>(items: impl Iterator<Item = T>, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items.filter(|i| seen.insert(key(i))).collect()
+}
+
 /// The Gateway API's matching and precedence (HTTPRoute spec, v1).
 struct GModel {
     matches: Vec<GMatch>,
@@ -74,24 +80,24 @@ impl GModel {
                         hostnames: hostnames.clone(),
                         exact: m["path"]["type"] == "Exact",
                         path: m["path"]["value"].as_str().unwrap_or("/").to_owned(),
-                        headers: m["headers"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|h| {
+                        // Only the first entry of a name counts (header
+                        // names case-insensitively); the rest are ignored.
+                        headers: first_of_each(
+                            m["headers"].as_array().into_iter().flatten().map(|h| {
                                 (
                                     h["name"].as_str().unwrap().to_owned(),
                                     h["value"].as_str().unwrap().to_owned(),
                                     h["type"] == "RegularExpression",
                                 )
-                            })
-                            .collect(),
-                        query: m["queryParams"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|q| (q["name"].as_str().unwrap().to_owned(), q["value"].as_str().unwrap().to_owned()))
-                            .collect(),
+                            }),
+                            |h| h.0.to_ascii_lowercase(),
+                        ),
+                        query: first_of_each(
+                            m["queryParams"].as_array().into_iter().flatten().map(|q| {
+                                (q["name"].as_str().unwrap().to_owned(), q["value"].as_str().unwrap().to_owned())
+                            }),
+                            |q| q.0.clone(),
+                        ),
                         backends: backends.clone(),
                     });
                 }
@@ -239,6 +245,53 @@ fn http_route_shapes_weir_cannot_carry_are_listed() {
     assert!(said.iter().all(|s| s.starts_with("HTTPRoute games/odd")), "{said:#?}");
 }
 
+#[test]
+fn a_repeated_header_or_query_name_matches_on_its_first_entry_and_the_rest_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: play, namespace: games}
+spec:
+  hostnames: [play.example.com]
+  rules:
+    - backendRefs: [{name: stable, port: 80, weight: 90}, {name: canary, port: 80, weight: 10}]
+    - matches:
+        - path: {type: PathPrefix, value: /}
+          headers: [{name: x-a, value: "1"}, {name: X-A, value: "2"}]
+          queryParams: [{name: v, value: "1"}, {name: v, value: "2"}]
+      backendRefs: [{name: canary, port: 80}]
+"#,
+    )
+    .unwrap();
+    let (imported, objects, snapshot) = gateway_import(&path);
+    let said: Vec<String> = imported.skipped.iter().map(ToString::to_string).collect();
+    assert!(said.iter().any(|s| s.contains("headers[1]") && s.contains("repeats a header name")), "{said:#?}");
+    assert!(
+        said.iter().any(|s| s.contains("queryParams[1]") && s.contains("repeats a query parameter name")),
+        "{said:#?}"
+    );
+    let model = GModel::of(&objects);
+    let endpoint = |upstream: &str| {
+        snapshot.upstreams.iter().find(|u| &*u.name == upstream).map(|u| u.endpoints[0].clone()).unwrap()
+    };
+    for (h, q, to_canary) in [("1", "v=1", true), ("2", "v=1", false), ("1", "v=2", false), ("2", "v=2", false)] {
+        let want = model.backend("play.example.com", "/api/x", &[("x-a", h)], &[("v", &q[2..])], true);
+        assert_eq!(want.as_deref().is_some_and(|b| b.starts_with("canary.")), to_canary, "model: x-a {h} {q}");
+        let query = weir::explain::Query {
+            host: "play.example.com".into(),
+            path: "/api/x".into(),
+            headers: vec![("x-a".into(), h.into())],
+            cookies: vec![],
+            query: Some(q.into()),
+        };
+        let got = weir::explain::explain(&snapshot, &query, 9_999).unwrap().upstream.as_deref().map(endpoint);
+        assert_eq!(got, want, "x-a {h} {q}\n{}", imported.yaml);
+    }
+}
+
 fn http_route_strategy() -> impl Strategy<Value = Value> {
     let host =
         prop_oneof![Just(json!("a.example.com")), Just(json!("*.example.com")), Just(json!("x y")), Just(json!(7))];
@@ -251,6 +304,7 @@ fn http_route_strategy() -> impl Strategy<Value = Value> {
     ];
     let header = prop_oneof![
         Just(json!({"name": "x-a", "value": "1"})),
+        Just(json!({"name": "X-A", "value": "2"})),
         Just(json!({"name": "x-b", "type": "RegularExpression", "value": "(["})),
         Just(json!({"name": "bad name", "value": "1"})),
         Just(json!({"name": "x-c", "value": "\u{7f}"}))

@@ -157,11 +157,28 @@ fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
                     ok = false;
                     break;
                 }
-                headers.push((n.to_ascii_lowercase(), v.to_owned(), regex));
+                let name = n.to_ascii_lowercase();
+                if headers.iter().any(|(seen, _, _)| *seen == name) {
+                    // The Gateway API considers only the first entry of a
+                    // header name (case-insensitive) and ignores the rest.
+                    skip(
+                        skipped,
+                        format!("{mat}.headers[{hi}]"),
+                        format!("{n:?} repeats a header name: only the first is matched"),
+                    );
+                    continue;
+                }
+                headers.push((name, v.to_owned(), regex));
             }
             let mut query = Vec::new();
             for (qi, qp) in m["queryParams"].as_array().into_iter().flatten().enumerate() {
                 match (qp["name"].as_str(), qp["value"].as_str(), qp["type"].as_str().unwrap_or("Exact")) {
+                    // As for headers, only the first entry of a name counts.
+                    (Some(n), Some(_), "Exact") if query.iter().any(|(seen, _)| seen == n) => skip(
+                        skipped,
+                        format!("{mat}.queryParams[{qi}]"),
+                        format!("{n:?} repeats a query parameter name: only the first is matched"),
+                    ),
                     (Some(n), Some(v), "Exact") if !n.is_empty() => query.push((n.to_owned(), v.to_owned())),
                     _ => {
                         skip(
