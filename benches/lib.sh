@@ -22,17 +22,60 @@ CFG
   taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
 }
 
-# The three proxies configured for the same work: a 90/10 weighted split
-# over keep-alive upstream connections ($sp/$cp), HTTP/1.1 on $pp and h2c
-# on $hp, access logs off, room for 9,900 client connections (HAProxy sizes its descriptors from maxconn: 2 per connection must fit the hard open-file limit, 20,000 on the machine the figures come from). $1: workers
-# (weir's worker threads, nginx worker processes, HAProxy threads). With
-# $tp set (and $work/tls.crt, tls.key from make_cert): TLS with ALPN h2 there.
+# The three proxies configured for the same work: a 90/10 split over
+# keep-alive upstream connections ($sp/$cp), HTTP/1.1 on $pp and h2c
+# on $hp, access logs off, room for 9,900 client connections (HAProxy sizes
+# its descriptors from maxconn: 2 per connection must fit the hard open-file
+# limit, 20,000 on the machine the figures come from). $1: workers (weir's
+# worker threads, nginx worker processes, HAProxy threads). With $tp set (and
+# $work/tls.crt, tls.key from make_cert): TLS with ALPN h2 there.
+#
+# WORK=same (the default): nginx and HAProxy also do what weir does to every
+# request: a per-request random split into two upstream groups, the client's
+# Host kept, X-Forwarded-For/-Proto/-Host, a random X-Request-Id, and the
+# route and version headers. WORK=bare: the configs the figures before
+# 2026-12-02 (afternoon) were measured with: one weighted upstream group and
+# no added headers, so nginx and HAProxy did less per request than weir.
 write_proxies() {
-  local workers=${1:-1} weir_tls="" nginx_tls="" haproxy_tls=""
+  local workers=${1:-1} weir_tls="" nginx_tls="" haproxy_tls="" nginx_loc nginx_up haproxy_front haproxy_back
+  if [ "${WORK:-same}" = bare ]; then
+    nginx_up="upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 4096; }"
+    nginx_loc="location / { proxy_pass http://split; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+    haproxy_front="  default_backend b"
+    haproxy_back="backend b
+  balance roundrobin
+  http-reuse always
+  server stable 127.0.0.1:$sp weight 90
+  server canary 127.0.0.1:$cp weight 10"
+  else
+    nginx_up="split_clients \"\${request_id}\" \$version { 10% canary; * stable; }
+  upstream stable { server 127.0.0.1:$sp; keepalive 4096; }
+  upstream canary { server 127.0.0.1:$cp; keepalive 4096; }"
+    nginx_loc="location / { proxy_pass http://\$version; proxy_http_version 1.1; proxy_set_header Connection \"\";
+    proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$http_host;
+    proxy_set_header X-Request-Id \$request_id; proxy_set_header X-Weir-Route app;
+    proxy_set_header X-Weir-Version \$version; }"
+    haproxy_front="  option forwardfor
+  http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Request-Id %[uuid]
+  http-request set-header X-Weir-Route app
+  use_backend canary if { rand(100) lt 10 }
+  default_backend stable"
+    haproxy_back="backend stable
+  http-reuse always
+  http-request set-header X-Weir-Version stable
+  server stable 127.0.0.1:$sp
+backend canary
+  http-reuse always
+  http-request set-header X-Weir-Version canary
+  server canary 127.0.0.1:$cp"
+  fi
   if [ -n "${tp:-}" ]; then
     weir_tls=", {address: \"127.0.0.1:$tp\", tls: {certs: [{cert: \"$work/tls.crt\", key: \"$work/tls.key\"}]}}"
     nginx_tls="server { listen 127.0.0.1:$tp ssl http2; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
-    location / { proxy_pass http://split; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    $nginx_loc }"
     haproxy_tls="  bind 127.0.0.1:$tp ssl crt $work/tls.pem alpn h2,http/1.1"
   fi
   cat > "$work/weir.yaml" <<CFG
@@ -52,10 +95,19 @@ events { worker_connections 30000; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
   uwsgi_temp_path $work/np; scgi_temp_path $work/np;
-  upstream split { server 127.0.0.1:$sp weight=9; server 127.0.0.1:$cp weight=1; keepalive 4096; }
-  server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; location / { proxy_pass http://split;
-    proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  $nginx_up
+  server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; $nginx_loc }
   $nginx_tls }
+CFG
+  # "origin": nginx answering on $pp itself, proxying nothing. The cost of
+  # holding the client connections alone, a floor for any proxy's growth.
+  cat > "$work/origin-nginx.conf" <<CFG
+daemon off; worker_processes $workers; worker_rlimit_nofile 20000; pid $work/origin.pid; error_log $work/origin.err warn;
+events { worker_connections 30000; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
+  uwsgi_temp_path $work/np; scgi_temp_path $work/np;
+  server { listen 127.0.0.1:$pp; location / { return 200 "stable\n"; } } }
 CFG
   cat > "$work/haproxy.cfg" <<CFG
 global
@@ -71,12 +123,8 @@ frontend f
   bind 127.0.0.1:$pp
   bind 127.0.0.1:$hp proto h2
 $haproxy_tls
-  default_backend b
-backend b
-  balance roundrobin
-  http-reuse always
-  server stable 127.0.0.1:$sp weight 90
-  server canary 127.0.0.1:$cp weight 10
+$haproxy_front
+$haproxy_back
 CFG
 }
 
@@ -98,6 +146,7 @@ start_proxy() {
     weir-pc) WEIR_RUNTIME=per-core TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run \
       -c "$work/weir.yaml" 2>/dev/null & ;;
     nginx) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
+    origin) taskset -c "$cpus" nginx -c "$work/origin-nginx.conf" & ;;
     haproxy) taskset -c "$cpus" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
   esac
   ppid=$!

@@ -11,7 +11,9 @@
 # HTTP/2 downstream: `h2load -c$CONNS -m10` (h2c, prior knowledge) on a
 # second port of each proxy (weir serves h2c on the same listener; the port
 # is a separate listener only so nginx and HAProxy can be told to speak h2).
-# Upstreams (one nginx) and the load generators share core 1. Prints a table
+# Upstreams (one nginx) and the load generators share core 1. WORK=same
+# (default) or bare: what nginx and HAProxy do per request (benches/lib.sh);
+# "of which user" is the proxy's user-mode share of its CPU. Prints a table
 # of medians with ratios to nginx. Loopback only; every run bounded by -d/-z.
 #
 #   benches/load.sh                 # SECS=10 ROUNDS=3 CONNS=50 RATE=5000
@@ -35,6 +37,7 @@ write_proxies 1
 # The process doing the work: nginx's worker is the master's child.
 worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 results="$work/results.tsv"
@@ -44,9 +47,9 @@ for r in $(seq "$ROUNDS"); do
     wpid=$(worker_pid)
     rss_idle=$(rss_kib "$wpid")
     taskset -c 1 timeout 30 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$pp/" >/dev/null
-    t0=$(cpu_ticks "$wpid")
+    t0=$(cpu_ticks "$wpid"); u0=$(user_ticks "$wpid")
     out=$(taskset -c 1 timeout $((SECS + 20)) wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$work/p999.lua" "http://127.0.0.1:$pp/")
-    t1=$(cpu_ticks "$wpid")
+    t1=$(cpu_ticks "$wpid"); u1=$(user_ticks "$wpid")
     rss=$(rss_kib "$wpid")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -65,7 +68,8 @@ for r in $(seq "$ROUNDS"); do
     fi
     stop_proxy
     cpu100k=$(python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) / $reqs * 100000, 3))")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$rps" "$l50" "$l99" "$l999" "$o50" "$o99" "$o999" "$cpu100k" "$rss" "$h2" "$rss_idle" | tee -a "$results"
+    user100k=$(python3 -c "print(round(($u1 - $u0) / $(getconf CLK_TCK) / $reqs * 100000, 3))")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$rps" "$l50" "$l99" "$l999" "$o50" "$o99" "$o999" "$cpu100k" "$rss" "$h2" "$rss_idle" "$user100k" | tee -a "$results"
   done
 done
 
@@ -79,7 +83,7 @@ def med(name, i):
 names = ["nginx", "haproxy", "weir"]
 cols = [("req/s", 2, 1), ("wrk p50 ms", 3, 1e-3), ("wrk p99 ms", 4, 1e-3), ("wrk p99.9 ms", 5, 1e-3),
         (f"oha@{rate} p50 ms", 6, 1e-3), (f"oha@{rate} p99 ms", 7, 1e-3), (f"oha@{rate} p99.9 ms", 8, 1e-3),
-        ("CPU s/100k req", 9, 1), ("RSS MiB idle", 12, 1 / 1024),
+        ("CPU s/100k req", 9, 1), ("of which user", 13, 1), ("RSS MiB idle", 12, 1 / 1024),
         ("RSS MiB after run", 10, 1 / 1024), ("h2load h2c req/s", 11, 1)]
 fmt = lambda x: f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
 print(f"\n{secs}s runs, {rounds} interleaved rounds, {conns} connections, medians; ratio = weir / nginx")

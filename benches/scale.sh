@@ -6,6 +6,8 @@
 #   (upstream and wrk on core 1), 50 vs $MANY keep-alive client connections
 #   (default 9,000: each proxy holds a client and an upstream descriptor per connection, and the hard open-file limit here is 20,000 without CAP_SYS_RESOURCE): req/s and CPU seconds per 100k requests of the proxy,
 #   and the growth (cost at $MANY / cost at 50). Rounds interleave proxies.
+#   "origin" is nginx answering itself, proxying nothing: what holding the
+#   client connections alone costs, a floor under every proxy's growth.
 # - workers: side by side, 1 vs 2 workers, nothing pinned (proxy, upstream
 #   and `wrk -t2 -c100` share both cores): req/s and the 2/1 ratio; weir
 #   both with tokio's work-stealing scheduler and with WEIR_RUNTIME=per-core
@@ -46,7 +48,7 @@ if [[ " $PARTS " == *" conns "* ]]; then
   write_proxies 1
   WRK="taskset -c 1"
   for r in $(seq "$ROUNDS"); do
-    for name in nginx haproxy weir; do
+    for name in origin nginx haproxy weir; do
       for conns in 50 "$MANY"; do
         start_proxy "$name" 1 0
         read -r rps cost < <(measure 1 "$conns")
@@ -84,14 +86,23 @@ def spread(part, name, key, col):
     v = cells(part, name, key, col)
     return f"{min(v):,.0f}–{max(v):,.0f}" if v else "-"
 names = ["nginx", "haproxy", "weir"]
+def growth_by_round(name):
+    by = {}
+    for r in rows:
+        if r[0] == "conns" and r[2] == name:
+            by.setdefault(r[1], {})[r[3]] = float(r[5])
+    return [v[many] / v["50"] for _, v in sorted(by.items()) if "50" in v and many in v]
 if any(r[0] == "conns" for r in rows):
     print(f"\nconnections, 1 worker on core 0 (medians; req/s spread across rounds)")
-    print(f"| | req/s @50 | req/s @{many} | CPU s/100k @50 | CPU s/100k @{many} | growth |")
-    print("|---|---|---|---|---|---|")
-    for n in names:
+    print(f"| | req/s @50 | req/s @{many} | CPU s/100k @50 | CPU s/100k @{many} | growth | growth by round |")
+    print("|---|---|---|---|---|---|---|")
+    for n in ["origin"] + names:
+        if not cells("conns", n, "50", 5):
+            continue
         c50, cm = med("conns", n, "50", 5), med("conns", n, many, 5)
         print(f"| {n} | {med('conns', n, '50', 4):,.0f} ({spread('conns', n, '50', 4)}) | "
-              f"{med('conns', n, many, 4):,.0f} ({spread('conns', n, many, 4)}) | {c50:.3f} | {cm:.3f} | ×{cm / c50:.2f} |")
+              f"{med('conns', n, many, 4):,.0f} ({spread('conns', n, many, 4)}) | {c50:.3f} | {cm:.3f} | ×{cm / c50:.2f} | "
+              + ", ".join(f"×{g:.2f}" for g in growth_by_round(n)) + " |")
 if any(r[0] == "workers" for r in rows):
     print(f"\nworkers, nothing pinned, wrk -t2 -c100 (medians; spread across rounds)")
     print("| | req/s 1 worker | req/s 2 workers | 2/1 | CPU s/100k 1w | CPU s/100k 2w |")

@@ -55,6 +55,9 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ExchangeError::Protocol(format!("invalid header name {:?}", h.name)))?;
         facts.note(&name, h.value)?;
+        if dropped_on_arrival(&name, h.value) {
+            continue;
+        }
         let start = (h.value.as_ptr() as usize).wrapping_sub(base);
         spans.push((name, start, start + h.value.len()));
     }
@@ -77,6 +80,21 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
     let (framing, mut keep_alive) = response_framing(method, status, &facts);
     keep_alive &= version == Version::HTTP_11 && !facts.close;
     Ok(Parsed::Done(Head { status, version, headers, framing, keep_alive }))
+}
+
+/// A hop-by-hop header that names nothing else: `Keep-Alive`, and a
+/// `Connection` whose tokens are only `close`/`keep-alive` (what almost
+/// every upstream sends). Every response weir forwards loses them
+/// (`headers::strip_hop_by_hop`) and the framing facts already hold what
+/// they say, so they never enter the map: one insert, one lookup and one
+/// removal fewer per response. A `Connection` naming anything else
+/// (`upgrade`, another header) stays, for the strip and the 101 check.
+fn dropped_on_arrival(name: &HeaderName, value: &[u8]) -> bool {
+    if name == CONNECTION {
+        let mut tokens = value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty());
+        return tokens.all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"));
+    }
+    name.as_str() == "keep-alive"
 }
 
 /// What the framing headers of a response say, gathered in the one pass

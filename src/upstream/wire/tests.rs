@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::upstream::ReqBody;
+use http::header::CONNECTION;
 use proptest::prelude::*;
 
 /// Feed `wire` to the decoder in pieces cut at `cuts`; returns the body
@@ -253,4 +254,30 @@ fn request_heads_carry_framing() {
         String::from_utf8_lossy(&wire),
         "GET /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n"
     );
+}
+
+#[test]
+fn connection_headers_that_name_nothing_never_enter_the_map() {
+    let get = Method::GET;
+    let h = done(head(
+        b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+        &get,
+    ))
+    .unwrap();
+    assert!(h.headers.get(CONNECTION).is_none() && h.headers.get("keep-alive").is_none());
+    assert_eq!((h.headers.len(), h.keep_alive), (2, true), "x-a and content-length stay");
+    // `close` is dropped from the map but still ends the connection.
+    let h = done(head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", &get)).unwrap();
+    assert!(h.headers.get(CONNECTION).is_none() && !h.keep_alive);
+    // A Connection header naming another header, or an upgrade, is kept so
+    // the strip can remove what it names and the 101 check can see it.
+    let h = done(head(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nContent-Length: 0\r\n\r\n",
+        &get,
+    ))
+    .unwrap();
+    assert_eq!(h.headers.get(CONNECTION).map(HeaderValue::as_bytes), Some(&b"keep-alive, X-Secret"[..]));
+    let h = done(head(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", &get))
+        .unwrap();
+    assert_eq!(h.headers.get(CONNECTION).map(HeaderValue::as_bytes), Some(&b"Upgrade"[..]));
 }
