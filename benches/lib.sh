@@ -33,8 +33,8 @@ CFG
 # WORK=same (the default): nginx and HAProxy also do what weir does to every
 # request: a per-request random split into two upstream groups, the client's
 # Host kept, X-Forwarded-For/-Proto/-Host, a random X-Request-Id, and the
-# route and version headers. WORK=bare: the configs the figures before
-# 2026-12-02 (afternoon) were measured with: one weighted upstream group and
+# route and version headers. WORK=bare: the configs the figures before the
+# switch (2026-12-02) were measured with: one weighted upstream group and
 # no added headers, so nginx and HAProxy did less per request than weir.
 write_proxies() {
   local workers=${1:-1} weir_tls="" nginx_tls="" haproxy_tls="" nginx_loc nginx_up haproxy_front haproxy_back
