@@ -290,12 +290,17 @@ impl Proxy {
         let upstream_start = Instant::now();
         let conn = self.upstream_peer(served, &mut choice, upstream_start, completion).await?;
         let upgrading = upgrade.as_ref().map(|u| u.h2_key.as_ref());
-        phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrading, completion);
-        let req_body = self.request_body(served, &choice, &parts, body, admitted.declared, completion);
+        let added =
+            phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrading, completion);
+        let req_body = self.request_body(served, &choice, (&parts, &added), body, admitted.declared, completion);
         let upstream = served.upstream(choice.route.backend(choice.version).upstream).ok_or(ProxyError::NoRoute)?;
-        let req = Request::from_parts(parts, req_body);
-        let resp =
-            if upgrade.is_some() { upstream.send_upgrade(conn, req).await? } else { upstream.send(conn, req).await? };
+        let resp = if upgrade.is_some() {
+            // hyper's client writes this head: the added headers go in the map.
+            added.apply(&mut parts.headers);
+            upstream.send_upgrade(conn, Request::from_parts(parts, req_body)).await?
+        } else {
+            upstream.send_with(conn, Request::from_parts(parts, req_body), added.as_slice()).await?
+        };
         if completion.fields.is_some() {
             completion.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
         }

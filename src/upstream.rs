@@ -202,18 +202,34 @@ impl Upstream {
     /// must keep moving (`body_timeout`). The request target is the URI's
     /// path and query.
     pub async fn send(&self, conn: Checkout, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
-        self.exchange(conn, req).await
+        self.exchange(conn, req, &[]).await
+    }
+
+    /// `send`, with headers written after the request's own (see
+    /// `headers::Added`).
+    pub async fn send_with(
+        &self,
+        conn: Checkout,
+        req: Request<ReqBody>,
+        added: &[(&'static http::HeaderName, http::HeaderValue)],
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        self.exchange(conn, req, added).await
     }
 
     fn deadlines(&self) -> wire::Deadlines {
         wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
     }
 
-    async fn exchange(&self, conn: Checkout, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
+    async fn exchange(
+        &self,
+        conn: Checkout,
+        req: Request<ReqBody>,
+        added: &[(&'static http::HeaderName, http::HeaderValue)],
+    ) -> Result<Response<PooledBody>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         let framing = wire::request_framing(&parts.method, &mut parts.headers, &body);
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let head = wire::encode_head(&parts.method, target, &parts.headers, framing);
+        let head = wire::encode_head(&parts.method, target, &parts.headers, added, framing);
         let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
         let Checkout { mut wire, endpoint, reused } = conn;
         let deadlines = self.deadlines();

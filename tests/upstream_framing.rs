@@ -243,3 +243,48 @@ async fn interim_floods_and_bare_lf_in_trailers_are_refused() {
     }
     assert!(up.connections.load(Ordering::Relaxed) > before, "the broken connection was not reused");
 }
+
+/// Read one response (head and a Content-Length body) from a raw socket.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                .unwrap_or(0);
+            if buf.len() >= end + length {
+                return String::from_utf8_lossy(&buf[..end + length]).to_string();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "weir closed before a whole response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_early_answer_the_rest_of_the_body_is_read_not_reset() {
+    // The upstream answers 413 to the head alone and closes. The client
+    // reads that answer first and only then sends its 2 MiB body: weir must
+    // read and drop it (closing on unread bytes would reset the client,
+    // which can lose the answer), and the connection then serves the next
+    // request.
+    let up = Scripted::start().await;
+    let (_u, w) = weir_in_front(up.addr).await;
+    let mut s = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let len = 2 * 1024 * 1024;
+    let head = format!("POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'x'; 1024]).await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.ends_with("nope"), "{resp}");
+    let rest = vec![b'x'; len - 1024];
+    tokio::time::timeout(Duration::from_secs(20), s.write_all(&rest)).await.unwrap().unwrap();
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"), "{resp}");
+}

@@ -158,7 +158,7 @@ impl Proxy {
         &self,
         served: &Serving,
         c: &Choice<'_>,
-        parts: &Parts,
+        (parts, added): (&Parts, &headers::Added),
         body: Incoming,
         declared: Option<u64>,
         completion: &mut Completion,
@@ -173,7 +173,7 @@ impl Proxy {
             ReqBody::empty()
         };
         match (c.mirror, c.metrics.as_ref()) {
-            (Some(sh), Some(m)) => mirror(served, sh, m, parts, (req_body, has_body, declared), completion),
+            (Some(sh), Some(m)) => mirror(served, sh, m, (parts, added), (req_body, has_body, declared), completion),
             _ => req_body,
         }
     }
@@ -250,7 +250,8 @@ impl Proxy {
     }
 }
 
-/// Phase 4: Rewrite the request head in place for the upstream.
+/// Phase 4: Rewrite the request head in place for the upstream. The headers
+/// weir adds come back apart from the map (see `headers::Added`).
 pub(super) fn upstream_request_filter(
     peer: &Peer,
     c: &Choice<'_>,
@@ -258,9 +259,7 @@ pub(super) fn upstream_request_filter(
     parts: &mut Parts,
     upgrading: Option<Option<&HeaderValue>>,
     completion: &mut Completion,
-) {
-    // Room for the headers added below, so the map grows at most once.
-    parts.headers.reserve(8);
+) -> headers::Added {
     let keep = c.route.override_.as_ref().and_then(|o| o.header.as_ref());
     headers::strip_hop_by_hop(&mut parts.headers, upgrading.is_some());
     if let Some(h2_key) = upgrading {
@@ -272,17 +271,27 @@ pub(super) fn upstream_request_filter(
         }
     }
     headers::strip_internal(&mut parts.headers, keep);
+    if let Some(k) = keep.filter(|k| **k == X_WEIR_ROUTE || **k == X_WEIR_VERSION) {
+        // An override header named like one weir sets: weir's value wins.
+        parts.headers.remove(k);
+    }
+    let mut added = headers::Added::new();
     let proto = if peer.https { "https" } else { "http" };
-    headers::add_forwarded(&mut parts.headers, &peer.ip, proto, authority.clone());
-    if parts.headers.get(&X_REQUEST_ID).is_none_or(|v| v.to_str().is_err()) {
-        parts.headers.insert(&X_REQUEST_ID, headers::new_request_id(rand::rng().random::<u128>()));
+    headers::add_forwarded(&mut parts.headers, &peer.ip, proto, authority.clone(), &mut added);
+    // The client's id goes on when it is usable; otherwise a fresh one.
+    let client_id = parts.headers.get(&X_REQUEST_ID).map(|v| v.to_str().is_ok());
+    if client_id != Some(true) {
+        if client_id.is_some() {
+            parts.headers.remove(&X_REQUEST_ID);
+        }
+        added.push(&X_REQUEST_ID, headers::new_request_id(rand::rng().random::<u128>()));
     }
     if let Some(f) = completion.fields.as_mut() {
-        let id = parts.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        id.clone_into(&mut f.request_id);
+        let id = added.get(&X_REQUEST_ID).or_else(|| parts.headers.get(&X_REQUEST_ID));
+        id.and_then(|v| v.to_str().ok()).unwrap_or_default().clone_into(&mut f.request_id);
     }
-    parts.headers.insert(&X_WEIR_ROUTE, c.route.name_header.clone());
-    parts.headers.insert(&X_WEIR_VERSION, version_value(c.version));
+    added.push(&X_WEIR_ROUTE, c.route.name_header.clone());
+    added.push(&X_WEIR_VERSION, version_value(c.version));
     // Route and forward with one authority (RFC 9112 §3.2.2): with an
     // absolute-form target the upstream gets the target's authority as
     // Host, never a Host that would have matched another route.
@@ -296,6 +305,7 @@ pub(super) fn upstream_request_filter(
         parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = http::Version::HTTP_11;
+    added
 }
 
 /// Start the shadow copy of this request (design §10) and return the
@@ -305,7 +315,7 @@ fn mirror(
     served: &Serving,
     sh: &Shadow,
     metrics: &Arc<RouteMetrics>,
-    parts: &Parts,
+    (parts, added): (&Parts, &headers::Added),
     (body, has_body, declared): (ReqBody, bool, Option<u64>),
     completion: &mut Completion,
 ) -> ReqBody {
@@ -328,7 +338,11 @@ fn mirror(
         timeout: sh.timeout,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
-        headers: shadow::Mirror::head(parts.headers.clone()),
+        headers: shadow::Mirror::head({
+            let mut h = parts.headers.clone();
+            added.apply(&mut h);
+            h
+        }),
         body: copy_body,
         primary,
     };

@@ -19,7 +19,7 @@
 use super::{BodyTimeout, BodyTooLarge, BoxError};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::Body;
 use std::io;
 use std::task::{Context, Poll};
@@ -149,9 +149,15 @@ pub fn request_framing(method: &Method, headers: &mut HeaderMap, body: &impl Bod
 }
 
 /// Request line and headers, ready to write.
-pub fn encode_head(method: &Method, target: &str, headers: &HeaderMap, framing: ReqFraming) -> Vec<u8> {
+pub fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    added: &[(&'static HeaderName, HeaderValue)],
+    framing: ReqFraming,
+) -> Vec<u8> {
     let mut size = method.as_str().len() + target.len() + 16;
-    for (k, v) in headers {
+    for (k, v) in headers.iter().chain(added.iter().map(|(k, v)| (*k, v))) {
         size += k.as_str().len() + v.len() + 4;
     }
     let mut out = Vec::with_capacity(size + 32);
@@ -159,7 +165,7 @@ pub fn encode_head(method: &Method, target: &str, headers: &HeaderMap, framing: 
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in headers {
+    for (k, v) in headers.iter().chain(added.iter().map(|(k, v)| (*k, v))) {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
@@ -291,6 +297,16 @@ pub async fn exchange_streaming(
         let mut wr = wr;
         let mut body = body;
         let sent = send_body(&mut wr, &head, &mut body, framing, limit).await;
+        if matches!(sent, Err(Sent::Io(_))) {
+            // The upstream stopped taking the body; it may have answered
+            // early (a 413, a 401). Read the rest of the client's body and
+            // drop it, as nginx's lingering close does: closing on unread
+            // bytes would reset the client's connection, and a client still
+            // sending could lose the answer. The body's own limits (size,
+            // `body_timeout` per read) bound this; without an answer the
+            // exchange fails at once and this is dropped with it.
+            discard(&mut body).await;
+        }
         (wr, sent)
     });
     let timer = tokio::time::sleep(deadlines.head);
@@ -329,10 +345,12 @@ pub async fn exchange_streaming(
         let io = rd.reunite(wr).map_err(|_| ExchangeError::Protocol("socket halves do not match".into()))?;
         return Ok((head, Connection { io: Io::Whole(io), buf }, true));
     }
-    if !request_ended && head.keep_alive {
-        // An early answer on a connection the upstream keeps: it still
-        // expects the rest of the body. Bounded by `body_timeout` per write
-        // and by the client's own body timeout.
+    if !request_ended {
+        // An early answer while the body is still coming. On a connection
+        // the upstream keeps, it still expects the rest of the body; on one
+        // it closes, the writes fail and the rest is read and dropped (see
+        // `upload`). Bounded by `body_timeout` per write and by the client
+        // body's own limits.
         tokio::spawn(async move {
             let (_wr, sent) = upload.await;
             if let Err(Sent::Io(e)) = &sent {
@@ -368,6 +386,13 @@ async fn stalls(limit: Duration, write: impl std::future::Future<Output = io::Re
         Err(_) => Err(Sent::Stalled(limit)),
         Ok(r) => r.map_err(Sent::Io),
     }
+}
+
+/// Read what is left of a body and drop it (see the early answer in
+/// `exchange_streaming`). Ends at the body's end or its first error: the
+/// body's own limits bound it.
+async fn discard(body: &mut impl ReqBodyLike) {
+    while let Some(Ok(_)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {}
 }
 
 /// Stream the body after the head. The head waits for the first piece of

@@ -249,10 +249,17 @@ fn request_heads_carry_framing() {
     let full = ReqBody::full(Bytes::from_static(b"abc"));
     let mut h2 = HeaderMap::new();
     assert_eq!(request_framing(&Method::PUT, &mut h2, &full), ReqFraming::Length(3));
-    let wire = encode_head(&Method::GET, "/x?y", &h, ReqFraming::Chunked);
+    let wire = encode_head(&Method::GET, "/x?y", &h, &[], ReqFraming::Chunked);
     assert_eq!(
         String::from_utf8_lossy(&wire),
         "GET /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    // Headers weir adds come after the request's own, before the framing.
+    let added = [(&crate::headers::X_WEIR_ROUTE, HeaderValue::from_static("app"))];
+    let wire = encode_head(&Method::GET, "/", &h, &added, ReqFraming::Chunked);
+    assert_eq!(
+        String::from_utf8_lossy(&wire),
+        "GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nx-weir-route: app\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 }
 
