@@ -89,12 +89,13 @@ routes:
   - {name: app, stable: {upstream: stable}, canary: {upstream: canary}, weight: 10}
 CFG
   mkdir -p "$work/np"
+  local nginx_http="access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
+  uwsgi_temp_path $work/np; scgi_temp_path $work/np;"
   cat > "$work/proxy-nginx.conf" <<CFG
 daemon off; worker_processes $workers; worker_rlimit_nofile 20000; pid $work/np.pid; error_log $work/np.err warn;
 events { worker_connections 30000; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
-  uwsgi_temp_path $work/np; scgi_temp_path $work/np;
+http { $nginx_http
   $nginx_up
   server { listen 127.0.0.1:$pp; listen 127.0.0.1:$hp http2; $nginx_loc }
   $nginx_tls }
@@ -104,9 +105,7 @@ CFG
   cat > "$work/origin-nginx.conf" <<CFG
 daemon off; worker_processes $workers; worker_rlimit_nofile 20000; pid $work/origin.pid; error_log $work/origin.err warn;
 events { worker_connections 30000; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/np; proxy_temp_path $work/np; fastcgi_temp_path $work/np;
-  uwsgi_temp_path $work/np; scgi_temp_path $work/np;
+http { $nginx_http
   server { listen 127.0.0.1:$pp; location / { return 200 "stable\n"; } } }
 CFG
   cat > "$work/haproxy.cfg" <<CFG
