@@ -125,7 +125,7 @@ async fn player(client: Arc<Upstream>, id: usize, stop: Arc<AtomicBool>, sent: A
         }
         h.insert("x-market", http::HeaderValue::from_static(["SE", "NO", "DE", "UK"][market]));
         if let Ok(conn) = client.connect().await
-            && let Ok(resp) = client.send(conn, req).await
+            && let Ok(resp) = client.send(conn, req, &[]).await
         {
             let _ = resp.into_body().collect().await;
         }

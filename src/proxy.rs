@@ -299,7 +299,7 @@ impl Proxy {
             added.apply(&mut parts.headers);
             upstream.send_upgrade(conn, Request::from_parts(parts, req_body)).await?
         } else {
-            upstream.send_with(conn, Request::from_parts(parts, req_body), added.as_slice()).await?
+            upstream.send(conn, Request::from_parts(parts, req_body), added.as_slice()).await?
         };
         if completion.fields.is_some() {
             completion.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);

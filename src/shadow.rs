@@ -162,7 +162,7 @@ async fn exchange(
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let resp = upstream.send(conn, req).await.map_err(failed)?;
+    let resp = upstream.send(conn, req, &[]).await.map_err(failed)?;
     let status = resp.status().as_u16();
     // Read the answer to its end (and discard it) so the connection can go
     // back to the pool; the deadline bounds this too.

@@ -197,17 +197,12 @@ impl Upstream {
         Err(last)
     }
 
-    /// Send a request on `conn`. The response head must come within
-    /// `request_timeout` of the request's end; while the body uploads, it
-    /// must keep moving (`body_timeout`). The request target is the URI's
-    /// path and query.
-    pub async fn send(&self, conn: Checkout, req: Request<ReqBody>) -> Result<Response<PooledBody>, UpstreamError> {
-        self.exchange(conn, req, &[]).await
-    }
-
-    /// `send`, with headers written after the request's own (see
-    /// `headers::Added`).
-    pub async fn send_with(
+    /// Send a request on `conn`, with `added` written after the request's
+    /// own headers (see `headers::Added`). The response head must come
+    /// within `request_timeout` of the request's end; while the body
+    /// uploads, it must keep moving (`body_timeout`). The request target is
+    /// the URI's path and query.
+    pub async fn send(
         &self,
         conn: Checkout,
         req: Request<ReqBody>,

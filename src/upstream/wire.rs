@@ -156,8 +156,9 @@ pub fn encode_head(
     added: &[(&'static HeaderName, HeaderValue)],
     framing: ReqFraming,
 ) -> Vec<u8> {
+    let all = || headers.iter().chain(added.iter().map(|(k, v)| (*k, v)));
     let mut size = method.as_str().len() + target.len() + 16;
-    for (k, v) in headers.iter().chain(added.iter().map(|(k, v)| (*k, v))) {
+    for (k, v) in all() {
         size += k.as_str().len() + v.len() + 4;
     }
     let mut out = Vec::with_capacity(size + 32);
@@ -165,7 +166,7 @@ pub fn encode_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in headers.iter().chain(added.iter().map(|(k, v)| (*k, v))) {
+    for (k, v) in all() {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
