@@ -136,7 +136,8 @@ make_cert() {
 }
 
 # start_proxy NAME WORKERS CPUS: start one of the three (weir-pc: weir with
-# WEIR_RUNTIME=per-core) on the given cores
+# WEIR_RUNTIME=per-core; nginx-again: the same nginx a second time, for an
+# A/A comparison that measures the machine's own noise) on the given cores
 # (taskset list) and wait until it answers on $pp. Sets $ppid.
 start_proxy() {
   local name=$1 workers=${2:-1} cpus=${3:-0}
@@ -144,7 +145,7 @@ start_proxy() {
     weir) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run -c "$work/weir.yaml" 2>/dev/null & ;;
     weir-pc) WEIR_RUNTIME=per-core TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run \
       -c "$work/weir.yaml" 2>/dev/null & ;;
-    nginx) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
+    nginx|nginx-again) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
     origin) taskset -c "$cpus" nginx -c "$work/origin-nginx.conf" & ;;
     haproxy) taskset -c "$cpus" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
   esac

@@ -14,12 +14,22 @@
 # Upstreams (one nginx) and the load generators share core 1. WORK=same
 # (default) or bare: what nginx and HAProxy do per request (benches/lib.sh);
 # "of which user" is the proxy's user-mode share of its CPU. Prints a table
-# of medians with ratios to nginx. Loopback only; every run bounded by -d/-z.
+# of medians with ratios to nginx, then the ratios round by round: a round
+# runs the proxies back to back, so a ratio within one round is less exposed
+# to the VM's slow drifts than a ratio of medians. For each comparison it
+# prints the median ratio, its range, how many rounds weir came out ahead,
+# and a one-sided sign test (the chance of that many wins or more if neither
+# proxy were better). NAMES="nginx haproxy weir nginx-again" adds an A/A
+# comparison, nginx against itself: the spread that is the machine's noise
+# alone. Each round starts with the next proxy in NAMES (rotation).
+# Loopback only; every run bounded by -d/-z.
 #
 #   benches/load.sh                 # SECS=10 ROUNDS=3 CONNS=50 RATE=5000
+#   NAMES="nginx haproxy weir nginx-again" ROUNDS=10 benches/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-50}; RATE=${RATE:-5000}
+NAMES=${NAMES:-nginx haproxy weir}
 for t in wrk nginx haproxy curl python3; do command -v $t >/dev/null || { echo "needs $t"; exit 1; }; done
 have_oha=0; command -v oha >/dev/null && have_oha=1
 cargo build --release --quiet
@@ -42,7 +52,10 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 results="$work/results.tsv"
 for r in $(seq "$ROUNDS"); do
-  for name in nginx haproxy weir; do
+  # Each round starts with a different proxy, so no proxy always runs first
+  # (or right after the same neighbour).
+  order=($NAMES); k=$(( (r - 1) % ${#order[@]} ))
+  for name in "${order[@]:k}" "${order[@]:0:k}"; do
     start_proxy "$name" 1 0
     wpid=$(worker_pid)
     rss_idle=$(rss_kib "$wpid")
@@ -73,14 +86,16 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$results" "$SECS" "$ROUNDS" "$CONNS" "$RATE" <<'PY'
-import statistics, sys
+python3 - "$results" "$SECS" "$ROUNDS" "$CONNS" "$RATE" "$NAMES" <<'PY'
+import math, statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-secs, rounds, conns, rate = sys.argv[2:]
+secs, rounds, conns, rate, names = sys.argv[2:]
+names = names.split()
+def val(row, i):
+    return float(row[i]) if row[i] not in ("-", "") else None
 def med(name, i):
-    vals = [float(r[i]) for r in rows if r[1] == name and r[i] not in ("-", "")]
+    vals = [val(r, i) for r in rows if r[1] == name and val(r, i) is not None]
     return statistics.median(vals) if vals else float("nan")
-names = ["nginx", "haproxy", "weir"]
 cols = [("req/s", 2, 1), ("wrk p50 ms", 3, 1e-3), ("wrk p99 ms", 4, 1e-3), ("wrk p99.9 ms", 5, 1e-3),
         (f"oha@{rate} p50 ms", 6, 1e-3), (f"oha@{rate} p99 ms", 7, 1e-3), (f"oha@{rate} p99.9 ms", 8, 1e-3),
         ("CPU s/100k req", 9, 1), ("of which user", 13, 1), ("RSS MiB idle", 12, 1 / 1024),
@@ -92,4 +107,29 @@ print("|---|" + "---|" * (len(names) + 2))
 for label, i, scale in cols:
     v = {n: med(n, i) * scale for n in names}
     print(f"| {label} | " + " | ".join(fmt(v[n]) for n in names) + f" | {v['weir'] / v['nginx']:.2f} | {v['weir'] / v['haproxy']:.2f} |")
+
+# Round by round. "ahead" means more req/s, less CPU, lower latency.
+pairs = [("weir", "nginx"), ("weir", "haproxy")]
+if "nginx-again" in names:
+    pairs.append(("nginx-again", "nginx"))
+paired = [("req/s", 2, True), ("CPU s/100k req", 9, False), (f"oha@{rate} p99", 7, False),
+          ("wrk p99", 4, False), ("h2c req/s", 11, True)]
+by = {(r[0], r[1]): r for r in rows}
+def sign_p(wins, n):
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else float("nan")
+print(f"\nRound by round: a/b per round; ahead = rounds a did better; p = one-sided sign test")
+print("| measure | a / b | median | range | a ahead | p |")
+print("|---|---|---|---|---|---|")
+for label, i, higher in paired:
+    for a, b in pairs:
+        ratios = []
+        for rnd in sorted({r[0] for r in rows}, key=int):
+            ra, rb = by.get((rnd, a)), by.get((rnd, b))
+            if ra and rb and val(ra, i) and val(rb, i):
+                ratios.append(val(ra, i) / val(rb, i))
+        if not ratios:
+            continue
+        ahead = sum(1 for x in ratios if (x > 1) == higher and x != 1)
+        print(f"| {label} | {a} / {b} | {statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} "
+              f"| {ahead} of {len(ratios)} | {sign_p(ahead, len(ratios)):.3f} |")
 PY
