@@ -68,6 +68,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Longest wait for the next piece of a request body (slow-body guard).
     pub body_timeout: Duration,
+    /// An HTTP/2 client connection with no stream open this long gets a
+    /// GOAWAY and is closed. (An idle HTTP/1.1 connection is already bound
+    /// by `header_read_timeout`: the head deadline starts as it waits.)
+    pub idle_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_request_body: u64,
@@ -80,6 +84,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             max_request_body: 10 * 1024 * 1024,

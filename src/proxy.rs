@@ -23,6 +23,7 @@ mod body;
 pub mod error;
 mod phases;
 use crate::headers;
+use crate::limits::{Activity, Busy};
 
 pub use body::RespBody;
 pub use error::ProxyError;
@@ -60,12 +61,19 @@ pub struct Peer {
     ip: HeaderValue,
     /// The connection's `max_connections` slot; an upgraded WebSocket keeps it.
     permit: crate::limits::ConnPermit,
+    /// HTTP/2: the streams open, for `limits.idle_timeout`.
+    activity: Option<Arc<Activity>>,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, https: bool, permit: crate::limits::ConnPermit) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        https: bool,
+        permit: crate::limits::ConnPermit,
+        activity: Option<Arc<Activity>>,
+    ) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { https, ip, permit }
+        Self { https, ip, permit, activity }
     }
 
     fn ip_str(&self) -> &str {
@@ -127,6 +135,9 @@ pub struct Completion {
     metrics: Option<(Arc<RouteMetrics>, Version)>,
     start: Instant,
     _slot: Option<InFlight>,
+    /// Keeps an HTTP/2 connection from counting as idle until the response
+    /// is done.
+    _busy: Option<Busy>,
     fields: Option<LogFields>,
     status: u16,
     upstream_ms: Option<f64>,
@@ -210,6 +221,7 @@ impl Proxy {
             metrics: None,
             start,
             _slot: None,
+            _busy: peer.activity.as_ref().map(|a| a.begin()),
             fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
                 client_ip: peer.ip_str().to_owned(),
                 method: req.method().as_str().to_owned(),
@@ -254,6 +266,8 @@ impl Proxy {
                 on: hyper::upgrade::on(&mut req),
                 permit: Arc::clone(&peer.permit),
                 h2_key: h2_ws.then(websocket::new_key),
+                // The tunnel is an open stream for as long as it lasts.
+                busy: if h2_ws { peer.activity.as_ref().map(|a| a.begin()) } else { None },
             }
         });
         match self.forward(served, peer, req, upgrade, &mut completion).await {

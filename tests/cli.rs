@@ -53,6 +53,7 @@ fn check_reports_every_semantic_problem_with_its_field_path() {
         dir.path(),
         "bad.yaml",
         r#"listen: [{address: 127.0.0.1:8080}, {address: 127.0.0.1:8080}]
+limits: {idle_timeout: 500ms}
 upstreams:
   v1: {endpoints: []}
   v2: {endpoints: ["nohost"]}
@@ -82,7 +83,8 @@ routes:
     let (ok, out) = check(&p);
     assert!(!ok);
     for expected in [
-        "22 problem(s)",
+        "23 problem(s)",
+        "limits.idle_timeout: must be at least 1s",
         "routes[3].shadow.upstream: unknown upstream `nope`",
         "routes[3].shadow.percent: weight 150 is outside 0–100",
         "routes[3].shadow.methods[1]: `bad method` is not a method that can be mirrored",

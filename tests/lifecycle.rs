@@ -270,3 +270,70 @@ async fn shutdown_sends_h2_goaway_and_lets_the_stream_in_flight_finish() {
     assert!(tx.send_request(req("/after")).await.is_err());
     assert_eq!(up.count(), 1);
 }
+
+fn idle_config(up: std::net::SocketAddr) -> String {
+    config(up, up, "  - name: app\n    stable: {upstream: v1}\n")
+        .replace("access_log: false", "access_log: false\nlimits: {idle_timeout: 1s}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_gets_goaway_but_never_while_a_stream_is_open() {
+    let up = Upstream::start("stable").await;
+    // One answer takes 2.5 idle periods: its stream is open all that time.
+    up.delay_ms.store(2500, Ordering::Relaxed);
+    let w = Weir::start(&idle_config(up.addr)).await;
+    let stream = TcpStream::connect(w.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = |p: &str| Request::get(format!("http://x{p}")).body(Full::new(Bytes::new())).unwrap();
+
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req("/slow"))).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"stable");
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    // Had weir sent GOAWAY during that stream, the connection would end
+    // with it and take no new stream.
+    assert!(!driver.is_finished(), "the connection closed although a stream was open");
+    up.delay_ms.store(0, Ordering::Relaxed);
+    let resp = tx.send_request(req("/again")).await.expect("the busy connection was told to go away");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+
+    // Now idle: GOAWAY after the idle timeout, and a clean end.
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(15), driver).await.expect("an idle connection stayed open");
+    assert!(ended.unwrap().is_ok(), "the idle connection ended with an error instead of GOAWAY");
+    assert!(idle_from.elapsed() >= Duration::from_millis(900), "closed before its idle timeout");
+    assert!(tx.send_request(req("/after")).await.is_err());
+    let paths: Vec<String> = up.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(paths, ["/slow", "/again"]);
+}
+
+/// A peer that sends the preface and then ignores everything (never
+/// acknowledges the settings or the GOAWAY's ping) is still closed: it
+/// gets GOAWAY after one idle period and the socket after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_that_goes_silent_after_the_preface_is_closed() {
+    let up = Upstream::start("stable").await;
+    let w = Weir::start(&idle_config(up.addr)).await;
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the silent connection was never closed");
+    // Walk the frames weir sent: 9-byte headers, type 7 is GOAWAY.
+    let (mut at, mut types) = (0, Vec::new());
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        types.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "no GOAWAY before the close: frame types {types:?}");
+    assert_eq!(up.count(), 0);
+}

@@ -206,3 +206,34 @@ async fn websocket_over_h2_works_the_same_over_tls_with_alpn() {
     assert_eq!(hs["x-forwarded-proto"], "https", "{hs:?}");
     assert!(stable.handshakes.lock().unwrap().is_empty());
 }
+
+/// An HTTP/2 connection whose only stream is a quiet WebSocket tunnel is
+/// not idle: `limits.idle_timeout` never closes it under the socket.
+#[tokio::test]
+async fn a_quiet_h2_websocket_keeps_its_connection_past_the_idle_timeout() {
+    let stable = WsUpstream::start("stable", false).await;
+    let canary = WsUpstream::start("canary", false).await;
+    let yaml = config(stable.addr, canary.addr, CANARY_ROUTE)
+        .replace("access_log: false", "access_log: false\nlimits: {idle_timeout: 1s}");
+    let w = Weir::start(&yaml).await;
+    let mut child = tokio::process::Command::new("python3")
+        .args([SCRIPT, "hold", &w.addr.to_string(), "/game", "p3"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let open: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(open["echo_binary"], true, "{open}");
+    // Three idle periods with no byte on the tunnel: the client sees nothing
+    // (a closed connection would end its `hold` and print).
+    let quiet = tokio::time::timeout(Duration::from_secs(3), lines.next_line()).await;
+    assert!(quiet.is_err(), "the tunnel ended while quiet: {quiet:?}");
+    // Still a working socket: a rollback's 1012 reaches the client over it.
+    let (status, _) = admin_post(w.admin, "/routes/app/rollback").await;
+    assert_eq!(status, 200);
+    let last = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["close_code"], 1012, "{v}");
+}

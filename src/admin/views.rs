@@ -225,6 +225,7 @@ pub fn config_json(served: &Serving) -> Value {
         "access_log": s.access_log,
         "limits": {
             "header_read_timeout_ms": s.limits.header_read_timeout.as_millis() as u64,
+            "idle_timeout_ms": s.limits.idle_timeout.as_millis() as u64,
             "max_headers": s.limits.max_headers, "max_header_bytes": s.limits.max_header_bytes,
             "max_request_body": s.limits.max_request_body, "max_connections": s.limits.max_connections,
             "max_in_flight": s.limits.max_in_flight,

@@ -8,6 +8,7 @@
 //! through a rewind layer. TLS: ALPN says which.
 
 use crate::config::Limits;
+use crate::limits::Activity;
 use crate::proxy::{Peer, Proxy};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -25,6 +26,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Servers {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    /// An HTTP/2 connection with no stream open this long is closed.
+    h2_idle: Duration,
 }
 
 impl Servers {
@@ -48,7 +51,7 @@ impl Servers {
             .max_local_error_reset_streams(Some(256))
             // WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
             .enable_connect_protocol();
-        Self { h1, h2 }
+        Self { h1, h2, h2_idle: limits.idle_timeout }
     }
 }
 
@@ -101,30 +104,50 @@ impl ClientConn {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
-        let svc = self.service(https);
-        // The two connection types share no trait for graceful shutdown.
-        macro_rules! drive {
-            ($conn:expr) => {{
-                let mut conn = std::pin::pin!($conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+        if h2 {
+            // HTTP/2 has no head deadline between requests: an idle
+            // connection is closed after `idle_timeout` with no stream
+            // open (GOAWAY first, so a request in the race still finishes).
+            let born = tokio::time::Instant::now();
+            let activity = Activity::new(born);
+            let svc = self.service(https, Some(Arc::clone(&activity)));
+            let mut conn = std::pin::pin!(builder.h2.serve_connection(io, svc));
+            let why = tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.cancelled() => None,
+                _ = crate::limits::idle(&activity, builder.h2_idle, born) => Some(builder.h2_idle),
+            };
+            conn.as_mut().graceful_shutdown();
+            match why {
+                None => {
+                    let _ = conn.await;
+                }
+                // A peer that never answers the GOAWAY's ping would keep a
+                // closing connection forever: it gets one more idle period.
+                Some(limit) => {
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = crate::limits::idle(&activity, limit, tokio::time::Instant::now()) => {}
                     }
                 }
-            }};
-        }
-        if h2 {
-            drive!(builder.h2.serve_connection(io, svc));
+            }
         } else {
-            drive!(builder.h1.serve_connection(io, svc).with_upgrades());
+            let svc = self.service(https, None);
+            let mut conn = std::pin::pin!(builder.h1.serve_connection(io, svc).with_upgrades());
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         }
     }
 
     fn service(
         self,
         https: bool,
+        activity: Option<Arc<Activity>>,
     ) -> impl hyper::service::Service<
         hyper::Request<hyper::body::Incoming>,
         Response = hyper::Response<crate::proxy::RespBody>,
@@ -134,7 +157,7 @@ impl ClientConn {
     + Send
     + 'static {
         let ClientConn { proxy, peer, permit, .. } = self;
-        let peer = Arc::new(Peer::new(peer, https, permit));
+        let peer = Arc::new(Peer::new(peer, https, permit, activity));
         service_fn(move |req| {
             let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
             async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) }

@@ -80,6 +80,7 @@ pub struct RawAdmin {
 pub struct RawLimits {
     pub header_read_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub max_headers: Option<u64>,
     pub max_header_bytes: Option<SizeValue>,
     pub max_request_body: Option<SizeValue>,

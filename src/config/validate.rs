@@ -205,6 +205,13 @@ fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {
             }
             t
         },
+        idle_timeout: {
+            let t = p.duration("limits.idle_timeout", l.idle_timeout.as_ref(), d.idle_timeout);
+            if t < Duration::from_secs(1) {
+                p.at("limits.idle_timeout", "must be at least 1s");
+            }
+            t
+        },
         max_headers: count(p, "max_headers", l.max_headers, d.max_headers, 1),
         max_header_bytes: usize::try_from(header_bytes.max(8192)).unwrap_or(usize::MAX),
         max_request_body: p.size("limits.max_request_body", l.max_request_body.as_ref(), d.max_request_body),

@@ -192,7 +192,7 @@ impl Proxy {
         if switched {
             // Only a WebSocket handshake may switch protocols; a 101 to
             // anything else (or to another protocol) is broken.
-            let (Some(websocket::ClientUpgrade { on: client, permit, h2_key }), Some(m)) =
+            let (Some(websocket::ClientUpgrade { on: client, permit, h2_key, busy }), Some(m)) =
                 (upgrade, c.metrics.as_ref())
             else {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
@@ -221,6 +221,7 @@ impl Proxy {
                     rtt_interval: policy.rtt_interval,
                 },
                 permit,
+                busy,
                 unit: completion.unit,
             };
             self.live.websockets.spawn(socket, client, upstream_side);
