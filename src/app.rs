@@ -300,21 +300,33 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
             let Some(tls) = tls else {
                 return conn.serve_plain(stream, handshake_timeout).await;
             };
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
-            // The handshake gets the same deadline as a request head.
-            let accepted = tokio::select! {
-                r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
-                _ = conn.stop.cancelled() => return,
-            };
-            match accepted {
-                Ok(Ok(stream)) => {
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    conn.serve(TokioIo::new(stream), h2, true).await
-                }
-                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
-                Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
-            }
+            // Boxed: the TLS handshake's state would otherwise make every
+            // connection task larger, plain ones too (see ClientConn::serve).
+            Box::pin(serve_tls(conn, stream, tls, handshake_timeout)).await;
         });
+    }
+}
+
+async fn serve_tls(
+    conn: ClientConn,
+    stream: tokio::net::TcpStream,
+    tls: Arc<crate::tls::Tls>,
+    handshake_timeout: std::time::Duration,
+) {
+    let peer = conn.peer;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+    // The handshake gets the same deadline as a request head.
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
+        _ = conn.stop.cancelled() => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            conn.serve(TokioIo::new(stream), h2, true).await
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
     }
 }
 

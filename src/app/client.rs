@@ -104,6 +104,11 @@ impl ClientConn {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (builder, stop) = (Arc::clone(&self.builder), self.stop.clone());
+        // Each protocol's connection is boxed on its own: a connection task
+        // is as large as the largest future it could hold, and it holds
+        // that for the connection's whole life; this way an idle HTTP/1.1
+        // connection holds HTTP/1.1's state and no room for HTTP/2's or
+        // TLS's (benches/idle.sh).
         if h2 {
             // HTTP/2 has no head deadline between requests: an idle
             // connection is closed after `idle_timeout` with no stream
@@ -111,7 +116,7 @@ impl ClientConn {
             let born = tokio::time::Instant::now();
             let activity = Activity::new(born);
             let svc = self.service(https, Some(Arc::clone(&activity)));
-            let mut conn = std::pin::pin!(builder.h2.serve_connection(io, svc));
+            let mut conn = Box::pin(builder.h2.serve_connection(io, svc));
             let why = tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = stop.cancelled() => None,
@@ -133,7 +138,7 @@ impl ClientConn {
             }
         } else {
             let svc = self.service(https, None);
-            let mut conn = std::pin::pin!(builder.h1.serve_connection(io, svc).with_upgrades());
+            let mut conn = Box::pin(builder.h1.serve_connection(io, svc).with_upgrades());
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.cancelled() => {
@@ -160,7 +165,11 @@ impl ClientConn {
         let peer = Arc::new(Peer::new(peer, https, permit, activity));
         service_fn(move |req| {
             let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
-            async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) }
+            // Boxed per request: hyper keeps the room for one service
+            // future in every connection for as long as the connection
+            // lives, and weir's request future is large; an idle keep-alive
+            // connection should not pay for a request it is not making.
+            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) })
         })
     }
 }
