@@ -209,3 +209,23 @@ async fn an_absolute_form_target_is_routed_and_forwarded_with_one_authority() {
     assert_eq!(hosts, vec!["internal.example"], "the upstream sees the authority it was routed by");
     assert_eq!(seen[0].headers["x-forwarded-host"], "internal.example");
 }
+
+/// An HTTP/1.1 keep-alive connection that waits for its next request is
+/// under the head deadline too: hyper starts it when the wait begins, which
+/// is what bounds idle keep-alive connections (README, "Idle connections").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, _c, weir) = setup("limits: {header_read_timeout: 1s}\n").await;
+    let mut conn = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: shop.example.com\r\n\r\n").await.unwrap();
+    let t = Instant::now();
+    // The answer, then weir's close after one deadline of waiting (bounded).
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "an idle keep-alive connection was never closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(t.elapsed() >= Duration::from_millis(900), "closed before the deadline: {:?}", t.elapsed());
+    assert_eq!(s.requests().iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(), ["/first"]);
+}
