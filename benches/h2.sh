@@ -5,15 +5,18 @@
 # (ECDSA P-256, TLS 1.3). One worker each on core 0; upstream (nginx,
 # HTTP/1.1 keep-alive) and h2load on core 1. Per round and proxy: fresh
 # start, 2 s warm-up, then SECS of each; req/s and the proxy's CPU seconds
-# per 100k requests. Rounds interleave the proxies; medians and spread.
-# Loopback only; every run bounded by -D.
+# per 100k requests. Rounds interleave the proxies, each round starting with
+# the next one; medians and spread, then the ratios round by round with a
+# sign test (benches/paired.py; NAMES="nginx haproxy weir nginx-again" adds
+# the A/A check). Loopback only; every run bounded by -D.
 #
 #   benches/h2.sh                 # SECS=10 ROUNDS=3
+#   ROUNDS=10 SECS=8 benches/h2.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SECS:-10}; ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-10}; ROUNDS=${ROUNDS:-3}; NAMES=${NAMES:-nginx haproxy weir}
 for t in h2load nginx haproxy curl openssl python3; do command -v $t >/dev/null || { echo "needs $t"; exit 1; }; done
-cargo build --release --quiet
+[ -n "${WEIR_BIN:-}" ] || cargo build --release --quiet
 . benches/lib.sh
 start_upstreams
 pp=$(free_port); ap=$(free_port); hp=$(free_port); tp=$(free_port)
@@ -31,7 +34,8 @@ h2run() { # url -> "req/s cpu_s_per_100k"
 $(python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) / max(${done_reqs:-0}, 1) * 100000, 3))")"
 }
 for r in $(seq "$ROUNDS"); do
-  for name in nginx haproxy weir; do
+  order=($NAMES); k=$(( (r - 1) % ${#order[@]} ))
+  for name in "${order[@]:k}" "${order[@]:0:k}"; do
     start_proxy "$name" 1 0
     read -r c_rps c_cpu < <(h2run "http://127.0.0.1:$hp/")
     read -r t_rps t_cpu < <(h2run "https://127.0.0.1:$tp/")
@@ -52,3 +56,5 @@ for label, i in [("h2c req/s", 2), ("h2c CPU s/100k", 3), ("TLS h2 req/s", 4), (
     cells = [f"{med(n, i):,.0f} ({min(v(n, i)):,.0f}–{max(v(n, i)):,.0f})" if "req" in label else f"{med(n, i):.3f}" for n in names]
     print(f"| {label} | " + " | ".join(cells) + f" | {med('weir', i) / med('nginx', i):.2f} | {med('weir', i) / med('haproxy', i):.2f} |")
 PY
+python3 benches/paired.py "$results" "h2c req/s:2:higher" "h2c CPU s/100k:3:lower" \
+  "TLS h2 req/s:4:higher" "TLS h2 CPU s/100k:5:lower"

@@ -26,7 +26,6 @@ ulimit -n "$(ulimit -Hn)"
 start_upstreams
 pp=$(free_port); ap=$(free_port); hp=$(free_port)
 write_proxies 1
-worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 results="$work/idle.tsv"

@@ -137,12 +137,14 @@ make_cert() {
 
 # start_proxy NAME WORKERS CPUS: start one of the three (weir-pc: weir with
 # WEIR_RUNTIME=per-core; nginx-again: the same nginx a second time, for an
-# A/A comparison that measures the machine's own noise) on the given cores
+# A/A comparison that measures the machine's own noise; weir-base: the weir
+# binary at WEIR_BASE_BIN, for an A/B of two builds) on the given cores
 # (taskset list) and wait until it answers on $pp. Sets $ppid.
 start_proxy() {
   local name=$1 workers=${2:-1} cpus=${3:-0}
   case $name in
     weir) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run -c "$work/weir.yaml" 2>/dev/null & ;;
+    weir-base) TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "$WEIR_BASE_BIN" run -c "$work/weir.yaml" 2>/dev/null & ;;
     weir-pc) WEIR_RUNTIME=per-core TOKIO_WORKER_THREADS=$workers taskset -c "$cpus" "${WEIR_BIN:-./target/release/weir}" run \
       -c "$work/weir.yaml" 2>/dev/null & ;;
     nginx|nginx-again) taskset -c "$cpus" nginx -c "$work/proxy-nginx.conf" & ;;
@@ -153,6 +155,8 @@ start_proxy() {
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$pp/" && return; sleep 0.1; done
   echo "$name did not start"; exit 1
 }
+# The process doing the work: nginx's worker is the master's child.
+worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
 # CPU ticks of the proxy's process and its children (nginx workers).
 proxy_ticks() {
   local t=0 p

@@ -14,12 +14,8 @@
 # Upstreams (one nginx) and the load generators share core 1. WORK=same
 # (default) or bare: what nginx and HAProxy do per request (benches/lib.sh);
 # "of which user" is the proxy's user-mode share of its CPU. Prints a table
-# of medians with ratios to nginx, then the ratios round by round: a round
-# runs the proxies back to back, so a ratio within one round is less exposed
-# to the VM's slow drifts than a ratio of medians. For each comparison it
-# prints the median ratio, its range, how many rounds weir came out ahead,
-# and a one-sided sign test (the chance of that many wins or more if neither
-# proxy were better). NAMES="nginx haproxy weir nginx-again" adds an A/A
+# of medians with ratios to nginx, then the ratios round by round with a
+# sign test (benches/paired.py). NAMES="nginx haproxy weir nginx-again" adds an A/A
 # comparison, nginx against itself: the spread that is the machine's noise
 # alone. Each round starts with the next proxy in NAMES (rotation).
 # Loopback only; every run bounded by -d/-z.
@@ -44,8 +40,6 @@ done = function(summary, latency, requests)
 end
 LUA
 write_proxies 1
-# The process doing the work: nginx's worker is the master's child.
-worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -87,7 +81,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 python3 - "$results" "$SECS" "$ROUNDS" "$CONNS" "$RATE" "$NAMES" <<'PY'
-import math, statistics, sys
+import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 secs, rounds, conns, rate, names = sys.argv[2:]
 names = names.split()
@@ -107,29 +101,6 @@ print("|---|" + "---|" * (len(names) + 2))
 for label, i, scale in cols:
     v = {n: med(n, i) * scale for n in names}
     print(f"| {label} | " + " | ".join(fmt(v[n]) for n in names) + f" | {v['weir'] / v['nginx']:.2f} | {v['weir'] / v['haproxy']:.2f} |")
-
-# Round by round. "ahead" means more req/s, less CPU, lower latency.
-pairs = [("weir", "nginx"), ("weir", "haproxy")]
-if "nginx-again" in names:
-    pairs.append(("nginx-again", "nginx"))
-paired = [("req/s", 2, True), ("CPU s/100k req", 9, False), (f"oha@{rate} p99", 7, False),
-          ("wrk p99", 4, False), ("h2c req/s", 11, True)]
-by = {(r[0], r[1]): r for r in rows}
-def sign_p(wins, n):
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else float("nan")
-print(f"\nRound by round: a/b per round; ahead = rounds a did better; p = one-sided sign test")
-print("| measure | a / b | median | range | a ahead | p |")
-print("|---|---|---|---|---|---|")
-for label, i, higher in paired:
-    for a, b in pairs:
-        ratios = []
-        for rnd in sorted({r[0] for r in rows}, key=int):
-            ra, rb = by.get((rnd, a)), by.get((rnd, b))
-            if ra and rb and val(ra, i) and val(rb, i):
-                ratios.append(val(ra, i) / val(rb, i))
-        if not ratios:
-            continue
-        ahead = sum(1 for x in ratios if (x > 1) == higher and x != 1)
-        print(f"| {label} | {a} / {b} | {statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} "
-              f"| {ahead} of {len(ratios)} | {sign_p(ahead, len(ratios)):.3f} |")
 PY
+python3 benches/paired.py "$results" "req/s:2:higher" "CPU s/100k req:9:lower" "oha@$RATE p99:7:lower" \
+  "wrk p99:4:lower" "h2c req/s:11:higher"

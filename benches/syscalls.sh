@@ -20,7 +20,6 @@ for t in wrk nginx haproxy strace python3; do command -v $t >/dev/null || { echo
 start_upstreams
 pp=$(free_port); ap=$(free_port); hp=$(free_port)
 write_proxies 1
-worker_pid() { local c; c=$(pgrep -P "$ppid" | head -1 || true); echo "${c:-$ppid}"; }
 for name in nginx haproxy weir; do
   start_proxy "$name" 1 0
   wpid=$(worker_pid)

@@ -43,8 +43,8 @@ impl Activity {
         if self.open.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire));
-        Some(now.saturating_duration_since(since))
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        Some(self.born.checked_add(last).map_or(Duration::ZERO, |since| now.saturating_duration_since(since)))
     }
 
     fn end(&self, now: Instant) {

@@ -245,16 +245,7 @@ async fn shutdown_sends_h2_goaway_and_lets_the_stream_in_flight_finish() {
     let yaml = config(up.addr, up.addr, "  - name: app\n    stable: {upstream: v1}\n")
         .replace("access_log: false", "access_log: false\nshutdown: {delay: 0s, grace: 10s}");
     let w = Weir::start(&yaml).await;
-    // HTTP/2 with prior knowledge on the plain listener.
-    let stream = TcpStream::connect(w.addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let driver = tokio::spawn(conn);
-    let req = |p: &str| Request::get(format!("http://x{p}")).body(Full::new(Bytes::new())).unwrap();
+    let (mut tx, driver) = h2_client(w.addr).await;
     let in_flight = tx.send_request(req("/slow"));
     let in_flight = tokio::spawn(in_flight);
     assert!(eventually(Duration::from_secs(10), || up.count() == 1).await);
@@ -271,6 +262,25 @@ async fn shutdown_sends_h2_goaway_and_lets_the_stream_in_flight_finish() {
     assert_eq!(up.count(), 1);
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/2 client with prior knowledge on weir's plain listener, and the
+/// task driving its connection (it ends when weir closes the connection).
+async fn h2_client(addr: std::net::SocketAddr) -> (H2Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (tx, tokio::spawn(conn))
+}
+
+fn req(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://x{path}")).body(Full::new(Bytes::new())).unwrap()
+}
+
 fn idle_config(up: std::net::SocketAddr) -> String {
     config(up, up, "  - name: app\n    stable: {upstream: v1}\n")
         .replace("access_log: false", "access_log: false\nlimits: {idle_timeout: 1s}")
@@ -282,15 +292,7 @@ async fn an_idle_h2_connection_gets_goaway_but_never_while_a_stream_is_open() {
     // One answer takes 2.5 idle periods: its stream is open all that time.
     up.delay_ms.store(2500, Ordering::Relaxed);
     let w = Weir::start(&idle_config(up.addr)).await;
-    let stream = TcpStream::connect(w.addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let driver = tokio::spawn(conn);
-    let req = |p: &str| Request::get(format!("http://x{p}")).body(Full::new(Bytes::new())).unwrap();
+    let (mut tx, driver) = h2_client(w.addr).await;
 
     let started = Instant::now();
     let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req("/slow"))).await.unwrap().unwrap();

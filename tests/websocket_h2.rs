@@ -31,6 +31,23 @@ async fn h2_client_with(args: &[&str], env: &[(&str, &str)]) -> serde_json::Valu
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
 }
 
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// The client in `hold` mode: opens a WebSocket over h2c and keeps it until
+/// weir closes it. Returns the process, its remaining output and the first
+/// report (`phase: open`, after the echoes).
+async fn hold(addr: SocketAddr, player: &str) -> (tokio::process::Child, Lines, serde_json::Value) {
+    let mut child = tokio::process::Command::new("python3")
+        .args([SCRIPT, "hold", &addr.to_string(), "/game", player])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    (child, lines, serde_json::from_str(&first).unwrap())
+}
+
 const CANARY_ROUTE: &str = r#"  - name: app
     stable: {upstream: v1}
     canary: {upstream: v2, revision: r1}
@@ -90,15 +107,7 @@ async fn a_rollback_closes_an_h2_websocket_with_1012() {
     let stable = WsUpstream::start("stable", false).await;
     let canary = WsUpstream::start("canary", false).await;
     let w = Weir::start(&config(stable.addr, canary.addr, CANARY_ROUTE)).await;
-    let mut child = tokio::process::Command::new("python3")
-        .args([SCRIPT, "hold", &w.addr.to_string(), "/game", "p2"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let open: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (_child, mut lines, open) = hold(w.addr, "p2").await;
     assert_eq!(open["phase"], "open", "{open}");
     assert_eq!(open["echo_binary"], true, "{open}");
 
@@ -216,15 +225,7 @@ async fn a_quiet_h2_websocket_keeps_its_connection_past_the_idle_timeout() {
     let yaml = config(stable.addr, canary.addr, CANARY_ROUTE)
         .replace("access_log: false", "access_log: false\nlimits: {idle_timeout: 1s}");
     let w = Weir::start(&yaml).await;
-    let mut child = tokio::process::Command::new("python3")
-        .args([SCRIPT, "hold", &w.addr.to_string(), "/game", "p3"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let open: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (_child, mut lines, open) = hold(w.addr, "p3").await;
     assert_eq!(open["echo_binary"], true, "{open}");
     // Three idle periods with no byte on the tunnel: the client sees nothing
     // (a closed connection would end its `hold` and print).
