@@ -46,15 +46,17 @@ done
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-names = ["nginx", "haproxy", "weir"]
+present = {r[1] for r in rows}
+names = [n for n in ["nginx", "haproxy", "weir", "weir-base", "nginx-again"] if n in present]
 def v(n, i): return [float(r[i]) for r in rows if r[1] == n and r[i] not in ("", "-")]
 def med(n, i): x = v(n, i); return statistics.median(x) if x else float("nan")
 print("\nh2load -c50 -m10, 1 worker on core 0, medians (spread)")
 print("| | " + " | ".join(names) + " | weir/nginx | weir/HAProxy |")
-print("|---|" + "---|" * 5)
+print("|---|" + "---|" * (len(names) + 2))
+ratio = lambda i, b: f"{med('weir', i) / med(b, i):.2f}" if b in present and "weir" in present else "-"
 for label, i in [("h2c req/s", 2), ("h2c CPU s/100k", 3), ("TLS h2 req/s", 4), ("TLS h2 CPU s/100k", 5)]:
     cells = [f"{med(n, i):,.0f} ({min(v(n, i)):,.0f}–{max(v(n, i)):,.0f})" if "req" in label else f"{med(n, i):.3f}" for n in names]
-    print(f"| {label} | " + " | ".join(cells) + f" | {med('weir', i) / med('nginx', i):.2f} | {med('weir', i) / med('haproxy', i):.2f} |")
+    print(f"| {label} | " + " | ".join(cells) + f" | {ratio(i, 'nginx')} | {ratio(i, 'haproxy')} |")
 PY
 python3 benches/paired.py "$results" "h2c req/s:2:higher" "h2c CPU s/100k:3:lower" \
   "TLS h2 req/s:4:higher" "TLS h2 CPU s/100k:5:lower"
