@@ -13,6 +13,20 @@ use tokio::time::Instant;
 /// outlives the HTTP connection that carried the handshake).
 pub type ConnPermit = Arc<tokio::sync::OwnedSemaphorePermit>;
 
+/// What a WebSocket keeps of the client connection that carried its
+/// handshake: the connection's `max_connections` slot, and over HTTP/2 an
+/// open stream (the tunnel), so the connection does not count as idle.
+pub struct ConnHold {
+    _permit: ConnPermit,
+    _busy: Option<Busy>,
+}
+
+impl ConnHold {
+    pub fn new(permit: ConnPermit, busy: Option<Busy>) -> Self {
+        Self { _permit: permit, _busy: busy }
+    }
+}
+
 /// Whether an HTTP/2 client connection has a stream open, and since when
 /// it has had none: what `limits.idle_timeout` is measured against. A
 /// request holds a [`Busy`] until its response body is done; a WebSocket

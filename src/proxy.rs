@@ -23,7 +23,7 @@ mod body;
 pub mod error;
 mod phases;
 use crate::headers;
-use crate::limits::{Activity, Busy};
+use crate::limits::{Activity, Busy, ConnHold};
 
 pub use body::RespBody;
 pub use error::ProxyError;
@@ -264,10 +264,12 @@ impl Proxy {
         let upgrade = (h2_ws || websocket::is_upgrade(req.method(), req.version(), req.headers())).then(|| {
             websocket::ClientUpgrade {
                 on: hyper::upgrade::on(&mut req),
-                permit: Arc::clone(&peer.permit),
+                // Over HTTP/2 the tunnel is an open stream for as long as it lasts.
+                hold: ConnHold::new(
+                    Arc::clone(&peer.permit),
+                    peer.activity.as_ref().filter(|_| h2_ws).map(|a| a.begin()),
+                ),
                 h2_key: h2_ws.then(websocket::new_key),
-                // The tunnel is an open stream for as long as it lasts.
-                busy: if h2_ws { peer.activity.as_ref().map(|a| a.begin()) } else { None },
             }
         });
         match self.forward(served, peer, req, upgrade, &mut completion).await {

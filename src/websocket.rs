@@ -92,14 +92,12 @@ pub fn accept_for(key: &[u8]) -> String {
 /// taken apart.
 pub struct ClientUpgrade {
     pub on: OnUpgrade,
-    /// The client connection's `max_connections` slot, held by the socket.
-    pub permit: crate::limits::ConnPermit,
+    /// What the socket keeps of its client connection.
+    pub hold: crate::limits::ConnHold,
     /// RFC 8441 (HTTP/2 client): the key weir sends the upstream, whose
     /// answer it checks itself; `None` for an HTTP/1.1 client (the client
     /// checks the answer).
     pub h2_key: Option<HeaderValue>,
-    /// HTTP/2: the tunnel keeps its connection from counting as idle.
-    pub busy: Option<crate::limits::Busy>,
 }
 
 /// The upstream's 101 names `Upgrade: websocket`.
@@ -113,10 +111,8 @@ pub struct NewSocket {
     pub version: Version,
     pub metrics: Arc<RouteMetrics>,
     pub settings: Settings,
-    /// The client connection's `max_connections` slot, held until the end.
-    pub permit: crate::limits::ConnPermit,
-    /// HTTP/2: an open stream of the client connection, held until the end.
-    pub busy: Option<crate::limits::Busy>,
+    /// What the socket keeps of its client connection, until the end.
+    pub hold: crate::limits::ConnHold,
     /// Evidence unit of the handshake: the session's end and its round
     /// trips are evidence of its version too.
     pub unit: Option<crate::evidence::Unit>,
@@ -178,7 +174,7 @@ impl Hub {
     /// Relay a socket whose handshake succeeded (upstream answered 101 and
     /// the 101 is on its way to the client).
     pub fn spawn(&self, socket: NewSocket, client: OnUpgrade, upstream: OnUpgrade) {
-        let NewSocket { route, version, metrics, settings, permit, busy, unit } = socket;
+        let NewSocket { route, version, metrics, settings, hold, unit } = socket;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, _) = watch::channel(Signal::Open);
         let signal = Arc::new(tx);
@@ -224,8 +220,7 @@ impl Hub {
             }
             tracing::debug!(version = reg.version.as_str(), close = why.as_str(), "websocket closed");
             drop(reg);
-            drop(permit);
-            drop(busy);
+            drop(hold);
         });
     }
 

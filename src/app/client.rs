@@ -117,24 +117,22 @@ impl ClientConn {
             let activity = Activity::new(born);
             let svc = self.service_h2(https, Arc::clone(&activity));
             let mut conn = Box::pin(builder.h2.serve_connection(io, svc));
-            let why = tokio::select! {
+            let idle = tokio::select! {
                 _ = conn.as_mut() => return,
-                _ = stop.cancelled() => None,
-                _ = crate::limits::idle(&activity, builder.h2_idle, born) => Some(builder.h2_idle),
+                _ = stop.cancelled() => false,
+                _ = crate::limits::idle(&activity, builder.h2_idle, born) => true,
             };
             conn.as_mut().graceful_shutdown();
-            match why {
-                None => {
-                    let _ = conn.await;
-                }
+            if idle {
                 // A peer that never answers the GOAWAY's ping would keep a
                 // closing connection forever: it gets one more idle period.
-                Some(limit) => {
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = crate::limits::idle(&activity, limit, tokio::time::Instant::now()) => {}
-                    }
+                let now = tokio::time::Instant::now();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = crate::limits::idle(&activity, builder.h2_idle, now) => {}
                 }
+            } else {
+                let _ = conn.await;
             }
         } else {
             let svc = self.service_h1(https);

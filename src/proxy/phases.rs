@@ -192,8 +192,7 @@ impl Proxy {
         if switched {
             // Only a WebSocket handshake may switch protocols; a 101 to
             // anything else (or to another protocol) is broken.
-            let (Some(websocket::ClientUpgrade { on: client, permit, h2_key, busy }), Some(m)) =
-                (upgrade, c.metrics.as_ref())
+            let (Some(websocket::ClientUpgrade { on: client, hold, h2_key }), Some(m)) = (upgrade, c.metrics.as_ref())
             else {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
             };
@@ -220,8 +219,7 @@ impl Proxy {
                     ping_interval: policy.ping_interval,
                     rtt_interval: policy.rtt_interval,
                 },
-                permit,
-                busy,
+                hold,
                 unit: completion.unit,
             };
             self.live.websockets.spawn(socket, client, upstream_side);
