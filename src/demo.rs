@@ -124,8 +124,9 @@ async fn player(client: Arc<Upstream>, id: usize, stop: Arc<AtomicBool>, sent: A
             h.insert("x-employee", http::HeaderValue::from_static("true"));
         }
         h.insert("x-market", http::HeaderValue::from_static(["SE", "NO", "DE", "UK"][market]));
+        let (mut parts, body) = req.into_parts();
         if let Ok(conn) = client.connect().await
-            && let Ok(resp) = client.send(conn, req, &[]).await
+            && let Ok(resp) = client.send(conn, &mut parts, body, &[]).await
         {
             let _ = resp.into_body().collect().await;
         }

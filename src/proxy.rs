@@ -212,14 +212,38 @@ impl Proxy {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// One request from `peer`.
-    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<RespBody> {
-        let start = Instant::now();
+    /// One request from `peer`, in hyper's service shape: it owns its
+    /// handles and never fails, so the service hands this future to hyper
+    /// as it is. (Each async level around it would hold a whole copy of it
+    /// and copy it in on start: docs/design-notes.md, "What a request's
+    /// future costs".)
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, std::convert::Infallible> {
         let served = self.live.load();
-        let completion = Box::new(Completion {
+        let mut completion = self.completion(&served, &peer, &req);
+        let http1 = req.version() <= http::Version::HTTP_11;
+        let mut resp = match self.admit(&served, &peer, &mut req, &mut completion) {
+            Err(e) => local_response(&e, completion),
+            Ok(upgrade) => {
+                let forwarded = self.forward(&served, &peer, req, upgrade, &mut completion).await;
+                answer(forwarded, completion)
+            }
+        };
+        if http1 && self.draining.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(resp)
+    }
+
+    /// What the request's end will record (the access log line, metrics).
+    fn completion(&self, served: &Serving, peer: &Peer, req: &Request<Incoming>) -> Box<Completion> {
+        Box::new(Completion {
             log: Arc::clone(&self.log),
             metrics: None,
-            start,
+            start: Instant::now(),
             _slot: None,
             _busy: peer.activity.as_ref().map(|a| a.begin()),
             fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
@@ -234,36 +258,29 @@ impl Proxy {
             flags: Vec::new(),
             shadow_status: None,
             unit: None,
-        });
-        let http1 = req.version() <= http::Version::HTTP_11;
-        let mut resp = self.respond(&served, peer, req, completion).await;
-        if http1 && self.draining.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
+        })
     }
 
-    async fn respond(
+    /// An in-flight slot, and for a WebSocket handshake the client side of
+    /// the upgrade, taken now, before the request is taken apart.
+    fn admit(
         &self,
         served: &Serving,
         peer: &Peer,
-        mut req: Request<Incoming>,
-        mut completion: Box<Completion>,
-    ) -> Response<RespBody> {
-        match InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight) {
-            Some(slot) => completion._slot = Some(slot),
-            None => return local_response(&ProxyError::Overloaded, completion),
-        }
-        // A WebSocket handshake: take the client side of the upgrade now,
-        // before the request is taken apart.
+        req: &mut Request<Incoming>,
+        completion: &mut Completion,
+    ) -> Result<Option<websocket::ClientUpgrade>, ProxyError> {
+        let slot =
+            InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight).ok_or(ProxyError::Overloaded)?;
+        completion._slot = Some(slot);
         let h2_ws = websocket::is_extended_connect(req.method(), req.version(), req.extensions());
         if req.method() == http::Method::CONNECT && !h2_ws {
             // weir is not a forward proxy; HTTP/2 CONNECT is only for RFC 8441.
-            return local_response(&ProxyError::Connect, completion);
+            return Err(ProxyError::Connect);
         }
-        let upgrade = (h2_ws || websocket::is_upgrade(req.method(), req.version(), req.headers())).then(|| {
+        Ok((h2_ws || websocket::is_upgrade(req.method(), req.version(), req.headers())).then(|| {
             websocket::ClientUpgrade {
-                on: hyper::upgrade::on(&mut req),
+                on: hyper::upgrade::on(&mut *req),
                 // Over HTTP/2 the tunnel is an open stream for as long as it lasts.
                 hold: ConnHold::new(
                     Arc::clone(&peer.permit),
@@ -271,24 +288,7 @@ impl Proxy {
                 ),
                 h2_key: h2_ws.then(websocket::new_key),
             }
-        });
-        match self.forward(served, peer, req, upgrade, &mut completion).await {
-            Ok(resp) => {
-                if let Some(tx) = completion.shadow_status.take() {
-                    let _ = tx.send(resp.status().as_u16());
-                }
-                resp.map(|b| RespBody::upstream(b, Some(completion)))
-            }
-            Err(e) => {
-                if let Some(tx) = completion.shadow_status.take() {
-                    let _ = tx.send(e.status().as_u16());
-                }
-                if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &completion.metrics) {
-                    m.version(*v).upstream_error(ue.kind());
-                }
-                local_response(&e, completion)
-            }
-        }
+        }))
     }
 
     /// The request's way through weir, phase by phase (each in `phases`).
@@ -313,14 +313,40 @@ impl Proxy {
         let resp = if upgrade.is_some() {
             // hyper's client writes this head: the added headers go in the map.
             added.apply(&mut parts.headers);
-            upstream.send_upgrade(conn, Request::from_parts(parts, req_body)).await?
+            // Boxed: a handshake is rare, and its state inline would be
+            // the largest of every request's future.
+            Box::pin(upstream.send_upgrade(conn, Request::from_parts(parts, req_body))).await?
         } else {
-            upstream.send(conn, Request::from_parts(parts, req_body), added.as_slice()).await?
+            upstream.send(conn, &mut parts, req_body, added.as_slice()).await?
         };
         if completion.fields.is_some() {
             completion.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
         }
         self.response_filter(&choice, resp, upgrade, completion)
+    }
+}
+
+/// The client's response for what `forward` came back with.
+fn answer(
+    forwarded: Result<Response<crate::upstream::PooledBody>, ProxyError>,
+    mut completion: Box<Completion>,
+) -> Response<RespBody> {
+    match forwarded {
+        Ok(resp) => {
+            if let Some(tx) = completion.shadow_status.take() {
+                let _ = tx.send(resp.status().as_u16());
+            }
+            resp.map(|b| RespBody::upstream(b, Some(completion)))
+        }
+        Err(e) => {
+            if let Some(tx) = completion.shadow_status.take() {
+                let _ = tx.send(e.status().as_u16());
+            }
+            if let (ProxyError::Upstream(ue), Some((m, v))) = (&e, &completion.metrics) {
+                m.version(*v).upstream_error(ue.kind());
+            }
+            local_response(&e, completion)
+        }
     }
 }
 

@@ -158,11 +158,11 @@ async fn exchange(
         _ => ShadowOutcome::Error,
     };
     let conn = upstream.connect().await.map_err(failed)?;
-    let mut req = Request::new(ReqBody::full(body));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    let resp = upstream.send(conn, req, &[]).await.map_err(failed)?;
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers = headers;
+    let resp = upstream.send(conn, &mut parts, ReqBody::full(body), &[]).await.map_err(failed)?;
     let status = resp.status().as_u16();
     // Read the answer to its end (and discard it) so the connection can go
     // back to the pool; the deadline bounds this too.

@@ -202,26 +202,17 @@ impl Upstream {
     /// within `request_timeout` of the request's end; while the body
     /// uploads, it must keep moving (`body_timeout`). The request target is
     /// the URI's path and query.
+    ///
+    /// (One async fn, not a wrapper around another: every level of async
+    /// fn holds its child's whole state and copies it in when it starts;
+    /// docs/design-notes.md, "What a request's future costs".)
     pub async fn send(
         &self,
         conn: Checkout,
-        req: Request<ReqBody>,
+        parts: &mut http::request::Parts,
+        body: ReqBody,
         added: &[(&'static http::HeaderName, http::HeaderValue)],
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        self.exchange(conn, req, added).await
-    }
-
-    fn deadlines(&self) -> wire::Deadlines {
-        wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
-    }
-
-    async fn exchange(
-        &self,
-        conn: Checkout,
-        req: Request<ReqBody>,
-        added: &[(&'static http::HeaderName, http::HeaderValue)],
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        let (mut parts, body) = req.into_parts();
         let framing = wire::request_framing(&parts.method, &mut parts.headers, &body);
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let head = wire::encode_head(&parts.method, target, &parts.headers, added, framing);
@@ -229,13 +220,15 @@ impl Upstream {
         let Checkout { mut wire, endpoint, reused } = conn;
         let deadlines = self.deadlines();
         let outcome = if replayable {
-            let outcome = match wire::exchange(&mut wire, &head, body, framing, &parts.method, deadlines).await {
+            // Nothing to send after the head (no body, or an empty one).
+            drop(body);
+            let outcome = match wire::exchange(&mut wire, &head, &parts.method, deadlines).await {
                 Err(ExchangeError::Io { answered: false, unsent, .. })
                     if reused && (unsent || idempotent(&parts.method)) =>
                 {
                     // The idle connection died under us: once more on a fresh one.
                     wire = endpoint.connect(self.spec.connect_timeout).await?;
-                    wire::exchange(&mut wire, &head, ReqBody::empty(), framing, &parts.method, deadlines).await
+                    wire::exchange(&mut wire, &head, &parts.method, deadlines).await
                 }
                 other => other,
             };
@@ -259,6 +252,10 @@ impl Upstream {
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
         Ok(resp)
+    }
+
+    fn deadlines(&self) -> wire::Deadlines {
+        wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
     }
 
     /// A WebSocket handshake: hyper's client on a connection of this pool,

@@ -170,10 +170,7 @@ impl ClientConn {
     + Send
     + 'static {
         let (proxy, peer) = self.peer(https, None);
-        service_fn(move |req| {
-            let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
-            async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) }
-        })
+        service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&peer), req))
     }
 
     /// HTTP/2: the request future is boxed. hyper spawns a task per stream
@@ -194,9 +191,6 @@ impl ClientConn {
     + Send
     + 'static {
         let (proxy, peer) = self.peer(https, Some(activity));
-        service_fn(move |req| {
-            let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
-            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&peer, req).await) })
-        })
+        service_fn(move |req| Box::pin(Arc::clone(&proxy).handle(Arc::clone(&peer), req)))
     }
 }

@@ -220,16 +220,15 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Send the request (head, then body) and read the response head, both at
-/// once: the first complete head wins, even if the body is still going.
-/// `body_done` reports whether the whole request body was sent (if not, the
+/// Send a request that has no body to send (its head is all of it) and
+/// read the response head, both at once: the first complete head wins.
+/// The `bool` reports whether the whole head was written (if not, the
 /// connection cannot be reused). The head deadline runs from the end of
-/// the request: a slow upload that keeps moving is not a slow upstream.
+/// the request. Requests with a body go through `exchange_streaming`: this
+/// path, every GET, carries no body state, and its future stays small.
 pub async fn exchange(
     wire: &mut Connection,
     head: &[u8],
-    mut body: impl ReqBodyLike,
-    framing: ReqFraming,
     method: &Method,
     deadlines: Deadlines,
 ) -> Result<(Head, bool), ExchangeError> {
@@ -238,31 +237,26 @@ pub async fn exchange(
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
     let (mut rd, mut wr) = io.split();
-    let send = async {
-        if framing == ReqFraming::None {
-            return stalls(deadlines.upload, wr.write_all(head)).await;
-        }
-        send_body(&mut wr, head, &mut body, framing, deadlines.upload).await
-    };
+    let send = stalls(deadlines.upload, wr.write_all(head));
     let recv = read_head(&mut rd, buf, method);
     let timer = tokio::time::sleep(deadlines.head);
     tokio::pin!(send, recv, timer);
-    let mut body_done = false;
+    let mut sent = false;
     let mut request_ended = false;
     let mut write_failed: Option<io::Error> = None;
     loop {
         tokio::select! {
             biased;
-            sent = &mut send, if !body_done && write_failed.is_none() => {
-                write_failed = upload_ended(sent)?;
-                body_done = write_failed.is_none();
+            written = &mut send, if !sent && write_failed.is_none() => {
+                write_failed = upload_ended(written)?;
+                sent = write_failed.is_none();
                 request_ended = true;
                 timer.as_mut().reset(tokio::time::Instant::now() + deadlines.head);
             },
             () = &mut timer, if request_ended => return Err(ExchangeError::Timeout),
             head = &mut recv => {
                 return match head {
-                    Ok(h) => Ok((h, body_done)),
+                    Ok(h) => Ok((h, sent)),
                     Err(ExchangeError::Io { error, answered: false, .. }) => {
                         let unsent = write_failed.is_some();
                         Err(ExchangeError::Io { error: write_failed.unwrap_or(error), answered: false, unsent })
