@@ -5,7 +5,10 @@
 # body instead).
 work=$(mktemp -d /tmp/weir-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}" ${ppid:-}; do kill "$p" 2>/dev/null || true; done # ppid: a proxy still running
+  rm -rf "$work"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # BODY=N (bytes): both upstreams answer an N-byte file instead of their

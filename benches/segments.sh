@@ -47,6 +47,8 @@ for r in $(seq "$ROUNDS"); do
     out=$(taskset -c 1 timeout $((SECS + 20)) wrk -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$pp/")
     snapshot | LC_ALL=C sort > "$work/after"
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    # Upstream connections the proxy keeps open after the run (its pool).
+    echo "$r $name $reqs upstream_conns $(( $(ss -Htn state established "( dport = :$sp or dport = :$cp )" | wc -l) * reqs ))" >> "$work/rows"
     echo "$r $name $reqs req/s $(awk '/Requests\/sec/ {print $2}' <<<"$out")" >> "$work/rows"
     LC_ALL=C join "$work/before" "$work/after" | awk -v n="$name" -v r="$r" -v q="$reqs" '{print r, n, q, $1, $3 - $2}' >> "$work/rows"
     stop_proxy

@@ -153,11 +153,12 @@ impl ClientConn {
         (proxy, Arc::new(Peer::new(peer, https, permit, activity)))
     }
 
-    /// HTTP/1.1: the request future stays inline. hyper keeps room for it
-    /// (about 5.4 KiB) in each connection; boxing it per request would save
-    /// an idle HTTP/1.1 connection 5.3 KiB of RSS for 3 % more instructions
-    /// per request (docs/performance.md, "Idle connections"), and idle
-    /// HTTP/1.1 connections last at most `header_read_timeout`.
+    /// HTTP/1.1: the request future (`Proxy::handle`, about 3 KiB) stays
+    /// inline. hyper keeps room for it in each connection; boxing it per
+    /// request would save an idle HTTP/1.1 connection that much RSS but
+    /// cost instructions on every request (docs/performance.md, "Idle
+    /// connections"), and idle HTTP/1.1 connections last at most
+    /// `header_read_timeout`.
     fn service_h1(
         self,
         https: bool,
@@ -175,9 +176,9 @@ impl ClientConn {
 
     /// HTTP/2: the request future is boxed. hyper spawns a task per stream
     /// holding it, and that task's future is moved several times on the way
-    /// in and out of the runtime: a pointer moves for nothing, 5.4 KiB does
-    /// not (callgrind: the copies were a fifth of an h2 request's
-    /// instructions).
+    /// in and out of the runtime: a pointer moves for nothing, kilobytes do
+    /// not (callgrind, with a 5.4 KiB future: the copies were a fifth of an
+    /// h2 request's instructions).
     fn service_h2(
         self,
         https: bool,
