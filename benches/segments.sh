@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Question: per proxied request, how many TCP segments cross loopback, how
 # many of them are pure ACKs, how is each proxy's CPU split between user and
-# kernel, and how many page faults and context switches does it take? (Kernel time is where HAProxy's lead per core lies; see
-# docs/performance.md, "Where a request's time goes".)
+# kernel, and how many page faults and context switches does it take? How
+# many upstream connections does it keep? (Kernel time is where HAProxy's
+# lead per core lies; see docs/performance.md, "The kernel gap to HAProxy,
+# counted".)
 #
 # Per round and proxy (the benches/lib.sh configs, one worker on core 0,
 # upstream nginx and wrk on core 1): warm up 2 s, then read the kernel's TCP
-# counters (/proc/net/snmp, /proc/net/netstat) and the proxy's CPU ticks
-# around a `wrk -t1 -c$CONNS -d${SECS}s` run. The counters cover every
+# counters (/proc/net/snmp, /proc/net/netstat) and the proxy's ticks, faults
+# and context switches around a `wrk -t1 -c$CONNS -d${SECS}s` run, and count
+# the upstream connections left open after it. The counters cover every
 # socket in this network namespace (wrk, proxy, upstream), so the figures
 # compare whole request paths that differ only in the proxy. Each round
 # starts with the next proxy in turn. Loopback only; bounded by -d, timeout
@@ -15,6 +18,8 @@
 #
 #   benches/segments.sh                  # ROUNDS=5 SECS=5 CONNS=50
 #   WEIR_BIN=/path/to/weir benches/segments.sh   # another weir binary, no build
+#   NAMES="haproxy weir weir-base" WEIR_BASE_BIN=/path/to/old/weir ...  # A/B of two builds
+#   BODY=1048576 benches/segments.sh     # 1 MiB answers instead of 7 bytes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-5}; CONNS=${CONNS:-50}; ROUNDS=${ROUNDS:-5}
@@ -25,7 +30,7 @@ for t in wrk nginx haproxy python3; do command -v $t >/dev/null || { echo "needs
 start_upstreams
 pp=$(free_port); ap=$(free_port); hp=$(free_port)
 write_proxies 1
-# One line of "name value" pairs: the TCP counters and the proxy's ticks.
+# "name value" lines: the TCP counters and the proxy's ticks, faults, switches.
 snapshot() {
   awk 'FNR%2==1 {split($0, h)} FNR%2==0 && /:/ {for (i = 2; i <= NF; i++) printf "%s%s %s\n", h[1], h[i], $i}' \
     /proc/net/snmp /proc/net/netstat | grep -E '^(Tcp:(OutSegs|InSegs|RetransSegs)|TcpExt:(DelayedACKs|TCPPureAcks|TCPHPAcks|TCPRcvCoalesce|TCPBacklogCoalesce)) '
