@@ -156,6 +156,30 @@ async fn valid_framing_passes_and_keep_alive_continues() {
     assert_eq!(seen[1].uri, "/b");
 }
 
+/// Requests with nothing to send after the head take weir's head-only
+/// exchange: the upstream gets each head with `Content-Length: 0` (added for
+/// a POST that had no framing) and no body bytes, in order, and the client's
+/// connection stays open for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_requests_go_upstream_as_a_head_alone_and_keep_alive_continues() {
+    let (up, w) = setup().await;
+    let req = "POST /empty HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
+               POST /unframed HTTP/1.1\r\nHost: x\r\n\r\n\
+               GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
+    let r = send(w.addr, req.as_bytes()).await;
+    assert_eq!(r.text.matches("HTTP/1.1 200").count(), 3, "{}", r.text);
+    assert!(!r.closed, "a valid keep-alive connection was closed");
+    let seen = up.requests();
+    let got: Vec<(&str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.uri.as_str())).collect();
+    assert_eq!(got, [("POST", "/empty"), ("POST", "/unframed"), ("GET", "/after")]);
+    for s in &seen[..2] {
+        assert!(s.body.is_empty(), "{} carried a body", s.uri);
+        assert_eq!(s.headers.get("content-length").map(|v| v.as_bytes()), Some(&b"0"[..]), "{}", s.uri);
+        assert!(!s.headers.contains_key("transfer-encoding"), "{}", s.uri);
+    }
+    assert!(!seen[2].headers.contains_key("content-length"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_414_and_431_without_the_upstream() {
     let (up, w) = setup().await;
