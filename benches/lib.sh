@@ -15,8 +15,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # name, to measure larger responses.
 start_upstreams() {
   sp=$(free_port); cp=$(free_port)
-  mkdir -p "$work/nginx" "$work/www"
+  mkdir -p "$work/nginx"
   if [ -n "${BODY:-}" ]; then
+    mkdir -p "$work/www"
     head -c "$BODY" /dev/zero | tr '\0' x > "$work/www/body"
     chmod a+rx "$work" "$work/www"; chmod a+r "$work/www/body" # nginx workers run as another user
   fi

@@ -241,22 +241,20 @@ pub async fn exchange(
     let recv = read_head(&mut rd, buf, method);
     let timer = tokio::time::sleep(deadlines.head);
     tokio::pin!(send, recv, timer);
-    let mut sent = false;
     let mut request_ended = false;
     let mut write_failed: Option<io::Error> = None;
     loop {
         tokio::select! {
             biased;
-            written = &mut send, if !sent && write_failed.is_none() => {
+            written = &mut send, if !request_ended => {
                 write_failed = upload_ended(written)?;
-                sent = write_failed.is_none();
                 request_ended = true;
                 timer.as_mut().reset(tokio::time::Instant::now() + deadlines.head);
             },
             () = &mut timer, if request_ended => return Err(ExchangeError::Timeout),
             head = &mut recv => {
                 return match head {
-                    Ok(h) => Ok((h, sent)),
+                    Ok(h) => Ok((h, request_ended && write_failed.is_none())),
                     Err(ExchangeError::Io { error, answered: false, .. }) => {
                         let unsent = write_failed.is_some();
                         Err(ExchangeError::Io { error: write_failed.unwrap_or(error), answered: false, unsent })
