@@ -2,9 +2,10 @@
 # Question: per proxied request, how many TCP segments cross loopback, how
 # many of them are pure ACKs, how is each proxy's CPU split between user and
 # kernel, and how many page faults and context switches does it take? How
-# many upstream connections does it keep? (Kernel time is where HAProxy's
-# lead per core lies; see docs/performance.md, "The kernel gap to HAProxy,
-# counted".)
+# often does it wake the processes around it (the upstream nginx, wrk, the
+# other core's interrupts)? How many upstream connections does it keep?
+# (Kernel time is where HAProxy's lead per core lay; see docs/performance.md,
+# "The kernel gap to HAProxy, counted" and "Who a request wakes".)
 #
 # Per round and proxy (the benches/lib.sh configs, one worker on core 0,
 # upstream nginx and wrk on core 1): warm up 2 s, then read the kernel's TCP
@@ -41,6 +42,15 @@ snapshot() {
     awk '{print "user_ticks", $14; print "sys_ticks", $15; print "minor_faults", $10}' "/proc/$p/stat" 2>/dev/null || true
     cat /proc/"$p"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {sub(":", "", $1); print $1, $2}'
   done | awk '{t[$1] += $2} END {for (k in t) print k, t[k]}'
+  # Who else the request path wakes: the upstream nginx worker's context
+  # switches, every context switch on the machine (wrk's included), and the
+  # rescheduling and function-call interrupts each core received (a wake-up
+  # of a task sleeping on the other core costs one).
+  for p in $(pgrep -P "${pids[0]}" || true); do
+    cat /proc/"$p"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {print "upstream_ctxt_switches", $2}'
+  done | awk '{t += $2} END {print "upstream_ctxt_switches", t + 0}'
+  awk '/^ctxt/ {print "machine_ctxt_switches", $2}' /proc/stat
+  awk '$1 == "RES:" || $1 == "CAL:" {k = tolower(substr($1, 1, 3)); print "ipi_" k "_core0", $2; print "ipi_" k "_core1", $3}' /proc/interrupts
 }
 names=($NAMES)
 for r in $(seq "$ROUNDS"); do

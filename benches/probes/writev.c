@@ -1,11 +1,15 @@
-// Question: on loopback TCP, does a response written with writev (head and
-// body as two iovecs, as hyper does) cost the kernel more than the same bytes
-// in one write (as HAProxy does)? One process, one connection: write, then
-// the peer reads it all; ten alternating blocks of each; ns per write+read.
+// Question: on loopback TCP, does the system call that sends an answer change
+// what the kernel costs? hyper sends a head and a body with writev (two
+// iovecs); HAProxy uses send on one flat buffer; std's TcpStream::write is
+// send with MSG_NOSIGNAL; nginx reads with recv, tokio with recvfrom. One
+// process, one connection: send 150 + 7 bytes (by default), then the peer
+// reads them all; ten alternating blocks of each way; ns per send+read.
 //
 //   gcc -O2 -o /tmp/writev benches/probes/writev.c
 //   taskset -c 0 /tmp/writev [head bytes=150] [body bytes=7] [iterations=200000]
 //
+// Ways: writev (2 iovecs) | sendmsg (2 iovecs) | write (flat) | send (flat)
+// | send (flat) read back with recv instead of read.
 // Loopback only; bounded by the iteration count.
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,18 +30,28 @@ int main(int argc,char**argv){
   int one=1;setsockopt(c,IPPROTO_TCP,TCP_NODELAY,&one,4);setsockopt(s,IPPROTO_TCP,TCP_NODELAY,&one,4);
   char *h=malloc(hlen),*b=malloc(blen),*flat=malloc(hlen+blen),*r=malloc(65536);
   memset(h,'h',hlen);memset(b,'b',blen);memcpy(flat,h,hlen);memcpy(flat+hlen,b,blen);
-  double tv=0,tw=0;
+  const char *name[5]={"writev","sendmsg","write","send","send+recv"};
+  double t[5]={0};
   for(int round=0;round<10;round++){
-    for(int mode=0;mode<2;mode++){
+    for(int way=0;way<5;way++){
       double t0=now();
       for(int i=0;i<n/10;i++){
-        if(mode==0){struct iovec v[2]={{h,hlen},{b,blen}};writev(s,v,2);}
-        else write(s,flat,hlen+blen);
-        int got=0;while(got<hlen+blen){int k=read(c,r,65536);if(k<=0)return 1;got+=k;}
+        struct iovec v[2]={{h,hlen},{b,blen}};
+        struct msghdr m={0};m.msg_iov=v;m.msg_iovlen=2;
+        switch(way){
+          case 0: writev(s,v,2); break;
+          case 1: sendmsg(s,&m,MSG_NOSIGNAL|MSG_DONTWAIT); break;
+          case 2: write(s,flat,hlen+blen); break;
+          default: send(s,flat,hlen+blen,MSG_NOSIGNAL|MSG_DONTWAIT);
+        }
+        int got=0;
+        while(got<hlen+blen){int k=way==4?recv(c,r,65536,0):read(c,r,65536);if(k<=0)return 1;got+=k;}
       }
-      double t=now()-t0; if(mode==0)tv+=t;else tw+=t;
+      t[way]+=now()-t0;
     }
   }
-  printf("header %d body %d: writev %.0f ns, write %.0f ns per write+read (%d each)\n",hlen,blen,tv/n*1e9,tw/n*1e9,n);
+  printf("header %d body %d, %d each:",hlen,blen,n);
+  for(int w=0;w<5;w++)printf(" %s %.0f ns,",name[w],t[w]/n*1e9);
+  printf(" per send+read\n");
   return 0;
 }
