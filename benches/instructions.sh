@@ -10,7 +10,10 @@
 # counts user space only: the kernel's share (most of a request's time, see
 # docs/performance.md) is not in these figures. With TOP=1 also prints the
 # most expensive functions of weir, inclusive; CG_OUT=file keeps weir's
-# callgrind dump for callgrind_annotate.
+# callgrind dump for callgrind_annotate. CACHE=1 adds valgrind's cache
+# simulation (`--cache-sim=yes`: first-level and last-level data misses per
+# request, the simulated caches sized like this machine's), to see how much
+# of a proxy's user-space data traffic misses at CONNS=50 against thousands.
 #
 # Two floors, proxying nothing: "origin" is nginx answering 200 itself;
 # "hyper" is weir's admin listener answering GET /live (hyper's HTTP/1.1
@@ -20,6 +23,7 @@
 #
 #   benches/instructions.sh               # SECS=8 CONNS=10
 #   WEIR_BIN=/path/to/weir benches/instructions.sh   # another weir binary, no build
+#   CACHE=1 CONNS=5000 NAMES="nginx weir" benches/instructions.sh   # cache misses, many connections
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-8}; CONNS=${CONNS:-10}; NAMES=${NAMES:-origin nginx haproxy weir hyper}
@@ -32,6 +36,7 @@ start_upstreams
 pp=$(free_port); ap=$(free_port); hp=$(free_port)
 write_proxies 1
 vg=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p")
+[ -n "${CACHE:-}" ] && vg+=(--cache-sim=yes)
 up() { curl -sf -o /dev/null "$url"; }
 for name in $NAMES; do
   rm -f "$work"/cg.*
@@ -49,16 +54,21 @@ for name in $NAMES; do
   ppid=$!
   for _ in $(seq 300); do up && break; sleep 0.1; done
   up || { echo "$name did not start under valgrind"; exit 1; }
-  taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null
+  # A long request timeout: under valgrind a proxy is slow, and wrk would
+  # reconnect every connection whose answer took longer than 2 s.
+  taskset -c 1 timeout 60 wrk -t1 -c"$CONNS" -d2s --timeout 30s "$url" >/dev/null
   wpid=$ppid
   timeout 60 callgrind_control -z "$wpid" >/dev/null
-  out=$(taskset -c 1 timeout $((SECS + 60)) wrk -t1 -c"$CONNS" -d"${SECS}s" "$url")
+  out=$(taskset -c 1 timeout $((SECS + 60)) wrk -t1 -c"$CONNS" -d"${SECS}s" --timeout 30s "$url")
   timeout 60 callgrind_control -d "$wpid" >/dev/null
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   # The dump after zeroing is the file with a part number (.1, .2, ...).
   dump=$(ls -t "$work"/cg."$wpid".* 2>/dev/null | head -1)
-  ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
-  echo "$name $reqs $ir" >> "$work/results"
+  # "events: Ir ..." names the columns of "summary:" (Ir alone, or with
+  # the cache simulation's D1mr D1mw DLmr DLmw ...).
+  counts=$(awk '/^events:/ {for (i = 2; i <= NF; i++) e[i] = $i}
+    /^summary:|^totals:/ {for (i = 2; i <= NF; i++) v[e[i]] = $i; print v["Ir"], v["D1mr"] + v["D1mw"], v["DLmr"] + v["DLmw"]; exit}' "$dump")
+  echo "$name $reqs $counts" >> "$work/results"
   [ "$name" = weir ] && [ -n "${CG_OUT:-}" ] && cp "$dump" "$CG_OUT"
   if [ "$name" = weir ] && [ -n "${TOP:-}" ]; then
     callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '1,60p' > "$work/weir.top"
@@ -66,10 +76,19 @@ for name in $NAMES; do
   kill "$ppid" 2>/dev/null || true; pkill -P "$ppid" 2>/dev/null || true
   wait "$ppid" 2>/dev/null || true
 done
-echo "| proxy | requests (under valgrind) | instructions / request |"
-echo "|---|---|---|"
-while read -r n r i; do
-  echo "| $n | $r | $(python3 -c "print(f'{$i / $r:,.0f}')") |"
+if [ -n "${CACHE:-}" ]; then
+  echo "| proxy | requests (under valgrind) | instructions / request | D1 misses / request | LL misses / request |"
+  echo "|---|---|---|---|---|"
+else
+  echo "| proxy | requests (under valgrind) | instructions / request |"
+  echo "|---|---|---|"
+fi
+while read -r n r i d l; do
+  if [ -n "${CACHE:-}" ]; then
+    echo "| $n | $r | $(python3 -c "print(f'{$i / $r:,.0f} | {$d / $r:,.1f} | {$l / $r:,.1f}')") |"
+  else
+    echo "| $n | $r | $(python3 -c "print(f'{$i / $r:,.0f}')") |"
+  fi
 done < "$work/results"
 [ -f "$work/weir.top" ] && cat "$work/weir.top"
 exit 0

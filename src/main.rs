@@ -620,3 +620,15 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     rt.block_on(weir::app::run(path, snapshot, layout))?;
     Ok(())
 }
+
+#[cfg(all(test, feature = "jemalloc"))]
+mod tests {
+    /// The jemalloc defaults in .cargo/config.toml reach the allocator this
+    /// binary links; a build that misses them (say, a container build that
+    /// does not copy .cargo/) fails here.
+    #[test]
+    fn jemalloc_has_the_compiled_in_thread_cache_floor() {
+        let conf = tikv_jemalloc_ctl::config::malloc_conf::read();
+        assert_eq!(conf.ok(), Some("tcache_nslots_small_min:64"));
+    }
+}
