@@ -628,7 +628,8 @@ mod tests {
     /// does not copy .cargo/) fails here.
     #[test]
     fn jemalloc_has_the_compiled_in_thread_cache_floor() {
-        let conf = tikv_jemalloc_ctl::config::malloc_conf::read();
+        // The ctl returns the C string with its terminating NUL.
+        let conf = tikv_jemalloc_ctl::config::malloc_conf::read().map(|c| c.trim_end_matches('\0'));
         assert_eq!(conf.ok(), Some("tcache_nslots_small_min:64"));
     }
 }
