@@ -624,8 +624,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 #[cfg(all(test, feature = "jemalloc"))]
 mod tests {
     /// The jemalloc defaults in .cargo/config.toml reach the allocator this
-    /// binary links; a build that misses them (say, a container build that
-    /// does not copy .cargo/) fails here.
+    /// binary links (cargo finds that file only when run inside the
+    /// checkout; a build that misses it fails here).
     #[test]
     fn jemalloc_has_the_compiled_in_thread_cache_floor() {
         // The ctl returns the C string with its terminating NUL.
