@@ -100,3 +100,24 @@ impl ErrorKind {
         }
     }
 }
+
+/// The label of `weir_upstream_unsolicited_total{when}`: where bytes no
+/// request asked for were found on an upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsolicited {
+    /// Read with a response, past its end.
+    AfterResponse = 0,
+    /// Waiting on an idle connection (at checkout or by the reaper).
+    Idle = 1,
+}
+
+impl Unsolicited {
+    pub const ALL: [Unsolicited; 2] = [Unsolicited::AfterResponse, Unsolicited::Idle];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unsolicited::AfterResponse => "after_response",
+            Unsolicited::Idle => "idle",
+        }
+    }
+}

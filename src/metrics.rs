@@ -54,6 +54,9 @@ pub const PROCESS_START: &str = "weir_process_start_time_seconds";
 pub const ACCESS_LOG_DROPPED: &str = "weir_access_log_dropped_total";
 pub const SOURCE_QUERIES: &str = "weir_analysis_source_queries_total";
 pub const SOURCE_BYTES: &str = "weir_analysis_source_received_bytes_total";
+/// Upstream connections closed because the upstream sent bytes no request
+/// asked for, by upstream, endpoint and where they were found.
+pub const UPSTREAM_UNSOLICITED: &str = "weir_upstream_unsolicited_total";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
@@ -478,6 +481,9 @@ pub struct Globals {
     /// Per webhook: messages sent, failed (after every retry), dropped
     /// (queue full) and retried attempts.
     pub notifications: Vec<(String, [u64; 4])>,
+    /// Per (upstream, endpoint): connections closed for unsolicited bytes,
+    /// by `upstream::Unsolicited` (after a response, while idle).
+    pub unsolicited: Vec<(String, String, [u64; 2])>,
 }
 
 /// Route metrics plus the weights to show; built from what is serving.

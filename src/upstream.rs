@@ -27,6 +27,7 @@ pub fn parse_whole_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
 }
 
 use crate::config::UpstreamSpec;
+use crate::labels::Unsolicited;
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -159,7 +160,7 @@ impl Upstream {
         let endpoints = spec
             .endpoints
             .iter()
-            .map(|e| Arc::new(Endpoint::new(e.clone(), MAX_IDLE_PER_ENDPOINT, IDLE_TIMEOUT)))
+            .map(|e| Arc::new(Endpoint::new(Arc::clone(&spec.name), e.clone(), MAX_IDLE_PER_ENDPOINT, IDLE_TIMEOUT)))
             .collect();
         Self { spec, endpoints, next: AtomicUsize::new(0) }
     }
@@ -171,6 +172,12 @@ impl Upstream {
     /// Close idle connections that expired or that the upstream closed.
     pub fn reap_idle(&self) -> usize {
         self.endpoints.iter().map(|e| e.reap()).sum()
+    }
+
+    /// Per endpoint: its address and the connections closed for
+    /// unsolicited bytes, by `Unsolicited` (for /metrics).
+    pub fn unsolicited(&self) -> Vec<(&str, [u64; 2])> {
+        self.endpoints.iter().map(|e| (e.address(), Unsolicited::ALL.map(|w| e.unsolicited(w)))).collect()
     }
 
     /// Idle connections kept, over all endpoints.
@@ -239,6 +246,10 @@ impl Upstream {
             wire::exchange_streaming(wire, head, body, framing, &parts.method, deadlines).await
         };
         let (head, wire, body_done) = outcome.map_err(|e| match e {
+            ExchangeError::Unsolicited(n) => {
+                endpoint.note_unsolicited(Unsolicited::Idle, n);
+                UpstreamError::Protocol("the upstream sent a response before the request".into())
+            }
             ExchangeError::Body(e) => e,
             ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
             ExchangeError::Protocol(why) => UpstreamError::Protocol(why),

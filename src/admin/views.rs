@@ -55,6 +55,11 @@ pub fn metrics_text(
                     (name, [n(&s.sent), n(&s.failed), n(&s.dropped), n(&s.retried)])
                 })
                 .collect(),
+            unsolicited: served
+                .upstreams
+                .iter()
+                .flat_map(|u| u.unsolicited().into_iter().map(|(ep, n)| (u.spec().name.to_string(), ep.to_owned(), n)))
+                .collect(),
         },
     )
 }

@@ -298,6 +298,22 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {UNROUTED_TOTAL} Requests that matched no route (answered 404).");
     let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
     let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
+    let _ = writeln!(
+        o,
+        "# HELP {UPSTREAM_UNSOLICITED} Upstream connections closed for bytes no request asked for, by where they were found."
+    );
+    let _ = writeln!(o, "# TYPE {UPSTREAM_UNSOLICITED} counter");
+    for (upstream, endpoint, counts) in &g.unsolicited {
+        for (when, n) in crate::labels::Unsolicited::ALL.iter().zip(counts) {
+            let _ = writeln!(
+                o,
+                "{UPSTREAM_UNSOLICITED}{{upstream=\"{}\",endpoint=\"{}\",when=\"{}\"}} {n}",
+                escape(upstream),
+                escape(endpoint),
+                when.as_str()
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
     let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
     let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);

@@ -6,7 +6,7 @@
 //! returns the connection to its endpoint's idle stack only once the body
 //! has been read to the end; dropped early, the connection is closed.
 
-use super::pool::Endpoint;
+use super::pool::{Endpoint, Unsolicited};
 use super::wire::{self, Connection, Piece, RespFraming};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -217,13 +217,18 @@ impl PooledBody {
 }
 
 impl ConnectionBody {
+    /// At the body's end: back to the pool when the framing allows it and
+    /// nothing was read past the end; bytes past the end (a second response,
+    /// a body after a HEAD) close the connection and are counted.
     fn release_if_done(&mut self) {
-        if self.framing == RespFraming::Done
-            && let Some(wire) = self.wire.take()
-            && self.keep_alive
-            && wire.is_whole()
-            && wire::clean_after_body(&wire)
-        {
+        if self.framing != RespFraming::Done {
+            return;
+        }
+        let Some(wire) = self.wire.take() else { return };
+        let stray = wire::bytes_after_body(&wire);
+        if stray > 0 {
+            self.endpoint.note_unsolicited(Unsolicited::AfterResponse, stray);
+        } else if self.keep_alive && wire.is_whole() {
             self.endpoint.put(wire);
         }
     }

@@ -1,12 +1,18 @@
 //! One endpoint's connections: dialing (with timeout, TCP_NODELAY) and the
 //! idle stack. A connection goes back on the stack only when its response
-//! body was read to the end with nothing stray after it (see `body.rs`), so
-//! a half-read or failed exchange never poisons the pool.
+//! body was read to the end with nothing stray after it (see `body.rs`), and
+//! comes off it only when the kernel says nothing is waiting on it, so a
+//! half-read exchange or a response nobody asked for never reaches the next
+//! request. Each connection closed for unsolicited bytes is counted and
+//! logged with the upstream and endpoint it came from.
 
 use super::UpstreamError;
-use super::wire::Connection;
+use super::wire::{Connection, IdleState};
+pub use crate::labels::Unsolicited;
 use crate::shards::{self, Padded};
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -16,8 +22,12 @@ pub struct Idle {
 }
 
 pub struct Endpoint {
+    /// The upstream's name, for logs and metrics.
+    upstream: Arc<str>,
     /// `host:port` as configured; resolved on each dial so DNS changes apply.
     addr: String,
+    /// Connections closed for unsolicited bytes, by `Unsolicited`.
+    unsolicited: [AtomicU64; 2],
     /// One stack per worker-thread shard: a request takes and returns
     /// connections under its own thread's lock, and borrows from the other
     /// shards only when its own is empty.
@@ -28,15 +38,63 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(addr: String, max_idle: usize, idle_timeout: Duration) -> Self {
+    pub fn new(upstream: Arc<str>, addr: String, max_idle: usize, idle_timeout: Duration) -> Self {
         let n = shards::count();
         let idle = (0..n).map(|_| Padded(Mutex::new(Vec::new()))).collect();
-        Self { addr, idle, max_idle: max_idle.div_ceil(n).max(1), idle_timeout }
+        Self {
+            upstream,
+            addr,
+            unsolicited: Default::default(),
+            idle,
+            max_idle: max_idle.div_ceil(n).max(1),
+            idle_timeout,
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.addr
+    }
+
+    /// Connections closed because the upstream sent bytes no request asked for.
+    pub fn unsolicited(&self, when: Unsolicited) -> u64 {
+        self.unsolicited.get(when as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Count and log a connection closed for unsolicited bytes (at least
+    /// `bytes` of them). The upstream has a bug (a second response to one
+    /// request, a body after a HEAD, 204 or 304, a length that lies); the
+    /// connection is dropped so the bytes can never answer another request.
+    pub fn note_unsolicited(&self, when: Unsolicited, bytes: usize) {
+        if let Some(c) = self.unsolicited.get(when as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(
+            upstream = %self.upstream,
+            endpoint = %self.addr,
+            when = when.as_str(),
+            bytes,
+            "upstream sent bytes no request asked for; connection closed, never reused"
+        );
+    }
+
+    /// May this idle connection carry the next request? Asks the kernel
+    /// (one `recv` with `MSG_PEEK`): reused only when nothing is waiting.
+    fn usable(&self, idle: &Idle) -> bool {
+        if idle.since.elapsed() > self.idle_timeout {
+            return false;
+        }
+        match idle.wire.idle_state() {
+            IdleState::Quiet => true,
+            IdleState::Closed => false,
+            IdleState::Unsolicited(n) => {
+                self.note_unsolicited(Unsolicited::Idle, n);
+                false
+            }
+        }
     }
 
     /// Most recently used idle connection that is still usable: not past the
     /// idle timeout, not closed by the upstream, nothing unsolicited on it.
-    /// The check costs no system call unless the upstream did something.
     pub fn checkout(&self) -> Option<Connection> {
         let n = self.idle.len();
         let first = shards::mine(n);
@@ -44,7 +102,8 @@ impl Endpoint {
             let Some(shard) = self.idle.get((first + k) % n) else { continue };
             loop {
                 let Some(idle) = shard.lock().ok().and_then(|mut s| s.pop()) else { break };
-                if idle.since.elapsed() <= self.idle_timeout && idle.wire.is_idle_usable() {
+                // Checked outside the lock: a system call, and maybe a log line.
+                if self.usable(&idle) {
                     return Some(idle.wire);
                 }
             }
@@ -52,17 +111,16 @@ impl Endpoint {
         None
     }
 
-    /// Drop idle connections past the idle timeout or closed by the peer
-    /// (a socket the upstream closed sits in CLOSE_WAIT until weir closes
-    /// it). Returns how many were dropped. Cheap per connection: readiness
-    /// is known to the reactor, so a quiet socket costs no system call.
+    /// Drop idle connections past the idle timeout, closed by the peer (a
+    /// socket the upstream closed sits in CLOSE_WAIT until weir closes it)
+    /// or holding unsolicited bytes. Returns how many were dropped. One
+    /// `recv(MSG_PEEK)` per idle connection per call.
     pub fn reap(&self) -> usize {
-        let timeout = self.idle_timeout;
         let mut dropped = 0;
         for shard in self.idle.iter() {
             let Ok(mut stack) = shard.lock() else { continue };
             let before = stack.len();
-            stack.retain(|c| c.since.elapsed() <= timeout && c.wire.is_idle_usable());
+            stack.retain(|c| self.usable(c));
             dropped += before - stack.len();
         }
         dropped
@@ -73,6 +131,7 @@ impl Endpoint {
     }
 
     pub fn put(&self, mut wire: Connection) {
+        wire.ack_now();
         wire.shrink();
         if let Some(Ok(mut stack)) = self.idle.get(shards::mine(self.idle.len())).map(|s| s.lock())
             && stack.len() < self.max_idle

@@ -44,6 +44,18 @@ const HEAD_READ: usize = 4 * 1024;
 const KEEP_IDLE: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
+/// What `Connection::idle_state` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleState {
+    /// Nothing waiting: the connection may carry the next request.
+    Quiet,
+    /// The upstream closed it (or the socket failed).
+    Closed,
+    /// Bytes no request asked for (at least this many): a response nobody
+    /// is waiting for, or the tail of one that said it had ended.
+    Unsolicited(usize),
+}
+
 /// One upstream connection and the bytes read from it but not yet used.
 pub struct Connection {
     io: Io,
@@ -76,15 +88,31 @@ impl Connection {
         matches!(self.io, Io::Whole(_))
     }
 
-    /// An idle connection is usable if the peer has neither closed it nor
-    /// sent anything. No system call unless the reactor saw it readable.
-    pub fn is_idle_usable(&self) -> bool {
+    /// What an idle connection holds, asked of the kernel itself: one
+    /// `recv(MSG_PEEK | MSG_DONTWAIT)`. Not tokio's `try_read`: that makes
+    /// no system call unless the reactor has already reported the socket
+    /// readable, so bytes that arrived but were not yet reported would be
+    /// missed, and the next request would read them as its answer
+    /// (docs/upstream-client.md, "When a connection may be reused").
+    pub fn idle_state(&self) -> IdleState {
         if !self.buf.is_empty() {
-            return false;
+            return IdleState::Unsolicited(self.buf.len());
         }
-        let Io::Whole(io) = &self.io else { return false };
-        let mut probe = [0u8; 1];
-        matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let Io::Whole(io) = &self.io else { return IdleState::Closed };
+        peek(io)
+    }
+
+    /// Send the ACK for what was read now, not after the delayed-ACK timer
+    /// (up to 40 ms on Linux). An upstream that wrote a second response
+    /// right behind the first may have it held back by Nagle's algorithm
+    /// until that ACK: without this it would arrive only when the next
+    /// request's bytes carry the ACK, exactly when it would be taken for
+    /// that request's answer. With it, it arrives while the connection is
+    /// idle, where `idle_state` sees it.
+    pub fn ack_now(&self) {
+        if let Io::Whole(io) = &self.io {
+            let _ = socket2::SockRef::from(io).set_tcp_quickack(true);
+        }
     }
 
     /// Going idle: keep a head-sized read buffer for the next exchange (it
@@ -113,6 +141,17 @@ impl Connection {
             },
             Io::Read(rd) => tokio_util::io::poll_read_buf(std::pin::Pin::new(rd), cx, &mut self.buf),
         }
+    }
+}
+
+/// What waits unread on a socket, without reading it (`recv` with
+/// `MSG_PEEK | MSG_DONTWAIT`: one system call, never blocks).
+fn peek(io: &TcpStream) -> IdleState {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+    match socket2::SockRef::from(io).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => IdleState::Quiet,
+        Err(_) | Ok(0) => IdleState::Closed,
+        Ok(n) => IdleState::Unsolicited(n),
     }
 }
 
@@ -194,6 +233,9 @@ pub enum ExchangeError {
     Timeout,
     /// The upstream took no request body bytes for `body_timeout`.
     Stalled(Duration),
+    /// Bytes arrived before any of the request was written (at least this
+    /// many): an answer to nothing. The upstream has not seen the request.
+    Unsolicited(usize),
 }
 
 /// What a request body must be for the exchange: weir's `ReqBody`, or
@@ -284,12 +326,24 @@ pub async fn exchange_streaming(
     let Io::Whole(io) = io else {
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
+    let mut body = body;
+    // The head goes out with the first piece of body (a body that fails at
+    // once never puts a head on the wire), which may keep the client a
+    // while. Anything the upstream sent in the meantime answers nothing:
+    // look again right before the head is written (no await between).
+    let first = next_data(&mut body).await.map_err(|e| match e {
+        Sent::Body(e) => ExchangeError::Body(e),
+        Sent::Io(error) => ExchangeError::Io { error, answered: false, unsent: true },
+        Sent::Stalled(d) => ExchangeError::Stalled(d),
+    })?;
+    if let IdleState::Unsolicited(n) = peek(&io) {
+        return Err(ExchangeError::Unsolicited(n));
+    }
     let (mut rd, wr) = io.into_split();
     let limit = deadlines.upload;
     let mut upload = Box::pin(async move {
         let mut wr = wr;
-        let mut body = body;
-        let sent = send_body(&mut wr, &head, &mut body, framing, limit).await;
+        let sent = send_body(&mut wr, &head, first, &mut body, framing, limit).await;
         if matches!(sent, Err(Sent::Io(_))) {
             // The upstream stopped taking the body; it may have answered
             // early (a 413, a 401). Read the rest of the client's body and
@@ -388,12 +442,28 @@ async fn discard(body: &mut impl ReqBodyLike) {
     while let Some(Ok(_)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {}
 }
 
-/// Stream the body after the head. The head waits for the first piece of
-/// body and goes out with it (one write; and a body that fails at once
-/// never puts a request head on the upstream's wire).
+/// The next non-empty piece of body, or None at its end (trailers are not
+/// forwarded).
+async fn next_data(body: &mut impl ReqBodyLike) -> Result<Option<Bytes>, Sent> {
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await;
+        match frame {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(Sent::Body(body_error(&e))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => return Ok(Some(d)),
+                _ => {} // empty data, or trailers
+            },
+        }
+    }
+}
+
+/// Stream the body after the head. The head goes out with the first piece
+/// of body, `first` (already read: see `exchange_streaming`), in one write.
 async fn send_body(
     wr: &mut (impl tokio::io::AsyncWrite + Unpin),
     head: &[u8],
+    first: Option<Bytes>,
     body: &mut impl ReqBodyLike,
     framing: ReqFraming,
     limit: Duration,
@@ -401,14 +471,15 @@ async fn send_body(
     let mut sent: u64 = 0;
     let mut pending_head = Some(head);
     let mut out: Vec<u8> = Vec::new();
+    let mut first = first;
+    let empty = first.is_none();
     loop {
-        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await;
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => return Err(Sent::Body(body_error(&e))),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                _ => continue, // empty data, or trailers (not forwarded)
+        let data = match first.take() {
+            Some(d) => d,
+            None if empty => break,
+            None => match next_data(body).await? {
+                Some(d) => d,
+                None => break,
             },
         };
         sent = sent.saturating_add(data.len() as u64);

@@ -361,10 +361,10 @@ fn find_line(buf: &[u8]) -> Result<Option<usize>, BodyError> {
     Ok(Some(lf - 1))
 }
 
-/// True when the body ended exactly at the end of what was read, so the
-/// connection holds no stray bytes.
-pub fn clean_after_body(wire: &Connection) -> bool {
-    wire.buf.is_empty()
+/// Bytes read past the end of a body (0 when it ended exactly at the end of
+/// what was read). Any is a reason never to reuse the connection.
+pub fn bytes_after_body(wire: &Connection) -> usize {
+    wire.buf.len()
 }
 
 /// A whole response in `bytes`, as one exchange would read it (a GET; the
