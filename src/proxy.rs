@@ -301,6 +301,7 @@ impl Proxy {
         completion: &mut Completion,
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        let client_h2 = parts.version == http::Version::HTTP_2;
         let admitted = self.request_filter(&served.snapshot, &parts, completion)?;
         let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), completion)?;
         let upstream_start = Instant::now();
@@ -308,7 +309,8 @@ impl Proxy {
         let upgrading = upgrade.as_ref().map(|u| u.h2_key.as_ref());
         let added =
             phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrading, completion);
-        let req_body = self.request_body(served, &choice, (&parts, &added), body, admitted.declared, completion);
+        let req_body =
+            self.request_body(served, &choice, (&parts, &added), body, (admitted.declared, client_h2), completion);
         let upstream = served.upstream(choice.route.backend(choice.version).upstream).ok_or(ProxyError::NoRoute)?;
         let resp = if upgrade.is_some() {
             // hyper's client writes this head: the added headers go in the map.

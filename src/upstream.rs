@@ -228,7 +228,13 @@ impl Upstream {
         let deadlines = self.deadlines();
         let outcome = if replayable {
             // Nothing to send after the head (no body, or an empty one).
-            drop(body);
+            if !http_body::Body::is_end_stream(&body) {
+                // Declared empty but not ended yet (HTTP/2 HEADERS without
+                // END_STREAM): wait for its end before the request leaves,
+                // so DATA on it (malformed, RFC 9113 §8.1.1) is refused
+                // rather than forwarded as an empty request.
+                expect_empty(body).await?;
+            }
             let outcome = match wire::exchange(&mut wire, &head, &parts.method, deadlines).await {
                 Err(ExchangeError::Io { answered: false, unsent, .. })
                     if reused && (unsent || idempotent(&parts.method)) =>
@@ -243,7 +249,8 @@ impl Upstream {
         } else {
             // A body: the upload may go on after the answer (an upstream
             // that answers early and still reads), so the socket is split.
-            wire::exchange_streaming(wire, head, body, framing, &parts.method, deadlines).await
+            let leftover = body.leftover();
+            wire::exchange_streaming(wire, head, body, framing, &parts.method, deadlines, leftover).await
         };
         let (head, wire, body_done) = outcome.map_err(|e| match e {
             ExchangeError::Unsolicited(n) => {
@@ -294,6 +301,22 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => Err(e),
             Ok(Ok(resp)) => Ok(resp.map(PooledBody::detached)),
+        }
+    }
+}
+
+/// Read a body declared empty to its end; any data in it is an error. The
+/// body's own stall guard (`body_timeout`) bounds the wait.
+async fn expect_empty(mut body: ReqBody) -> Result<(), UpstreamError> {
+    use http_body::Body as _;
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(wire::body_error(&e)),
+            Some(Ok(frame)) if frame.data_ref().is_some_and(|d| !d.is_empty()) => {
+                return Err(UpstreamError::ClientBody("data on a request whose content-length is 0".into()));
+            }
+            Some(Ok(_)) => {}
         }
     }
 }

@@ -153,14 +153,16 @@ impl Proxy {
     }
 
     /// Phase 5: The body to send: limited, guarded against stalls, and teed to
-    /// the shadow when mirrored.
+    /// the shadow when mirrored. `declared`: the client's Content-Length;
+    /// `client_h2`: the request came over HTTP/2 (its leftover body is reset,
+    /// not drained, once the answer has ended).
     pub(super) fn request_body(
         &self,
         served: &Serving,
         c: &Choice<'_>,
         (parts, added): (&Parts, &headers::Added),
         body: Incoming,
-        declared: Option<u64>,
+        (declared, client_h2): (Option<u64>, bool),
         completion: &mut Completion,
     ) -> ReqBody {
         let limits = &served.snapshot.limits;
@@ -168,7 +170,8 @@ impl Proxy {
         let req_body = if has_body {
             let counter = completion.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
             completion.bytes_in.clone_from(&counter);
-            ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter)
+            let body = ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter);
+            if client_h2 { body.over_h2() } else { body }
         } else {
             ReqBody::empty()
         };

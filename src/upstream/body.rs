@@ -31,6 +31,8 @@ pub struct ReqBody {
     tee: Option<Tee>,
     /// Slow-body guard: reset on every frame, fires after `idle`.
     idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// What to do with what is left of it when the answer ends first.
+    leftover: wire::Leftover,
 }
 
 /// A copy of the body as it streams by, for a shadow request. The copy
@@ -68,19 +70,58 @@ impl Tee {
 
 impl ReqBody {
     pub fn empty() -> Self {
-        Self { inner: None, full: None, limit: 0, seen: 0, counter: None, tee: None, idle: None }
+        Self {
+            inner: None,
+            full: None,
+            limit: 0,
+            seen: 0,
+            counter: None,
+            tee: None,
+            idle: None,
+            leftover: wire::Leftover::Drain,
+        }
     }
 
     /// The client's body, cut after `idle` without data and at `limit` bytes.
     pub fn new(inner: Incoming, limit: u64, idle: std::time::Duration, counter: Option<Arc<AtomicU64>>) -> Self {
         let sleep = Box::pin(tokio::time::sleep(idle));
-        Self { inner: Some(inner), full: None, limit, seen: 0, counter, tee: None, idle: Some((idle, sleep)) }
+        Self {
+            inner: Some(inner),
+            full: None,
+            limit,
+            seen: 0,
+            counter,
+            tee: None,
+            idle: Some((idle, sleep)),
+            leftover: wire::Leftover::Drain,
+        }
     }
 
     /// A body already in memory.
     pub fn full(body: Bytes) -> Self {
         let full = (!body.is_empty()).then_some(body);
-        Self { inner: None, full, limit: u64::MAX, seen: 0, counter: None, tee: None, idle: None }
+        Self {
+            inner: None,
+            full,
+            limit: u64::MAX,
+            seen: 0,
+            counter: None,
+            tee: None,
+            idle: None,
+            leftover: wire::Leftover::Drain,
+        }
+    }
+
+    /// The body of an HTTP/2 request: when the upstream's answer ends
+    /// before it, the rest is not drained but the stream reset with
+    /// NO_ERROR (RFC 9113 §8.1), so the client stops sending at once.
+    pub fn over_h2(mut self) -> Self {
+        self.leftover = wire::Leftover::Reset;
+        self
+    }
+
+    pub(super) fn leftover(&self) -> wire::Leftover {
+        self.leftover
     }
 
     /// Copy the body into `tee` as it streams.

@@ -66,7 +66,12 @@ enum Io {
     Whole(TcpStream),
     /// Only the read side: the write side is still uploading the request
     /// body in its own task (the upstream answered early). Never pooled.
-    Read(tokio::net::tcp::OwnedReadHalf),
+    /// Dropping it (the response has ended, or was abandoned) tells that
+    /// task through the sender's drop (see `exchange_streaming`).
+    Read {
+        half: tokio::net::tcp::OwnedReadHalf,
+        _answered: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 impl Connection {
@@ -79,7 +84,7 @@ impl Connection {
     pub fn into_io(self) -> Option<TcpStream> {
         match self.io {
             Io::Whole(s) => Some(s),
-            Io::Read(_) => None,
+            Io::Read { .. } => None,
         }
     }
 
@@ -139,7 +144,7 @@ impl Connection {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            Io::Read(rd) => tokio_util::io::poll_read_buf(std::pin::Pin::new(rd), cx, &mut self.buf),
+            Io::Read { half, .. } => tokio_util::io::poll_read_buf(std::pin::Pin::new(half), cx, &mut self.buf),
         }
     }
 }
@@ -308,12 +313,29 @@ pub async fn exchange(
     }
 }
 
+/// What becomes of a request body the upstream no longer needs: its
+/// response has ended before the body did, or the upstream stopped
+/// taking it after answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftover {
+    /// Read to its end and dropped (HTTP/1.1: closing the client's
+    /// connection on unread bytes could reset it before it reads the
+    /// answer; nginx's lingering close does the same).
+    Drain,
+    /// Dropped once the response has ended (HTTP/2: the stream is then
+    /// reset with NO_ERROR, RFC 9113 §8.1, and the client stops sending).
+    Reset,
+}
+
 /// Like `exchange`, for a request with a body, which may outlive the
-/// exchange: when the upstream answers before the body is all sent and
-/// keeps the connection, the upload goes on in its own task (the upstream
-/// gets the whole body while the client gets the answer). Returns the head,
-/// the connection (whole when the body was all sent; else its read side
-/// only, never pooled), and whether the body was all sent.
+/// exchange: when the upstream answers before the body is all sent, the
+/// upload goes on in its own task while the answer goes to the client
+/// (an upstream that answers early may still read). Once that answer has
+/// ended, the rest of the body is the client's alone: drained or reset as
+/// `leftover` says, never left hanging on a write the upstream does not
+/// take. Returns the head, the connection (whole when the body was all
+/// sent; else its read side only, never pooled), and whether the body was
+/// all sent.
 pub async fn exchange_streaming(
     wire: Connection,
     head: Vec<u8>,
@@ -321,6 +343,7 @@ pub async fn exchange_streaming(
     framing: ReqFraming,
     method: &Method,
     deadlines: Deadlines,
+    leftover: Leftover,
 ) -> Result<(Head, Connection, bool), ExchangeError> {
     let Connection { io, mut buf } = wire;
     let Io::Whole(io) = io else {
@@ -334,25 +357,40 @@ pub async fn exchange_streaming(
     let first = next_data(&mut body).await.map_err(|e| match e {
         Sent::Body(e) => ExchangeError::Body(e),
         Sent::Io(error) => ExchangeError::Io { error, answered: false, unsent: true },
+        Sent::Answered => ExchangeError::Protocol("no answer can end before the request is sent".into()),
         Sent::Stalled(d) => ExchangeError::Stalled(d),
     })?;
     if let IdleState::Unsolicited(n) = peek(&io) {
         return Err(ExchangeError::Unsolicited(n));
     }
     let (mut rd, wr) = io.into_split();
-    let limit = deadlines.upload;
+    // Fires (by the sender being dropped) when the answer's body has ended
+    // or was dropped: the sender goes with the read side (`Io::Read`) when
+    // the upstream answers early, and is dropped with this function otherwise.
+    let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
+    let mut pace = Pace { limit: deadlines.upload, answered: Some(answered) };
     let mut upload = Box::pin(async move {
         let mut wr = wr;
-        let sent = send_body(&mut wr, &head, first, &mut body, framing, limit).await;
-        if matches!(sent, Err(Sent::Io(_))) {
+        let sent = send_body(&mut wr, &head, first, &mut body, framing, &mut pace).await;
+        if matches!(sent, Err(Sent::Io(_) | Sent::Answered)) {
             // The upstream stopped taking the body; it may have answered
-            // early (a 413, a 401). Read the rest of the client's body and
-            // drop it, as nginx's lingering close does: closing on unread
-            // bytes would reset the client's connection, and a client still
-            // sending could lose the answer. The body's own limits (size,
-            // `body_timeout` per read) bound this; without an answer the
-            // exchange fails at once and this is dropped with it.
-            discard(&mut body).await;
+            // early (a 413, a 401). The rest is the client's: drained or,
+            // on HTTP/2 once the answer has ended, reset (see `Leftover`).
+            // The body's own limits (size, `body_timeout` per read) bound
+            // the drain; without an answer the exchange fails at once and
+            // this is dropped with it.
+            match (leftover, pace.answered.take()) {
+                (Leftover::Drain, _) => discard(&mut body).await,
+                // The answer has ended: drop the body now (the stream reset).
+                (Leftover::Reset, None) => {}
+                // Drained until the answer ends, then dropped.
+                (Leftover::Reset, Some(answered)) => {
+                    tokio::select! {
+                        () = discard(&mut body) => {}
+                        _ = answered => {}
+                    }
+                }
+            }
         }
         (wr, sent)
     });
@@ -405,11 +443,14 @@ pub async fn exchange_streaming(
             }
         });
     }
-    Ok((head, Connection { io: Io::Read(rd), buf }, false))
+    Ok((head, Connection { io: Io::Read { half: rd, _answered: answered_tx }, buf }, false))
 }
 
 enum Sent {
     Io(io::Error),
+    /// The answer has ended and the upstream stopped taking the body
+    /// (`AFTER_ANSWER`).
+    Answered,
     Body(super::UpstreamError),
     /// The upstream took nothing for this long.
     Stalled(Duration),
@@ -424,6 +465,49 @@ fn upload_ended(sent: Result<(), Sent>) -> Result<Option<io::Error>, ExchangeErr
         Err(Sent::Body(e)) => Err(ExchangeError::Body(e)),
         Err(Sent::Stalled(d)) => Err(ExchangeError::Stalled(d)),
         Err(Sent::Io(e)) => Ok(Some(e)),
+        // Only after the exchange has handed the answer on; kept as a
+        // failed write should it ever be seen here.
+        Err(Sent::Answered) => Ok(Some(io::Error::other("the answer ended before the request body"))),
+    }
+}
+
+/// How long, once the answer has ended, the upstream may take to accept
+/// each write of the rest of the body. An upstream that answered early and
+/// still reads (a streaming API that acknowledges first) gets the whole
+/// body; one that stopped reading no longer holds the client's upload:
+/// what is left is drained or reset (`Leftover`).
+const AFTER_ANSWER: Duration = Duration::from_secs(1);
+
+/// The upload's write deadlines: `body_timeout` per write while the answer
+/// has not ended, then `AFTER_ANSWER`.
+struct Pace {
+    limit: Duration,
+    /// Resolves when the answer has ended (see `exchange_streaming`);
+    /// None once it has.
+    answered: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Pace {
+    async fn write(&mut self, wr: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), Sent> {
+        let write = wr.write_all(bytes);
+        tokio::pin!(write);
+        if let Some(answered) = self.answered.as_mut() {
+            let limit = self.limit;
+            tokio::select! {
+                biased;
+                done = tokio::time::timeout(limit, &mut write) => {
+                    return match done {
+                        Err(_) => Err(Sent::Stalled(limit)),
+                        Ok(r) => r.map_err(Sent::Io),
+                    };
+                }
+                _ = answered => self.answered = None,
+            }
+        }
+        match tokio::time::timeout(AFTER_ANSWER, &mut write).await {
+            Err(_) => Err(Sent::Answered),
+            Ok(r) => r.map_err(Sent::Io),
+        }
     }
 }
 
@@ -466,7 +550,7 @@ async fn send_body(
     first: Option<Bytes>,
     body: &mut impl ReqBodyLike,
     framing: ReqFraming,
-    limit: Duration,
+    pace: &mut Pace,
 ) -> Result<(), Sent> {
     let mut sent: u64 = 0;
     let mut pending_head = Some(head);
@@ -494,14 +578,14 @@ async fn send_body(
             out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         }
         if out.is_empty() && framing != ReqFraming::Chunked {
-            stalls(limit, wr.write_all(&data)).await?;
+            pace.write(wr, &data).await?;
             continue;
         }
         out.extend_from_slice(&data);
         if framing == ReqFraming::Chunked {
             out.extend_from_slice(b"\r\n");
         }
-        stalls(limit, wr.write_all(&out)).await?;
+        pace.write(wr, &out).await?;
     }
     if matches!(framing, ReqFraming::Length(n) if sent != n) {
         return Err(Sent::Body(super::UpstreamError::ClientBody("body shorter than its Content-Length".into())));
@@ -516,11 +600,11 @@ async fn send_body(
     if out.is_empty() {
         return Ok(());
     }
-    stalls(limit, wr.write_all(&out)).await
+    pace.write(wr, &out).await
 }
 
 /// Sort a request body error into the limit, the stall, or a broken client.
-fn body_error(e: &BoxError) -> super::UpstreamError {
+pub(super) fn body_error(e: &BoxError) -> super::UpstreamError {
     if e.is::<BodyTooLarge>() {
         super::UpstreamError::BodyTooLarge
     } else if e.is::<BodyTimeout>() {
