@@ -468,7 +468,9 @@ fn import(
 /// `weir journal verify`: 0 intact, 1 broken, 2 unreadable.
 fn journal_verify(path: &std::path::Path) -> ExitCode {
     use weir::journal;
-    let read = |p: &std::path::Path| std::fs::read(p).map(|b| (p.display().to_string(), b));
+    let read = |p: &std::path::Path| {
+        weir::files::read_capped(p, weir::files::MAX_JOURNAL).map(|b| (p.display().to_string(), b))
+    };
     let (files, from, state) = if path.is_dir() {
         let mut names = weir::rollout::store::rotated_journals(path);
         let current = path.join("journal.jsonl");
@@ -476,7 +478,7 @@ fn journal_verify(path: &std::path::Path) -> ExitCode {
             names.push(current);
         }
         let files: Result<Vec<_>, _> = names.iter().map(|p| read(p)).collect();
-        (files, None, std::fs::read(path.join("state.json")).ok())
+        (files, None, weir::files::read_capped(&path.join("state.json"), weir::files::MAX_STATE).ok())
     } else {
         let file = read(path);
         let from = file.as_ref().ok().and_then(|(_, b)| journal::claimed_start(b)).filter(|h| h.seq > 0);

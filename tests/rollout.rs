@@ -462,3 +462,51 @@ async fn the_latch_survives_reload_and_kill_9_and_clears_on_a_new_revision() {
     let saved: Value = serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
     assert_eq!(saved["routes"]["app"]["revision"], "2.1");
 }
+
+/// A FIFO or a huge `state.json` (issue 32): read like every other file,
+/// non-blocking and capped, so `weir run` neither hangs in `open()` nor
+/// reads a gigabyte; it starts with the canary off and SIGTERM stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_huge_state_file_starts_safe_and_sigterm_still_works() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    for kind in ["fifo", "huge"] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("weir-state");
+        std::fs::create_dir(&state).unwrap();
+        let file = state.join("state.json");
+        if kind == "fifo" {
+            assert!(std::process::Command::new("mkfifo").arg(&file).status().unwrap().success());
+        } else {
+            // Sparse: 1.2 GB on paper, nothing on disk.
+            std::fs::File::create(&file).unwrap().set_len(1_200_000_000).unwrap();
+        }
+        let text = config(s.addr, c.addr, &route("interval: 100ms", ""))
+            .replace("access_log: false", &format!("access_log: false\nstate_dir: {}", state.display()));
+        std::fs::write(dir.path().join("weir.yaml"), &text).unwrap();
+        // spawn_weir_admin waits (bounded) for "weir ready".
+        let (mut child, _addr, admin, _out, err) = support::spawn_weir_admin(&dir.path().join("weir.yaml"));
+        let v = route_view(admin, "app").await;
+        assert_eq!(
+            (v["state"].as_str(), v["rolled_back"]["reason"].as_str()),
+            (Some("rolled_back"), Some("state_unreadable")),
+            "{kind}: {v}"
+        );
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap();
+        assert!(rss_kib < 200 * 1024, "{kind}: {rss_kib} KiB resident: the file was read");
+        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let code = loop {
+            if let Some(code) = child.try_wait().unwrap() {
+                break code;
+            }
+            assert!(std::time::Instant::now() < deadline, "{kind}: SIGTERM did not stop weir");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(code.success(), "{kind}: exit {code:?}");
+        drop(err);
+    }
+}

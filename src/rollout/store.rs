@@ -68,7 +68,7 @@ pub fn rotated_journals(dir: &Path) -> Vec<PathBuf> {
 fn head_on_disk(dir: &Path) -> Head {
     let tail = |p: &Path| -> Option<Head> {
         use std::io::{Read, Seek, SeekFrom};
-        let mut f = File::open(p).ok()?;
+        let mut f = crate::files::open_regular(p).ok()?;
         let len = f.metadata().ok()?.len();
         // Lines are at most a few KiB; the last MiB holds the newest whole one.
         let start = len.saturating_sub(1024 * 1024);
@@ -106,18 +106,29 @@ impl Store {
             }
         }
         let head = head_on_disk(dir);
-        let journal = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL))?;
+        // Non-blocking, and only a regular file: a FIFO would hang the
+        // open (a writer waits for a reader) where no signal can stop it.
+        let journal = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(dir.join(JOURNAL))?
+        };
         let meta = journal.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{JOURNAL} is not a regular file")));
+        }
         let journal_since =
             meta.created().or_else(|_| meta.modified()).unwrap_or_else(|_| std::time::SystemTime::now());
-        let loaded = match fs::read(dir.join(STATE)) {
+        let loaded = match crate::files::read_capped(&dir.join(STATE), crate::files::MAX_STATE) {
             Ok(bytes) => parse_state(&bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::default(),
             Err(e) => Loaded { unreadable_file: Some(e.to_string()), ..Loaded::default() },
         };
         if loaded.unreadable_file.is_some() || !loaded.unreadable_routes.is_empty() {
             // Keep the bad file for a human; the next save replaces state.json.
-            let _ = fs::copy(dir.join(STATE), dir.join("state.json.unreadable"));
+            // (Only a regular file: copying a FIFO would block.)
+            if fs::metadata(dir.join(STATE)).is_ok_and(|m| m.is_file()) {
+                let _ = fs::copy(dir.join(STATE), dir.join("state.json.unreadable"));
+            }
         }
         let store = Self {
             dir: dir.to_path_buf(),
@@ -167,7 +178,7 @@ impl Store {
 
     /// A route's saved filters, if any could be read.
     pub fn load_filters(&self, route: &str) -> Option<Vec<u8>> {
-        fs::read(self.dir.join(Self::filters_name(route))).ok()
+        crate::files::read_capped(&self.dir.join(Self::filters_name(route)), crate::files::MAX_STATE).ok()
     }
 
     /// Append one line, chained to the one before, and fsync it; rotate
