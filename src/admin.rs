@@ -198,12 +198,10 @@ fn authorize<B>(state: &AdminState, req: &Request<B>) -> Result<(), (StatusCode,
         };
     };
     // Read on each call so a rotated token applies without a reload.
-    let expected = match crate::files::read_capped(&file, crate::files::MAX_SECRET)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-    {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
-        _ => {
-            tracing::error!(path = %file.display(), "admin token file unreadable or empty; refusing mutations");
+    let expected = match crate::files::read_token(&file) {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::error!(path = %file.display(), error = %why, "admin token unusable; refusing mutations");
             return Err((StatusCode::FORBIDDEN, "admin token unavailable\n"));
         }
     };

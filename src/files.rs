@@ -75,6 +75,24 @@ pub fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A bearer token from `path` (`admin.token_file`, `--token-file`): a
+/// capped regular file holding one token of visible ASCII (surrounding
+/// whitespace and a final newline are trimmed). Anything else is refused
+/// with why: an empty file would otherwise lock every mutation out, and a
+/// token with spaces or control bytes cannot be sent in a header at all.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let bytes = read_capped(path, MAX_SECRET).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{} must hold one token of visible ASCII, without spaces", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +126,15 @@ mod tests {
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let e = read_capped(&fifo, 10).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+        // Tokens: one word of visible ASCII, trimmed.
+        std::fs::write(&ok, b"  s3cret\n").unwrap();
+        assert_eq!(read_token(&ok).unwrap(), "s3cret");
+        std::fs::write(&ok, b"\n").unwrap();
+        assert!(read_token(&ok).unwrap_err().contains("is empty"));
+        std::fs::write(&ok, b"two words").unwrap();
+        assert!(read_token(&ok).unwrap_err().contains("visible ASCII"));
+        assert!(read_token(&fifo).unwrap_err().contains("not a regular file"));
+        std::fs::write(&ok, b"hello").unwrap();
         // Symlinks are followed (ConfigMap mounts are symlinks).
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&ok, &link).unwrap();

@@ -23,6 +23,9 @@ pub enum HostError {
     Duplicate,
     Invalid,
     Conflict,
+    /// An absolute-form target whose scheme is not the connection's
+    /// (`https://` on a plain listener, or the other way round).
+    Scheme,
 }
 
 impl HostError {
@@ -32,6 +35,7 @@ impl HostError {
             HostError::Duplicate => "more than one Host header",
             HostError::Invalid => "invalid Host",
             HostError::Conflict => "Host does not match the request target",
+            HostError::Scheme => "request target scheme does not match the connection",
         }
     }
 }
@@ -54,6 +58,9 @@ pub fn authority(parts: &Parts) -> Result<&str, HostError> {
         (Some(t), Some(h)) if parts.version == Version::HTTP_2 && !t.eq_ignore_ascii_case(h) => {
             return Err(HostError::Conflict);
         }
+        // HTTP/1.1 needs Host even with an absolute-form target (RFC 9112
+        // §3.2: a request without one gets 400).
+        (Some(_), None) if parts.version == Version::HTTP_11 => return Err(HostError::Missing),
         // Absolute-form request target wins over Host (RFC 9112 §3.2.2).
         (Some(t), _) => t,
         (None, Some(h)) => h,
@@ -64,6 +71,20 @@ pub fn authority(parts: &Parts) -> Result<&str, HostError> {
         return Err(HostError::Invalid);
     }
     Ok(chosen)
+}
+
+/// An HTTP/1 absolute-form target names the scheme it expects: it must be
+/// the connection's (weir does not forward to another scheme, and a plain
+/// listener must not pass a request off as having come over TLS).
+pub fn check_scheme(parts: &Parts, https: bool) -> Result<(), HostError> {
+    if parts.version == Version::HTTP_2 {
+        return Ok(()); // `:scheme` is HTTP/2's own, checked by its peer rules
+    }
+    match parts.uri.scheme_str() {
+        None => Ok(()),
+        Some(s) if s.eq_ignore_ascii_case(if https { "https" } else { "http" }) => Ok(()),
+        Some(_) => Err(HostError::Scheme),
+    }
 }
 
 /// `reg-name[:port]` or `[v6][:port]` with a numeric port.

@@ -287,6 +287,7 @@ impl Proxy {
                     peer.activity.as_ref().filter(|_| h2_ws).map(|a| a.begin()),
                 ),
                 h2_key: h2_ws.then(websocket::new_key),
+                client_key: (!h2_ws).then(|| req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned()).flatten(),
             }
         }))
     }
@@ -302,7 +303,7 @@ impl Proxy {
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let client_h2 = parts.version == http::Version::HTTP_2;
-        let admitted = self.request_filter(&served.snapshot, &parts, completion)?;
+        let admitted = self.request_filter(&served.snapshot, (&parts, peer.https), completion)?;
         let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), completion)?;
         let upstream_start = Instant::now();
         let conn = self.upstream_peer(served, &mut choice, upstream_start, completion).await?;

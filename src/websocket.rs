@@ -95,9 +95,12 @@ pub struct ClientUpgrade {
     /// What the socket keeps of its client connection.
     pub hold: crate::limits::ConnHold,
     /// RFC 8441 (HTTP/2 client): the key weir sends the upstream, whose
-    /// answer it checks itself; `None` for an HTTP/1.1 client (the client
-    /// checks the answer).
+    /// answer it checks itself; `None` for an HTTP/1.1 client.
     pub h2_key: Option<HeaderValue>,
+    /// HTTP/1.1 client: the key it sent (and weir forwards). weir checks
+    /// the upstream's `Sec-WebSocket-Accept` against it too, rather than
+    /// tunnel to an upstream that did not answer this handshake.
+    pub client_key: Option<HeaderValue>,
 }
 
 /// The upstream's 101 names `Upgrade: websocket`.

@@ -586,3 +586,31 @@ fn split_config(s: &Upstream, c: &Upstream, weight: u32) -> String {
         s.addr, c.addr
     )
 }
+
+#[test]
+fn check_reads_the_admin_token_file_as_the_admin_api_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |token: &str| {
+        format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\", token_file: {token}}}\n\
+             upstreams:\n  v1: {{endpoints: [\"127.0.0.1:1\"]}}\nroutes:\n  - name: r\n    stable: {{upstream: v1}}\n"
+        )
+    };
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    write(dir.path(), "empty", "\n");
+    write(dir.path(), "spaced", "two words\n");
+    write(dir.path(), "good", "s3cret\n");
+    for (token, expected) in [
+        ("missing", "cannot read"),
+        ("empty", "is empty"),
+        ("spaced", "visible ASCII"),
+        (fifo.to_str().unwrap(), "not a regular file"),
+    ] {
+        let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg(token)));
+        assert!(!ok, "{token}: {out}");
+        assert!(out.contains("admin.token_file:") && out.contains(expected), "{token}: {out}");
+    }
+    let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg("good")));
+    assert!(ok, "{out}");
+}

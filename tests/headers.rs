@@ -87,6 +87,10 @@ async fn bad_hosts_get_400_and_never_reach_the_upstream() {
         ("invalid chars", "GET / HTTP/1.1\r\nHost: shop.example.com/evil\r\n\r\n"),
         ("bad port", "GET / HTTP/1.1\r\nHost: shop.example.com:http\r\n\r\n"),
         ("space", "GET / HTTP/1.1\r\nHost: shop example\r\n\r\n"),
+        // RFC 9112 §3.2: HTTP/1.1 needs Host even with an absolute target.
+        ("absolute-form without Host", "GET http://shop.example.com/ HTTP/1.1\r\n\r\n"),
+        // A plain listener does not take requests meant for TLS.
+        ("https target on plain", "GET https://shop.example.com/ HTTP/1.1\r\nHost: shop.example.com\r\n\r\n"),
     ] {
         let resp = raw(weir.addr, req.as_bytes(), Duration::from_millis(500)).await;
         assert!(resp.starts_with("HTTP/1.1 400"), "{what}: {resp}");

@@ -152,6 +152,16 @@ async fn a_failed_upgrade_stays_http_and_an_unsolicited_101_is_a_502() {
     let (status, headers, _) = get(&client(), &w.url("/x"), &[]).await;
     assert_eq!(status, 502);
     assert_eq!(headers["x-weir-error"], "upstream_protocol");
+
+    // A 101 to a WebSocket handshake, but not to this one: its
+    // Sec-WebSocket-Accept is missing (the rogue sends none) or answers
+    // another key. weir checks it and never starts the tunnel.
+    let mut s = TcpStream::connect(w.addr).await.unwrap();
+    s.write_all(handshake.replace("/ws", "/rogue").as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut got)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&got[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(head.contains("x-weir-error: upstream_protocol"), "{head}");
 }
 
 #[tokio::test]

@@ -129,9 +129,9 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
     }
     let admin_token_file = raw.admin.as_ref().and_then(|a| a.token_file.as_deref()).map(|f| resolve(base, f));
     if let Some(f) = &admin_token_file
-        && let Err(e) = std::fs::metadata(f)
+        && let Err(why) = crate::files::read_token(f)
     {
-        p.at("admin.token_file", format!("cannot read {}: {e}", f.display()));
+        p.at("admin.token_file", why);
     }
     let limits = compile_limits(&raw, p);
     let shutdown = Shutdown {

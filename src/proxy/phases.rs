@@ -45,7 +45,7 @@ impl Proxy {
     pub(super) fn request_filter(
         &self,
         snap: &Snapshot,
-        parts: &Parts,
+        (parts, https): (&Parts, bool),
         completion: &mut Completion,
     ) -> Result<Admitted, ProxyError> {
         if parts.version <= http::Version::HTTP_11 {
@@ -54,6 +54,7 @@ impl Proxy {
         if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > headers::MAX_URI {
             return Err(ProxyError::UriTooLong);
         }
+        headers::check_scheme(parts, https).map_err(ProxyError::Host)?;
         let authority = headers::authority(parts).map_err(ProxyError::Host)?;
         // In header form: usually the Host value itself (no copy).
         let value = match parts.headers.get(HOST) {
@@ -195,21 +196,25 @@ impl Proxy {
         if switched {
             // Only a WebSocket handshake may switch protocols; a 101 to
             // anything else (or to another protocol) is broken.
-            let (Some(websocket::ClientUpgrade { on: client, hold, h2_key }), Some(m)) = (upgrade, c.metrics.as_ref())
+            let (Some(websocket::ClientUpgrade { on: client, hold, h2_key, client_key }), Some(m)) =
+                (upgrade, c.metrics.as_ref())
             else {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
             };
             if !websocket::accepts_websocket(resp.headers()) {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol101));
             }
-            // RFC 8441: the HTTP/2 client cannot check the upstream's
-            // answer to a key it never sent, so weir does.
-            if let Some(key) = h2_key {
-                let want = websocket::accept_for(key.as_bytes());
-                if resp.headers().get(SEC_WEBSOCKET_ACCEPT).is_none_or(|v| v.as_bytes() != want.as_bytes()) {
-                    return Err(ProxyError::Upstream(UpstreamError::Protocol101));
-                }
-                over_h2 = true;
+            // The upstream's answer must be to this handshake's key (RFC
+            // 6455 §4.1): weir's own key for an HTTP/2 client (RFC 8441: the
+            // client cannot check an answer to a key it never sent), the
+            // client's for HTTP/1.1 (weir checks before it starts relaying).
+            over_h2 = h2_key.is_some();
+            let Some(key) = h2_key.or(client_key) else {
+                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
+            };
+            let want = websocket::accept_for(key.as_bytes());
+            if resp.headers().get(SEC_WEBSOCKET_ACCEPT).is_none_or(|v| v.as_bytes() != want.as_bytes()) {
+                return Err(ProxyError::Upstream(UpstreamError::Protocol101));
             }
             let upstream_side = hyper::upgrade::on(&mut resp);
             let policy = &c.route.websocket;
