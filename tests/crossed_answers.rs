@@ -42,24 +42,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{Upstream, Weir, config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Read one request head from `s` (requests here have no body); its method
 /// and target, or None when the peer closed.
 async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    buf.drain(..end);
+    let head = support::read_request_head(s, buf).await?;
     let mut words = head.split(' ');
     Some((words.next()?.to_string(), words.next()?.to_string()))
 }

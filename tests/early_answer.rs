@@ -41,18 +41,9 @@ async fn early_upstream() -> (SocketAddr, Arc<AtomicU64>) {
             let count = Arc::clone(&count);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let end = loop {
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
+                let Some(head) = support::read_request_head(&mut s, &mut buf).await else { return };
                 count.fetch_add(1, Ordering::SeqCst);
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let head = head.to_lowercase();
                 let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                 let early = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
                 let early_close = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nearly";
@@ -79,7 +70,7 @@ async fn early_upstream() -> (SocketAddr, Arc<AtomicU64>) {
                             .find_map(|l| l.strip_prefix("content-length:"))
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
-                        let mut got = buf.len() - end;
+                        let mut got = buf.len();
                         while got < length {
                             let mut chunk = [0u8; 65536];
                             match s.read(&mut chunk).await {
