@@ -16,7 +16,7 @@
 //! being sent, so an upstream that answers early (413, 401) is heard.
 //! WebSocket handshakes do not come here (hyper's client does the upgrade).
 
-use super::{BodyTimeout, BodyTooLarge, BoxError};
+use super::BoxError;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -313,20 +313,6 @@ pub async fn exchange(
     }
 }
 
-/// What becomes of a request body the upstream no longer needs: its
-/// response has ended before the body did, or the upstream stopped
-/// taking it after answering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leftover {
-    /// Read to its end and dropped (HTTP/1.1: closing the client's
-    /// connection on unread bytes could reset it before it reads the
-    /// answer; nginx's lingering close does the same).
-    Drain,
-    /// Dropped once the response has ended (HTTP/2: the stream is then
-    /// reset with NO_ERROR, RFC 9113 §8.1, and the client stops sending).
-    Reset,
-}
-
 /// Like `exchange`, for a request with a body, which may outlive the
 /// exchange: when the upstream answers before the body is all sent, the
 /// upload goes on in its own task while the answer goes to the client
@@ -368,32 +354,8 @@ pub async fn exchange_streaming(
     // or was dropped: the sender goes with the read side (`Io::Read`) when
     // the upstream answers early, and is dropped with this function otherwise.
     let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
-    let mut pace = Pace { limit: deadlines.upload, answered: Some(answered) };
-    let mut upload = Box::pin(async move {
-        let mut wr = wr;
-        let sent = send_body(&mut wr, &head, first, &mut body, framing, &mut pace).await;
-        if matches!(sent, Err(Sent::Io(_) | Sent::Answered)) {
-            // The upstream stopped taking the body; it may have answered
-            // early (a 413, a 401). The rest is the client's: drained or,
-            // on HTTP/2 once the answer has ended, reset (see `Leftover`).
-            // The body's own limits (size, `body_timeout` per read) bound
-            // the drain; without an answer the exchange fails at once and
-            // this is dropped with it.
-            match (leftover, pace.answered.take()) {
-                (Leftover::Drain, _) => discard(&mut body).await,
-                // The answer has ended: drop the body now (the stream reset).
-                (Leftover::Reset, None) => {}
-                // Drained until the answer ends, then dropped.
-                (Leftover::Reset, Some(answered)) => {
-                    tokio::select! {
-                        () = discard(&mut body) => {}
-                        _ = answered => {}
-                    }
-                }
-            }
-        }
-        (wr, sent)
-    });
+    let pace = Pace { limit: deadlines.upload, answered: Some(answered) };
+    let mut upload = Box::pin(upload::run(wr, head, first, body, framing, pace, leftover));
     let timer = tokio::time::sleep(deadlines.head);
     tokio::pin!(timer);
     let mut sent_all: Option<tokio::net::tcp::OwnedWriteHalf> = None;
@@ -446,174 +408,6 @@ pub async fn exchange_streaming(
     Ok((head, Connection { io: Io::Read { half: rd, _answered: answered_tx }, buf }, false))
 }
 
-enum Sent {
-    Io(io::Error),
-    /// The answer has ended and the upstream stopped taking the body
-    /// (`AFTER_ANSWER`).
-    Answered,
-    Body(super::UpstreamError),
-    /// The upstream took nothing for this long.
-    Stalled(Duration),
-}
-
-/// How an upload ended, for the exchange: a body or stall error ends it;
-/// a failed write does not (the upstream may have answered and closed), it
-/// is kept to report if no answer comes.
-fn upload_ended(sent: Result<(), Sent>) -> Result<Option<io::Error>, ExchangeError> {
-    match sent {
-        Ok(()) => Ok(None),
-        Err(Sent::Body(e)) => Err(ExchangeError::Body(e)),
-        Err(Sent::Stalled(d)) => Err(ExchangeError::Stalled(d)),
-        Err(Sent::Io(e)) => Ok(Some(e)),
-        // Only after the exchange has handed the answer on; kept as a
-        // failed write should it ever be seen here.
-        Err(Sent::Answered) => Ok(Some(io::Error::other("the answer ended before the request body"))),
-    }
-}
-
-/// How long, once the answer has ended, the upstream may take to accept
-/// each write of the rest of the body. An upstream that answered early and
-/// still reads (a streaming API that acknowledges first) gets the whole
-/// body; one that stopped reading no longer holds the client's upload:
-/// what is left is drained or reset (`Leftover`).
-const AFTER_ANSWER: Duration = Duration::from_secs(1);
-
-/// The upload's write deadlines: `body_timeout` per write while the answer
-/// has not ended, then `AFTER_ANSWER`.
-struct Pace {
-    limit: Duration,
-    /// Resolves when the answer has ended (see `exchange_streaming`);
-    /// None once it has.
-    answered: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-impl Pace {
-    async fn write(&mut self, wr: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), Sent> {
-        let write = wr.write_all(bytes);
-        tokio::pin!(write);
-        if let Some(answered) = self.answered.as_mut() {
-            let limit = self.limit;
-            tokio::select! {
-                biased;
-                done = tokio::time::timeout(limit, &mut write) => {
-                    return match done {
-                        Err(_) => Err(Sent::Stalled(limit)),
-                        Ok(r) => r.map_err(Sent::Io),
-                    };
-                }
-                _ = answered => self.answered = None,
-            }
-        }
-        match tokio::time::timeout(AFTER_ANSWER, &mut write).await {
-            Err(_) => Err(Sent::Answered),
-            Ok(r) => r.map_err(Sent::Io),
-        }
-    }
-}
-
-/// One write, cut off when the upstream takes nothing for `limit`.
-async fn stalls(limit: Duration, write: impl std::future::Future<Output = io::Result<()>>) -> Result<(), Sent> {
-    match tokio::time::timeout(limit, write).await {
-        Err(_) => Err(Sent::Stalled(limit)),
-        Ok(r) => r.map_err(Sent::Io),
-    }
-}
-
-/// Read what is left of a body and drop it (see the early answer in
-/// `exchange_streaming`). Ends at the body's end or its first error: the
-/// body's own limits bound it.
-async fn discard(body: &mut impl ReqBodyLike) {
-    while let Some(Ok(_)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {}
-}
-
-/// The next non-empty piece of body, or None at its end (trailers are not
-/// forwarded).
-async fn next_data(body: &mut impl ReqBodyLike) -> Result<Option<Bytes>, Sent> {
-    loop {
-        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await;
-        match frame {
-            None => return Ok(None),
-            Some(Err(e)) => return Err(Sent::Body(body_error(&e))),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) if !d.is_empty() => return Ok(Some(d)),
-                _ => {} // empty data, or trailers
-            },
-        }
-    }
-}
-
-/// Stream the body after the head. The head goes out with the first piece
-/// of body, `first` (already read: see `exchange_streaming`), in one write.
-async fn send_body(
-    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
-    head: &[u8],
-    first: Option<Bytes>,
-    body: &mut impl ReqBodyLike,
-    framing: ReqFraming,
-    pace: &mut Pace,
-) -> Result<(), Sent> {
-    let mut sent: u64 = 0;
-    let mut pending_head = Some(head);
-    let mut out: Vec<u8> = Vec::new();
-    let mut first = first;
-    let empty = first.is_none();
-    loop {
-        let data = match first.take() {
-            Some(d) => d,
-            None if empty => break,
-            None => match next_data(body).await? {
-                Some(d) => d,
-                None => break,
-            },
-        };
-        sent = sent.saturating_add(data.len() as u64);
-        if matches!(framing, ReqFraming::Length(n) if sent > n) {
-            return Err(Sent::Body(super::UpstreamError::ClientBody("body longer than its Content-Length".into())));
-        }
-        out.clear();
-        if let Some(h) = pending_head.take() {
-            out.extend_from_slice(h);
-        }
-        if framing == ReqFraming::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        }
-        if out.is_empty() && framing != ReqFraming::Chunked {
-            pace.write(wr, &data).await?;
-            continue;
-        }
-        out.extend_from_slice(&data);
-        if framing == ReqFraming::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        pace.write(wr, &out).await?;
-    }
-    if matches!(framing, ReqFraming::Length(n) if sent != n) {
-        return Err(Sent::Body(super::UpstreamError::ClientBody("body shorter than its Content-Length".into())));
-    }
-    out.clear();
-    if let Some(h) = pending_head.take() {
-        out.extend_from_slice(h);
-    }
-    if framing == ReqFraming::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
-    if out.is_empty() {
-        return Ok(());
-    }
-    pace.write(wr, &out).await
-}
-
-/// Sort a request body error into the limit, the stall, or a broken client.
-pub(super) fn body_error(e: &BoxError) -> super::UpstreamError {
-    if e.is::<BodyTooLarge>() {
-        super::UpstreamError::BodyTooLarge
-    } else if e.is::<BodyTimeout>() {
-        super::UpstreamError::BodyTimeout
-    } else {
-        super::UpstreamError::ClientBody(e.to_string())
-    }
-}
-
 async fn read_head(
     rd: &mut (impl tokio::io::AsyncRead + Unpin),
     buf: &mut BytesMut,
@@ -662,6 +456,10 @@ fn too_many_interim_why() -> String {
 }
 
 mod response;
+mod upload;
+
+pub use upload::{Leftover, body_error};
+use upload::{Pace, Sent, next_data, stalls, upload_ended};
 
 pub use response::*;
 
