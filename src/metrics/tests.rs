@@ -53,6 +53,9 @@ fn histogram_buckets_are_cumulative_and_monotone() {
     assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"200\"} 7"));
     assert!(text.contains("weir_requests_total{route=\"app\",version=\"canary\",code=\"000\"} 1"));
     assert!(text.contains("weir_access_log_dropped_total 7"), "{text}");
+    let stray = "weir_upstream_unsolicited_total{upstream=\"v2\",endpoint=\"127.0.0.2:8080\"";
+    assert!(text.contains(&format!("{stray},when=\"after_response\"}} 1")), "{text}");
+    assert!(text.contains(&format!("{stray},when=\"idle\"}} 4")), "{text}");
     // Every error kind that can be produced is counted under its label.
     for k in crate::labels::ErrorKind::ALL {
         let n = if k == crate::labels::ErrorKind::Client { 2 } else { 1 };

@@ -81,6 +81,27 @@ fn histogram_series(
     let _ = writeln!(o, "{name}_count{{{labels}}} {count}");
 }
 
+/// `weir_upstream_unsolicited_total`: per (upstream, endpoint), connections
+/// closed for bytes no request asked for, by where they were found.
+fn unsolicited_family(o: &mut String, rows: &[(String, String, [u64; 2])]) {
+    let _ = writeln!(
+        o,
+        "# HELP {UPSTREAM_UNSOLICITED} Upstream connections closed for bytes no request asked for, by where they were found."
+    );
+    let _ = writeln!(o, "# TYPE {UPSTREAM_UNSOLICITED} counter");
+    for (upstream, endpoint, counts) in rows {
+        for (when, n) in crate::labels::Unsolicited::ALL.iter().zip(counts) {
+            let _ = writeln!(
+                o,
+                "{UPSTREAM_UNSOLICITED}{{upstream=\"{}\",endpoint=\"{}\",when=\"{}\"}} {n}",
+                escape(upstream),
+                escape(endpoint),
+                when.as_str()
+            );
+        }
+    }
+}
+
 /// Prometheus text format 0.0.4.
 pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -298,22 +319,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {UNROUTED_TOTAL} Requests that matched no route (answered 404).");
     let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
     let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
-    let _ = writeln!(
-        o,
-        "# HELP {UPSTREAM_UNSOLICITED} Upstream connections closed for bytes no request asked for, by where they were found."
-    );
-    let _ = writeln!(o, "# TYPE {UPSTREAM_UNSOLICITED} counter");
-    for (upstream, endpoint, counts) in &g.unsolicited {
-        for (when, n) in crate::labels::Unsolicited::ALL.iter().zip(counts) {
-            let _ = writeln!(
-                o,
-                "{UPSTREAM_UNSOLICITED}{{upstream=\"{}\",endpoint=\"{}\",when=\"{}\"}} {n}",
-                escape(upstream),
-                escape(endpoint),
-                when.as_str()
-            );
-        }
-    }
+    unsolicited_family(&mut o, &g.unsolicited);
     let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
     let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
     let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);

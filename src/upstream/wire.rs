@@ -340,12 +340,7 @@ pub async fn exchange_streaming(
     // once never puts a head on the wire), which may keep the client a
     // while. Anything the upstream sent in the meantime answers nothing:
     // look again right before the head is written (no await between).
-    let first = next_data(&mut body).await.map_err(|e| match e {
-        Sent::Body(e) => ExchangeError::Body(e),
-        Sent::Io(error) => ExchangeError::Io { error, answered: false, unsent: true },
-        Sent::Answered => ExchangeError::Protocol("no answer can end before the request is sent".into()),
-        Sent::Stalled(d) => ExchangeError::Stalled(d),
-    })?;
+    let first = first_piece(&mut body).await?;
     if let IdleState::Unsolicited(n) = peek(&io) {
         return Err(ExchangeError::Unsolicited(n));
     }
@@ -393,11 +388,8 @@ pub async fn exchange_streaming(
         return Ok((head, Connection { io: Io::Whole(io), buf }, true));
     }
     if !request_ended {
-        // An early answer while the body is still coming. On a connection
-        // the upstream keeps, it still expects the rest of the body; on one
-        // it closes, the writes fail and the rest is read and dropped (see
-        // `upload`). Bounded by `body_timeout` per write and by the client
-        // body's own limits.
+        // An early answer while the body is still coming: the upload goes
+        // on in its own task (see `upload::run` for how it ends).
         tokio::spawn(async move {
             let (_wr, sent) = upload.await;
             if let Err(Sent::Io(e)) = &sent {
@@ -406,6 +398,17 @@ pub async fn exchange_streaming(
         });
     }
     Ok((head, Connection { io: Io::Read { half: rd, _answered: answered_tx }, buf }, false))
+}
+
+/// The body's first piece, read before the head is written (see
+/// `exchange_streaming`); None for a body that ends without data.
+async fn first_piece(body: &mut impl ReqBodyLike) -> Result<Option<Bytes>, ExchangeError> {
+    next_data(body).await.map_err(|e| match e {
+        Sent::Body(e) => ExchangeError::Body(e),
+        Sent::Io(error) => ExchangeError::Io { error, answered: false, unsent: true },
+        Sent::Answered => ExchangeError::Protocol("no answer can end before the request is sent".into()),
+        Sent::Stalled(d) => ExchangeError::Stalled(d),
+    })
 }
 
 async fn read_head(
