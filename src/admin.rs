@@ -100,6 +100,7 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
         ),
         (&Method::GET, "/config") => json(StatusCode::OK, &views::config_json(&state.live.load())),
         (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live, &state.live.load())),
+        (&Method::GET, "/upstreams") => json(StatusCode::OK, &views::upstreams_json(&state.live.load())),
         (&Method::GET, p) if p.starts_with("/routes/") => {
             let served = state.live.load();
             let rest = &p["/routes/".len()..];
@@ -155,7 +156,7 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
             }
         }
         (&Method::POST, p) if p.starts_with("/routes/") => steer(state, peer, &req, &p["/routes/".len()..]),
-        (_, "/live" | "/ready" | "/reload" | "/metrics" | "/config" | "/routes" | "/explain") => {
+        (_, "/live" | "/ready" | "/reload" | "/metrics" | "/config" | "/routes" | "/upstreams" | "/explain") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

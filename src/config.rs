@@ -94,11 +94,35 @@ impl Default for Limits {
     }
 }
 
+/// How an upstream picks the endpoint for a request (design §13). The
+/// version was already chosen (routing); this only picks the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Of two endpoints drawn at random, the one with fewer requests in
+    /// flight (power of two choices): a slow pod gets less, without the
+    /// herd that "least of all" causes across replicas.
+    #[default]
+    P2c,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::P2c => "p2c",
+            Balance::RoundRobin => "round_robin",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub name: Arc<str>,
     /// `host:port`, as written.
     pub endpoints: Vec<String>,
+    /// `balance`, default `p2c`.
+    pub balance: Balance,
     pub connect_timeout: Duration,
     /// From the end of the request (its body sent) to the response head.
     pub request_timeout: Duration,

@@ -295,6 +295,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
     let client = Arc::new(Upstream::new(UpstreamSpec {
         name: Arc::from("weir"),
         endpoints: vec![listen.to_string()],
+        balance: crate::config::Balance::RoundRobin,
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),

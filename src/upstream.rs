@@ -26,12 +26,12 @@ pub fn parse_whole_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
     wire::parse_whole(bytes)
 }
 
-use crate::config::UpstreamSpec;
+use crate::config::{Balance, UpstreamSpec};
 use crate::labels::Unsolicited;
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use pool::Endpoint;
+use pool::{Busy, Endpoint};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -140,6 +140,9 @@ pub struct Checkout {
     wire: Connection,
     endpoint: Arc<Endpoint>,
     reused: bool,
+    /// Counts the request in its endpoint's `in_flight` until its response
+    /// body ends (it moves into the body).
+    busy: Busy,
 }
 
 /// A named pool of endpoints. Shared across reloads while its spec is unchanged.
@@ -185,23 +188,50 @@ impl Upstream {
         self.endpoints.iter().map(|e| e.idle_count()).sum()
     }
 
-    /// A pooled or new connection. Tries each endpoint once, in round-robin
-    /// order, each attempt bounded by `connect_timeout`.
+    /// Per endpoint, for `GET /upstreams`: address, requests in flight,
+    /// requests sent and failed attempts.
+    pub fn endpoint_stats(&self) -> Vec<(&str, usize, u64, u64)> {
+        self.endpoints.iter().map(|e| (e.address(), e.in_flight(), e.requests(), e.failures())).collect()
+    }
+
+    /// A pooled or new connection. The first endpoint tried is the
+    /// balancer's pick (`balance`); on a failed connect the others are
+    /// tried once each, in order, each bounded by `connect_timeout`.
     pub async fn connect(&self) -> Result<Checkout, UpstreamError> {
         let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.pick(n);
         let mut last = UpstreamError::ConnectTimeout;
         for i in 0..n {
             let Some(ep) = self.endpoints.get((start + i) % n) else { continue };
             if let Some(wire) = ep.checkout() {
-                return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: true });
+                return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: true, busy: Busy::new(ep) });
             }
             match ep.connect(self.spec.connect_timeout).await {
-                Ok(wire) => return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: false }),
-                Err(e) => last = e,
+                Ok(wire) => return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: false, busy: Busy::new(ep) }),
+                Err(e) => {
+                    ep.failed();
+                    last = e;
+                }
             }
         }
         Err(last)
+    }
+
+    /// The index of the endpoint to try first.
+    fn pick(&self, n: usize) -> usize {
+        match self.spec.balance {
+            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
+            Balance::P2c if n < 2 => 0,
+            Balance::P2c => {
+                use rand::RngExt;
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                // A second, different endpoint: one of the other n - 1.
+                let b = (a + 1 + rng.random_range(0..n - 1)) % n;
+                let load = |i: usize| self.endpoints.get(i).map_or(usize::MAX, |e| e.in_flight());
+                if load(b) < load(a) { b } else { a }
+            }
+        }
     }
 
     /// Send a request on `conn`, with `added` written after the request's
@@ -224,7 +254,7 @@ impl Upstream {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let head = wire::encode_head(&parts.method, target, &parts.headers, added, framing);
         let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
-        let Checkout { mut wire, endpoint, reused } = conn;
+        let Checkout { mut wire, endpoint, reused, busy } = conn;
         let deadlines = self.deadlines();
         let outcome = if replayable {
             // Nothing to send after the head (no body, or an empty one).
@@ -252,20 +282,25 @@ impl Upstream {
             let leftover = body.leftover();
             wire::exchange_streaming(wire, head, body, framing, &parts.method, deadlines, leftover).await
         };
-        let (head, wire, body_done) = outcome.map_err(|e| match e {
-            ExchangeError::Unsolicited(n) => {
-                endpoint.note_unsolicited(Unsolicited::Idle, n);
-                UpstreamError::Protocol("the upstream sent a response before the request".into())
+        let (head, wire, body_done) = outcome.map_err(|e| {
+            if !matches!(e, ExchangeError::Body(_)) {
+                endpoint.failed(); // the client's body failing is not the endpoint's fault
             }
-            ExchangeError::Body(e) => e,
-            ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
-            ExchangeError::Protocol(why) => UpstreamError::Protocol(why),
-            ExchangeError::Timeout => UpstreamError::Timeout,
-            ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
+            match e {
+                ExchangeError::Unsolicited(n) => {
+                    endpoint.note_unsolicited(Unsolicited::Idle, n);
+                    UpstreamError::Protocol("the upstream sent a response before the request".into())
+                }
+                ExchangeError::Body(e) => e,
+                ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
+                ExchangeError::Protocol(why) => UpstreamError::Protocol(why),
+                ExchangeError::Timeout => UpstreamError::Timeout,
+                ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
+            }
         })?;
         let keep_alive = head.keep_alive && body_done;
         let mut resp =
-            Response::new(PooledBody::wire(wire, head.framing, endpoint, keep_alive, self.spec.body_timeout));
+            Response::new(PooledBody::wire(wire, head.framing, (endpoint, busy), keep_alive, self.spec.body_timeout));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;

@@ -614,3 +614,21 @@ fn check_reads_the_admin_token_file_as_the_admin_api_would() {
     let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg("good")));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn check_names_an_unknown_balance_by_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |balance: &str| {
+        format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nupstreams:\n  v1: {{endpoints: [\"127.0.0.1:1\"], balance: {balance}}}\n\
+             routes:\n  - name: r\n    stable: {{upstream: v1}}\n"
+        )
+    };
+    let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg("least_conn")));
+    assert!(!ok);
+    assert!(out.contains("upstreams.v1.balance: `least_conn` is not a balance; use p2c or round_robin"), "{out}");
+    for good in ["p2c", "round_robin"] {
+        let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg(good)));
+        assert!(ok, "{good}: {out}");
+    }
+}

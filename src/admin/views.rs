@@ -177,6 +177,29 @@ pub fn routes_json(live: &Live, served: &Serving) -> Value {
     Value::Array((0..served.snapshot.table.routes.len()).filter_map(|i| route_json(live, served, i)).collect())
 }
 
+/// `GET /upstreams` (design §13): per upstream, its balance and per
+/// endpoint the requests in flight, sent and failed. Every endpoint is
+/// `healthy` until health checking exists; the counters cover the pool's
+/// life (a reload that changes the upstream starts a new pool).
+pub fn upstreams_json(served: &Serving) -> Value {
+    let upstreams: Vec<Value> = served
+        .upstreams
+        .iter()
+        .map(|u| {
+            let endpoints: Vec<Value> = u
+                .endpoint_stats()
+                .into_iter()
+                .map(|(address, in_flight, requests, failures)| {
+                    json!({"address": address, "state": "healthy", "in_flight": in_flight,
+                           "requests": requests, "failures": failures})
+                })
+                .collect();
+            json!({"name": &*u.spec().name, "balance": u.spec().balance.as_str(), "endpoints": endpoints})
+        })
+        .collect();
+    json!({"upstreams": upstreams})
+}
+
 /// Effective config, secrets redacted.
 pub fn config_json(served: &Serving) -> Value {
     let s = &served.snapshot;

@@ -108,6 +108,8 @@ pub enum SizeValue {
 pub struct RawUpstream {
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// `p2c` (default) or `round_robin`.
+    pub balance: Option<String>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub body_timeout: Option<String>,

@@ -244,9 +244,18 @@ fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
         if connect_timeout.is_zero() || request_timeout.is_zero() || body_timeout.is_zero() {
             p.at(&path, "timeouts must be greater than zero");
         }
+        let balance = match u.balance.as_deref() {
+            None | Some("p2c") => crate::config::Balance::P2c,
+            Some("round_robin") => crate::config::Balance::RoundRobin,
+            Some(other) => {
+                p.at(format!("{path}.balance"), format!("`{other}` is not a balance; use p2c or round_robin"));
+                crate::config::Balance::P2c
+            }
+        };
         out.push(UpstreamSpec {
             name: Arc::from(name.as_str()),
             endpoints: u.endpoints.clone(),
+            balance,
             connect_timeout,
             request_timeout,
             body_timeout,

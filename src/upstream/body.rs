@@ -6,7 +6,7 @@
 //! returns the connection to its endpoint's idle stack only once the body
 //! has been read to the end; dropped early, the connection is closed.
 
-use super::pool::{Endpoint, Unsolicited};
+use super::pool::{Busy, Endpoint, Unsolicited};
 use super::wire::{self, Connection, Piece, RespFraming};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -226,6 +226,9 @@ pub struct ConnectionBody {
     wire: Option<Connection>,
     framing: RespFraming,
     endpoint: Arc<Endpoint>,
+    /// The request counts as in flight on its endpoint until this body
+    /// ends or is dropped.
+    busy: Option<Busy>,
     /// The exchange allows another request on this connection.
     keep_alive: bool,
     /// A read failure held back for one turn, so the bytes already handed
@@ -242,11 +245,20 @@ impl PooledBody {
     pub(super) fn wire(
         wire: Connection,
         framing: RespFraming,
-        endpoint: Arc<Endpoint>,
+        (endpoint, busy): (Arc<Endpoint>, Busy),
         keep_alive: bool,
         idle: std::time::Duration,
     ) -> Self {
-        let mut b = ConnectionBody { wire: Some(wire), framing, endpoint, keep_alive, failed: None, idle, timer: None };
+        let mut b = ConnectionBody {
+            wire: Some(wire),
+            framing,
+            endpoint,
+            busy: Some(busy),
+            keep_alive,
+            failed: None,
+            idle,
+            timer: None,
+        };
         b.release_if_done();
         PooledBody::Own(b)
     }
@@ -266,6 +278,7 @@ impl ConnectionBody {
             return;
         }
         let Some(wire) = self.wire.take() else { return };
+        self.busy = None;
         let stray = wire::bytes_after_body(&wire);
         if stray > 0 {
             self.endpoint.note_unsolicited(Unsolicited::AfterResponse, stray);
@@ -317,6 +330,8 @@ impl Body for PooledBody {
                         // error is reported on the next poll; hyper flushes
                         // what it has in between.
                         b.wire = None;
+                        b.busy = None;
+                        b.endpoint.failed();
                         b.failed = Some(e);
                         cx.waker().wake_by_ref();
                         Poll::Pending

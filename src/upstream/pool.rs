@@ -12,7 +12,7 @@ pub use crate::labels::Unsolicited;
 use crate::shards::{self, Padded};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -28,6 +28,13 @@ pub struct Endpoint {
     addr: String,
     /// Connections closed for unsolicited bytes, by `Unsolicited`.
     unsolicited: [AtomicU64; 2],
+    /// Requests sent here and not yet finished (balancing reads it).
+    in_flight: AtomicUsize,
+    /// Requests sent here, ever (this pool's life).
+    requests: AtomicU64,
+    /// Failed attempts here: connect failures, resets, timeouts, invalid
+    /// or truncated responses (not the upstream's own 5xx).
+    failures: AtomicU64,
     /// One stack per worker-thread shard: a request takes and returns
     /// connections under its own thread's lock, and borrows from the other
     /// shards only when its own is empty.
@@ -45,6 +52,9 @@ impl Endpoint {
             upstream,
             addr,
             unsolicited: Default::default(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             idle,
             max_idle: max_idle.div_ceil(n).max(1),
             idle_timeout,
@@ -53,6 +63,23 @@ impl Endpoint {
 
     pub fn address(&self) -> &str {
         &self.addr
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// A failed attempt here (see `failures`).
+    pub fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections closed because the upstream sent bytes no request asked for.
@@ -150,5 +177,23 @@ impl Endpoint {
         // Small request/response exchanges: do not wait for Nagle.
         let _ = stream.set_nodelay(true);
         Ok(Connection::new(stream))
+    }
+}
+
+/// One request's claim on an endpoint: counted in `in_flight` from the
+/// moment it has a connection until its response body ends or is dropped.
+pub struct Busy(Arc<Endpoint>);
+
+impl Busy {
+    pub fn new(endpoint: &Arc<Endpoint>) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.requests.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(endpoint))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

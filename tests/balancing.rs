@@ -1,0 +1,114 @@
+//! Balancing inside a version (design §13, issue 33 item 3) and what
+//! `GET /upstreams` shows (item 7): with `p2c` (least outstanding of two
+//! random endpoints) a slow pod gets little traffic; with `round_robin`
+//! it gets its turn like the others. Every request and failed connect is
+//! counted on the endpoint it went to, and `in_flight` returns to zero.
+//! Asserted on what each upstream received.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{Upstream, Weir, client, get, refused_addr};
+
+/// Three endpoints of one upstream (the middle one slow), `balance` as given.
+async fn three_pods(balance: &str) -> (Vec<Upstream>, Weir) {
+    let pods = vec![Upstream::start("a").await, Upstream::start("slow").await, Upstream::start("c").await];
+    pods[1].delay_ms.store(100, std::sync::atomic::Ordering::Relaxed);
+    let eps: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    let yaml = format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [{}], balance: {balance}}}\nroutes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        eps.join(", ")
+    );
+    (pods, Weir::start(&yaml).await)
+}
+
+/// `tasks` clients, each sending `each` requests one after another.
+async fn load(weir: &Weir, tasks: usize, each: usize) {
+    let calls: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (http, url) = (client(), weir.url("/"));
+            tokio::spawn(async move {
+                for _ in 0..each {
+                    assert_eq!(get(&http, &url, &[]).await.0, 200);
+                }
+            })
+        })
+        .collect();
+    for c in calls {
+        tokio::time::timeout(Duration::from_secs(60), c).await.unwrap().unwrap();
+    }
+}
+
+async fn upstreams(weir: &Weir) -> serde_json::Value {
+    let (status, _, body) = get(&client(), &format!("http://{}/upstreams", weir.admin), &[]).await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Poll (bounded) until no request is in flight on any endpoint.
+async fn settled(weir: &Weir) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = upstreams(weir).await;
+        let busy: u64 =
+            v["upstreams"][0]["endpoints"].as_array().unwrap().iter().map(|e| e["in_flight"].as_u64().unwrap()).sum();
+        if busy == 0 || Instant::now() > deadline {
+            assert_eq!(busy, 0, "requests left in flight: {v}");
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_sends_little_to_a_slow_pod_and_round_robin_gives_it_its_turn() {
+    let (pods, weir) = three_pods("p2c").await;
+    load(&weir, 12, 30).await;
+    let counts: Vec<usize> = pods.iter().map(Upstream::count).collect();
+    let total: usize = counts.iter().sum();
+    println!("p2c: a {} / slow {} / c {} of {total}", counts[0], counts[1], counts[2]);
+    assert_eq!(total, 360);
+    assert!(counts[1] * 10 < total, "p2c sent the slow pod {} of {total}", counts[1]);
+    assert!(counts[0] > total / 4 && counts[2] > total / 4, "the fast pods share the rest: {counts:?}");
+    // What the upstream saw is what /upstreams says.
+    let v = settled(&weir).await;
+    assert_eq!(v["upstreams"][0]["name"], "v1");
+    assert_eq!(v["upstreams"][0]["balance"], "p2c");
+    for (e, pod) in v["upstreams"][0]["endpoints"].as_array().unwrap().iter().zip(&pods) {
+        assert_eq!(e["address"], pod.addr.to_string());
+        assert_eq!(e["state"], "healthy");
+        assert_eq!(e["requests"].as_u64().unwrap(), pod.count() as u64, "{v}");
+        assert_eq!(e["failures"], 0);
+    }
+
+    let (pods, weir) = three_pods("round_robin").await;
+    load(&weir, 12, 30).await;
+    let counts: Vec<usize> = pods.iter().map(Upstream::count).collect();
+    println!("round_robin: a {} / slow {} / c {} of 360", counts[0], counts[1], counts[2]);
+    assert!(counts.iter().all(|&n| (100..=140).contains(&n)), "each pod its turn: {counts:?}");
+    assert_eq!(settled(&weir).await["upstreams"][0]["balance"], "round_robin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_endpoint_counts_failures_and_the_request_goes_to_the_next() {
+    let (live, dead) = (Upstream::start("live").await, refused_addr().await);
+    let yaml = format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{}\", \"{}\"], balance: round_robin}}\n\
+         routes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        dead.addr, live.addr
+    );
+    let weir = Weir::start(&yaml).await;
+    load(&weir, 1, 10).await;
+    assert_eq!(live.count(), 10);
+    let v = settled(&weir).await;
+    let eps = v["upstreams"][0]["endpoints"].as_array().unwrap();
+    assert_eq!((eps[0]["requests"].as_u64(), eps[1]["requests"].as_u64()), (Some(0), Some(10)), "{v}");
+    // Round robin starts on the dead one every other request; each of
+    // those connects fails once before the live one takes the request.
+    assert!(eps[0]["failures"].as_u64().unwrap() >= 4, "{v}");
+    assert_eq!(eps[1]["failures"], 0);
+}
