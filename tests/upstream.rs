@@ -1,4 +1,5 @@
-//! Upstream pools: round-robin over endpoints, keep-alive reuse, timeouts
+//! Upstream pools: round-robin over endpoints (`balance: round_robin`; p2c
+//! is in tests/balancing.rs), keep-alive reuse, timeouts
 //! mapped to 504, and an upstream closing idle keep-alive connections.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,7 +27,7 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_round_robin_over_endpoints_and_reuse_connections() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let weir = Weir::start(&two_endpoint_config(a.addr, b.addr, "")).await;
+    let weir = Weir::start(&two_endpoint_config(a.addr, b.addr, ", balance: round_robin")).await;
     let http = client();
     for _ in 0..200 {
         assert_eq!(get(&http, &weir.url("/"), &[]).await.0, 200);
