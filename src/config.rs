@@ -116,6 +116,24 @@ impl Balance {
     }
 }
 
+/// Passive health (design §13): an endpoint with `consecutive_failures`
+/// failed attempts in a row is ejected for `eject` × its number of
+/// ejections (at most 10×); at most `max_ejected_percent` of the
+/// upstream's endpoints are ejected at once, and never all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// 0: passive health off.
+    pub consecutive_failures: u32,
+    pub eject: Duration,
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Self { consecutive_failures: 5, eject: Duration::from_secs(10), max_ejected_percent: 50 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub name: Arc<str>,
@@ -123,6 +141,8 @@ pub struct UpstreamSpec {
     pub endpoints: Vec<String>,
     /// `balance`, default `p2c`.
     pub balance: Balance,
+    /// `health.passive` (on by default).
+    pub passive: Passive,
     pub connect_timeout: Duration,
     /// From the end of the request (its body sent) to the response head.
     pub request_timeout: Duration,

@@ -296,6 +296,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
         name: Arc::from("weir"),
         endpoints: vec![listen.to_string()],
         balance: crate::config::Balance::RoundRobin,
+        passive: crate::config::Passive { consecutive_failures: 0, ..Default::default() },
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),

@@ -134,6 +134,16 @@ impl UpstreamError {
     }
 }
 
+/// One endpoint as `GET /upstreams` shows it.
+pub struct EndpointStats<'a> {
+    pub address: &'a str,
+    pub ejected: bool,
+    pub ejections: u32,
+    pub in_flight: usize,
+    pub requests: u64,
+    pub failures: u64,
+}
+
 /// A connection checked out of its endpoint's pool (or just dialled),
 /// ready to take one request.
 pub struct Checkout {
@@ -188,10 +198,42 @@ impl Upstream {
         self.endpoints.iter().map(|e| e.idle_count()).sum()
     }
 
-    /// Per endpoint, for `GET /upstreams`: address, requests in flight,
-    /// requests sent and failed attempts.
-    pub fn endpoint_stats(&self) -> Vec<(&str, usize, u64, u64)> {
-        self.endpoints.iter().map(|e| (e.address(), e.in_flight(), e.requests(), e.failures())).collect()
+    /// Per endpoint, for `GET /upstreams`.
+    pub fn endpoint_stats(&self) -> Vec<EndpointStats<'_>> {
+        let now = pool::clock_ms();
+        self.endpoints
+            .iter()
+            .map(|e| EndpointStats {
+                address: e.address(),
+                ejected: e.is_ejected(now),
+                ejections: e.ejections(),
+                in_flight: e.in_flight(),
+                requests: e.requests(),
+                failures: e.failures(),
+            })
+            .collect()
+    }
+
+    /// A failed attempt on `ep`: counted, and after
+    /// `health.passive.consecutive_failures` in a row the endpoint is
+    /// ejected, unless that would eject more than `max_ejected` of this
+    /// upstream's endpoints (never all of them).
+    fn failed(&self, ep: &Endpoint) {
+        let in_a_row = ep.failed();
+        let policy = self.spec.passive;
+        if policy.consecutive_failures == 0 || in_a_row < policy.consecutive_failures {
+            return;
+        }
+        let now = pool::clock_ms();
+        if ep.is_ejected(now) {
+            return;
+        }
+        let n = self.endpoints.len();
+        let allowed = (n * policy.max_ejected_percent as usize / 100).min(n.saturating_sub(1));
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        if ejected < allowed {
+            ep.eject(now, policy.eject);
+        }
     }
 
     /// A pooled or new connection. The first endpoint tried is the
@@ -201,15 +243,18 @@ impl Upstream {
         let n = self.endpoints.len();
         let start = self.pick(n);
         let mut last = UpstreamError::ConnectTimeout;
-        for i in 0..n {
-            let Some(ep) = self.endpoints.get((start + i) % n) else { continue };
+        let now = pool::clock_ms();
+        // Ejected endpoints are skipped (ejection never takes them all).
+        let order =
+            (0..n).filter_map(|i| self.endpoints.get((start + i) % n)).filter(|ep| !ep.is_ejected(now) || n == 1);
+        for ep in order {
             if let Some(wire) = ep.checkout() {
                 return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: true, busy: Busy::new(ep) });
             }
             match ep.connect(self.spec.connect_timeout).await {
                 Ok(wire) => return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: false, busy: Busy::new(ep) }),
                 Err(e) => {
-                    ep.failed();
+                    self.failed(ep);
                     last = e;
                 }
             }
@@ -228,7 +273,11 @@ impl Upstream {
                 let a = rng.random_range(0..n);
                 // A second, different endpoint: one of the other n - 1.
                 let b = (a + 1 + rng.random_range(0..n - 1)) % n;
-                let load = |i: usize| self.endpoints.get(i).map_or(usize::MAX, |e| e.in_flight());
+                let now = pool::clock_ms();
+                // An ejected endpoint loses every draw.
+                let load = |i: usize| {
+                    self.endpoints.get(i).filter(|e| !e.is_ejected(now)).map_or(usize::MAX, |e| e.in_flight())
+                };
                 if load(b) < load(a) { b } else { a }
             }
         }
@@ -284,7 +333,7 @@ impl Upstream {
         };
         let (head, wire, body_done) = outcome.map_err(|e| {
             if !matches!(e, ExchangeError::Body(_)) {
-                endpoint.failed(); // the client's body failing is not the endpoint's fault
+                self.failed(&endpoint); // the client's body failing is not the endpoint's fault
             }
             match e {
                 ExchangeError::Unsolicited(n) => {
@@ -298,6 +347,7 @@ impl Upstream {
                 ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
             }
         })?;
+        endpoint.succeeded();
         let keep_alive = head.keep_alive && body_done;
         let mut resp =
             Response::new(PooledBody::wire(wire, head.framing, (endpoint, busy), keep_alive, self.spec.body_timeout));

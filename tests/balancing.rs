@@ -112,3 +112,42 @@ async fn a_refusing_endpoint_counts_failures_and_the_request_goes_to_the_next() 
     assert!(eps[0]["failures"].as_u64().unwrap() >= 4, "{v}");
     assert_eq!(eps[1]["failures"], 0);
 }
+
+/// Passive health (design §13, issue 33 item 4): a refusing endpoint is
+/// ejected after `consecutive_failures` failed connects in a row and then
+/// gets no attempts while ejected; `max_ejected` keeps at least one of two
+/// endpoints in service even when both fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_and_skipped_but_never_all_of_them() {
+    let (live, dead) = (Upstream::start("live").await, refused_addr().await);
+    let yaml = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+        format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+             upstreams:\n  v1: {{endpoints: [\"{a}\", \"{b}\"], balance: round_robin,\n\
+             \x20     health: {{passive: {{consecutive_failures: 3, eject: 30s, max_ejected: 50%}}}}}}\n\
+             routes:\n  - name: app\n    stable: {{upstream: v1}}\n"
+        )
+    };
+    let weir = Weir::start(&yaml(dead.addr, live.addr)).await;
+    load(&weir, 1, 40).await;
+    assert_eq!(live.count(), 40);
+    let v = settled(&weir).await;
+    let eps = v["upstreams"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(eps[0]["state"], "ejected", "{v}");
+    assert_eq!(eps[0]["ejections"], 1, "{v}");
+    // Three failed connects ejected it; while ejected nothing more was tried.
+    assert_eq!(eps[0]["failures"], 3, "{v}");
+    assert_eq!((eps[1]["state"].as_str(), eps[1]["failures"].as_u64()), (Some("healthy"), Some(0)), "{v}");
+
+    // Both endpoints refusing: one may be ejected (50 % of 2), the other
+    // keeps being tried, so clients get 502s, not a pool with nothing in it.
+    let dead2 = refused_addr().await;
+    let weir = Weir::start(&yaml(dead.addr, dead2.addr)).await;
+    for _ in 0..12 {
+        assert_eq!(get(&client(), &weir.url("/"), &[]).await.0, 502);
+    }
+    let v = settled(&weir).await;
+    let states: Vec<&str> =
+        v["upstreams"][0]["endpoints"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "ejected").count(), 1, "{v}");
+}

@@ -616,7 +616,7 @@ fn check_reads_the_admin_token_file_as_the_admin_api_would() {
 }
 
 #[test]
-fn check_names_an_unknown_balance_by_its_field() {
+fn check_names_a_bad_balance_or_health_by_its_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = |balance: &str| {
         format!(
@@ -627,6 +627,11 @@ fn check_names_an_unknown_balance_by_its_field() {
     let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg("least_conn")));
     assert!(!ok);
     assert!(out.contains("upstreams.v1.balance: `least_conn` is not a balance; use p2c or round_robin"), "{out}");
+    let bad_health = cfg("p2c, health: {passive: {eject: 0s, max_ejected: 150%}}");
+    let (ok, out) = check(&write(dir.path(), "weir.yaml", &bad_health));
+    assert!(!ok);
+    assert!(out.contains("upstreams.v1.health.passive.eject: must be greater than zero"), "{out}");
+    assert!(out.contains("upstreams.v1.health.passive.max_ejected: must be between 0 and 100 percent"), "{out}");
     for good in ["p2c", "round_robin"] {
         let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg(good)));
         assert!(ok, "{good}: {out}");

@@ -178,9 +178,9 @@ pub fn routes_json(live: &Live, served: &Serving) -> Value {
 }
 
 /// `GET /upstreams` (design §13): per upstream, its balance and per
-/// endpoint the requests in flight, sent and failed. Every endpoint is
-/// `healthy` until health checking exists; the counters cover the pool's
-/// life (a reload that changes the upstream starts a new pool).
+/// endpoint its passive-health state (`healthy` or `ejected`), ejections,
+/// and the requests in flight, sent and failed. The counters cover the
+/// pool's life (a reload that changes the upstream starts a new pool).
 pub fn upstreams_json(served: &Serving) -> Value {
     let upstreams: Vec<Value> = served
         .upstreams
@@ -189,9 +189,10 @@ pub fn upstreams_json(served: &Serving) -> Value {
             let endpoints: Vec<Value> = u
                 .endpoint_stats()
                 .into_iter()
-                .map(|(address, in_flight, requests, failures)| {
-                    json!({"address": address, "state": "healthy", "in_flight": in_flight,
-                           "requests": requests, "failures": failures})
+                .map(|e| {
+                    json!({"address": e.address, "state": if e.ejected { "ejected" } else { "healthy" },
+                           "ejections": e.ejections, "in_flight": e.in_flight,
+                           "requests": e.requests, "failures": e.failures})
                 })
                 .collect();
             json!({"name": &*u.spec().name, "balance": u.spec().balance.as_str(), "endpoints": endpoints})

@@ -103,6 +103,20 @@ pub enum SizeValue {
     Text(String),
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub passive: Option<RawPassive>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub consecutive_failures: Option<u64>,
+    pub eject: Option<String>,
+    pub max_ejected: Option<PercentValue>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
@@ -110,6 +124,7 @@ pub struct RawUpstream {
     pub endpoints: Vec<String>,
     /// `p2c` (default) or `round_robin`.
     pub balance: Option<String>,
+    pub health: Option<RawHealth>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub body_timeout: Option<String>,

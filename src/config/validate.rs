@@ -252,16 +252,53 @@ fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
                 crate::config::Balance::P2c
             }
         };
+        let passive = compile_passive(u.health.as_ref().and_then(|h| h.passive.as_ref()), &path, p);
         out.push(UpstreamSpec {
             name: Arc::from(name.as_str()),
             endpoints: u.endpoints.clone(),
             balance,
+            passive,
             connect_timeout,
             request_timeout,
             body_timeout,
         });
     }
     out
+}
+
+/// `upstreams.X.health.passive`, defaults filled in.
+fn compile_passive(
+    raw: Option<&crate::config::raw::RawPassive>,
+    path: &str,
+    p: &mut Problems,
+) -> crate::config::Passive {
+    let d = crate::config::Passive::default();
+    let Some(r) = raw else { return d };
+    let at = format!("{path}.health.passive");
+    let consecutive_failures = match r.consecutive_failures {
+        None => d.consecutive_failures,
+        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+            p.at(format!("{at}.consecutive_failures"), "too large");
+            d.consecutive_failures
+        }),
+    };
+    let eject = p.duration(&format!("{at}.eject"), r.eject.as_ref(), d.eject);
+    if eject.is_zero() {
+        p.at(format!("{at}.eject"), "must be greater than zero");
+    }
+    let max_ejected_percent = match r.max_ejected.as_ref().map(|v| v.percent()) {
+        None => d.max_ejected_percent,
+        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
+        Some(Ok(_)) => {
+            p.at(format!("{at}.max_ejected"), "must be between 0 and 100 percent");
+            d.max_ejected_percent
+        }
+        Some(Err(e)) => {
+            p.at(format!("{at}.max_ejected"), e);
+            d.max_ejected_percent
+        }
+    };
+    crate::config::Passive { consecutive_failures, eject, max_ejected_percent }
 }
 
 fn check_endpoint(e: &str) -> Result<(), String> {

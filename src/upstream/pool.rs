@@ -12,7 +12,7 @@ pub use crate::labels::Unsolicited;
 use crate::shards::{self, Padded};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -35,6 +35,12 @@ pub struct Endpoint {
     /// Failed attempts here: connect failures, resets, timeouts, invalid
     /// or truncated responses (not the upstream's own 5xx).
     failures: AtomicU64,
+    /// Passive health: failed attempts in a row, times ejected, and until
+    /// when (None: not ejected). See `Upstream::failed`.
+    consecutive: AtomicU32,
+    ejections: AtomicU32,
+    /// `clock_ms()` until which it is ejected (0: never was).
+    ejected_until: AtomicU64,
     /// One stack per worker-thread shard: a request takes and returns
     /// connections under its own thread's lock, and borrows from the other
     /// shards only when its own is empty.
@@ -55,6 +61,9 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
             idle,
             max_idle: max_idle.div_ceil(n).max(1),
             idle_timeout,
@@ -77,9 +86,46 @@ impl Endpoint {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// A failed attempt here (see `failures`).
-    pub fn failed(&self) {
+    /// A failed attempt here (see `failures`); returns how many in a row.
+    pub fn failed(&self) -> u32 {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+
+    /// An attempt here got a response: the run of failures is over.
+    pub fn succeeded(&self) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Ejected (passive health) at `now` (`clock_ms()`): one atomic load,
+    /// cheap enough for every pick.
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
+
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Eject until `base` × the number of ejections so far (this one
+    /// included, at most 10) from `now`; its idle connections are closed.
+    /// Returns for how long.
+    pub fn eject(&self, now: u64, base: Duration) -> Duration {
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).saturating_add(1).min(10);
+        let span = base.saturating_mul(n);
+        let until = now.saturating_add(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+        for shard in self.idle.iter() {
+            if let Ok(mut stack) = shard.lock() {
+                stack.clear();
+            }
+        }
+        tracing::warn!(upstream = %self.upstream, endpoint = %self.addr, ejected_for = ?span,
+            "endpoint ejected after failed attempts in a row (passive health)");
+        span
     }
 
     /// Connections closed because the upstream sent bytes no request asked for.
@@ -196,4 +242,11 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Milliseconds on a monotonic clock that starts with the process: what
+/// ejection deadlines are kept in (one atomic per endpoint, no lock).
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
