@@ -156,6 +156,7 @@ pub async fn start_with(config_path: PathBuf, snapshot: Snapshot, layout: Layout
     let max_connections = snapshot.limits.max_connections;
     let state_dir = snapshot.state_dir.clone();
     let live = Arc::new(Live::new(snapshot).map_err(|source| StartError::State { dir: state_dir, source })?);
+    wait_for_dns(&live).await;
     let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
     let access_log = Arc::new(AccessLog::stdout());
     let proxy = Arc::new(Proxy::new(Arc::clone(&live), Arc::clone(&access_log)));
@@ -257,6 +258,24 @@ struct Accepting {
     stop: CancellationToken,
     /// Connection tasks, awaited by the drain.
     tracker: TaskTracker,
+}
+
+/// Let DNS-sourced upstreams find their pods before the first request (at
+/// most two resolver timeouts). One that has not answered
+/// by then keeps trying in the background; until it answers, its requests
+/// get 503 (a canary's fall back to stable).
+async fn wait_for_dns(live: &Live) {
+    let served = live.load();
+    let start = tokio::time::Instant::now();
+    for u in &served.upstreams {
+        let Some(source) = u.spec().dns.as_ref() else { continue };
+        // One deadline for all: they resolve in parallel already.
+        let limit = (source.resolver.timeout * 2).saturating_sub(start.elapsed());
+        if !u.ready(limit).await {
+            tracing::warn!(upstream = %u.spec().name, name = %source.name,
+                "no DNS answer yet; serving without its endpoints until one comes");
+        }
+    }
 }
 
 async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {

@@ -120,25 +120,106 @@ impl Balance {
 /// failed attempts in a row is ejected for `eject` × its number of
 /// ejections (at most 10×); at most `max_ejected_percent` of the
 /// upstream's endpoints are ejected at once, and never all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passive {
     /// 0: passive health off.
     pub consecutive_failures: u32,
     pub eject: Duration,
     pub max_ejected_percent: u32,
+    /// Response statuses counted as failed attempts (default 502, 503, 504).
+    pub statuses: Vec<u16>,
 }
 
 impl Default for Passive {
     fn default() -> Self {
-        Self { consecutive_failures: 5, eject: Duration::from_secs(10), max_ejected_percent: 50 }
+        Self {
+            consecutive_failures: 5,
+            eject: Duration::from_secs(10),
+            max_ejected_percent: 50,
+            statuses: vec![502, 503, 504],
+        }
+    }
+}
+
+/// `upstreams.X.dns` (design §13): every A/AAAA record of `name` is an
+/// endpoint on `port`, re-resolved in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSource {
+    pub name: String,
+    pub port: u16,
+    /// Fixed period; None: the answer's TTL, clamped to `min_ttl..=max_ttl`.
+    pub refresh: Option<Duration>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// The top-level `resolver:` (copied here so an upstream whose resolver
+    /// changes is rebuilt by a reload, like any other change to it).
+    pub resolver: ResolverSpec,
+}
+
+/// `resolver:`: DNS servers to ask (empty: /etc/resolv.conf, with its
+/// search domains and ndots) and how long one query may take.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResolverSpec {
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+impl Default for ResolverSpec {
+    fn default() -> Self {
+        Self { nameservers: Vec::new(), timeout: Duration::from_secs(2) }
+    }
+}
+
+/// What an attempt's failure was, for `retry.on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// No connection: refused, unreachable, connect timeout (the request
+    /// never left weir; safe for every method).
+    ConnectFailure,
+    /// The connection broke before a whole response head came back.
+    Reset,
+    /// No response head within `request_timeout`.
+    Timeout,
+    /// This response status.
+    Status(u16),
+}
+
+/// `upstreams.X.retry` (design §13): up to `attempts` more tries on other
+/// endpoints of the same upstream, for failures listed in `on`, while the
+/// retries of the last 10 s stay within `budget_percent` of its requests
+/// (plus a floor of a few per window, so a quiet upstream can still retry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    pub budget_percent: u32,
+}
+
+impl Default for Retry {
+    /// Connect failures only: the request was never sent anywhere.
+    fn default() -> Self {
+        Self { attempts: 2, on: vec![RetryOn::ConnectFailure], budget_percent: 20 }
+    }
+}
+
+impl Retry {
+    pub fn on_connect(&self) -> bool {
+        self.on.contains(&RetryOn::ConnectFailure)
+    }
+
+    pub fn on_status(&self, status: u16) -> bool {
+        self.on.contains(&RetryOn::Status(status))
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub name: Arc<str>,
-    /// `host:port`, as written.
+    /// `host:port`, as written (empty when `dns` is set).
     pub endpoints: Vec<String>,
+    /// Endpoints from DNS instead of `endpoints`.
+    pub dns: Option<DnsSource>,
+    pub retry: Retry,
     /// `balance`, default `p2c`.
     pub balance: Balance,
     /// `health.passive` (on by default).

@@ -125,7 +125,7 @@ async fn player(client: Arc<Upstream>, id: usize, stop: Arc<AtomicBool>, sent: A
         }
         h.insert("x-market", http::HeaderValue::from_static(["SE", "NO", "DE", "UK"][market]));
         let (mut parts, body) = req.into_parts();
-        if let Ok(conn) = client.connect().await
+        if let Ok(conn) = client.connect(&mut crate::upstream::Tried::new()).await
             && let Ok(resp) = client.send(conn, &mut parts, body, &[]).await
         {
             let _ = resp.into_body().collect().await;
@@ -292,15 +292,20 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
     let snapshot = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let handle = crate::app::start(config_path, snapshot).await?;
     let listen = *handle.listen.first().ok_or_else(|| anyhow::anyhow!("no listener"))?;
-    let client = Arc::new(Upstream::new(UpstreamSpec {
-        name: Arc::from("weir"),
-        endpoints: vec![listen.to_string()],
-        balance: crate::config::Balance::RoundRobin,
-        passive: crate::config::Passive { consecutive_failures: 0, ..Default::default() },
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(5),
-        body_timeout: Duration::from_secs(5),
-    }));
+    let client = Upstream::start(
+        UpstreamSpec {
+            name: Arc::from("weir"),
+            endpoints: vec![listen.to_string()],
+            dns: None,
+            retry: crate::config::Retry { attempts: 0, ..Default::default() },
+            balance: crate::config::Balance::RoundRobin,
+            passive: crate::config::Passive { consecutive_failures: 0, ..Default::default() },
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+        },
+        None,
+    );
     let sent = Arc::new(AtomicU64::new(0));
     let players: Vec<_> = (0..PLAYERS)
         .map(|i| tokio::spawn(player(Arc::clone(&client), i, Arc::clone(&stop), Arc::clone(&sent))))

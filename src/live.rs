@@ -75,7 +75,7 @@ impl Live {
         notifier.configure(&snapshot.notify);
         book.set_notifier(Arc::clone(&notifier));
         let effective = book.overlay(&snapshot);
-        let upstreams = effective.upstreams.iter().map(|s| Arc::new(Upstream::new(s.clone()))).collect();
+        let upstreams = effective.upstreams.iter().map(|s| Upstream::start(s.clone(), None)).collect();
         let route_metrics = Self::metrics_for(&registry, &effective);
         let served = Serving { snapshot: Arc::new(effective), generation: 1, upstreams, route_metrics };
         Ok(Self {
@@ -136,7 +136,10 @@ impl Live {
             .iter()
             .map(|spec| match old.upstreams.iter().find(|u| u.spec() == spec) {
                 Some(u) => Arc::clone(u),
-                None => Arc::new(Upstream::new(spec.clone())),
+                None => Upstream::start(
+                    spec.clone(),
+                    old.upstreams.iter().find(|u| u.spec().name == spec.name).map(|u| &**u),
+                ),
             })
             .collect();
         let route_metrics = Self::metrics_for(&self.registry, &effective);

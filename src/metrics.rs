@@ -57,6 +57,17 @@ pub const SOURCE_BYTES: &str = "weir_analysis_source_received_bytes_total";
 /// Upstream connections closed because the upstream sent bytes no request
 /// asked for, by upstream, endpoint and where they were found.
 pub const UPSTREAM_UNSOLICITED: &str = "weir_upstream_unsolicited_total";
+/// Endpoints per upstream, by state (healthy, ejected, draining).
+pub const UPSTREAM_ENDPOINTS: &str = "weir_upstream_endpoints";
+/// Attempts and failed attempts per endpoint in service (at most
+/// `MAX_ENDPOINT_SERIES` per upstream, so the label set stays bounded).
+pub const ENDPOINT_REQUESTS: &str = "weir_upstream_endpoint_requests_total";
+pub const ENDPOINT_FAILURES: &str = "weir_upstream_endpoint_failures_total";
+pub const MAX_ENDPOINT_SERIES: usize = 128;
+/// Failed DNS lookups of an upstream's `dns` source.
+pub const DNS_FAILURES: &str = "weir_upstream_dns_failures_total";
+/// Failed attempts retried on another endpoint, by route and version.
+pub const RETRIED_ATTEMPTS: &str = "weir_retried_attempts_total";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
@@ -86,6 +97,9 @@ pub struct VersionMetrics {
     ws_active: AtomicI64,
     /// By `CloseWhy::ALL` order.
     ws_closed: [AtomicU64; 5],
+    /// Failed attempts that were retried (on another endpoint of this
+    /// version): `weir_retried_attempts_total`.
+    retried: AtomicU64,
     pub window: Window,
     /// WebSocket ping round trips (upstream pong after weir's ping).
     rtt_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
@@ -107,6 +121,7 @@ impl VersionMetrics {
             decisions: Default::default(),
             ws_active: AtomicI64::new(0),
             ws_closed: Default::default(),
+            retried: AtomicU64::new(0),
             window: Window::new(DEFAULT_WINDOW, WINDOW_SLOTS, now),
             rtt_buckets: Default::default(),
             rtt_sum_us: AtomicU64::new(0),
@@ -146,6 +161,17 @@ impl VersionMetrics {
         // Histogram counts are non-cumulative here; made cumulative when rendered.
         self.record_counters(status, latency);
         self.window.record(now, latency, error);
+    }
+
+    /// A failed attempt that was retried: an error in the window (no
+    /// latency: the user's request went on), counted apart.
+    pub fn failed_attempt(&self, now: Instant) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        self.window.record_error_only(now);
+    }
+
+    pub fn retried_attempts(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
     }
 
     pub fn upstream_error(&self, kind: crate::labels::ErrorKind) {
@@ -484,6 +510,19 @@ pub struct Globals {
     /// Per (upstream, endpoint): connections closed for unsolicited bytes,
     /// by `upstream::Unsolicited` (after a response, while idle).
     pub unsolicited: Vec<(String, String, [u64; 2])>,
+    pub upstreams: Vec<UpstreamRow>,
+}
+
+/// One upstream's endpoints, for the `weir_upstream_*` families.
+pub struct UpstreamRow {
+    pub name: String,
+    /// Endpoints by state: healthy, ejected, draining.
+    pub by_state: [u64; 3],
+    /// (address, attempts, failed attempts) of endpoints in service, at
+    /// most `MAX_ENDPOINT_SERIES`.
+    pub endpoints: Vec<(String, u64, u64)>,
+    /// Failed lookups, for a DNS source.
+    pub dns_failures: Option<u64>,
 }
 
 /// Route metrics plus the weights to show; built from what is serving.

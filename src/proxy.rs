@@ -29,9 +29,11 @@ pub use body::RespBody;
 pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record, rfc3339_now};
+use crate::config::RetryOn;
 use crate::live::{Live, Serving};
 use crate::metrics::RouteMetrics;
 use crate::routing::Version;
+use crate::upstream::ReqBody;
 use crate::websocket;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -306,7 +308,8 @@ impl Proxy {
         let admitted = self.request_filter(&served.snapshot, (&parts, peer.https), completion)?;
         let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), completion)?;
         let upstream_start = Instant::now();
-        let conn = self.upstream_peer(served, &mut choice, upstream_start, completion).await?;
+        let mut tried = crate::upstream::Tried::new();
+        let conn = self.upstream_peer(served, &mut choice, &mut tried, upstream_start, completion).await?;
         let upgrading = upgrade.as_ref().map(|u| u.h2_key.as_ref());
         let added =
             phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrading, completion);
@@ -320,7 +323,35 @@ impl Proxy {
             // the largest of every request's future.
             Box::pin(upstream.send_upgrade(conn, Request::from_parts(parts, req_body))).await?
         } else {
-            upstream.send(conn, &mut parts, req_body, added.as_slice()).await?
+            // Replayed only if nothing was lost by sending it once: no body,
+            // and a method safe to send twice (a bet is never placed twice).
+            let replayable = http_body::Body::is_end_stream(&req_body) && crate::upstream::idempotent(&parts.method);
+            let mut attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
+            loop {
+                if !replayable {
+                    break;
+                }
+                let (what, kind) = match &attempt {
+                    Err(e) => match e.retry_on() {
+                        Some(what) => (what, Some(e.kind())),
+                        None => break,
+                    },
+                    Ok(r) if r.status().is_server_error() => (RetryOn::Status(r.status().as_u16()), None),
+                    Ok(_) => break,
+                };
+                // Another endpoint of the same version, never the other version.
+                if !upstream.retry_after(&mut tried, what, kind) {
+                    break;
+                }
+                drop(attempt); // a 5xx answer unread: its connection closes
+                phases::charge_failed_attempts(&choice, &mut tried, completion);
+                attempt = match upstream.connect(&mut tried).await {
+                    Ok(conn) => upstream.send(conn, &mut parts, ReqBody::empty(), added.as_slice()).await,
+                    Err(e) => Err(e),
+                };
+                phases::charge_failed_attempts(&choice, &mut tried, completion);
+            }
+            attempt?
         };
         if completion.fields.is_some() {
             completion.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);

@@ -411,7 +411,17 @@ impl Rollouts {
             e.insert("reason".into(), json!(reason.as_str()));
         }
         e.insert("verdict".into(), json!(j.verdict.as_str()));
-        e.insert("why".into(), json!(j.reason));
+        // Retries save users, never the verdict: say so where it applies.
+        let retried = [m.canary.retried_attempts(), m.stable.retried_attempts()];
+        let why = match retried {
+            [0, 0] => j.reason.clone(),
+            [c, s] => format!(
+                "{}; failed attempts retried on another pod: canary {c}, stable {s} (each still counted as an error)",
+                j.reason
+            ),
+        };
+        e.insert("why".into(), json!(why));
+        e.insert("retried_attempts".into(), json!({"canary": retried[0], "stable": retried[1]}));
         e.insert("inputs".into(), inputs);
         self.journal(Value::Object(e));
     }

@@ -157,7 +157,7 @@ async fn exchange(
         }
         _ => ShadowOutcome::Error,
     };
-    let conn = upstream.connect().await.map_err(failed)?;
+    let conn = upstream.connect(&mut crate::upstream::Tried::new()).await.map_err(failed)?;
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;

@@ -124,6 +124,24 @@ pub fn render_route(r: &Value, out: &mut String) {
         pct(&r["weight"]["config"]),
         if r["control"] == "external" { ", steered from outside (control: external)" } else { "" },
     );
+    let endpoints = |v: &Value| {
+        let e = &v["endpoints"];
+        let mut text = format!("{} {} healthy", v["upstream"].as_str().unwrap_or("?"), e["healthy"]);
+        for state in ["ejected", "draining"] {
+            if e[state].as_u64().is_some_and(|n| n > 0) {
+                text.push_str(&format!(", {} {state}", e[state]));
+            }
+        }
+        text
+    };
+    if !r["stable"]["endpoints"].is_null() {
+        let canary = if r["canary"]["endpoints"].is_null() {
+            String::new()
+        } else {
+            format!("; canary {}", endpoints(&r["canary"]))
+        };
+        let _ = writeln!(out, "  endpoints: stable {}{canary}", endpoints(&r["stable"]));
+    }
     if let Some(l) = r["rolled_back"].as_object() {
         let _ = writeln!(
             out,
@@ -276,7 +294,9 @@ mod tests {
             "name": "checkout", "state": "progressing", "step": 1,
             "weight": {"config": 5.0, "effective": 10.0},
             "progression": {"steps": [5.0, 10.0, 50.0]},
-            "canary": {"revision": "1.5.0"}, "analysis": {},
+            "canary": {"revision": "1.5.0", "upstream": "v2", "endpoints": {"healthy": 2, "ejected": 1, "draining": 0}},
+            "stable": {"upstream": "v1", "endpoints": {"healthy": 6, "ejected": 0, "draining": 2}},
+            "analysis": {},
             "verdicts": [{"verdict": "pass", "at": "2026-12-01T10:00:00Z", "reason": "no test fired"}],
             "evidence": {"tests": [{"test": "E", "progress": 0.25, "breaking": false}],
                          "since_revision": {"canary": {"requests": 400, "errors": 1},
@@ -286,6 +306,7 @@ mod tests {
         assert!(text.starts_with("checkout: progressing, step 2/3, canary 1.5.0 at 10% (config 5%)"), "{text}");
         assert!(text.contains("verdict: pass at 2026-12-01T10:00:00Z: no test fired"), "{text}");
         assert!(text.contains("canary 400 req, 1 err") && text.contains(" E 25%"), "{text}");
+        assert!(text.contains("endpoints: stable v1 6 healthy, 2 draining; canary v2 2 healthy, 1 ejected"), "{text}");
     }
 
     #[test]

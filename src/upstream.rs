@@ -1,5 +1,10 @@
-//! Upstream pools: per upstream, a round-robin over endpoints, each with a
-//! LIFO stack of idle HTTP/1.1 keep-alive connections.
+//! Upstreams: a version's endpoints and how a request reaches one.
+//!
+//! Inner rooms, bottom up: `pool` (one endpoint: its counters, health
+//! state and idle connections), `wire` and `body` (HTTP/1.1 exchange),
+//! `endpoints` (where they come from: a fixed list or DNS), `balance` (which
+//! one takes an attempt), `health` (passive ejection), `retry` (what a
+//! request tried, and the budget). This file ties them together.
 //!
 //! Connecting and sending are separate steps on purpose: the proxy first
 //! obtains a connection (`Upstream::connect`) and only then hands over the
@@ -13,11 +18,16 @@
 //! The exchange itself runs in the request's task (`wire.rs`); only
 //! WebSocket handshakes go through hyper's client, which does the upgrade.
 
+mod balance;
 mod body;
+mod endpoints;
+mod health;
 mod pool;
+mod retry;
 mod wire;
 
 pub use body::{PooledBody, ReqBody, Tee};
+pub use retry::Tried;
 pub use wire::BodyError;
 
 /// A whole response parsed as weir's client would (for the differential
@@ -26,12 +36,15 @@ pub fn parse_whole_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
     wire::parse_whole(bytes)
 }
 
-use crate::config::{Balance, UpstreamSpec};
+use crate::config::{RetryOn, UpstreamSpec};
 use crate::labels::Unsolicited;
+use endpoints::Endpoints;
+use endpoints::dns::DnsStatus;
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use pool::{Busy, Endpoint};
+use retry::Budget;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -92,6 +105,8 @@ pub enum UpstreamError {
     Connect(std::io::Error),
     #[error("connect timed out")]
     ConnectTimeout,
+    #[error("no endpoint to send to (none known yet, or all tried)")]
+    NoEndpoints,
     #[error("no response headers within the request timeout")]
     Timeout,
     #[error("connection reset or closed before a response: {0}")]
@@ -116,7 +131,7 @@ impl UpstreamError {
     /// Which `weir_upstream_errors_total{kind}` counts it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            UpstreamError::Connect(_) => ErrorKind::Connect,
+            UpstreamError::Connect(_) | UpstreamError::NoEndpoints => ErrorKind::Connect,
             UpstreamError::ConnectTimeout | UpstreamError::Timeout | UpstreamError::UploadStalled(_) => {
                 ErrorKind::Timeout
             }
@@ -130,18 +145,60 @@ impl UpstreamError {
 
     /// True when the request never left weir (safe to send elsewhere).
     pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::NoEndpoints)
+    }
+
+    /// Which `retry.on` word this failure is, if any.
+    pub fn retry_on(&self) -> Option<RetryOn> {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::NoEndpoints => {
+                Some(RetryOn::ConnectFailure)
+            }
+            UpstreamError::Reset(_) | UpstreamError::Protocol(_) => Some(RetryOn::Reset),
+            UpstreamError::Timeout => Some(RetryOn::Timeout),
+            _ => None,
+        }
     }
 }
 
 /// One endpoint as `GET /upstreams` shows it.
-pub struct EndpointStats<'a> {
-    pub address: &'a str,
-    pub ejected: bool,
+pub struct EndpointStats {
+    pub address: String,
+    pub state: EndpointState,
     pub ejections: u32,
     pub in_flight: usize,
     pub requests: u64,
     pub failures: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointState {
+    Healthy,
+    Ejected,
+    /// Gone from its source; requests in flight finish.
+    Draining,
+}
+
+impl EndpointState {
+    pub const ALL: [EndpointState; 3] = [EndpointState::Healthy, EndpointState::Ejected, EndpointState::Draining];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Healthy => "healthy",
+            EndpointState::Ejected => "ejected",
+            EndpointState::Draining => "draining",
+        }
+    }
+}
+
+/// A DNS source as `GET /upstreams` shows it.
+pub struct DnsView {
+    pub name: String,
+    pub port: u16,
+    pub resolutions: u64,
+    pub failures: u64,
+    /// Set while lookups fail (the last good set is kept meanwhile).
+    pub last_error: Option<String>,
 }
 
 /// A connection checked out of its endpoint's pool (or just dialled),
@@ -155,132 +212,187 @@ pub struct Checkout {
     busy: Busy,
 }
 
-/// A named pool of endpoints. Shared across reloads while its spec is unchanged.
+/// A named set of endpoints. Shared across reloads while its spec is
+/// unchanged; a changed one takes over the endpoints (pools, health) of
+/// the one it replaces.
 pub struct Upstream {
     spec: UpstreamSpec,
-    endpoints: Vec<Arc<Endpoint>>,
+    endpoints: Endpoints,
+    dns: Option<DnsStatus>,
     next: AtomicUsize,
+    budget: Budget,
 }
 
-/// Idle connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 4096;
-/// Idle connections older than this are not reused (upstreams such as nginx
-/// close keep-alive after 60–75 s; reusing near that edge invites races).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-
 impl Upstream {
-    pub fn new(spec: UpstreamSpec) -> Self {
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|e| Arc::new(Endpoint::new(Arc::clone(&spec.name), e.clone(), MAX_IDLE_PER_ENDPOINT, IDLE_TIMEOUT)))
-            .collect();
-        Self { spec, endpoints, next: AtomicUsize::new(0) }
+    /// Build an upstream; with a DNS source, start following it (in the
+    /// background, for as long as the upstream lives). `previous`: the
+    /// upstream of the same name this one replaces, if any.
+    pub fn start(spec: UpstreamSpec, previous: Option<&Upstream>) -> Arc<Self> {
+        let previous = previous.filter(|p| p.spec.name == spec.name);
+        let same_source = |p: &&Upstream| {
+            p.spec.dns.as_ref().map(|d| (&d.name, d.port)) == spec.dns.as_ref().map(|d| (&d.name, d.port))
+        };
+        let (addrs, inherited) = match (&spec.dns, previous.filter(same_source)) {
+            (None, _) => (spec.endpoints.clone(), false),
+            // Same DNS source: start from its last answer, no gap.
+            (Some(_), Some(p)) => (p.endpoints.addresses(), p.dns.as_ref().is_some_and(|d| d.answered())),
+            (Some(_), None) => (Vec::new(), false),
+        };
+        let endpoints = Endpoints::new(Arc::clone(&spec.name), &addrs, previous.map(|p| &p.endpoints));
+        let dns = spec.dns.as_ref().map(|_| DnsStatus::default());
+        if inherited && let Some(d) = &dns {
+            d.mark_answered();
+        }
+        let up = Arc::new(Self { spec, endpoints, dns, next: AtomicUsize::new(0), budget: Budget::default() });
+        if let Some(source) = up.spec.dns.clone() {
+            let cap = source.refresh.unwrap_or(source.max_ttl);
+            match (endpoints::dns::resolver(&source.resolver, cap), tokio::runtime::Handle::try_current()) {
+                (Ok(resolver), Ok(rt)) => {
+                    rt.spawn(endpoints::dns::follow(Arc::downgrade(&up), source, resolver));
+                }
+                (Err(e), _) => tracing::error!(upstream = %up.spec.name, error = %e, "cannot build a DNS resolver"),
+                (_, Err(_)) => tracing::error!(upstream = %up.spec.name, "no runtime to follow DNS on"),
+            }
+        }
+        up
     }
 
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
     }
 
-    /// Close idle connections that expired or that the upstream closed.
-    pub fn reap_idle(&self) -> usize {
-        self.endpoints.iter().map(|e| e.reap()).sum()
+    fn endpoint_set(&self) -> Option<&Endpoints> {
+        Some(&self.endpoints)
     }
 
-    /// Per endpoint: its address and the connections closed for
+    fn dns_status(&self) -> Option<&DnsStatus> {
+        self.dns.as_ref()
+    }
+
+    /// Wait (at most `limit`) for a DNS source's first answer; true at
+    /// once for a fixed list. Startup waits so the first requests have pods.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        match &self.dns {
+            None => true,
+            Some(d) => d.first_answer(limit).await,
+        }
+    }
+
+    /// The DNS source, for `GET /upstreams`.
+    pub fn dns_view(&self) -> Option<DnsView> {
+        let (source, status) = (self.spec.dns.as_ref()?, self.dns.as_ref()?);
+        Some(DnsView {
+            name: source.name.clone(),
+            port: source.port,
+            resolutions: status.resolutions.load(Ordering::Relaxed),
+            failures: status.failures.load(Ordering::Relaxed),
+            last_error: status.last_error(),
+        })
+    }
+
+    /// Close idle connections that expired or that the upstream closed.
+    pub fn reap_idle(&self) -> usize {
+        self.endpoints.current().iter().map(|e| e.reap()).sum()
+    }
+
+    /// Per endpoint in service: its address and the connections closed for
     /// unsolicited bytes, by `Unsolicited` (for /metrics).
-    pub fn unsolicited(&self) -> Vec<(&str, [u64; 2])> {
-        self.endpoints.iter().map(|e| (e.address(), Unsolicited::ALL.map(|w| e.unsolicited(w)))).collect()
+    pub fn unsolicited(&self) -> Vec<(String, [u64; 2])> {
+        self.endpoints
+            .current()
+            .iter()
+            .map(|e| (e.address().to_owned(), Unsolicited::ALL.map(|w| e.unsolicited(w))))
+            .collect()
     }
 
     /// Idle connections kept, over all endpoints.
     pub fn idle_connections(&self) -> usize {
-        self.endpoints.iter().map(|e| e.idle_count()).sum()
+        self.endpoints.current().iter().map(|e| e.idle_count()).sum()
     }
 
-    /// Per endpoint, for `GET /upstreams`.
-    pub fn endpoint_stats(&self) -> Vec<EndpointStats<'_>> {
+    /// Per endpoint, in service and draining, for `GET /upstreams` and metrics.
+    pub fn endpoint_stats(&self) -> Vec<EndpointStats> {
         let now = pool::clock_ms();
-        self.endpoints
+        let view = |e: &Arc<Endpoint>, state: EndpointState| EndpointStats {
+            address: e.address().to_owned(),
+            state,
+            ejections: e.ejections(),
+            in_flight: e.in_flight(),
+            requests: e.requests(),
+            failures: e.failures(),
+        };
+        let set = self.endpoints.current();
+        let mut out: Vec<EndpointStats> = set
             .iter()
-            .map(|e| EndpointStats {
-                address: e.address(),
-                ejected: e.is_ejected(now),
-                ejections: e.ejections(),
-                in_flight: e.in_flight(),
-                requests: e.requests(),
-                failures: e.failures(),
-            })
-            .collect()
+            .map(|e| view(e, if e.is_ejected(now) { EndpointState::Ejected } else { EndpointState::Healthy }))
+            .collect();
+        out.extend(self.endpoints.draining().iter().map(|e| view(e, EndpointState::Draining)));
+        out
     }
 
-    /// A failed attempt on `ep`: counted, and after
-    /// `health.passive.consecutive_failures` in a row the endpoint is
-    /// ejected, unless that would eject more than `max_ejected` of this
-    /// upstream's endpoints (never all of them).
-    fn failed(&self, ep: &Endpoint) {
-        let in_a_row = ep.failed();
-        let policy = self.spec.passive;
-        if policy.consecutive_failures == 0 || in_a_row < policy.consecutive_failures {
-            return;
-        }
-        let now = pool::clock_ms();
-        if ep.is_ejected(now) {
-            return;
-        }
-        let n = self.endpoints.len();
-        let allowed = (n * policy.max_ejected_percent as usize / 100).min(n.saturating_sub(1));
-        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
-        if ejected < allowed {
-            ep.eject(now, policy.eject);
-        }
-    }
-
-    /// A pooled or new connection. The first endpoint tried is the
-    /// balancer's pick (`balance`); on a failed connect the others are
-    /// tried once each, in order, each bounded by `connect_timeout`.
-    pub async fn connect(&self) -> Result<Checkout, UpstreamError> {
-        let n = self.endpoints.len();
-        let start = self.pick(n);
-        let mut last = UpstreamError::ConnectTimeout;
-        let now = pool::clock_ms();
-        // Ejected endpoints are skipped (ejection never takes them all).
-        let order =
-            (0..n).filter_map(|i| self.endpoints.get((start + i) % n)).filter(|ep| !ep.is_ejected(now) || n == 1);
-        for ep in order {
+    /// A pooled or new connection to an endpoint this request has not
+    /// tried, picked by `balance`. A failed connect is retried on another
+    /// endpoint while `retry` (attempts, `connect_failure`, budget) allows;
+    /// each failed attempt it moves on from is left in `tried.failed` for
+    /// the caller to charge to the version.
+    pub async fn connect(&self, tried: &mut Tried) -> Result<Checkout, UpstreamError> {
+        let mut last: Option<UpstreamError> = None;
+        loop {
+            let now = pool::clock_ms();
+            let ep = {
+                let set = self.endpoints.current();
+                let Some(i) = balance::pick(self.spec.balance, &self.next, &set, &tried.endpoints, now) else {
+                    return Err(last.unwrap_or(UpstreamError::NoEndpoints));
+                };
+                set.get(i).cloned().ok_or(UpstreamError::NoEndpoints)?
+            };
+            if let Some(e) = last.take() {
+                if !(self.spec.retry.on_connect() && self.retry_allowed(tried)) {
+                    return Err(e);
+                }
+                tried.failed.push(Some(e.kind()));
+                tried.retries += 1;
+            }
+            tried.endpoints.push(Arc::clone(&ep));
+            ep.attempted();
             if let Some(wire) = ep.checkout() {
-                return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: true, busy: Busy::new(ep) });
+                return Ok(Checkout { busy: Busy::new(&ep), wire, endpoint: ep, reused: true });
             }
             match ep.connect(self.spec.connect_timeout).await {
-                Ok(wire) => return Ok(Checkout { wire, endpoint: Arc::clone(ep), reused: false, busy: Busy::new(ep) }),
+                Ok(wire) => return Ok(Checkout { busy: Busy::new(&ep), wire, endpoint: ep, reused: false }),
                 Err(e) => {
-                    self.failed(ep);
-                    last = e;
+                    health::failed(&self.spec.passive, &self.endpoints.current(), &ep);
+                    last = Some(e);
                 }
             }
         }
-        Err(last)
     }
 
-    /// The index of the endpoint to try first.
-    fn pick(&self, n: usize) -> usize {
-        match self.spec.balance {
-            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
-            Balance::P2c if n < 2 => 0,
-            Balance::P2c => {
-                use rand::RngExt;
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                // A second, different endpoint: one of the other n - 1.
-                let b = (a + 1 + rng.random_range(0..n - 1)) % n;
-                let now = pool::clock_ms();
-                // An ejected endpoint loses every draw.
-                let load = |i: usize| {
-                    self.endpoints.get(i).filter(|e| !e.is_ejected(now)).map_or(usize::MAX, |e| e.in_flight())
-                };
-                if load(b) < load(a) { b } else { a }
-            }
+    /// After a sent attempt failed with `what`: may the request go to
+    /// another endpoint? (The caller has checked that it can be replayed.)
+    /// If so the failure is left in `tried.failed` like a connect's.
+    pub fn retry_after(&self, tried: &mut Tried, what: RetryOn, kind: Option<ErrorKind>) -> bool {
+        let listed = match what {
+            RetryOn::Status(s) => self.spec.retry.on_status(s),
+            other => self.spec.retry.on.contains(&other),
+        };
+        let now = pool::clock_ms();
+        let somewhere = {
+            let set = self.endpoints.current();
+            set.iter().any(|e| !e.is_ejected(now) && !tried.endpoints.iter().any(|t| Arc::ptr_eq(t, e)))
+        };
+        if !(listed && somewhere && self.retry_allowed(tried)) {
+            return false;
         }
+        tried.failed.push(kind);
+        tried.retries += 1;
+        true
+    }
+
+    /// Attempts left, and the budget agrees (counts the retry if so).
+    fn retry_allowed(&self, tried: &Tried) -> bool {
+        tried.retries < self.spec.retry.attempts
+            && self.budget.allow(pool::clock_ms(), self.endpoints.total_requests(), self.spec.retry.budget_percent)
     }
 
     /// Send a request on `conn`, with `added` written after the request's
@@ -333,7 +445,8 @@ impl Upstream {
         };
         let (head, wire, body_done) = outcome.map_err(|e| {
             if !matches!(e, ExchangeError::Body(_)) {
-                self.failed(&endpoint); // the client's body failing is not the endpoint's fault
+                // The client's body failing is not the endpoint's fault.
+                health::failed(&self.spec.passive, &self.endpoints.current(), &endpoint);
             }
             match e {
                 ExchangeError::Unsolicited(n) => {
@@ -347,7 +460,7 @@ impl Upstream {
                 ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
             }
         })?;
-        endpoint.succeeded();
+        health::answered(&self.spec.passive, &self.endpoints.current(), &endpoint, head.status.as_u16());
         let keep_alive = head.keep_alive && body_done;
         let mut resp =
             Response::new(PooledBody::wire(wire, head.framing, (endpoint, busy), keep_alive, self.spec.body_timeout));
@@ -407,7 +520,7 @@ async fn expect_empty(mut body: ReqBody) -> Result<(), UpstreamError> {
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
-fn idempotent(m: &http::Method) -> bool {
+pub fn idempotent(m: &http::Method) -> bool {
     use http::Method;
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }

@@ -106,10 +106,12 @@ async fn a_refusing_endpoint_counts_failures_and_the_request_goes_to_the_next() 
     assert_eq!(live.count(), 10);
     let v = settled(&weir).await;
     let eps = v["upstreams"][0]["endpoints"].as_array().unwrap();
-    assert_eq!((eps[0]["requests"].as_u64(), eps[1]["requests"].as_u64()), (Some(0), Some(10)), "{v}");
+    assert_eq!(eps[1]["requests"].as_u64(), Some(10), "{v}");
     // Round robin starts on the dead one every other request; each of
-    // those connects fails once before the live one takes the request.
+    // those connects fails once (an attempt, failed) before the live one
+    // takes the request.
     assert!(eps[0]["failures"].as_u64().unwrap() >= 4, "{v}");
+    assert_eq!(eps[0]["requests"], eps[0]["failures"], "{v}");
     assert_eq!(eps[1]["failures"], 0);
 }
 
@@ -150,4 +152,56 @@ async fn a_failing_endpoint_is_ejected_and_skipped_but_never_all_of_them() {
     let states: Vec<&str> =
         v["upstreams"][0]["endpoints"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
     assert_eq!(states.iter().filter(|s| **s == "ejected").count(), 1, "{v}");
+}
+
+/// A black-holed endpoint (its SYNs dropped: a listener whose accept queue
+/// is full) costs `connect_timeout` per attempt, so it must be ejected:
+/// after `consecutive_failures` timed-out connects nothing more is sent
+/// there, and every request is answered by the live endpoint (the timed-out
+/// connect is retried there: the request never left weir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_endpoint_is_ejected_and_stops_costing_connect_timeouts() {
+    let hole = tokio::net::TcpSocket::new_v4().unwrap();
+    hole.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let hole = hole.listen(0).unwrap();
+    // Fill the accept queue (never accepted): later SYNs are dropped.
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(hole_addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let probe = tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(hole_addr)).await;
+    assert!(probe.is_err(), "the black hole still completes handshakes");
+
+    let live = Upstream::start("live").await;
+    let yaml = format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{hole_addr}\", \"{}\"], balance: round_robin, connect_timeout: 300ms,\n\
+         \x20     health: {{passive: {{consecutive_failures: 2, eject: 30s}}}}}}\n\
+         routes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        live.addr
+    );
+    let weir = Weir::start(&yaml).await;
+    load(&weir, 1, 20).await;
+    assert_eq!(live.count(), 20);
+    let v = settled(&weir).await;
+    let eps = v["upstreams"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(eps[0]["state"], "ejected", "{v}");
+    // Two timed-out connects, then never tried again while ejected.
+    assert_eq!((eps[0]["requests"].as_u64(), eps[0]["failures"].as_u64()), (Some(2), Some(2)), "{v}");
+    let m = support::metrics(weir.admin).await;
+    assert_eq!(support::metric(&m, "weir_upstream_endpoints{upstream=\"v1\",state=\"ejected\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        support::metric(
+            &m,
+            &format!("weir_upstream_endpoint_failures_total{{upstream=\"v1\",endpoint=\"{hole_addr}\"}}")
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    drop((hole, fillers));
 }

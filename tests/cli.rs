@@ -101,7 +101,7 @@ routes:
         "routes[2].progression.steps[1]: steps must increase strictly",
         "routes[3].progression: progression needs `analysis`",
         "listen[1].address: 127.0.0.1:8080 is listed twice",
-        "upstreams.v1.endpoints: at least one endpoint is required",
+        "upstreams.v1.endpoints: at least one endpoint (or a `dns` source) is required",
         "upstreams.v2.endpoints[0]: `nohost` needs a port",
         "routes[0].canary.upstream: unknown upstream `v9`",
         "routes[0].weight: weight 101 is outside 0–100",
@@ -636,4 +636,40 @@ fn check_names_a_bad_balance_or_health_by_its_field() {
         let (ok, out) = check(&write(dir.path(), "weir.yaml", &cfg(good)));
         assert!(ok, "{good}: {out}");
     }
+}
+
+#[test]
+fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "listen: [{address: \"127.0.0.1:0\"}]\n\
+               resolver: {nameservers: [\"dns.local\"], timeout: 0s}\n\
+               upstreams:\n\
+               \x20 v1: {dns: {name: \"bad name!\", port: 70000, refresh: 10ms, min_ttl: 5s, max_ttl: 1s},\n\
+               \x20      retry: {attempts: 11, on: [connect_failure, 404, sometimes], budget: 120%},\n\
+               \x20      health: {passive: {statuses: [404]}}}\n\
+               \x20 v2: {endpoints: [\"127.0.0.1:1\"], dns: {name: v2.local, port: 80}}\n\
+               routes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v2}\n";
+    let (ok, out) = check(&write(dir.path(), "weir.yaml", bad));
+    assert!(!ok);
+    for expected in [
+        "resolver.nameservers[0]: `dns.local` is not an IP address or ip:port",
+        "resolver.timeout: must be greater than zero",
+        "upstreams.v1.dns.name: `bad name!` is not a DNS name",
+        "upstreams.v1.dns.port: must be between 1 and 65535",
+        "upstreams.v1.dns.refresh: must be at least 100ms",
+        "upstreams.v1.dns.max_ttl: must not be less than min_ttl",
+        "upstreams.v1.retry.attempts: at most 10 retries",
+        "upstreams.v1.retry.on[1]: retry on connect_failure, reset, timeout or a 5xx status such as 503",
+        "upstreams.v1.retry.on[2]: retry on",
+        "upstreams.v1.retry.budget: must be between 0 and 100 percent",
+        "upstreams.v1.health.passive.statuses[0]: only 5xx statuses count as failed attempts",
+        "upstreams.v2: give either `endpoints` or `dns`, not both",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let good = "listen: [{address: \"127.0.0.1:0\"}]\nresolver: {nameservers: [\"127.0.0.1:5353\", \"::1\"]}\n\
+                upstreams:\n  v1: {dns: {name: game.svc.cluster.local., port: 8080}, retry: {on: [reset, 503]}}\n\
+                routes:\n  - name: r\n    stable: {upstream: v1}\n";
+    let (ok, out) = check(&write(dir.path(), "weir.yaml", good));
+    assert!(ok, "{out}");
 }

@@ -58,10 +58,29 @@ pub fn metrics_text(
             unsolicited: served
                 .upstreams
                 .iter()
-                .flat_map(|u| u.unsolicited().into_iter().map(|(ep, n)| (u.spec().name.to_string(), ep.to_owned(), n)))
+                .flat_map(|u| u.unsolicited().into_iter().map(|(ep, n)| (u.spec().name.to_string(), ep, n)))
                 .collect(),
+            upstreams: served.upstreams.iter().map(|u| upstream_row(u)).collect(),
         },
     )
+}
+
+fn upstream_row(u: &crate::upstream::Upstream) -> crate::metrics::UpstreamRow {
+    use crate::upstream::EndpointState;
+    let stats = u.endpoint_stats();
+    let by_state = EndpointState::ALL.map(|s| stats.iter().filter(|e| e.state == s).count() as u64);
+    let endpoints = stats
+        .into_iter()
+        .filter(|e| e.state != EndpointState::Draining)
+        .take(crate::metrics::MAX_ENDPOINT_SERIES)
+        .map(|e| (e.address, e.requests, e.failures))
+        .collect();
+    crate::metrics::UpstreamRow {
+        name: u.spec().name.to_string(),
+        by_state,
+        endpoints,
+        dns_failures: u.dns_view().map(|d| d.failures),
+    }
 }
 
 pub fn route_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
@@ -71,8 +90,15 @@ pub fn route_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
     let version = |v: Version| {
         let b = r.backend(v);
         let vm = m.version(v);
+        let endpoints = served.upstream(b.upstream).map(|u| {
+            let stats = u.endpoint_stats();
+            let n = |s: crate::upstream::EndpointState| stats.iter().filter(|e| e.state == s).count();
+            use crate::upstream::EndpointState::{Draining, Ejected, Healthy};
+            json!({"healthy": n(Healthy), "ejected": n(Ejected), "draining": n(Draining)})
+        });
         json!({"upstream": &*b.upstream_name, "revision": &*b.revision, "window": vm.window.stats(now),
-               "websockets": vm.websockets_active()})
+               "websockets": vm.websockets_active(), "endpoints": endpoints,
+               "retried_attempts": vm.retried_attempts()})
     };
     let st = live.rollout_state(&r.name);
     let rolled_back = st.as_ref().and_then(|s| s.rolled_back).map(|l| {
@@ -177,10 +203,12 @@ pub fn routes_json(live: &Live, served: &Serving) -> Value {
     Value::Array((0..served.snapshot.table.routes.len()).filter_map(|i| route_json(live, served, i)).collect())
 }
 
-/// `GET /upstreams` (design §13): per upstream, its balance and per
-/// endpoint its passive-health state (`healthy` or `ejected`), ejections,
-/// and the requests in flight, sent and failed. The counters cover the
-/// pool's life (a reload that changes the upstream starts a new pool).
+/// `GET /upstreams` (design §13): per upstream, its balance, its DNS source
+/// (if any: lookups, failures, the last error while failing) and per
+/// endpoint its state (`healthy`, `ejected`, or `draining`: gone from its
+/// source with requests in flight), ejections, and the attempts in flight,
+/// made and failed. Counters cover the endpoint's life in this process
+/// (a reloaded upstream keeps the endpoints it still has).
 pub fn upstreams_json(served: &Serving) -> Value {
     let upstreams: Vec<Value> = served
         .upstreams
@@ -190,12 +218,16 @@ pub fn upstreams_json(served: &Serving) -> Value {
                 .endpoint_stats()
                 .into_iter()
                 .map(|e| {
-                    json!({"address": e.address, "state": if e.ejected { "ejected" } else { "healthy" },
+                    json!({"address": e.address, "state": e.state.as_str(),
                            "ejections": e.ejections, "in_flight": e.in_flight,
                            "requests": e.requests, "failures": e.failures})
                 })
                 .collect();
-            json!({"name": &*u.spec().name, "balance": u.spec().balance.as_str(), "endpoints": endpoints})
+            let dns = u.dns_view().map(|d| {
+                json!({"name": d.name, "port": d.port, "resolutions": d.resolutions, "failures": d.failures,
+                       "last_error": d.last_error})
+            });
+            json!({"name": &*u.spec().name, "balance": u.spec().balance.as_str(), "dns": dns, "endpoints": endpoints})
         })
         .collect();
     json!({"upstreams": upstreams})

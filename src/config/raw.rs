@@ -23,10 +23,48 @@ pub struct RawConfig {
     pub shutdown: Option<RawShutdown>,
     /// weir extension: `false` turns off the per-request JSON access log.
     pub access_log: Option<bool>,
+    /// DNS servers for `upstreams.X.dns` (default: /etc/resolv.conf).
+    pub resolver: Option<RawResolver>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub name: String,
+    pub port: u64,
+    /// Fixed re-resolve period; without it, the answer's TTL within
+    /// `min_ttl`..`max_ttl`.
+    pub refresh: Option<String>,
+    pub min_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u64>,
+    pub on: Option<Vec<StatusOrWord>>,
+    pub budget: Option<PercentValue>,
+}
+
+/// `502` or `connect_failure`, as YAML writes them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusOrWord {
+    Status(u64),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +153,8 @@ pub struct RawPassive {
     pub consecutive_failures: Option<u64>,
     pub eject: Option<String>,
     pub max_ejected: Option<PercentValue>,
+    /// Response statuses that count as failed attempts (default 502, 503, 504).
+    pub statuses: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +162,9 @@ pub struct RawPassive {
 pub struct RawUpstream {
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Endpoints from DNS instead: every A/AAAA record.
+    pub dns: Option<RawDns>,
+    pub retry: Option<RawRetry>,
     /// `p2c` (default) or `round_robin`.
     pub balance: Option<String>,
     pub health: Option<RawHealth>,

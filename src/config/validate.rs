@@ -17,10 +17,12 @@ use std::time::Duration;
 mod analysis;
 mod matching;
 mod operations;
+mod upstreams;
 
 use analysis::compile_analysis;
 use matching::{compile_path, compile_segment_match};
 use operations::{compile_journal, compile_notify};
+use upstreams::compile_upstreams;
 
 /// Round-trip probe period when `max_ws_rtt_p95` is set and
 /// `websocket.rtt_interval` is not.
@@ -218,99 +220,6 @@ fn compile_limits(raw: &RawConfig, p: &mut Problems) -> Limits {
         max_connections: count(p, "max_connections", l.max_connections, d.max_connections, 1),
         max_in_flight: count(p, "max_in_flight", l.max_in_flight, d.max_in_flight, 1),
     }
-}
-
-fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
-    let mut out = Vec::new();
-    for (name, u) in &raw.upstreams {
-        let path = format!("upstreams.{name}");
-        if !is_label_safe(name) {
-            p.at(&path, "names may use letters, digits, `-`, `_` and `.` only");
-        }
-        if u.endpoints.is_empty() {
-            p.at(format!("{path}.endpoints"), "at least one endpoint is required");
-        }
-        for (i, e) in u.endpoints.iter().enumerate() {
-            if let Err(msg) = check_endpoint(e) {
-                p.at(format!("{path}.endpoints[{i}]"), msg);
-            }
-        }
-        let connect_timeout =
-            p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
-        let request_timeout =
-            p.duration(&format!("{path}.request_timeout"), u.request_timeout.as_ref(), Duration::from_secs(30));
-        let body_timeout =
-            p.duration(&format!("{path}.body_timeout"), u.body_timeout.as_ref(), Duration::from_secs(30));
-        if connect_timeout.is_zero() || request_timeout.is_zero() || body_timeout.is_zero() {
-            p.at(&path, "timeouts must be greater than zero");
-        }
-        let balance = match u.balance.as_deref() {
-            None | Some("p2c") => crate::config::Balance::P2c,
-            Some("round_robin") => crate::config::Balance::RoundRobin,
-            Some(other) => {
-                p.at(format!("{path}.balance"), format!("`{other}` is not a balance; use p2c or round_robin"));
-                crate::config::Balance::P2c
-            }
-        };
-        let passive = compile_passive(u.health.as_ref().and_then(|h| h.passive.as_ref()), &path, p);
-        out.push(UpstreamSpec {
-            name: Arc::from(name.as_str()),
-            endpoints: u.endpoints.clone(),
-            balance,
-            passive,
-            connect_timeout,
-            request_timeout,
-            body_timeout,
-        });
-    }
-    out
-}
-
-/// `upstreams.X.health.passive`, defaults filled in.
-fn compile_passive(
-    raw: Option<&crate::config::raw::RawPassive>,
-    path: &str,
-    p: &mut Problems,
-) -> crate::config::Passive {
-    let d = crate::config::Passive::default();
-    let Some(r) = raw else { return d };
-    let at = format!("{path}.health.passive");
-    let consecutive_failures = match r.consecutive_failures {
-        None => d.consecutive_failures,
-        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
-            p.at(format!("{at}.consecutive_failures"), "too large");
-            d.consecutive_failures
-        }),
-    };
-    let eject = p.duration(&format!("{at}.eject"), r.eject.as_ref(), d.eject);
-    if eject.is_zero() {
-        p.at(format!("{at}.eject"), "must be greater than zero");
-    }
-    let max_ejected_percent = match r.max_ejected.as_ref().map(|v| v.percent()) {
-        None => d.max_ejected_percent,
-        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
-        Some(Ok(_)) => {
-            p.at(format!("{at}.max_ejected"), "must be between 0 and 100 percent");
-            d.max_ejected_percent
-        }
-        Some(Err(e)) => {
-            p.at(format!("{at}.max_ejected"), e);
-            d.max_ejected_percent
-        }
-    };
-    crate::config::Passive { consecutive_failures, eject, max_ejected_percent }
-}
-
-fn check_endpoint(e: &str) -> Result<(), String> {
-    if e.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let (host, port) = e.rsplit_once(':').ok_or_else(|| format!("`{e}` needs a port (host:port)"))?;
-    port.parse::<u16>().map_err(|_| format!("`{e}` has an invalid port"))?;
-    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(format!("`{e}` is not a host:port"));
-    }
-    Ok(())
 }
 
 fn is_label_safe(s: &str) -> bool {

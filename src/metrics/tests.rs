@@ -34,6 +34,12 @@ fn histogram_buckets_are_cumulative_and_monotone() {
             ready: true,
             notifications: vec![("oncall".into(), [3, 1, 0, 2])],
             unsolicited: vec![("v2".into(), "127.0.0.2:8080".into(), [1, 4])],
+            upstreams: vec![crate::metrics::UpstreamRow {
+                name: "v2".into(),
+                by_state: [3, 1, 2],
+                endpoints: vec![("10.0.0.7:8080".into(), 40, 5)],
+                dns_failures: Some(6),
+            }],
             start_time_s: 1.5,
             access_log_dropped: 7,
             fleet_queries: 0,
@@ -56,6 +62,17 @@ fn histogram_buckets_are_cumulative_and_monotone() {
     let stray = "weir_upstream_unsolicited_total{upstream=\"v2\",endpoint=\"127.0.0.2:8080\"";
     assert!(text.contains(&format!("{stray},when=\"after_response\"}} 1")), "{text}");
     assert!(text.contains(&format!("{stray},when=\"idle\"}} 4")), "{text}");
+    for line in [
+        "weir_upstream_endpoints{upstream=\"v2\",state=\"healthy\"} 3",
+        "weir_upstream_endpoints{upstream=\"v2\",state=\"ejected\"} 1",
+        "weir_upstream_endpoints{upstream=\"v2\",state=\"draining\"} 2",
+        "weir_upstream_endpoint_requests_total{upstream=\"v2\",endpoint=\"10.0.0.7:8080\"} 40",
+        "weir_upstream_endpoint_failures_total{upstream=\"v2\",endpoint=\"10.0.0.7:8080\"} 5",
+        "weir_upstream_dns_failures_total{upstream=\"v2\"} 6",
+        "weir_retried_attempts_total{route=\"app\",version=\"canary\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
     // Every error kind that can be produced is counted under its label.
     for k in crate::labels::ErrorKind::ALL {
         let n = if k == crate::labels::ErrorKind::Client { 2 } else { 1 };
@@ -106,6 +123,7 @@ fn slo_edges_follow_the_config_whenever_the_handle_was_made() {
                 ready: true,
                 notifications: Vec::new(),
                 unsolicited: Vec::new(),
+                upstreams: Vec::new(),
                 start_time_s: 0.0,
                 access_log_dropped: 0,
                 fleet_queries: 0,

@@ -102,6 +102,40 @@ fn unsolicited_family(o: &mut String, rows: &[(String, String, [u64; 2])]) {
     }
 }
 
+/// `weir_upstream_endpoints`, per-endpoint attempts and failures, and DNS
+/// lookup failures.
+fn upstream_families(o: &mut String, rows: &[super::UpstreamRow]) {
+    use super::{DNS_FAILURES, ENDPOINT_FAILURES, ENDPOINT_REQUESTS, UPSTREAM_ENDPOINTS};
+    let _ = writeln!(o, "# HELP {UPSTREAM_ENDPOINTS} Endpoints of an upstream, by state.");
+    let _ = writeln!(o, "# TYPE {UPSTREAM_ENDPOINTS} gauge");
+    for r in rows {
+        for (state, n) in ["healthy", "ejected", "draining"].iter().zip(r.by_state) {
+            let _ = writeln!(o, "{UPSTREAM_ENDPOINTS}{{upstream=\"{}\",state=\"{state}\"}} {n}", escape(&r.name));
+        }
+    }
+    for (family, help, pick) in [
+        (ENDPOINT_REQUESTS, "Attempts sent to an endpoint (connected or not).", 0),
+        (ENDPOINT_FAILURES, "Failed attempts on an endpoint (connect, reset, timeout, counted 5xx).", 1),
+    ] {
+        let _ = writeln!(o, "# HELP {family} {help}");
+        let _ = writeln!(o, "# TYPE {family} counter");
+        for r in rows {
+            for (address, requests, failures) in &r.endpoints {
+                let n = if pick == 0 { requests } else { failures };
+                let _ =
+                    writeln!(o, "{family}{{upstream=\"{}\",endpoint=\"{}\"}} {n}", escape(&r.name), escape(address));
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP {DNS_FAILURES} Failed or empty DNS lookups of an upstream's dns source.");
+    let _ = writeln!(o, "# TYPE {DNS_FAILURES} counter");
+    for r in rows {
+        if let Some(n) = r.dns_failures {
+            let _ = writeln!(o, "{DNS_FAILURES}{{upstream=\"{}\"}} {n}", escape(&r.name));
+        }
+    }
+}
+
 /// Prometheus text format 0.0.4.
 pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -174,6 +208,24 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         &REASONS,
         |m| &m.decisions,
     );
+    let _ = writeln!(
+        o,
+        "# HELP {} Failed attempts retried on another endpoint of the same version.",
+        super::RETRIED_ATTEMPTS
+    );
+    let _ = writeln!(o, "# TYPE {} counter", super::RETRIED_ATTEMPTS);
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let _ = writeln!(
+                o,
+                "{}{{route=\"{}\",version=\"{}\"}} {}",
+                super::RETRIED_ATTEMPTS,
+                escape(&r.metrics.name),
+                v.as_str(),
+                r.metrics.version(v).retried_attempts()
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP {WEBSOCKET_ACTIVE} Open WebSocket connections.");
     let _ = writeln!(o, "# TYPE {WEBSOCKET_ACTIVE} gauge");
     for r in routes {
@@ -320,6 +372,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
     let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
     unsolicited_family(&mut o, &g.unsolicited);
+    upstream_families(&mut o, &g.upstreams);
     let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
     let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
     let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);

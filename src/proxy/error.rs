@@ -50,6 +50,7 @@ impl ProxyError {
             ProxyError::Upstream(
                 UpstreamError::ConnectTimeout | UpstreamError::Timeout | UpstreamError::UploadStalled(_),
             ) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::NoEndpoints) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(
                 UpstreamError::Connect(_)
                 | UpstreamError::Reset(_)
@@ -93,6 +94,7 @@ impl ProxyError {
             ProxyError::Connect => "connect_refused",
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect(_) => "upstream_connect",
+                UpstreamError::NoEndpoints => "upstream_no_endpoints",
                 UpstreamError::ConnectTimeout => "upstream_connect_timeout",
                 UpstreamError::Timeout => "upstream_timeout",
                 UpstreamError::UploadStalled(_) => "upstream_upload_stalled",

@@ -8,7 +8,7 @@ use crate::live::Serving;
 use crate::metrics::RouteMetrics;
 use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
-use crate::upstream::{Checkout, PooledBody, ReqBody, UpstreamError};
+use crate::upstream::{Checkout, PooledBody, ReqBody, Tried, UpstreamError};
 use crate::websocket;
 use http::header::{CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SET_COOKIE};
 use http::request::Parts;
@@ -109,18 +109,23 @@ impl Proxy {
         Ok(Choice { route, version: decision.version, reason: decision.reason, decision, metrics, mirror })
     }
 
-    /// Phase 3: A connection to the chosen version. A canary that cannot be
-    /// reached has not seen the request, so stable takes it whatever the
-    /// method (design §2 step 7); the failure is charged to canary.
+    /// Phase 3: A connection to the chosen version (its endpoints tried as
+    /// `retry` allows; each failed attempt is charged to the version). A
+    /// canary that cannot be reached has not seen the request, so stable
+    /// takes it whatever the method (design §2 step 7); the failure is
+    /// charged to canary.
     pub(super) async fn upstream_peer(
         &self,
         served: &Serving,
         c: &mut Choice<'_>,
+        tried: &mut Tried,
         started: Instant,
         completion: &mut Completion,
     ) -> Result<Checkout, ProxyError> {
         let pick = |v: Version| served.upstream(c.route.backend(v).upstream).ok_or(ProxyError::NoRoute);
-        let conn = match pick(c.version)?.connect().await {
+        let first = pick(c.version)?.connect(tried).await;
+        charge_failed_attempts(c, tried, completion);
+        let conn = match first {
             Ok(conn) => conn,
             Err(e) if c.version == Version::Canary && e.is_connect() => {
                 tracing::debug!(route = %c.route.name, error = %e, "canary unreachable, falling back to stable");
@@ -134,7 +139,10 @@ impl Proxy {
                 (c.version, c.reason) = (Version::Stable, Reason::Fallback);
                 completion.flags.push("fallback");
                 completion.metrics = c.metrics.as_ref().map(|m| (Arc::clone(m), Version::Stable));
-                pick(Version::Stable)?.connect().await?
+                *tried = Tried::new();
+                let conn = pick(Version::Stable)?.connect(tried).await;
+                charge_failed_attempts(c, tried, completion);
+                conn?
             }
             Err(e) => return Err(e.into()),
         };
@@ -254,6 +262,34 @@ impl Proxy {
         }
         completion.status = rparts.status.as_u16();
         Ok(Response::from_parts(rparts, rbody))
+    }
+}
+
+/// Failed attempts that were retried (left in `tried.failed` by the
+/// upstream): each is evidence against the version it was made on, like a
+/// request that failed (design §13: a retry that saved the user, or an
+/// ejection, must not hide a bad canary). The access log flags `retried`.
+pub(super) fn charge_failed_attempts(c: &Choice<'_>, tried: &mut Tried, completion: &mut Completion) {
+    if tried.failed.is_empty() {
+        return;
+    }
+    if !completion.flags.contains(&"retried") {
+        completion.flags.push("retried");
+    }
+    let Some(m) = &c.metrics else {
+        tried.failed.clear();
+        return;
+    };
+    let v = m.version(c.version);
+    let now = Instant::now();
+    for kind in tried.failed.drain(..) {
+        if let Some(kind) = kind {
+            v.upstream_error(kind);
+        }
+        v.failed_attempt(now);
+        if let Some(u) = &completion.unit {
+            m.evidence.record(u, c.version, true, None);
+        }
     }
 }
 

@@ -24,13 +24,16 @@ pub struct Idle {
 pub struct Endpoint {
     /// The upstream's name, for logs and metrics.
     upstream: Arc<str>,
-    /// `host:port` as configured; resolved on each dial so DNS changes apply.
+    /// `host:port` as configured (a static name is resolved on each dial),
+    /// or an address from a DNS source.
     addr: String,
+    /// `addr` when it is an IP address: dialled without a lookup.
+    sock: Option<std::net::SocketAddr>,
     /// Connections closed for unsolicited bytes, by `Unsolicited`.
     unsolicited: [AtomicU64; 2],
     /// Requests sent here and not yet finished (balancing reads it).
     in_flight: AtomicUsize,
-    /// Requests sent here, ever (this pool's life).
+    /// Attempts made here, ever (this pool's life), connected or not.
     requests: AtomicU64,
     /// Failed attempts here: connect failures, resets, timeouts, invalid
     /// or truncated responses (not the upstream's own 5xx).
@@ -56,6 +59,7 @@ impl Endpoint {
         let idle = (0..n).map(|_| Padded(Mutex::new(Vec::new()))).collect();
         Self {
             upstream,
+            sock: addr.parse().ok(),
             addr,
             unsolicited: Default::default(),
             in_flight: AtomicUsize::new(0),
@@ -84,6 +88,12 @@ impl Endpoint {
 
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// An attempt starts here (counted in `requests` whether or not it
+    /// connects).
+    pub fn attempted(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A failed attempt here (see `failures`); returns how many in a row.
@@ -118,14 +128,19 @@ impl Endpoint {
         let until = now.saturating_add(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
         self.ejected_until.store(until, Ordering::Relaxed);
         self.consecutive.store(0, Ordering::Relaxed);
+        self.close_idle();
+        tracing::warn!(upstream = %self.upstream, endpoint = %self.addr, ejected_for = ?span,
+            "endpoint ejected after failed attempts in a row (passive health)");
+        span
+    }
+
+    /// Close every idle connection (ejected, or gone from its source).
+    pub fn close_idle(&self) {
         for shard in self.idle.iter() {
             if let Ok(mut stack) = shard.lock() {
                 stack.clear();
             }
         }
-        tracing::warn!(upstream = %self.upstream, endpoint = %self.addr, ejected_for = ?span,
-            "endpoint ejected after failed attempts in a row (passive health)");
-        span
     }
 
     /// Connections closed because the upstream sent bytes no request asked for.
@@ -215,7 +230,13 @@ impl Endpoint {
 
     /// Dial a new connection.
     pub async fn connect(&self, timeout: Duration) -> Result<Connection, UpstreamError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr.as_str())).await {
+        let dial = async {
+            match self.sock {
+                Some(sock) => TcpStream::connect(sock).await,
+                None => TcpStream::connect(self.addr.as_str()).await,
+            }
+        };
+        let stream = match tokio::time::timeout(timeout, dial).await {
             Err(_) => return Err(UpstreamError::ConnectTimeout),
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
             Ok(Ok(s)) => s,
@@ -233,7 +254,6 @@ pub struct Busy(Arc<Endpoint>);
 impl Busy {
     pub fn new(endpoint: &Arc<Endpoint>) -> Self {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        endpoint.requests.fetch_add(1, Ordering::Relaxed);
         Self(Arc::clone(endpoint))
     }
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+pub mod dns;
 mod ws_upstream;
 #[allow(unused_imports)]
 pub use ws_upstream::WsUpstream;
@@ -55,7 +56,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Listening on `at` (a pod on 127.0.0.2:P, 127.0.0.3:P, …).
+    pub async fn start_at(name: &'static str, at: SocketAddr) -> Self {
+        let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));

@@ -1,0 +1,225 @@
+//! `upstreams:` and `resolver:`: where each upstream's endpoints come from,
+//! how one is picked, when one is ejected and when an attempt is retried.
+
+use super::{Problems, is_label_safe};
+use crate::config::raw::{RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, StatusOrWord};
+use crate::config::{Balance, DnsSource, Passive, ResolverSpec, Retry, RetryOn, UpstreamSpec};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
+    let resolver = compile_resolver(raw, p);
+    let mut out = Vec::new();
+    for (name, u) in &raw.upstreams {
+        let path = format!("upstreams.{name}");
+        if !is_label_safe(name) {
+            p.at(&path, "names may use letters, digits, `-`, `_` and `.` only");
+        }
+        let dns = u.dns.as_ref().map(|d| compile_dns(d, &resolver, &format!("{path}.dns"), p));
+        match (u.endpoints.is_empty(), dns.is_some()) {
+            (true, false) => p.at(format!("{path}.endpoints"), "at least one endpoint (or a `dns` source) is required"),
+            (false, true) => p.at(&path, "give either `endpoints` or `dns`, not both"),
+            _ => {}
+        }
+        for (i, e) in u.endpoints.iter().enumerate() {
+            if let Err(msg) = check_endpoint(e) {
+                p.at(format!("{path}.endpoints[{i}]"), msg);
+            }
+        }
+        out.push(compile_upstream(name, u, dns, &path, p));
+    }
+    out
+}
+
+fn compile_upstream(name: &str, u: &RawUpstream, dns: Option<DnsSource>, path: &str, p: &mut Problems) -> UpstreamSpec {
+    let connect_timeout =
+        p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
+    let request_timeout =
+        p.duration(&format!("{path}.request_timeout"), u.request_timeout.as_ref(), Duration::from_secs(30));
+    let body_timeout = p.duration(&format!("{path}.body_timeout"), u.body_timeout.as_ref(), Duration::from_secs(30));
+    if connect_timeout.is_zero() || request_timeout.is_zero() || body_timeout.is_zero() {
+        p.at(path, "timeouts must be greater than zero");
+    }
+    let balance = match u.balance.as_deref() {
+        None | Some("p2c") => Balance::P2c,
+        Some("round_robin") => Balance::RoundRobin,
+        Some(other) => {
+            p.at(format!("{path}.balance"), format!("`{other}` is not a balance; use p2c or round_robin"));
+            Balance::P2c
+        }
+    };
+    UpstreamSpec {
+        name: Arc::from(name),
+        endpoints: u.endpoints.clone(),
+        dns,
+        retry: compile_retry(u.retry.as_ref(), path, p),
+        balance,
+        passive: compile_passive(u.health.as_ref().and_then(|h| h.passive.as_ref()), path, p),
+        connect_timeout,
+        request_timeout,
+        body_timeout,
+    }
+}
+
+/// `resolver:`; a name server is `ip` or `ip:port` (port 53 by default).
+fn compile_resolver(raw: &RawConfig, p: &mut Problems) -> ResolverSpec {
+    let d = ResolverSpec::default();
+    let Some(r) = raw.resolver.as_ref() else { return d };
+    let mut nameservers = Vec::new();
+    for (i, s) in r.nameservers.iter().enumerate() {
+        match s.parse::<SocketAddr>().or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))) {
+            Ok(a) => nameservers.push(a),
+            Err(_) => p.at(format!("resolver.nameservers[{i}]"), format!("`{s}` is not an IP address or ip:port")),
+        }
+    }
+    let timeout = p.duration("resolver.timeout", r.timeout.as_ref(), d.timeout);
+    if timeout.is_zero() {
+        p.at("resolver.timeout", "must be greater than zero");
+    }
+    ResolverSpec { nameservers, timeout }
+}
+
+fn compile_dns(d: &RawDns, resolver: &ResolverSpec, at: &str, p: &mut Problems) -> DnsSource {
+    if !is_dns_name(&d.name) {
+        p.at(format!("{at}.name"), format!("`{}` is not a DNS name", d.name));
+    }
+    let port = match u16::try_from(d.port) {
+        Ok(port) if port != 0 => port,
+        _ => {
+            p.at(format!("{at}.port"), "must be between 1 and 65535");
+            0
+        }
+    };
+    let refresh = d.refresh.as_ref().map(|r| p.duration(&format!("{at}.refresh"), Some(r), Duration::from_secs(5)));
+    let min_ttl = p.duration(&format!("{at}.min_ttl"), d.min_ttl.as_ref(), Duration::from_secs(1));
+    let max_ttl = p.duration(&format!("{at}.max_ttl"), d.max_ttl.as_ref(), Duration::from_secs(30));
+    if refresh.is_some_and(|r| r < Duration::from_millis(100)) {
+        p.at(format!("{at}.refresh"), "must be at least 100ms");
+    }
+    if min_ttl < Duration::from_millis(100) {
+        p.at(format!("{at}.min_ttl"), "must be at least 100ms");
+    }
+    if max_ttl < min_ttl {
+        p.at(format!("{at}.max_ttl"), "must not be less than min_ttl");
+    }
+    DnsSource { name: d.name.clone(), port, refresh, min_ttl, max_ttl, resolver: resolver.clone() }
+}
+
+/// Letters, digits, `-` and `.`, labels of 1–63 bytes, at most 253 in all
+/// (a trailing dot, "fully qualified", skips the search domains).
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn compile_retry(r: Option<&RawRetry>, path: &str, p: &mut Problems) -> Retry {
+    let d = Retry::default();
+    let Some(r) = r else { return d };
+    let at = format!("{path}.retry");
+    let attempts = match r.attempts {
+        None => d.attempts,
+        Some(n) if n <= 10 => n as u32,
+        Some(_) => {
+            p.at(format!("{at}.attempts"), "at most 10 retries");
+            d.attempts
+        }
+    };
+    let on = match &r.on {
+        None => d.on,
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let v = match o {
+                    StatusOrWord::Word(w) if w == "connect_failure" => Some(RetryOn::ConnectFailure),
+                    StatusOrWord::Word(w) if w == "reset" => Some(RetryOn::Reset),
+                    StatusOrWord::Word(w) if w == "timeout" => Some(RetryOn::Timeout),
+                    StatusOrWord::Status(s) if (500..=599).contains(s) => Some(RetryOn::Status(*s as u16)),
+                    _ => None,
+                };
+                if v.is_none() {
+                    p.at(
+                        format!("{at}.on[{i}]"),
+                        "retry on connect_failure, reset, timeout or a 5xx status such as 503",
+                    );
+                }
+                v
+            })
+            .collect(),
+    };
+    let budget_percent = match r.budget.as_ref().map(|v| v.percent()) {
+        None => d.budget_percent,
+        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
+        Some(Ok(_)) => {
+            p.at(format!("{at}.budget"), "must be between 0 and 100 percent");
+            d.budget_percent
+        }
+        Some(Err(e)) => {
+            p.at(format!("{at}.budget"), e);
+            d.budget_percent
+        }
+    };
+    Retry { attempts, on, budget_percent }
+}
+
+/// `upstreams.X.health.passive`, defaults filled in.
+fn compile_passive(raw: Option<&RawPassive>, path: &str, p: &mut Problems) -> Passive {
+    let d = Passive::default();
+    let Some(r) = raw else { return d };
+    let at = format!("{path}.health.passive");
+    let consecutive_failures = match r.consecutive_failures {
+        None => d.consecutive_failures,
+        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+            p.at(format!("{at}.consecutive_failures"), "too large");
+            d.consecutive_failures
+        }),
+    };
+    let eject = p.duration(&format!("{at}.eject"), r.eject.as_ref(), d.eject);
+    if eject.is_zero() {
+        p.at(format!("{at}.eject"), "must be greater than zero");
+    }
+    let max_ejected_percent = match r.max_ejected.as_ref().map(|v| v.percent()) {
+        None => d.max_ejected_percent,
+        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
+        Some(Ok(_)) => {
+            p.at(format!("{at}.max_ejected"), "must be between 0 and 100 percent");
+            d.max_ejected_percent
+        }
+        Some(Err(e)) => {
+            p.at(format!("{at}.max_ejected"), e);
+            d.max_ejected_percent
+        }
+    };
+    let statuses = match &r.statuses {
+        None => d.statuses,
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match u16::try_from(*s) {
+                Ok(s) if (500..=599).contains(&s) => Some(s),
+                _ => {
+                    p.at(format!("{at}.statuses[{i}]"), "only 5xx statuses count as failed attempts");
+                    None
+                }
+            })
+            .collect(),
+    };
+    Passive { consecutive_failures, eject, max_ejected_percent, statuses }
+}
+
+fn check_endpoint(e: &str) -> Result<(), String> {
+    if e.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = e.rsplit_once(':').ok_or_else(|| format!("`{e}` needs a port (host:port)"))?;
+    port.parse::<u16>().map_err(|_| format!("`{e}` has an invalid port"))?;
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(format!("`{e}` is not a host:port"));
+    }
+    Ok(())
+}
