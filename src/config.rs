@@ -141,6 +141,19 @@ impl Default for Passive {
     }
 }
 
+/// `upstreams.X.health.active` (design §13): every `interval`, a `GET
+/// path` to each endpoint on a connection of its own; an answer 200–399
+/// within `timeout` passes. `unhealthy` failures in a row take the endpoint
+/// out of service, `healthy` passes in a row put it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Active {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
 /// `upstreams.X.dns` (design §13): every A/AAAA record of `name` is an
 /// endpoint on `port`, re-resolved in the background.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +237,8 @@ pub struct UpstreamSpec {
     pub balance: Balance,
     /// `health.passive` (on by default).
     pub passive: Passive,
+    /// `health.active` (off unless set).
+    pub active: Option<Active>,
     pub connect_timeout: Duration,
     /// From the end of the request (its body sent) to the response head.
     pub request_timeout: Duration,

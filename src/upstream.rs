@@ -21,12 +21,14 @@
 mod balance;
 mod body;
 mod endpoints;
+mod error;
 mod health;
 mod pool;
 mod retry;
 mod wire;
 
 pub use body::{PooledBody, ReqBody, Tee};
+pub use error::{BodyTimeout, BodyTooLarge, BoxError, ErrorKind, UpstreamError, is_body_timeout, is_body_too_large};
 pub use retry::Tried;
 pub use wire::BodyError;
 
@@ -50,117 +52,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use wire::{Connection, ExchangeError};
 
-/// The client stopped sending its body for longer than `body_timeout`.
-#[derive(Debug)]
-pub struct BodyTimeout;
-
-impl std::fmt::Display for BodyTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no request body data within the body timeout")
-    }
-}
-impl std::error::Error for BodyTimeout {}
-
-/// True if a hyper error was caused by our body timeout.
-pub fn is_body_timeout(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<BodyTimeout>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The client sent more than `max_request_body`.
-#[derive(Debug)]
-pub struct BodyTooLarge;
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body over the configured limit")
-    }
-}
-impl std::error::Error for BodyTooLarge {}
-
-/// True if a hyper error was caused by our body limit.
-pub fn is_body_too_large(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<BodyTooLarge>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Why an upstream could not answer. Mapped to a status in `proxy::error`.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("connect refused or failed: {0}")]
-    Connect(std::io::Error),
-    #[error("connect timed out")]
-    ConnectTimeout,
-    #[error("no endpoint to send to (none known yet, or all tried)")]
-    NoEndpoints,
-    #[error("no response headers within the request timeout")]
-    Timeout,
-    #[error("connection reset or closed before a response: {0}")]
-    Reset(String),
-    #[error("invalid response: {0}")]
-    Protocol(String),
-    #[error("unsolicited 101 Switching Protocols")]
-    Protocol101,
-    #[error("request body over the limit")]
-    BodyTooLarge,
-    #[error("request body stalled")]
-    BodyTimeout,
-    #[error("request body failed: {0}")]
-    ClientBody(String),
-    #[error("the upstream took no request body bytes for {0:?} (upstream body_timeout)")]
-    UploadStalled(Duration),
-}
-
-pub use crate::labels::ErrorKind;
-
-impl UpstreamError {
-    /// Which `weir_upstream_errors_total{kind}` counts it.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            UpstreamError::Connect(_) | UpstreamError::NoEndpoints => ErrorKind::Connect,
-            UpstreamError::ConnectTimeout | UpstreamError::Timeout | UpstreamError::UploadStalled(_) => {
-                ErrorKind::Timeout
-            }
-            UpstreamError::Reset(_) => ErrorKind::Reset,
-            UpstreamError::Protocol(_) | UpstreamError::Protocol101 => ErrorKind::Protocol,
-            UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_) => {
-                ErrorKind::Client
-            }
-        }
-    }
-
-    /// True when the request never left weir (safe to send elsewhere).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::NoEndpoints)
-    }
-
-    /// Which `retry.on` word this failure is, if any.
-    pub fn retry_on(&self) -> Option<RetryOn> {
-        match self {
-            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::NoEndpoints => {
-                Some(RetryOn::ConnectFailure)
-            }
-            UpstreamError::Reset(_) | UpstreamError::Protocol(_) => Some(RetryOn::Reset),
-            UpstreamError::Timeout => Some(RetryOn::Timeout),
-            _ => None,
-        }
-    }
-}
-
 /// One endpoint as `GET /upstreams` shows it.
 pub struct EndpointStats {
     pub address: String,
@@ -169,6 +60,8 @@ pub struct EndpointStats {
     pub in_flight: usize,
     pub requests: u64,
     pub failures: u64,
+    /// Active health: `passing`, `failing`, or None (not checked).
+    pub check: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,8 +110,8 @@ pub struct Checkout {
 /// the one it replaces.
 pub struct Upstream {
     spec: UpstreamSpec,
-    endpoints: Endpoints,
-    dns: Option<DnsStatus>,
+    endpoints: Arc<Endpoints>,
+    dns: Option<Arc<DnsStatus>>,
     next: AtomicUsize,
     budget: Budget,
 }
@@ -238,35 +131,29 @@ impl Upstream {
             (Some(_), Some(p)) => (p.endpoints.addresses(), p.dns.as_ref().is_some_and(|d| d.answered())),
             (Some(_), None) => (Vec::new(), false),
         };
-        let endpoints = Endpoints::new(Arc::clone(&spec.name), &addrs, previous.map(|p| &p.endpoints));
-        let dns = spec.dns.as_ref().map(|_| DnsStatus::default());
+        let endpoints = Arc::new(Endpoints::new(Arc::clone(&spec.name), &addrs, previous.map(|p| &*p.endpoints)));
+        let dns = spec.dns.as_ref().map(|_| Arc::new(DnsStatus::default()));
         if inherited && let Some(d) = &dns {
             d.mark_answered();
         }
-        let up = Arc::new(Self { spec, endpoints, dns, next: AtomicUsize::new(0), budget: Budget::default() });
-        if let Some(source) = up.spec.dns.clone() {
+        if let (Some(source), Some(status)) = (spec.dns.clone(), dns.clone()) {
             let cap = source.refresh.unwrap_or(source.max_ttl);
             match (endpoints::dns::resolver(&source.resolver, cap), tokio::runtime::Handle::try_current()) {
                 (Ok(resolver), Ok(rt)) => {
-                    rt.spawn(endpoints::dns::follow(Arc::downgrade(&up), source, resolver));
+                    rt.spawn(endpoints::dns::follow(Arc::downgrade(&endpoints), status, source, resolver));
                 }
-                (Err(e), _) => tracing::error!(upstream = %up.spec.name, error = %e, "cannot build a DNS resolver"),
-                (_, Err(_)) => tracing::error!(upstream = %up.spec.name, "no runtime to follow DNS on"),
+                (Err(e), _) => tracing::error!(upstream = %spec.name, error = %e, "cannot build a DNS resolver"),
+                (_, Err(_)) => tracing::error!(upstream = %spec.name, "no runtime to follow DNS on"),
             }
         }
-        up
+        if let (Some(policy), Ok(rt)) = (spec.active.clone(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(health::check_forever(Arc::downgrade(&endpoints), policy));
+        }
+        Arc::new(Self { spec, endpoints, dns, next: AtomicUsize::new(0), budget: Budget::default() })
     }
 
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
-    }
-
-    fn endpoint_set(&self) -> Option<&Endpoints> {
-        Some(&self.endpoints)
-    }
-
-    fn dns_status(&self) -> Option<&DnsStatus> {
-        self.dns.as_ref()
     }
 
     /// Wait (at most `limit`) for a DNS source's first answer; true at
@@ -320,6 +207,7 @@ impl Upstream {
             in_flight: e.in_flight(),
             requests: e.requests(),
             failures: e.failures(),
+            check: e.check(),
         };
         let set = self.endpoints.current();
         let mut out: Vec<EndpointStats> = set

@@ -174,3 +174,81 @@ fn the_scanner_sees_grouped_and_plain_paths() {
     assert_eq!(found.into_iter().collect::<Vec<_>>(), vec!["config", "metrics", "routing"]);
     assert!(code("// crate::app\nlet a = 1;\n#[cfg(test)]\nmod tests { use crate::app; }").find("app").is_none());
 }
+
+/// The upstream room's own ladder (issue 33, "Where it lives"): its inner
+/// rooms, bottom up. A file may name (through `super::` up to the room, or
+/// `crate::upstream::`) only rooms of its own layer or below; naming the
+/// room's own file (`upstream.rs`, the top that ties them together) from
+/// inside is an upward import too.
+const UPSTREAM_LADDER: &[&[&str]] =
+    &[&["error"], &["wire"], &["pool"], &["body"], &["endpoints", "balance", "health", "retry"]];
+
+/// Inner rooms a piece of code in `src/upstream/<room>/…` (at `depth` below
+/// `src/upstream/`) names through the room: `super::…` climbing to the
+/// room's top, or `crate::upstream::…`. A name that is no inner room is an
+/// item of the top file.
+fn room_uses(code: &str, depth: usize) -> BTreeSet<String> {
+    let to_top = "super::".repeat(depth);
+    let mut found = BTreeSet::new();
+    for prefix in [to_top.as_str(), "crate::upstream::"] {
+        let mut i = 0;
+        while let Some(at) = code[i..].find(prefix) {
+            let start = i + at + prefix.len();
+            // `super::super::x` seen from one level down is not `super::x`.
+            let before = code[..i + at].ends_with("super::");
+            if !before {
+                let rest = &code[start..];
+                let names: Vec<String> = if let Some(group) = rest.strip_prefix('{') {
+                    let end = group.find('}').unwrap_or(group.len());
+                    group[..end]
+                        .split(',')
+                        .map(|s| s.trim().split("::").next().unwrap_or("").to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                } else {
+                    vec![rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()]
+                };
+                found.extend(names.into_iter().filter(|n| !n.is_empty() && n != "super"));
+            }
+            i = start;
+        }
+    }
+    found
+}
+
+#[test]
+fn the_upstream_rooms_use_only_their_layer_and_below() {
+    let room = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/upstream");
+    let mut all = Vec::new();
+    files(&room, &mut all);
+    let layer: BTreeMap<&str, usize> =
+        UPSTREAM_LADDER.iter().enumerate().flat_map(|(i, mods)| mods.iter().map(move |m| (*m, i))).collect();
+    let mut problems = Vec::new();
+    for f in &all {
+        let rel = f.strip_prefix(&room).unwrap();
+        let depth = rel.components().count();
+        let own = module_of(&room, f);
+        let Some(&mine) = layer.get(own.as_str()) else {
+            problems.push(format!("{}: room `{own}` has no layer in UPSTREAM_LADDER", f.display()));
+            continue;
+        };
+        for used in room_uses(&code(&std::fs::read_to_string(f).unwrap()), depth) {
+            if used == own {
+                continue;
+            }
+            match layer.get(used.as_str()) {
+                None => problems.push(format!("{}: `{own}` uses `{used}` of the top file (upstream.rs)", f.display())),
+                Some(&theirs) if theirs > mine => {
+                    problems.push(format!("{}: `{own}` uses `{used}`, a room above it", f.display()))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(problems.is_empty(), "the upstream ladder is broken:\n  {}", problems.join("\n  "));
+    // The scanner itself.
+    let seen = room_uses("use super::pool::{Busy};\nuse super::{error::X, wire};\nlet a = super::super::Upstream;", 1);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["error", "pool", "wire"]);
+    let seen = room_uses("use super::super::error::X;\nuse super::Endpoints;", 2);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["error"]);
+}

@@ -205,3 +205,52 @@ async fn a_black_holed_endpoint_is_ejected_and_stops_costing_connect_timeouts() 
     );
     drop((hole, fillers));
 }
+
+/// Active health (design §13): a pod whose check answers 503 is taken out
+/// after `unhealthy` failures in a row and gets no requests; when its
+/// check passes `healthy` times in a row it is back. The checks are real
+/// `GET /healthz` requests the pods see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_its_health_check_is_out_until_it_passes_again() {
+    let (ok, sick) = (Upstream::start("ok").await, Upstream::start("sick").await);
+    sick.status.store(503, std::sync::atomic::Ordering::Relaxed);
+    let yaml = format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{}\", \"{}\"], retry: {{attempts: 0}},\n\
+         \x20     health: {{passive: {{consecutive_failures: 0}},\n\
+         \x20               active: {{path: /healthz, interval: 100ms, timeout: 100ms, healthy: 2, unhealthy: 2}}}}}}\n\
+         routes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        ok.addr, sick.addr
+    );
+    let weir = Weir::start(&yaml).await;
+    let state = |v: &serde_json::Value, i: usize| {
+        let e = &v["upstreams"][0]["endpoints"][i];
+        (e["state"].as_str().unwrap_or("").to_owned(), e["check"].as_str().unwrap_or("").to_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut v = upstreams(&weir).await;
+    while state(&v, 1) != ("ejected".into(), "failing".into()) {
+        assert!(Instant::now() < deadline, "the failing check never took the pod out: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = upstreams(&weir).await;
+    }
+    assert_eq!(state(&v, 0), ("healthy".to_owned(), "passing".to_owned()), "{v}");
+    let checks = sick.requests().iter().filter(|r| r.uri == "/healthz").count();
+    assert!(checks >= 2, "the pod saw the checks");
+    let ua = sick.requests()[0].headers["user-agent"].to_str().unwrap().to_owned();
+    assert_eq!(ua, "weir-health-check");
+
+    let served = |u: &Upstream| u.requests().iter().filter(|r| r.uri == "/").count();
+    load(&weir, 2, 10).await; // `load` asserts every answer is 200
+    assert_eq!((served(&ok), served(&sick)), (20, 0), "no request reached the pod out of service");
+
+    sick.status.store(200, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&v, 1) != ("healthy".into(), "passing".into()) {
+        assert!(Instant::now() < deadline, "the passing check never brought the pod back: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = upstreams(&weir).await;
+    }
+    load(&weir, 2, 20).await;
+    assert!(served(&sick) > 0, "back in service, it gets requests again");
+}

@@ -220,7 +220,7 @@ pub fn upstreams_json(served: &Serving) -> Value {
                 .map(|e| {
                     json!({"address": e.address, "state": e.state.as_str(),
                            "ejections": e.ejections, "in_flight": e.in_flight,
-                           "requests": e.requests, "failures": e.failures})
+                           "requests": e.requests, "failures": e.failures, "check": e.check})
                 })
                 .collect();
             let dns = u.dns_view().map(|d| {

@@ -145,6 +145,17 @@ pub enum SizeValue {
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub passive: Option<RawPassive>,
+    pub active: Option<RawActive>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActive {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy: Option<u64>,
+    pub unhealthy: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use super::{BodyTimeout, BodyTooLarge, BoxError};
+use super::error::{BodyTimeout, BodyTooLarge, BoxError};
 
 /// Request body sent upstream.
 pub struct ReqBody {

@@ -6,7 +6,7 @@
 //! request. Each connection closed for unsolicited bytes is counted and
 //! logged with the upstream and endpoint it came from.
 
-use super::UpstreamError;
+use super::error::UpstreamError;
 use super::wire::{Connection, IdleState};
 pub use crate::labels::Unsolicited;
 use crate::shards::{self, Padded};
@@ -44,6 +44,13 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// `clock_ms()` until which it is ejected (0: never was).
     ejected_until: AtomicU64,
+    /// Active health: the check is failing (out of service until it
+    /// passes `healthy` times in a row), and the current run of results
+    /// against the state (see `health::checked`).
+    check_failing: std::sync::atomic::AtomicBool,
+    check_run: AtomicU32,
+    /// The last check's result, for `GET /upstreams` (0 none, 1 pass, 2 fail).
+    check_last: std::sync::atomic::AtomicU8,
     /// One stack per worker-thread shard: a request takes and returns
     /// connections under its own thread's lock, and borrows from the other
     /// shards only when its own is empty.
@@ -68,6 +75,9 @@ impl Endpoint {
             consecutive: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            check_failing: Default::default(),
+            check_run: AtomicU32::new(0),
+            check_last: Default::default(),
             idle,
             max_idle: max_idle.div_ceil(n).max(1),
             idle_timeout,
@@ -109,10 +119,46 @@ impl Endpoint {
         }
     }
 
-    /// Ejected (passive health) at `now` (`clock_ms()`): one atomic load,
-    /// cheap enough for every pick.
+    /// Out of service at `now` (`clock_ms()`): ejected by passive health,
+    /// or failing its active check. Two atomic loads, cheap enough for
+    /// every pick.
     pub fn is_ejected(&self, now: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now
+        self.ejected_until.load(Ordering::Relaxed) > now || self.check_failing.load(Ordering::Relaxed)
+    }
+
+    /// One active check's result; returns Some(new state) when it changes
+    /// (true: failing). `healthy`/`unhealthy`: results in a row to change.
+    pub fn checked(&self, passed: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        self.check_last.store(if passed { 1 } else { 2 }, Ordering::Relaxed);
+        let failing = self.check_failing.load(Ordering::Relaxed);
+        if passed != failing {
+            // The result agrees with the state: the run against it ends.
+            self.check_run.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let run = self.check_run.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if run < if failing { healthy } else { unhealthy } {
+            return None;
+        }
+        self.check_run.store(0, Ordering::Relaxed);
+        self.check_failing.store(!failing, Ordering::Relaxed);
+        if !failing {
+            self.close_idle();
+        }
+        Some(!failing)
+    }
+
+    /// The active check as `GET /upstreams` shows it.
+    pub fn check(&self) -> Option<&'static str> {
+        match self.check_last.load(Ordering::Relaxed) {
+            0 => None,
+            _ if self.check_failing.load(Ordering::Relaxed) => Some("failing"),
+            _ => Some("passing"),
+        }
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.upstream
     }
 
     pub fn ejections(&self) -> u32 {
@@ -228,15 +274,17 @@ impl Endpoint {
         }
     }
 
+    /// A plain TCP connection to the endpoint (no timeout of its own).
+    pub async fn dial(&self) -> std::io::Result<TcpStream> {
+        match self.sock {
+            Some(sock) => TcpStream::connect(sock).await,
+            None => TcpStream::connect(self.addr.as_str()).await,
+        }
+    }
+
     /// Dial a new connection.
     pub async fn connect(&self, timeout: Duration) -> Result<Connection, UpstreamError> {
-        let dial = async {
-            match self.sock {
-                Some(sock) => TcpStream::connect(sock).await,
-                None => TcpStream::connect(self.addr.as_str()).await,
-            }
-        };
-        let stream = match tokio::time::timeout(timeout, dial).await {
+        let stream = match tokio::time::timeout(timeout, self.dial()).await {
             Err(_) => return Err(UpstreamError::ConnectTimeout),
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
             Ok(Ok(s)) => s,

@@ -16,7 +16,7 @@
 //! being sent, so an upstream that answers early (413, 401) is heard.
 //! WebSocket handshakes do not come here (hyper's client does the upgrade).
 
-use super::BoxError;
+use super::error::BoxError;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -227,7 +227,7 @@ pub fn encode_head(
 #[derive(Debug)]
 pub enum ExchangeError {
     /// The client's body failed (too large, stalled, broken).
-    Body(super::UpstreamError),
+    Body(super::error::UpstreamError),
     /// Socket error or end of stream before a complete response head.
     /// `answered`: some response bytes had arrived; `unsent`: writing the
     /// request failed (the upstream cannot have acted on all of it).

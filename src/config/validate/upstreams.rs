@@ -2,8 +2,8 @@
 //! how one is picked, when one is ejected and when an attempt is retried.
 
 use super::{Problems, is_label_safe};
-use crate::config::raw::{RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, StatusOrWord};
-use crate::config::{Balance, DnsSource, Passive, ResolverSpec, Retry, RetryOn, UpstreamSpec};
+use crate::config::raw::{RawActive, RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, StatusOrWord};
+use crate::config::{Active, Balance, DnsSource, Passive, ResolverSpec, Retry, RetryOn, UpstreamSpec};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,7 @@ fn compile_upstream(name: &str, u: &RawUpstream, dns: Option<DnsSource>, path: &
         retry: compile_retry(u.retry.as_ref(), path, p),
         balance,
         passive: compile_passive(u.health.as_ref().and_then(|h| h.passive.as_ref()), path, p),
+        active: u.health.as_ref().and_then(|h| h.active.as_ref()).map(|a| compile_active(a, path, p)),
         connect_timeout,
         request_timeout,
         body_timeout,
@@ -210,6 +211,34 @@ fn compile_passive(raw: Option<&RawPassive>, path: &str, p: &mut Problems) -> Pa
             .collect(),
     };
     Passive { consecutive_failures, eject, max_ejected_percent, statuses }
+}
+
+/// `upstreams.X.health.active`, defaults filled in.
+fn compile_active(r: &RawActive, path: &str, p: &mut Problems) -> Active {
+    let at = format!("{path}.health.active");
+    let check_path = r.path.clone().unwrap_or_else(|| "/healthz".to_owned());
+    if !check_path.starts_with('/') || check_path.bytes().any(|b| b <= b' ' || b == 0x7f) || check_path.len() > 1024 {
+        p.at(format!("{at}.path"), "must be an absolute path without spaces or control characters");
+    }
+    let interval = p.duration(&format!("{at}.interval"), r.interval.as_ref(), Duration::from_secs(5));
+    let timeout = p.duration(&format!("{at}.timeout"), r.timeout.as_ref(), Duration::from_secs(1));
+    if interval < Duration::from_millis(100) {
+        p.at(format!("{at}.interval"), "must be at least 100ms");
+    }
+    if timeout.is_zero() || timeout > interval {
+        p.at(format!("{at}.timeout"), "must be greater than zero and at most the interval");
+    }
+    let mut count = |field: &str, v: Option<u64>, d: u32| match v {
+        None => d,
+        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(_) => {
+            p.at(format!("{at}.{field}"), "must be between 1 and 100");
+            d
+        }
+    };
+    let healthy = count("healthy", r.healthy, 2);
+    let unhealthy = count("unhealthy", r.unhealthy, 3);
+    Active { path: check_path, interval, timeout, healthy, unhealthy }
 }
 
 fn check_endpoint(e: &str) -> Result<(), String> {

@@ -85,13 +85,17 @@ pub fn resolver(spec: &ResolverSpec, cache_cap: Duration) -> Result<Arc<TokioRes
     builder.build().map(Arc::new).map_err(|e| e.to_string())
 }
 
-/// Keep `endpoints` current from `source` until the upstream is dropped.
-pub async fn follow(owner: Weak<super::super::Upstream>, source: DnsSource, resolver: Arc<TokioResolver>) {
+/// Keep `endpoints` current from `source` until its upstream is dropped.
+pub async fn follow(
+    endpoints: Weak<Endpoints>,
+    status: Arc<DnsStatus>,
+    source: DnsSource,
+    resolver: Arc<TokioResolver>,
+) {
     loop {
-        let Some(up) = owner.upgrade() else { return };
-        let (Some(endpoints), Some(status)) = (up.endpoint_set(), up.dns_status()) else { return };
-        let wait = resolve_once(&source, &resolver, endpoints, status).await;
-        drop(up);
+        let Some(set) = endpoints.upgrade() else { return };
+        let wait = resolve_once(&source, &resolver, &set, &status).await;
+        drop(set);
         tokio::time::sleep(wait).await;
     }
 }

@@ -4,7 +4,7 @@
 //! `AFTER_ANSWER` once an early answer has ended; what the upstream no
 //! longer takes is drained or reset (`Leftover`), never left hanging.
 
-use super::super::{BodyTimeout, BodyTooLarge, BoxError, UpstreamError};
+use super::super::error::{BodyTimeout, BodyTooLarge, BoxError, UpstreamError};
 use super::{ExchangeError, ReqBodyLike, ReqFraming};
 use bytes::Bytes;
 use std::io;
