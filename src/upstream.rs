@@ -241,7 +241,7 @@ impl Upstream {
                 tried.failed.push(Some(e.kind()));
                 tried.retries += 1;
             }
-            tried.endpoints.push(Arc::clone(&ep));
+            tried.endpoints.push(&ep);
             ep.attempted();
             if let Some(wire) = ep.checkout() {
                 return Ok(Checkout { busy: Busy::new(&ep), wire, endpoint: ep, reused: true });
@@ -267,7 +267,7 @@ impl Upstream {
         let now = pool::clock_ms();
         let somewhere = {
             let set = self.endpoints.current();
-            set.iter().any(|e| !e.is_ejected(now) && !tried.endpoints.iter().any(|t| Arc::ptr_eq(t, e)))
+            set.iter().any(|e| !e.is_ejected(now) && !tried.endpoints.contains(e))
         };
         if !(listed && somewhere && self.retry_allowed(tried)) {
             return false;
@@ -348,7 +348,7 @@ impl Upstream {
                 ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
             }
         })?;
-        health::answered(&self.spec.passive, &self.endpoints.current(), &endpoint, head.status.as_u16());
+        health::answered(&self.spec.passive, &self.endpoints, &endpoint, head.status.as_u16());
         let keep_alive = head.keep_alive && body_done;
         let mut resp =
             Response::new(PooledBody::wire(wire, head.framing, (endpoint, busy), keep_alive, self.spec.body_timeout));

@@ -80,7 +80,7 @@ async fn a_retry_goes_to_another_pod_of_the_same_version_and_never_replays_a_pos
     let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
     bad.status.store(503, Ordering::Relaxed);
     let yaml = format!(
-        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: true\n\
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
          upstreams:\n  v1: {{endpoints: [\"{}\"]}}\n  v2: {{endpoints: [{}], balance: round_robin,\n\
          \x20     retry: {{attempts: 1, on: [503], budget: 100%}}, health: {{passive: {{consecutive_failures: 0}}}}}}\n\
          routes:\n  - name: app\n    stable: {{upstream: v1}}\n    canary: {{upstream: v2}}\n    weight: 100\n",

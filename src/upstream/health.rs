@@ -34,9 +34,9 @@ pub fn failed(policy: &Passive, set: &[Arc<Endpoint>], ep: &Endpoint) {
 
 /// An attempt that got an answer: a status in `statuses` is a failure,
 /// anything else ends the run of failures.
-pub fn answered(policy: &Passive, set: &[Arc<Endpoint>], ep: &Endpoint, status: u16) {
-    if policy.statuses.contains(&status) {
-        failed(policy, set, ep);
+pub fn answered(policy: &Passive, set: &Endpoints, ep: &Endpoint, status: u16) {
+    if status >= 500 && policy.statuses.contains(&status) {
+        failed(policy, &set.current(), ep);
     } else {
         ep.succeeded();
     }

@@ -16,11 +16,41 @@ const WINDOW_MS: u64 = 10_000;
 /// Retries always allowed per window.
 const FLOOR: u64 = 10;
 
+/// Endpoints one request may try: the first attempt and at most 10 retries.
+const MAX_TRIED: usize = 11;
+
+/// Which endpoints a request has tried, by identity: inline, no allocation
+/// and no reference counting on the request path.
+#[derive(Default)]
+pub struct TriedSet {
+    ids: [usize; MAX_TRIED],
+    len: usize,
+}
+
+impl TriedSet {
+    pub fn push(&mut self, ep: &Arc<Endpoint>) {
+        if let Some(slot) = self.ids.get_mut(self.len) {
+            *slot = Arc::as_ptr(ep) as usize;
+            self.len += 1;
+        }
+    }
+
+    pub fn contains(&self, ep: &Arc<Endpoint>) -> bool {
+        let id = Arc::as_ptr(ep) as usize;
+        self.ids.iter().take(self.len).any(|&t| t == id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One request's attempts so far.
 #[derive(Default)]
 pub struct Tried {
-    /// Endpoints tried (a retry goes elsewhere).
-    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Endpoints tried (a retry goes elsewhere). Only compared, never
+    /// dereferenced: the set keeps the endpoints alive meanwhile.
+    pub endpoints: TriedSet,
     /// Failed attempts that were retried, oldest first: each is evidence
     /// against the version (the caller records and clears them). None: a
     /// response whose status is listed in `retry.on`.

@@ -1,0 +1,91 @@
+"""A real gRPC server and client (grpcio) for tests/grpc.rs.
+
+No generated code: a generic handler for the service `weir.test.Game` with
+raw bytes as messages.
+
+  grpc_peer.py server                 serve on 127.0.0.1:0, print the port, run until stdin closes
+  grpc_peer.py call ADDR METHOD BODY [TIMEOUT_S]
+                                      one call through ADDR (h2c), print a JSON line:
+                                      {"code": "OK", "details": ..., "replies": [...], "trailers": {...}}
+
+Methods:
+  Bet     unary: answers the request bytes; a request "fail:CODE[:message]"
+          is answered with that status code instead; "sleep:MS" waits first.
+  Stream  server streaming: "N" answers N messages "m0".."m{N-1}"; "N:CODE"
+          ends the stream with CODE after them.
+"""
+import json
+import sys
+import time
+from concurrent import futures
+
+import grpc
+
+
+def code_of(name):
+    return getattr(grpc.StatusCode, name)
+
+
+def bet(request, context):
+    text = request.decode()
+    if text.startswith("sleep:"):
+        time.sleep(int(text.split(":")[1]) / 1000)
+    if text.startswith("fail:"):
+        parts = text.split(":", 2)
+        context.abort(code_of(parts[1]), parts[2] if len(parts) > 2 else "failed on purpose")
+    return request
+
+
+def stream(request, context):
+    text = request.decode()
+    n, _, code = text.partition(":")
+    for i in range(int(n)):
+        yield f"m{i}".encode()
+    if code:
+        context.abort(code_of(code), "stream failed on purpose")
+
+
+def serve():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    handler = grpc.method_handlers_generic_handler(
+        "weir.test.Game",
+        {
+            "Bet": grpc.unary_unary_rpc_method_handler(bet),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()  # until the test closes our stdin (or dies)
+    server.stop(0)
+
+
+def call(addr, method, body, timeout):
+    channel = grpc.insecure_channel(addr)
+    path = f"/weir.test.Game/{method}"
+    out = {"code": "OK", "details": None, "replies": [], "trailers": {}}
+    try:
+        if method == "Stream":
+            rpc = channel.unary_stream(path)
+            it = rpc(body.encode(), timeout=timeout)
+            for m in it:
+                out["replies"].append(m.decode())
+            out["trailers"] = {k: v for k, v in (it.trailing_metadata() or [])}
+        else:
+            rpc = channel.unary_unary(path)
+            reply, c = rpc.with_call(body.encode(), timeout=timeout)
+            out["replies"].append(reply.decode())
+            out["trailers"] = {k: v for k, v in (c.trailing_metadata() or [])}
+    except grpc.RpcError as e:
+        out["code"] = e.code().name
+        out["details"] = e.details()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve()
+    else:
+        call(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]) if len(sys.argv) > 5 else 10.0)
