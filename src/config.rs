@@ -225,6 +225,25 @@ impl Retry {
     }
 }
 
+/// `upstreams.X.protocol`: what weir speaks to the endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1, a request per connection at a time (keep-alive pool).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge): many streams per connection.
+    H2c,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
     pub name: Arc<str>,
@@ -235,6 +254,8 @@ pub struct UpstreamSpec {
     pub retry: Retry,
     /// `balance`, default `p2c`.
     pub balance: Balance,
+    /// `protocol`, default `http1`.
+    pub protocol: Protocol,
     /// `health.passive` (on by default).
     pub passive: Passive,
     /// `health.active` (off unless set).

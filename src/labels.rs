@@ -121,3 +121,44 @@ impl Unsolicited {
         }
     }
 }
+
+/// gRPC status codes (`grpc-status`), by number: their names as metric
+/// labels and in config.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The codes that count as the server's fault by default (design §13):
+/// UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS, as a bit set by code.
+pub const GRPC_DEFAULT_ERRORS: u32 = 1 << 2 | 1 << 4 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
+
+/// A code from its name (`UNAVAILABLE`) or number (`14`).
+pub fn grpc_code(s: &str) -> Option<u8> {
+    let s = s.trim();
+    s.parse::<u8>()
+        .ok()
+        .filter(|n| *n <= 16)
+        .or_else(|| GRPC_CODES.iter().position(|c| c.eq_ignore_ascii_case(s)).and_then(|i| u8::try_from(i).ok()))
+}
+
+/// `grpc-status` as sent (a decimal number); anything else is None.
+pub fn parse_grpc_status(v: &[u8]) -> Option<u8> {
+    std::str::from_utf8(v).ok()?.parse::<u8>().ok().filter(|n| *n <= 16)
+}

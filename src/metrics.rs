@@ -66,6 +66,8 @@ pub const ENDPOINT_FAILURES: &str = "weir_upstream_endpoint_failures_total";
 pub const MAX_ENDPOINT_SERIES: usize = 128;
 /// Failed DNS lookups of an upstream's `dns` source.
 pub const DNS_FAILURES: &str = "weir_upstream_dns_failures_total";
+/// gRPC calls by route, version and `grpc-status` name.
+pub const GRPC_RESPONSES: &str = "weir_grpc_responses_total";
 /// Failed attempts retried on another endpoint, by route and version.
 pub const RETRIED_ATTEMPTS: &str = "weir_retried_attempts_total";
 /// Requests no route matched (answered 404); no route label exists for them.
@@ -100,6 +102,8 @@ pub struct VersionMetrics {
     /// Failed attempts that were retried (on another endpoint of this
     /// version): `weir_retried_attempts_total`.
     retried: AtomicU64,
+    /// gRPC calls by `grpc-status` (index = code).
+    grpc: [AtomicU64; 17],
     pub window: Window,
     /// WebSocket ping round trips (upstream pong after weir's ping).
     rtt_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
@@ -122,6 +126,7 @@ impl VersionMetrics {
             ws_active: AtomicI64::new(0),
             ws_closed: Default::default(),
             retried: AtomicU64::new(0),
+            grpc: Default::default(),
             window: Window::new(DEFAULT_WINDOW, WINDOW_SLOTS, now),
             rtt_buckets: Default::default(),
             rtt_sum_us: AtomicU64::new(0),
@@ -168,6 +173,18 @@ impl VersionMetrics {
     pub fn failed_attempt(&self, now: Instant) {
         self.retried.fetch_add(1, Ordering::Relaxed);
         self.window.record_error_only(now);
+    }
+
+    /// A gRPC call ended with `code`.
+    pub fn grpc(&self, code: u8) {
+        if let Some(c) = self.grpc.get(usize::from(code)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// gRPC calls ended with each code so far, by code.
+    pub fn grpc_counts(&self) -> [u64; 17] {
+        std::array::from_fn(|i| self.grpc.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
     }
 
     pub fn retried_attempts(&self) -> u64 {

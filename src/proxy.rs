@@ -150,6 +150,12 @@ pub struct Completion {
     /// Set when this request is evidence for the judge (randomised, on a
     /// route with analysis): forced, killed and fallback traffic is not.
     unit: Option<crate::evidence::Unit>,
+    /// A gRPC call (`content-type: application/grpc*`): its status is
+    /// `grpc-status` (trailers, or the head of a trailers-only answer), and
+    /// the codes in `grpc_errors` (the route's) are the version's errors.
+    grpc: bool,
+    grpc_errors: u32,
+    grpc_status: Option<u8>,
 }
 
 impl Completion {
@@ -160,8 +166,18 @@ impl Completion {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.start);
         if let Some((m, v)) = &self.metrics {
-            // Design §6: 5xx (the upstream's or ours) and truncation are errors.
-            let error = self.status >= 500 || !complete;
+            // Design §6: 5xx (the upstream's or ours) and truncation are
+            // errors; for gRPC also the error codes, and an answer that
+            // ended without any grpc-status (a broken call).
+            let grpc_error = self.grpc
+                && match self.grpc_status {
+                    Some(code) => {
+                        m.version(*v).grpc(code);
+                        self.grpc_errors & (1 << code) != 0
+                    }
+                    None => self.status == 200,
+                };
+            let error = self.status >= 500 || !complete || grpc_error;
             m.version(*v).record(now, self.status, elapsed, error);
             if let Some(u) = &self.unit {
                 m.evidence.record(u, *v, error, Some(elapsed));
@@ -260,6 +276,12 @@ impl Proxy {
             flags: Vec::new(),
             shadow_status: None,
             unit: None,
+            grpc: req
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))),
+            grpc_errors: crate::labels::GRPC_DEFAULT_ERRORS,
+            grpc_status: None,
         })
     }
 
@@ -370,6 +392,11 @@ fn answer(
             if let Some(tx) = completion.shadow_status.take() {
                 let _ = tx.send(resp.status().as_u16());
             }
+            if completion.grpc {
+                // A trailers-only answer carries its status in the head.
+                completion.grpc_status =
+                    resp.headers().get("grpc-status").and_then(|v| crate::labels::parse_grpc_status(v.as_bytes()));
+            }
             resp.map(|b| RespBody::upstream(b, Some(completion)))
         }
         Err(e) => {
@@ -384,11 +411,50 @@ fn answer(
     }
 }
 
+/// weir's own error for a gRPC client: a valid gRPC status (HTTP 200, a
+/// trailers-only answer: `grpc-status` and `grpc-message` in the head and
+/// no body), never an HTML or text 5xx. Timeouts are DEADLINE_EXCEEDED,
+/// other upstream failures and overload UNAVAILABLE; a request refused for
+/// the client's own fault gets the code gRPC maps its HTTP status to.
+fn grpc_local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response<RespBody> {
+    let http = err.status();
+    let code: u8 = match (err.fault(), http.as_u16()) {
+        (error::Fault::Upstream, 504) => 4,
+        (error::Fault::Upstream | error::Fault::Ours, _) => 14,
+        (error::Fault::Client, 404 | 405) => 12,
+        (error::Fault::Client, 408) => 1,
+        (error::Fault::Client, 413 | 431) => 8,
+        (error::Fault::Client, _) => 13,
+    };
+    tracing::warn!(error = %err, grpc_status = code, "gRPC call answered by weir");
+    completion.status = 200;
+    completion.grpc_status = Some(code);
+    let message = format!("weir: {err}");
+    let mut resp = Response::new(RespBody::local_empty(Some(completion)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    // grpc-message is percent-encoded (gRPC spec): printable ASCII but '%'
+    // goes as it is.
+    let encoded: String = message
+        .bytes()
+        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    h.insert("x-weir-error", HeaderValue::from_static(err.tag()));
+    resp
+}
+
 /// The response weir itself generates for an error.
 fn local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response<RespBody> {
     let status = err.status();
     completion.status = status.as_u16();
     completion.flags.push(err.tag());
+    if completion.grpc {
+        return grpc_local_response(err, completion);
+    }
     match err.fault() {
         error::Fault::Upstream => tracing::warn!(error = %err, status = status.as_u16(), "upstream failure"),
         error::Fault::Ours => tracing::warn!(error = %err, status = status.as_u16(), "request refused"),

@@ -22,6 +22,7 @@ mod balance;
 mod body;
 mod endpoints;
 mod error;
+mod h2;
 mod health;
 mod pool;
 mod retry;
@@ -38,10 +39,11 @@ pub fn parse_whole_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
     wire::parse_whole(bytes)
 }
 
-use crate::config::{RetryOn, UpstreamSpec};
+use crate::config::{Protocol, RetryOn, UpstreamSpec};
 use crate::labels::Unsolicited;
 use endpoints::Endpoints;
 use endpoints::dns::DnsStatus;
+use h2::{H2Body, H2Conn};
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -97,12 +99,20 @@ pub struct DnsView {
 /// A connection checked out of its endpoint's pool (or just dialled),
 /// ready to take one request.
 pub struct Checkout {
-    wire: Connection,
+    link: Link,
     endpoint: Arc<Endpoint>,
     reused: bool,
     /// Counts the request in its endpoint's `in_flight` until its response
     /// body ends (it moves into the body).
     busy: Busy,
+}
+
+/// The connection a request goes out on.
+enum Link {
+    /// Weir's own HTTP/1.1 exchange, one request at a time.
+    H1(Connection),
+    /// A stream on a shared HTTP/2 connection (hyper's client).
+    H2(H2Conn<H2Body>),
 }
 
 /// A named set of endpoints. Shared across reloads while its spec is
@@ -243,17 +253,39 @@ impl Upstream {
             }
             tried.endpoints.push(&ep);
             ep.attempted();
-            if let Some(wire) = ep.checkout() {
-                return Ok(Checkout { busy: Busy::new(&ep), wire, endpoint: ep, reused: true });
-            }
-            match ep.connect(self.spec.connect_timeout).await {
-                Ok(wire) => return Ok(Checkout { busy: Busy::new(&ep), wire, endpoint: ep, reused: false }),
+            let opened = match self.spec.protocol {
+                Protocol::Http1 => match ep.checkout() {
+                    Some(wire) => Ok((Link::H1(wire), true)),
+                    None => ep.connect(self.spec.connect_timeout).await.map(|w| (Link::H1(w), false)),
+                },
+                Protocol::H2c => match ep.h2.checkout() {
+                    Some(c) => Ok((Link::H2(c), true)),
+                    None => Box::pin(self.open_h2(&ep)).await.map(|c| (Link::H2(c), false)),
+                },
+            };
+            match opened {
+                Ok((link, reused)) => return Ok(Checkout { busy: Busy::new(&ep), link, endpoint: ep, reused }),
                 Err(e) => {
                     health::failed(&self.spec.passive, &self.endpoints.current(), &ep);
                     last = Some(e);
                 }
             }
         }
+    }
+
+    /// A new HTTP/2 connection to `ep` (dial and handshake within
+    /// `connect_timeout`), kept in its pool for the next requests.
+    async fn open_h2(&self, ep: &Endpoint) -> Result<H2Conn<H2Body>, UpstreamError> {
+        let open = async {
+            let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            h2::handshake(stream, Arc::clone(&self.spec.name), ep.address().to_owned()).await
+        };
+        let conn = tokio::time::timeout(self.spec.connect_timeout, open)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)??;
+        ep.h2.add(conn.clone());
+        Ok(conn)
     }
 
     /// After a sent attempt failed with `what`: may the request go to
@@ -303,7 +335,12 @@ impl Upstream {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let head = wire::encode_head(&parts.method, target, &parts.headers, added, framing);
         let replayable = framing == wire::ReqFraming::None || framing == wire::ReqFraming::Length(0);
-        let Checkout { mut wire, endpoint, reused, busy } = conn;
+        let Checkout { link, endpoint, reused, busy } = conn;
+        let mut wire = match link {
+            Link::H1(wire) => wire,
+            // Boxed: the HTTP/1.1 path's future stays as small as it was.
+            Link::H2(c) => return Box::pin(self.send_h2(c, (endpoint, busy), parts, body, added)).await,
+        };
         let deadlines = self.deadlines();
         let outcome = if replayable {
             // Nothing to send after the head (no body, or an empty one).
@@ -358,6 +395,57 @@ impl Upstream {
         Ok(resp)
     }
 
+    /// A request as an HTTP/2 stream: the head rebuilt for HTTP/2 (`:scheme
+    /// http`, `:authority` from Host), `added` appended, the body streamed,
+    /// the response (trailers included) streamed back as it comes. The
+    /// response head must come within `request_timeout` of the start.
+    async fn send_h2(
+        &self,
+        mut conn: H2Conn<H2Body>,
+        (endpoint, busy): (Arc<Endpoint>, Busy),
+        parts: &http::request::Parts,
+        body: ReqBody,
+        added: &[(&'static http::HeaderName, http::HeaderValue)],
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let mut headers = parts.headers.clone();
+        let authority = headers
+            .remove(http::header::HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_owned))
+            .unwrap_or_else(|| endpoint.address().to_owned());
+        for (name, value) in added {
+            headers.append(*name, value.clone());
+        }
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(target)
+            .build()
+            .map_err(|e| UpstreamError::Protocol(format!("cannot form an HTTP/2 request: {e}")))?;
+        let mut req = Request::new(H2Body::new(body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        *req.headers_mut() = headers;
+        let outcome = match tokio::time::timeout(self.spec.request_timeout, conn.send(req)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => Err(classify(e)),
+            Ok(Ok(answer)) => Ok(answer),
+        };
+        match outcome {
+            Ok((resp, stream)) => {
+                health::answered(&self.spec.passive, &self.endpoints, &endpoint, resp.status().as_u16());
+                Ok(resp.map(|b| PooledBody::h2(b, stream, busy)))
+            }
+            Err(e) => {
+                if !matches!(e.kind(), ErrorKind::Client) {
+                    health::failed(&self.spec.passive, &self.endpoints.current(), &endpoint);
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn deadlines(&self) -> wire::Deadlines {
         wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
     }
@@ -372,7 +460,10 @@ impl Upstream {
         let timeout = self.spec.request_timeout;
         let exchange = async move {
             // Pooled and fresh connections are whole sockets.
-            let io = conn.wire.into_io().ok_or_else(|| UpstreamError::Reset("connection not whole".into()))?;
+            let Link::H1(wire) = conn.link else {
+                return Err(UpstreamError::Protocol("WebSocket to an HTTP/2 upstream is not supported".into()));
+            };
+            let io = wire.into_io().ok_or_else(|| UpstreamError::Reset("connection not whole".into()))?;
             let (mut tx, driver) = http1::Builder::new()
                 .handshake(TokioIo::new(io))
                 .await

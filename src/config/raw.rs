@@ -178,6 +178,8 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     /// `p2c` (default) or `round_robin`.
     pub balance: Option<String>,
+    /// `http1` (default) or `h2c`.
+    pub protocol: Option<String>,
     pub health: Option<RawHealth>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
@@ -205,6 +207,14 @@ pub struct RawRoute {
     pub progression: Option<RawProgression>,
     pub websocket: Option<RawWebsocket>,
     pub control: Option<crate::routing::policy::Control>,
+    pub grpc: Option<RawGrpc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpc {
+    /// gRPC status codes (names or numbers) that count as errors.
+    pub error_codes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -329,7 +329,22 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         sticky,
         override_,
         segments,
+        grpc_errors: compile_grpc_errors(r, path, p),
     })
+}
+
+/// `routes[i].grpc.error_codes` as a bit set (default: the server-side codes).
+fn compile_grpc_errors(r: &RawRoute, path: &str, p: &mut Problems) -> u32 {
+    let Some(g) = r.grpc.as_ref() else { return crate::labels::GRPC_DEFAULT_ERRORS };
+    let mut mask = 0u32;
+    for (i, c) in g.error_codes.iter().enumerate() {
+        match crate::labels::grpc_code(c) {
+            Some(0) => p.at(format!("{path}.grpc.error_codes[{i}]"), "OK is never an error"),
+            Some(n) => mask |= 1 << n,
+            None => p.at(format!("{path}.grpc.error_codes[{i}]"), format!("`{c}` is not a gRPC status code")),
+        }
+    }
+    mask
 }
 
 fn compile_tls(t: &super::raw::RawTls, path: &str, base: &Path, p: &mut Problems) -> Option<Arc<crate::tls::Tls>> {

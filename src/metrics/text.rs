@@ -136,6 +136,28 @@ fn upstream_families(o: &mut String, rows: &[super::UpstreamRow]) {
     }
 }
 
+/// `weir_grpc_responses_total`: gRPC calls by code (only codes seen).
+fn grpc_family(o: &mut String, routes: &[RouteView<'_>]) {
+    let name = super::GRPC_RESPONSES;
+    let _ = writeln!(o, "# HELP {name} gRPC calls answered, by route, version and grpc-status.");
+    let _ = writeln!(o, "# TYPE {name} counter");
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            for (code, n) in r.metrics.version(v).grpc_counts().iter().enumerate() {
+                if *n > 0 {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{route=\"{}\",version=\"{}\",grpc_status=\"{}\"}} {n}",
+                        escape(&r.metrics.name),
+                        v.as_str(),
+                        crate::labels::GRPC_CODES.get(code).copied().unwrap_or("UNKNOWN")
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Prometheus text format 0.0.4.
 pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let mut o = String::with_capacity(16 * 1024);
@@ -208,6 +230,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         &REASONS,
         |m| &m.decisions,
     );
+    grpc_family(&mut o, routes);
     let _ = writeln!(
         o,
         "# HELP {} Failed attempts retried on another endpoint of the same version.",

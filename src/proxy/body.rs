@@ -32,6 +32,11 @@ impl RespBody {
         Self { inner: Inner::Local(Some(text)), bytes_out: 0, complete: true, completion }
     }
 
+    /// No body at all (a trailers-only gRPC answer: the head ends the stream).
+    pub fn local_empty(completion: Option<Box<Completion>>) -> Self {
+        Self { inner: Inner::Local(None), bytes_out: 0, complete: true, completion }
+    }
+
     pub fn empty() -> Self {
         Self { inner: Inner::Local(None), bytes_out: 0, complete: true, completion: None }
     }
@@ -57,6 +62,11 @@ impl Body for RespBody {
                     Some(Ok(frame)) => {
                         if let Some(d) = frame.data_ref() {
                             this.bytes_out += d.len() as u64;
+                        } else if let (Some(t), Some(c)) = (frame.trailers_ref(), this.completion.as_mut())
+                            && c.grpc
+                        {
+                            c.grpc_status =
+                                t.get("grpc-status").and_then(|v| crate::labels::parse_grpc_status(v.as_bytes()));
                         }
                         if body.is_end_stream() {
                             this.complete = true;

@@ -105,6 +105,7 @@ impl Proxy {
                 )
         });
         completion.metrics = metrics.as_ref().map(|m| (Arc::clone(m), decision.version));
+        completion.grpc_errors = route.grpc_errors;
         completion.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
         Ok(Choice { route, version: decision.version, reason: decision.reason, decision, metrics, mirror })
     }

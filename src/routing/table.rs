@@ -277,6 +277,9 @@ pub struct Route {
     pub sticky: Option<Sticky>,
     pub override_: Option<Override>,
     pub segments: Vec<Segment>,
+    /// gRPC codes that count as the version's errors, a bit per code
+    /// (`grpc.error_codes`; default `labels::GRPC_DEFAULT_ERRORS`).
+    pub grpc_errors: u32,
 }
 
 /// The runtime side of a route: its rollout state applied to the config.

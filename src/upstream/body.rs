@@ -220,6 +220,9 @@ pub enum PooledBody {
     /// Read from weir's own connection, which goes back to the pool after it.
     Own(ConnectionBody),
     Detached(Incoming),
+    /// A stream of an HTTP/2 upstream connection (trailers included); the
+    /// stream and the request count as in flight until it ends or is dropped.
+    H2(Incoming, (super::h2::Stream, Busy)),
 }
 
 pub struct ConnectionBody {
@@ -263,6 +266,10 @@ impl PooledBody {
         PooledBody::Own(b)
     }
 
+    pub(super) fn h2(inner: Incoming, stream: super::h2::Stream, busy: Busy) -> Self {
+        PooledBody::H2(inner, (stream, busy))
+    }
+
     /// A body whose connection must not be reused (after a 101).
     pub(super) fn detached(inner: Incoming) -> Self {
         PooledBody::Detached(inner)
@@ -294,7 +301,7 @@ impl Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
-            PooledBody::Detached(inner) => {
+            PooledBody::Detached(inner) | PooledBody::H2(inner, _) => {
                 Pin::new(inner).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
             }
             PooledBody::Own(b) => {
@@ -343,14 +350,14 @@ impl Body for PooledBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            PooledBody::Detached(inner) => inner.is_end_stream(),
+            PooledBody::Detached(inner) | PooledBody::H2(inner, _) => inner.is_end_stream(),
             PooledBody::Own(b) => b.framing == RespFraming::Done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            PooledBody::Detached(inner) => inner.size_hint(),
+            PooledBody::Detached(inner) | PooledBody::H2(inner, _) => inner.size_hint(),
             PooledBody::Own(b) => match b.framing {
                 RespFraming::Done => SizeHint::with_exact(0),
                 RespFraming::Length(n) => SizeHint::with_exact(n),

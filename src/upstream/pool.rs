@@ -7,6 +7,7 @@
 //! logged with the upstream and endpoint it came from.
 
 use super::error::UpstreamError;
+use super::h2::{H2Body, H2Pool};
 use super::wire::{Connection, IdleState};
 pub use crate::labels::Unsolicited;
 use crate::shards::{self, Padded};
@@ -57,6 +58,8 @@ pub struct Endpoint {
     idle: Box<[Padded<Mutex<Vec<Idle>>>]>,
     /// Per shard.
     max_idle: usize,
+    /// `protocol: h2c`: this endpoint's HTTP/2 connections.
+    pub h2: H2Pool<H2Body>,
     idle_timeout: Duration,
 }
 
@@ -80,6 +83,7 @@ impl Endpoint {
             check_last: Default::default(),
             idle,
             max_idle: max_idle.div_ceil(n).max(1),
+            h2: H2Pool::default(),
             idle_timeout,
         }
     }
@@ -182,6 +186,7 @@ impl Endpoint {
 
     /// Close every idle connection (ejected, or gone from its source).
     pub fn close_idle(&self) {
+        self.h2.close_all();
         for shard in self.idle.iter() {
             if let Ok(mut stack) = shard.lock() {
                 stack.clear();

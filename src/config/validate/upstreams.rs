@@ -3,7 +3,7 @@
 
 use super::{Problems, is_label_safe};
 use crate::config::raw::{RawActive, RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, StatusOrWord};
-use crate::config::{Active, Balance, DnsSource, Passive, ResolverSpec, Retry, RetryOn, UpstreamSpec};
+use crate::config::{Active, Balance, DnsSource, Passive, Protocol, ResolverSpec, Retry, RetryOn, UpstreamSpec};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +49,21 @@ fn compile_upstream(name: &str, u: &RawUpstream, dns: Option<DnsSource>, path: &
             Balance::P2c
         }
     };
+    let protocol = match u.protocol.as_deref() {
+        None | Some("http1") => Protocol::Http1,
+        Some("h2c") => Protocol::H2c,
+        Some(other @ ("h2" | "auto")) => {
+            p.at(format!("{path}.protocol"), format!("`{other}` (HTTP/2 over TLS) is not built yet; use http1 or h2c"));
+            Protocol::Http1
+        }
+        Some(other) => {
+            p.at(format!("{path}.protocol"), format!("`{other}` is not a protocol; use http1 or h2c"));
+            Protocol::Http1
+        }
+    };
     UpstreamSpec {
         name: Arc::from(name),
+        protocol,
         endpoints: u.endpoints.clone(),
         dns,
         retry: compile_retry(u.retry.as_ref(), path, p),

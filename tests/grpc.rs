@@ -1,0 +1,151 @@
+//! gRPC through weir (issue 34, first part): a real gRPC server and client
+//! (Python `grpcio`, tests/grpc_peer.py) with weir between them, speaking
+//! HTTP/2 without TLS to the upstream (`protocol: h2c`). Asserted on what
+//! the client got (status code, message, replies, trailing metadata) and
+//! on weir's metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{Weir, metric};
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+
+/// The gRPC server: its address; it stops when the value is dropped.
+struct Server {
+    addr: std::net::SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .args([PEER, "server"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio is needed: pip install grpcio");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("no port from the gRPC server: {line:?}"));
+        Self { addr: ([127, 0, 0, 1], port).into(), child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One call through `addr` by the real client; its JSON outcome.
+async fn call(addr: std::net::SocketAddr, method: &str, body: &str, timeout_s: f64) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("python3")
+            .args([PEER, "call", &addr.to_string(), method, body, &timeout_s.to_string()])
+            .output(),
+    )
+    .await
+    .expect("the gRPC client hung")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|_| panic!("client output: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn yaml(upstream: std::net::SocketAddr, extra_route: &str) -> String {
+    format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  game: {{endpoints: [\"{upstream}\"], protocol: h2c, request_timeout: 2s}}\n\
+         routes:\n  - name: grpc\n    stable: {{upstream: game}}\n{extra_route}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_streaming_calls_and_their_status_codes_pass_through() {
+    let server = Server::start();
+    let weir = Weir::start(&yaml(server.addr, "")).await;
+
+    let ok = call(weir.addr, "Bet", "hello", 10.0).await;
+    assert_eq!((ok["code"].as_str(), ok["replies"][0].as_str()), (Some("OK"), Some("hello")), "{ok}");
+
+    // Every code the server sends reaches the client with its message.
+    for code in ["UNAVAILABLE", "NOT_FOUND", "INVALID_ARGUMENT", "INTERNAL", "PERMISSION_DENIED"] {
+        let r = call(weir.addr, "Bet", &format!("fail:{code}:because {code}"), 10.0).await;
+        assert_eq!(r["code"], code, "{r}");
+        assert_eq!(r["details"], format!("because {code}"), "{r}");
+    }
+
+    // Server streaming: every message, then the final status.
+    let s = call(weir.addr, "Stream", "5", 10.0).await;
+    assert_eq!(s["code"], "OK", "{s}");
+    assert_eq!(s["replies"].as_array().unwrap().len(), 5, "{s}");
+    let s = call(weir.addr, "Stream", "3:DATA_LOSS", 10.0).await;
+    assert_eq!((s["code"].as_str(), s["replies"].as_array().unwrap().len()), (Some("DATA_LOSS"), 3), "{s}");
+
+    // The metrics count codes per version; the server-side ones are errors.
+    // (A call is recorded when weir's side of the stream ends, which may be
+    // a moment after the client has its answer.)
+    let m =
+        support::wait_metric(weir.admin, "weir_requests_total{route=\"grpc\",version=\"stable\",code=\"200\"}", 8.0)
+            .await;
+    let n = |code: &str| {
+        metric(&m, &format!("weir_grpc_responses_total{{route=\"grpc\",version=\"stable\",grpc_status=\"{code}\"}}"))
+    };
+    assert_eq!(n("OK"), Some(2.0), "{m}");
+    assert_eq!(n("UNAVAILABLE"), Some(1.0), "{m}");
+    assert_eq!(n("NOT_FOUND"), Some(1.0), "{m}");
+    assert_eq!(n("DATA_LOSS"), Some(1.0), "{m}");
+    let (_, _, body) = support::get(&support::client(), &format!("http://{}/routes/grpc", weir.admin), &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // UNAVAILABLE, INTERNAL and DATA_LOSS are the version's errors; NOT_FOUND,
+    // INVALID_ARGUMENT and PERMISSION_DENIED are the caller's.
+    assert_eq!(v["stable"]["window"]["errors"], 3, "{v}");
+    assert_eq!(v["stable"]["window"]["requests"], 8, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weirs_own_errors_are_valid_grpc_statuses() {
+    // The upstream is down: UNAVAILABLE from weir, not an HTTP 502.
+    let dead = support::refused_addr().await;
+    let weir = Weir::start(&yaml(dead.addr, "")).await;
+    let r = call(weir.addr, "Bet", "hello", 10.0).await;
+    assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+    assert!(r["details"].as_str().unwrap().starts_with("weir: upstream"), "{r}");
+
+    // The upstream is too slow for the upstream's request_timeout (2 s):
+    // DEADLINE_EXCEEDED from weir.
+    let server = Server::start();
+    let weir = Weir::start(&yaml(server.addr, "")).await;
+    let r = call(weir.addr, "Bet", "sleep:3000", 10.0).await;
+    assert_eq!(r["code"], "DEADLINE_EXCEEDED", "{r}");
+    assert!(r["details"].as_str().unwrap().contains("weir"), "{r}");
+    support::wait_metric(
+        weir.admin,
+        "weir_grpc_responses_total{route=\"grpc\",version=\"stable\",grpc_status=\"DEADLINE_EXCEEDED\"}",
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_chooses_which_codes_are_errors() {
+    let server = Server::start();
+    let weir = Weir::start(&yaml(server.addr, "    grpc: {error_codes: [NOT_FOUND]}\n")).await;
+    for body in ["fail:NOT_FOUND", "fail:UNAVAILABLE", "ok"] {
+        call(weir.addr, "Bet", body, 10.0).await;
+    }
+    support::wait_metric(weir.admin, "weir_requests_total{route=\"grpc\",version=\"stable\",code=\"200\"}", 3.0).await;
+    let (_, _, body) = support::get(&support::client(), &format!("http://{}/routes/grpc", weir.admin), &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["stable"]["window"]["requests"].as_u64(), v["stable"]["window"]["errors"].as_u64()),
+        (Some(3), Some(1))
+    );
+}
