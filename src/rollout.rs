@@ -413,13 +413,31 @@ impl Rollouts {
         e.insert("verdict".into(), json!(j.verdict.as_str()));
         // Retries save users, never the verdict: say so where it applies.
         let retried = [m.canary.retried_attempts(), m.stable.retried_attempts()];
-        let why = match retried {
+        let mut why = match retried {
             [0, 0] => j.reason.clone(),
             [c, s] => format!(
                 "{}; failed attempts retried on another pod: canary {c}, stable {s} (each still counted as an error)",
                 j.reason
             ),
         };
+        // gRPC: name the codes that made the errors.
+        let codes = |v: &crate::metrics::VersionMetrics| {
+            let named: Vec<String> = v
+                .grpc_counts()
+                .iter()
+                .enumerate()
+                .filter(|(code, n)| **n > 0 && r.grpc_errors & (1 << code) != 0)
+                .map(|(code, n)| format!("{} {n}", crate::labels::GRPC_CODES.get(code).copied().unwrap_or("?")))
+                .collect();
+            if named.is_empty() { "none".to_owned() } else { named.join(", ") }
+        };
+        if m.canary.grpc_counts().iter().chain(m.stable.grpc_counts().iter()).any(|n| *n > 0) {
+            why.push_str(&format!(
+                "; gRPC codes counted as errors: canary {}; stable {}",
+                codes(&m.canary),
+                codes(&m.stable)
+            ));
+        }
         e.insert("why".into(), json!(why));
         e.insert("retried_attempts".into(), json!({"canary": retried[0], "stable": retried[1]}));
         e.insert("inputs".into(), inputs);

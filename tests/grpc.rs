@@ -23,8 +23,17 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::failing("")
+    }
+
+    /// `every:CODE` (e.g. "20:UNAVAILABLE"): every so many calls fail so.
+    fn failing(every: &str) -> Self {
+        let mut args = vec![PEER, "server"];
+        if !every.is_empty() {
+            args.push(every);
+        }
         let mut child = Command::new("python3")
-            .args([PEER, "server"])
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -148,4 +157,73 @@ async fn a_route_chooses_which_codes_are_errors() {
         (v["stable"]["window"]["requests"].as_u64(), v["stable"]["window"]["errors"].as_u64()),
         (Some(3), Some(1))
     );
+}
+
+/// The real client's load: Bet calls with random players for `secs`.
+fn load(addr: std::net::SocketAddr, secs: u32) -> tokio::process::Child {
+    tokio::process::Command::new("python3")
+        .args([PEER, "load", &addr.to_string(), &secs.to_string(), "6"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 34: a canary answering UNAVAILABLE on 5 % of calls is rolled
+/// back by test E, with a journal sentence that names the code; one
+/// answering NOT_FOUND on 5 % (the caller's fault) is not, over at least as
+/// many calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_with_unavailable_is_rolled_back_and_one_with_not_found_is_not() {
+    let analysed = |stable: std::net::SocketAddr, canary: std::net::SocketAddr| {
+        format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+             upstreams:\n  v1: {{endpoints: [\"{stable}\"], protocol: h2c}}\n  v2: {{endpoints: [\"{canary}\"], protocol: h2c}}\n\
+             routes:\n  - name: grpc\n    stable: {{upstream: v1, revision: \"1\"}}\n    canary: {{upstream: v2, revision: \"2\"}}\n\
+             \x20   weight: 50\n    sticky: {{keys: [\"header:x-player-id\"]}}\n    analysis: {{interval: 200ms, window: 2s}}\n"
+        )
+    };
+    let (stable, canary) = (Server::start(), Server::failing("20:UNAVAILABLE"));
+    let weir = Weir::start(&analysed(stable.addr, canary.addr)).await;
+    let mut driver = load(weir.addr, 40);
+    let (ok, v) =
+        support::wait_route(weir.admin, "grpc", Duration::from_secs(40), |v| v["state"] == "rolled_back").await;
+    let _ = driver.kill().await;
+    assert!(ok, "not rolled back: {v}");
+    assert_eq!(v["rolled_back"]["reason"], "error_rate", "{v}");
+    let m = support::metrics(weir.admin).await;
+    let canary_calls: f64 = ["OK", "UNAVAILABLE"]
+        .iter()
+        .filter_map(|c| metric(&m, &format!("weir_grpc_responses_total{{route=\"grpc\",version=\"canary\",grpc_status=\"{c}\"}}")))
+        .sum();
+    let line = support::journal(&weir.dir.path().join("weir-state"))
+        .into_iter()
+        .find(|e| e["route"] == "grpc" && e["event"] == "rollback")
+        .unwrap();
+    let why = line["why"].as_str().unwrap();
+    println!("rolled back after {canary_calls} canary calls: {why}");
+    assert!(why.contains("gRPC codes counted as errors: canary UNAVAILABLE"), "{why}");
+
+    // NOT_FOUND is the caller's: the same share of it never rolls back.
+    let (stable, canary) = (Server::start(), Server::failing("20:NOT_FOUND"));
+    let weir = Weir::start(&analysed(stable.addr, canary.addr)).await;
+    let mut driver = load(weir.addr, 8);
+    let out = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut text = String::new();
+        use tokio::io::AsyncReadExt;
+        driver.stdout.take().unwrap().read_to_string(&mut text).await.unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    let done: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let m = support::wait_metric(weir.admin, "weir_rollout_state{route=\"grpc\",state=\"rolled_back\"}", 1.0).await;
+    let not_found =
+        metric(&m, "weir_grpc_responses_total{route=\"grpc\",version=\"canary\",grpc_status=\"NOT_FOUND\"}").unwrap();
+    let calls = metric(&m, "weir_grpc_responses_total{route=\"grpc\",version=\"canary\",grpc_status=\"OK\"}").unwrap()
+        + not_found;
+    println!("NOT_FOUND canary: {calls} calls ({not_found} NOT_FOUND), client saw {done}");
+    assert!(calls >= canary_calls, "as many canary calls as the first run took: {calls} < {canary_calls}");
+    let v = support::route_view(weir.admin, "grpc").await;
+    assert_ne!(v["state"], "rolled_back", "{v}");
 }

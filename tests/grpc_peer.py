@@ -3,7 +3,11 @@
 No generated code: a generic handler for the service `weir.test.Game` with
 raw bytes as messages.
 
-  grpc_peer.py server                 serve on 127.0.0.1:0, print the port, run until stdin closes
+  grpc_peer.py server [EVERY:CODE]    serve on 127.0.0.1:0, print the port, run until stdin closes;
+                                      with EVERY:CODE, every EVERY-th Bet call fails with CODE
+  grpc_peer.py load ADDR SECONDS THREADS
+                                      Bet calls through ADDR for SECONDS from THREADS threads, each
+                                      with a random x-player-id; prints {"calls": N, "codes": {...}}
   grpc_peer.py call ADDR METHOD BODY [TIMEOUT_S]
                                       one call through ADDR (h2c), print a JSON line:
                                       {"code": "OK", "details": ..., "replies": [...], "trailers": {...}}
@@ -26,8 +30,18 @@ def code_of(name):
     return getattr(grpc.StatusCode, name)
 
 
+FAIL = {"every": 0, "code": None, "n": 0}
+LOCK = __import__("threading").Lock()
+
+
 def bet(request, context):
     text = request.decode()
+    if FAIL["every"]:
+        with LOCK:
+            FAIL["n"] += 1
+            nth = FAIL["n"]
+        if nth % FAIL["every"] == 0:
+            context.abort(code_of(FAIL["code"]), "every %d-th call fails" % FAIL["every"])
     if text.startswith("sleep:"):
         time.sleep(int(text.split(":")[1]) / 1000)
     if text.startswith("fail:"):
@@ -84,8 +98,44 @@ def call(addr, method, body, timeout):
     print(json.dumps(out), flush=True)
 
 
+def load(addr, seconds, threads):
+    import random
+    import threading
+
+    codes = {}
+    calls = [0]
+    lock = threading.Lock()
+    deadline = time.time() + seconds
+
+    def run():
+        channel = grpc.insecure_channel(addr)
+        rpc = channel.unary_unary("/weir.test.Game/Bet")
+        while time.time() < deadline:
+            player = "p%d" % random.randrange(1_000_000)
+            try:
+                rpc(b"ok", timeout=5, metadata=(("x-player-id", player),))
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            with lock:
+                calls[0] += 1
+                codes[code] = codes.get(code, 0) + 1
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    print(json.dumps({"calls": calls[0], "codes": codes}), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
+        if len(sys.argv) > 2:
+            every, code = sys.argv[2].split(":")
+            FAIL["every"], FAIL["code"] = int(every), code
         serve()
+    elif sys.argv[1] == "load":
+        load(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
     else:
         call(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]) if len(sys.argv) > 5 else 10.0)
