@@ -348,6 +348,12 @@ impl Proxy {
             // Replayed only if nothing was lost by sending it once: no body,
             // and a method safe to send twice (a bet is never placed twice).
             let replayable = http_body::Body::is_end_stream(&req_body) && crate::upstream::idempotent(&parts.method);
+            if completion.grpc
+                && let Some(d) =
+                    parts.headers.get("grpc-timeout").and_then(|v| crate::upstream::parse_grpc_timeout(v.as_bytes()))
+            {
+                parts.extensions.insert(crate::upstream::CallDeadline(d));
+            }
             let mut attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
             loop {
                 if !replayable {

@@ -107,6 +107,31 @@ pub struct Checkout {
     busy: Busy,
 }
 
+/// A call's own deadline (gRPC `grpc-timeout`), put in the request's
+/// extensions: the response head must come within the smaller of it and
+/// `request_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline(pub Duration);
+
+/// `grpc-timeout` (gRPC over HTTP/2): 1–8 digits and a unit (H, M, S, m,
+/// u, n). None if malformed.
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => Duration::from_secs(n.saturating_mul(60)),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The connection a request goes out on.
 enum Link {
     /// Weir's own HTTP/1.1 exchange, one request at a time.
@@ -427,7 +452,11 @@ impl Upstream {
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_2;
         *req.headers_mut() = headers;
-        let outcome = match tokio::time::timeout(self.spec.request_timeout, conn.send(req)).await {
+        let limit = parts
+            .extensions
+            .get::<CallDeadline>()
+            .map_or(self.spec.request_timeout, |d| d.0.min(self.spec.request_timeout));
+        let outcome = match tokio::time::timeout(limit, conn.send(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => Err(classify(e)),
             Ok(Ok(answer)) => Ok(answer),
@@ -519,4 +548,20 @@ fn classify(e: hyper::Error) -> UpstreamError {
         return UpstreamError::Protocol(e.to_string());
     }
     UpstreamError::Reset(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_unit_and_refuse_the_malformed() {
+        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+        for bad in [&b""[..], b"m", b"100", b"123456789S", b"1x", b"-1S", b"1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

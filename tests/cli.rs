@@ -647,8 +647,10 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
                \x20 v1: {dns: {name: \"bad name!\", port: 70000, refresh: 10ms, min_ttl: 5s, max_ttl: 1s},\n\
                \x20      retry: {attempts: 11, on: [connect_failure, 404, sometimes], budget: 120%},\n\
                \x20      health: {passive: {statuses: [404]}, active: {path: healthz, interval: 1s, timeout: 2s, healthy: 0}}}\n\
-               \x20 v2: {endpoints: [\"127.0.0.1:1\"], dns: {name: v2.local, port: 80}}\n\
-               routes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v2}\n";
+               \x20 v2: {endpoints: [\"127.0.0.1:1\"], dns: {name: v2.local, port: 80}, protocol: h2}\n\
+               \x20 v3: {endpoints: [\"127.0.0.1:1\"], protocol: spdy}\n\
+               routes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v2}\n\
+               \x20   grpc: {error_codes: [UNAVAILABLE, OK, NOPE]}\n";
     let (ok, out) = check(&write(dir.path(), "weir.yaml", bad));
     assert!(!ok);
     for expected in [
@@ -664,6 +666,10 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
         "upstreams.v1.retry.budget: must be between 0 and 100 percent",
         "upstreams.v1.health.passive.statuses[0]: only 5xx statuses count as failed attempts",
         "upstreams.v2: give either `endpoints` or `dns`, not both",
+        "upstreams.v2.protocol: `h2` (HTTP/2 over TLS) is not built yet; use http1 or h2c",
+        "upstreams.v3.protocol: `spdy` is not a protocol; use http1 or h2c",
+        "routes[0].grpc.error_codes[1]: OK is never an error",
+        "routes[0].grpc.error_codes[2]: `NOPE` is not a gRPC status code",
         "upstreams.v1.health.active.path: must be an absolute path",
         "upstreams.v1.health.active.timeout: must be greater than zero and at most the interval",
         "upstreams.v1.health.active.healthy: must be between 1 and 100",

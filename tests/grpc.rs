@@ -194,7 +194,9 @@ async fn a_canary_failing_with_unavailable_is_rolled_back_and_one_with_not_found
     let m = support::metrics(weir.admin).await;
     let canary_calls: f64 = ["OK", "UNAVAILABLE"]
         .iter()
-        .filter_map(|c| metric(&m, &format!("weir_grpc_responses_total{{route=\"grpc\",version=\"canary\",grpc_status=\"{c}\"}}")))
+        .filter_map(|c| {
+            metric(&m, &format!("weir_grpc_responses_total{{route=\"grpc\",version=\"canary\",grpc_status=\"{c}\"}}"))
+        })
         .sum();
     let line = support::journal(&weir.dir.path().join("weir-state"))
         .into_iter()
@@ -226,4 +228,43 @@ async fn a_canary_failing_with_unavailable_is_rolled_back_and_one_with_not_found
     assert!(calls >= canary_calls, "as many canary calls as the first run took: {calls} < {canary_calls}");
     let v = support::route_view(weir.admin, "grpc").await;
     assert_ne!(v["state"], "rolled_back", "{v}");
+}
+
+/// `grpc-timeout` is the call's deadline: a call that takes 1 s, sent
+/// with `grpc-timeout: 300m` through an upstream whose `request_timeout`
+/// is 2 s, is answered DEADLINE_EXCEEDED by weir (without the header the
+/// same call succeeds). Sent by hyper's HTTP/2 client so that the header is
+/// exactly what the test says and the client itself never gives up first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_is_the_calls_deadline() {
+    use http_body_util::BodyExt;
+    let server = Server::start();
+    let weir = Weir::start(&yaml(server.addr, "")).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let frame = |msg: &[u8]| {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        b.extend_from_slice(msg);
+        bytes::Bytes::from(b)
+    };
+    let send = |timeout: Option<&'static str>| {
+        let mut req = http::Request::post(format!("http://{}/weir.test.Game/Bet", weir.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(t) = timeout {
+            req = req.header("grpc-timeout", t);
+        }
+        h2.request(req.body(http_body_util::Full::new(frame(b"sleep:1000"))).unwrap())
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(10), send(Some("300m"))).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED: {:?}", resp.headers());
+    assert_eq!(resp.headers()["x-weir-error"], "upstream_timeout");
+
+    let resp = tokio::time::timeout(Duration::from_secs(10), send(None)).await.unwrap().unwrap();
+    let parts = resp.into_body().collect().await.unwrap();
+    let trailers = parts.trailers().cloned().unwrap_or_default();
+    assert_eq!(trailers.get("grpc-status").map(|v| v.to_str().unwrap()), Some("0"), "{trailers:?}");
 }
