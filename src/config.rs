@@ -233,6 +233,8 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 without TLS (prior knowledge): many streams per connection.
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`, `tls` required).
+    H2,
 }
 
 impl Protocol {
@@ -240,6 +242,7 @@ impl Protocol {
         match self {
             Protocol::Http1 => "http1",
             Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
         }
     }
 }
@@ -256,6 +259,8 @@ pub struct UpstreamSpec {
     pub balance: Balance,
     /// `protocol`, default `http1`.
     pub protocol: Protocol,
+    /// `tls`: TLS to the endpoints (with `protocol: h2`).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// `health.passive` (on by default).
     pub passive: Passive,
     /// `health.active` (off unless set).

@@ -300,6 +300,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
             retry: crate::config::Retry { attempts: 0, ..Default::default() },
             balance: crate::config::Balance::RoundRobin,
             protocol: crate::config::Protocol::Http1,
+            tls: None,
             passive: crate::config::Passive { consecutive_failures: 0, ..Default::default() },
             active: None,
             connect_timeout: Duration::from_secs(1),

@@ -152,3 +152,188 @@ impl ResolvesServerCert for BySni {
         self.keys.first().cloned()
     }
 }
+
+/// TLS to an upstream (`upstreams.X.tls`): a rustls client config, built
+/// once per config load and shared by every connection, so sessions resume.
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name to verify (and send as SNI); None: the endpoint's host.
+    pub server_name: Option<String>,
+    /// sha256 of the files and settings, so a reload that changes them
+    /// rebuilds the upstream.
+    pub fingerprint: String,
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("fingerprint", &self.fingerprint)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+impl Eq for UpstreamTls {}
+
+/// The files of `upstreams.X.tls`.
+pub struct UpstreamTlsFiles<'a> {
+    pub ca_file: Option<&'a std::path::Path>,
+    pub client_cert: Option<(&'a std::path::Path, &'a std::path::Path)>,
+    pub server_name: Option<&'a str>,
+    pub insecure_skip_verify: bool,
+    /// ALPN protocols to offer (`h2` for `protocol: h2`).
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// Build the client config; every problem is a `(field, message)`.
+pub fn upstream_client(files: &UpstreamTlsFiles<'_>) -> Result<UpstreamTls, Vec<(&'static str, String)>> {
+    let provider = provider();
+    let mut problems = Vec::new();
+    let mut hash = Sha256::new();
+    let read = |p: &std::path::Path, field: &'static str| {
+        crate::files::read_capped(p, crate::files::MAX_PEM)
+            .map_err(|e| (field, format!("cannot read {}: {e}", p.display())))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match files.ca_file {
+        Some(ca) => match read(ca, "ca_file") {
+            Ok(pem) => {
+                hash.update(&pem);
+                let certs: Result<Vec<CertificateDer<'static>>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+                match certs {
+                    Ok(c) if !c.is_empty() => {
+                        let (added, _) = roots.add_parsable_certificates(c);
+                        if added == 0 {
+                            problems.push(("ca_file", format!("{}: no usable CA certificate", ca.display())));
+                        }
+                    }
+                    Ok(_) => problems.push(("ca_file", format!("{}: no CERTIFICATE in the PEM", ca.display()))),
+                    Err(e) => problems.push(("ca_file", format!("{}: not PEM certificates ({e})", ca.display()))),
+                }
+            }
+            Err(p) => problems.push(p),
+        },
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let client = match files.client_cert {
+        None => None,
+        Some((cert, key)) => match (read(cert, "client_cert_file"), read(key, "client_key_file")) {
+            (Ok(c), Ok(k)) => {
+                hash.update(&c);
+                hash.update(&k);
+                let chain: Result<Vec<CertificateDer<'static>>, _> = CertificateDer::pem_slice_iter(&c).collect();
+                match (chain, PrivateKeyDer::from_pem_slice(&k)) {
+                    (Ok(chain), Ok(key)) if !chain.is_empty() => Some((chain, key)),
+                    (Ok(_), Ok(_)) => {
+                        problems.push(("client_cert_file", format!("{}: no CERTIFICATE in the PEM", cert.display())));
+                        None
+                    }
+                    (Err(e), _) => {
+                        problems.push(("client_cert_file", format!("{}: not PEM certificates ({e})", cert.display())));
+                        None
+                    }
+                    (_, Err(e)) => {
+                        problems
+                            .push(("client_key_file", format!("{}: no private key in the PEM ({e})", key.display())));
+                        None
+                    }
+                }
+            }
+            (c, k) => {
+                problems.extend(c.err());
+                problems.extend(k.err());
+                None
+            }
+        },
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let builder = match rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    {
+        Ok(b) => b,
+        Err(e) => return Err(vec![("ca_file", e.to_string())]),
+    };
+    let builder = if files.insecure_skip_verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match client {
+        Some((chain, key)) => match builder.with_client_auth_cert(chain, key) {
+            Ok(c) => c,
+            Err(e) => return Err(vec![("client_key_file", e.to_string())]),
+        },
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = files.alpn.clone();
+    hash.update(files.server_name.unwrap_or("").as_bytes());
+    hash.update([u8::from(files.insecure_skip_verify)]);
+    for p in &files.alpn {
+        hash.update(p);
+    }
+    Ok(UpstreamTls {
+        config: Arc::new(config),
+        server_name: files.server_name.map(str::to_owned),
+        fingerprint: hex::encode(hash.finalize()),
+        insecure: files.insecure_skip_verify,
+    })
+}
+
+/// `insecure_skip_verify: true`: any certificate is accepted (signatures
+/// are still checked). `weir check` warns about it.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The name to verify an upstream as: `configured`, or the host of
+/// `address` (`host:port`, `[v6]:port`).
+pub fn server_name(configured: Option<&str>, address: &str) -> Result<ServerName<'static>, String> {
+    let host = match configured {
+        Some(n) => n,
+        None => address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']'),
+    };
+    ServerName::try_from(host.to_owned()).map_err(|e| format!("`{host}` cannot be a TLS server name: {e}"))
+}

@@ -283,7 +283,7 @@ impl Upstream {
                     Some(wire) => Ok((Link::H1(wire), true)),
                     None => ep.connect(self.spec.connect_timeout).await.map(|w| (Link::H1(w), false)),
                 },
-                Protocol::H2c => match ep.h2.checkout() {
+                Protocol::H2c | Protocol::H2 => match ep.h2.checkout() {
                     Some(c) => Ok((Link::H2(c), true)),
                     None => Box::pin(self.open_h2(&ep)).await.map(|c| (Link::H2(c), false)),
                 },
@@ -304,7 +304,22 @@ impl Upstream {
         let open = async {
             let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
             let _ = stream.set_nodelay(true);
-            h2::handshake(stream, Arc::clone(&self.spec.name), ep.address().to_owned()).await
+            let (name, addr) = (Arc::clone(&self.spec.name), ep.address().to_owned());
+            let Some(tls) = &self.spec.tls else { return h2::handshake(stream, name, addr).await };
+            // A failed handshake (unknown CA, wrong name, no client
+            // certificate where one is required) is a connect failure.
+            let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
+                .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+            let s = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+                .connect(server, stream)
+                .await
+                .map_err(UpstreamError::Connect)?;
+            if s.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(UpstreamError::Connect(std::io::Error::other(
+                    "the upstream did not agree to HTTP/2 over TLS (ALPN h2)",
+                )));
+            }
+            h2::handshake(s, name, addr).await
         };
         let conn = tokio::time::timeout(self.spec.connect_timeout, open)
             .await

@@ -181,7 +181,7 @@ fn the_scanner_sees_grouped_and_plain_paths() {
 /// room's own file (`upstream.rs`, the top that ties them together) from
 /// inside is an upward import too.
 const UPSTREAM_LADDER: &[&[&str]] =
-    &[&["error"], &["wire"], &["pool"], &["body"], &["endpoints", "balance", "health", "retry"]];
+    &[&["error"], &["wire", "h2"], &["pool"], &["body"], &["endpoints", "balance", "health", "retry"]];
 
 /// Inner rooms a piece of code in `src/upstream/<room>/…` (at `depth` below
 /// `src/upstream/`) names through the room: `super::…` climbing to the

@@ -649,6 +649,9 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
                \x20      health: {passive: {statuses: [404]}, active: {path: healthz, interval: 1s, timeout: 2s, healthy: 0}}}\n\
                \x20 v2: {endpoints: [\"127.0.0.1:1\"], dns: {name: v2.local, port: 80}, protocol: h2}\n\
                \x20 v3: {endpoints: [\"127.0.0.1:1\"], protocol: spdy}\n\
+               \x20 v4: {endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {ca_file: /nonexistent/ca.pem}}\n\
+               \x20 v6: {endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {client_cert_file: c.pem}}\n\
+               \x20 v5: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, tls: {insecure_skip_verify: true}}\n\
                routes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v2}\n\
                \x20   grpc: {error_codes: [UNAVAILABLE, OK, NOPE]}\n";
     let (ok, out) = check(&write(dir.path(), "weir.yaml", bad));
@@ -666,8 +669,11 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
         "upstreams.v1.retry.budget: must be between 0 and 100 percent",
         "upstreams.v1.health.passive.statuses[0]: only 5xx statuses count as failed attempts",
         "upstreams.v2: give either `endpoints` or `dns`, not both",
-        "upstreams.v2.protocol: `h2` (HTTP/2 over TLS) is not built yet; use http1 or h2c",
-        "upstreams.v3.protocol: `spdy` is not a protocol; use http1 or h2c",
+        "upstreams.v2.tls: protocol h2 is HTTP/2 over TLS: give `tls` (or use h2c)",
+        "upstreams.v3.protocol: `spdy` is not a protocol; use http1, h2c or h2",
+        "upstreams.v4.tls.ca_file: cannot read",
+        "upstreams.v6.tls: client_cert_file and client_key_file go together",
+        "upstreams.v5.tls: h2c is HTTP/2 without TLS: use protocol h2 with `tls`",
         "routes[0].grpc.error_codes[1]: OK is never an error",
         "routes[0].grpc.error_codes[2]: `NOPE` is not a gRPC status code",
         "upstreams.v1.health.active.path: must be an absolute path",

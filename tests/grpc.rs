@@ -32,8 +32,20 @@ impl Server {
         if !every.is_empty() {
             args.push(every);
         }
+        Self::spawn(&args)
+    }
+
+    /// TLS (ALPN h2) with this certificate and key; with `client_ca`, a
+    /// client certificate signed by it is required.
+    fn tls(cert: &str, key: &str, client_ca: Option<&str>) -> Self {
+        let mut args = vec![PEER, "server-tls", cert, key];
+        args.extend(client_ca);
+        Self::spawn(&args)
+    }
+
+    fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new("python3")
-            .args(&args)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -267,4 +279,84 @@ async fn grpc_timeout_is_the_calls_deadline() {
     let parts = resp.into_body().collect().await.unwrap();
     let trailers = parts.trailers().cloned().unwrap_or_default();
     assert_eq!(trailers.get("grpc-status").map(|v| v.to_str().unwrap()), Some("0"), "{trailers:?}");
+}
+
+/// A throwaway CA `ca` in `dir` (made once) and a leaf `leaf` for localhost and
+/// 127.0.0.1 signed by it, made with the openssl CLI.
+fn make_certs(dir: &std::path::Path, ca: &str, leaf: &str) {
+    let sh = |cmd: String| {
+        let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    if !dir.join(format!("{ca}.crt")).exists() {
+        sh(format!(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ca}.key -out {ca}.crt \
+         -days 1 -subj /CN={ca} 2>/dev/null"
+        ));
+    }
+    sh(format!(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {leaf}.key -out {leaf}.csr \
+         -subj /CN=localhost 2>/dev/null && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > {leaf}.ext && \
+         openssl x509 -req -in {leaf}.csr -CA {ca}.crt -CAkey {ca}.key -CAcreateserial -days 1 \
+         -extfile {leaf}.ext -out {leaf}.crt 2>/dev/null"
+    ));
+}
+
+/// issue 34 item 4: HTTP/2 over TLS to a real gRPC server (grpcio's TLS,
+/// ALPN h2): verified against the configured CA; a server whose
+/// certificate another CA signed is refused (UNAVAILABLE to the client,
+/// counted as a connect error); a server that requires a client
+/// certificate refuses weir without one and takes it with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_is_verified_refused_on_a_wrong_ca_and_mutual_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "ca", "server");
+    make_certs(dir.path(), "other", "stranger");
+    make_certs(dir.path(), "ca", "client");
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let tls_yaml = |addr: std::net::SocketAddr, tls: String| {
+        format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+             upstreams:\n  game: {{endpoints: [\"{addr}\"], protocol: h2, tls: {{{tls}}}}}\n\
+             routes:\n  - name: grpc\n    stable: {{upstream: game}}\n"
+        )
+    };
+    let server = Server::tls(&p("server.crt"), &p("server.key"), None);
+    let weir =
+        Weir::start(&tls_yaml(server.addr, format!("ca_file: \"{}\", server_name: localhost", p("ca.crt")))).await;
+    let r = call(weir.addr, "Bet", "over tls", 10.0).await;
+    assert_eq!((r["code"].as_str(), r["replies"][0].as_str()), (Some("OK"), Some("over tls")), "{r}");
+
+    // Signed by another CA: refused, a connect failure of the version.
+    let stranger = Server::tls(&p("stranger.crt"), &p("stranger.key"), None);
+    let weir = Weir::start(&tls_yaml(stranger.addr, format!("ca_file: \"{}\"", p("ca.crt")))).await;
+    let r = call(weir.addr, "Bet", "x", 10.0).await;
+    assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+    let m = support::wait_metric(
+        weir.admin,
+        "weir_grpc_responses_total{route=\"grpc\",version=\"stable\",grpc_status=\"UNAVAILABLE\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        metric(&m, "weir_upstream_errors_total{route=\"grpc\",version=\"stable\",kind=\"connect\"}").unwrap() >= 1.0,
+        "{m}"
+    );
+
+    // Mutual TLS: no client certificate, refused; with one, served.
+    let mutual = Server::tls(&p("server.crt"), &p("server.key"), Some(&p("ca.crt")));
+    let weir = Weir::start(&tls_yaml(mutual.addr, format!("ca_file: \"{}\"", p("ca.crt")))).await;
+    assert_eq!(call(weir.addr, "Bet", "x", 10.0).await["code"], "UNAVAILABLE");
+    let weir = Weir::start(&tls_yaml(
+        mutual.addr,
+        format!(
+            "ca_file: \"{}\", client_cert_file: \"{}\", client_key_file: \"{}\"",
+            p("ca.crt"),
+            p("client.crt"),
+            p("client.key")
+        ),
+    ))
+    .await;
+    let r = call(weir.addr, "Bet", "mutual", 10.0).await;
+    assert_eq!((r["code"].as_str(), r["replies"][0].as_str()), (Some("OK"), Some("mutual")), "{r}");
 }

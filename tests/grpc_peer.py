@@ -5,6 +5,9 @@ raw bytes as messages.
 
   grpc_peer.py server [EVERY:CODE]    serve on 127.0.0.1:0, print the port, run until stdin closes;
                                       with EVERY:CODE, every EVERY-th Bet call fails with CODE
+  grpc_peer.py server-tls CERT KEY [CLIENT_CA]
+                                      the same over TLS (ALPN h2); with CLIENT_CA, a client
+                                      certificate it signed is required
   grpc_peer.py load ADDR SECONDS THREADS
                                       Bet calls through ADDR for SECONDS from THREADS threads, each
                                       with a random x-player-id; prints {"calls": N, "codes": {...}}
@@ -59,7 +62,7 @@ def stream(request, context):
         context.abort(code_of(code), "stream failed on purpose")
 
 
-def serve():
+def serve(tls=None):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     handler = grpc.method_handlers_generic_handler(
         "weir.test.Game",
@@ -69,7 +72,17 @@ def serve():
         },
     )
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        cert, key, client_ca = tls
+        read = lambda p: open(p, "rb").read()
+        creds = grpc.ssl_server_credentials(
+            [(read(key), read(cert))],
+            root_certificates=read(client_ca) if client_ca else None,
+            require_client_auth=bool(client_ca),
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     sys.stdin.read()  # until the test closes our stdin (or dies)
@@ -135,6 +148,8 @@ if __name__ == "__main__":
             every, code = sys.argv[2].split(":")
             FAIL["every"], FAIL["code"] = int(every), code
         serve()
+    elif sys.argv[1] == "server-tls":
+        serve((sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None))
     elif sys.argv[1] == "load":
         load(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
     else:

@@ -41,6 +41,17 @@ pub struct RawResolver {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawDns {
     pub name: String,
     pub port: u64,
@@ -178,8 +189,9 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     /// `p2c` (default) or `round_robin`.
     pub balance: Option<String>,
-    /// `http1` (default) or `h2c`.
+    /// `http1` (default), `h2c` or `h2` (TLS).
     pub protocol: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
     pub health: Option<RawHealth>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,

@@ -144,7 +144,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
             Duration::from_secs(30),
         ),
     };
-    let upstreams = compile_upstreams(&raw, p);
+    let upstreams = compile_upstreams(&raw, base, p);
     let mut names = HashSet::new();
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {

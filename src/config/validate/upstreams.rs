@@ -2,13 +2,16 @@
 //! how one is picked, when one is ejected and when an attempt is retried.
 
 use super::{Problems, is_label_safe};
-use crate::config::raw::{RawActive, RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, StatusOrWord};
+use crate::config::raw::{
+    RawActive, RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, RawUpstreamTls, StatusOrWord,
+};
 use crate::config::{Active, Balance, DnsSource, Passive, Protocol, ResolverSpec, Retry, RetryOn, UpstreamSpec};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<UpstreamSpec> {
+pub(super) fn compile_upstreams(raw: &RawConfig, base: &Path, p: &mut Problems) -> Vec<UpstreamSpec> {
     let resolver = compile_resolver(raw, p);
     let mut out = Vec::new();
     for (name, u) in &raw.upstreams {
@@ -27,12 +30,18 @@ pub(super) fn compile_upstreams(raw: &RawConfig, p: &mut Problems) -> Vec<Upstre
                 p.at(format!("{path}.endpoints[{i}]"), msg);
             }
         }
-        out.push(compile_upstream(name, u, dns, &path, p));
+        out.push(compile_upstream(name, u, dns, (base, &path), p));
     }
     out
 }
 
-fn compile_upstream(name: &str, u: &RawUpstream, dns: Option<DnsSource>, path: &str, p: &mut Problems) -> UpstreamSpec {
+fn compile_upstream(
+    name: &str,
+    u: &RawUpstream,
+    dns: Option<DnsSource>,
+    (base, path): (&Path, &str),
+    p: &mut Problems,
+) -> UpstreamSpec {
     let connect_timeout =
         p.duration(&format!("{path}.connect_timeout"), u.connect_timeout.as_ref(), Duration::from_secs(1));
     let request_timeout =
@@ -52,18 +61,29 @@ fn compile_upstream(name: &str, u: &RawUpstream, dns: Option<DnsSource>, path: &
     let protocol = match u.protocol.as_deref() {
         None | Some("http1") => Protocol::Http1,
         Some("h2c") => Protocol::H2c,
-        Some(other @ ("h2" | "auto")) => {
-            p.at(format!("{path}.protocol"), format!("`{other}` (HTTP/2 over TLS) is not built yet; use http1 or h2c"));
+        Some("h2") => Protocol::H2,
+        Some("auto") => {
+            p.at(format!("{path}.protocol"), "`auto` (ALPN chooses) is not built yet; use http1, h2c or h2");
             Protocol::Http1
         }
         Some(other) => {
-            p.at(format!("{path}.protocol"), format!("`{other}` is not a protocol; use http1 or h2c"));
+            p.at(format!("{path}.protocol"), format!("`{other}` is not a protocol; use http1, h2c or h2"));
             Protocol::Http1
         }
     };
+    let tls = u.tls.as_ref().and_then(|t| compile_upstream_tls(t, protocol, base, &format!("{path}.tls"), p));
+    match (protocol, u.tls.is_some()) {
+        (Protocol::H2, false) => p.at(format!("{path}.tls"), "protocol h2 is HTTP/2 over TLS: give `tls` (or use h2c)"),
+        (Protocol::H2c, true) => p.at(format!("{path}.tls"), "h2c is HTTP/2 without TLS: use protocol h2 with `tls`"),
+        (Protocol::Http1, true) => {
+            p.at(format!("{path}.tls"), "TLS to HTTP/1.1 upstreams is not built yet; use protocol h2 with `tls`")
+        }
+        _ => {}
+    }
     UpstreamSpec {
         name: Arc::from(name),
         protocol,
+        tls,
         endpoints: u.endpoints.clone(),
         dns,
         retry: compile_retry(u.retry.as_ref(), path, p),
@@ -73,6 +93,53 @@ fn compile_upstream(name: &str, u: &RawUpstream, dns: Option<DnsSource>, path: &
         connect_timeout,
         request_timeout,
         body_timeout,
+    }
+}
+
+/// `upstreams.X.tls`: files resolved against the config's directory, read
+/// and checked now (a bad file refuses the whole config, so a reload keeps
+/// the TLS in force).
+fn compile_upstream_tls(
+    t: &RawUpstreamTls,
+    protocol: Protocol,
+    base: &Path,
+    at: &str,
+    p: &mut Problems,
+) -> Option<Arc<crate::tls::UpstreamTls>> {
+    if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+        p.at(at, "client_cert_file and client_key_file go together");
+        return None;
+    }
+    if t.insecure_skip_verify {
+        p.warn(
+            format!("{at}.insecure_skip_verify"),
+            "the upstream's certificate is not verified: anyone on the path can pose as it",
+        );
+    }
+    if let Some(name) = &t.server_name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        p.at(format!("{at}.server_name"), format!("`{name}` is not a DNS name or IP address"));
+        return None;
+    }
+    let ca = t.ca_file.as_ref().map(|f| base.join(f));
+    let cert = t.client_cert_file.as_ref().map(|f| base.join(f));
+    let key = t.client_key_file.as_ref().map(|f| base.join(f));
+    let files = crate::tls::UpstreamTlsFiles {
+        ca_file: ca.as_deref(),
+        client_cert: cert.as_deref().zip(key.as_deref()),
+        server_name: t.server_name.as_deref(),
+        insecure_skip_verify: t.insecure_skip_verify,
+        alpn: if protocol == Protocol::H2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] },
+    };
+    match crate::tls::upstream_client(&files) {
+        Ok(tls) => Some(Arc::new(tls)),
+        Err(problems) => {
+            for (field, message) in problems {
+                p.at(format!("{at}.{field}"), message);
+            }
+            None
+        }
     }
 }
 
