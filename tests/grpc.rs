@@ -8,77 +8,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::grpc::{PEER, Server, call};
 use support::{Weir, metric};
-
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
-
-/// The gRPC server: its address; it stops when the value is dropped.
-struct Server {
-    addr: std::net::SocketAddr,
-    child: Child,
-}
-
-impl Server {
-    fn start() -> Self {
-        Self::failing("")
-    }
-
-    /// `every:CODE` (e.g. "20:UNAVAILABLE"): every so many calls fail so.
-    fn failing(every: &str) -> Self {
-        let mut args = vec![PEER, "server"];
-        if !every.is_empty() {
-            args.push(every);
-        }
-        Self::spawn(&args)
-    }
-
-    /// TLS (ALPN h2) with this certificate and key; with `client_ca`, a
-    /// client certificate signed by it is required.
-    fn tls(cert: &str, key: &str, client_ca: Option<&str>) -> Self {
-        let mut args = vec![PEER, "server-tls", cert, key];
-        args.extend(client_ca);
-        Self::spawn(&args)
-    }
-
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio is needed: pip install grpcio");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("no port from the gRPC server: {line:?}"));
-        Self { addr: ([127, 0, 0, 1], port).into(), child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One call through `addr` by the real client; its JSON outcome.
-async fn call(addr: std::net::SocketAddr, method: &str, body: &str, timeout_s: f64) -> serde_json::Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new("python3")
-            .args([PEER, "call", &addr.to_string(), method, body, &timeout_s.to_string()])
-            .output(),
-    )
-    .await
-    .expect("the gRPC client hung")
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|_| panic!("client output: {text} {}", String::from_utf8_lossy(&out.stderr)))
-}
 
 fn yaml(upstream: std::net::SocketAddr, extra_route: &str) -> String {
     format!(
@@ -107,6 +40,11 @@ async fn unary_and_streaming_calls_and_their_status_codes_pass_through() {
     let s = call(weir.addr, "Stream", "5", 10.0).await;
     assert_eq!(s["code"], "OK", "{s}");
     assert_eq!(s["replies"].as_array().unwrap().len(), 5, "{s}");
+    // Bidirectional: the client sends each message only after the answer
+    // to the last came back through weir.
+    let c = call(weir.addr, "Chat", "a,b,c", 10.0).await;
+    assert_eq!(c["code"], "OK", "{c}");
+    assert_eq!(c["replies"], serde_json::json!(["echo:a", "echo:b", "echo:c"]), "{c}");
     let s = call(weir.addr, "Stream", "3:DATA_LOSS", 10.0).await;
     assert_eq!((s["code"].as_str(), s["replies"].as_array().unwrap().len()), (Some("DATA_LOSS"), 3), "{s}");
 
@@ -114,12 +52,12 @@ async fn unary_and_streaming_calls_and_their_status_codes_pass_through() {
     // (A call is recorded when weir's side of the stream ends, which may be
     // a moment after the client has its answer.)
     let m =
-        support::wait_metric(weir.admin, "weir_requests_total{route=\"grpc\",version=\"stable\",code=\"200\"}", 8.0)
+        support::wait_metric(weir.admin, "weir_requests_total{route=\"grpc\",version=\"stable\",code=\"200\"}", 9.0)
             .await;
     let n = |code: &str| {
         metric(&m, &format!("weir_grpc_responses_total{{route=\"grpc\",version=\"stable\",grpc_status=\"{code}\"}}"))
     };
-    assert_eq!(n("OK"), Some(2.0), "{m}");
+    assert_eq!(n("OK"), Some(3.0), "{m}");
     assert_eq!(n("UNAVAILABLE"), Some(1.0), "{m}");
     assert_eq!(n("NOT_FOUND"), Some(1.0), "{m}");
     assert_eq!(n("DATA_LOSS"), Some(1.0), "{m}");
@@ -128,7 +66,7 @@ async fn unary_and_streaming_calls_and_their_status_codes_pass_through() {
     // UNAVAILABLE, INTERNAL and DATA_LOSS are the version's errors; NOT_FOUND,
     // INVALID_ARGUMENT and PERMISSION_DENIED are the caller's.
     assert_eq!(v["stable"]["window"]["errors"], 3, "{v}");
-    assert_eq!(v["stable"]["window"]["requests"], 8, "{v}");
+    assert_eq!(v["stable"]["window"]["requests"], 9, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,8 @@ raw bytes as messages.
                                       {"code": "OK", "details": ..., "replies": [...], "trailers": {...}}
 
 Methods:
+  Chat    bidirectional: each message answered with "echo:" + it; the client
+          sends the next only after the answer to the last came back
   Bet     unary: answers the request bytes; a request "fail:CODE[:message]"
           is answered with that status code instead; "sleep:MS" waits first.
   Stream  server streaming: "N" answers N messages "m0".."m{N-1}"; "N:CODE"
@@ -62,6 +64,12 @@ def stream(request, context):
         context.abort(code_of(code), "stream failed on purpose")
 
 
+def chat(requests, context):
+    # Bidirectional: every message answered at once, as it comes.
+    for m in requests:
+        yield b"echo:" + m
+
+
 def serve(tls=None):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     handler = grpc.method_handlers_generic_handler(
@@ -69,6 +77,7 @@ def serve(tls=None):
         {
             "Bet": grpc.unary_unary_rpc_method_handler(bet),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -94,7 +103,27 @@ def call(addr, method, body, timeout):
     path = f"/weir.test.Game/{method}"
     out = {"code": "OK", "details": None, "replies": [], "trailers": {}}
     try:
-        if method == "Stream":
+        if method == "Chat":
+            # Send a message only after the answer to the previous one came
+            # back: proves both directions stream through weir at once.
+            import queue
+
+            q = queue.Queue()
+            words = body.split(",")
+            q.put(words[0].encode())
+
+            def gen():
+                while True:
+                    m = q.get()
+                    if m is None:
+                        return
+                    yield m
+
+            it = channel.stream_stream(path)(gen(), timeout=timeout)
+            for i, m in enumerate(it):
+                out["replies"].append(m.decode())
+                q.put(words[i + 1].encode() if i + 1 < len(words) else None)
+        elif method == "Stream":
             rpc = channel.unary_stream(path)
             it = rpc(body.encode(), timeout=timeout)
             for m in it:

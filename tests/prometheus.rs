@@ -184,7 +184,12 @@ async fn every_query_of_the_grafana_dashboard_parses_and_returns_data() {
             });
         }
     });
-    let routes = "  - name: game
+    // gRPC calls, for the panel of codes per version.
+    let grpc = support::grpc::Server::start();
+    let routes = "  - name: rpc
+    match: {path_prefix: /weir.test.Game/}
+    stable: {upstream: v5}
+  - name: game
     match: {path_prefix: /game}
     stable: {upstream: v4}
   - name: bet
@@ -197,9 +202,16 @@ async fn every_query_of_the_grafana_dashboard_parses_and_returns_data() {
 ";
     let yaml = config(s.addr, c.addr, routes).replace(
         "routes:",
-        &format!("  v3: {{endpoints: [\"{}\"]}}\n  v4: {{endpoints: [\"{ws_addr}\"]}}\nroutes:", sh.addr),
+        &format!(
+            "  v3: {{endpoints: [\"{}\"]}}\n  v4: {{endpoints: [\"{ws_addr}\"]}}\n  \
+             v5: {{endpoints: [\"{}\"], protocol: h2c}}\nroutes:",
+            sh.addr, grpc.addr
+        ),
     );
     let weir = Weir::start(&yaml).await;
+    for body in ["ok", "fail:UNAVAILABLE", "fail:NOT_FOUND"] {
+        support::grpc::call(weir.addr, "Bet", body, 10.0).await;
+    }
     let prom = start_prometheus(weir.admin);
     let (_ws, _) = support::ws_open(weir.addr, Some("ws-player")).await;
     c.errors_per_100.store(2, Ordering::Relaxed);

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 pub mod dns;
+pub mod grpc;
 mod ws_upstream;
 #[allow(unused_imports)]
 pub use ws_upstream::WsUpstream;
