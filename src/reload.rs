@@ -218,12 +218,20 @@ impl Reloader {
 
 /// Fingerprint of the certificates the serving snapshot loaded.
 fn certs_fingerprint_loaded(s: &Snapshot) -> String {
-    s.tls.iter().flatten().map(|t| t.fingerprint.as_str()).collect::<Vec<_>>().join(",")
+    let upstream = s.upstreams.iter().filter_map(|u| u.tls.as_ref()).map(|t| t.fingerprint.as_str());
+    s.tls.iter().flatten().map(|t| t.fingerprint.as_str()).chain(upstream).collect::<Vec<_>>().join(",")
 }
 
 /// Fingerprint of the same files as they are on disk now.
 fn certs_fingerprint_on_disk(s: &Snapshot) -> String {
-    s.tls.iter().flatten().map(|t| crate::tls::fingerprint_on_disk(&t.certs)).collect::<Vec<_>>().join(",")
+    let upstream = s.upstreams.iter().filter_map(|u| u.tls.as_ref()).map(|t| t.fingerprint_on_disk());
+    s.tls
+        .iter()
+        .flatten()
+        .map(|t| crate::tls::fingerprint_on_disk(&t.certs))
+        .chain(upstream)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Directories holding the serving snapshot's certificate files (watched
@@ -235,6 +243,9 @@ pub fn cert_dirs(s: &Snapshot) -> Vec<PathBuf> {
         .flatten()
         .flat_map(|t| t.certs.iter().flat_map(|c| [c.cert.parent(), c.key.parent()]))
         .flatten()
+        .chain(
+            s.upstreams.iter().filter_map(|u| u.tls.as_ref()).flat_map(|t| t.files.iter().filter_map(|f| f.parent())),
+        )
         .map(Path::to_path_buf)
         .collect();
     dirs.sort();

@@ -163,6 +163,27 @@ pub struct UpstreamTls {
     /// rebuilds the upstream.
     pub fingerprint: String,
     pub insecure: bool,
+    /// The files read (CA, client certificate, client key, those given)
+    /// and the settings hashed after them: what `fingerprint_on_disk`
+    /// hashes again to notice a renewed file.
+    pub files: Vec<PathBuf>,
+    settings: Vec<u8>,
+}
+
+impl UpstreamTls {
+    /// The fingerprint the same files and settings have on disk now (an
+    /// unreadable file hashes as its error, so a change is still noticed).
+    pub fn fingerprint_on_disk(&self) -> String {
+        let mut hash = Sha256::new();
+        for f in &self.files {
+            match crate::files::read_capped(f, crate::files::MAX_PEM) {
+                Ok(b) => hash.update(&b),
+                Err(e) => hash.update(e.kind().to_string().as_bytes()),
+            }
+        }
+        hash.update(&self.settings);
+        hex::encode(hash.finalize())
+    }
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -275,16 +296,25 @@ pub fn upstream_client(files: &UpstreamTlsFiles<'_>) -> Result<UpstreamTls, Vec<
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = files.alpn.clone();
-    hash.update(files.server_name.unwrap_or("").as_bytes());
-    hash.update([u8::from(files.insecure_skip_verify)]);
+    let mut settings = files.server_name.unwrap_or("").as_bytes().to_vec();
+    settings.push(u8::from(files.insecure_skip_verify));
     for p in &files.alpn {
-        hash.update(p);
+        settings.extend_from_slice(p);
     }
+    hash.update(&settings);
+    let read: Vec<PathBuf> = files
+        .ca_file
+        .into_iter()
+        .chain(files.client_cert.into_iter().flat_map(|(c, k)| [c, k]))
+        .map(std::path::Path::to_path_buf)
+        .collect();
     Ok(UpstreamTls {
         config: Arc::new(config),
         server_name: files.server_name.map(str::to_owned),
         fingerprint: hex::encode(hash.finalize()),
         insecure: files.insecure_skip_verify,
+        files: read,
+        settings,
     })
 }
 

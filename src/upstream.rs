@@ -167,6 +167,12 @@ impl Upstream {
             (Some(_), None) => (Vec::new(), false),
         };
         let endpoints = Arc::new(Endpoints::new(Arc::clone(&spec.name), &addrs, previous.map(|p| &*p.endpoints)));
+        if previous.is_some_and(|p| p.spec.tls != spec.tls || p.spec.protocol != spec.protocol) {
+            // New TLS settings or files (a renewed certificate): no new
+            // stream on a connection made with the old ones (those in
+            // flight finish).
+            endpoints.current().iter().for_each(|e| e.h2.close_all());
+        }
         let dns = spec.dns.as_ref().map(|_| Arc::new(DnsStatus::default()));
         if inherited && let Some(d) = &dns {
             d.mark_answered();

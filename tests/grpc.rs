@@ -260,10 +260,21 @@ async fn h2_over_tls_is_verified_refused_on_a_wrong_ca_and_mutual_when_asked() {
         )
     };
     let server = Server::tls(&p("server.crt"), &p("server.key"), None);
+    std::fs::copy(p("ca.crt"), p("trust.crt")).unwrap();
     let weir =
-        Weir::start(&tls_yaml(server.addr, format!("ca_file: \"{}\", server_name: localhost", p("ca.crt")))).await;
+        Weir::start(&tls_yaml(server.addr, format!("ca_file: \"{}\", server_name: localhost", p("trust.crt")))).await;
     let r = call(weir.addr, "Bet", "over tls", 10.0).await;
     assert_eq!((r["code"].as_str(), r["replies"][0].as_str()), (Some("OK"), Some("over tls")), "{r}");
+
+    // The CA file is replaced (another CA) with weir.yaml unchanged: the
+    // reload reads it again, and the server is no longer trusted; put back,
+    // it is again.
+    std::fs::copy(p("other.crt"), p("trust.crt")).unwrap();
+    weir.handle.reloader.reload("test", false).unwrap();
+    assert_eq!(call(weir.addr, "Bet", "x", 10.0).await["code"], "UNAVAILABLE", "the rotated CA is in force");
+    std::fs::copy(p("ca.crt"), p("trust.crt")).unwrap();
+    weir.handle.reloader.reload("test", false).unwrap();
+    assert_eq!(call(weir.addr, "Bet", "x", 10.0).await["code"], "OK", "and rotated back");
 
     // Signed by another CA: refused, a connect failure of the version.
     let stranger = Server::tls(&p("stranger.crt"), &p("stranger.key"), None);
