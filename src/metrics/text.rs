@@ -136,6 +136,28 @@ fn upstream_families(o: &mut String, rows: &[super::UpstreamRow]) {
     }
 }
 
+/// `weir_retried_attempts_total`: failed attempts retried, per version.
+fn retried_family(o: &mut String, routes: &[RouteView<'_>]) {
+    let _ = writeln!(
+        o,
+        "# HELP {} Failed attempts retried on another endpoint of the same version.",
+        super::RETRIED_ATTEMPTS
+    );
+    let _ = writeln!(o, "# TYPE {} counter", super::RETRIED_ATTEMPTS);
+    for r in routes {
+        for v in [Version::Stable, Version::Canary] {
+            let _ = writeln!(
+                o,
+                "{}{{route=\"{}\",version=\"{}\"}} {}",
+                super::RETRIED_ATTEMPTS,
+                escape(&r.metrics.name),
+                v.as_str(),
+                r.metrics.version(v).retried_attempts()
+            );
+        }
+    }
+}
+
 /// `weir_grpc_responses_total`: gRPC calls by code (only codes seen).
 fn grpc_family(o: &mut String, routes: &[RouteView<'_>]) {
     let name = super::GRPC_RESPONSES;
@@ -231,24 +253,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         |m| &m.decisions,
     );
     grpc_family(&mut o, routes);
-    let _ = writeln!(
-        o,
-        "# HELP {} Failed attempts retried on another endpoint of the same version.",
-        super::RETRIED_ATTEMPTS
-    );
-    let _ = writeln!(o, "# TYPE {} counter", super::RETRIED_ATTEMPTS);
-    for r in routes {
-        for v in [Version::Stable, Version::Canary] {
-            let _ = writeln!(
-                o,
-                "{}{{route=\"{}\",version=\"{}\"}} {}",
-                super::RETRIED_ATTEMPTS,
-                escape(&r.metrics.name),
-                v.as_str(),
-                r.metrics.version(v).retried_attempts()
-            );
-        }
-    }
+    retried_family(&mut o, routes);
     let _ = writeln!(o, "# HELP {WEBSOCKET_ACTIVE} Open WebSocket connections.");
     let _ = writeln!(o, "# TYPE {WEBSOCKET_ACTIVE} gauge");
     for r in routes {
