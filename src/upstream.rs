@@ -342,12 +342,15 @@ impl Upstream {
             RetryOn::Status(s) => self.spec.retry.on_status(s),
             other => self.spec.retry.on.contains(&other),
         };
+        if !listed {
+            return false; // the common case for a 5xx: nothing to look up
+        }
         let now = pool::clock_ms();
         let somewhere = {
             let set = self.endpoints.current();
             set.iter().any(|e| !e.is_ejected(now) && !tried.endpoints.contains(e))
         };
-        if !(listed && somewhere && self.retry_allowed(tried)) {
+        if !(somewhere && self.retry_allowed(tried)) {
             return false;
         }
         tried.failed.push(kind);

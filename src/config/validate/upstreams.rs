@@ -2,6 +2,7 @@
 //! how one is picked, when one is ejected and when an attempt is retried.
 
 use super::{Problems, is_label_safe};
+use crate::config::raw::PercentValue;
 use crate::config::raw::{
     RawActive, RawConfig, RawDns, RawPassive, RawRetry, RawUpstream, RawUpstreamTls, StatusOrWord,
 };
@@ -233,18 +234,7 @@ fn compile_retry(r: Option<&RawRetry>, path: &str, p: &mut Problems) -> Retry {
             })
             .collect(),
     };
-    let budget_percent = match r.budget.as_ref().map(|v| v.percent()) {
-        None => d.budget_percent,
-        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
-        Some(Ok(_)) => {
-            p.at(format!("{at}.budget"), "must be between 0 and 100 percent");
-            d.budget_percent
-        }
-        Some(Err(e)) => {
-            p.at(format!("{at}.budget"), e);
-            d.budget_percent
-        }
-    };
+    let budget_percent = whole_percent(r.budget.as_ref(), &format!("{at}.budget"), d.budget_percent, p);
     Retry { attempts, on, budget_percent }
 }
 
@@ -264,18 +254,8 @@ fn compile_passive(raw: Option<&RawPassive>, path: &str, p: &mut Problems) -> Pa
     if eject.is_zero() {
         p.at(format!("{at}.eject"), "must be greater than zero");
     }
-    let max_ejected_percent = match r.max_ejected.as_ref().map(|v| v.percent()) {
-        None => d.max_ejected_percent,
-        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
-        Some(Ok(_)) => {
-            p.at(format!("{at}.max_ejected"), "must be between 0 and 100 percent");
-            d.max_ejected_percent
-        }
-        Some(Err(e)) => {
-            p.at(format!("{at}.max_ejected"), e);
-            d.max_ejected_percent
-        }
-    };
+    let max_ejected_percent =
+        whole_percent(r.max_ejected.as_ref(), &format!("{at}.max_ejected"), d.max_ejected_percent, p);
     let statuses = match &r.statuses {
         None => d.statuses,
         Some(list) => list
@@ -319,6 +299,23 @@ fn compile_active(r: &RawActive, path: &str, p: &mut Problems) -> Active {
     let healthy = count("healthy", r.healthy, 2);
     let unhealthy = count("unhealthy", r.unhealthy, 3);
     Active { path: check_path, interval, timeout, healthy, unhealthy }
+}
+
+/// A percent from 0 to 100 (`20%` or `20`) as a whole number; `default`
+/// when absent or refused (with the problem at `at`).
+fn whole_percent(v: Option<&PercentValue>, at: &str, default: u32, p: &mut Problems) -> u32 {
+    match v.map(PercentValue::percent) {
+        None => default,
+        Some(Ok(v)) if (0.0..=100.0).contains(&v) => v as u32,
+        Some(Ok(_)) => {
+            p.at(at, "must be between 0 and 100 percent");
+            default
+        }
+        Some(Err(e)) => {
+            p.at(at, e);
+            default
+        }
+    }
 }
 
 fn check_endpoint(e: &str) -> Result<(), String> {
