@@ -2,7 +2,8 @@
 # Provides: $work (temp dir), cleanup on exit, free_port, and
 # start_upstreams, which starts one nginx worker on core 1 answering
 # "stable" on $sp and "canary" on $cp (loopback only; BODY=N: an N-byte
-# body instead).
+# body instead; UPSTREAM_CPU=0: on the proxy's core instead, the sidecar
+# shape, where proxy and application share their pod's CPU).
 work=$(mktemp -d /tmp/weir-bench.XXXXXX)
 pids=()
 cleanup() {
@@ -31,7 +32,7 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$sp; location / { $(answer stable) } }
   server { listen 127.0.0.1:$cp; location / { $(answer canary) } } }
 CFG
-  taskset -c 1 nginx -c "$work/nginx.conf" & pids+=($!)
+  taskset -c "${UPSTREAM_CPU:-1}" nginx -c "$work/nginx.conf" & pids+=($!)
 }
 
 # The three proxies configured for the same work: a 90/10 split over

@@ -18,6 +18,8 @@
 # sign test (benches/paired.py). NAMES="nginx haproxy weir nginx-again" adds an A/A
 # comparison, nginx against itself: the spread that is the machine's noise
 # alone. Each round starts with the next proxy in NAMES (rotation).
+# UPSTREAM_CPU=0 puts the upstream nginx on core 0 with the proxy (the
+# sidecar shape); H2LOAD=0 skips the HTTP/2 part.
 # Loopback only; every run bounded by -d/-z.
 #
 #   benches/load.sh                 # SECS=10 ROUNDS=3 CONNS=50 RATE=5000
@@ -32,7 +34,7 @@ cargo build --release --quiet
 . benches/lib.sh
 start_upstreams
 pp=$(free_port); ap=$(free_port); hp=$(free_port)
-have_h2load=0; command -v h2load >/dev/null && have_h2load=1
+have_h2load=0; [ "${H2LOAD:-1}" != 0 ] && command -v h2load >/dev/null && have_h2load=1
 
 cat > "$work/p999.lua" <<'LUA'
 done = function(summary, latency, requests)

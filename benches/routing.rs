@@ -55,7 +55,9 @@ fn weight_only(b: Bencher, routes: usize) {
     let h = headers(false, false);
     let host = format!("h{}.example.com", routes - 1);
     let path = format!("/p{}/bet", routes - 1);
-    b.bench_local(|| decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h }, 4242));
+    b.bench_local(|| {
+        decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h, client_cert: None }, 4242)
+    });
 }
 
 #[divan::bench(args = [1, 10, 100, 1000])]
@@ -64,7 +66,9 @@ fn sticky_and_segments(b: Bencher, routes: usize) {
     let h = headers(true, true);
     let host = format!("h{}.example.com", routes - 1);
     let path = format!("/p{}/bet", routes - 1);
-    b.bench_local(|| decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h }, 4242));
+    b.bench_local(|| {
+        decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h, client_cert: None }, 4242)
+    });
 }
 
 #[divan::bench]

@@ -18,6 +18,8 @@ pub struct Record<'a> {
     pub request_id: &'a str,
     pub trace_id: Option<&'a str>,
     pub client_ip: &'a str,
+    /// Subject of the client certificate the listener verified (RFC 4514).
+    pub client_subject: Option<&'a str>,
     pub method: &'a str,
     pub authority: &'a str,
     pub path: &'a str,

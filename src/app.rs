@@ -315,7 +315,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
         let handshake_timeout = limits.header_read_timeout;
         let (builder, proxy, stop) = (Arc::clone(&builder), Arc::clone(&proxy), stop.clone());
         tracker.spawn(async move {
-            let conn = ClientConn { builder, proxy, stop, peer, permit: Arc::new(permit) };
+            let conn = ClientConn { builder, proxy, stop, peer, permit: Arc::new(permit), client_cert: None };
             let Some(tls) = tls else {
                 return conn.serve_plain(stream, handshake_timeout).await;
             };
@@ -327,7 +327,7 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
 }
 
 async fn serve_tls(
-    conn: ClientConn,
+    mut conn: ClientConn,
     stream: tokio::net::TcpStream,
     tls: Arc<crate::tls::Tls>,
     handshake_timeout: std::time::Duration,
@@ -341,7 +341,15 @@ async fn serve_tls(
     };
     match accepted {
         Ok(Ok(stream)) => {
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let session = stream.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            // rustls has verified the chain against `client_ca` by now;
+            // the leaf is first.
+            conn.client_cert = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::tls::ClientCert::from_der(leaf))
+                .map(Arc::new);
             conn.serve(TokioIo::new(stream), h2, true).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),

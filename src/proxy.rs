@@ -65,6 +65,9 @@ pub struct Peer {
     permit: crate::limits::ConnPermit,
     /// HTTP/2: the streams open, for `limits.idle_timeout`.
     activity: Option<Arc<Activity>>,
+    /// The certificate the client presented and the listener verified
+    /// (`listen[].tls.client_ca`), for segments and the access log.
+    client_cert: Option<Arc<crate::tls::ClientCert>>,
 }
 
 impl Peer {
@@ -73,9 +76,14 @@ impl Peer {
         https: bool,
         permit: crate::limits::ConnPermit,
         activity: Option<Arc<Activity>>,
+        client_cert: Option<Arc<crate::tls::ClientCert>>,
     ) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { https, ip, permit, activity }
+        Self { https, ip, permit, activity, client_cert }
+    }
+
+    pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
+        self.client_cert.as_deref()
     }
 
     fn ip_str(&self) -> &str {
@@ -119,6 +127,7 @@ struct LogFields {
     request_id: String,
     trace_id: Option<String>,
     client_ip: String,
+    client_cert: Option<Arc<crate::tls::ClientCert>>,
     method: String,
     authority: String,
     path: String,
@@ -191,6 +200,7 @@ impl Completion {
             request_id: &f.request_id,
             trace_id: f.trace_id.as_deref(),
             client_ip: &f.client_ip,
+            client_subject: f.client_cert.as_deref().map(|c| c.subject.as_str()),
             method: &f.method,
             authority: &f.authority,
             path: &f.path,
@@ -266,6 +276,7 @@ impl Proxy {
             _busy: peer.activity.as_ref().map(|a| a.begin()),
             fields: (self.log.enabled() && served.snapshot.access_log).then(|| LogFields {
                 client_ip: peer.ip_str().to_owned(),
+                client_cert: peer.client_cert.clone(),
                 method: req.method().as_str().to_owned(),
                 path: req.uri().path().to_owned(),
                 ..LogFields::default()
@@ -328,7 +339,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let client_h2 = parts.version == http::Version::HTTP_2;
         let admitted = self.request_filter(&served.snapshot, (&parts, peer.https), completion)?;
-        let mut choice = self.choose(served, &parts, &admitted, upgrade.is_some(), completion)?;
+        let mut choice = self.choose(served, peer, &parts, &admitted, upgrade.is_some(), completion)?;
         let upstream_start = Instant::now();
         let mut tried = crate::upstream::Tried::new();
         let conn = self.upstream_peer(served, &mut choice, &mut tried, upstream_start, completion).await?;

@@ -225,13 +225,7 @@ fn certs_fingerprint_loaded(s: &Snapshot) -> String {
 /// Fingerprint of the same files as they are on disk now.
 fn certs_fingerprint_on_disk(s: &Snapshot) -> String {
     let upstream = s.upstreams.iter().filter_map(|u| u.tls.as_ref()).map(|t| t.fingerprint_on_disk());
-    s.tls
-        .iter()
-        .flatten()
-        .map(|t| crate::tls::fingerprint_on_disk(&t.certs))
-        .chain(upstream)
-        .collect::<Vec<_>>()
-        .join(",")
+    s.tls.iter().flatten().map(|t| crate::tls::fingerprint_on_disk(t)).chain(upstream).collect::<Vec<_>>().join(",")
 }
 
 /// Directories holding the serving snapshot's certificate files (watched
@@ -241,7 +235,12 @@ pub fn cert_dirs(s: &Snapshot) -> Vec<PathBuf> {
         .tls
         .iter()
         .flatten()
-        .flat_map(|t| t.certs.iter().flat_map(|c| [c.cert.parent(), c.key.parent()]))
+        .flat_map(|t| {
+            t.certs
+                .iter()
+                .flat_map(|c| [c.cert.parent(), c.key.parent()])
+                .chain(t.client_auth.as_ref().map(|a| a.ca.parent()))
+        })
         .flatten()
         .chain(
             s.upstreams.iter().filter_map(|u| u.tls.as_ref()).flat_map(|t| t.files.iter().filter_map(|f| f.parent())),

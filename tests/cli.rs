@@ -303,6 +303,7 @@ routes:
             "request_id",
             "trace_id",
             "client_ip",
+            "client_subject",
             "method",
             "authority",
             "path",

@@ -281,3 +281,222 @@ routes:
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn check_reports_client_certificate_settings_with_their_field_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_ca(dir);
+    make_leaf(dir, "game", &["game.example"]);
+    std::fs::write(dir.join("garbage.pem"), "garbage").unwrap();
+    let cfg = dir.join("weir.yaml");
+    std::fs::write(
+        &cfg,
+        r#"listen:
+  - address: "127.0.0.1:8443"
+    tls: {certs: [{cert: game.crt, key: game.key}], client_ca: missing.pem}
+  - address: "127.0.0.1:8444"
+    tls: {certs: [{cert: game.crt, key: game.key}], client_ca: garbage.pem, client_auth: optional}
+  - address: "127.0.0.1:8445"
+    tls: {certs: [{cert: game.crt, key: game.key}], client_auth: required}
+  - address: "127.0.0.1:8446"
+    tls: {certs: [{cert: game.crt, key: game.key}], client_ca: ca.crt, client_auth: sometimes}
+upstreams:
+  v1: {endpoints: ["127.0.0.1:9"]}
+routes:
+  - name: app
+    stable: {upstream: v1}
+    canary: {upstream: v1}
+    segments:
+      - {name: staff, match: {client_cert: {o: Staff}}, weight: 100}
+"#,
+    )
+    .unwrap();
+    let check = |cfg: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir")).args(["check", "-c"]).arg(cfg).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, text) = check(&cfg);
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        "listen[0].tls.client_ca: cannot read",
+        "listen[1].tls.client_ca:",
+        "listen[2].tls.client_auth: needs `client_ca`",
+        "listen[3].tls.client_auth: `sometimes`: use `required` or `optional`",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // A field a certificate match does not know, with its line and column.
+    let typo = dir.join("typo.yaml");
+    std::fs::write(
+        &typo,
+        r#"listen:
+  - address: "127.0.0.1:8443"
+upstreams:
+  v1: {endpoints: ["127.0.0.1:9"]}
+routes:
+  - name: app
+    stable: {upstream: v1}
+    segments:
+      - {name: staff, match: {client_cert: {o: Staff, shoe_size: 9}}, weight: 100}
+"#,
+    )
+    .unwrap();
+    let (code, text) = check(&typo);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("line 9") && text.contains("unknown field `shoe_size`, expected one of cn, o, ou, san"),
+        "{text}"
+    );
+    // The same file with the mistakes taken out is accepted.
+    std::fs::write(
+        &cfg,
+        r#"listen:
+  - address: "127.0.0.1:8443"
+    tls: {certs: [{cert: game.crt, key: game.key}], client_ca: ca.crt, client_auth: optional}
+upstreams:
+  v1: {endpoints: ["127.0.0.1:9"]}
+routes:
+  - name: app
+    stable: {upstream: v1}
+    canary: {upstream: v1}
+    segments:
+      - {name: staff, match: {client_cert: {o: Staff}}, weight: 100}
+      - {name: certified, match: {client_cert: {}}, weight: 0}
+"#,
+    )
+    .unwrap();
+    let (code, text) = check(&cfg);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// A client certificate `<stem>.crt`/`.key` with `subj` (openssl form,
+/// `/C=SE/O=Staff/CN=alice`) and DNS SANs, signed by the CA in `dir`.
+fn make_client(dir: &Path, stem: &str, subj: &str, sans: &[&str]) {
+    let san = sans.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    std::fs::write(dir.join(format!("{stem}.ext")), format!("subjectAltName={san}\nextendedKeyUsage=clientAuth\n"))
+        .unwrap();
+    ok(
+        &format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {stem}.key -out {stem}.csr \
+             -subj '{subj}' 2>/dev/null && \
+             openssl x509 -req -in {stem}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+             -extfile {stem}.ext -out {stem}.crt 2>/dev/null"
+        ),
+        dir,
+    );
+}
+
+/// A listener asking for client certificates (`client_auth` = `required`
+/// or `optional`), a route whose segments send staff (by organization) and
+/// one ops service (by SAN) to canary; real curl clients with a staff
+/// certificate, a player's, one from a CA weir does not trust, and none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_required_optional_and_absent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    make_ca(&dir);
+    make_leaf(&dir, "game", &["game.example"]);
+    let clients = dir.join("clients");
+    let rogue = dir.join("rogue");
+    for d in [&clients, &rogue] {
+        std::fs::create_dir(d).unwrap();
+        make_ca(d);
+    }
+    make_client(&clients, "alice", "/C=SE/O=Staff/CN=alice", &["alice.staff.internal"]);
+    make_client(&clients, "bob", "/C=MT/O=Players/CN=bob", &["bob.players.internal"]);
+    make_client(&clients, "carol", "/O=Ops/CN=carol", &["carol.ops.internal"]);
+    make_client(&rogue, "mallory", "/C=SE/O=Staff/CN=mallory", &["mallory.staff.internal"]);
+    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+
+    for mode in ["required", "optional"] {
+        let cfg = dir.join(format!("weir-{mode}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"listen:
+  - address: "127.0.0.1:0"
+    tls:
+      certs: [{{cert: "{d}/game.crt", key: "{d}/game.key"}}]
+      client_ca: "{d}/clients/ca.crt"
+      client_auth: {mode}
+admin: {{address: "127.0.0.1:0"}}
+state_dir: "{d}/state-{mode}"
+upstreams:
+  v1: {{endpoints: ["{s}"]}}
+  v2: {{endpoints: ["{c}"]}}
+routes:
+  - name: app
+    stable: {{upstream: v1}}
+    canary: {{upstream: v2}}
+    weight: 0
+    segments:
+      - {{name: staff, match: {{client_cert: {{o: Staff}}}}, weight: 100}}
+      - {{name: ops, match: {{client_cert: {{san: [carol.ops.internal, dave.ops.internal]}}}}, weight: 100}}
+"#,
+                d = dir.display(),
+                s = stable.addr,
+                c = canary.addr
+            ),
+        )
+        .unwrap();
+        let (mut child, addr, log, _err) = support::spawn_weir(&cfg);
+        let fetch = |cert: Option<(&str, &str)>| {
+            let with = cert.map_or(String::new(), |(d, stem)| format!("--cert {d}/{stem}.crt --key {d}/{stem}.key"));
+            sh(
+                &format!(
+                    "curl -sS --max-time 10 --cacert ca.crt --resolve game.example:{p}:127.0.0.1 {with} \
+                     -H 'x-case: {mode}' https://game.example:{p}/who",
+                    p = addr.port()
+                ),
+                &dir,
+            )
+        };
+        stable.clear();
+        canary.clear();
+        let answered = |out: &std::process::Output| {
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        // Staff by organization and ops by SAN go to canary; a player to stable.
+        assert_eq!(answered(&fetch(Some(("clients", "alice")))).as_deref(), Some("canary"), "{mode}: alice");
+        assert_eq!(answered(&fetch(Some(("clients", "carol")))).as_deref(), Some("canary"), "{mode}: carol");
+        assert_eq!(answered(&fetch(Some(("clients", "bob")))).as_deref(), Some("stable"), "{mode}: bob");
+        // A certificate from a CA the listener does not trust is refused in
+        // the handshake in both modes, though it names the Staff organization.
+        let mallory = fetch(Some(("rogue", "mallory")));
+        assert!(!mallory.status.success(), "{mode}: untrusted certificate accepted");
+        // No certificate: refused when required, served as anyone when optional.
+        let anonymous = fetch(None);
+        match mode {
+            "required" => assert!(!anonymous.status.success(), "no certificate accepted when required"),
+            _ => assert_eq!(answered(&anonymous).as_deref(), Some("stable"), "optional, no certificate"),
+        }
+        let served = if mode == "required" { 3 } else { 4 };
+        assert_eq!(stable.count() + canary.count(), served, "{mode}: refused clients must reach no upstream");
+        assert_eq!(canary.count(), 2, "{mode}");
+
+        // The access log names each verified subject, most specific first.
+        let mut subjects = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while subjects.len() < served && std::time::Instant::now() < deadline {
+            if let Ok(l) = log.recv_timeout(Duration::from_millis(100)) {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                if v["target"] == "access" {
+                    subjects.push(v["client_subject"].clone());
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut want = vec![
+            serde_json::json!("CN=alice,O=Staff,C=SE"),
+            serde_json::json!("CN=carol,O=Ops"),
+            serde_json::json!("CN=bob,O=Players,C=MT"),
+        ];
+        if mode == "optional" {
+            want.push(serde_json::Value::Null);
+        }
+        assert_eq!(subjects, want, "{mode}");
+    }
+}

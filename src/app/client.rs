@@ -87,6 +87,9 @@ pub struct ClientConn {
     pub stop: CancellationToken,
     pub peer: SocketAddr,
     pub permit: crate::limits::ConnPermit,
+    /// Set by the TLS handshake when the client presented a certificate
+    /// the listener's `client_ca` verified.
+    pub client_cert: Option<Arc<crate::tls::ClientCert>>,
 }
 
 impl ClientConn {
@@ -149,8 +152,8 @@ impl ClientConn {
 
     /// The connection's peer, shared by its requests.
     fn peer(self, https: bool, activity: Option<Arc<Activity>>) -> (Arc<Proxy>, Arc<Peer>) {
-        let ClientConn { proxy, peer, permit, .. } = self;
-        (proxy, Arc::new(Peer::new(peer, https, permit, activity)))
+        let ClientConn { proxy, peer, permit, client_cert, .. } = self;
+        (proxy, Arc::new(Peer::new(peer, https, permit, activity, client_cert)))
     }
 
     /// HTTP/1.1: the request future (`Proxy::handle`, about 3 KiB) stays

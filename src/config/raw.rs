@@ -108,6 +108,11 @@ pub struct RawListen {
 pub struct RawTls {
     #[serde(default)]
     pub certs: Vec<RawCert>,
+    /// CA bundle (PEM) that signs the client certificates this listener
+    /// asks for; without it the listener asks for none.
+    pub client_ca: Option<String>,
+    /// `required` (default with `client_ca`) or `optional`.
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +380,23 @@ pub struct RawSegmentMatch {
     pub query: BTreeMap<String, OneOrMany>,
     #[serde(default)]
     pub header_regex: BTreeMap<String, String>,
+    /// The client certificate the listener verified (`listen[].tls.client_ca`).
+    pub client_cert: Option<RawCertMatch>,
+}
+
+/// Fields of a verified client certificate; all listed must fit, a list
+/// means any of these values; `{}` alone: any verified certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertMatch {
+    /// Subject common name.
+    pub cn: Option<OneOrMany>,
+    /// Subject organization.
+    pub o: Option<OneOrMany>,
+    /// Subject organizational unit.
+    pub ou: Option<OneOrMany>,
+    /// A DNS name, email or URI in the subject alternative names.
+    pub san: Option<OneOrMany>,
 }
 
 /// `x-market: SE` or `x-market: [SE, NO]`. Scalars of any YAML type

@@ -354,11 +354,31 @@ fn compile_tls(t: &super::raw::RawTls, path: &str, base: &Path, p: &mut Problems
     }
     let certs: Vec<crate::tls::CertPaths> =
         t.certs.iter().map(|c| crate::tls::CertPaths { cert: base.join(&c.cert), key: base.join(&c.key) }).collect();
-    match crate::tls::load(&certs) {
+    let required = match t.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            p.at(format!("{path}.client_auth"), format!("`{other}`: use `required` or `optional`"));
+            return None;
+        }
+    };
+    let client_auth = match (&t.client_ca, &t.client_auth) {
+        (Some(ca), _) => Some(crate::tls::ClientAuthPaths { ca: base.join(ca), required }),
+        (None, Some(_)) => {
+            p.at(format!("{path}.client_auth"), "needs `client_ca`, the CA that signs the client certificates");
+            return None;
+        }
+        (None, None) => None,
+    };
+    match crate::tls::load(&certs, client_auth.as_ref()) {
         Ok(tls) => Some(Arc::new(tls)),
         Err(problems) => {
             for e in problems {
-                p.at(format!("{path}.certs[{}].{}", e.index, e.field), e.message);
+                if e.field == "client_ca" {
+                    p.at(format!("{path}.client_ca"), e.message);
+                } else {
+                    p.at(format!("{path}.certs[{}].{}", e.index, e.field), e.message);
+                }
             }
             None
         }

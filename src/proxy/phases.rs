@@ -77,6 +77,7 @@ impl Proxy {
     pub(super) fn choose<'s>(
         &self,
         served: &'s Serving,
+        peer: &Peer,
         parts: &Parts,
         admitted: &Admitted,
         upgrading: bool,
@@ -85,7 +86,13 @@ impl Proxy {
         let snap = &served.snapshot;
         let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
         let (host, _port) = headers::split_port(authority);
-        let facts = Facts { host, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
+        let facts = Facts {
+            host,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            client_cert: peer.client_cert(),
+        };
         let Some(decision) = routing::decide(&snap.table, &facts, rand::rng().random_range(0..BUCKETS)) else {
             self.live.registry.unrouted.fetch_add(1, Ordering::Relaxed);
             return Err(ProxyError::NoRoute);

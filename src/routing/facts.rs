@@ -1,5 +1,6 @@
 //! What the routing decision may look at in a request: host (without port),
-//! path, query string and headers (including cookies). Borrowed views only:
+//! path, query string, headers (including cookies) and the verified client
+//! certificate. Borrowed views only:
 //! building `Facts` never allocates.
 
 use http::HeaderMap;
@@ -12,6 +13,8 @@ pub struct Facts<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The client certificate the listener verified, if it asked for one.
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
 }
 
 impl<'a> Facts<'a> {

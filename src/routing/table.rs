@@ -219,6 +219,11 @@ pub enum SegmentMatcher {
     HeaderRegex(HeaderName, regex::bytes::Regex),
     Cookie(String, Vec<String>),
     Query(String, Vec<String>),
+    /// A field of the client certificate the listener verified: one of
+    /// the certificate's values for it equals one of these.
+    ClientCert(crate::tls::CertField, Vec<String>),
+    /// Any verified client certificate.
+    ClientCertPresent,
 }
 
 impl SegmentMatcher {
@@ -227,6 +232,10 @@ impl SegmentMatcher {
             SegmentMatcher::HeaderRegex(h, re) => {
                 return facts.headers.get(h).is_some_and(|v| re.is_match(v.as_bytes()));
             }
+            SegmentMatcher::ClientCert(field, allowed) => {
+                return facts.client_cert.is_some_and(|c| c.values(*field).iter().any(|v| allowed.contains(v)));
+            }
+            SegmentMatcher::ClientCertPresent => return facts.client_cert.is_some(),
             // Compared as bytes: equal to one of the (valid) listed values
             // means valid, so the header needs no separate text check.
             SegmentMatcher::Header(h, vs) => (facts.headers.get(h).map(http::HeaderValue::as_bytes), vs),

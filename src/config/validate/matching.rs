@@ -78,8 +78,25 @@ pub(super) fn compile_segment_match(m: &RawSegmentMatch, path: &str, p: &mut Pro
             out.push(SegmentMatcher::HeaderRegex(h, re));
         }
     }
+    if let Some(c) = &m.client_cert {
+        let fields = [
+            (crate::tls::CertField::Cn, &c.cn),
+            (crate::tls::CertField::O, &c.o),
+            (crate::tls::CertField::Ou, &c.ou),
+            (crate::tls::CertField::San, &c.san),
+        ];
+        let before = out.len();
+        for (field, values) in fields {
+            if let Some(v) = values {
+                out.push(SegmentMatcher::ClientCert(field, v.clone().into_vec()));
+            }
+        }
+        if out.len() == before {
+            out.push(SegmentMatcher::ClientCertPresent);
+        }
+    }
     if out.is_empty() {
-        p.at(path, "a segment needs at least one header, header_regex, cookie or query condition");
+        p.at(path, "a segment needs at least one header, header_regex, cookie, query or client_cert condition");
     }
     out
 }
