@@ -319,6 +319,32 @@ pub fn strip_internal(headers: &mut HeaderMap, keep: Option<&HeaderName>) {
     }
 }
 
+/// Whether a field may travel in a trailer section (RFC 9110 §6.5.1):
+/// nothing that frames, routes or controls the message, nothing hop-by-hop.
+/// HTTP/2 refuses connection-specific fields outright (RFC 9113 §8.2.2).
+pub fn trailer_allowed(name: &HeaderName) -> bool {
+    !(name == CONNECTION
+        || name == CONTENT_LENGTH
+        || name == HOST
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == http::header::CONTENT_TYPE
+        || name == http::header::CONTENT_ENCODING
+        || name == http::header::CONTENT_RANGE
+        || name == http::header::AUTHORIZATION
+        || name == http::header::SET_COOKIE
+        || name == http::header::CACHE_CONTROL
+        || name == http::header::EXPECT
+        || name == http::header::LOCATION
+        || name == http::header::RANGE
+        || name == http::header::DATE
+        || name.as_str().starts_with("x-weir-"))
+}
+
 /// The headers weir adds to every forwarded request. They stay out of the
 /// request's header map and are written after the client's headers when the
 /// head is encoded (`upstream::wire::encode_head`): six map insertions

@@ -288,3 +288,87 @@ async fn after_an_early_answer_the_rest_of_the_body_is_read_not_reset() {
     let resp = read_response(&mut s).await;
     assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"), "{resp}");
 }
+
+/// One HTTP/1.1 upstream connection that reads a chunked request to its
+/// last chunk and trailer section, keeps the raw bytes, and answers with a
+/// chunked body whose trailer section mixes fields a trailer may carry with
+/// ones it may not.
+async fn trailer_upstream() -> (SocketAddr, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        // The head, then a chunked body whose last chunk is followed by a
+        // trailer section ending in an empty line.
+        let done = |b: &[u8]| {
+            let Some(head_end) = b.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+            let body = &b[head_end + 4..];
+            body.windows(5).position(|w| w == b"\r\n0\r\n").is_some_and(|i| body[i + 5..].ends_with(b"\r\n\r\n"))
+                || body.starts_with(b"0\r\n") && body.ends_with(b"\r\n\r\n")
+        };
+        while !done(&buf) {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = tx.send(buf);
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+                      5\r\nhello\r\n0\r\nx-checksum: abc\r\ngrpc-status: 0\r\ncontent-length: 99\r\n\
+                      x-weir-route: forged\r\nx-checksum: def\r\n\r\n";
+        let _ = s.write_all(answer.as_bytes()).await;
+        let mut rest = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
+    });
+    (addr, rx)
+}
+
+/// Trailers cross the protocols both ways: an HTTP/2 client's request
+/// trailers reach an HTTP/1.1 upstream in the chunked body's trailer
+/// section, and the upstream's chunked trailers reach the HTTP/2 client as
+/// a trailing HEADERS frame. Fields a trailer may not carry (framing,
+/// weir's own) are dropped in both directions; `TE: trailers` goes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_cross_between_http2_clients_and_http1_upstreams() {
+    let (up, seen) = trailer_upstream().await;
+    let (_u, w) = weir_in_front(up).await;
+    let stream = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut sent = http::HeaderMap::new();
+    sent.insert("x-client-sum", "42".parse().unwrap());
+    sent.insert("x-weir-version", "forged".parse().unwrap());
+    sent.insert("content-length", "7".parse().unwrap());
+    // A stream of frames: no length known in advance, so weir frames the
+    // upload chunked, the only HTTP/1.1 framing with room for trailers.
+    let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> =
+        vec![Ok(http_body::Frame::data(Bytes::from_static(b"payload"))), Ok(http_body::Frame::trailers(sent))];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = Request::post("http://x/up").header("te", "trailers").body(body).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), tx.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("the upstream's trailers reach the client");
+    assert_eq!(collected.to_bytes(), &b"hello"[..]);
+    let got: Vec<_> = trailers.get_all("x-checksum").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert_eq!(got, ["abc", "def"]);
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert!(trailers.get("content-length").is_none() && trailers.get("x-weir-route").is_none(), "{trailers:?}");
+
+    let raw = tokio::time::timeout(Duration::from_secs(10), seen).await.unwrap().unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.lines().any(|l| l == "te: trailers"), "{head}");
+    assert!(head.lines().any(|l| l == "transfer-encoding: chunked"), "{head}");
+    assert!(body.contains("payload"), "{body}");
+    let trailer_section = body.rsplit_once("\r\n0\r\n").map(|(_, t)| t).unwrap_or(body);
+    assert_eq!(trailer_section, "x-client-sum: 42\r\n\r\n", "only the allowed trailer goes up: {body:?}");
+}

@@ -228,6 +228,8 @@ pub enum PooledBody {
 pub struct ConnectionBody {
     wire: Option<Connection>,
     framing: RespFraming,
+    /// A chunked body's trailer fields, gathered until its end.
+    trailers: Option<Box<http::HeaderMap>>,
     endpoint: Arc<Endpoint>,
     /// The request counts as in flight on its endpoint until this body
     /// ends or is dropped.
@@ -255,6 +257,7 @@ impl PooledBody {
         let mut b = ConnectionBody {
             wire: Some(wire),
             framing,
+            trailers: None,
             endpoint,
             busy: Some(busy),
             keep_alive,
@@ -309,7 +312,7 @@ impl Body for PooledBody {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 let Some(wire) = b.wire.as_mut() else { return Poll::Ready(None) };
-                let polled = match wire::poll_body(wire, &mut b.framing, cx) {
+                let polled = match wire::poll_body(wire, &mut b.framing, &mut b.trailers, cx) {
                     Poll::Pending => {
                         let idle = b.idle;
                         let timer = b.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
@@ -327,6 +330,10 @@ impl Body for PooledBody {
                     Ok(Piece::Data(data)) => {
                         b.release_if_done();
                         Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(Piece::Trailers(t)) => {
+                        b.release_if_done();
+                        Poll::Ready(Some(Ok(Frame::trailers(t))))
                     }
                     Ok(Piece::End) => {
                         b.release_if_done();

@@ -340,7 +340,8 @@ pub async fn exchange_streaming(
     // once never puts a head on the wire), which may keep the client a
     // while. Anything the upstream sent in the meantime answers nothing:
     // look again right before the head is written (no await between).
-    let first = first_piece(&mut body).await?;
+    let mut trailers = None;
+    let first = first_piece(&mut body, &mut trailers).await?;
     if let IdleState::Unsolicited(n) = peek(&io) {
         return Err(ExchangeError::Unsolicited(n));
     }
@@ -350,7 +351,7 @@ pub async fn exchange_streaming(
     // the upstream answers early, and is dropped with this function otherwise.
     let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
     let pace = Pace { limit: deadlines.upload, answered: Some(answered) };
-    let mut upload = Box::pin(upload::run(wr, head, first, body, framing, pace, leftover));
+    let mut upload = Box::pin(upload::run(wr, head, first, body, (framing, trailers), pace, leftover));
     let timer = tokio::time::sleep(deadlines.head);
     tokio::pin!(timer);
     let mut sent_all: Option<tokio::net::tcp::OwnedWriteHalf> = None;
@@ -402,8 +403,11 @@ pub async fn exchange_streaming(
 
 /// The body's first piece, read before the head is written (see
 /// `exchange_streaming`); None for a body that ends without data.
-async fn first_piece(body: &mut impl ReqBodyLike) -> Result<Option<Bytes>, ExchangeError> {
-    next_data(body).await.map_err(|e| match e {
+async fn first_piece(
+    body: &mut impl ReqBodyLike,
+    trailers: &mut Option<http::HeaderMap>,
+) -> Result<Option<Bytes>, ExchangeError> {
+    next_data(body, trailers).await.map_err(|e| match e {
         Sent::Body(e) => ExchangeError::Body(e),
         Sent::Io(error) => ExchangeError::Io { error, answered: false, unsent: true },
         Sent::Answered => ExchangeError::Protocol("no answer can end before the request is sent".into()),

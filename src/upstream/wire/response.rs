@@ -190,9 +190,10 @@ pub enum Chunk {
     Trailers(usize),
 }
 
-/// A piece of response body, or the end.
+/// A piece of response body, the trailer fields of a chunked one, or the end.
 pub enum Piece {
     Data(Bytes),
+    Trailers(http::HeaderMap),
     End,
 }
 
@@ -211,10 +212,13 @@ pub enum BodyError {
     Idle(Duration),
 }
 
-/// Read the next piece of body from `wire` as framed by `framing`.
+/// Read the next piece of body from `wire` as framed by `framing`; a
+/// chunked body's trailer fields are gathered in `trailers` and handed out
+/// as one piece before the end.
 pub fn poll_body(
     wire: &mut Connection,
     framing: &mut RespFraming,
+    trailers: &mut Option<Box<http::HeaderMap>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Piece, BodyError>> {
     loop {
@@ -248,11 +252,11 @@ pub fn poll_body(
                 }
             }
             RespFraming::Chunked(state) => {
-                match decode_chunked(&mut wire.buf, state)? {
+                match decode_chunked(&mut wire.buf, state, trailers)? {
                     Decoded::Data(b) => return Poll::Ready(Ok(Piece::Data(b))),
                     Decoded::End => {
                         *framing = RespFraming::Done;
-                        return Poll::Ready(Ok(Piece::End));
+                        return Poll::Ready(Ok(trailers.take().map_or(Piece::End, |t| Piece::Trailers(*t))));
                     }
                     Decoded::NeedMore => {}
                 }
@@ -270,8 +274,14 @@ pub enum Decoded {
     NeedMore,
 }
 
-/// Advance the chunked decoder over what `buf` holds.
-pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, BodyError> {
+/// Advance the chunked decoder over what `buf` holds. Trailer fields are
+/// added to `trailers` (created at the first one), except those a trailer
+/// may not carry (`headers::trailer_allowed`).
+pub fn decode_chunked(
+    buf: &mut BytesMut,
+    state: &mut Chunk,
+    trailers: &mut Option<Box<http::HeaderMap>>,
+) -> Result<Decoded, BodyError> {
     loop {
         match state {
             Chunk::Size => {
@@ -330,6 +340,9 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
                     }
                     None => return Ok(Decoded::NeedMore),
                 };
+                if eol > 0 {
+                    add_trailer(&buf[..eol], trailers)?;
+                }
                 buf.advance(eol + 2);
                 *seen += eol + 2;
                 if eol == 0 {
@@ -338,6 +351,25 @@ pub fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, 
             }
         }
     }
+}
+
+/// One `name: value` trailer line into `trailers`. A line that is not a
+/// field (no colon, a bad name, an obsolete folded continuation) is a
+/// framing error like any other; a field a trailer may not carry is dropped.
+fn add_trailer(line: &[u8], trailers: &mut Option<Box<http::HeaderMap>>) -> Result<(), BodyError> {
+    let colon = line.iter().position(|b| *b == b':').ok_or(BodyError::Chunked("trailer line without a colon"))?;
+    let name = http::HeaderName::from_bytes(&line[..colon]).map_err(|_| BodyError::Chunked("invalid trailer name"))?;
+    let value = http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii())
+        .map_err(|_| BodyError::Chunked("invalid trailer value"))?;
+    if !crate::headers::trailer_allowed(&name) {
+        return Ok(());
+    }
+    let map = trailers.get_or_insert_with(Box::default);
+    if map.len() >= MAX_HEADERS {
+        return Err(BodyError::Chunked("too many trailer fields"));
+    }
+    map.append(name, value);
+    Ok(())
 }
 
 /// The length of the next line of chunked framing (a size line or a trailer
@@ -396,7 +428,7 @@ pub fn parse_whole(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
         }
         RespFraming::Close => body.extend_from_slice(&buf),
         RespFraming::Chunked(state) => loop {
-            match decode_chunked(&mut buf, state).map_err(|e| e.to_string())? {
+            match decode_chunked(&mut buf, state, &mut None).map_err(|e| e.to_string())? {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::End => break,
                 Decoded::NeedMore => return Err(BodyError::TruncatedChunked.to_string()),

@@ -18,7 +18,7 @@ fn decode_in_pieces(wire: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, bool), Body
         buf.extend_from_slice(&wire[from..to]);
         from = to;
         loop {
-            match decode_chunked(&mut buf, &mut state)? {
+            match decode_chunked(&mut buf, &mut state, &mut None)? {
                 Decoded::Data(b) => out.extend_from_slice(&b),
                 Decoded::End => return Ok((out, true)),
                 Decoded::NeedMore => break,
@@ -72,7 +72,7 @@ fn chunked(input: &[u8]) -> Result<(Vec<u8>, bool), BodyError> {
     let mut state = Chunk::Size;
     let mut out = Vec::new();
     loop {
-        match decode_chunked(&mut buf, &mut state)? {
+        match decode_chunked(&mut buf, &mut state, &mut None)? {
             Decoded::Data(b) => out.extend_from_slice(&b),
             Decoded::End => return Ok((out, true)),
             Decoded::NeedMore => return Ok((out, false)),
@@ -100,7 +100,7 @@ fn chunked_bodies_wait_for_more_at_every_boundary() {
         let mut done = false;
         for piece in [&full[cut..], &b""[..]] {
             loop {
-                match decode_chunked(&mut buf, &mut state) {
+                match decode_chunked(&mut buf, &mut state, &mut None) {
                     Ok(Decoded::Data(b)) => out.extend_from_slice(&b),
                     Ok(Decoded::End) => {
                         done = true;
@@ -149,8 +149,9 @@ fn every_limit_holds_on_bytes_received_even_in_one_read() {
     assert!(matches!(chunked(&line), Err(BodyError::Chunked("chunk-size line too long"))));
     // A trailer section over the limit made of short lines, in one read.
     let mut t = b"0\r\n".to_vec();
-    for i in 0..(MAX_TRAILERS / 20 + 10) {
-        t.extend_from_slice(format!("x-t{i:05}: {}\r\n", "v".repeat(8)).as_bytes());
+    // (Lines long enough that the size limit comes before the count limit.)
+    for i in 0..(MAX_TRAILERS / 240 + 10) {
+        t.extend_from_slice(format!("x-t{i:05}: {}\r\n", "v".repeat(228)).as_bytes());
     }
     t.extend_from_slice(b"\r\n");
     assert!(matches!(chunked(&t), Err(BodyError::Chunked("trailer section too long"))));
@@ -287,4 +288,48 @@ fn connection_headers_that_name_nothing_never_enter_the_map() {
     let h = done(head(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", &get))
         .unwrap();
     assert_eq!(h.headers.get(CONNECTION).map(HeaderValue::as_bytes), Some(&b"Upgrade"[..]));
+}
+
+#[test]
+fn chunked_trailer_fields_are_kept_except_those_a_trailer_may_not_carry() {
+    let wire = b"5\r\nhello\r\n0\r\nx-checksum: abc\r\nGrpc-Status:0\r\ncontent-length: 9\r\nx-weir-route: x\r\nx-checksum:  def \r\n\r\n";
+    let (mut buf, mut state, mut trailers) = (BytesMut::from(&wire[..]), Chunk::Size, None);
+    let mut out = Vec::new();
+    loop {
+        match decode_chunked(&mut buf, &mut state, &mut trailers).unwrap() {
+            Decoded::Data(b) => out.extend_from_slice(&b),
+            Decoded::End => break,
+            Decoded::NeedMore => unreachable!("all bytes are there"),
+        }
+    }
+    assert_eq!(out, b"hello");
+    let t = trailers.unwrap();
+    let sums: Vec<_> = t.get_all("x-checksum").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(sums, ["abc", "def"]);
+    assert_eq!(t.get("grpc-status").unwrap(), "0");
+    assert_eq!(t.len(), 3, "content-length and x-weir-route dropped: {t:?}");
+    // No trailer section: no map at all.
+    let (mut buf, mut state, mut none) = (BytesMut::from(&b"0\r\n\r\n"[..]), Chunk::Size, None);
+    assert!(matches!(decode_chunked(&mut buf, &mut state, &mut none), Ok(Decoded::End)));
+    assert!(none.is_none());
+}
+
+#[test]
+fn malformed_or_too_many_trailer_fields_are_framing_errors() {
+    for bad in [
+        &b"0\r\nno colon here\r\n\r\n"[..],
+        b"0\r\nbad name: 1\r\n\r\n",
+        b"0\r\n folded: 1\r\n\r\n",
+        b"0\r\n: empty\r\n\r\n",
+    ] {
+        let (mut buf, mut state, mut t) = (BytesMut::from(bad), Chunk::Size, None);
+        assert!(decode_chunked(&mut buf, &mut state, &mut t).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    let mut many = b"0\r\n".to_vec();
+    for i in 0..=MAX_HEADERS {
+        many.extend_from_slice(format!("x-t{i}: 1\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let (mut buf, mut state, mut t) = (BytesMut::from(&many[..]), Chunk::Size, None);
+    assert!(matches!(decode_chunked(&mut buf, &mut state, &mut t), Err(BodyError::Chunked("too many trailer fields"))));
 }

@@ -35,11 +35,11 @@ pub(super) async fn run(
     head: Vec<u8>,
     first: Option<Bytes>,
     mut body: impl ReqBodyLike,
-    framing: ReqFraming,
+    (framing, trailers): (ReqFraming, Option<http::HeaderMap>),
     mut pace: Pace,
     leftover: Leftover,
 ) -> (OwnedWriteHalf, Result<(), Sent>) {
-    let sent = send_body(&mut wr, &head, first, &mut body, framing, &mut pace).await;
+    let sent = send_body(&mut wr, &head, (first, trailers), &mut body, framing, &mut pace).await;
     if matches!(sent, Err(Sent::Io(_) | Sent::Answered)) {
         // The upstream stopped taking the body; it may have answered
         // early (a 413, a 401). The rest is the client's: drained or,
@@ -146,9 +146,13 @@ pub(super) async fn discard(body: &mut impl ReqBodyLike) {
     while let Some(Ok(_)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {}
 }
 
-/// The next non-empty piece of body, or None at its end (trailers are not
-/// forwarded).
-pub(super) async fn next_data(body: &mut impl ReqBodyLike) -> Result<Option<Bytes>, Sent> {
+/// The next non-empty piece of body, or None at its end. Trailer fields
+/// are kept in `trailers` (those a trailer may carry), for a chunked
+/// upload's last chunk.
+pub(super) async fn next_data(
+    body: &mut impl ReqBodyLike,
+    trailers: &mut Option<http::HeaderMap>,
+) -> Result<Option<Bytes>, Sent> {
     loop {
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
@@ -156,10 +160,34 @@ pub(super) async fn next_data(body: &mut impl ReqBodyLike) -> Result<Option<Byte
             Some(Err(e)) => return Err(Sent::Body(body_error(&e))),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) if !d.is_empty() => return Ok(Some(d)),
-                _ => {} // empty data, or trailers
+                Ok(_) => {}
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        let mut kept = http::HeaderMap::new();
+                        for (name, value) in t.iter().filter(|(n, _)| crate::headers::trailer_allowed(n)) {
+                            kept.append(name, value.clone());
+                        }
+                        if !kept.is_empty() {
+                            *trailers = Some(kept);
+                        }
+                    }
+                }
             },
         }
     }
+}
+
+/// The last chunk of a chunked upload, with the trailer fields if any
+/// (RFC 9112 §7.1.2).
+fn last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Stream the body after the head. The head goes out with the first piece
@@ -167,7 +195,7 @@ pub(super) async fn next_data(body: &mut impl ReqBodyLike) -> Result<Option<Byte
 async fn send_body(
     wr: &mut (impl tokio::io::AsyncWrite + Unpin),
     head: &[u8],
-    first: Option<Bytes>,
+    (first, mut trailers): (Option<Bytes>, Option<http::HeaderMap>),
     body: &mut impl ReqBodyLike,
     framing: ReqFraming,
     pace: &mut Pace,
@@ -181,7 +209,7 @@ async fn send_body(
         let data = match first.take() {
             Some(d) => d,
             None if empty => break,
-            None => match next_data(body).await? {
+            None => match next_data(body, &mut trailers).await? {
                 Some(d) => d,
                 None => break,
             },
@@ -215,7 +243,9 @@ async fn send_body(
         out.extend_from_slice(h);
     }
     if framing == ReqFraming::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
+        // Trailers travel only in chunked framing; with a Content-Length
+        // there is nowhere to put them, and they are dropped.
+        last_chunk(&mut out, trailers.as_ref());
     }
     if out.is_empty() {
         return Ok(());
