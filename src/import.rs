@@ -29,10 +29,45 @@ impl std::fmt::Display for Skipped {
 /// What an import produced.
 #[derive(Debug, Clone, Default)]
 pub struct Imported {
-    /// The weir config, ready for `weir check`.
+    /// The weir config, ready for `weir check` once `files` exist.
     pub yaml: String,
     pub routes: usize,
     pub skipped: Vec<Skipped>,
+    /// Files the config names that the cluster holds and the import cannot
+    /// write (a CA bundle from a ConfigMap), relative to the config file's
+    /// directory; each is also listed in `skipped` with where it comes from.
+    pub files: Vec<String>,
+}
+
+/// Check an import's output as `weir check` would, except that the files
+/// it names for the operator to provide may be missing yet.
+pub fn check(imported: &Imported, base: &std::path::Path) -> Result<(), Vec<crate::config::Problem>> {
+    match crate::config::validate(imported.yaml.as_bytes(), base) {
+        Ok(_) => Ok(()),
+        Err(problems) => {
+            let missing = |p: &crate::config::Problem| {
+                imported.files.iter().any(|f| p.message.starts_with(&format!("cannot read {}", base.join(f).display())))
+            };
+            let left: Vec<_> = problems.into_iter().filter(|p| !missing(p)).collect();
+            if left.is_empty() { Ok(()) } else { Err(left) }
+        }
+    }
+}
+
+/// How weir speaks to a Service port: `protocol` (None: HTTP/1.1, the
+/// default) and TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Wire {
+    pub protocol: Option<&'static str>,
+    pub tls: Option<TlsOut>,
+}
+
+/// `upstreams.X.tls` as the import writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TlsOut {
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
 }
 
 /// A Service port a route sends to, named as a weir upstream.
@@ -41,11 +76,41 @@ pub(crate) struct Backend {
     pub ns: String,
     pub service: String,
     pub port: u16,
+    pub wire: Wire,
 }
 
 impl Backend {
+    /// The upstream's name; the same Service port spoken to another way is
+    /// another upstream.
     pub fn upstream(&self) -> String {
-        format!("{}-{}-{}", self.service, self.ns, self.port)
+        let base = format!("{}-{}-{}", self.service, self.ns, self.port);
+        match (self.wire.protocol, &self.wire.tls) {
+            (None, None) => base,
+            (Some(p), None) => format!("{base}-{p}"),
+            (p, Some(_)) => format!("{base}-{}-tls", p.unwrap_or("http1")),
+        }
+    }
+
+    /// `endpoints` and, when not the defaults, `protocol` and `tls`.
+    pub fn spec(&self) -> String {
+        let mut out = format!("endpoints: [{}]", q(&self.endpoint()));
+        if let Some(p) = self.wire.protocol {
+            out.push_str(&format!(", protocol: {p}"));
+        }
+        if let Some(t) = &self.wire.tls {
+            let mut parts = Vec::new();
+            if let Some(ca) = &t.ca_file {
+                parts.push(format!("ca_file: {}", q(ca)));
+            }
+            if let Some(n) = &t.server_name {
+                parts.push(format!("server_name: {}", q(n)));
+            }
+            if t.insecure_skip_verify {
+                parts.push("insecure_skip_verify: true".into());
+            }
+            out.push_str(&format!(", tls: {{{}}}", parts.join(", ")));
+        }
+        out
     }
 
     pub fn endpoint(&self) -> String {
@@ -70,7 +135,7 @@ pub(crate) fn config_text(
     let _ = writeln!(out, "admin: {{address: \"127.0.0.1:9901\"}}");
     let _ = writeln!(out, "upstreams:{}", if upstreams.is_empty() && extra.is_empty() { " {}" } else { "" });
     for b in upstreams {
-        let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(&b.upstream()), q(&b.endpoint()));
+        let _ = writeln!(out, "  {}: {{{}}}", q(&b.upstream()), b.spec());
     }
     for (name, endpoint) in extra {
         let _ = writeln!(out, "  {}: {{endpoints: [{}]}}", q(name), q(endpoint));

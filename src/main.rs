@@ -433,7 +433,8 @@ fn import(
         }
     };
     let imported = translate(&objects);
-    if let Err(problems) = weir::config::validate(imported.yaml.as_bytes(), std::path::Path::new(".")) {
+    let base = output.and_then(std::path::Path::parent).filter(|p| !p.as_os_str().is_empty());
+    if let Err(problems) = weir::import::check(&imported, base.unwrap_or(std::path::Path::new("."))) {
         // A bug of the importer: say so with what it wrote.
         eprintln!("weir import: the generated config does not pass weir check (please report):");
         for p in problems {

@@ -1,4 +1,9 @@
-//! Gateway API HTTPRoutes → weir routes.
+//! Gateway API HTTPRoutes and GRPCRoutes → weir routes.
+//!
+//! A GRPCRoute is read as the HTTPRoute it amounts to (GEP-1016): a method
+//! match with service and method is the exact path `/service/method`, one
+//! with the service alone the prefix `/service`; its backends speak HTTP/2
+//! (`h2c`, or `h2` with a BackendTLSPolicy; see `wire`).
 //!
 //! An HTTPRoute rule sends requests that fit one of its `matches` to its
 //! `backendRefs` by weight. weir's route splits one path between two
@@ -15,8 +20,11 @@
 
 use super::{Backend, Imported, Skipped, config_text, dns_label, q, token, valid_host};
 use serde_json::Value;
+
+mod wire;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use wire::{Cluster, Found};
 
 /// One `matches[]` entry of a rule, with the rule's backends.
 #[derive(Debug, Clone)]
@@ -40,11 +48,15 @@ struct Group {
     conditional: Vec<Match>,
 }
 
-/// Import every HTTPRoute in `objects`.
+/// Import every HTTPRoute and GRPCRoute in `objects` (with the Services
+/// and BackendTLSPolicies there, for how to speak to each backend).
 pub fn import(objects: &[Value]) -> Imported {
     let mut skipped = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
-    let mut routes: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "HTTPRoute").collect();
+    let cluster = Cluster::of(objects);
+    let mut found = Found::default();
+    let mut routes: Vec<&Value> =
+        objects.iter().filter(|o| o["kind"] == "HTTPRoute" || o["kind"] == "GRPCRoute").collect();
     // Oldest first, then by namespace/name: the Gateway API's tie-break.
     routes.sort_by_key(|o| {
         (
@@ -54,15 +66,25 @@ pub fn import(objects: &[Value]) -> Imported {
         )
     });
     for o in routes {
-        read_route(o, &mut groups, &mut skipped);
+        read_route(o, &mut groups, &mut skipped, (&cluster, &mut found));
     }
-    write(groups, skipped)
+    skipped.append(&mut found.notes);
+    let mut imported = write(groups, skipped);
+    imported.files = found.files;
+    imported
 }
 
-fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
+fn read_route(
+    o: &Value,
+    groups: &mut Vec<Group>,
+    skipped: &mut Vec<Skipped>,
+    (cluster, found): (&Cluster<'_>, &mut Found),
+) {
     let ns = o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
     let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    let id = format!("HTTPRoute {ns}/{name}");
+    let kind = o["kind"].as_str().unwrap_or("HTTPRoute");
+    let grpc = kind == "GRPCRoute";
+    let id = format!("{kind} {ns}/{name}");
     let skip =
         |skipped: &mut Vec<Skipped>, what: String, why: String| skipped.push(Skipped { object: id.clone(), what, why });
     let mut hosts = Vec::new();
@@ -77,7 +99,11 @@ fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
     }
     for (ri, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
         let at = format!("spec.rules[{ri}]");
-        let backends = backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped);
+        let mut backends = backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped);
+        if let Err(why) = resolve_wires(backends.iter_mut().map(|(b, _)| b), kind, (cluster, &mut *found)) {
+            skip(skipped, at.clone(), format!("{why}; rule not imported"));
+            continue;
+        }
         if backends.is_empty() {
             skip(
                 skipped,
@@ -99,6 +125,16 @@ fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
                         (None, Some(n)) => n * 100.0 / m["fraction"]["denominator"].as_f64().unwrap_or(100.0).max(1.0),
                         (None, None) => 100.0,
                     };
+                    let b = b.and_then(|mut b| match cluster.wire(&b, kind, found) {
+                        Ok(w) => {
+                            b.wire = w;
+                            Some(b)
+                        }
+                        Err(why) => {
+                            skip(skipped, fat.clone(), format!("mirror: {why}"));
+                            None
+                        }
+                    });
                     match b {
                         Some(b) if mirror.is_none() => {
                             mirror = Some((b, (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0))
@@ -122,22 +158,34 @@ fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
         let matches = if matches.is_empty() { vec![serde_json::json!({})] } else { matches };
         for (mi, m) in matches.iter().enumerate() {
             let mat = format!("{at}.matches[{mi}]");
-            let (exact, path) = match (
-                m["path"]["type"].as_str().unwrap_or("PathPrefix"),
-                m["path"]["value"].as_str().unwrap_or("/"),
-            ) {
-                (_, v) if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
-                    skip(skipped, format!("{mat}.path"), format!("{v:?} is not a path"));
-                    continue;
+            let method_path = if grpc {
+                match grpc_method_path(&m["method"]) {
+                    Ok(p) => Some(p),
+                    Err(why) => {
+                        skip(skipped, format!("{mat}.method"), why);
+                        continue;
+                    }
                 }
-                ("Exact", v) => (true, v.to_owned()),
-                ("PathPrefix", v) => (false, v.to_owned()),
-                (t, _) => {
-                    skip(skipped, format!("{mat}.path"), format!("path type {t} is not translated"));
-                    continue;
+            } else {
+                None
+            };
+            let (exact, path) = if let Some(p) = method_path {
+                p
+            } else {
+                match (m["path"]["type"].as_str().unwrap_or("PathPrefix"), m["path"]["value"].as_str().unwrap_or("/")) {
+                    (_, v) if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
+                        skip(skipped, format!("{mat}.path"), format!("{v:?} is not a path"));
+                        continue;
+                    }
+                    ("Exact", v) => (true, v.to_owned()),
+                    ("PathPrefix", v) => (false, v.to_owned()),
+                    (t, _) => {
+                        skip(skipped, format!("{mat}.path"), format!("path type {t} is not translated"));
+                        continue;
+                    }
                 }
             };
-            if !m["method"].is_null() {
+            if !grpc && !m["method"].is_null() {
                 skip(skipped, format!("{mat}.method"), "weir routes do not match methods".into());
                 continue;
             }
@@ -222,6 +270,45 @@ fn read_route(o: &Value, groups: &mut Vec<Group>, skipped: &mut Vec<Skipped>) {
     }
 }
 
+/// A GRPCRoute method match as a path (GEP-1016): service and method →
+/// exactly `/service/method`; the service alone → the prefix `/service`;
+/// no method match → every path.
+fn grpc_method_path(m: &Value) -> Result<(bool, String), String> {
+    if m.is_null() {
+        return Ok((false, "/".into()));
+    }
+    if m["type"].as_str().is_some_and(|t| t != "Exact") {
+        return Err(format!(
+            "method match type {} is not translated (weir matches paths exactly or by prefix)",
+            m["type"]
+        ));
+    }
+    // Names as protobuf writes them; anything else could not be in a path.
+    let name = |s: &str, dots: bool| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+    };
+    match (m["service"].as_str(), m["method"].as_str()) {
+        (Some(s), Some(me)) if name(s, true) && name(me, false) => Ok((true, format!("/{s}/{me}"))),
+        (Some(s), None) if name(s, true) => Ok((false, format!("/{s}"))),
+        (None, Some(_)) => Err("a method without its service matches every service's method: not translated".into()),
+        (None, None) => Ok((false, "/".into())),
+        _ => Err(format!("{m} is not a service and method name")),
+    }
+}
+
+/// Each backend's wire (protocol, TLS); the first that weir cannot reach
+/// as the Gateway would fails the rule.
+fn resolve_wires<'b>(
+    backends: impl Iterator<Item = &'b mut Backend>,
+    kind: &str,
+    (cluster, found): (&Cluster<'_>, &mut Found),
+) -> Result<(), String> {
+    for b in backends {
+        b.wire = cluster.wire(b, kind, found)?;
+    }
+    Ok(())
+}
+
 fn backends_of(b: &Value, ns: &str) -> Option<Backend> {
     if b["kind"].as_str().is_some_and(|k| k != "Service") || b["group"].as_str().is_some_and(|g| !g.is_empty()) {
         return None;
@@ -229,7 +316,12 @@ fn backends_of(b: &Value, ns: &str) -> Option<Backend> {
     let service = b["name"].as_str().filter(|s| dns_label(s))?;
     let ns = b["namespace"].as_str().unwrap_or(ns);
     let port = u16::try_from(b["port"].as_u64()?).ok().filter(|p| *p > 0)?;
-    dns_label(ns).then(|| Backend { ns: ns.to_owned(), service: service.to_owned(), port })
+    dns_label(ns).then(|| Backend {
+        ns: ns.to_owned(),
+        service: service.to_owned(),
+        port,
+        wire: super::Wire::default(),
+    })
 }
 
 fn backends(refs: &Value, ns: &str, at: &str, id: &str, skipped: &mut Vec<Skipped>) -> Vec<(Backend, u64)> {
@@ -393,14 +485,15 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
         }
     }
     let header = [
-        "Imported from Gateway API HTTPRoutes by `weir import gateway-api`.",
+        "Imported from Gateway API HTTPRoutes and GRPCRoutes by `weir import gateway-api`.",
         "Check it with `weir check -c FILE`; set listen and admin for your deployment.",
         "",
         "What weir does differently from a Gateway:",
         "- parentRefs are not read: every route is served on weir's listeners;",
         "- a path's rules with header/query matches become segments of the rule without them;",
-        "- RegularExpression header matches use Rust `regex` syntax, matched whole.",
+        "- RegularExpression header matches use Rust `regex` syntax, matched whole;",
+        "- a GRPCRoute method match is a path: /service/method exactly, or the prefix /service.",
     ];
     let out = config_text(&header, &upstreams, &std::collections::BTreeMap::new(), &body);
-    Imported { yaml: out, routes: count, skipped }
+    Imported { yaml: out, routes: count, skipped, files: Vec::new() }
 }

@@ -23,7 +23,7 @@
 //! location (exact first, then the longest prefix), hosts before rules
 //! without a host.
 
-use super::{Backend, Imported, Skipped, dns_label, valid_host};
+use super::{Backend, Imported, Skipped, TlsOut, Wire, dns_label, valid_host};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -45,8 +45,8 @@ const CANARY_KEYS: [&str; 8] = [
 ];
 
 /// Annotations of a primary Ingress that are translated.
-const PRIMARY_KEYS: [&str; 5] =
-    ["mirror-target", "mirror-request-body", "mirror-host", "affinity", "session-cookie-name"];
+const PRIMARY_KEYS: [&str; 6] =
+    ["mirror-target", "mirror-request-body", "mirror-host", "affinity", "session-cookie-name", "backend-protocol"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PathType {
@@ -118,7 +118,11 @@ pub fn import(objects: &[Value], class: &str) -> Imported {
     let (primaries, canaries): (Vec<&Ingress>, Vec<&Ingress>) = ingresses.iter().partition(|i| !i.is_canary());
     let mut routes = Vec::new();
     for p in &primaries {
-        note_unused(p, &PRIMARY_KEYS, "not translated", &mut skipped);
+        note_proxy_ssl(p, &mut skipped);
+        let translated_or_noted = |k: &&String| PRIMARY_KEYS.contains(&k.as_str()) || k.starts_with("proxy-ssl-");
+        for k in p.ann.keys().filter(|k| !translated_or_noted(k)) {
+            skipped.push(Skipped { object: p.id(), what: format!("{ANN}{k}"), why: "not translated".into() });
+        }
         for r in &p.rules {
             routes.push(Planned { primary: p, rule: r, canary: None });
         }
@@ -220,6 +224,14 @@ fn read_ingress(
             ann.insert(short.to_owned(), v);
         }
     }
+    // A canary Ingress's own backend-protocol is ignored (ingress-nginx
+    // keeps the primary's location); its Service gets the primary's wire
+    // when the two are paired.
+    let wire = if ann.get("canary").is_some_and(|v| v == "true") {
+        Wire::default()
+    } else {
+        backend_wire(&ann, &id, skipped)?
+    };
     let backend_of = |b: &Value, what: &str, skipped: &mut Vec<Skipped>| -> Option<Backend> {
         let svc = &b["service"];
         if !dns_label(&ns) {
@@ -257,7 +269,7 @@ fn read_ingress(
             skipped.push(Skipped { object: id.clone(), what: what.into(), why: "backend without a valid port".into() });
             return None;
         };
-        Some(Backend { ns: ns.clone(), service: service.to_owned(), port })
+        Some(Backend { ns: ns.clone(), service: service.to_owned(), port, wire: wire.clone() })
     };
     let mut rules = Vec::new();
     for (i, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
@@ -308,6 +320,77 @@ fn read_ingress(
         });
     }
     Some(Ingress { ns, name, ann, rules })
+}
+
+/// How weir speaks to the Services of a primary Ingress, from
+/// `backend-protocol` (ingress-nginx: case-insensitive, HTTP when absent or
+/// not one it knows). None: the protocol is one weir cannot speak yet, and
+/// the Ingress is not imported (its routes would send plain HTTP/1.1 to a
+/// port that expects something else).
+fn backend_wire(ann: &BTreeMap<String, String>, id: &str, skipped: &mut Vec<Skipped>) -> Option<Wire> {
+    let Some(raw) = ann.get("backend-protocol") else { return Some(Wire::default()) };
+    let what = format!("{ANN}backend-protocol");
+    match raw.trim().to_ascii_uppercase().as_str() {
+        "HTTP" => Some(Wire::default()),
+        // grpc_pass grpc://: HTTP/2 with prior knowledge.
+        "GRPC" => Some(Wire { protocol: Some("h2c"), tls: None }),
+        // grpc_pass grpcs://: ingress-nginx sets no grpc_ssl_verify, so
+        // nginx does not verify the upstream's certificate; weir does the
+        // same, explicitly (and `weir check` warns about it).
+        "GRPCS" => {
+            skipped.push(Skipped {
+                object: id.to_owned(),
+                what,
+                why: "GRPCS: imported as protocol h2 with insecure_skip_verify, as ingress-nginx does not verify \
+                      either; give the upstream a tls.ca_file and server_name to verify it"
+                    .into(),
+            });
+            Some(Wire { protocol: Some("h2"), tls: Some(TlsOut { insecure_skip_verify: true, ..TlsOut::default() }) })
+        }
+        "HTTPS" => {
+            skipped.push(Skipped {
+                object: id.to_owned(),
+                what,
+                why: "HTTPS: weir does not speak HTTP/1.1 over TLS to upstreams yet; Ingress not imported".into(),
+            });
+            None
+        }
+        other @ ("AUTO_HTTP" | "FCGI") => {
+            skipped.push(Skipped {
+                object: id.to_owned(),
+                what,
+                why: format!("{other}: not a protocol weir speaks to upstreams; Ingress not imported"),
+            });
+            None
+        }
+        other => {
+            skipped.push(Skipped {
+                object: id.to_owned(),
+                what,
+                why: format!(
+                    "{other:?} is not a backend protocol; imported as HTTP, which ingress-nginx uses then too"
+                ),
+            });
+            Some(Wire::default())
+        }
+    }
+}
+
+/// `proxy-ssl-*` configures TLS to `backend-protocol: HTTPS` upstreams
+/// only: ingress-nginx never applies it to gRPC (no `grpc_ssl_*`), and over
+/// plain HTTP it changes nothing. An Ingress with HTTPS is not imported
+/// (see `backend_wire`), so here each one is listed with what it did.
+fn note_proxy_ssl(i: &Ingress, skipped: &mut Vec<Skipped>) {
+    let protocol = i.ann("backend-protocol").map(|p| p.trim().to_ascii_uppercase());
+    let why = match protocol.as_deref() {
+        Some("GRPCS" | "GRPC") => {
+            "ingress-nginx does not apply proxy-ssl-* to gRPC upstreams either; nothing to translate"
+        }
+        _ => "changes nothing without backend-protocol HTTPS (which is not imported); nothing to translate",
+    };
+    for k in i.ann.keys().filter(|k| k.starts_with("proxy-ssl-")) {
+        skipped.push(Skipped { object: i.id(), what: format!("{ANN}{k}"), why: why.into() });
+    }
 }
 
 /// List the annotations of `i` that are not among `used`.

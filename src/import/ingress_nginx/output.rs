@@ -57,8 +57,10 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
         }
         let _ = writeln!(body, "    stable: {{upstream: {}}}", q(&r.backend.upstream()));
         if let Some((c, cr)) = p.canary {
+            // The canary's Service is spoken to as the primary's location says.
+            let cr = Rule { backend: Backend { wire: r.backend.wire.clone(), ..cr.backend.clone() }, ..cr.clone() };
             upstreams.insert(cr.backend.clone());
-            write_canary(&mut body, c, cr, &mut skipped);
+            write_canary(&mut body, c, &cr, &mut skipped);
         }
         write_affinity(&mut body, p, &mut skipped);
         write_mirror(&mut body, p.primary, &mut mirrors, &mut skipped);
@@ -76,7 +78,7 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
         "- weir judges the canary and can roll it back by itself once `analysis` is added to a route.",
     ];
     let out = config_text(&header, &upstreams, &mirrors, &body);
-    Imported { yaml: out, routes: count, skipped }
+    Imported { yaml: out, routes: count, skipped, files: Vec::new() }
 }
 
 fn write_canary(body: &mut String, c: &Ingress, cr: &Rule, skipped: &mut Vec<Skipped>) {
