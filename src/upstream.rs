@@ -287,7 +287,7 @@ impl Upstream {
             let opened = match self.spec.protocol {
                 Protocol::Http1 => match ep.checkout() {
                     Some(wire) => Ok((Link::H1(wire), true)),
-                    None => ep.connect(self.spec.connect_timeout).await.map(|w| (Link::H1(w), false)),
+                    None => self.connect_h1(&ep).await.map(|w| (Link::H1(w), false)),
                 },
                 Protocol::H2c | Protocol::H2 => match ep.h2.checkout() {
                     Some(c) => Ok((Link::H2(c), true)),
@@ -301,6 +301,29 @@ impl Upstream {
                     last = Some(e);
                 }
             }
+        }
+    }
+
+    /// A new HTTP/1.1 connection to `ep`: TCP, and with `tls` the TLS
+    /// handshake (ALPN `http/1.1`), both within `connect_timeout`. A failed
+    /// handshake (unknown CA, wrong name, no client certificate where one
+    /// is required) is a connect failure, like a refused connection.
+    async fn connect_h1(&self, ep: &Endpoint) -> Result<wire::Connection, UpstreamError> {
+        let Some(tls) = &self.spec.tls else { return ep.connect(self.spec.connect_timeout).await };
+        let open = async {
+            let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
+                .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+            let s = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+                .connect(server, stream)
+                .await
+                .map_err(UpstreamError::Connect)?;
+            Ok(wire::Connection::new(wire::Stream::Tls(Box::new(s))))
+        };
+        match tokio::time::timeout(self.spec.connect_timeout, open).await {
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+            Ok(r) => r,
         }
     }
 
@@ -405,7 +428,7 @@ impl Upstream {
                     if reused && (unsent || idempotent(&parts.method)) =>
                 {
                     // The idle connection died under us: once more on a fresh one.
-                    wire = endpoint.connect(self.spec.connect_timeout).await?;
+                    wire = self.connect_h1(&endpoint).await?;
                     wire::exchange(&mut wire, &head, &parts.method, deadlines).await
                 }
                 other => other,

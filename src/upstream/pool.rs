@@ -218,7 +218,7 @@ impl Endpoint {
 
     /// May this idle connection carry the next request? Asks the kernel
     /// (one `recv` with `MSG_PEEK`): reused only when nothing is waiting.
-    fn usable(&self, idle: &Idle) -> bool {
+    fn usable(&self, idle: &mut Idle) -> bool {
         if idle.since.elapsed() > self.idle_timeout {
             return false;
         }
@@ -240,9 +240,9 @@ impl Endpoint {
         for k in 0..n {
             let Some(shard) = self.idle.get((first + k) % n) else { continue };
             loop {
-                let Some(idle) = shard.lock().ok().and_then(|mut s| s.pop()) else { break };
+                let Some(mut idle) = shard.lock().ok().and_then(|mut s| s.pop()) else { break };
                 // Checked outside the lock: a system call, and maybe a log line.
-                if self.usable(&idle) {
+                if self.usable(&mut idle) {
                     return Some(idle.wire);
                 }
             }
@@ -259,7 +259,7 @@ impl Endpoint {
         for shard in self.idle.iter() {
             let Ok(mut stack) = shard.lock() else { continue };
             let before = stack.len();
-            stack.retain(|c| self.usable(c));
+            stack.retain_mut(|c| self.usable(c));
             dropped += before - stack.len();
         }
         dropped
@@ -296,7 +296,7 @@ impl Endpoint {
         };
         // Small request/response exchanges: do not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        Ok(Connection::new(stream))
+        Ok(Connection::new(super::wire::Stream::Tcp(stream)))
     }
 }
 

@@ -15,6 +15,9 @@
 //! end the connection. The response is read while the request body is still
 //! being sent, so an upstream that answers early (413, 401) is heard.
 //! WebSocket handshakes do not come here (hyper's client does the upgrade).
+//!
+//! The socket is plain TCP or TLS over TCP (`Stream`); the exchange is the
+//! same on both, and the reuse checks look at the TCP socket under either.
 
 use super::error::BoxError;
 use bytes::{Bytes, BytesMut};
@@ -22,10 +25,78 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::Body;
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+/// The socket under an HTTP/1.1 upstream connection.
+pub enum Stream {
+    Tcp(TcpStream),
+    /// `upstreams.X.tls` with protocol http1 (ALPN `http/1.1`).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket itself (under TLS too).
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Largest response head accepted (status line and headers).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -63,25 +134,25 @@ pub struct Connection {
 }
 
 enum Io {
-    Whole(TcpStream),
+    Whole(Stream),
     /// Only the read side: the write side is still uploading the request
     /// body in its own task (the upstream answered early). Never pooled.
     /// Dropping it (the response has ended, or was abandoned) tells that
     /// task through the sender's drop (see `exchange_streaming`).
     Read {
-        half: tokio::net::tcp::OwnedReadHalf,
+        half: Box<dyn AsyncRead + Send + Unpin>,
         _answered: tokio::sync::oneshot::Sender<()>,
     },
 }
 
 impl Connection {
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: Stream) -> Self {
         Self { io: Io::Whole(io), buf: BytesMut::new() }
     }
 
     /// The socket, for handing over to hyper (WebSocket handshakes). Only
     /// idle connections are handed over, and they hold no unread bytes.
-    pub fn into_io(self) -> Option<TcpStream> {
+    pub fn into_io(self) -> Option<Stream> {
         match self.io {
             Io::Whole(s) => Some(s),
             Io::Read { .. } => None,
@@ -99,12 +170,12 @@ impl Connection {
     /// readable, so bytes that arrived but were not yet reported would be
     /// missed, and the next request would read them as its answer
     /// (docs/upstream-client.md, "When a connection may be reused").
-    pub fn idle_state(&self) -> IdleState {
+    pub fn idle_state(&mut self) -> IdleState {
         if !self.buf.is_empty() {
             return IdleState::Unsolicited(self.buf.len());
         }
-        let Io::Whole(io) = &self.io else { return IdleState::Closed };
-        peek(io)
+        let Io::Whole(io) = &mut self.io else { return IdleState::Closed };
+        peek_stream(io)
     }
 
     /// Send the ACK for what was read now, not after the delayed-ACK timer
@@ -116,7 +187,7 @@ impl Connection {
     /// idle, where `idle_state` sees it.
     pub fn ack_now(&self) {
         if let Io::Whole(io) = &self.io {
-            let _ = socket2::SockRef::from(io).set_tcp_quickack(true);
+            let _ = socket2::SockRef::from(io.tcp()).set_tcp_quickack(true);
         }
     }
 
@@ -136,7 +207,7 @@ impl Connection {
             self.buf.reserve(want);
         }
         match &mut self.io {
-            Io::Whole(io) => loop {
+            Io::Whole(Stream::Tcp(io)) => loop {
                 std::task::ready!(io.poll_read_ready(cx))?;
                 match io.try_read_buf(&mut self.buf) {
                     Ok(n) => return Poll::Ready(Ok(n)),
@@ -144,8 +215,65 @@ impl Connection {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            Io::Read { half, .. } => tokio_util::io::poll_read_buf(std::pin::Pin::new(half), cx, &mut self.buf),
+            Io::Whole(Stream::Tls(io)) => tokio_util::io::poll_read_buf(Pin::new(&mut **io), cx, &mut self.buf),
+            Io::Read { half, .. } => tokio_util::io::poll_read_buf(Pin::new(half), cx, &mut self.buf),
         }
+    }
+}
+
+/// What waits unread on a connection. Under TLS the records waiting on
+/// the socket are read into rustls and processed now (a session ticket or
+/// key update is not an answer; a close_notify closes): only application
+/// data no request asked for is unsolicited.
+fn peek_stream(io: &mut Stream) -> IdleState {
+    match io {
+        Stream::Tcp(s) => peek(s),
+        Stream::Tls(s) => match peek(s.get_ref().0) {
+            IdleState::Quiet => tls_pending(s.get_ref().1),
+            IdleState::Closed => IdleState::Closed,
+            IdleState::Unsolicited(_) => settle_tls(s),
+        },
+    }
+}
+
+/// What rustls already holds: plaintext nobody read, or a close_notify.
+fn tls_pending(conn: &rustls::ClientConnection) -> IdleState {
+    if conn.wants_read() { IdleState::Quiet } else { IdleState::Closed }
+}
+
+/// Read the TLS records waiting on the socket into rustls without
+/// blocking (a `recv` on the socket itself: tokio's `try_read` would not
+/// look unless the reactor has reported it readable) and process them.
+fn settle_tls(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> IdleState {
+    use std::io::Read as _;
+    let (tcp, conn) = s.get_mut();
+    let sock = socket2::SockRef::from(&*tcp);
+    // Bounded: an idle connection holds a few records at most.
+    for _ in 0..16 {
+        let mut reader = |buf: &mut [u8]| (&*sock).read(buf);
+        match conn.read_tls(&mut FnReader(&mut reader)) {
+            Ok(0) => return IdleState::Closed,
+            Ok(_) => match conn.process_new_packets() {
+                Err(_) => return IdleState::Closed,
+                Ok(state) if state.plaintext_bytes_to_read() > 0 => {
+                    return IdleState::Unsolicited(state.plaintext_bytes_to_read());
+                }
+                Ok(state) if state.peer_has_closed() => return IdleState::Closed,
+                Ok(_) => {}
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return tls_pending(conn),
+            Err(_) => return IdleState::Closed,
+        }
+    }
+    IdleState::Closed
+}
+
+/// `std::io::Read` from a closure (for rustls's `read_tls`).
+struct FnReader<'a, F: FnMut(&mut [u8]) -> io::Result<usize>>(&'a mut F);
+
+impl<F: FnMut(&mut [u8]) -> io::Result<usize>> std::io::Read for FnReader<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (self.0)(buf)
     }
 }
 
@@ -283,7 +411,26 @@ pub async fn exchange(
     let Io::Whole(io) = io else {
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
-    let (mut rd, mut wr) = io.split();
+    match io {
+        Stream::Tcp(s) => {
+            let (rd, wr) = s.split();
+            exchange_on((rd, wr), buf, head, method, deadlines).await
+        }
+        Stream::Tls(s) => {
+            let (rd, wr) = tokio::io::split(&mut **s);
+            exchange_on((rd, wr), buf, head, method, deadlines).await
+        }
+    }
+}
+
+/// `exchange` on the two halves of the socket.
+async fn exchange_on(
+    (mut rd, mut wr): (impl AsyncRead + Unpin, impl AsyncWrite + Unpin),
+    buf: &mut BytesMut,
+    head: &[u8],
+    method: &Method,
+    deadlines: Deadlines,
+) -> Result<(Head, bool), ExchangeError> {
     let send = stalls(deadlines.upload, wr.write_all(head));
     let recv = read_head(&mut rd, buf, method);
     let timer = tokio::time::sleep(deadlines.head);
@@ -331,7 +478,7 @@ pub async fn exchange_streaming(
     deadlines: Deadlines,
     leftover: Leftover,
 ) -> Result<(Head, Connection, bool), ExchangeError> {
-    let Connection { io, mut buf } = wire;
+    let Connection { io, buf } = wire;
     let Io::Whole(io) = io else {
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
@@ -342,19 +489,53 @@ pub async fn exchange_streaming(
     // look again right before the head is written (no await between).
     let mut trailers = None;
     let first = first_piece(&mut body, &mut trailers).await?;
-    if let IdleState::Unsolicited(n) = peek(&io) {
+    let mut io = io;
+    if let IdleState::Unsolicited(n) = peek_stream(&mut io) {
         return Err(ExchangeError::Unsolicited(n));
     }
-    let (mut rd, wr) = io.into_split();
+    let upload = (head, first, body, (framing, trailers), leftover);
+    match io {
+        Stream::Tcp(s) => {
+            let (rd, wr) = s.into_split();
+            let reunite = |rd: tokio::net::tcp::OwnedReadHalf, wr| rd.reunite(wr).ok().map(Stream::Tcp);
+            streaming_on((rd, wr), reunite, buf, upload, method, deadlines).await
+        }
+        tls @ Stream::Tls(_) => {
+            let (rd, wr) = tokio::io::split(tls);
+            let reunite = |rd: tokio::io::ReadHalf<Stream>, wr| rd.is_pair_of(&wr).then(|| rd.unsplit(wr));
+            streaming_on((rd, wr), reunite, buf, upload, method, deadlines).await
+        }
+    }
+}
+
+/// What `exchange_streaming` uploads: the head, the body's first piece and
+/// the rest, its framing and trailers, and what to do with leftovers.
+type Upload<B> = (Vec<u8>, Option<Bytes>, B, (ReqFraming, Option<http::HeaderMap>), Leftover);
+
+/// `exchange_streaming` on the two halves of the socket; `reunite` puts a
+/// fully sent connection back together.
+async fn streaming_on<R, W, B>(
+    (mut rd, wr): (R, W),
+    reunite: impl FnOnce(R, W) -> Option<Stream>,
+    mut buf: BytesMut,
+    (head, first, body, framing, leftover): Upload<B>,
+    method: &Method,
+    deadlines: Deadlines,
+) -> Result<(Head, Connection, bool), ExchangeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    B: ReqBodyLike + Send + 'static,
+{
     // Fires (by the sender being dropped) when the answer's body has ended
     // or was dropped: the sender goes with the read side (`Io::Read`) when
     // the upstream answers early, and is dropped with this function otherwise.
     let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
     let pace = Pace { limit: deadlines.upload, answered: Some(answered) };
-    let mut upload = Box::pin(upload::run(wr, head, first, body, (framing, trailers), pace, leftover));
+    let mut upload = Box::pin(upload::run(wr, head, first, body, framing, pace, leftover));
     let timer = tokio::time::sleep(deadlines.head);
     tokio::pin!(timer);
-    let mut sent_all: Option<tokio::net::tcp::OwnedWriteHalf> = None;
+    let mut sent_all: Option<W> = None;
     let mut request_ended = false;
     let mut write_failed: Option<io::Error> = None;
     let answer = {
@@ -385,7 +566,7 @@ pub async fn exchange_streaming(
         Err(e) => return Err(e),
     };
     if let Some(wr) = sent_all {
-        let io = rd.reunite(wr).map_err(|_| ExchangeError::Protocol("socket halves do not match".into()))?;
+        let io = reunite(rd, wr).ok_or_else(|| ExchangeError::Protocol("socket halves do not match".into()))?;
         return Ok((head, Connection { io: Io::Whole(io), buf }, true));
     }
     if !request_ended {
@@ -398,7 +579,7 @@ pub async fn exchange_streaming(
             }
         });
     }
-    Ok((head, Connection { io: Io::Read { half: rd, _answered: answered_tx }, buf }, false))
+    Ok((head, Connection { io: Io::Read { half: Box::new(rd), _answered: answered_tx }, buf }, false))
 }
 
 /// The body's first piece, read before the head is written (see

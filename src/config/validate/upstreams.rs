@@ -76,10 +76,16 @@ fn compile_upstream(
     match (protocol, u.tls.is_some()) {
         (Protocol::H2, false) => p.at(format!("{path}.tls"), "protocol h2 is HTTP/2 over TLS: give `tls` (or use h2c)"),
         (Protocol::H2c, true) => p.at(format!("{path}.tls"), "h2c is HTTP/2 without TLS: use protocol h2 with `tls`"),
-        (Protocol::Http1, true) => {
-            p.at(format!("{path}.tls"), "TLS to HTTP/1.1 upstreams is not built yet; use protocol h2 with `tls`")
-        }
         _ => {}
+    }
+    // The active check is a GET in HTTP/1.1 over plain TCP: against an
+    // HTTP/2-only or TLS port it would fail every time and eject every
+    // endpoint. Refused rather than silently wrong.
+    if u.health.as_ref().is_some_and(|h| h.active.is_some()) && (protocol != Protocol::Http1 || u.tls.is_some()) {
+        p.at(
+            format!("{path}.health.active"),
+            "active checks speak HTTP/1.1 in clear text; with h2c, h2 or tls use passive health only (not built yet)",
+        );
     }
     UpstreamSpec {
         name: Arc::from(name),

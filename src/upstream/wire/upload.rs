@@ -9,8 +9,7 @@ use super::{ExchangeError, ReqBodyLike, ReqFraming};
 use bytes::Bytes;
 use std::io;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// What becomes of a request body the upstream no longer needs: its
 /// response has ended before the body did, or the upstream stopped
@@ -30,15 +29,15 @@ pub enum Leftover {
 /// the first piece of body, then the rest as the upstream takes it; when
 /// the upstream stops taking it, what is left is drained or reset as
 /// `leftover` says. Returns the write half and how the upload ended.
-pub(super) async fn run(
-    mut wr: OwnedWriteHalf,
+pub(super) async fn run<W: AsyncWrite + Unpin>(
+    mut wr: W,
     head: Vec<u8>,
     first: Option<Bytes>,
     mut body: impl ReqBodyLike,
     (framing, trailers): (ReqFraming, Option<http::HeaderMap>),
     mut pace: Pace,
     leftover: Leftover,
-) -> (OwnedWriteHalf, Result<(), Sent>) {
+) -> (W, Result<(), Sent>) {
     let sent = send_body(&mut wr, &head, (first, trailers), &mut body, framing, &mut pace).await;
     if matches!(sent, Err(Sent::Io(_) | Sent::Answered)) {
         // The upstream stopped taking the body; it may have answered
