@@ -91,9 +91,9 @@ async fn grpc_route_method_matches_route_real_calls_as_the_conformance_suite_exp
     assert!(chat["details"].as_str().unwrap_or("").starts_with("weir:"), "{chat}");
 }
 
-/// Method-only and regular-expression method matches, an appProtocol weir
-/// cannot speak, and TLS to an HTTP/1.1 backend are listed, each with the
-/// rule it keeps out.
+/// Method-only and regular-expression method matches and an appProtocol
+/// weir cannot speak are listed, each with the rule it keeps out; an
+/// HTTP/1.1 backend with a BackendTLSPolicy is HTTP/1.1 over TLS.
 #[test]
 fn grpc_route_and_backend_shapes_weir_cannot_carry_are_listed() {
     let route = json!({
@@ -124,8 +124,14 @@ fn grpc_route_and_backend_shapes_weir_cannot_carry_are_listed() {
         has("GRPCRoute ns/r: spec.rules[2]: Service ns/wss port 80 has appProtocol \"kubernetes.io/wss\""),
         "{listed:#?}"
     );
-    assert!(has("HTTPRoute ns/h: spec.rules[0]: BackendTLSPolicy ns/p: TLS to an HTTP/1.1 upstream"), "{listed:#?}");
-    assert_eq!(imported.routes, 0, "{}", imported.yaml);
+    // An HTTP/1.1 backend with a BackendTLSPolicy: HTTP/1.1 over TLS.
+    assert!(
+        imported.yaml.contains("\"plain-ns-80-http1-tls\": {endpoints: [\"plain.ns.svc.cluster.local:80\"], tls: {server_name: \"plain.example\"}}"),
+        "{}",
+        imported.yaml
+    );
+    assert!(has("BackendTLSPolicy ns/p: spec.validation.wellKnownCACertificates: System"), "{listed:#?}");
+    assert_eq!(imported.routes, 1, "{}", imported.yaml);
     weir::import::check(&imported, Path::new(".")).unwrap();
 }
 
@@ -250,21 +256,41 @@ async fn an_ingress_with_backend_protocol_grpc_carries_real_calls() {
 /// What ingress-nginx does with the other protocols and with proxy-ssl-*,
 /// from its own source and e2e tests (annotations/backendprotocol.go,
 /// proxyssl.go): GRPCS is `grpc_pass grpcs://` without verification;
-/// HTTPS, AUTO_HTTP and FCGI are protocols weir does not speak to
-/// upstreams (the Ingress is left out, listed); an unknown value is HTTP;
-/// proxy-ssl-* is never applied to gRPC and changes nothing over HTTP.
+/// HTTPS is `proxy_pass https://`, verified only with proxy-ssl-secret and
+/// proxy-ssl-verify on (against proxy-ssl-name); AUTO_HTTP and FCGI are
+/// protocols weir does not speak to upstreams (the Ingress is left out,
+/// listed); an unknown value is HTTP; proxy-ssl-* is never applied to gRPC.
 #[test]
 fn ingress_backend_protocols_and_proxy_ssl_translate_as_ingress_nginx_applies_them() {
     let input = vec![
         ingress("secure-grpc", &[("backend-protocol", "GRPCS"), ("proxy-ssl-verify", "on")], "g", 443),
         ingress("https", &[("backend-protocol", "HTTPS"), ("proxy-ssl-secret", "games/ca")], "h", 443),
+        ingress(
+            "verified",
+            &[
+                ("backend-protocol", "https"),
+                ("proxy-ssl-secret", "games/upstream-ca"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-name", "api.internal"),
+                ("proxy-ssl-protocols", "TLSv1.3"),
+            ],
+            "v",
+            8443,
+        ),
+        ingress(
+            "elsewhere",
+            &[("backend-protocol", "HTTPS"), ("proxy-ssl-secret", "other/ca"), ("proxy-ssl-verify", "on")],
+            "e",
+            443,
+        ),
         ingress("fcgi", &[("backend-protocol", "FCGI")], "f", 9000),
         ingress("odd", &[("backend-protocol", "SPDY")], "o", 80),
     ];
     let imported = weir::import::ingress_nginx::import(&input, "nginx");
     let listed: Vec<String> = imported.skipped.iter().map(ToString::to_string).collect();
     let has = |what: &str| listed.iter().any(|s| s.contains(what));
-    assert!(imported.yaml.contains("\"g-games-443-h2-tls\": {endpoints: [\"g.games.svc.cluster.local:443\"], protocol: h2, tls: {insecure_skip_verify: true}}"), "{}", imported.yaml);
+    let yaml = &imported.yaml;
+    assert!(yaml.contains("\"g-games-443-h2-tls\": {endpoints: [\"g.games.svc.cluster.local:443\"], protocol: h2, tls: {insecure_skip_verify: true}}"), "{yaml}");
     assert!(
         has(
             "Ingress games/secure-grpc: nginx.ingress.kubernetes.io/backend-protocol: GRPCS: imported as protocol h2 with insecure_skip_verify"
@@ -277,9 +303,31 @@ fn ingress_backend_protocols_and_proxy_ssl_translate_as_ingress_nginx_applies_th
         ),
         "{listed:#?}"
     );
+    // HTTPS without verification on: not verified, as in nginx.
+    assert!(yaml.contains("\"h-games-443-http1-tls\": {endpoints: [\"h.games.svc.cluster.local:443\"], tls: {insecure_skip_verify: true}}"), "{yaml}");
     assert!(
         has(
-            "Ingress games/https: nginx.ingress.kubernetes.io/backend-protocol: HTTPS: weir does not speak HTTP/1.1 over TLS"
+            "Ingress games/https: nginx.ingress.kubernetes.io/backend-protocol: HTTPS without proxy-ssl-secret and proxy-ssl-verify on"
+        ),
+        "{listed:#?}"
+    );
+    // Verified: the Secret's CA (a file to provide) and proxy-ssl-name.
+    assert!(yaml.contains("\"v-games-8443-http1-tls\": {endpoints: [\"v.games.svc.cluster.local:8443\"], tls: {ca_file: \"ca/games/upstream-ca/ca.crt\", server_name: \"api.internal\"}}"), "{yaml}");
+    assert_eq!(imported.files, ["ca/games/upstream-ca/ca.crt"]);
+    assert!(
+        has(
+            "Ingress games/verified: nginx.ingress.kubernetes.io/proxy-ssl-secret: write Secret games/upstream-ca's ca.crt"
+        ),
+        "{listed:#?}"
+    );
+    assert!(
+        has("Ingress games/verified: nginx.ingress.kubernetes.io/proxy-ssl-protocols: not translated"),
+        "{listed:#?}"
+    );
+    assert!(!has("Ingress games/verified: nginx.ingress.kubernetes.io/proxy-ssl-name"), "{listed:#?}");
+    assert!(
+        has(
+            "Ingress games/elsewhere: nginx.ingress.kubernetes.io/proxy-ssl-secret: \"other/ca\": not a Secret of this namespace"
         ),
         "{listed:#?}"
     );
@@ -293,12 +341,8 @@ fn ingress_backend_protocols_and_proxy_ssl_translate_as_ingress_nginx_applies_th
         ),
         "{listed:#?}"
     );
-    assert!(!imported.yaml.contains("h.games.svc") && !imported.yaml.contains("f.games.svc"), "{}", imported.yaml);
-    assert!(
-        imported.yaml.contains("\"o-games-80\": {endpoints: [\"o.games.svc.cluster.local:80\"]}"),
-        "{}",
-        imported.yaml
-    );
-    assert_eq!(imported.routes, 2);
+    assert!(!yaml.contains("f.games.svc") && !yaml.contains("e.games.svc"), "{yaml}");
+    assert!(yaml.contains("\"o-games-80\": {endpoints: [\"o.games.svc.cluster.local:80\"]}"), "{yaml}");
+    assert_eq!(imported.routes, 4);
     weir::import::check(&imported, Path::new(".")).unwrap();
 }

@@ -110,8 +110,9 @@ pub fn import(objects: &[Value], class: &str) -> Imported {
     let mut skipped = Vec::new();
     let ports = service_ports(objects);
     let mut ingresses = Vec::new();
+    let mut files = Vec::new();
     for o in objects.iter().filter(|o| o["kind"] == "Ingress") {
-        if let Some(i) = read_ingress(o, class, &ports, &mut skipped) {
+        if let Some(i) = read_ingress(o, class, &ports, (&mut skipped, &mut files)) {
             ingresses.push(i);
         }
     }
@@ -155,7 +156,9 @@ pub fn import(objects: &[Value], class: &str) -> Imported {
         }
     }
     routes.sort_by_key(|a| order(a.rule));
-    write(&routes, skipped)
+    let mut imported = write(&routes, skipped);
+    imported.files = files;
+    imported
 }
 
 struct Planned<'a> {
@@ -197,7 +200,7 @@ fn read_ingress(
     o: &Value,
     class: &str,
     ports: &BTreeMap<(String, String, String), u16>,
-    skipped: &mut Vec<Skipped>,
+    (skipped, files): (&mut Vec<Skipped>, &mut Vec<String>),
 ) -> Option<Ingress> {
     let ns = o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
     let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
@@ -230,7 +233,7 @@ fn read_ingress(
     let wire = if ann.get("canary").is_some_and(|v| v == "true") {
         Wire::default()
     } else {
-        backend_wire(&ann, &id, skipped)?
+        backend_wire(&ann, &id, skipped, files)?
     };
     let backend_of = |b: &Value, what: &str, skipped: &mut Vec<Skipped>| -> Option<Backend> {
         let svc = &b["service"];
@@ -327,7 +330,12 @@ fn read_ingress(
 /// not one it knows). None: the protocol is one weir cannot speak yet, and
 /// the Ingress is not imported (its routes would send plain HTTP/1.1 to a
 /// port that expects something else).
-fn backend_wire(ann: &BTreeMap<String, String>, id: &str, skipped: &mut Vec<Skipped>) -> Option<Wire> {
+fn backend_wire(
+    ann: &BTreeMap<String, String>,
+    id: &str,
+    skipped: &mut Vec<Skipped>,
+    files: &mut Vec<String>,
+) -> Option<Wire> {
     let Some(raw) = ann.get("backend-protocol") else { return Some(Wire::default()) };
     let what = format!("{ANN}backend-protocol");
     match raw.trim().to_ascii_uppercase().as_str() {
@@ -347,14 +355,7 @@ fn backend_wire(ann: &BTreeMap<String, String>, id: &str, skipped: &mut Vec<Skip
             });
             Some(Wire { protocol: Some("h2"), tls: Some(TlsOut { insecure_skip_verify: true, ..TlsOut::default() }) })
         }
-        "HTTPS" => {
-            skipped.push(Skipped {
-                object: id.to_owned(),
-                what,
-                why: "HTTPS: weir does not speak HTTP/1.1 over TLS to upstreams yet; Ingress not imported".into(),
-            });
-            None
-        }
+        "HTTPS" => https_wire(ann, id, skipped, files),
         other @ ("AUTO_HTTP" | "FCGI") => {
             skipped.push(Skipped {
                 object: id.to_owned(),
@@ -376,19 +377,89 @@ fn backend_wire(ann: &BTreeMap<String, String>, id: &str, skipped: &mut Vec<Skip
     }
 }
 
+/// `backend-protocol: HTTPS` (`proxy_pass https://`): HTTP/1.1 over TLS.
+/// ingress-nginx verifies the upstream only with `proxy-ssl-secret` (its
+/// `ca.crt`) and `proxy-ssl-verify: on`, against `proxy-ssl-name` (nginx's
+/// default name is `upstream_balancer`); otherwise it does not verify, and
+/// neither does the import (explicitly, listed).
+fn https_wire(
+    ann: &BTreeMap<String, String>,
+    id: &str,
+    skipped: &mut Vec<Skipped>,
+    files: &mut Vec<String>,
+) -> Option<Wire> {
+    let note = |skipped: &mut Vec<Skipped>, key: &str, why: String| {
+        skipped.push(Skipped { object: id.to_owned(), what: format!("{ANN}{key}"), why });
+    };
+    let verify = ann.get("proxy-ssl-verify").is_some_and(|v| v.trim() == "on");
+    let Some(secret) = ann.get("proxy-ssl-secret").filter(|_| verify) else {
+        note(
+            skipped,
+            "backend-protocol",
+            "HTTPS without proxy-ssl-secret and proxy-ssl-verify on: ingress-nginx does not verify the upstream, \
+             imported as tls with insecure_skip_verify; give it a ca_file and server_name to verify"
+                .into(),
+        );
+        return Some(Wire { protocol: None, tls: Some(TlsOut { insecure_skip_verify: true, ..TlsOut::default() }) });
+    };
+    let ns = id.strip_prefix("Ingress ").and_then(|n| n.split_once('/')).map_or("", |(ns, _)| ns);
+    let (secret_ns, name) = secret.trim().split_once('/').unwrap_or((ns, secret.trim()));
+    if secret_ns != ns || !dns_label(name) {
+        note(
+            skipped,
+            "proxy-ssl-secret",
+            format!(
+                "{secret:?}: not a Secret of this namespace (ingress-nginx denies the location); Ingress not imported"
+            ),
+        );
+        return None;
+    }
+    let path = format!("ca/{ns}/{name}/ca.crt");
+    note(
+        skipped,
+        "proxy-ssl-secret",
+        format!(
+            "write Secret {ns}/{name}'s ca.crt to {path:?} next to the config; if it also holds tls.crt and tls.key \
+             (ingress-nginx's client certificate), add them as client_cert_file and client_key_file"
+        ),
+    );
+    if !files.contains(&path) {
+        files.push(path.clone());
+    }
+    let server_name = ann.get("proxy-ssl-name").map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    if server_name.is_none() {
+        note(
+            skipped,
+            "proxy-ssl-verify",
+            "on without proxy-ssl-name: nginx verifies the name upstream_balancer; weir verifies the Service's DNS name"
+                .into(),
+        );
+    }
+    Some(Wire { protocol: None, tls: Some(TlsOut { ca_file: Some(path), server_name, insecure_skip_verify: false }) })
+}
+
 /// `proxy-ssl-*` configures TLS to `backend-protocol: HTTPS` upstreams
 /// only: ingress-nginx never applies it to gRPC (no `grpc_ssl_*`), and over
-/// plain HTTP it changes nothing. An Ingress with HTTPS is not imported
-/// (see `backend_wire`), so here each one is listed with what it did.
+/// plain HTTP it changes nothing. With HTTPS, `proxy-ssl-secret`, `-verify`
+/// and `-name` are translated (`https_wire`); the rest is listed.
 fn note_proxy_ssl(i: &Ingress, skipped: &mut Vec<Skipped>) {
     let protocol = i.ann("backend-protocol").map(|p| p.trim().to_ascii_uppercase());
+    let https = protocol.as_deref() == Some("HTTPS");
     let why = match protocol.as_deref() {
         Some("GRPCS" | "GRPC") => {
             "ingress-nginx does not apply proxy-ssl-* to gRPC upstreams either; nothing to translate"
         }
-        _ => "changes nothing without backend-protocol HTTPS (which is not imported); nothing to translate",
+        Some("HTTPS") => {
+            "not translated: weir's TLS client speaks TLS 1.2 and 1.3 with its own ciphers, verifies the whole chain \
+             and always sends the verified name as SNI"
+        }
+        _ => "changes nothing without backend-protocol HTTPS; nothing to translate",
     };
+    let translated = ["proxy-ssl-secret", "proxy-ssl-verify", "proxy-ssl-name"];
     for k in i.ann.keys().filter(|k| k.starts_with("proxy-ssl-")) {
+        if https && translated.contains(&k.as_str()) {
+            continue;
+        }
         skipped.push(Skipped { object: i.id(), what: format!("{ANN}{k}"), why: why.into() });
     }
 }

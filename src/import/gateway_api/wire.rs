@@ -2,7 +2,7 @@
 //! `appProtocol` (GEP-1911: `kubernetes.io/h2c`, `kubernetes.io/ws`), the
 //! route's kind (a GRPCRoute's backends speak HTTP/2), and a
 //! BackendTLSPolicy that targets the Service (TLS, the name to verify, the
-//! CA). What weir cannot speak makes the backend unusable, and the rule
+//! CA: HTTP/2 over TLS for an HTTP/2 backend, HTTP/1.1 over TLS otherwise). What weir cannot speak makes the backend unusable, and the rule
 //! that sends to it is not imported.
 
 use crate::import::{Backend, Skipped, TlsOut, Wire, q};
@@ -99,12 +99,6 @@ impl<'a> Cluster<'a> {
             policy["metadata"]["namespace"].as_str().unwrap_or("default"),
             policy["metadata"]["name"].as_str().unwrap_or("")
         );
-        if !h2c {
-            return Err(format!(
-                "{pid}: TLS to an HTTP/1.1 upstream ({}/{} port {}) is not built in weir yet",
-                b.ns, b.service, b.port
-            ));
-        }
         let v = &policy["spec"]["validation"];
         let hostname = v["hostname"].as_str().filter(|h| crate::import::valid_host(h) && !h.starts_with("*."));
         let Some(hostname) = hostname else {
@@ -165,8 +159,10 @@ impl<'a> Cluster<'a> {
         if policy["spec"]["options"].as_object().is_some_and(|o| !o.is_empty()) {
             note(found, &pid, "spec.options", "not translated (weir's TLS client has no such options)");
         }
+        // HTTP/2 over TLS for an h2c port (ALPN h2); HTTP/1.1 over TLS
+        // otherwise (ALPN http/1.1).
         Ok(Wire {
-            protocol: Some("h2"),
+            protocol: h2c.then_some("h2"),
             tls: Some(TlsOut { ca_file, server_name: Some(hostname.to_owned()), insecure_skip_verify: false }),
         })
     }
