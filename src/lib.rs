@@ -39,6 +39,7 @@ pub mod explain;
 pub mod files;
 pub mod fleet;
 pub mod fuzzing;
+pub mod grpc;
 pub mod headers;
 pub mod import;
 pub mod journal;

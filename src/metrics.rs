@@ -161,6 +161,15 @@ impl VersionMetrics {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A finished streaming gRPC call: its status is counted; its duration
+    /// enters no latency histogram (a stream's length is the client's).
+    pub fn record_counters_only(&self, status: u16) {
+        let idx = if (100..600).contains(&status) { usize::from(status) } else { 0 };
+        if let Some(c) = self.codes.get(idx) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// One finished request: status (`0` = no response), latency, error per design §6.
     pub fn record(&self, now: Instant, status: u16, latency: Duration, error: bool) {
         // Histogram counts are non-cumulative here; made cumulative when rendered.

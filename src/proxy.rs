@@ -165,9 +165,19 @@ pub struct Completion {
     grpc: bool,
     grpc_errors: u32,
     grpc_status: Option<u8>,
+    /// A gRPC call's messages: the request's (counted by its body as it
+    /// streams) and the response's. More than one either way: a streaming
+    /// call, judged like a WebSocket session (`crate::grpc`).
+    grpc_sent: Option<Arc<std::sync::atomic::AtomicU32>>,
+    grpc_received: crate::grpc::Messages,
 }
 
 impl Completion {
+    /// More than one gRPC message in either direction.
+    fn streaming(&self) -> bool {
+        self.grpc_received.count() > 1 || self.grpc_sent.as_ref().is_some_and(|c| c.load(Ordering::Relaxed) > 1)
+    }
+
     fn finish(mut self: Box<Self>, bytes_out: u64, complete: bool) {
         if !complete {
             self.flags.push("truncated");
@@ -187,9 +197,23 @@ impl Completion {
                     None => self.status == 200,
                 };
             let error = self.status >= 500 || !complete || grpc_error;
-            m.version(*v).record(now, self.status, elapsed, error);
-            if let Some(u) = &self.unit {
-                m.evidence.record(u, *v, error, Some(elapsed));
+            if self.grpc && self.streaming() {
+                // Like a WebSocket session: its end is one unit of test E
+                // and of the error rate; how long it stayed open says
+                // nothing of the version's latency.
+                let vm = m.version(*v);
+                vm.record_counters_only(self.status);
+                if error {
+                    vm.window.record_error_only(now);
+                }
+                if let Some(u) = &self.unit {
+                    m.evidence.record(u, *v, error, None);
+                }
+            } else {
+                m.version(*v).record(now, self.status, elapsed, error);
+                if let Some(u) = &self.unit {
+                    m.evidence.record(u, *v, error, Some(elapsed));
+                }
             }
         }
         let Some(f) = &self.fields else { return };
@@ -293,6 +317,8 @@ impl Proxy {
                 .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))),
             grpc_errors: crate::labels::GRPC_DEFAULT_ERRORS,
             grpc_status: None,
+            grpc_sent: None,
+            grpc_received: crate::grpc::Messages::default(),
         })
     }
 

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 /// Bottom-up. A module may use modules of its own layer and of layers below.
 const LADDER: &[(&str, &[&str])] = &[
-    ("leaves", &["access_log", "files", "headers", "journal", "labels", "limits", "shards", "stats", "tls", "units"]),
+    (
+        "leaves",
+        &["access_log", "files", "grpc", "headers", "journal", "labels", "limits", "shards", "stats", "tls", "units"],
+    ),
     ("domain", &["routing", "config", "analysis"]),
     ("parts", &["evidence", "upstream", "explain"]),
     ("metrics", &["metrics"]),

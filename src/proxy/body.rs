@@ -62,6 +62,9 @@ impl Body for RespBody {
                     Some(Ok(frame)) => {
                         if let Some(d) = frame.data_ref() {
                             this.bytes_out += d.len() as u64;
+                            if let Some(c) = this.completion.as_mut().filter(|c| c.grpc) {
+                                c.grpc_received.feed(d);
+                            }
                         } else if let (Some(t), Some(c)) = (frame.trailers_ref(), this.completion.as_mut())
                             && c.grpc
                         {

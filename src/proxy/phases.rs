@@ -187,7 +187,12 @@ impl Proxy {
         let req_body = if has_body {
             let counter = completion.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
             completion.bytes_in.clone_from(&counter);
-            let body = ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter);
+            let mut body = ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter);
+            if completion.grpc {
+                let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+                completion.grpc_sent = Some(Arc::clone(&sent));
+                body = body.with_grpc_count(sent);
+            }
             if client_h2 { body.over_h2() } else { body }
         } else {
             ReqBody::empty()

@@ -33,6 +33,8 @@ pub struct ReqBody {
     idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// What to do with what is left of it when the answer ends first.
     leftover: wire::Leftover,
+    /// A gRPC call's messages, counted as they pass (streaming or unary).
+    grpc: Option<Box<(crate::grpc::Messages, Arc<std::sync::atomic::AtomicU32>)>>,
 }
 
 /// A copy of the body as it streams by, for a shadow request. The copy
@@ -69,6 +71,12 @@ impl Tee {
 }
 
 impl ReqBody {
+    /// Count the gRPC messages the body carries into `count` as it streams.
+    pub fn with_grpc_count(mut self, count: Arc<std::sync::atomic::AtomicU32>) -> Self {
+        self.grpc = Some(Box::new((crate::grpc::Messages::default(), count)));
+        self
+    }
+
     pub fn empty() -> Self {
         Self {
             inner: None,
@@ -79,6 +87,7 @@ impl ReqBody {
             tee: None,
             idle: None,
             leftover: wire::Leftover::Drain,
+            grpc: None,
         }
     }
 
@@ -94,6 +103,7 @@ impl ReqBody {
             tee: None,
             idle: Some((idle, sleep)),
             leftover: wire::Leftover::Drain,
+            grpc: None,
         }
     }
 
@@ -109,6 +119,7 @@ impl ReqBody {
             tee: None,
             idle: None,
             leftover: wire::Leftover::Drain,
+            grpc: None,
         }
     }
 
@@ -170,6 +181,10 @@ impl Body for ReqBody {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
+                    if let Some(g) = this.grpc.as_mut() {
+                        g.0.feed(data);
+                        g.1.store(g.0.count(), Ordering::Relaxed);
+                    }
                     this.seen = this.seen.saturating_add(n);
                     if let Some(c) = &this.counter {
                         c.fetch_add(n, Ordering::Relaxed);
