@@ -235,6 +235,9 @@ pub enum Protocol {
     H2c,
     /// HTTP/2 over TLS (ALPN `h2`, `tls` required).
     H2,
+    /// TLS, and ALPN decides per connection: `h2` if the endpoint agrees,
+    /// else HTTP/1.1 (`tls` required).
+    Auto,
 }
 
 impl Protocol {
@@ -243,6 +246,7 @@ impl Protocol {
             Protocol::Http1 => "http1",
             Protocol::H2c => "h2c",
             Protocol::H2 => "h2",
+            Protocol::Auto => "auto",
         }
     }
 }

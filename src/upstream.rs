@@ -293,6 +293,17 @@ impl Upstream {
                     Some(c) => Ok((Link::H2(c), true)),
                     None => Box::pin(self.open_h2(&ep)).await.map(|c| (Link::H2(c), false)),
                 },
+                // What the endpoint agreed to before: its pooled connections
+                // of either kind; else a new one, ALPN choosing.
+                Protocol::Auto => {
+                    if let Some(c) = ep.h2.checkout() {
+                        Ok((Link::H2(c), true))
+                    } else if let Some(wire) = ep.checkout() {
+                        Ok((Link::H1(wire), true))
+                    } else {
+                        Box::pin(self.open_auto(&ep)).await.map(|l| (l, false))
+                    }
+                }
             };
             match opened {
                 Ok((link, reused)) => return Ok(Checkout { busy: Busy::new(&ep), link, endpoint: ep, reused }),
@@ -320,6 +331,36 @@ impl Upstream {
                 .await
                 .map_err(UpstreamError::Connect)?;
             Ok(wire::Connection::new(wire::Stream::Tls(Box::new(s))))
+        };
+        match tokio::time::timeout(self.spec.connect_timeout, open).await {
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+            Ok(r) => r,
+        }
+    }
+
+    /// `protocol: auto`: a new TLS connection offering ALPN `h2` and
+    /// `http/1.1`; HTTP/2 (kept in the endpoint's HTTP/2 pool) if the
+    /// endpoint agrees to it, else HTTP/1.1 on the same connection.
+    async fn open_auto(&self, ep: &Endpoint) -> Result<Link, UpstreamError> {
+        let Some(tls) = &self.spec.tls else {
+            return Err(UpstreamError::Connect(std::io::Error::other("protocol auto needs tls")));
+        };
+        let open = async {
+            let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
+                .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+            let s = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+                .connect(server, stream)
+                .await
+                .map_err(UpstreamError::Connect)?;
+            if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let conn = h2::handshake(s, Arc::clone(&self.spec.name), ep.address().to_owned()).await?;
+                ep.h2.add(conn.clone());
+                Ok(Link::H2(conn))
+            } else {
+                Ok(Link::H1(wire::Connection::new(wire::Stream::Tls(Box::new(s)))))
+            }
         };
         match tokio::time::timeout(self.spec.connect_timeout, open).await {
             Err(_) => Err(UpstreamError::ConnectTimeout),
@@ -467,8 +508,8 @@ impl Upstream {
         Ok(resp)
     }
 
-    /// A request as an HTTP/2 stream: the head rebuilt for HTTP/2 (`:scheme
-    /// http`, `:authority` from Host), `added` appended, the body streamed,
+    /// A request as an HTTP/2 stream: the head rebuilt for HTTP/2 (`:scheme`
+    /// https over TLS, else http; `:authority` from Host), `added` appended, the body streamed,
     /// the response (trailers included) streamed back as it comes. The
     /// response head must come within `request_timeout` of the start.
     async fn send_h2(
@@ -489,7 +530,7 @@ impl Upstream {
         }
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(if self.spec.tls.is_some() { "https" } else { "http" })
             .authority(authority)
             .path_and_query(target)
             .build()

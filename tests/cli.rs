@@ -653,6 +653,8 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
                \x20 v4: {endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {ca_file: /nonexistent/ca.pem}}\n\
                \x20 v6: {endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {client_cert_file: c.pem}}\n\
                \x20 v5: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, tls: {insecure_skip_verify: true}}\n\
+               \x20 v7: {endpoints: [\"127.0.0.1:1\"], protocol: auto}\n\
+               \x20 v8: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, health: {active: {path: /healthz}}}\n\
                routes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v2}\n\
                \x20   grpc: {error_codes: [UNAVAILABLE, OK, NOPE]}\n";
     let (ok, out) = check(&write(dir.path(), "weir.yaml", bad));
@@ -671,7 +673,9 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
         "upstreams.v1.health.passive.statuses[0]: only 5xx statuses count as failed attempts",
         "upstreams.v2: give either `endpoints` or `dns`, not both",
         "upstreams.v2.tls: protocol h2 is HTTP/2 over TLS: give `tls` (or use h2c)",
-        "upstreams.v3.protocol: `spdy` is not a protocol; use http1, h2c or h2",
+        "upstreams.v3.protocol: `spdy` is not a protocol; use http1, h2c, h2 or auto",
+        "upstreams.v7.tls: protocol auto lets TLS's ALPN choose between h2 and http/1.1: give `tls`",
+        "upstreams.v8.health.active: active checks speak HTTP/1.1 in clear text",
         "upstreams.v4.tls.ca_file: cannot read",
         "upstreams.v6.tls: client_cert_file and client_key_file go together",
         "upstreams.v5.tls: h2c is HTTP/2 without TLS: use protocol h2 with `tls`",

@@ -181,3 +181,30 @@ async fn a_wrong_ca_or_a_missing_client_certificate_is_a_connect_failure_and_mtl
     assert_eq!(v["client_cn"], "weir-gateway");
     assert_eq!(v["length"], 18);
 }
+
+/// `protocol: auto`: ALPN decides per connection. Against the HTTP/1.1-only
+/// TLS server weir speaks HTTP/1.1; against a gRPC server over TLS (which
+/// agrees to h2) it speaks HTTP/2, and gRPC calls go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_auto_lets_alpn_choose_http1_or_h2() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_certs(tmp.path());
+    let d = tmp.path().display().to_string();
+    let tls = format!("ca_file: \"{d}/ca.crt\", server_name: localhost");
+    let h1 = TlsUpstream::start(tmp.path(), None);
+    let w = Weir::start(&config(h1.addr, &tls).replace("tls: {", "protocol: auto, tls: {")).await;
+    let (s, v) = send(&w, Method::POST, "/auto", Bytes::from_static(b"over http/1.1")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["method"].as_str(), v["length"].as_u64()), (Some("POST"), Some(13)));
+    let (_, again) = send(&w, Method::GET, "/auto", Bytes::new()).await;
+    assert_eq!(again["conn"], v["conn"], "the HTTP/1.1 connection is pooled and reused");
+
+    let grpc = support::grpc::Server::tls(&format!("{d}/leaf.crt"), &format!("{d}/leaf.key"), None);
+    let w = Weir::start(&config(grpc.addr, &tls).replace("tls: {", "protocol: auto, tls: {")).await;
+    for body in ["one", "two"] {
+        let r = support::grpc::call(w.addr, "Bet", body, 10.0).await;
+        assert_eq!((r["code"].as_str(), &r["replies"]), (Some("OK"), &serde_json::json!([body])), "{r}");
+    }
+    let c = support::grpc::call(w.addr, "Chat", "a,b", 10.0).await;
+    assert_eq!(c["replies"], serde_json::json!(["echo:a", "echo:b"]), "{c}");
+}

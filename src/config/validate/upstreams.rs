@@ -63,18 +63,18 @@ fn compile_upstream(
         None | Some("http1") => Protocol::Http1,
         Some("h2c") => Protocol::H2c,
         Some("h2") => Protocol::H2,
-        Some("auto") => {
-            p.at(format!("{path}.protocol"), "`auto` (ALPN chooses) is not built yet; use http1, h2c or h2");
-            Protocol::Http1
-        }
+        Some("auto") => Protocol::Auto,
         Some(other) => {
-            p.at(format!("{path}.protocol"), format!("`{other}` is not a protocol; use http1, h2c or h2"));
+            p.at(format!("{path}.protocol"), format!("`{other}` is not a protocol; use http1, h2c, h2 or auto"));
             Protocol::Http1
         }
     };
     let tls = u.tls.as_ref().and_then(|t| compile_upstream_tls(t, protocol, base, &format!("{path}.tls"), p));
     match (protocol, u.tls.is_some()) {
         (Protocol::H2, false) => p.at(format!("{path}.tls"), "protocol h2 is HTTP/2 over TLS: give `tls` (or use h2c)"),
+        (Protocol::Auto, false) => {
+            p.at(format!("{path}.tls"), "protocol auto lets TLS's ALPN choose between h2 and http/1.1: give `tls`")
+        }
         (Protocol::H2c, true) => p.at(format!("{path}.tls"), "h2c is HTTP/2 without TLS: use protocol h2 with `tls`"),
         _ => {}
     }
@@ -137,7 +137,11 @@ fn compile_upstream_tls(
         client_cert: cert.as_deref().zip(key.as_deref()),
         server_name: t.server_name.as_deref(),
         insecure_skip_verify: t.insecure_skip_verify,
-        alpn: if protocol == Protocol::H2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] },
+        alpn: match protocol {
+            Protocol::H2 => vec![b"h2".to_vec()],
+            Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocol::Http1 | Protocol::H2c => vec![b"http/1.1".to_vec()],
+        },
     };
     match crate::tls::upstream_client(&files) {
         Ok(tls) => Some(Arc::new(tls)),
