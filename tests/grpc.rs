@@ -314,3 +314,51 @@ async fn h2_over_tls_is_verified_refused_on_a_wrong_ca_and_mutual_when_asked() {
     let r = call(weir.addr, "Bet", "mutual", 10.0).await;
     assert_eq!((r["code"].as_str(), r["replies"][0].as_str()), (Some("OK"), Some("mutual")), "{r}");
 }
+
+/// Stickiness by metadata and segments work for gRPC calls as for HTTP
+/// (the metadata are headers), and the shadow mirrors unary calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_stick_by_metadata_follow_segments_and_are_mirrored() {
+    let stable = Server::start();
+    // Every Bet call on canary fails with a code of its own: who answered shows.
+    let canary = Server::failing("1:FAILED_PRECONDITION");
+    let shadow = Server::start();
+    let config = format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{}\"], protocol: h2c}}\n  v2: {{endpoints: [\"{}\"], protocol: h2c}}\n\
+         \x20 mirror: {{endpoints: [\"{}\"], protocol: h2c}}\n\
+         routes:\n  - name: grpc\n    stable: {{upstream: v1}}\n    canary: {{upstream: v2}}\n    weight: 50\n\
+         \x20   sticky: {{keys: [\"header:x-player-id\"]}}\n\
+         \x20   segments: [{{name: sweden, match: {{header: {{x-market: SE}}}}, weight: 100}}]\n\
+         \x20   shadow: {{upstream: mirror, percent: 100, methods: [POST]}}\n",
+        stable.addr, canary.addr, shadow.addr
+    );
+    let weir = Weir::start(&config).await;
+    let version = |r: &serde_json::Value| match r["code"].as_str() {
+        Some("OK") => "stable",
+        Some("FAILED_PRECONDITION") => "canary",
+        _ => panic!("unexpected outcome {r}"),
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for p in 0..20 {
+        let player = format!("player-{p}");
+        let mut versions = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let r = support::grpc::call_with(weir.addr, "Bet", "x", 10.0, &[("x-player-id", &player)]).await;
+            versions.insert(version(&r));
+        }
+        assert_eq!(versions.len(), 1, "{player} moved between versions: {versions:?}");
+        seen.extend(versions);
+    }
+    assert_eq!(seen.len(), 2, "20 players at 50 % all on one version: {seen:?}");
+    // The segment by metadata sends Swedish players to canary, whatever their bucket.
+    for p in 0..5 {
+        let player = format!("swede-{p}");
+        let r = support::grpc::call_with(weir.addr, "Bet", "x", 10.0, &[("x-player-id", &player), ("x-market", "SE")])
+            .await;
+        assert_eq!(version(&r), "canary", "{r}");
+    }
+    // Every one of the 65 unary calls was mirrored, and the shadow answered.
+    let m = support::wait_metric(weir.admin, "weir_shadow_requests_total{route=\"grpc\",outcome=\"ok\"}", 65.0).await;
+    assert_eq!(metric(&m, "weir_shadow_requests_total{route=\"grpc\",outcome=\"error\"}"), Some(0.0), "{m}");
+}

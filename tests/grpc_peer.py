@@ -99,6 +99,10 @@ def serve(tls=None):
 
 
 def call(addr, method, body, timeout):
+    import os
+
+    # METADATA="k=v,k2=v2": sent with the call (stickiness, segments).
+    md = [tuple(kv.split("=", 1)) for kv in os.environ.get("METADATA", "").split(",") if "=" in kv]
     channel = grpc.insecure_channel(addr)
     path = f"/weir.test.Game/{method}"
     out = {"code": "OK", "details": None, "replies": [], "trailers": {}}
@@ -119,19 +123,19 @@ def call(addr, method, body, timeout):
                         return
                     yield m
 
-            it = channel.stream_stream(path)(gen(), timeout=timeout)
+            it = channel.stream_stream(path)(gen(), timeout=timeout, metadata=md)
             for i, m in enumerate(it):
                 out["replies"].append(m.decode())
                 q.put(words[i + 1].encode() if i + 1 < len(words) else None)
         elif method == "Stream":
             rpc = channel.unary_stream(path)
-            it = rpc(body.encode(), timeout=timeout)
+            it = rpc(body.encode(), timeout=timeout, metadata=md)
             for m in it:
                 out["replies"].append(m.decode())
             out["trailers"] = {k: v for k, v in (it.trailing_metadata() or [])}
         else:
             rpc = channel.unary_unary(path)
-            reply, c = rpc.with_call(body.encode(), timeout=timeout)
+            reply, c = rpc.with_call(body.encode(), timeout=timeout, metadata=md)
             out["replies"].append(reply.decode())
             out["trailers"] = {k: v for k, v in (c.trailing_metadata() or [])}
     except grpc.RpcError as e:

@@ -59,10 +59,23 @@ impl Drop for Server {
 
 /// One call through `addr` by the real client; its JSON outcome.
 pub async fn call(addr: std::net::SocketAddr, method: &str, body: &str, timeout_s: f64) -> serde_json::Value {
+    call_with(addr, method, body, timeout_s, &[]).await
+}
+
+/// `call` with metadata (`x-player-id`, segment headers).
+pub async fn call_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    body: &str,
+    timeout_s: f64,
+    metadata: &[(&str, &str)],
+) -> serde_json::Value {
+    let md = metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new("python3")
             .args([PEER, "call", &addr.to_string(), method, body, &timeout_s.to_string()])
+            .env("METADATA", md)
             .output(),
     )
     .await
