@@ -1,0 +1,109 @@
+//! A hostile HTTP/2 upstream (tests/h2_hostile_upstream.py: Python `h2`,
+//! raw frames where it refuses to misbehave): resets before and during an
+//! answer, GOAWAY before and in the middle of a stream, malformed and
+//! oversized response heads, a PING flood. Each gets a precise answer from
+//! weir (502 before a head; after one, never a response that looks whole),
+//! weir keeps serving on a new connection, and a well-behaved request after
+//! each still succeeds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{Weir, client};
+
+const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_hostile_upstream.py");
+
+struct Hostile {
+    addr: std::net::SocketAddr,
+    child: Child,
+}
+
+impl Hostile {
+    fn start() -> Self {
+        let mut child =
+            Command::new("python3").arg(SERVER).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("no port: {line:?}"));
+        Self { addr: ([127, 0, 0, 1], port).into(), child }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status and the body as read (Err: the body was cut).
+async fn get(w: &Weir, path: &str) -> (u16, Result<Bytes, String>) {
+    try_get(w, path).await.unwrap_or_else(|e| panic!("{path}: no answer from weir: {e}"))
+}
+
+/// Err: the connection ended before a response head.
+async fn try_get(w: &Weir, path: &str) -> Result<(u16, Result<Bytes, String>), String> {
+    let req = Request::get(w.url(path)).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect()).await.unwrap();
+    Ok((status, body.map(|b| b.to_bytes()).map_err(|e| e.to_string())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_http2_upstream_gets_precise_answers_and_weir_keeps_serving() {
+    let up = Hostile::start();
+    let yaml = format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{}\"], protocol: h2c, request_timeout: 5s}}\n\
+         routes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        up.addr
+    );
+    let w = Weir::start(&yaml).await;
+    let (s, b) = get(&w, "/ok").await;
+    assert_eq!((s, b.as_deref().ok()), (200, Some(&b"ok"[..])));
+    for (path, want) in [
+        ("/reset-head", 502),
+        ("/refused", 502),
+        ("/goaway", 502),
+        ("/bad-head", 502),
+        ("/no-status", 502),
+        ("/huge-head", 502),
+    ] {
+        let (s, _) = get(&w, path).await;
+        assert_eq!(s, want, "{path}");
+        let (s, b) = get(&w, "/ok").await;
+        assert_eq!((s, b.as_deref().ok()), (200, Some(&b"ok"[..])), "a good request after {path}");
+    }
+    // A head came, then the stream or the connection broke: the client
+    // never gets a response that looks whole. (Whether it sees the 200 head
+    // and then a cut body, or the connection closed before the head, depends
+    // on whether the break came before hyper flushed the head.)
+    for path in ["/reset-body", "/goaway-mid"] {
+        match try_get(&w, path).await {
+            Ok((s, b)) => {
+                assert_eq!(s, 200, "{path}");
+                assert!(b.is_err(), "{path}: a cut body must not look whole: {b:?}");
+            }
+            Err(e) => assert!(e.contains("IncompleteMessage"), "{path}: {e}"),
+        }
+        let (s, b) = get(&w, "/ok").await;
+        assert_eq!((s, b.as_deref().ok()), (200, Some(&b"ok"[..])), "a good request after {path}");
+    }
+    // 10,000 PINGs before an answer: hyper's client answers them and the
+    // answer behind them arrives whole.
+    let (s, b) = get(&w, "/ping-flood").await;
+    assert_eq!((s, b.as_deref().ok()), (200, Some(&b"ok"[..])), "/ping-flood");
+    let (s, b) = get(&w, "/ok").await;
+    assert_eq!((s, b.as_deref().ok()), (200, Some(&b"ok"[..])), "a good request after the ping flood");
+}
