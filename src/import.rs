@@ -169,6 +169,24 @@ pub fn objects(text: &str) -> Result<Vec<serde_json::Value>, String> {
     Ok(out)
 }
 
+/// The objects with each (kind, namespace, name) kept once: its last
+/// occurrence, as `kubectl apply -f` leaves it (each is applied in turn),
+/// in the order of those last occurrences.
+pub(crate) fn latest(objects: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    let key = |o: &serde_json::Value| {
+        (
+            o["kind"].as_str().unwrap_or("").to_owned(),
+            o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned(),
+            o["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let mut last = std::collections::HashMap::new();
+    for (i, o) in objects.iter().enumerate() {
+        last.insert(key(o), i);
+    }
+    objects.iter().enumerate().filter(|(i, o)| last.get(&key(o)) == Some(i)).map(|(_, o)| o).collect()
+}
+
 /// A string as a YAML scalar (JSON strings are valid YAML).
 pub(crate) fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())

@@ -16,8 +16,9 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
     Exact,
+    /// Also `ImplementationSpecific` and no pathType (ingress-nginx's store
+    /// sets them to Prefix: `SetDefaultNGINXPathType`).
     Prefix,
-    Str,
 }
 
 #[derive(Debug, Clone)]
@@ -79,7 +80,7 @@ impl Model {
                     let kind = match p["pathType"].as_str() {
                         Some("Exact") => Kind::Exact,
                         Some("Prefix") => Kind::Prefix,
-                        _ => Kind::Str,
+                        _ => Kind::Prefix,
                     };
                     if let Some(b) = backend(&p["backend"]) {
                         rules.push(MRule {
@@ -92,7 +93,7 @@ impl Model {
                 }
             }
             if let Some(b) = backend(&o["spec"]["defaultBackend"]) {
-                rules.push(MRule { host: String::new(), path: "/".into(), kind: Kind::Str, backend: b });
+                rules.push(MRule { host: String::new(), path: "/".into(), kind: Kind::Prefix, backend: b });
             }
             if ann(o, "canary") == Some("true") {
                 let n = |k: &str, d: u64| ann(o, k).and_then(|v| v.parse().ok()).unwrap_or(d);
@@ -130,7 +131,9 @@ impl Model {
         };
         let fits = |r: &&MRule| match r.kind {
             Kind::Exact => r.path == path,
-            Kind::Str => path.starts_with(&r.path),
+            // ingress-nginx's locations for a Prefix path `/p`: `/p/` and
+            // `= /p` (location.go); for `/p/`: `/p/` and `= /p/`.
+            Kind::Prefix if r.path.len() > 1 && r.path.ends_with('/') => path.starts_with(&r.path),
             Kind::Prefix => {
                 let p = r.path.trim_end_matches('/');
                 p.is_empty() || (path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))

@@ -55,8 +55,9 @@ pub fn import(objects: &[Value]) -> Imported {
     let mut groups: Vec<Group> = Vec::new();
     let cluster = Cluster::of(objects);
     let mut found = Found::default();
+    // The same route twice in one input: the last, as `kubectl apply` leaves it.
     let mut routes: Vec<&Value> =
-        objects.iter().filter(|o| o["kind"] == "HTTPRoute" || o["kind"] == "GRPCRoute").collect();
+        super::latest(objects).into_iter().filter(|o| o["kind"] == "HTTPRoute" || o["kind"] == "GRPCRoute").collect();
     // Oldest first, then by namespace/name: the Gateway API's tie-break.
     routes.sort_by_key(|o| {
         (
@@ -99,6 +100,39 @@ fn read_route(
     }
     for (ri, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
         let at = format!("spec.rules[{ri}]");
+        // A redirect answers the client itself: no backend, nothing to split.
+        if let Some(fi) = rule["filters"].as_array().into_iter().flatten().position(|f| f["type"] == "RequestRedirect")
+        {
+            skip(
+                skipped,
+                format!("{at}.filters[{fi}]"),
+                "RequestRedirect is not translated (weir has no redirects yet); rule not imported".into(),
+            );
+            continue;
+        }
+        // Filters on one backend apply only to requests sent to it: weir
+        // has no per-version filters yet, so the rule stays with the Gateway.
+        if let Some(bi) = rule["backendRefs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .position(|b| b["filters"].as_array().is_some_and(|f| !f.is_empty()))
+        {
+            skip(
+                skipped,
+                format!("{at}.backendRefs[{bi}].filters"),
+                "per-backend filters are not translated; rule not imported".into(),
+            );
+            continue;
+        }
+        if rule["timeouts"].as_object().is_some_and(|t| !t.is_empty()) {
+            skip(
+                skipped,
+                format!("{at}.timeouts"),
+                "not translated: weir's timeouts are per upstream (request_timeout, body_timeout); set them there"
+                    .into(),
+            );
+        }
         let mut backends = backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped);
         if let Err(why) = resolve_wires(backends.iter_mut().map(|(b, _)| b), kind, (cluster, &mut *found)) {
             skip(skipped, at.clone(), format!("{why}; rule not imported"));
@@ -403,7 +437,19 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
             continue;
         }
         let stable = base.backends[0].0.clone();
-        let canary = base.backends.get(1).map(|(b, _)| b.clone());
+        // The Gateway API guide's first canary step: the plain rule to v1
+        // alone and a header rule to v2 alone. v2 is then the canary, at
+        // weight 0 but for the header's segment.
+        let conditional_canary = || {
+            let others: BTreeSet<&Backend> = g
+                .conditional
+                .iter()
+                .flat_map(|c| c.backends.iter().map(|(b, _)| b))
+                .filter(|b| **b != stable)
+                .collect();
+            (others.len() == 1).then(|| others.into_iter().next().cloned()).flatten()
+        };
+        let canary = base.backends.get(1).map(|(b, _)| b.clone()).or_else(conditional_canary);
         let mut name = super::slug(&[&g.ns, &g.name, g.hosts.first().map_or("any", String::as_str), &g.path]);
         if name.is_empty() {
             name = "route".into();
@@ -464,13 +510,19 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
             upstreams.insert(c.clone());
             let bp = canary_bp(&base.backends, &stable, Some(c)).unwrap_or(0);
             let _ = writeln!(body, "    canary: {{upstream: {}}}", q(&c.upstream()));
-            let _ = writeln!(
-                body,
-                "    weight: {}   # backendRefs weights {} : {}",
-                bp as f64 / 100.0,
-                base.backends[0].1,
-                base.backends[1].1
-            );
+            match base.backends.get(1) {
+                Some((_, w)) => {
+                    let _ = writeln!(
+                        body,
+                        "    weight: {}   # backendRefs weights {} : {w}",
+                        bp as f64 / 100.0,
+                        base.backends[0].1
+                    );
+                }
+                None => {
+                    let _ = writeln!(body, "    weight: 0   # the plain rule sends everything to the first backend");
+                }
+            }
         }
         if !segments.is_empty() {
             let _ = writeln!(body, "    # the rules with header or query matches, in the Gateway API's precedence");

@@ -18,10 +18,11 @@
 //! weir's segments are checked in order and the first that matches decides
 //! with its weight (100 = canary, 0 = stable), then the route's weight: the
 //! same precedence, written out. Paths: `Exact` and `Prefix` keep their
-//! Kubernetes meaning (weir's `path_type`), `ImplementationSpecific` is
-//! nginx's plain string prefix; routes are written the way nginx picks a
-//! location (exact first, then the longest prefix), hosts before rules
-//! without a host.
+//! Kubernetes meaning (weir's `path_type`); `ImplementationSpecific` and a
+//! missing pathType are `Prefix`, as ingress-nginx's store has made them
+//! since 2020 (`SetDefaultNGINXPathType`); routes are written the way nginx
+//! picks a location (exact first, then the longest prefix), hosts before
+//! rules without a host.
 
 use super::{Backend, Imported, Skipped, TlsOut, Wire, dns_label, valid_host};
 use serde_json::Value;
@@ -52,16 +53,14 @@ const PRIMARY_KEYS: [&str; 6] =
 pub enum PathType {
     Exact,
     Prefix,
-    /// nginx's own meaning: a plain string prefix.
-    ImplementationSpecific,
 }
 
 impl PathType {
+    /// `ImplementationSpecific` and no pathType are `Prefix` in ingress-nginx.
     fn parse(s: Option<&str>) -> Option<Self> {
         match s {
             Some("Exact") => Some(PathType::Exact),
-            Some("Prefix") => Some(PathType::Prefix),
-            Some("ImplementationSpecific") | None => Some(PathType::ImplementationSpecific),
+            Some("Prefix" | "ImplementationSpecific") | None => Some(PathType::Prefix),
             Some(_) => None,
         }
     }
@@ -70,7 +69,6 @@ impl PathType {
         match self {
             PathType::Exact => "Exact",
             PathType::Prefix => "Prefix",
-            PathType::ImplementationSpecific => "ImplementationSpecific",
         }
     }
 }
@@ -111,6 +109,7 @@ pub fn import(objects: &[Value], class: &str) -> Imported {
     let ports = service_ports(objects);
     let mut ingresses = Vec::new();
     let mut files = Vec::new();
+    let objects = super::latest(objects);
     for o in objects.iter().filter(|o| o["kind"] == "Ingress") {
         if let Some(i) = read_ingress(o, class, &ports, (&mut skipped, &mut files)) {
             ingresses.push(i);
@@ -236,7 +235,18 @@ fn read_ingress(
         backend_wire(&ann, &id, skipped, files)?
     };
     let backend_of = |b: &Value, what: &str, skipped: &mut Vec<Skipped>| -> Option<Backend> {
-        let svc = &b["service"];
+        // networking.k8s.io/v1beta1: `serviceName` and `servicePort` (a
+        // number or a port name), as v1's `service: {name, port}`.
+        let v1beta1;
+        let svc = if b["serviceName"].is_string() {
+            v1beta1 = match &b["servicePort"] {
+                Value::String(name) => serde_json::json!({"name": b["serviceName"], "port": {"name": name}}),
+                port => serde_json::json!({"name": b["serviceName"], "port": {"number": port}}),
+            };
+            &v1beta1
+        } else {
+            &b["service"]
+        };
         if !dns_label(&ns) {
             skipped.push(Skipped {
                 object: id.clone(),
@@ -309,11 +319,14 @@ fn read_ingress(
             }
         }
     }
-    if !o["spec"]["defaultBackend"].is_null()
-        && let Some(backend) = backend_of(&o["spec"]["defaultBackend"], "spec.defaultBackend", skipped)
+    // v1beta1 called it `backend`.
+    let default =
+        if o["spec"]["defaultBackend"].is_null() { &o["spec"]["backend"] } else { &o["spec"]["defaultBackend"] };
+    if !default.is_null()
+        && let Some(backend) = backend_of(default, "spec.defaultBackend", skipped)
     {
         // What the Ingress serves for any path of any host it has no rule for.
-        rules.push(Rule { host: String::new(), path: "/".into(), kind: PathType::ImplementationSpecific, backend });
+        rules.push(Rule { host: String::new(), path: "/".into(), kind: PathType::Prefix, backend });
     }
     if o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()) {
         skipped.push(Skipped {

@@ -7,6 +7,13 @@ use crate::import::{Backend, Imported, Skipped, config_text, q, slug, token, val
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+/// A pattern Rust's regex refuses for using what only PCRE has.
+fn pcre_only(p: &str) -> bool {
+    ["(?=", "(?!", "(?<=", "(?<!", "(?>", "\\1", "\\2", "\\3", "\\k<", "(?P=", "*+", "++", "?+"]
+        .iter()
+        .any(|f| p.contains(f))
+}
+
 /// The canary weight in percent with weir's two decimals; and whether that
 /// is exact.
 pub(super) fn percent(weight: u64, total: u64) -> (f64, bool) {
@@ -48,9 +55,14 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
         }
         match r.kind {
             PathType::Exact => m.push(format!("path: {}, path_type: exact", q(&r.path))),
+            // ingress-nginx writes a Prefix path as `location <path>/` plus
+            // `location = <path>` (location.go): one ending in `/` takes
+            // that string prefix only, so `/foo/bar/` does not take
+            // `/foo/bar` (its docs' "Path Priority" sends that to a
+            // `/foo/bar` path), whatever the Kubernetes API says.
+            PathType::Prefix if r.path == "/" => {}
+            PathType::Prefix if r.path.ends_with('/') => m.push(format!("path_prefix: {}", q(&r.path))),
             PathType::Prefix => m.push(format!("path: {}, path_type: prefix", q(&r.path))),
-            PathType::ImplementationSpecific if r.path != "/" => m.push(format!("path_prefix: {}", q(&r.path))),
-            PathType::ImplementationSpecific => {}
         }
         if !m.is_empty() {
             let _ = writeln!(body, "    match: {{{}}}", m.join(", "));
@@ -119,14 +131,32 @@ fn write_canary(body: &mut String, c: &Ingress, cr: &Rule, skipped: &mut Vec<Ski
         }
         other => other,
     };
+    // A pattern that does not compile: ingress-nginx's Lua gets an error
+    // from ngx.re.match for every request with the header and sends it to
+    // the mainline, the cookie and weight unread (balancer.lua; e2e
+    // canary.go "should routes to mainline upstream when the given Regex
+    // causes error"). A pattern PCRE takes but Rust's regex does not
+    // (look-around, back-references) cannot be carried and is listed.
+    let mut pattern_error = false;
     let pattern = match c.ann("canary-by-header-pattern").filter(|v| !v.is_empty()) {
         Some(pat) if pat.len() > 1024 || regex::Regex::new(pat).is_err() => {
-            bad(
-                "canary-by-header-pattern",
-                pat,
-                "not a regex weir can run (Rust regex syntax, at most 1024 bytes)",
-                skipped,
-            );
+            if pcre_only(pat) {
+                bad(
+                    "canary-by-header-pattern",
+                    pat,
+                    "uses PCRE features Rust's regex does not have (look-around, back-references): not translated",
+                    skipped,
+                );
+            } else {
+                pattern_error = true;
+                bad(
+                    "canary-by-header-pattern",
+                    pat,
+                    "does not compile: ingress-nginx sends every request with the header to the mainline, and so \
+                     does this import",
+                    skipped,
+                );
+            }
             None
         }
         other => other,
@@ -153,6 +183,12 @@ fn write_canary(body: &mut String, c: &Ingress, cr: &Rule, skipped: &mut Vec<Ski
                     "{{name: by-header-pattern, match: {{header_regex: {{{}: {}}}}}, weight: 100}}",
                     q(h),
                     q(pattern)
+                ));
+            }
+            (None, None) if pattern_error => {
+                segments.push(format!(
+                    "{{name: by-header-pattern-error, match: {{header_regex: {{{}: \"\"}}}}, weight: 0}}",
+                    q(h)
                 ));
             }
             (None, None) => {
