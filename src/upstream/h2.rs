@@ -123,6 +123,9 @@ where
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
+        // The same bound as an HTTP/1.1 upstream's head (`wire::MAX_HEAD`):
+        // a larger response head is refused, the stream reset.
+        .max_header_list_size(64 * 1024)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| UpstreamError::Reset(format!("HTTP/2 handshake: {e}")))?;
