@@ -472,6 +472,14 @@ impl Upstream {
                     wire = self.connect_h1(&endpoint).await?;
                     wire::exchange(&mut wire, &head, &parts.method, deadlines).await
                 }
+                Err(ExchangeError::Unsolicited(n)) if reused => {
+                    // Bytes arrived on the pooled connection after checkout:
+                    // it is dropped (counted) and the request, not sent yet,
+                    // goes on a fresh one.
+                    endpoint.note_unsolicited(Unsolicited::Idle, n);
+                    wire = self.connect_h1(&endpoint).await?;
+                    wire::exchange(&mut wire, &head, &parts.method, deadlines).await
+                }
                 other => other,
             };
             outcome.map(|(h, done)| (h, wire, done))

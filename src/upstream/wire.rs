@@ -411,6 +411,17 @@ pub async fn exchange(
     let Io::Whole(io) = io else {
         return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
     };
+    // Looked at again right before the head is written, with no await in
+    // between: the pool's look at checkout may be long past on a busy core,
+    // and a response that arrived since answers nothing. (Without this, a
+    // stray landing between checkout and write crossed answers under CPU
+    // load: tests/crossed_answers.rs.)
+    if !buf.is_empty() {
+        return Err(ExchangeError::Unsolicited(buf.len()));
+    }
+    if let IdleState::Unsolicited(n) = peek_stream(io) {
+        return Err(ExchangeError::Unsolicited(n));
+    }
     match io {
         Stream::Tcp(s) => {
             let (rd, wr) = s.split();
