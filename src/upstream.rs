@@ -316,26 +316,13 @@ impl Upstream {
     }
 
     /// A new HTTP/1.1 connection to `ep`: TCP, and with `tls` the TLS
-    /// handshake (ALPN `http/1.1`), both within `connect_timeout`. A failed
-    /// handshake (unknown CA, wrong name, no client certificate where one
-    /// is required) is a connect failure, like a refused connection.
+    /// handshake (ALPN `http/1.1`), both within `connect_timeout`.
     async fn connect_h1(&self, ep: &Endpoint) -> Result<wire::Connection, UpstreamError> {
         let Some(tls) = &self.spec.tls else { return ep.connect(self.spec.connect_timeout).await };
-        let open = async {
-            let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
-            let _ = stream.set_nodelay(true);
-            let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
-                .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-            let s = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
-                .connect(server, stream)
-                .await
-                .map_err(UpstreamError::Connect)?;
-            Ok(wire::Connection::new(wire::Stream::Tls(Box::new(s))))
-        };
-        match tokio::time::timeout(self.spec.connect_timeout, open).await {
-            Err(_) => Err(UpstreamError::ConnectTimeout),
-            Ok(r) => r,
-        }
+        self.within_connect_timeout(async {
+            Ok(wire::Connection::new(wire::Stream::Tls(Box::new(dial_tls(ep, tls).await?))))
+        })
+        .await
     }
 
     /// `protocol: auto`: a new TLS connection offering ALPN `h2` and
@@ -345,15 +332,8 @@ impl Upstream {
         let Some(tls) = &self.spec.tls else {
             return Err(UpstreamError::Connect(std::io::Error::other("protocol auto needs tls")));
         };
-        let open = async {
-            let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
-            let _ = stream.set_nodelay(true);
-            let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
-                .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-            let s = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
-                .connect(server, stream)
-                .await
-                .map_err(UpstreamError::Connect)?;
+        self.within_connect_timeout(async {
+            let s = dial_tls(ep, tls).await?;
             if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                 let conn = h2::handshake(s, Arc::clone(&self.spec.name), ep.address().to_owned()).await?;
                 ep.h2.add(conn.clone());
@@ -361,41 +341,40 @@ impl Upstream {
             } else {
                 Ok(Link::H1(wire::Connection::new(wire::Stream::Tls(Box::new(s)))))
             }
-        };
-        match tokio::time::timeout(self.spec.connect_timeout, open).await {
-            Err(_) => Err(UpstreamError::ConnectTimeout),
-            Ok(r) => r,
-        }
+        })
+        .await
     }
 
     /// A new HTTP/2 connection to `ep` (dial and handshake within
     /// `connect_timeout`), kept in its pool for the next requests.
     async fn open_h2(&self, ep: &Endpoint) -> Result<H2Conn<H2Body>, UpstreamError> {
-        let open = async {
-            let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
-            let _ = stream.set_nodelay(true);
-            let (name, addr) = (Arc::clone(&self.spec.name), ep.address().to_owned());
-            let Some(tls) = &self.spec.tls else { return h2::handshake(stream, name, addr).await };
-            // A failed handshake (unknown CA, wrong name, no client
-            // certificate where one is required) is a connect failure.
-            let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
-                .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-            let s = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
-                .connect(server, stream)
-                .await
-                .map_err(UpstreamError::Connect)?;
-            if s.get_ref().1.alpn_protocol() != Some(b"h2") {
-                return Err(UpstreamError::Connect(std::io::Error::other(
-                    "the upstream did not agree to HTTP/2 over TLS (ALPN h2)",
-                )));
-            }
-            h2::handshake(s, name, addr).await
-        };
-        let conn = tokio::time::timeout(self.spec.connect_timeout, open)
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout)??;
+        let conn = self
+            .within_connect_timeout(async {
+                let (name, addr) = (Arc::clone(&self.spec.name), ep.address().to_owned());
+                let Some(tls) = &self.spec.tls else {
+                    let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
+                    let _ = stream.set_nodelay(true);
+                    return h2::handshake(stream, name, addr).await;
+                };
+                let s = dial_tls(ep, tls).await?;
+                if s.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(UpstreamError::Connect(std::io::Error::other(
+                        "the upstream did not agree to HTTP/2 over TLS (ALPN h2)",
+                    )));
+                }
+                h2::handshake(s, name, addr).await
+            })
+            .await?;
         ep.h2.add(conn.clone());
         Ok(conn)
+    }
+
+    /// `open`, or a connect timeout after `connect_timeout`.
+    async fn within_connect_timeout<T>(
+        &self,
+        open: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        tokio::time::timeout(self.spec.connect_timeout, open).await.map_err(|_| UpstreamError::ConnectTimeout)?
     }
 
     /// After a sent attempt failed with `what`: may the request go to
@@ -605,6 +584,23 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp.map(PooledBody::detached)),
         }
     }
+}
+
+/// TCP and the TLS handshake to `ep` (no timeout of its own). A failed
+/// handshake (unknown CA, wrong name, no client certificate where one is
+/// required) is a connect failure, like a refused connection.
+async fn dial_tls(
+    ep: &Endpoint,
+    tls: &crate::tls::UpstreamTls,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, UpstreamError> {
+    let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
+        .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+    tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+        .connect(server, stream)
+        .await
+        .map_err(UpstreamError::Connect)
 }
 
 /// Read a body declared empty to its end; any data in it is an error. The
