@@ -120,8 +120,12 @@ async fn prometheus_scrapes_weir_and_the_design_queries_work() {
     eprintln!("PromQL success ratio {ratio}, p99 {q99} s");
     // 3 of every 100 canary requests fail: success ratio 0.97.
     assert!((ratio - 0.97).abs() < 0.01, "success ratio {ratio}");
-    // Latency ≈ 60 ms: the p99 lies in the (0.05, 0.1] bucket.
-    assert!(q99 > 0.05 && q99 <= 0.1, "p99 {q99}");
+    // Latency ≈ 60 ms: the p99 is above the 0.05 bound. On a quiet machine
+    // it lies in (0.05, 0.1]; on a loaded one (CI, 2 cores running other
+    // tests) over 1 % of the requests can take more than 100 ms, so the next
+    // bucket, (0.1, 0.25], is accepted too. Far above that the histogram or
+    // the query would be wrong.
+    assert!(q99 > 0.05 && q99 <= 0.25, "p99 {q99}");
 }
 
 /// Every PromQL expression of a Grafana dashboard (panel targets and
