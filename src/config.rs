@@ -141,13 +141,18 @@ impl Default for Passive {
     }
 }
 
-/// `upstreams.X.health.active` (design §13): every `interval`, a `GET
-/// path` to each endpoint on a connection of its own; an answer 200–399
-/// within `timeout` passes. `unhealthy` failures in a row take the endpoint
-/// out of service, `healthy` passes in a row put it back.
+/// `upstreams.X.health.active` (design §13): every `interval`, a check
+/// of each endpoint on a connection of its own, in the upstream's protocol
+/// and TLS: a `GET path` answered 200–399, or with `grpc_service` a
+/// `grpc.health.v1.Health/Check` answered SERVING, within `timeout`
+/// passes. `unhealthy` failures in a row take the endpoint out of service,
+/// `healthy` passes in a row put it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Active {
     pub path: String,
+    /// `grpc_service`: a gRPC health check of this service ("" the server
+    /// as a whole) instead of the GET.
+    pub grpc_service: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy: u32,

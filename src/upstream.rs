@@ -188,7 +188,8 @@ impl Upstream {
             }
         }
         if let (Some(policy), Ok(rt)) = (spec.active.clone(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(health::check_forever(Arc::downgrade(&endpoints), policy));
+            let reach = health::Reach { protocol: spec.protocol, tls: spec.tls.clone() };
+            rt.spawn(health::check_forever(Arc::downgrade(&endpoints), policy, reach));
         }
         Arc::new(Self { spec, endpoints, dns, next: AtomicUsize::new(0), budget: Budget::default() })
     }
@@ -320,7 +321,7 @@ impl Upstream {
     async fn connect_h1(&self, ep: &Endpoint) -> Result<wire::Connection, UpstreamError> {
         let Some(tls) = &self.spec.tls else { return ep.connect(self.spec.connect_timeout).await };
         self.within_connect_timeout(async {
-            Ok(wire::Connection::new(wire::Stream::Tls(Box::new(dial_tls(ep, tls).await?))))
+            Ok(wire::Connection::new(wire::Stream::Tls(Box::new(ep.dial_tls(tls).await?))))
         })
         .await
     }
@@ -333,7 +334,7 @@ impl Upstream {
             return Err(UpstreamError::Connect(std::io::Error::other("protocol auto needs tls")));
         };
         self.within_connect_timeout(async {
-            let s = dial_tls(ep, tls).await?;
+            let s = ep.dial_tls(tls).await?;
             if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                 let conn = h2::handshake(s, Arc::clone(&self.spec.name), ep.address().to_owned()).await?;
                 ep.h2.add(conn.clone());
@@ -356,7 +357,7 @@ impl Upstream {
                     let _ = stream.set_nodelay(true);
                     return h2::handshake(stream, name, addr).await;
                 };
-                let s = dial_tls(ep, tls).await?;
+                let s = ep.dial_tls(tls).await?;
                 if s.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err(UpstreamError::Connect(std::io::Error::other(
                         "the upstream did not agree to HTTP/2 over TLS (ALPN h2)",
@@ -584,23 +585,6 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp.map(PooledBody::detached)),
         }
     }
-}
-
-/// TCP and the TLS handshake to `ep` (no timeout of its own). A failed
-/// handshake (unknown CA, wrong name, no client certificate where one is
-/// required) is a connect failure, like a refused connection.
-async fn dial_tls(
-    ep: &Endpoint,
-    tls: &crate::tls::UpstreamTls,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, UpstreamError> {
-    let stream = ep.dial().await.map_err(UpstreamError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let server = crate::tls::server_name(tls.server_name.as_deref(), ep.address())
-        .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-    tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
-        .connect(server, stream)
-        .await
-        .map_err(UpstreamError::Connect)
 }
 
 /// Read a body declared empty to its end; any data in it is an error. The

@@ -654,7 +654,8 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
                \x20 v6: {endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {client_cert_file: c.pem}}\n\
                \x20 v5: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, tls: {insecure_skip_verify: true}}\n\
                \x20 v7: {endpoints: [\"127.0.0.1:1\"], protocol: auto}\n\
-               \x20 v8: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, health: {active: {path: /healthz}}}\n\
+               \x20 v8: {endpoints: [\"127.0.0.1:1\"], health: {active: {grpc_service: weir.Game}}}\n\
+               \x20 v9: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, health: {active: {path: /h, grpc_service: \"a b\"}}}\n\
                routes:\n  - name: r\n    stable: {upstream: v1}\n    canary: {upstream: v2}\n\
                \x20   grpc: {error_codes: [UNAVAILABLE, OK, NOPE]}\n";
     let (ok, out) = check(&write(dir.path(), "weir.yaml", bad));
@@ -675,7 +676,9 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
         "upstreams.v2.tls: protocol h2 is HTTP/2 over TLS: give `tls` (or use h2c)",
         "upstreams.v3.protocol: `spdy` is not a protocol; use http1, h2c, h2 or auto",
         "upstreams.v7.tls: protocol auto lets TLS's ALPN choose between h2 and http/1.1: give `tls`",
-        "upstreams.v8.health.active: active checks speak HTTP/1.1 in clear text",
+        "upstreams.v8.health.active.grpc_service: a gRPC health check needs HTTP/2: set protocol h2c, h2 or auto",
+        "upstreams.v9.health.active.grpc_service: give `path` (an HTTP check) or `grpc_service` (a gRPC check), not both",
+        "upstreams.v9.health.active.grpc_service: must be a service name",
         "upstreams.v4.tls.ca_file: cannot read",
         "upstreams.v6.tls: client_cert_file and client_key_file go together",
         "upstreams.v5.tls: h2c is HTTP/2 without TLS: use protocol h2 with `tls`",
@@ -689,6 +692,8 @@ fn check_names_a_bad_dns_source_retry_or_resolver_by_its_field() {
     }
     let good = "listen: [{address: \"127.0.0.1:0\"}]\nresolver: {nameservers: [\"127.0.0.1:5353\", \"::1\"]}\n\
                 upstreams:\n  v1: {dns: {name: game.svc.cluster.local., port: 8080}, retry: {on: [reset, 503]}}\n\
+                \x20 v2: {endpoints: [\"127.0.0.1:1\"], protocol: h2c, health: {active: {grpc_service: \"\"}}}\n\
+                \x20 v3: {endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {}, health: {active: {path: /healthz}}}\n\
                 routes:\n  - name: r\n    stable: {upstream: v1}\n";
     let (ok, out) = check(&write(dir.path(), "weir.yaml", good));
     assert!(ok, "{out}");

@@ -362,3 +362,53 @@ async fn grpc_calls_stick_by_metadata_follow_segments_and_are_mirrored() {
     let m = support::wait_metric(weir.admin, "weir_shadow_requests_total{route=\"grpc\",outcome=\"ok\"}", 65.0).await;
     assert_eq!(metric(&m, "weir_shadow_requests_total{route=\"grpc\",outcome=\"error\"}"), Some(0.0), "{m}");
 }
+
+/// Active health over HTTP/2: gRPC's own health service (grpcio's
+/// `grpc_health.v1` servicer) asked for `weir.test.Game` in h2c and in h2
+/// over verified TLS. An endpoint whose service turns NOT_SERVING is taken
+/// out of service (no call reaches it) and comes back once SERVING again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_take_a_not_serving_endpoint_out_over_h2c_and_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "ca", "server");
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    for tls in [false, true] {
+        let start = || if tls { Server::tls(&p("server.crt"), &p("server.key"), None) } else { Server::start() };
+        let (mut well, mut sick) = (start(), start());
+        let protocol = if tls {
+            format!("protocol: h2, tls: {{ca_file: \"{}\", server_name: localhost}}", p("ca.crt"))
+        } else {
+            "protocol: h2c".to_owned()
+        };
+        let weir = Weir::start(&format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+             upstreams:\n  game: {{endpoints: [\"{}\", \"{}\"], {protocol}, retry: {{attempts: 0}},\n\
+             \x20   health: {{passive: {{consecutive_failures: 0}},\n\
+             \x20     active: {{grpc_service: weir.test.Game, interval: 300ms, timeout: 300ms, healthy: 2, unhealthy: 2}}}}}}\n\
+             routes:\n  - name: grpc\n    stable: {{upstream: game}}\n",
+            well.addr, sick.addr
+        ))
+        .await;
+        let limit = Duration::from_secs(15);
+        let (w, s) = (well.addr.to_string(), sick.addr.to_string());
+        for a in [&w, &s] {
+            let r = support::wait_endpoint(weir.admin, a, ("healthy", "passing"), limit).await;
+            assert!(r.is_ok(), "tls {tls}: the check never passed on {a}: {r:?}");
+        }
+        assert_eq!(sick.tell("NOT_SERVING"), "set NOT_SERVING");
+        let r = support::wait_endpoint(weir.admin, &s, ("ejected", "failing"), limit).await;
+        assert!(r.is_ok(), "tls {tls}: NOT_SERVING never took the endpoint out: {r:?}");
+
+        let (before_well, before_sick) = (well.calls(), sick.calls());
+        for i in 0..6 {
+            let r = call(weir.addr, "Bet", &format!("c{i}"), 10.0).await;
+            assert_eq!(r["code"], "OK", "tls {tls}: {r}");
+        }
+        assert_eq!(sick.calls(), before_sick, "tls {tls}: a call reached the endpoint out of service");
+        assert_eq!(well.calls(), before_well + 6, "tls {tls}");
+
+        assert_eq!(sick.tell("SERVING"), "set SERVING");
+        let r = support::wait_endpoint(weir.admin, &s, ("healthy", "passing"), limit).await;
+        assert!(r.is_ok(), "tls {tls}: SERVING never brought it back: {r:?}");
+    }
+}

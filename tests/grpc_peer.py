@@ -4,7 +4,11 @@ No generated code: a generic handler for the service `weir.test.Game` with
 raw bytes as messages.
 
   grpc_peer.py server [EVERY:CODE]    serve on 127.0.0.1:0, print the port, run until stdin closes;
-                                      with EVERY:CODE, every EVERY-th Bet call fails with CODE
+                                      with EVERY:CODE, every EVERY-th Bet call fails with CODE.
+                                      It also serves the standard health service
+                                      (grpcio-health-checking), "" and weir.test.Game SERVING; a
+                                      line "NOT_SERVING" or "SERVING" on stdin sets weir.test.Game's
+                                      status, a line "calls" prints the Bet calls served so far
   grpc_peer.py server-tls CERT KEY [CLIENT_CA]
                                       the same over TLS (ALPN h2); with CLIENT_CA, a client
                                       certificate it signed is required
@@ -39,8 +43,13 @@ FAIL = {"every": 0, "code": None, "n": 0}
 LOCK = __import__("threading").Lock()
 
 
+CALLS = [0]
+
+
 def bet(request, context):
     text = request.decode()
+    with LOCK:
+        CALLS[0] += 1
     if FAIL["every"]:
         with LOCK:
             FAIL["n"] += 1
@@ -81,6 +90,12 @@ def serve(tls=None):
         },
     )
     server.add_generic_rpc_handlers((handler,))
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    checks = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    checks.set("weir.test.Game", health_pb2.HealthCheckResponse.SERVING)
     if tls:
         cert, key, client_ca = tls
         read = lambda p: open(p, "rb").read()
@@ -94,7 +109,14 @@ def serve(tls=None):
         port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
-    sys.stdin.read()  # until the test closes our stdin (or dies)
+    for line in sys.stdin:  # until the test closes our stdin (or dies)
+        word = line.strip()
+        if word in ("SERVING", "NOT_SERVING"):
+            checks.set("weir.test.Game", getattr(health_pb2.HealthCheckResponse, word))
+            print("set", word, flush=True)
+        elif word == "calls":
+            with LOCK:
+                print(CALLS[0], flush=True)
     server.stop(0)
 
 

@@ -9,7 +9,8 @@ sent, the TLS version, whether the session was resumed, the client
 certificate's subject CN (with CLIENT_CA a certificate is required), and the
 number of the TCP connection (1, 2, ...). GET /bye answers, then closes
 the connection (TLS close_notify, then FIN) as a server whose keep-alive
-timeout ran out would, and prints "closed N" once it has.
+timeout ran out would, and prints "closed N" once it has. GET /healthz
+answers 200, or 503 after a line "sick" on stdin (until a line "well").
 """
 import hashlib
 import http.server
@@ -20,6 +21,7 @@ import sys
 import threading
 
 conns = 0
+sick = [False]
 lock = threading.Lock()
 sni = {}
 
@@ -44,12 +46,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         peer = s.getpeercert() or {}
         cn = [v for rdn in peer.get("subject", ()) for (k, v) in rdn if k == "commonName"]
         out = json.dumps({
+            "port": self.server.server_address[1],
             "method": self.command, "path": self.path, "length": len(body),
             "sha256": hashlib.sha256(body).hexdigest(), "sni": sni.get(id(s)),
             "version": s.version(), "resumed": s.session_reused,
             "client_cn": cn[0] if cn else None, "conn": self.conn_no,
         }).encode()
-        self.send_response(200)
+        self.send_response(503 if self.path == "/healthz" and sick[0] else 200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))
         self.end_headers()
@@ -90,7 +93,8 @@ def main():
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print(srv.server_address[1], flush=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    sys.stdin.read()
+    for line in sys.stdin:
+        sick[0] = line.strip() == "sick"
 
 
 if __name__ == "__main__":

@@ -208,3 +208,45 @@ async fn protocol_auto_lets_alpn_choose_http1_or_h2() {
     let c = support::grpc::call(w.addr, "Chat", "a,b", 10.0).await;
     assert_eq!(c["replies"], serde_json::json!(["echo:a", "echo:b"]), "{c}");
 }
+
+/// Active health over TLS: the check (`GET /healthz`) goes through the
+/// upstream's own TLS (verified, SNI), in HTTP/1.1 with `protocol: http1`
+/// and with `auto` (the server offers no ALPN, so HTTP/1.1). A pod whose
+/// check answers 503 is taken out (every request answered by the other)
+/// and put back once it answers 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_go_over_tls() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    make_certs(tmp.path());
+    let d = tmp.path().display().to_string();
+    for protocol in ["http1", "auto"] {
+        let (well, mut sick) = (TlsUpstream::start(tmp.path(), None), TlsUpstream::start(tmp.path(), None));
+        let w = Weir::start(&format!(
+            "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+             upstreams:\n  secure: {{endpoints: [\"{}\", \"{}\"], protocol: {protocol}, retry: {{attempts: 0}},\n\
+             \x20   tls: {{ca_file: \"{d}/ca.crt\", server_name: localhost}},\n\
+             \x20   health: {{passive: {{consecutive_failures: 0}},\n\
+             \x20     active: {{path: /healthz, interval: 300ms, timeout: 300ms, healthy: 2, unhealthy: 2}}}}}}\n\
+             routes:\n  - name: app\n    stable: {{upstream: secure}}\n",
+            well.addr, sick.addr
+        ))
+        .await;
+        let limit = Duration::from_secs(15);
+        let (a, b) = (well.addr.to_string(), sick.addr.to_string());
+        for e in [&a, &b] {
+            let r = support::wait_endpoint(w.admin, e, ("healthy", "passing"), limit).await;
+            assert!(r.is_ok(), "{protocol}: the check never passed over TLS on {e}: {r:?}");
+        }
+        writeln!(sick.child.stdin.as_mut().unwrap(), "sick").unwrap();
+        let r = support::wait_endpoint(w.admin, &b, ("ejected", "failing"), limit).await;
+        assert!(r.is_ok(), "{protocol}: a 503 check never took the pod out: {r:?}");
+        for i in 0..10 {
+            let (s, v) = send(&w, Method::GET, &format!("/r{i}"), Bytes::new()).await;
+            assert_eq!((s, v["port"].as_u64()), (200, Some(u64::from(well.addr.port()))), "{protocol}: {v}");
+        }
+        writeln!(sick.child.stdin.as_mut().unwrap(), "well").unwrap();
+        let r = support::wait_endpoint(w.admin, &b, ("healthy", "passing"), limit).await;
+        assert!(r.is_ok(), "{protocol}: a passing check never brought it back: {r:?}");
+    }
+}

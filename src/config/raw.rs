@@ -168,6 +168,7 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub struct RawActive {
     pub path: Option<String>,
+    pub grpc_service: Option<String>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
     pub healthy: Option<u64>,

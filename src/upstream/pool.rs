@@ -287,6 +287,23 @@ impl Endpoint {
         }
     }
 
+    /// TCP and the TLS handshake (no timeout of its own). A failed
+    /// handshake (unknown CA, wrong name, no client certificate where one
+    /// is required) is a connect failure, like a refused connection.
+    pub async fn dial_tls(
+        &self,
+        tls: &crate::tls::UpstreamTls,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let stream = self.dial().await.map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let server = crate::tls::server_name(tls.server_name.as_deref(), self.address())
+            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+        tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+            .connect(server, stream)
+            .await
+            .map_err(UpstreamError::Connect)
+    }
+
     /// Dial a new connection.
     pub async fn connect(&self, timeout: Duration) -> Result<Connection, UpstreamError> {
         let stream = match tokio::time::timeout(timeout, self.dial()).await {

@@ -12,6 +12,7 @@ pub const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py"
 pub struct Server {
     pub addr: std::net::SocketAddr,
     child: Child,
+    out: BufReader<std::process::ChildStdout>,
 }
 
 impl Server {
@@ -44,9 +45,28 @@ impl Server {
             .spawn()
             .expect("python3 with grpcio is needed: pip install grpcio");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("no port from the gRPC server: {line:?}"));
-        Self { addr: ([127, 0, 0, 1], port).into(), child }
+        Self { addr: ([127, 0, 0, 1], port).into(), child, out }
+    }
+
+    /// Say `word` to the server ("SERVING", "NOT_SERVING", "calls"); its
+    /// one-line answer.
+    pub fn tell(&mut self, word: &str) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{word}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Bet calls the server has answered.
+    pub fn calls(&mut self) -> u64 {
+        let n = self.tell("calls");
+        n.parse().unwrap_or_else(|_| panic!("not a count from the gRPC server: {n:?}"))
     }
 }
 

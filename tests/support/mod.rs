@@ -316,6 +316,36 @@ pub async fn wait_route(
     }
 }
 
+/// Poll `GET /upstreams` until the endpoint at `address` has `state` and
+/// active `check` (e.g. "ejected", "failing"), or `limit` passes; the last
+/// view if it never did.
+pub async fn wait_endpoint(
+    admin: SocketAddr,
+    address: &str,
+    (state, check): (&str, &str),
+    limit: Duration,
+) -> Result<(), serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, _, body) = get(&client(), &format!("http://{admin}/upstreams"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let found = v["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|u| u["endpoints"].as_array().into_iter().flatten())
+            .any(|e| e["address"] == address && e["state"] == state && e["check"] == check);
+        if found {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(v);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Background players: `tasks` loops sending GET with a random
 /// `x-player-id`, until stopped, 60 s, or 50,000 requests each.
 pub struct Load {

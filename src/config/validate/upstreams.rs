@@ -78,13 +78,13 @@ fn compile_upstream(
         (Protocol::H2c, true) => p.at(format!("{path}.tls"), "h2c is HTTP/2 without TLS: use protocol h2 with `tls`"),
         _ => {}
     }
-    // The active check is a GET in HTTP/1.1 over plain TCP: against an
-    // HTTP/2-only or TLS port it would fail every time and eject every
-    // endpoint. Refused rather than silently wrong.
-    if u.health.as_ref().is_some_and(|h| h.active.is_some()) && (protocol != Protocol::Http1 || u.tls.is_some()) {
+    let active = u.health.as_ref().and_then(|h| h.active.as_ref()).map(|a| compile_active(a, path, p));
+    // gRPC's health service is HTTP/2: over HTTP/1.1 it would fail every
+    // time and take every endpoint out.
+    if active.as_ref().is_some_and(|a| a.grpc_service.is_some()) && protocol == Protocol::Http1 {
         p.at(
-            format!("{path}.health.active"),
-            "active checks speak HTTP/1.1 in clear text; with h2c, h2 or tls use passive health only (not built yet)",
+            format!("{path}.health.active.grpc_service"),
+            "a gRPC health check needs HTTP/2: set protocol h2c, h2 or auto (or check a `path` instead)",
         );
     }
     UpstreamSpec {
@@ -96,7 +96,7 @@ fn compile_upstream(
         retry: compile_retry(u.retry.as_ref(), path, p),
         balance,
         passive: compile_passive(u.health.as_ref().and_then(|h| h.passive.as_ref()), path, p),
-        active: u.health.as_ref().and_then(|h| h.active.as_ref()).map(|a| compile_active(a, path, p)),
+        active,
         connect_timeout,
         request_timeout,
         body_timeout,
@@ -287,6 +287,18 @@ fn compile_passive(raw: Option<&RawPassive>, path: &str, p: &mut Problems) -> Pa
 fn compile_active(r: &RawActive, path: &str, p: &mut Problems) -> Active {
     let at = format!("{path}.health.active");
     let check_path = r.path.clone().unwrap_or_else(|| "/healthz".to_owned());
+    if let Some(service) = &r.grpc_service {
+        if r.path.is_some() {
+            p.at(
+                format!("{at}.grpc_service"),
+                "give `path` (an HTTP check) or `grpc_service` (a gRPC check), not both",
+            );
+        }
+        // A service name is sent in a protobuf string; keep it printable.
+        if service.len() > 200 || service.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            p.at(format!("{at}.grpc_service"), "must be a service name (at most 200 characters, no spaces)");
+        }
+    }
     if !check_path.starts_with('/') || check_path.bytes().any(|b| b <= b' ' || b == 0x7f) || check_path.len() > 1024 {
         p.at(format!("{at}.path"), "must be an absolute path without spaces or control characters");
     }
@@ -308,7 +320,7 @@ fn compile_active(r: &RawActive, path: &str, p: &mut Problems) -> Active {
     };
     let healthy = count("healthy", r.healthy, 2);
     let unhealthy = count("unhealthy", r.unhealthy, 3);
-    Active { path: check_path, interval, timeout, healthy, unhealthy }
+    Active { path: check_path, grpc_service: r.grpc_service.clone(), interval, timeout, healthy, unhealthy }
 }
 
 /// A percent from 0 to 100 (`20%` or `20`) as a whole number; `default`
