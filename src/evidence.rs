@@ -53,7 +53,7 @@ impl Unit {
             return None;
         }
         let b = d.bucket?;
-        let per_user = matches!(b.source, BucketSource::Key(_));
+        let per_user = matches!(b.source, BucketSource::Key(_) | BucketSource::Cookie);
         Some(Unit { stratum: Stratum { segment, per_user }, weight_bp, user: if per_user { b.user } else { 0 } })
     }
 }

@@ -191,15 +191,17 @@ impl Rollouts {
             book.states.insert(name, st);
         }
         book.reconcile(None, config, now_ms);
-        book.restore_filters(config, registry);
+        book.restore_filters(config, registry, now_ms);
         Ok(book)
     }
 
     /// Give each route's recorder the lines and the counted-user filters
     /// saved with its state. Filters that cannot be restored mean users
-    /// could count twice, so that route's judge starts afresh (never from
-    /// remembered e-values).
-    fn restore_filters(&mut self, config: &Snapshot, registry: &Registry) {
+    /// could count twice, so that route's live e-processes stop where they
+    /// are (the α they spent stays spent; never a fresh budget) and the
+    /// evidence goes on in a new epoch that counts users afresh.
+    fn restore_filters(&mut self, config: &Snapshot, registry: &Registry, now_ms: u64) {
+        let mut lost = Vec::new();
         for (name, st) in &mut self.states {
             let Some(r) = config.table.route(name) else { continue };
             // The lines the saved state was about to classify with.
@@ -210,10 +212,25 @@ impl Rollouts {
             let restored =
                 self.store.load_filters(name).is_some_and(|b| registry.route(&r.name).evidence.import_filters(&b));
             if !restored {
-                tracing::warn!(route = %name, "saved counted-user filters unreadable; the route's evidence starts afresh");
-                st.judge = crate::analysis::JudgeState::default();
+                tracing::warn!(route = %name, "saved counted-user filters unreadable; the evidence so far stops where it is and a new epoch begins");
+                st.judge.filters_lost(now_ms);
                 st.filters = false;
+                lost.push(name.clone());
             }
+        }
+        let any_lost = !lost.is_empty();
+        for name in lost {
+            let (Some(r), Some(st)) = (config.table.route(&name), self.states.get(&name)) else { continue };
+            let mut e = entry(r, st, "auto", "filters_lost", now_ms, &config.sha256, effective_bp(r, Some(st)));
+            e.insert("epoch".into(), json!(st.judge.epoch));
+            e.insert(
+                "reason".into(),
+                json!("counted-user filters unreadable: the e-processes so far are closed (their α stays spent), evidence continues in a new epoch"),
+            );
+            self.journal(Value::Object(e));
+        }
+        if any_lost {
+            self.save();
         }
     }
 

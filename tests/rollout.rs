@@ -510,3 +510,144 @@ async fn a_fifo_or_huge_state_file_starts_safe_and_sigterm_still_works() {
         drop(err);
     }
 }
+
+/// A bucket-cookie holder is one unit of evidence, like a keyed player:
+/// all its requests share one version. One heavy anonymous client on the
+/// canary whose every request fails (its own fault: the same on either
+/// version) is one bad unit, not hundreds, and cannot roll back a healthy
+/// canary. (Counted per request, it rolled the canary back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heavy_cookie_holder_counts_once_and_cannot_roll_back_a_healthy_canary() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let yaml = config(s.addr, c.addr, &route("interval: 200ms, window: 2s", "")).replace(
+        "sticky: {keys: [\"header:x-player-id\"]}",
+        "sticky: {keys: [\"header:x-player-id\"], cookie: {name: wb}}",
+    );
+    let weir = Weir::start(&yaml).await;
+    let http = client();
+    // A bucket the canary serves.
+    let mut cookie = None;
+    for b in [1, 9999, 2500, 7500] {
+        let (_, h, _) = get(&http, &weir.url("/"), &[("cookie", &format!("wb={b}"))]).await;
+        if h["x-upstream"] == "canary" {
+            cookie = Some(format!("wb={b}"));
+            break;
+        }
+    }
+    let cookie = cookie.expect("no canary bucket found");
+    let load = Load::start(weir.url("/"), 2);
+    // Anonymous visitors: each holds a bucket cookie of its own (as every
+    // visitor does after its first answer), healthy on both versions.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let visitors: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (stop, url) = (stop.clone(), weir.url("/"));
+            tokio::spawn(async move {
+                let http = client();
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ t;
+                for _ in 0..50_000 {
+                    if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    get(&http, &url, &[("cookie", &format!("wb={}", x % 10_000))]).await;
+                }
+            })
+        })
+        .collect();
+    let before = c.count();
+    for _ in 0..400 {
+        let (status, _, _) = get(&http, &weir.url("/"), &[("cookie", &cookie), ("x-answer-status", "500")]).await;
+        assert_eq!(status.as_u16(), 500);
+    }
+    assert!(c.count() >= before + 400 || route_view(weir.admin, "app").await["state"] == "rolled_back");
+    // Judged past the heavy client's requests (its errors are in the
+    // judge's totals), and past more players' traffic after them.
+    let canary = |v: &Value, what: &str| v["evidence"]["since_revision"]["canary"][what].as_u64().unwrap_or(0);
+    let (ok, v) = wait_route(weir.admin, "app", Duration::from_secs(30), |v| {
+        v["state"] == "rolled_back" || canary(v, "errors") >= 400
+    })
+    .await;
+    assert!(ok, "{v}");
+    let judged = canary(&v, "requests");
+    let (ok, v) = wait_route(weir.admin, "app", Duration::from_secs(30), |v| {
+        v["state"] == "rolled_back" || canary(v, "requests") >= judged + 1000
+    })
+    .await;
+    load.stop().await;
+    stop.store(true, Ordering::Relaxed);
+    for v in visitors {
+        v.await.unwrap();
+    }
+    assert!(ok, "{v}");
+    assert_ne!(v["state"], "rolled_back", "one heavy cookie holder rolled back a healthy canary: {v}");
+    let lines = app_lines(&state_dir(&weir));
+    assert!(!lines.iter().any(|e| e["verdict"] == "fail"), "no fail at all");
+}
+
+/// The counted-user filters are lost across a restart (deleted here): the
+/// judge must not get a fresh α for the same rollout. Its processes so far
+/// are closed where they stood (no more evidence goes in, so they cannot
+/// cross later), the evidence goes on in a new epoch, and the journal says
+/// so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_its_filters_deleted_closes_the_old_processes_instead_of_starting_afresh() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weir.yaml");
+    let state = dir.path().join("weir-state");
+    std::fs::write(&cfg, binary_config(&s, &c, "2.0", 50)).unwrap();
+    let (mut child, addr, admin, _out, _err) = support::spawn_weir_admin(&cfg);
+    canary_share(addr, &c).await;
+    let (ok, v) = wait_route(admin, "app", Duration::from_secs(20), |v| {
+        v["evidence"]["since_revision"]["canary"]["requests"].as_u64().is_some_and(|n| n >= 50)
+    })
+    .await;
+    assert!(ok, "{v}");
+    let saved = |state: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap()
+    };
+    let ok = support::eventually(Duration::from_secs(10), || {
+        saved(&state)["routes"]["app"]["filters"] == true && std::fs::read_dir(state.join("filters")).is_ok()
+    })
+    .await;
+    assert!(ok, "filters never saved: {}", saved(&state));
+    kill9(&mut child);
+    let before = saved(&state)["routes"]["app"]["judge"].clone();
+    let epoch = before["epoch"].as_u64().unwrap();
+    assert!(before["scopes"][0]["tests"]["E"].is_object(), "{before}");
+    std::fs::remove_dir_all(state.join("filters")).unwrap();
+
+    let (mut child, addr, admin, _out, _err) = support::spawn_weir_admin(&cfg);
+    let after = saved(&state)["routes"]["app"]["judge"].clone();
+    assert_eq!(after["epoch"].as_u64(), Some(epoch + 1), "a new epoch: {after}");
+    assert_eq!(after["closed_below"].as_u64(), Some(epoch + 1), "the old processes are closed: {after}");
+    assert_eq!(after["scopes"][0]["tests"], before["scopes"][0]["tests"], "never reset to a fresh state");
+    let lines = journal(&state);
+    let lost = lines.iter().find(|e| e["event"] == "filters_lost").expect("no filters_lost line");
+    assert_eq!((lost["route"].as_str(), lost["epoch"].as_u64()), (Some("app"), Some(epoch + 1)), "{lost}");
+
+    // More players: evidence goes into the new epoch only.
+    let counted = after["scopes"][0]["totals"]["n"][0][1].as_u64().unwrap_or(0);
+    canary_share(addr, &c).await;
+    let (ok, v) = wait_route(admin, "app", Duration::from_secs(20), |v| {
+        v["evidence"]["since_revision"]["canary"]["requests"].as_u64().is_some_and(|n| n > counted)
+    })
+    .await;
+    assert!(ok, "{v}");
+    let ok = support::eventually(Duration::from_secs(10), || {
+        let j = &saved(&state)["routes"]["app"]["judge"];
+        j["scopes"]
+            .as_array()
+            .and_then(|s| s.last())
+            .is_some_and(|s| s["epoch"] == epoch + 1 && s["tests"]["E"].is_object())
+    })
+    .await;
+    assert!(ok, "the new epoch took no evidence: {}", saved(&state));
+    let now = saved(&state)["routes"]["app"]["judge"].clone();
+    assert_eq!(now["scopes"][0]["tests"], before["scopes"][0]["tests"], "a closed process takes no evidence");
+    kill9(&mut child);
+}

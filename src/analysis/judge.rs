@@ -9,6 +9,11 @@
 //! `s` getting ½ · 1/(s(s+1)) of it), so a regression that starts late is not
 //! buried under an hour of healthy evidence, and the shares sum to the
 //! test's α over any number of epochs.
+//!
+//! The α budget is split over the tests that can roll back (E, the latency
+//! tests, W95): SLO guards only ever hold, so they spend none. Within a
+//! revision a threshold never falls: the budget remembers the smallest
+//! `alpha` and the most tests it was ever split over.
 
 use super::counts::{CANARY, Cell, Event, Interval, STABLE};
 use super::eprocess::{Detector, EProcess};
@@ -123,7 +128,8 @@ impl Test {
     }
 }
 
-/// The tests a route runs: the α budget is split over exactly these.
+/// The tests a route runs (guards included; the α budget is split over
+/// those that are not guards, see `budget_tests`).
 pub fn tests_in_use(p: &Analysis, ws_rtt: bool) -> Vec<Test> {
     Test::ALL
         .into_iter()
@@ -133,6 +139,11 @@ pub fn tests_in_use(p: &Analysis, ws_rtt: bool) -> Vec<Test> {
             _ => true,
         })
         .collect()
+}
+
+/// How many tests share α: those in use that can roll back.
+pub fn budget_tests(tests: &[Test]) -> usize {
+    tests.iter().filter(|t| !t.is_guard()).count()
 }
 
 /// One test's e-processes in one scope.
@@ -178,6 +189,14 @@ pub struct JudgeState {
     /// The lines the interval after the latest verdict is classified with
     /// (kept so a restart classifies with them too).
     pub frozen: super::counts::Frozen,
+    /// Scopes of an epoch below this are closed: they take no more
+    /// evidence (their counted-user filters were lost) and so can no longer
+    /// fire. 0: none closed.
+    pub closed_below: u32,
+    /// The smallest `alpha` this revision was judged with (0: not yet).
+    pub alpha_floor: f64,
+    /// The most tests this revision's α was ever split over.
+    pub k_ceiling: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -283,12 +302,39 @@ impl JudgeState {
     pub fn revision(&self) -> Option<&ScopeState> {
         self.scopes.first()
     }
+
+    /// The counted-user filters were lost (unreadable after a restart):
+    /// users already counted could be counted again by every live scope,
+    /// so those scopes stop where they are (α they spent stays spent) and
+    /// the evidence goes on in a new epoch that counts users afresh.
+    pub fn filters_lost(&mut self, now_ms: u64) {
+        if self.epoch == 0 {
+            return; // nothing judged yet: nothing to close
+        }
+        self.new_epoch(now_ms);
+        self.closed_below = self.epoch;
+    }
+
+    fn open(&self, scope: &ScopeState) -> bool {
+        scope.epoch >= self.closed_below
+    }
+
+    /// `alpha` and the number of tests for this interval's thresholds: the
+    /// smallest α and the most tests seen in this revision, so a reload that
+    /// raises `alpha` or drops a test never lowers a running threshold.
+    fn budget(&mut self, alpha: f64, k: usize) -> (f64, usize) {
+        if self.alpha_floor <= 0.0 || alpha < self.alpha_floor {
+            self.alpha_floor = alpha;
+        }
+        self.k_ceiling = self.k_ceiling.max(k);
+        (self.alpha_floor, self.k_ceiling)
+    }
 }
 
 /// The e-value at which a test fires in scope `epoch` (0 = the revision):
 /// `alpha / k` per test, half of it since the revision started, the other
 /// half split ½ · 1/(s(s+1)) over epochs s = 1, 2, … (sums to the half).
-pub fn threshold(p: &Analysis, k: usize, epoch: u32) -> f64 {
+pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
     let share = if epoch == 0 {
         2.0
     } else {
@@ -296,7 +342,7 @@ pub fn threshold(p: &Analysis, k: usize, epoch: u32) -> f64 {
         2.0 * s * (s + 1.0)
     };
     // Multiply before dividing, so 1 % over 6 tests reads 1200, not 1199.9999….
-    share * k.max(1) as f64 / p.alpha
+    share * k.max(1) as f64 / alpha
 }
 
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
@@ -306,8 +352,12 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     let tests = tests_in_use(p, ws_rtt);
     st.step_totals.add(&iv.requests);
     let newest = st.epoch;
+    let closed_below = st.closed_below;
     for scope in &mut st.scopes {
         scope.totals.add(&iv.requests);
+        if scope.epoch < closed_below {
+            continue; // closed: its users can no longer be told apart
+        }
         // Per-user strata: the newest epoch dedupes users within itself;
         // the revision and older epochs take users counted once per
         // revision (a subset of their own first events: still valid).
@@ -324,27 +374,31 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
             d[CANARY].update(pi0, iv.requests.x(e, CANARY), iv.requests.n(e, CANARY));
         }
     }
-    let k = tests.len();
-    let mut standings = Vec::with_capacity(k);
+    let (alpha, k) = st.budget(p.alpha, budget_tests(&tests));
+    let mut standings = Vec::with_capacity(tests.len());
     let mut fired: Option<Fired> = None;
     let mut held_by = Vec::new();
     for t in &tests {
         let breaking = st.detectors.get(t).map(|d| [d[0].hot, d[1].hot]);
-        if breaking.is_some_and(|b| b[STABLE]) {
+        // A guard holds when either version is out of its SLO: with stable
+        // out too the canary is not to blame; with canary alone out it is
+        // for E and the latency tests to say, against stable.
+        if breaking.is_some_and(|b| b[STABLE] || b[CANARY]) {
             held_by.push(*t);
         }
         let mut best_epoch: Option<(u32, f64, f64, Option<f64>)> = None;
-        let mut rev = (1.0, threshold(p, k, 0), None);
+        let mut rev = (1.0, threshold(alpha, k, 0), None);
         for scope in &st.scopes {
             let Some(run) = scope.tests.get(t) else { continue };
-            let thr = threshold(p, k, scope.epoch);
+            let thr = threshold(alpha, k, scope.epoch);
             let (e, e_slo) = (run.two.value(), run.slo.map(|s| s.value()));
             if scope.epoch == 0 {
                 rev = (e, thr, e_slo);
             } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
                 best_epoch = Some((scope.epoch, e, thr, e_slo));
             }
-            if fires(p, *t, e, e_slo, thr, breaking, &scope.totals)
+            if st.open(scope)
+                && fires(p, *t, e, thr, &scope.totals)
                 && fired.as_ref().is_none_or(|f| e / thr > f.e_value / f.threshold)
             {
                 let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
@@ -352,7 +406,7 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
             }
         }
         let (epoch, e_epoch, threshold_epoch, slo_epoch) =
-            best_epoch.unwrap_or((newest, 1.0, threshold(p, k, newest), None));
+            best_epoch.unwrap_or((newest, 1.0, threshold(alpha, k, newest), None));
         standings.push(Standing {
             test: *t,
             e_revision: rev.0,
@@ -406,17 +460,9 @@ fn rate(c: &Cell, e: Event, v: usize) -> f64 {
 }
 
 /// Does test `t` fire in a scope? The e-value must reach the threshold, and
-/// the test's practical gate must hold.
-fn fires(
-    p: &Analysis,
-    t: Test,
-    e: f64,
-    e_slo: Option<f64>,
-    thr: f64,
-    breaking: Option<[bool; 2]>,
-    totals: &Cell,
-) -> bool {
-    if e < thr {
+/// the test's practical gate must hold. Guards never fire: they hold.
+fn fires(p: &Analysis, t: Test, e: f64, thr: f64, totals: &Cell) -> bool {
+    if e < thr || t.is_guard() {
         return false;
     }
     match t {
@@ -424,9 +470,6 @@ fn fires(
         Test::E => {
             (rate(totals, Event::Error, CANARY) - rate(totals, Event::Error, STABLE)) * 100.0 >= p.min_error_delta
         }
-        // The canary breaks the SLO (one-sample), is worse than stable on
-        // the same line (two-sample, above), and stable is within it.
-        g if g.is_guard() => e_slo.is_some_and(|v| v >= thr) && !breaking.is_some_and(|b| b[STABLE]),
         _ => true,
     }
 }
@@ -542,10 +585,14 @@ fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64
                     )
                 })
                 .collect();
-            format!(
-                "hold: stable breaks the SLO too, so the canary is not blamed; no step, no rollback: {}",
-                parts.join("; ")
-            )
+            let stable_out =
+                standings.iter().any(|s| held_by.contains(&s.test) && s.breaking.is_some_and(|b| b[STABLE]));
+            let who = if stable_out {
+                "stable breaks the SLO too, so the canary is not blamed"
+            } else {
+                "the canary breaks the SLO while stable keeps it; the tests against stable decide its fate"
+            };
+            format!("hold: {who}; no step, no rollback: {}", parts.join("; "))
         }
         Verdict::Pass | Verdict::Insufficient => {
             let top = standings.iter().max_by(|a, b| a.progress().total_cmp(&b.progress()));

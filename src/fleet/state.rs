@@ -14,7 +14,7 @@ use super::control::{self, Control, KILLED, PAUSED, ROLLED_BACK};
 use super::fold::{Baseline, Evaluation};
 use crate::analysis::machine::RouteState;
 use crate::analysis::machine::{RollbackReason, Transition};
-use crate::analysis::{Interval, Judgement, judge};
+use crate::analysis::{Interval, Judgement, Verdict, judge};
 use crate::config::{Analysis, Progression};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +41,10 @@ pub struct Outcome {
     /// Steering the fleet applied at this time (`resume`, `rollback`, …).
     pub steered: Vec<&'static str>,
     pub interval: Interval,
+    /// The route's state right after this time was folded: what the
+    /// journal line for this time describes (not the state at the end of
+    /// a catch-up batch).
+    pub state: RouteState,
 }
 
 impl FleetFold {
@@ -101,16 +105,25 @@ impl FleetFold {
                 transition: Transition::None,
                 steered,
                 interval: step.interval.clone(),
+                state: st.clone(),
             });
         }
-        let j = judge(a, &mut st.judge, &step.interval, ws_rtt, at);
+        let mut j = judge(a, &mut st.judge, &step.interval, ws_rtt, at);
+        if j.verdict == Verdict::Pass && !step.has_evidence() {
+            // A time with no evidence of its own (the source had none, e.g.
+            // while Prometheus was down) does not step the canary forward on
+            // what came before it.
+            j.verdict = Verdict::Insufficient;
+            j.reason = format!("no evidence at this time; a step waits for its own: {}", j.reason);
+        }
         let t = st.on_verdict(&j, a.mode, progression, at);
         match t {
             Transition::Advanced { .. } | Transition::Promoted => st.judge.new_step(at),
             Transition::None if st.judge.epoch_due(a, at) => st.judge.new_epoch(at),
             _ => {}
         }
-        Some(Outcome { at_ms: at, judgement: Some(j), transition: t, steered, interval: step.interval.clone() })
+        let state = st.clone();
+        Some(Outcome { at_ms: at, judgement: Some(j), transition: t, steered, interval: step.interval.clone(), state })
     }
 
     /// Follow the fleet's steering as of an evaluation time.
@@ -245,6 +258,49 @@ mod tests {
         let o = f.apply(&a, Some(&p), false, &step(20, [1, 0], None), 10).unwrap();
         assert_eq!(f.start_ms, Some(10));
         assert_eq!(o.judgement.unwrap().verdict, Verdict::Pass);
+    }
+
+    /// Catching up after a source outage: a missed time with no evidence
+    /// of its own does not step the canary on what came before, and each
+    /// time's outcome carries the state at that time, not the state after
+    /// the batch (whose last time rolled the canary back).
+    #[test]
+    fn a_catch_up_steps_only_on_evidence_of_its_own_time_and_each_time_keeps_its_state() {
+        let a = Analysis::default();
+        let p = prog();
+        let mut f = FleetFold::new("2", Some(&p));
+        // Healthy evidence up to 10 s before the hold would end.
+        f.apply(&a, Some(&p), false, &step(10_000, [1, 0], None), 0);
+        let mut prev = 10_000;
+        assert_eq!(f.state.step, Some(0));
+        // The outage: two times with nothing (the hold ends meanwhile), then
+        // the evidence gathered during it, bad.
+        let empty = |t| Evaluation { at_ms: t, interval: Interval::default(), control: None, position: None };
+        let mut outcomes = Vec::new();
+        for (t, s) in [(20_000, empty(20_000)), (30_000, empty(30_000)), (40_000, empty(40_000))] {
+            outcomes.push(f.apply(&a, Some(&p), false, &s, prev).unwrap());
+            prev = t;
+        }
+        for o in &outcomes {
+            assert_eq!(o.transition, Transition::None, "no step on a time without evidence");
+            assert_eq!(o.judgement.as_ref().map(|j| j.verdict), Some(Verdict::Insufficient));
+            assert_eq!(o.state.step, Some(0));
+        }
+        let mut t = 40_000;
+        let rolled_at = loop {
+            t += 10_000;
+            let o = f.apply(&a, Some(&p), false, &step(t, [0, 30], None), t - 10_000).unwrap();
+            outcomes.push(o);
+            if matches!(outcomes.last().map(|o| o.transition), Some(Transition::RolledBack(_))) {
+                break outcomes.len() - 1;
+            }
+            assert!(t < 1_000_000);
+        };
+        assert!(f.state.rolled_back.is_some());
+        for o in &outcomes[..rolled_at] {
+            assert!(o.state.rolled_back.is_none(), "a time before the rollback is journaled as it was then");
+        }
+        assert!(outcomes[rolled_at].state.rolled_back.is_some());
     }
 
     #[test]

@@ -273,7 +273,11 @@ impl Rollouts {
         // This replica's recorder: lines for what comes next, its interval
         // counts drained (the fleet's came from Prometheus), its user
         // filters turned with the fold's epochs.
-        let next = super::judging::frozen_for(a, &m, state.step_since_ms, Instant::now(), now_ms);
+        // Before the fleet's first evidence the rollout has not begun: its
+        // warm-up starts now, not at time 0 (which would give lines to the
+        // very first requests, a cold start judged as a regression).
+        let step_since = if f.fold.began() { state.step_since_ms } else { now_ms };
+        let next = super::judging::frozen_for(a, &m, step_since, Instant::now(), now_ms);
         let _ = m.evidence.take(next);
         if epoch_after != epoch_before {
             m.evidence.new_epoch(Some(next));
@@ -310,7 +314,8 @@ impl Rollouts {
                 }
                 if !replay {
                     log_verdict(r, j);
-                    let mut e = entry(r, &state, "fleet", "verdict", o.at_ms, &sha, effective_bp(r, Some(&state)));
+                    let st = &o.state;
+                    let mut e = entry(r, st, "fleet", "verdict", o.at_ms, &sha, effective_bp(r, Some(st)));
                     e.insert("verdict".into(), json!(j.verdict.as_str()));
                     e.insert("reason".into(), json!(j.reason));
                     e.insert("fired".into(), json!(j.fired));
@@ -321,8 +326,8 @@ impl Rollouts {
                         },
                     }));
                     e.insert("since_revision".into(), json!({
-                        "canary_requests": state.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 1)),
-                        "stable_requests": state.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 0)),
+                        "canary_requests": st.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 1)),
+                        "stable_requests": st.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 0)),
                     }));
                     e.insert(
                         "tests".into(),
@@ -338,7 +343,7 @@ impl Rollouts {
                 }
             }
             if !replay && !o.steered.is_empty() {
-                let mut e = entry(r, &state, "fleet", "fleet_steer", o.at_ms, &sha, effective_bp(r, Some(&state)));
+                let mut e = entry(r, &o.state, "fleet", "fleet_steer", o.at_ms, &sha, effective_bp(r, Some(&o.state)));
                 e.insert("applied".into(), json!(o.steered));
                 self.journal(Value::Object(e));
             }

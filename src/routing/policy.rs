@@ -92,7 +92,7 @@ impl Default for Analysis {
             error_tolerance: 1.25,
             min_error_delta: 0.1,
             latency_tolerance: 0.05,
-            warmup: Duration::from_secs(30),
+            warmup: Duration::from_secs(10),
             epoch: Duration::from_secs(300),
             max_error_rate: None,
             max_p95: None,

@@ -359,7 +359,14 @@ impl Route {
         }
         match &sticky.cookie {
             Some(c) => match facts.cookie(&c.name).and_then(|v| c.decode(v)) {
-                Some(value) => (Bucket { value, source: BucketSource::Cookie, user: 0 }, None),
+                // A cookie holder is a unit of evidence like a keyed user:
+                // all its requests share one version, so it is counted once
+                // (by its bucket: holders of one bucket are one unit).
+                Some(value) => {
+                    let [hi, lo] = value.to_be_bytes();
+                    let user = key_hash(&sticky.salt_sep, &[0, b'c', hi, lo]);
+                    (Bucket { value, source: BucketSource::Cookie, user }, None)
+                }
                 None => (Bucket { value: draw, source: BucketSource::Random, user: 0 }, Some(draw)),
             },
             None => (Bucket { value: draw, source: BucketSource::Random, user: 0 }, None),

@@ -174,7 +174,13 @@ fn bucket_cookie_is_used_and_set_when_no_key() {
     let fresh = decide_with(&t, "h", "/", &HeaderMap::new(), 777);
     assert_eq!(fresh.and_then(|d| d.set_cookie), Some(777));
     let back = decide_with(&t, "h", "/", &hdrs(&[("cookie", "wb=777")]), 5);
-    assert_eq!(back.and_then(|d| d.bucket), Some(Bucket { value: 777, source: BucketSource::Cookie, user: 0 }));
+    let b = back.and_then(|d| d.bucket).unwrap();
+    assert_eq!((b.value, b.source), (777, BucketSource::Cookie));
+    assert_ne!(b.user, 0, "a cookie holder is a counted unit");
+    let same = decide_with(&t, "h", "/", &hdrs(&[("cookie", "wb=777")]), 9).and_then(|d| d.bucket).unwrap();
+    let other = decide_with(&t, "h", "/", &hdrs(&[("cookie", "wb=778")]), 9).and_then(|d| d.bucket).unwrap();
+    assert_eq!(same.user, b.user, "one bucket, one unit");
+    assert_ne!(other.user, b.user);
     assert_eq!(back.and_then(|d| d.set_cookie), None);
     let junk = decide_with(&t, "h", "/", &hdrs(&[("cookie", "wb=99999")]), 5);
     assert_eq!(junk.and_then(|d| d.set_cookie), Some(5), "invalid cookie → fresh bucket and a new cookie");

@@ -89,6 +89,13 @@ impl Upstream {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            // A request can ask for its own status (a fault of
+                            // that client's, the same on every version).
+                            let asked: Option<u16> = parts
+                                .headers
+                                .get("x-answer-status")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse().ok());
                             // Numbered and recorded under one lock: two requests
                             // at once must not both be the nth.
                             let nth = {
@@ -113,7 +120,9 @@ impl Upstream {
                                 tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
                             }
                             let mut resp = Response::new(Full::new(Bytes::from(name)));
-                            let code = if nth % 100 < errs.load(Ordering::Relaxed)
+                            let code = if let Some(c) = asked {
+                                c
+                            } else if nth % 100 < errs.load(Ordering::Relaxed)
                                 || (every > 0 && nth % every == every - 1)
                             {
                                 500
