@@ -328,6 +328,42 @@ async fn a_bad_canary_is_rolled_back_on_every_replica_after_as_many_requests_as_
     assert!((0.67..=1.5).contains(&ratio), "fleet needed {fleet_n} canary requests, one replica {single_n}");
 }
 
+/// A cold start: the canary's first ~100 requests are 5 ms slower, then it
+/// is as fast as stable. With the default warm-up (10 s from the start of
+/// the rollout) those requests get no latency line, on every replica, so
+/// the fleet does not roll the canary back. (The fleet's step start used to
+/// be 0 until its first evidence: lines from the first request, and every
+/// replica rolled back for latency about 5 s in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_start_in_the_warm_up_is_not_rolled_back_by_the_fleet() {
+    let s = Upstream::start("stable").await;
+    let c = Upstream::start("canary").await;
+    c.delay_ms.store(5, Ordering::Relaxed);
+    let prom_port = free_port();
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
+    let _prom = Prom::start(prom_port, &admins);
+    let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 100);
+    // Warm after its first 100 requests.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.count() < 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.delay_ms.store(0, Ordering::Relaxed);
+    assert!(c.count() >= 100, "too little canary traffic");
+    let canary = |v: &Value| v["evidence"]["since_revision"]["canary"]["requests"].as_u64().unwrap_or(0);
+    let (ok, views) = all_routes(&admins, Duration::from_secs(60), |v| {
+        v["state"] == "rolled_back" || (v["fleet"]["evaluated_through"].is_string() && canary(v) >= 500)
+    })
+    .await;
+    load.stop().await;
+    assert!(ok, "the fleet did not judge 500 canary requests: {views:#?}");
+    for (v, r) in views.iter().zip(&replicas) {
+        assert_ne!(v["state"], "rolled_back", "a cold start in the warm-up was rolled back: {v}");
+        assert!(!r.journal().iter().any(|e| e["verdict"] == "fail"), "{:#?}", r.journal());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_fleet_follows_steering_from_any_replica_and_a_killed_replica_rejoins() {
     let s = Upstream::start("stable").await;
