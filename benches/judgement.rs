@@ -55,6 +55,11 @@ enum Kind {
     /// Canary 5 % errors starting after 50 healthy minutes.
     LateErrors,
     LateSlow,
+    /// ×1.2 on every request.
+    Slow12,
+    /// A wider spread: σ + ln 1.5 / z99, so p95 +33 %, p99 +50 %, the
+    /// median unchanged and the fast half faster.
+    SigmaWider,
 }
 
 impl Kind {
@@ -72,6 +77,30 @@ impl Kind {
             Kind::MedianOnly => "canary-median+20pct",
             Kind::LateErrors => "late-5pct-errors",
             Kind::LateSlow => "late-x1.5-latency",
+            Kind::Slow12 => "canary-x1.2-latency",
+            Kind::SigmaWider => "canary-sigma-wider",
+        }
+    }
+
+    /// What the scenario changes, in words (printed as the table's legend).
+    fn shape(self) -> &'static str {
+        match self {
+            Kind::Healthy => "canary = stable, one-hour rollouts",
+            Kind::HealthyLong => "canary = stable, six-hour rollouts",
+            Kind::HealthySticky => {
+                "canary = stable; 10,000 sticky players, Pareto(1.2) activity, 0.5 % on bad networks"
+            }
+            Kind::OneBadPlayer => "canary = stable; the heaviest canary player (~2 % of traffic) fails every request",
+            Kind::SharedErrors => "both versions 3 % errors for minutes 4-6",
+            Kind::SharedSlow => "both versions x3 slower for minutes 4-6",
+            Kind::CanaryErrors => "canary 5 % errors from the start",
+            Kind::CanarySlow => "canary x1.5 on every request",
+            Kind::P99Only => "only the top 5 % slower: +0 % at p95 rising to +50 % at p99 and above",
+            Kind::MedianOnly => "the body +20 % up to p80, back to unchanged by p95 (tail unchanged)",
+            Kind::LateErrors => "canary 5 % errors from a random moment in minutes 50-55",
+            Kind::LateSlow => "canary x1.5 from a random moment in minutes 50-55",
+            Kind::Slow12 => "canary x1.2 on every request (median +20 %, tail +20 %)",
+            Kind::SigmaWider => "canary's spread wider: median unchanged, p95 +33 %, p99 +50 %",
         }
     }
 
@@ -85,7 +114,12 @@ impl Kind {
             Kind::Healthy | Kind::HealthySticky | Kind::OneBadPlayer => (3600, None),
             Kind::HealthyLong => (6 * 3600, None),
             Kind::SharedErrors | Kind::SharedSlow => (600, Some(240)),
-            Kind::CanaryErrors | Kind::CanarySlow | Kind::P99Only | Kind::MedianOnly => (7200, Some(0)),
+            Kind::CanaryErrors
+            | Kind::CanarySlow
+            | Kind::P99Only
+            | Kind::MedianOnly
+            | Kind::Slow12
+            | Kind::SigmaWider => (7200, Some(0)),
             Kind::LateErrors | Kind::LateSlow => (3000 + 7200, Some(3000)),
         }
     }
@@ -99,6 +133,8 @@ impl Kind {
                 | Kind::MedianOnly
                 | Kind::LateErrors
                 | Kind::LateSlow
+                | Kind::Slow12
+                | Kind::SigmaWider
         )
     }
 }
@@ -123,6 +159,8 @@ fn normal(rng: &mut StdRng) -> f64 {
 fn canary_factor(kind: Kind, z: f64) -> f64 {
     match kind {
         Kind::CanarySlow | Kind::LateSlow => 1.5,
+        Kind::Slow12 => 1.2,
+        Kind::SigmaWider => ((1.5f64).ln() / Z99 * z).exp(),
         // Only the tail beyond p95 moves, reaching +50 % at p99 and above.
         Kind::P99Only => 1.0 + 0.5 * ((z - Z95) / (Z99 - Z95)).clamp(0.0, 1.0),
         // The body +20 % up to p80, back to unchanged by p95.
@@ -193,6 +231,11 @@ fn run(kind: Kind, rate: f64, sigma: f64, seed: u64) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let users = kind.sticky().then(|| Users::new(&mut rng, 10_000, kind));
     let (duration, start) = kind.timeline();
+    // A late regression starts at a random moment (not on an epoch boundary).
+    let start = match kind {
+        Kind::LateErrors | Kind::LateSlow => start.map(|s| s + rng.random_range(0..300u64)),
+        _ => start,
+    };
     let t0 = Instant::now();
     let mut out = Outcome::default();
     let mut canary_since_start = 0u64;
@@ -346,6 +389,8 @@ fn main() {
                 (Kind::MedianOnly, 200),
                 (Kind::LateErrors, 100),
                 (Kind::LateSlow, 100),
+                (Kind::Slow12, 200),
+                (Kind::SigmaWider, 200),
             ] {
                 if only.as_ref().is_some_and(|o| !kind.name().contains(o.as_str())) {
                     continue;
@@ -356,6 +401,14 @@ fn main() {
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!("seeded simulation of weir's judge: alpha 1 %, interval 10 s, 10 % canary, {threads} threads");
+    let mut seen = Vec::new();
+    for c in &cells {
+        if !seen.contains(&c.kind) {
+            seen.push(c.kind);
+            println!("- {}: {}", c.kind.name(), c.kind.shape());
+        }
+    }
+    println!();
     println!("| scenario | req/s | σ | runs | result | took |");
     println!("|---|---|---|---|---|---|");
     for c in &cells {

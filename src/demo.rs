@@ -177,18 +177,7 @@ fn frame(handle: &crate::app::Handle) -> Option<Frame> {
             .take(5)
             .filter_map(|v| v["verdict"].as_str().map(str::to_owned))
             .collect(),
-        evidence: m
-            .standings()
-            .iter()
-            .map(|s| {
-                let (e, t) = if s.e_revision / s.threshold_revision >= s.e_epoch / s.threshold_epoch {
-                    (s.e_revision, s.threshold_revision)
-                } else {
-                    (s.e_epoch, s.threshold_epoch)
-                };
-                (s.test.as_str(), e, t)
-            })
-            .collect(),
+        evidence: m.standings().iter().map(|s| (s.test.as_str(), s.e_mixture, s.threshold)).collect(),
         reason: m.recent_verdicts().last().and_then(|v| v["reason"].as_str().map(str::to_owned)).unwrap_or_default(),
     })
 }

@@ -82,8 +82,8 @@ async fn a_canary_with_five_percent_errors_is_rolled_back_by_test_e() {
     assert!(fired["e_value"].as_f64().unwrap() >= fired["threshold"].as_f64().unwrap(), "{line}");
     assert_eq!(
         fired["threshold"].as_f64().unwrap().round(),
-        1000.0,
-        "alpha 1 % over 5 tests, half since the revision: {line}"
+        500.0,
+        "alpha 1 % over 5 tests, the mixture over start times fires at K/α: {line}"
     );
     let why = line["why"].as_str().unwrap();
     assert!(why.starts_with("test E fired") && why.contains("canary errors"), "{why}");
@@ -98,7 +98,7 @@ async fn a_canary_with_five_percent_errors_is_rolled_back_by_test_e() {
     assert!(m.contains("weir_rollout_state{route=\"app\",state=\"rolled_back\"} 1"));
     assert!(m.contains("weir_analysis_verdicts_total{route=\"app\",verdict=\"fail\"} 1"), "{m}");
     assert!(m.contains("weir_analysis_evidence{route=\"app\",test=\"E\",scope=\"revision\"}"), "{m}");
-    assert!(m.contains("weir_analysis_evidence_threshold{route=\"app\",test=\"E\",scope=\"revision\"} 1000"), "{m}");
+    assert!(m.contains("weir_analysis_evidence_threshold{route=\"app\",test=\"E\",scope=\"mixture\"} 500"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

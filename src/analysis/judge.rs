@@ -3,12 +3,13 @@
 //! written elsewhere, so every branch is unit-tested and the simulation bench
 //! drives exactly this code.
 //!
-//! Per test, two e-processes run: one since the canary revision started
-//! (share ½ of the test's α) and one for the current epoch (a fresh one at
-//! every progression step and every `analysis.epoch` within a step, epoch
-//! `s` getting ½ · 1/(s(s+1)) of it), so a regression that starts late is not
-//! buried under an hour of healthy evidence, and the shares sum to the
-//! test's α over any number of epochs.
+//! Per test, one e-process runs since the canary revision started and one
+//! per epoch (a fresh one at every progression step and every
+//! `analysis.epoch` within a step), and the test is judged on their mixture
+//! over start times, M = ¾·M₀ + Σ_s ¼·M_s/(s(s+1)): most of the weight on
+//! the rollout's start, and a regression that starts late is not buried
+//! under an hour of healthy evidence. The weights sum to at most 1, so M is
+//! an e-process too and the test fires when M reaches K/α.
 //!
 //! The α budget is split over the tests that can roll back (E, the latency
 //! tests, W95): SLO guards only ever hold, so they spend none. Within a
@@ -172,7 +173,7 @@ pub struct ScopeState {
 /// after the next one starts, so evidence that straddles an epoch boundary
 /// is not thrown away; past this many, the weakest old one is dropped
 /// (stopping a test early never raises its false-alarm chance).
-pub const LIVE_EPOCHS: usize = 6;
+pub const LIVE_EPOCHS: usize = 8;
 
 /// What the judge remembers; persisted with the rollout state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -211,6 +212,10 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Standing {
     pub test: Test,
+    /// The mixture over start times the test is judged on, and the value
+    /// at which it fires (K/α).
+    pub e_mixture: f64,
+    pub threshold: f64,
     pub e_revision: f64,
     pub threshold_revision: f64,
     pub epoch: u32,
@@ -228,7 +233,7 @@ impl Standing {
     /// How close the test is to firing, 0–1 (log scale).
     pub fn progress(&self) -> f64 {
         let f = |e: f64, t: f64| if e <= 1.0 { 0.0 } else { (e.ln() / t.ln()).min(1.0) };
-        f(self.e_revision, self.threshold_revision).max(f(self.e_epoch, self.threshold_epoch))
+        f(self.e_mixture, self.threshold)
     }
 }
 
@@ -331,18 +336,34 @@ impl JudgeState {
     }
 }
 
-/// The e-value at which a test fires in scope `epoch` (0 = the revision):
-/// `alpha / k` per test, half of it since the revision started, the other
-/// half split ½ · 1/(s(s+1)) over epochs s = 1, 2, … (sums to the half).
-pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
-    let share = if epoch == 0 {
-        2.0
+/// Weight of scope `epoch` (0 = the revision) in a test's mixture: ¾ on
+/// the revision, ¼ · 1/(s(s+1)) on epoch s = 1, 2, … (sums to ¼).
+pub fn mixture_weight(epoch: u32) -> f64 {
+    if epoch == 0 {
+        0.75
     } else {
         let s = f64::from(epoch);
-        2.0 * s * (s + 1.0)
+        0.25 / (s * (s + 1.0))
+    }
+}
+
+/// The e-value at which a test's mixture fires: `k / alpha`.
+pub fn mixture_threshold(alpha: f64, k: usize) -> f64 {
+    k.max(1) as f64 / alpha
+}
+
+/// What scope `epoch` alone would need to fire the mixture: the mixture's
+/// threshold over the scope's weight (for views: 4K/(3α) for the revision,
+/// 4K·s(s+1)/α for epoch s).
+pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
+    let inverse = if epoch == 0 {
+        4.0 / 3.0
+    } else {
+        let s = f64::from(epoch);
+        4.0 * s * (s + 1.0)
     };
-    // Multiply before dividing, so 1 % over 6 tests reads 1200, not 1199.9999….
-    share * k.max(1) as f64 / alpha
+    // Multiply before dividing, so the figures read round.
+    inverse * k.max(1) as f64 / alpha
 }
 
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
@@ -388,6 +409,9 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
         }
         let mut best_epoch: Option<(u32, f64, f64, Option<f64>)> = None;
         let mut rev = (1.0, threshold(alpha, k, 0), None);
+        // The mixture over the open scopes (a closed or dropped one is left
+        // out, which can only lower M), and the scope that weighs most in it.
+        let (mut mixture, mut lead): (f64, Option<(&ScopeState, f64)>) = (0.0, None);
         for scope in &st.scopes {
             let Some(run) = scope.tests.get(t) else { continue };
             let thr = threshold(alpha, k, scope.epoch);
@@ -397,18 +421,30 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
             } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
                 best_epoch = Some((scope.epoch, e, thr, e_slo));
             }
-            if st.open(scope)
-                && fires(p, *t, e, thr, &scope.totals)
-                && fired.as_ref().is_none_or(|f| e / thr > f.e_value / f.threshold)
-            {
-                let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
-                fired = Some(Fired { test: *t, scope: which, e_value: e, threshold: thr });
+            if st.open(scope) {
+                let part = mixture_weight(scope.epoch) * e;
+                mixture += part;
+                if lead.is_none_or(|(_, p)| part > p) {
+                    lead = Some((scope, part));
+                }
             }
+        }
+        // Epochs not started yet sit at their start value 1: Σ_{s>n} ¼/(s(s+1)) = ¼/(n+1).
+        let e_mixture = mixture + 0.25 / (f64::from(newest) + 1.0);
+        let limit = mixture_threshold(alpha, k);
+        if let Some((scope, _)) = lead
+            && fires(p, *t, e_mixture, limit, &scope.totals)
+            && fired.as_ref().is_none_or(|f| e_mixture / limit > f.e_value / f.threshold)
+        {
+            let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
+            fired = Some(Fired { test: *t, scope: which, e_value: e_mixture, threshold: limit });
         }
         let (epoch, e_epoch, threshold_epoch, slo_epoch) =
             best_epoch.unwrap_or((newest, 1.0, threshold(alpha, k, newest), None));
         standings.push(Standing {
             test: *t,
+            e_mixture,
+            threshold: limit,
             e_revision: rev.0,
             threshold_revision: rev.1,
             epoch,
@@ -597,12 +633,7 @@ fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64
         Verdict::Pass | Verdict::Insufficient => {
             let top = standings.iter().max_by(|a, b| a.progress().total_cmp(&b.progress()));
             let lead = top.map_or(String::new(), |s| {
-                let (e, t) = if s.e_revision / s.threshold_revision >= s.e_epoch / s.threshold_epoch {
-                    (s.e_revision, s.threshold_revision)
-                } else {
-                    (s.e_epoch, s.threshold_epoch)
-                };
-                format!("; strongest evidence {} {} of {}", s.test.as_str(), num(e), num(t))
+                format!("; strongest evidence {} {} of {}", s.test.as_str(), num(s.e_mixture), num(s.threshold))
             });
             if verdict == Verdict::Pass {
                 format!("no test crossed over {} canary requests this step{lead}", count(canary_in_step))

@@ -360,15 +360,21 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             "E-value of each evidence test after the latest verdict (a test fires at its threshold).",
             0,
         ),
-        (ANALYSIS_THRESHOLD, "E-value at which each evidence test fires (1/alpha share).", 1),
+        (
+            ANALYSIS_THRESHOLD,
+            "E-value at which each evidence test fires: K/alpha for its mixture over start times (scope mixture), what one scope alone would need (revision, epoch).",
+            1,
+        ),
     ] {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} gauge");
         for (r, list) in &standings {
             for s in list {
-                for (scope, e, t) in
-                    [("revision", s.e_revision, s.threshold_revision), ("epoch", s.e_epoch, s.threshold_epoch)]
-                {
+                for (scope, e, t) in [
+                    ("mixture", s.e_mixture, s.threshold),
+                    ("revision", s.e_revision, s.threshold_revision),
+                    ("epoch", s.e_epoch, s.threshold_epoch),
+                ] {
                     let value = if pick == 0 { e } else { t };
                     let _ = writeln!(
                         o,

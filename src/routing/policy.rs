@@ -93,7 +93,7 @@ impl Default for Analysis {
             min_error_delta: 0.1,
             latency_tolerance: 0.05,
             warmup: Duration::from_secs(10),
-            epoch: Duration::from_secs(300),
+            epoch: Duration::from_secs(60),
             max_error_rate: None,
             max_p95: None,
             max_p99: None,

@@ -40,54 +40,59 @@ fn errors(rng: &mut StdRng, stable: f64, canary: f64) -> Interval {
 }
 
 #[test]
-fn thresholds_split_alpha_over_tests_and_epochs() {
+fn thresholds_split_alpha_over_tests_and_start_times() {
     let p = policy();
     let mut st = JudgeState::default();
     let j = judge(&p, &mut st, &interval(&[]), false, 0);
     let k = tests_in_use(&p, false).len();
     assert_eq!(k, 5, "E, L50, L95, L99, L999 without guards or WebSocket round trips");
     let s = &j.standings[0];
-    assert!((s.threshold_revision - 2.0 * 5.0 / 0.01).abs() < 1e-6);
-    assert!((s.threshold_epoch - 2.0 * 2.0 * 5.0 / 0.01).abs() < 1e-6, "epoch 1: 1/(1·2) of half");
+    assert!((s.threshold - 5.0 / 0.01).abs() < 1e-6, "the mixture fires at K/α");
+    assert!(
+        (s.e_mixture - (0.75 + 0.125 + 0.125)).abs() < 1e-9,
+        "revision ¾, epoch 1 ⅛, later starts ⅛: M starts at 1"
+    );
+    assert!((s.threshold_revision - 4.0 * 5.0 / 3.0 / 0.01).abs() < 1e-6, "the revision alone: K/(¾α)");
+    assert!((s.threshold_epoch - 4.0 * 2.0 * 5.0 / 0.01).abs() < 1e-6, "epoch 1 alone: K/(⅛α)");
     st.new_epoch(1);
     judge(&p, &mut st, &interval(&[]), false, 2);
     assert_eq!(st.scopes.iter().map(|s| s.epoch).collect::<Vec<_>>(), vec![0, 1, 2], "epoch 1 lives on");
-    assert!((super::threshold(p.alpha, 5, 2) - 6.0 * 2.0 * 5.0 / 0.01).abs() < 1e-6, "epoch 2: 1/(2·3)");
+    assert!((super::threshold(p.alpha, 5, 2) - 4.0 * 6.0 * 5.0 / 0.01).abs() < 1e-6, "epoch 2: ¼/(2·3)");
+    // The weights sum to 1: ¾ + Σ ¼/(s(s+1)).
+    let w: f64 = mixture_weight(0) + (1..100_000u32).map(mixture_weight).sum::<f64>();
+    assert!(w < 1.0 && w > 0.9999);
     for s in 3..20 {
         st.new_epoch(s);
     }
     assert_eq!(st.scopes.len(), LIVE_EPOCHS + 1, "old epochs are dropped past the limit");
     assert_eq!((st.scopes[0].epoch, st.scopes.last().map(|s| s.epoch)), (0, Some(19)));
-    // Σ 1/(s(s+1)) = 1: the epoch shares never exceed the half they split.
-    let total: f64 = (1..100_000u64).map(|s| 1.0 / (s as f64 * (s as f64 + 1.0))).sum();
-    assert!(total < 1.0);
     let with_guards = Analysis { max_error_rate: Some(1.0), max_p95: Some(std::time::Duration::from_millis(300)), ..p };
     assert_eq!(tests_in_use(&with_guards, true).len(), 8);
     assert_eq!(budget_tests(&tests_in_use(&with_guards, true)), 6, "guards hold only: they spend no α");
     let mut st = JudgeState::default();
     let j = judge(&with_guards, &mut st, &interval(&[]), false, 0);
-    assert!((j.standings[0].threshold_revision - 2.0 * 5.0 / 0.01).abs() < 1e-6, "a guard leaves E's share as it was");
+    assert!((j.standings[0].threshold - 5.0 / 0.01).abs() < 1e-6, "a guard leaves E's share as it was");
 }
 
 #[test]
 fn a_reload_never_lowers_a_running_threshold() {
     let p = policy();
     let mut st = JudgeState::default();
-    let with_rtt = judge(&p, &mut st, &interval(&[]), true, 0).standings[0].threshold_revision;
-    assert!((with_rtt - 2.0 * 6.0 / 0.01).abs() < 1e-6, "E, L50..L999, W95");
+    let with_rtt = judge(&p, &mut st, &interval(&[]), true, 0).standings[0].threshold;
+    assert!((with_rtt - 6.0 / 0.01).abs() < 1e-6, "E, L50..L999, W95");
     // WebSocket round trips no longer judged (a test dropped), then α raised:
     // the running processes keep their thresholds.
-    let dropped = judge(&p, &mut st, &interval(&[]), false, 1).standings[0].threshold_revision;
+    let dropped = judge(&p, &mut st, &interval(&[]), false, 1).standings[0].threshold;
     let looser = Analysis { alpha: 0.05, ..policy() };
-    let raised = judge(&looser, &mut st, &interval(&[]), false, 2).standings[0].threshold_revision;
+    let raised = judge(&looser, &mut st, &interval(&[]), false, 2).standings[0].threshold;
     assert_eq!((dropped, raised), (with_rtt, with_rtt));
     // A stricter α applies at once.
     let stricter = Analysis { alpha: 0.001, ..policy() };
-    let lowered = judge(&stricter, &mut st, &interval(&[]), false, 3).standings[0].threshold_revision;
+    let lowered = judge(&stricter, &mut st, &interval(&[]), false, 3).standings[0].threshold;
     assert!(lowered > with_rtt * 9.0, "{lowered}");
     // A new revision (a fresh state) starts from the config as it is.
-    let fresh = judge(&looser, &mut JudgeState::default(), &interval(&[]), false, 4).standings[0].threshold_revision;
-    assert!((fresh - 2.0 * 5.0 / 0.05).abs() < 1e-6);
+    let fresh = judge(&looser, &mut JudgeState::default(), &interval(&[]), false, 4).standings[0].threshold;
+    assert!((fresh - 5.0 / 0.05).abs() < 1e-6);
 }
 
 #[test]
@@ -114,12 +119,14 @@ fn lost_filters_close_the_running_processes_instead_of_granting_fresh_alpha() {
             break;
         }
     }
-    // The closed revision process took nothing more; a bad canary is still
-    // caught, by the new epoch at that epoch's (higher) threshold.
+    // The closed revision process took nothing more and is out of the
+    // mixture; a bad canary is still caught, by the new epoch (whose weight
+    // in the mixture is small: it needs more evidence than the revision).
     assert_eq!(st.revision().unwrap().tests[&Test::E].two.value(), e_before);
     let f = fired.expect("the new epoch fires on a bad canary");
     assert_eq!(f.scope, Scope::Epoch(epoch_before + 1));
-    assert!((f.threshold - super::threshold(p.alpha, 5, epoch_before + 1)).abs() < 1e-6);
+    let e_new = st.scopes.iter().find(|s| s.epoch == epoch_before + 1).unwrap().tests[&Test::E].two.value();
+    assert!(e_new * mixture_weight(epoch_before + 1) >= f.threshold * 0.9, "the new epoch carried it: {e_new}");
     // Nothing judged yet: nothing to close.
     let mut empty = JudgeState::default();
     empty.filters_lost(0);
