@@ -6,10 +6,13 @@
 //! Per test, one e-process runs since the canary revision started and one
 //! per epoch (a fresh one at every progression step and every
 //! `analysis.epoch` within a step), and the test is judged on their mixture
-//! over start times, M = ¾·M₀ + Σ_s ¼·M_s/(s(s+1)): most of the weight on
-//! the rollout's start, and a regression that starts late is not buried
-//! under an hour of healthy evidence. The weights sum to at most 1, so M is
-//! an e-process too and the test fires when M reaches K/α.
+//! over start times, M = ¾·M₀ + Σ_s w_s·M_s: most of the weight on the
+//! rollout's start, the rest flat over the first `FLAT_STARTS` epochs (an
+//! hour at the default 60 s) and thinning after, so a regression that
+//! starts at any moment in the first hour costs the same fixed amount of
+//! extra evidence and is not buried under the healthy hour before it. The
+//! weights sum to at most 1, so M is an e-process too and the test fires
+//! when M reaches K/α.
 //!
 //! The α budget is split over the tests that can roll back (E, the latency
 //! tests, W95): SLO guards only ever hold, so they spend none. Within a
@@ -336,14 +339,31 @@ impl JudgeState {
     }
 }
 
+/// Epochs that share the late-start weight evenly (then it thins).
+pub const FLAT_STARTS: u32 = 60;
+
 /// Weight of scope `epoch` (0 = the revision) in a test's mixture: ¾ on
-/// the revision, ¼ · 1/(s(s+1)) on epoch s = 1, 2, … (sums to ¼).
+/// the revision; ¼ · 1/(2H) on each epoch s ≤ H (H = `FLAT_STARTS`), and
+/// ¼ · H/(2s(s+1)) on each later one. Sum over s ≥ 1: ¼ · (½ + H/(2(H+1))) < ¼.
 pub fn mixture_weight(epoch: u32) -> f64 {
-    if epoch == 0 {
-        0.75
+    let h = f64::from(FLAT_STARTS);
+    let s = f64::from(epoch);
+    match epoch {
+        0 => 0.75,
+        e if e <= FLAT_STARTS => 0.25 / (2.0 * h),
+        _ => 0.25 * h / (2.0 * s * (s + 1.0)),
+    }
+}
+
+/// The weight of every epoch after `newest` (not started: its process is
+/// still at 1): Σ_{s>n} w_s, in closed form.
+fn weight_after(newest: u32) -> f64 {
+    let h = f64::from(FLAT_STARTS);
+    let n = f64::from(newest);
+    if newest < FLAT_STARTS {
+        0.25 * ((h - n) / (2.0 * h) + h / (2.0 * (h + 1.0)))
     } else {
-        let s = f64::from(epoch);
-        0.25 / (s * (s + 1.0))
+        0.25 * h / (2.0 * (n + 1.0))
     }
 }
 
@@ -353,17 +373,10 @@ pub fn mixture_threshold(alpha: f64, k: usize) -> f64 {
 }
 
 /// What scope `epoch` alone would need to fire the mixture: the mixture's
-/// threshold over the scope's weight (for views: 4K/(3α) for the revision,
-/// 4K·s(s+1)/α for epoch s).
+/// threshold over the scope's weight (for views).
 pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
-    let inverse = if epoch == 0 {
-        4.0 / 3.0
-    } else {
-        let s = f64::from(epoch);
-        4.0 * s * (s + 1.0)
-    };
     // Multiply before dividing, so the figures read round.
-    inverse * k.max(1) as f64 / alpha
+    (1.0 / mixture_weight(epoch)) * k.max(1) as f64 / alpha
 }
 
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
@@ -429,8 +442,8 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
                 }
             }
         }
-        // Epochs not started yet sit at their start value 1: Σ_{s>n} ¼/(s(s+1)) = ¼/(n+1).
-        let e_mixture = mixture + 0.25 / (f64::from(newest) + 1.0);
+        // Epochs not started yet sit at their start value 1.
+        let e_mixture = mixture + weight_after(newest);
         let limit = mixture_threshold(alpha, k);
         if let Some((scope, _)) = lead
             && fires(p, *t, e_mixture, limit, &scope.totals)
