@@ -177,7 +177,7 @@ fn frame(handle: &crate::app::Handle) -> Option<Frame> {
             .take(5)
             .filter_map(|v| v["verdict"].as_str().map(str::to_owned))
             .collect(),
-        evidence: m.standings().iter().map(|s| (s.test.as_str(), s.e_mixture, s.threshold)).collect(),
+        evidence: m.standings().iter().map(|s| (s.test.as_str(), s.e_weighted, s.threshold)).collect(),
         reason: m.recent_verdicts().last().and_then(|v| v["reason"].as_str().map(str::to_owned)).unwrap_or_default(),
     })
 }

@@ -206,15 +206,18 @@ impl Rollouts {
             let Some(r) = config.table.route(name) else { continue };
             // The lines the saved state was about to classify with.
             registry.route(&r.name).evidence.set_frozen(st.judge.frozen);
-            if !st.filters {
+            if !st.filters && !st.users_counted {
                 continue;
             }
-            let restored =
-                self.store.load_filters(name).is_some_and(|b| registry.route(&r.name).evidence.import_filters(&b));
+            // Saved with the latest verdict, or lost (a save that failed
+            // leaves `filters` false: an older file on disk is not used).
+            let restored = st.filters
+                && self.store.load_filters(name).is_some_and(|b| registry.route(&r.name).evidence.import_filters(&b));
             if !restored {
                 tracing::warn!(route = %name, "saved counted-user filters unreadable; the evidence so far stops where it is and a new epoch begins");
                 st.judge.filters_lost(now_ms);
                 st.filters = false;
+                st.users_counted = false;
                 lost.push(name.clone());
             }
         }
@@ -348,6 +351,7 @@ impl Rollouts {
             // The counted-user filters as of this verdict, saved with it: a
             // filter older than the e-values could count a user twice.
             if let Some(bytes) = m.evidence.export_filters() {
+                st.users_counted = true;
                 st.filters = match self.store.save_filters(&r.name, &bytes) {
                     Ok(()) => true,
                     Err(err) => {

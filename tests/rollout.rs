@@ -98,7 +98,7 @@ async fn a_canary_with_five_percent_errors_is_rolled_back_by_test_e() {
     assert!(m.contains("weir_rollout_state{route=\"app\",state=\"rolled_back\"} 1"));
     assert!(m.contains("weir_analysis_verdicts_total{route=\"app\",verdict=\"fail\"} 1"), "{m}");
     assert!(m.contains("weir_analysis_evidence{route=\"app\",test=\"E\",scope=\"revision\"}"), "{m}");
-    assert!(m.contains("weir_analysis_evidence_threshold{route=\"app\",test=\"E\",scope=\"mixture\"} 500"), "{m}");
+    assert!(m.contains("weir_analysis_evidence_threshold{route=\"app\",test=\"E\",scope=\"weighted\"} 500"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -173,7 +173,7 @@ pub fn verdict_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> 
         "test": field("test"),
         "rollback_reason": rolled_back,
         "tests": m.standings().iter().map(|s| json!({
-            "test": s.test.as_str(), "e_mixture": s.e_mixture, "threshold": s.threshold,
+            "test": s.test.as_str(), "e_weighted": s.e_weighted, "threshold": s.threshold,
             "e_revision": s.e_revision, "threshold_revision": s.threshold_revision, "progress": s.progress(),
         })).collect::<Vec<_>>(),
     }))
@@ -190,7 +190,7 @@ fn evidence_json(m: &crate::metrics::RouteMetrics, st: Option<&crate::rollout::R
         "epoch": st.judge.epoch,
         "tests": m.standings().iter().map(|s| json!({
             "test": s.test.as_str(),
-            "e_mixture": s.e_mixture, "threshold": s.threshold,
+            "e_weighted": s.e_weighted, "threshold": s.threshold,
             "e_revision": s.e_revision, "threshold_revision": s.threshold_revision,
             "epoch": s.epoch, "e_epoch": s.e_epoch, "threshold_epoch": s.threshold_epoch,
             "progress": s.progress(),

@@ -5,14 +5,14 @@
 //!
 //! Per test, one e-process runs since the canary revision started and one
 //! per epoch (a fresh one at every progression step and every
-//! `analysis.epoch` within a step), and the test is judged on their mixture
-//! over start times, M = ¾·M₀ + Σ_s w_s·M_s: most of the weight on the
-//! rollout's start, the rest flat over the first `FLAT_STARTS` epochs (an
-//! hour at the default 60 s) and thinning after, so a regression that
-//! starts at any moment in the first hour costs the same fixed amount of
-//! extra evidence and is not buried under the healthy hour before it. The
-//! weights sum to at most 1, so M is an e-process too and the test fires
-//! when M reaches K/α.
+//! `analysis.epoch` within a step). The test's α/K is shared over these
+//! start times: ¾ to the revision's start, the rest flat over the first
+//! `FLAT_STARTS` epochs (an hour at the default 60 s) and thinning after, so
+//! a regression that starts at any moment in the first hour costs the same
+//! fixed amount of extra evidence and is not buried under the healthy hour
+//! before it. A start s fires when w_s·e_s reaches K/α (a union bound: each
+//! process need only be valid on its own counts, which per-user epoch
+//! counts are, while a sum of them would need one history for all).
 //!
 //! The α budget is split over the tests that can roll back (E, the latency
 //! tests, W95): SLO guards only ever hold, so they spend none. Within a
@@ -201,6 +201,10 @@ pub struct JudgeState {
     pub alpha_floor: f64,
     /// The most tests this revision's α was ever split over.
     pub k_ceiling: usize,
+    /// The tests that share α, fixed when the revision was first judged: a
+    /// test that joins later (a reload turns on WebSocket round trips) has
+    /// no share and is shown but never fires until the next revision.
+    pub budgeted: Vec<Test>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -217,7 +221,7 @@ pub struct Standing {
     pub test: Test,
     /// The mixture over start times the test is judged on, and the value
     /// at which it fires (K/α).
-    pub e_mixture: f64,
+    pub e_weighted: f64,
     pub threshold: f64,
     pub e_revision: f64,
     pub threshold_revision: f64,
@@ -236,7 +240,7 @@ impl Standing {
     /// How close the test is to firing, 0–1 (log scale).
     pub fn progress(&self) -> f64 {
         let f = |e: f64, t: f64| if e <= 1.0 { 0.0 } else { (e.ln() / t.ln()).min(1.0) };
-        f(self.e_mixture, self.threshold)
+        f(self.e_weighted, self.threshold)
     }
 }
 
@@ -313,8 +317,9 @@ impl JudgeState {
 
     /// The counted-user filters were lost (unreadable after a restart):
     /// users already counted could be counted again by every live scope,
-    /// so those scopes stop where they are (α they spent stays spent) and
-    /// the evidence goes on in a new epoch that counts users afresh.
+    /// so those scopes take no more per-user evidence (α they spent stays
+    /// spent; per-request evidence, which needs no filter, goes on) and
+    /// per-user evidence goes on in a new epoch that counts users afresh.
     pub fn filters_lost(&mut self, now_ms: u64) {
         if self.epoch == 0 {
             return; // nothing judged yet: nothing to close
@@ -323,18 +328,18 @@ impl JudgeState {
         self.closed_below = self.epoch;
     }
 
-    fn open(&self, scope: &ScopeState) -> bool {
-        scope.epoch >= self.closed_below
-    }
-
     /// `alpha` and the number of tests for this interval's thresholds: the
-    /// smallest α and the most tests seen in this revision, so a reload that
-    /// raises `alpha` or drops a test never lowers a running threshold.
-    fn budget(&mut self, alpha: f64, k: usize) -> (f64, usize) {
+    /// smallest α seen in this revision and the tests that shared it from
+    /// its start, so a reload that raises `alpha` or drops a test never
+    /// lowers a running threshold, and one that adds a test gives it no α.
+    fn budget(&mut self, alpha: f64, tests: &[Test]) -> (f64, usize) {
         if self.alpha_floor <= 0.0 || alpha < self.alpha_floor {
             self.alpha_floor = alpha;
         }
-        self.k_ceiling = self.k_ceiling.max(k);
+        if self.budgeted.is_empty() {
+            self.budgeted = tests.iter().copied().filter(|t| !t.is_guard()).collect();
+        }
+        self.k_ceiling = self.k_ceiling.max(self.budgeted.len());
         (self.alpha_floor, self.k_ceiling)
     }
 }
@@ -345,7 +350,7 @@ pub const FLAT_STARTS: u32 = 60;
 /// Weight of scope `epoch` (0 = the revision) in a test's mixture: ¾ on
 /// the revision; ¼ · 1/(2H) on each epoch s ≤ H (H = `FLAT_STARTS`), and
 /// ¼ · H/(2s(s+1)) on each later one. Sum over s ≥ 1: ¼ · (½ + H/(2(H+1))) < ¼.
-pub fn mixture_weight(epoch: u32) -> f64 {
+pub fn start_weight(epoch: u32) -> f64 {
     let h = f64::from(FLAT_STARTS);
     let s = f64::from(epoch);
     match epoch {
@@ -355,28 +360,15 @@ pub fn mixture_weight(epoch: u32) -> f64 {
     }
 }
 
-/// The weight of every epoch after `newest` (not started: its process is
-/// still at 1): Σ_{s>n} w_s, in closed form.
-fn weight_after(newest: u32) -> f64 {
-    let h = f64::from(FLAT_STARTS);
-    let n = f64::from(newest);
-    if newest < FLAT_STARTS {
-        0.25 * ((h - n) / (2.0 * h) + h / (2.0 * (h + 1.0)))
-    } else {
-        0.25 * h / (2.0 * (n + 1.0))
-    }
-}
-
-/// The e-value at which a test's mixture fires: `k / alpha`.
-pub fn mixture_threshold(alpha: f64, k: usize) -> f64 {
+/// The weighted e-value (w_s·e_s) at which a start fires: `k / alpha`.
+pub fn weighted_threshold(alpha: f64, k: usize) -> f64 {
     k.max(1) as f64 / alpha
 }
 
-/// What scope `epoch` alone would need to fire the mixture: the mixture's
-/// threshold over the scope's weight (for views).
+/// The e-value at which scope `epoch` fires: K/(α·w_s).
 pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
     // Multiply before dividing, so the figures read round.
-    (1.0 / mixture_weight(epoch)) * k.max(1) as f64 / alpha
+    (1.0 / start_weight(epoch)) * k.max(1) as f64 / alpha
 }
 
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
@@ -389,15 +381,14 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     let closed_below = st.closed_below;
     for scope in &mut st.scopes {
         scope.totals.add(&iv.requests);
-        if scope.epoch < closed_below {
-            continue; // closed: its users can no longer be told apart
-        }
+        // Closed: its users can no longer be told apart from new ones.
+        let users = scope.epoch >= closed_below;
         // Per-user strata: the newest epoch dedupes users within itself;
         // the revision and older epochs take users counted once per
         // revision (a subset of their own first events: still valid).
         let use_epoch_cells = scope.epoch == newest;
         for t in &tests {
-            update(p, *t, scope.tests.entry(*t).or_default(), iv, use_epoch_cells);
+            update(p, *t, scope.tests.entry(*t).or_default(), iv, (use_epoch_cells, users));
         }
     }
     for t in tests.iter().filter(|t| t.is_guard()) {
@@ -408,7 +399,7 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
             d[CANARY].update(pi0, iv.requests.x(e, CANARY), iv.requests.n(e, CANARY));
         }
     }
-    let (alpha, k) = st.budget(p.alpha, budget_tests(&tests));
+    let (alpha, k) = st.budget(p.alpha, &tests);
     let mut standings = Vec::with_capacity(tests.len());
     let mut fired: Option<Fired> = None;
     let mut held_by = Vec::new();
@@ -422,9 +413,10 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
         }
         let mut best_epoch: Option<(u32, f64, f64, Option<f64>)> = None;
         let mut rev = (1.0, threshold(alpha, k, 0), None);
-        // The mixture over the open scopes (a closed or dropped one is left
-        // out, which can only lower M), and the scope that weighs most in it.
-        let (mut mixture, mut lead): (f64, Option<(&ScopeState, f64)>) = (0.0, None);
+        // The strongest start, weighted by its share: it fires at K/α.
+        let budgeted = st.budgeted.contains(t);
+        let mut lead: Option<(&ScopeState, f64)> = None;
+        let mut best_part = 0.0f64;
         for scope in &st.scopes {
             let Some(run) = scope.tests.get(t) else { continue };
             let thr = threshold(alpha, k, scope.epoch);
@@ -434,29 +426,28 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
             } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
                 best_epoch = Some((scope.epoch, e, thr, e_slo));
             }
-            if st.open(scope) {
-                let part = mixture_weight(scope.epoch) * e;
-                mixture += part;
+            let part = start_weight(scope.epoch) * e;
+            if budgeted && fires(p, *t, part, weighted_threshold(alpha, k), &scope.totals) {
+                // Of the starts that fire, the strongest names the scope.
                 if lead.is_none_or(|(_, p)| part > p) {
                     lead = Some((scope, part));
                 }
             }
+            best_part = best_part.max(part);
         }
-        // Epochs not started yet sit at their start value 1.
-        let e_mixture = mixture + weight_after(newest);
-        let limit = mixture_threshold(alpha, k);
-        if let Some((scope, _)) = lead
-            && fires(p, *t, e_mixture, limit, &scope.totals)
-            && fired.as_ref().is_none_or(|f| e_mixture / limit > f.e_value / f.threshold)
+        let e_weighted = best_part;
+        let limit = weighted_threshold(alpha, k);
+        if let Some((scope, e_weighted)) = lead
+            && fired.as_ref().is_none_or(|f| e_weighted / limit > f.e_value / f.threshold)
         {
             let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
-            fired = Some(Fired { test: *t, scope: which, e_value: e_mixture, threshold: limit });
+            fired = Some(Fired { test: *t, scope: which, e_value: e_weighted, threshold: limit });
         }
         let (epoch, e_epoch, threshold_epoch, slo_epoch) =
             best_epoch.unwrap_or((newest, 1.0, threshold(alpha, k, newest), None));
         standings.push(Standing {
             test: *t,
-            e_mixture,
+            e_weighted,
             threshold: limit,
             e_revision: rev.0,
             threshold_revision: rev.1,
@@ -480,7 +471,9 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
 }
 
 /// Add one interval's evidence to a test's processes in one scope.
-fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, use_epoch_cells: bool) {
+/// `(use_epoch_cells, users)`: which per-user counts this scope takes, and
+/// whether it takes any (not once its filters were lost).
+fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, (use_epoch_cells, users): (bool, bool)) {
     let e = t.event();
     let psi0 = t.psi0(p);
     for sc in &iv.strata {
@@ -488,6 +481,9 @@ fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, use_epoch_cel
         let cell = if use_epoch_cells { &sc.epoch } else { &sc.revision };
         let (n_s, n_c, x_s, x_c) = (cell.n(e, STABLE), cell.n(e, CANARY), cell.x(e, STABLE), cell.x(e, CANARY));
         if stratum.per_user {
+            if !users {
+                continue;
+            }
             // A bad user is canary with the bucket weight's chance.
             let w = 1.0 / f64::from(iv.user_multiplicity.max(1));
             run.two.two_sample_weighted(f64::from(sc.weight_bp) / 10_000.0, psi0, x_c, x_s, w);
@@ -646,7 +642,7 @@ fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64
         Verdict::Pass | Verdict::Insufficient => {
             let top = standings.iter().max_by(|a, b| a.progress().total_cmp(&b.progress()));
             let lead = top.map_or(String::new(), |s| {
-                format!("; strongest evidence {} {} of {}", s.test.as_str(), num(s.e_mixture), num(s.threshold))
+                format!("; strongest evidence {} {} of {}", s.test.as_str(), num(s.e_weighted), num(s.threshold))
             });
             if verdict == Verdict::Pass {
                 format!("no test crossed over {} canary requests this step{lead}", count(canary_in_step))

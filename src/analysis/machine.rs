@@ -63,6 +63,11 @@ pub struct RouteState {
     /// `state_dir/filters/`); without them the judge must start afresh.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub filters: bool,
+    /// The judge holds per-user evidence, whose filters must come back
+    /// after a restart (set even when saving them failed: then they are
+    /// lost, never silently replaced by an older file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub users_counted: bool,
     /// Steering epoch (fleet mode): `resume` and `unkill` raise it, and the
     /// fleet follows the highest (`crate::fleet::control`).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -121,6 +126,7 @@ impl RouteState {
             held: false,
             judge: JudgeState::default(),
             filters: false,
+            users_counted: false,
             control: 0,
         }
     }
@@ -255,6 +261,7 @@ impl RouteState {
             // A resumed canary is judged afresh: new processes, new filters.
             self.judge = JudgeState::default();
             self.filters = false;
+            self.users_counted = false;
             self.paused = false;
             self.promoted = false;
             self.step = progression.map(|_| 0);

@@ -362,7 +362,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         ),
         (
             ANALYSIS_THRESHOLD,
-            "E-value at which each evidence test fires: K/alpha for its mixture over start times (scope mixture), what one scope alone would need (revision, epoch).",
+            "E-value at which each evidence test fires: K/alpha for its strongest start weighted by its share (scope weighted), what the revision or an epoch alone needs unweighted (revision, epoch).",
             1,
         ),
     ] {
@@ -371,7 +371,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         for (r, list) in &standings {
             for s in list {
                 for (scope, e, t) in [
-                    ("mixture", s.e_mixture, s.threshold),
+                    ("weighted", s.e_weighted, s.threshold),
                     ("revision", s.e_revision, s.threshold_revision),
                     ("epoch", s.e_epoch, s.threshold_epoch),
                 ] {

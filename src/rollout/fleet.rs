@@ -152,6 +152,7 @@ impl Rollouts {
         };
         served.control = ctl.epoch;
         served.filters = false;
+        served.users_counted = false;
         let from = old.as_ref().map_or(r.config_weight_bp, |o| effective_bp(r, Some(o)));
         let changed_flags = old.as_ref().is_none_or(|o| {
             o.rolled_back.is_some() != served.rolled_back.is_some()

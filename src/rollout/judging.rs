@@ -114,7 +114,7 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
         "held_by": j.held_by.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
         "tests": j.standings.iter().map(|s| json!({
             "test": s.test.as_str(),
-            "e_mixture": s.e_mixture, "threshold": s.threshold,
+            "e_weighted": s.e_weighted, "threshold": s.threshold,
             "e_revision": s.e_revision, "threshold_revision": s.threshold_revision,
             "epoch": s.epoch, "e_epoch": s.e_epoch, "threshold_epoch": s.threshold_epoch,
             "e_slo": s.e_slo, "breaking": s.breaking,

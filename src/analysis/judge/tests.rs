@@ -48,7 +48,7 @@ fn thresholds_split_alpha_over_tests_and_start_times() {
     assert_eq!(k, 5, "E, L50, L95, L99, L999 without guards or WebSocket round trips");
     let s = &j.standings[0];
     assert!((s.threshold - 5.0 / 0.01).abs() < 1e-6, "the mixture fires at K/α");
-    assert!(s.e_mixture <= 1.0 && s.e_mixture > 0.99, "M starts at (nearly) 1: {}", s.e_mixture);
+    assert!((s.e_weighted - 0.75).abs() < 1e-9, "the revision's start, weighted ¾: {}", s.e_weighted);
     assert!((s.threshold_revision - 4.0 * 5.0 / 3.0 / 0.01).abs() < 1e-6, "the revision alone: K/(¾α)");
     assert!((s.threshold_epoch - 480.0 * 5.0 / 0.01).abs() < 1e-3, "epoch 1 alone: K/(α/480)");
     st.new_epoch(1);
@@ -57,13 +57,9 @@ fn thresholds_split_alpha_over_tests_and_start_times() {
     // Flat over the first hour of starts, thinning after.
     assert_eq!(super::threshold(p.alpha, 5, 2), super::threshold(p.alpha, 5, FLAT_STARTS));
     assert!(super::threshold(p.alpha, 5, FLAT_STARTS + 1) > super::threshold(p.alpha, 5, FLAT_STARTS));
-    // The weights sum to at most 1, and `weight_after` is their tail.
-    let w: f64 = mixture_weight(0) + (1..1_000_000u32).map(mixture_weight).sum::<f64>();
+    // The shares sum to at most 1: ¾ + ¼·(½ + H/(2(H+1))).
+    let w: f64 = start_weight(0) + (1..1_000_000u32).map(start_weight).sum::<f64>();
     assert!(w < 1.0 && w > 0.99, "{w}");
-    for n in [0u32, 1, 5, 59, 60, 61, 200] {
-        let tail: f64 = (n + 1..1_000_000u32).map(mixture_weight).sum();
-        assert!((super::weight_after(n) - tail).abs() < 1e-5, "n {n}: {} vs {tail}", super::weight_after(n));
-    }
     for s in 3..20 {
         st.new_epoch(s);
     }
@@ -83,6 +79,7 @@ fn a_reload_never_lowers_a_running_threshold() {
     let mut st = JudgeState::default();
     let with_rtt = judge(&p, &mut st, &interval(&[]), true, 0).standings[0].threshold;
     assert!((with_rtt - 6.0 / 0.01).abs() < 1e-6, "E, L50..L999, W95");
+    assert_eq!(st.budgeted.len(), 6);
     // WebSocket round trips no longer judged (a test dropped), then α raised:
     // the running processes keep their thresholds.
     let dropped = judge(&p, &mut st, &interval(&[]), false, 1).standings[0].threshold;
@@ -93,19 +90,35 @@ fn a_reload_never_lowers_a_running_threshold() {
     let stricter = Analysis { alpha: 0.001, ..policy() };
     let lowered = judge(&stricter, &mut st, &interval(&[]), false, 3).standings[0].threshold;
     assert!(lowered > with_rtt * 9.0, "{lowered}");
+    // A test that joins mid-revision gets no share: it never fires, and
+    // the others keep theirs.
+    let mut joined = JudgeState::default();
+    judge(&p, &mut joined, &interval(&[]), false, 0);
+    let bad_rtt = interval(&[(Event::Rtt95, [450, 50], [0, 50])]);
+    for i in 1..50 {
+        let j = judge(&p, &mut joined, &bad_rtt, true, i * 10_000);
+        assert_ne!(j.verdict, Verdict::Fail, "a late-joining test fired: {}", j.reason);
+        assert!((j.standings[0].threshold - 5.0 / 0.01).abs() < 1e-6);
+    }
     // A new revision (a fresh state) starts from the config as it is.
     let fresh = judge(&looser, &mut JudgeState::default(), &interval(&[]), false, 4).standings[0].threshold;
     assert!((fresh - 5.0 / 0.05).abs() < 1e-6);
 }
 
+/// `interval` with the counts in a per-user (sticky) stratum.
+fn users_interval(events: &[(Event, [u64; 2], [u64; 2])]) -> Interval {
+    let mut iv = interval(events);
+    iv.strata[0].stratum = Some(Stratum { segment: None, per_user: true });
+    iv
+}
+
 #[test]
 fn lost_filters_close_the_running_processes_instead_of_granting_fresh_alpha() {
-    let mut rng = StdRng::seed_from_u64(3);
     let p = policy();
     let mut st = JudgeState::default();
-    // Some evidence against the canary, not enough to fire.
+    // Some per-user evidence against the canary, not enough to fire.
     for i in 0..2 {
-        let j = judge(&p, &mut st, &interval(&[(Event::Error, [450, 50], [1, 2])]), false, i * 10_000);
+        let j = judge(&p, &mut st, &users_interval(&[(Event::Error, [450, 50], [1, 2])]), false, i * 10_000);
         assert_ne!(j.verdict, Verdict::Fail, "{}", j.reason);
     }
     let e_before = st.revision().unwrap().tests[&Test::E].two.value();
@@ -114,22 +127,23 @@ fn lost_filters_close_the_running_processes_instead_of_granting_fresh_alpha() {
     st.filters_lost(50_000);
     assert_eq!((st.epoch, st.closed_below), (epoch_before + 1, epoch_before + 1));
     assert_ne!(st, JudgeState::default(), "never a fresh budget");
+    // Per-user evidence now goes only to the new epoch: the closed
+    // processes cannot tell a counted user from a new one.
     let mut fired = None;
-    for i in 5..200 {
-        let j = judge(&p, &mut st, &errors(&mut rng, 0.002, 0.2), false, i * 10_000);
+    for i in 5..400 {
+        let j = judge(&p, &mut st, &users_interval(&[(Event::Error, [450, 50], [1, 10])]), false, i * 10_000);
         if j.verdict == Verdict::Fail {
             fired = j.fired;
             break;
         }
     }
-    // The closed revision process took nothing more and is out of the
-    // mixture; a bad canary is still caught, by the new epoch (whose weight
-    // in the mixture is small: it needs more evidence than the revision).
-    assert_eq!(st.revision().unwrap().tests[&Test::E].two.value(), e_before);
+    assert_eq!(st.revision().unwrap().tests[&Test::E].two.value(), e_before, "closed to per-user evidence");
     let f = fired.expect("the new epoch fires on a bad canary");
     assert_eq!(f.scope, Scope::Epoch(epoch_before + 1));
-    let e_new = st.scopes.iter().find(|s| s.epoch == epoch_before + 1).unwrap().tests[&Test::E].two.value();
-    assert!(e_new * mixture_weight(epoch_before + 1) >= f.threshold * 0.9, "the new epoch carried it: {e_new}");
+    // Per-request evidence needs no filter: the closed revision still takes it.
+    let mut st2 = st.clone();
+    judge(&p, &mut st2, &interval(&[(Event::Error, [450, 50], [0, 5])]), false, 500 * 10_000);
+    assert!(st2.revision().unwrap().tests[&Test::E].two.value() > e_before);
     // Nothing judged yet: nothing to close.
     let mut empty = JudgeState::default();
     empty.filters_lost(0);
