@@ -1,0 +1,149 @@
+//! The judge's sentences: what a verdict found, in words a human reads in
+//! the journal, the log and `GET /routes`.
+
+use super::{Fired, JudgeState, PASS_FLOOR, Scope, Standing, Test, Verdict, rate};
+use crate::analysis::counts::{CANARY, Cell, STABLE};
+use crate::config::Analysis;
+
+fn pct(x: f64) -> String {
+    if x < 0.1 && x > 0.0 { format!("{x:.2} %") } else { format!("{x:.1} %") }
+}
+
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn num(e: f64) -> String {
+    if e >= 1e6 {
+        format!("{e:.2e}")
+    } else if e >= 10.0 {
+        count(e.round() as u64)
+    } else {
+        format!("{e:.2}")
+    }
+}
+
+fn ms(us: u64) -> String {
+    let m = us as f64 / 1000.0;
+    if m >= 10.0 { format!("{m:.0} ms") } else { format!("{m:.1} ms") }
+}
+
+/// What "bad" means for a test, in words.
+fn line(p: &Analysis, t: Test, iv_frozen: Option<[u64; 4]>) -> String {
+    let quant = |i: usize, name: &str| match iv_frozen {
+        Some(q) => format!("over stable's {name} ({})", ms(q[i])),
+        None => format!("over stable's {name}"),
+    };
+    let dur = |d: Option<std::time::Duration>| d.map_or_else(String::new, |d| format!(" {} ms", d.as_millis()));
+    match t {
+        Test::E | Test::GErr => "errors".into(),
+        Test::L50 => quant(0, "p50"),
+        Test::L95 => quant(1, "p95"),
+        Test::L99 => quant(2, "p99"),
+        Test::L999 => quant(3, "p99.9"),
+        Test::W95 => "WebSocket round trips over stable's p95".into(),
+        Test::G95 => format!("requests over max_p95{}", dur(p.max_p95)),
+        Test::G99 => format!("requests over max_p99{}", dur(p.max_p99)),
+        Test::GRtt => format!("round trips over max_ws_rtt_p95{}", dur(p.max_ws_rtt_p95)),
+    }
+}
+
+/// What one judgement found, for its sentence.
+pub(super) struct Found<'a> {
+    pub(super) verdict: Verdict,
+    pub(super) fired: Option<&'a Fired>,
+    pub(super) held_by: &'a [Test],
+    pub(super) standings: &'a [Standing],
+}
+
+pub(super) fn explain(
+    p: &Analysis,
+    st: &JudgeState,
+    found: &Found<'_>,
+    canary_in_step: u64,
+    frozen: Option<[u64; 4]>,
+) -> String {
+    let Found { verdict, fired, held_by, standings } = *found;
+    match verdict {
+        Verdict::Fail => {
+            let Some(f) = fired else { return "fail".into() };
+            let wanted = match f.scope {
+                Scope::Revision => 0,
+                Scope::Epoch(s) => s,
+            };
+            let empty = Cell::default();
+            let totals = st.scopes.iter().find(|s| s.epoch == wanted).map_or(&empty, |s| &s.totals);
+            let e = f.test.event();
+            let unit = if e.is_rtt() { "round trips" } else { "requests" };
+            let scope = match f.scope {
+                Scope::Revision => "since the revision started".to_string(),
+                Scope::Epoch(s) => format!("since epoch {s} began"),
+            };
+            let what = line(p, f.test, frozen);
+            let tol = if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::L999 | Test::W95)
+                && p.latency_tolerance > 0.0
+            {
+                format!(" (canary's line × {:.2})", 1.0 + p.latency_tolerance)
+            } else {
+                String::new()
+            };
+            format!(
+                "test {} fired {scope}: canary {what}{tol} {} vs stable {} over {} vs {} {unit}; evidence {} ≥ {}",
+                f.test.as_str(),
+                pct(rate(totals, e, CANARY) * 100.0),
+                pct(rate(totals, e, STABLE) * 100.0),
+                count(totals.n(e, CANARY)),
+                count(totals.n(e, STABLE)),
+                num(f.e_value),
+                num(f.threshold),
+            )
+        }
+        Verdict::Hold => {
+            let parts: Vec<String> = held_by
+                .iter()
+                .map(|t| {
+                    let e = t.event();
+                    let empty = Cell::default();
+                    let c = st.scopes.last().map_or(&empty, |s| &s.totals);
+                    format!(
+                        "{} ({}: stable {}, canary {})",
+                        t.as_str(),
+                        line(p, *t, None),
+                        pct(rate(c, e, STABLE) * 100.0),
+                        pct(rate(c, e, CANARY) * 100.0)
+                    )
+                })
+                .collect();
+            let stable_out =
+                standings.iter().any(|s| held_by.contains(&s.test) && s.breaking.is_some_and(|b| b[STABLE]));
+            let who = if stable_out {
+                "stable breaks the SLO too, so the canary is not blamed"
+            } else {
+                "the canary breaks the SLO while stable keeps it; the tests against stable decide its fate"
+            };
+            format!("hold: {who}; no step, no rollback: {}", parts.join("; "))
+        }
+        Verdict::Pass | Verdict::Insufficient => {
+            let top = standings.iter().max_by(|a, b| a.progress().total_cmp(&b.progress()));
+            let lead = top.map_or(String::new(), |s| {
+                format!("; strongest evidence {} {} of {}", s.test.as_str(), num(s.e_weighted), num(s.threshold))
+            });
+            if verdict == Verdict::Pass {
+                format!("no test crossed over {} canary requests this step{lead}", count(canary_in_step))
+            } else {
+                format!(
+                    "no test crossed; {} canary requests this step (a pass needs {PASS_FLOOR}){lead}",
+                    count(canary_in_step)
+                )
+            }
+        }
+    }
+}
