@@ -304,7 +304,11 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
         .collect();
 
     let tty = std::io::stdout().is_terminal();
-    println!("weir {} demo on loopback: weir at http://{listen}, admin at http://{}", crate::VERSION, handle.admin);
+    println!(
+        "weir {} demo on loopback: weir at http://{listen}, admin at http://{}",
+        crate::version::VERSION,
+        handle.admin
+    );
     println!("stable upstream {stable}, canary upstream {canary}; {PLAYERS} synthetic players; Ctrl-C ends it.\n");
     let started = Instant::now();
     let mut act = Act::Climbing;

@@ -60,7 +60,5 @@ pub mod tasks;
 pub mod tls;
 pub mod units;
 pub mod upstream;
+pub mod version;
 pub mod websocket;
-
-/// weir's version, from Cargo.toml.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");

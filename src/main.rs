@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use weir::config;
 
 #[derive(Parser)]
-#[command(name = "weir", version = weir::VERSION, about = "Layer-7 canary traffic-splitting edge proxy")]
+#[command(name = "weir", version = weir::version::VERSION, about = "Layer-7 canary traffic-splitting edge proxy")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -171,7 +171,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
-            println!("weir {}", weir::VERSION);
+            println!("weir {}", weir::version::VERSION);
             ExitCode::SUCCESS
         }
         Command::Check(c) => check(&c.config),

@@ -426,7 +426,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "{READY} {}", u8::from(g.ready));
     let _ = writeln!(o, "# HELP {BUILD_INFO} Always 1; the version label says which weir runs.");
     let _ = writeln!(o, "# TYPE {BUILD_INFO} gauge");
-    let _ = writeln!(o, "{BUILD_INFO}{{version=\"{}\"}} 1", crate::VERSION);
+    let _ = writeln!(o, "{BUILD_INFO}{{version=\"{}\"}} 1", crate::version::VERSION);
     o
 }
 
