@@ -19,6 +19,8 @@ connection. What it does with a request depends on its path:
   /no-status    a response head without `:status`
   /ping-flood   10,000 PINGs, then 200 "ok"
   /huge-head    a response head of 8 x 16 KB header values (over weir's 64 KiB)
+  /healthz      200, or 503 after a line "sick" on stdin (until a line "well")
+  /port         200 with this server's port as the body
 """
 
 import socket
@@ -61,9 +63,18 @@ def serve(sock):
         sock.close()
 
 
+SICK = [False]
+PORT = [0]
+
+
 def answer(c, sock, sid, path, enc):
     """False: the connection is done."""
-    if path == "/ok":
+    if path in ("/healthz", "/port"):
+        body = str(PORT[0]).encode() if path == "/port" else b"health"
+        status = "503" if path == "/healthz" and SICK[0] else "200"
+        c.send_headers(sid, [(":status", status), ("content-length", str(len(body)))])
+        c.send_data(sid, body, end_stream=True)
+    elif path == "/ok":
         c.send_headers(sid, [(":status", "200"), ("content-length", "2")])
         c.send_data(sid, b"ok", end_stream=True)
     elif path == "/reset-head":
@@ -117,7 +128,8 @@ def main():
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", 0))
     srv.listen(64)
-    print(srv.getsockname()[1], flush=True)
+    PORT[0] = srv.getsockname()[1]
+    print(PORT[0], flush=True)
 
     def accept():
         while True:
@@ -125,7 +137,8 @@ def main():
             threading.Thread(target=serve, args=(s,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    sys.stdin.read()
+    for line in sys.stdin:
+        SICK[0] = line.strip() == "sick"
 
 
 if __name__ == "__main__":

@@ -107,3 +107,38 @@ async fn a_hostile_http2_upstream_gets_precise_answers_and_weir_keeps_serving() 
     let (s, b) = get(&w, "/ok").await;
     assert_eq!((s, b.as_deref().ok()), (200, Some(&b"ok"[..])), "a good request after the ping flood");
 }
+
+/// Active health over HTTP/2 with a plain `path` check (h2c): the check is
+/// an HTTP/2 GET; a pod whose `/healthz` answers 503 is taken out (every
+/// request answered by the other, as its `/port` says) and comes back
+/// once it answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_path_check_takes_a_failing_pod_out_and_back() {
+    use std::io::Write;
+    let (well, mut sick) = (Hostile::start(), Hostile::start());
+    let w = Weir::start(&format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{}\", \"{}\"], protocol: h2c, retry: {{attempts: 0}},\n\
+         \x20   health: {{passive: {{consecutive_failures: 0}},\n\
+         \x20     active: {{path: /healthz, interval: 300ms, timeout: 300ms, healthy: 2, unhealthy: 2}}}}}}\n\
+         routes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        well.addr, sick.addr
+    ))
+    .await;
+    let limit = Duration::from_secs(15);
+    let (a, b) = (well.addr.to_string(), sick.addr.to_string());
+    for e in [&a, &b] {
+        let r = support::wait_endpoint(w.admin, e, ("healthy", "passing"), limit).await;
+        assert!(r.is_ok(), "the HTTP/2 check never passed on {e}: {r:?}");
+    }
+    writeln!(sick.child.stdin.as_mut().unwrap(), "sick").unwrap();
+    let r = support::wait_endpoint(w.admin, &b, ("ejected", "failing"), limit).await;
+    assert!(r.is_ok(), "a 503 check never took the pod out: {r:?}");
+    for _ in 0..10 {
+        let (status, body) = get(&w, "/port").await;
+        assert_eq!((status, body.unwrap()), (200, Bytes::from(well.addr.port().to_string())));
+    }
+    writeln!(sick.child.stdin.as_mut().unwrap(), "well").unwrap();
+    let r = support::wait_endpoint(w.admin, &b, ("healthy", "passing"), limit).await;
+    assert!(r.is_ok(), "a passing check never brought it back: {r:?}");
+}

@@ -335,7 +335,7 @@ impl Rollouts {
                         Value::Object(
                             j.standings
                                 .iter()
-                                .map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch])))
+                                .map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch, s.e_weighted])))
                                 .collect(),
                         ),
                     );

@@ -90,8 +90,11 @@ fn per_version(c: &crate::analysis::Cell, e: Event) -> Value {
 /// a few hundred bytes every interval: each test's e-values (since the
 /// revision, strongest epoch) and the interval's counts.
 fn routine_inputs(iv: &Interval, j: &Judgement, st: &RouteState) -> Value {
-    let tests: serde_json::Map<String, Value> =
-        j.standings.iter().map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch]))).collect();
+    let tests: serde_json::Map<String, Value> = j
+        .standings
+        .iter()
+        .map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch, s.e_weighted])))
+        .collect();
     json!({
         "tests": tests,
         "epoch": st.judge.epoch,
