@@ -447,7 +447,7 @@ async fn the_latch_survives_reload_and_kill_9_and_clears_on_a_new_revision() {
     let routine = lines.iter().find(|e| e["event"] == "verdict" && e["verdict"] != "fail").unwrap();
     let tests = routine["inputs"]["tests"].as_object().unwrap();
     assert_eq!(tests.len(), 5, "{routine}");
-    assert!(tests["E"].as_array().is_some_and(|v| v.len() == 2 && v[0].is_number()), "{routine}");
+    assert!(tests["E"].as_array().is_some_and(|v| v.len() == 3 && v[0].is_number()), "{routine}");
     println!("routine verdict line: {} bytes", routine.to_string().len());
     assert!(routine.to_string().len() < 1200, "{} bytes: {routine}", routine.to_string().len());
     // A fail carries everything needed to redo it by hand.
