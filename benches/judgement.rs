@@ -21,11 +21,11 @@ use rand::{RngExt, SeedableRng};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use weir::analysis::Stratum;
+use weir::analysis::machine::{RouteState, Transition};
 use weir::config::Snapshot;
 use weir::evidence::Unit;
 use weir::metrics::Registry;
 use weir::rollout::judging::take_verdict;
-use weir::rollout::machine::{RouteState, Transition};
 use weir::routing::{Version, key_hash};
 
 const INTERVAL_S: u64 = 10;

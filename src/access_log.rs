@@ -50,11 +50,6 @@ impl AccessLog {
         Self { tx: spawned.ok().map(|_| tx), dropped: AtomicU64::new(0) }
     }
 
-    /// A log that writes nothing (`access_log: false`).
-    pub fn disabled() -> Self {
-        Self { tx: None, dropped: AtomicU64::new(0) }
-    }
-
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
     }

@@ -244,10 +244,6 @@ pub async fn start_with(config_path: PathBuf, snapshot: Snapshot, layout: Layout
     Ok(Handle { listen, admin: admin_addr, live, reloader, ready, stop, lifecycle })
 }
 
-/// Held for as long as a client connection lives, upgraded WebSockets
-/// included (`limits.max_connections`).
-pub use crate::limits::ConnPermit;
-
 /// What every listener's accept loop shares.
 #[derive(Clone)]
 struct Accepting {

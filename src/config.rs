@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use validate::validate;
 // What a route does, defined beside the routes that carry it; named here
 // too, as the config's own vocabulary.
-pub use crate::routing::policy::{Analysis, AnalysisMode, FleetSource, Progression, Shadow, WebSocketPolicy};
+use crate::routing::policy::{Analysis, AnalysisMode, FleetSource, Progression, Shadow, WebSocketPolicy};
 
 /// Default admin listener (design §5).
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";

@@ -25,8 +25,8 @@ pub mod fold;
 pub mod prom;
 pub mod state;
 
-use crate::config::FleetSource;
 use crate::metrics::{EVIDENCE_BAD, EVIDENCE_SHARE, EVIDENCE_UNITS, PROCESS_START, ROLLOUT_CONTROL, ROLLOUT_POSITION};
+use crate::routing::policy::FleetSource;
 use prom::quote;
 use std::time::Duration;
 

@@ -191,7 +191,7 @@ impl Live {
     }
 
     /// Routes in fleet mode and what to ask about them.
-    pub fn fleet_targets(&self) -> Vec<rollout::fleet::Target> {
+    pub fn fleet_targets(&self) -> Vec<crate::fleet::Target> {
         let mut w = self.lock();
         let config = Arc::clone(&w.config);
         w.book.fleet_targets(&config, &self.registry)
@@ -246,7 +246,7 @@ impl Live {
     }
 
     /// Persisted rollout state of a route (for views).
-    pub fn rollout_state(&self, route: &str) -> Option<rollout::RouteState> {
+    pub fn rollout_state(&self, route: &str) -> Option<crate::analysis::machine::RouteState> {
         self.lock().book.state(route).cloned()
     }
 }

@@ -260,10 +260,6 @@ impl Proxy {
         self.draining.store(true, Ordering::Release);
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
     /// One request from `peer`, in hyper's service shape: it owns its
     /// handles and never fails, so the service hands this future to hyper
     /// as it is. (Each async level around it would hold a whole copy of it

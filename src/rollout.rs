@@ -19,16 +19,17 @@
 pub mod fleet;
 pub mod judging;
 /// The rollout state machine lives with the judge, in the domain rung.
-pub use crate::analysis::machine;
+use crate::analysis::machine;
 pub mod store;
 
-pub use machine::{Phase, RollbackReason, RouteState};
+use crate::analysis::machine::RouteState;
+use crate::labels::RollbackReason;
 
 use crate::access_log::rfc3339;
 use crate::analysis::{Judgement, Verdict};
-use crate::config::AnalysisMode;
 use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
+use crate::routing::policy::AnalysisMode;
 use crate::routing::{Route, Version};
 use crate::units::bp_to_percent;
 use machine::{Refusal, Transition};
@@ -41,7 +42,7 @@ use store::Store;
 
 /// Wall-clock now, ms since the Unix epoch.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, machine::duration_ms)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, crate::units::duration_ms)
 }
 
 fn at(ms: u64) -> String {

@@ -10,8 +10,8 @@
 //! metrics only — never to the stable/canary windows, verdicts or request
 //! metrics.
 
-use crate::config::Shadow;
 use crate::metrics::{RouteMetrics, ShadowOutcome};
+use crate::routing::policy::Shadow;
 use crate::routing::{BUCKETS, Bucket, BucketSource, Facts, Route};
 use crate::upstream::{ReqBody, Upstream};
 use bytes::Bytes;

@@ -9,12 +9,12 @@
 //! - [`reap_idle_connections`]: closes pooled upstream connections that
 //!   expired or that their upstream closed.
 
+use crate::fleet::Target;
 use crate::fleet::control::Control;
 use crate::fleet::prom::{self, Cost, QueryError};
 use crate::fleet::{LOOKBACK_MS, MAX_STEPS, evidence_query, label_filter, staleness};
 use crate::live::Live;
 use crate::metrics::{FLEET_START, ROLLOUT_CONTROL};
-use crate::rollout::fleet::Target;
 use crate::rollout::wall_ms;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -28,8 +28,9 @@ mod pool;
 mod retry;
 mod wire;
 
+use crate::labels::ErrorKind;
 pub use body::{PooledBody, ReqBody, Tee};
-pub use error::{BodyTimeout, BodyTooLarge, BoxError, ErrorKind, UpstreamError, is_body_timeout, is_body_too_large};
+pub use error::{BodyTimeout, BodyTooLarge, BoxError, UpstreamError, is_body_timeout, is_body_too_large};
 pub use retry::Tried;
 pub use wire::BodyError;
 

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 pub use relay::Settings;
 
-pub use crate::labels::CloseWhy;
+use crate::labels::CloseWhy;
 
 impl CloseWhy {
     /// Reason text in the close frames weir writes.

@@ -181,7 +181,7 @@ pub fn verdict_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> 
 
 /// Each test's e-values against their thresholds, and what the judge has
 /// counted since the revision started.
-fn evidence_json(m: &crate::metrics::RouteMetrics, st: Option<&crate::rollout::RouteState>) -> Value {
+fn evidence_json(m: &crate::metrics::RouteMetrics, st: Option<&crate::analysis::machine::RouteState>) -> Value {
     let Some(st) = st else { return Value::Null };
     let t = &st.judge.revision().map(|s| s.totals).unwrap_or_default();
     let e = crate::analysis::Event::Error;

@@ -21,7 +21,7 @@
 
 use super::counts::{CANARY, Cell, Event, Interval, STABLE};
 use super::eprocess::{Detector, EProcess};
-use crate::config::Analysis;
+use crate::routing::policy::Analysis;
 use sentence::{Found, explain};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -4,12 +4,12 @@
 //! what changed. Persisting and journaling are the caller's job.
 
 use crate::analysis::{JudgeState, Judgement, Test, Verdict};
-use crate::config::{AnalysisMode, Progression};
+use crate::routing::policy::{AnalysisMode, Progression};
 use serde::{Deserialize, Serialize};
 
-pub use crate::routing::Phase;
+use crate::routing::Phase;
 
-pub use crate::labels::RollbackReason;
+use crate::labels::RollbackReason;
 
 impl RollbackReason {
     /// The reason a fired test gives.
@@ -294,7 +294,7 @@ impl RouteState {
     }
 }
 
-pub use crate::units::duration_ms;
+use crate::units::duration_ms;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! into `fold::Series`.
 
 use super::fold::Series;
-use crate::config::FleetSource;
+use crate::routing::policy::FleetSource;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;

@@ -13,9 +13,10 @@
 use super::control::{self, Control, KILLED, PAUSED, ROLLED_BACK};
 use super::fold::{Baseline, Evaluation};
 use crate::analysis::machine::RouteState;
-use crate::analysis::machine::{RollbackReason, Transition};
+use crate::analysis::machine::Transition;
 use crate::analysis::{Interval, Judgement, Verdict, judge};
-use crate::config::{Analysis, Progression};
+use crate::labels::RollbackReason;
+use crate::routing::policy::{Analysis, Progression};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetFold {

@@ -2,10 +2,11 @@
 //! a function with one job. `Proxy::forward` calls them in order.
 
 use super::{Completion, Peer, Proxy, ProxyError, version_value};
-use crate::config::{Shadow, Snapshot};
+use crate::config::Snapshot;
 use crate::headers::{self, X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
 use crate::live::Serving;
 use crate::metrics::RouteMetrics;
+use crate::routing::policy::Shadow;
 use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
 use crate::upstream::{Checkout, PooledBody, ReqBody, Tried, UpstreamError};

@@ -51,10 +51,10 @@ pub struct FleetKey<'a> {
     pub revision: &'a str,
 }
 
-pub use crate::fleet::Target;
+use crate::fleet::Target;
 
 fn interval_ms(r: &Route) -> u64 {
-    r.analysis.as_deref().map_or(10_000, |a| super::machine::duration_ms(a.interval).max(1))
+    r.analysis.as_deref().map_or(10_000, |a| crate::units::duration_ms(a.interval).max(1))
 }
 
 impl Rollouts {
@@ -237,7 +237,7 @@ impl Rollouts {
         let a = match r.control.acting_mode(a.mode) {
             m if m == a.mode => a,
             mode => {
-                acting = crate::config::Analysis { mode, ..a.clone() };
+                acting = crate::routing::policy::Analysis { mode, ..a.clone() };
                 &acting
             }
         };

@@ -3,11 +3,12 @@
 //! the verdict to the route's state, and turn epochs (a new step, or
 //! `analysis.epoch` elapsed) in step with the recorder's user filters.
 
-use super::machine::{RouteState, Transition, duration_ms};
+use crate::analysis::machine::{RouteState, Transition};
 use crate::analysis::{Event, Frozen, Interval, Judgement, Verdict, judge};
-use crate::config::Analysis;
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
+use crate::routing::policy::Analysis;
+use crate::units::duration_ms;
 use serde_json::{Value, json};
 use std::time::Instant;
 

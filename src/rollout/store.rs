@@ -251,7 +251,7 @@ fn parse_state(bytes: &[u8]) -> Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::machine::RollbackReason;
+    use crate::labels::RollbackReason;
 
     #[test]
     fn save_then_open_round_trips_and_leaves_no_temp_file() {

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::config;
+use crate::routing::Phase;
 use std::time::Duration;
 
 fn snapshot(dir: &Path, revision: &str, weight: u32) -> Snapshot {

@@ -6,8 +6,9 @@
 //! returns the connection to its endpoint's idle stack only once the body
 //! has been read to the end; dropped early, the connection is closed.
 
-use super::pool::{Busy, Endpoint, Unsolicited};
+use super::pool::{Busy, Endpoint};
 use super::wire::{self, Connection, Piece, RespFraming};
+use crate::labels::Unsolicited;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;

@@ -79,7 +79,7 @@ pub enum UpstreamError {
     UploadStalled(Duration),
 }
 
-pub use crate::labels::ErrorKind;
+use crate::labels::ErrorKind;
 
 impl UpstreamError {
     /// Which `weir_upstream_errors_total{kind}` counts it.

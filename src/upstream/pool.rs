@@ -9,7 +9,7 @@
 use super::error::UpstreamError;
 use super::h2::{H2Body, H2Pool};
 use super::wire::{Connection, IdleState};
-pub use crate::labels::Unsolicited;
+use crate::labels::Unsolicited;
 use crate::shards::{self, Padded};
 use std::sync::Arc;
 use std::sync::Mutex;

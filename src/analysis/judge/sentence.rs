@@ -3,7 +3,7 @@
 
 use super::{Fired, JudgeState, PASS_FLOOR, Scope, Standing, Test, Verdict, rate};
 use crate::analysis::counts::{CANARY, Cell, STABLE};
-use crate::config::Analysis;
+use crate::routing::policy::Analysis;
 
 fn pct(x: f64) -> String {
     if x < 0.1 && x > 0.0 { format!("{x:.2} %") } else { format!("{x:.1} %") }
