@@ -14,7 +14,7 @@ use super::control::{self, Control, KILLED, PAUSED, ROLLED_BACK};
 use super::fold::{Baseline, Evaluation};
 use crate::analysis::machine::RouteState;
 use crate::analysis::machine::Transition;
-use crate::analysis::{Interval, Judgement, Verdict, judge};
+use crate::analysis::{Interval, Judgement, Test, Verdict, judge};
 use crate::labels::RollbackReason;
 use crate::routing::policy::{Analysis, Progression};
 
@@ -30,6 +30,10 @@ pub struct FleetFold {
     /// Steering epoch the state belongs to.
     pub epoch: u64,
     pub state: RouteState,
+    /// The α budget this replica's saved state had for the revision (the
+    /// smallest `alpha`, the tests sharing it): a replay after a restart
+    /// judges with it, not with a larger `alpha` a reload brought since.
+    pub budget: Option<(f64, Vec<Test>)>,
 }
 
 /// What one evaluation time did.
@@ -57,7 +61,16 @@ impl FleetFold {
             base: Baseline::default(),
             epoch: 0,
             state: RouteState::fresh(revision, progression, 0),
+            budget: None,
         }
+    }
+
+    /// Replay with the α budget a saved state had (see `budget`).
+    pub fn with_budget(mut self, saved: &RouteState) -> Self {
+        if saved.revision == self.revision && saved.judge.alpha_floor > 0.0 {
+            self.budget = Some((saved.judge.alpha_floor, saved.judge.budgeted.clone()));
+        }
+        self
     }
 
     pub fn began(&self) -> bool {
@@ -90,6 +103,10 @@ impl FleetFold {
             }
             self.start_ms = Some(prev_ms);
             self.state = RouteState::fresh(&self.revision, progression, prev_ms);
+            if let Some((alpha, tests)) = &self.budget {
+                self.state.judge.alpha_floor = *alpha;
+                self.state.judge.budgeted = tests.clone();
+            }
         }
         let mut steered = Vec::new();
         if let Some(c) = step.control {
@@ -302,6 +319,31 @@ mod tests {
             assert!(o.state.rolled_back.is_none(), "a time before the rollback is journaled as it was then");
         }
         assert!(outcomes[rolled_at].state.rolled_back.is_some());
+    }
+
+    /// A replica that restarts replays with the α budget its saved state
+    /// had, not with a larger `alpha` a reload brought since (which would be
+    /// a fresh, looser budget for the same revision).
+    #[test]
+    fn a_replay_after_a_restart_keeps_the_saved_alpha_budget() {
+        let p = prog();
+        let strict = Analysis::default();
+        let mut before = FleetFold::new("2", Some(&p));
+        before.apply(&strict, Some(&p), false, &step(10_000, [1, 0], None), 0);
+        let saved = before.state.clone();
+        assert_eq!(saved.judge.alpha_floor, strict.alpha);
+        let looser = Analysis { alpha: 0.05, ..Analysis::default() };
+        let mut again = FleetFold::new("2", Some(&p)).with_budget(&saved);
+        let o = again.apply(&looser, Some(&p), false, &step(10_000, [1, 0], None), 0).unwrap();
+        let k = saved.judge.budgeted.len() as f64;
+        assert_eq!(o.judgement.unwrap().standings[0].threshold, k / strict.alpha);
+        // Without a saved state (a replica that never saw the revision) the
+        // config's alpha applies: documented as a fleet limit.
+        let mut fresh = FleetFold::new("2", Some(&p));
+        let o = fresh.apply(&looser, Some(&p), false, &step(10_000, [1, 0], None), 0).unwrap();
+        assert_eq!(o.judgement.unwrap().standings[0].threshold, k / looser.alpha);
+        // Another revision's saved state is not used.
+        assert_eq!(FleetFold::new("3", Some(&p)).with_budget(&saved).budget, None);
     }
 
     #[test]

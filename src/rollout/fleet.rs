@@ -76,7 +76,10 @@ impl Rollouts {
                 self.fleet.insert(
                     r.name.to_string(),
                     FleetRoute {
-                        fold: FleetFold::new(revision, r.progression.as_deref()),
+                        fold: match persisted {
+                            Some(saved) => FleetFold::new(revision, r.progression.as_deref()).with_budget(saved),
+                            None => FleetFold::new(revision, r.progression.as_deref()),
+                        },
                         local,
                         polled: Control::default(),
                         local_position: 0,
