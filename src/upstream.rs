@@ -533,10 +533,21 @@ impl Upstream {
             .extensions
             .get::<CallDeadline>()
             .map_or(self.spec.request_timeout, |d| d.0.min(self.spec.request_timeout));
-        let outcome = match tokio::time::timeout(limit, conn.send(req)).await {
+        let attempt = async {
+            match conn.send(req).await {
+                Ok(answer) => Ok(answer),
+                // Never sent (the connection went away between checkout and
+                // send): once more, on a new connection.
+                Err(h2::SendError::Unsent(req, _)) => {
+                    let mut fresh = Box::pin(self.open_h2(&endpoint)).await?;
+                    fresh.send(*req).await.map_err(|e| classify(e.into_error()))
+                }
+                Err(h2::SendError::Failed(e)) => Err(classify(e)),
+            }
+        };
+        let outcome = match tokio::time::timeout(limit, attempt).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => Err(classify(e)),
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(result) => result,
         };
         match outcome {
             Ok((resp, stream)) => {

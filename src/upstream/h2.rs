@@ -59,11 +59,32 @@ where
     pub async fn send(
         &mut self,
         req: http::Request<B>,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Stream), hyper::Error> {
+    ) -> Result<(http::Response<hyper::body::Incoming>, Stream), SendError<B>> {
         self.streams.fetch_add(1, Ordering::Relaxed);
         let stream = Stream(Arc::clone(&self.streams));
-        let resp = self.send.send_request(req).await?;
-        Ok((resp, stream))
+        match self.send.try_send_request(req).await {
+            Ok(resp) => Ok((resp, stream)),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(SendError::Unsent(Box::new(req), e.into_error())),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        }
+    }
+}
+
+/// A send that failed: before the request left (the connection went away
+/// first, e.g. a GOAWAY that raced the checkout: the request comes back,
+/// safe to send on another connection), or after.
+pub enum SendError<B> {
+    Unsent(Box<http::Request<B>>, hyper::Error),
+    Failed(hyper::Error),
+}
+
+impl<B> SendError<B> {
+    pub fn into_error(self) -> hyper::Error {
+        match self {
+            SendError::Unsent(_, e) | SendError::Failed(e) => e,
+        }
     }
 }
 
