@@ -448,7 +448,15 @@ mod tests {
             for (k, v) in headers {
                 h.insert(*k, http::HeaderValue::from_static(v));
             }
-            let facts = crate::routing::Facts { host: "x", path: "/", query: None, headers: &h, client_cert: None };
+            let facts = crate::routing::Facts {
+                host: "x",
+                path: "/",
+                query: None,
+                headers: &h,
+                client_cert: None,
+                method: &http::Method::GET,
+                https: false,
+            };
             let d = crate::routing::decide(&snap.table, &facts, draw).unwrap();
             Unit::of(route, &d)
         };

@@ -53,7 +53,15 @@ pub fn headers_of(q: &Query) -> Result<HeaderMap, String> {
 pub fn explain(snapshot: &Snapshot, q: &Query, draw: u16) -> Result<Explanation, String> {
     let headers = headers_of(q)?;
     let host = crate::headers::split_port(&q.host).0;
-    let facts = Facts { host, path: &q.path, query: q.query.as_deref(), headers: &headers, client_cert: None };
+    let facts = Facts {
+        host,
+        path: &q.path,
+        query: q.query.as_deref(),
+        headers: &headers,
+        client_cert: None,
+        method: &http::Method::GET,
+        https: false,
+    };
     let Some(d) = routing::decide(&snapshot.table, &facts, draw) else {
         return Ok(Explanation {
             route: None,

@@ -49,9 +49,11 @@ pub fn routing(data: &[u8]) {
         }
     }
     let draw = data.first().map_or(0, |b| u16::from(*b) * 39);
-    if let Some(d) =
-        routing::decide(&snapshot.table, &Facts { host, path, query, headers: &headers, client_cert: None }, draw)
-    {
+    if let Some(d) = routing::decide(
+        &snapshot.table,
+        &Facts { host, path, query, headers: &headers, client_cert: None, method: &http::Method::GET, https: false },
+        draw,
+    ) {
         let _ = snapshot.table.routes.get(d.route).map(|r| d.reason.describe(r));
     }
 }

@@ -360,16 +360,31 @@ impl Proxy {
     ) -> Result<Response<crate::upstream::PooledBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let client_h2 = parts.version == http::Version::HTTP_2;
-        let admitted = self.request_filter(&served.snapshot, (&parts, peer.https), completion)?;
+        let admitted = self.request_filter((&parts, peer.https), completion)?;
         let mut choice = self.choose(served, peer, &parts, &admitted, upgrade.is_some(), completion)?;
+        let edge = choice.route.edge.as_deref();
+        if let Some(e) = edge {
+            phases::edge_filter(e, choice.route, &parts, &admitted, peer.https)?;
+        }
+        let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
+        if admitted.declared.is_some_and(|n| n > max_body) {
+            return Err(ProxyError::BodyTooLarge);
+        }
         let upstream_start = Instant::now();
+        let deadline = edge.and_then(|e| e.request_timeout).map(|d| upstream_start + d);
         let mut tried = crate::upstream::Tried::new();
         let conn = self.upstream_peer(served, &mut choice, &mut tried, upstream_start, completion).await?;
         let upgrading = upgrade.as_ref().map(|u| u.h2_key.as_ref());
         let added =
             phases::upstream_request_filter(peer, &choice, admitted.authority, &mut parts, upgrading, completion);
-        let req_body =
-            self.request_body(served, &choice, (&parts, &added), body, (admitted.declared, client_h2), completion);
+        let req_body = self.request_body(
+            served,
+            &choice,
+            (&parts, &added),
+            body,
+            (admitted.declared, max_body, client_h2),
+            completion,
+        );
         let upstream = served.upstream(choice.route.backend(choice.version).upstream).ok_or(ProxyError::NoRoute)?;
         let resp = if upgrade.is_some() {
             // hyper's client writes this head: the added headers go in the map.
@@ -381,12 +396,13 @@ impl Proxy {
             // Replayed only if nothing was lost by sending it once: no body,
             // and a method safe to send twice (a bet is never placed twice).
             let replayable = http_body::Body::is_end_stream(&req_body) && crate::upstream::idempotent(&parts.method);
-            if completion.grpc
-                && let Some(d) =
-                    parts.headers.get("grpc-timeout").and_then(|v| crate::upstream::parse_grpc_timeout(v.as_bytes()))
-            {
-                parts.extensions.insert(crate::upstream::CallDeadline(d));
-            }
+            let grpc_limit = if completion.grpc {
+                parts.headers.get("grpc-timeout").and_then(|v| crate::upstream::parse_grpc_timeout(v.as_bytes()))
+            } else {
+                None
+            };
+            let limits = phases::AttemptLimits::new(upstream.spec().request_timeout, edge, grpc_limit, deadline);
+            limits.apply(&mut parts)?;
             let mut attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
             loop {
                 if !replayable {
@@ -406,6 +422,11 @@ impl Proxy {
                 }
                 drop(attempt); // a 5xx answer unread: its connection closes
                 phases::charge_failed_attempts(&choice, &mut tried, completion);
+                if limits.apply(&mut parts).is_err() {
+                    // `timeouts.request` has run out: no time for another try.
+                    attempt = Err(crate::upstream::UpstreamError::Timeout);
+                    break;
+                }
                 attempt = match upstream.connect(&mut tried).await {
                     Ok(conn) => upstream.send(conn, &mut parts, ReqBody::empty(), added.as_slice()).await,
                     Err(e) => Err(e),
@@ -491,6 +512,13 @@ fn local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response
     let status = err.status();
     completion.status = status.as_u16();
     completion.flags.push(err.tag());
+    if let ProxyError::Redirect(_, location) = err {
+        let mut resp = Response::new(RespBody::local_empty(Some(completion)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(http::header::LOCATION, location.clone());
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return resp;
+    }
     if completion.grpc {
         return grpc_local_response(err, completion);
     }

@@ -7,6 +7,7 @@
 //! I/O and lives in the proxy, which rewrites the reason to `Fallback`.
 
 pub mod bucket;
+pub mod edge;
 pub mod facts;
 pub mod policy;
 mod table;
@@ -14,7 +15,8 @@ mod table;
 pub use bucket::{BUCKETS, BucketCookie, bucket_of, key_hash};
 pub use facts::Facts;
 pub use table::{
-    Backend, HostMatch, KeySource, Overlay, Override, PathMatch, Phase, Route, Segment, SegmentMatcher, Sticky, Table,
+    Backend, HostMatch, KeySource, MAX_PATH_REGEX_LEN, Overlay, Override, PathMatch, PathRegex, Phase, Route,
+    RouteFilter, Segment, SegmentMatcher, Sticky, Table,
 };
 
 /// A role behind a route.
@@ -105,7 +107,7 @@ pub struct Decision {
 /// `draw` must be uniform in 0..10000; it is used only when the request has
 /// neither a sticky key nor a valid bucket cookie.
 pub fn decide(table: &Table, facts: &Facts<'_>, draw: u16) -> Option<Decision> {
-    let idx = table.find(facts.host, facts.path)?;
+    let idx = table.find(facts)?;
     let route = table.routes.get(idx)?;
     let fixed = |version, reason| Some(Decision { route: idx, version, reason, bucket: None, set_cookie: None });
     if route.canary.is_none() {

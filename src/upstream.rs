@@ -108,9 +108,10 @@ pub struct Checkout {
     busy: Busy,
 }
 
-/// A call's own deadline (gRPC `grpc-timeout`), put in the request's
-/// extensions: the response head must come within the smaller of it and
-/// `request_timeout`.
+/// This attempt's own limit for the response head, put in the request's
+/// extensions by the proxy; it replaces the upstream's `request_timeout`
+/// (the route's `timeouts.backend`, a gRPC call's `grpc-timeout`, what is
+/// left of the route's `timeouts.request`, whichever is smallest).
 #[derive(Debug, Clone, Copy)]
 pub struct CallDeadline(pub Duration);
 
@@ -435,7 +436,7 @@ impl Upstream {
             // Boxed: the HTTP/1.1 path's future stays as small as it was.
             Link::H2(c) => return Box::pin(self.send_h2(c, (endpoint, busy), parts, body, added)).await,
         };
-        let deadlines = self.deadlines();
+        let deadlines = self.deadlines(parts);
         let outcome = if replayable {
             // Nothing to send after the head (no body, or an empty one).
             if !http_body::Body::is_end_stream(&body) {
@@ -529,10 +530,7 @@ impl Upstream {
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_2;
         *req.headers_mut() = headers;
-        let limit = parts
-            .extensions
-            .get::<CallDeadline>()
-            .map_or(self.spec.request_timeout, |d| d.0.min(self.spec.request_timeout));
+        let limit = self.deadlines(parts).head;
         let attempt = async {
             match conn.send(req).await {
                 Ok(answer) => Ok(answer),
@@ -563,8 +561,9 @@ impl Upstream {
         }
     }
 
-    fn deadlines(&self) -> wire::Deadlines {
-        wire::Deadlines { head: self.spec.request_timeout, upload: self.spec.body_timeout }
+    fn deadlines(&self, parts: &http::request::Parts) -> wire::Deadlines {
+        let head = parts.extensions.get::<CallDeadline>().map_or(self.spec.request_timeout, |d| d.0);
+        wire::Deadlines { head, upload: self.spec.body_timeout }
     }
 
     /// A WebSocket handshake: hyper's client on a connection of this pool,

@@ -234,6 +234,42 @@ pub fn upstreams_json(served: &Serving) -> Value {
     json!({"upstreams": upstreams})
 }
 
+fn ops_json(o: &crate::routing::edge::HeaderOps) -> Value {
+    let pairs = |v: &[(http::HeaderName, http::HeaderValue)]| {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), Value::from(String::from_utf8_lossy(v.as_bytes()))))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    json!({"set": pairs(&o.set), "add": pairs(&o.add), "remove": o.remove.iter().map(|n| n.as_str()).collect::<Vec<_>>()})
+}
+
+fn path_change_json(c: &crate::routing::edge::PathChange) -> Value {
+    match c {
+        crate::routing::edge::PathChange::Full(p) => json!({"path": p}),
+        crate::routing::edge::PathChange::Prefix(p) => json!({"path_prefix": p}),
+    }
+}
+
+/// A route's edge policies as `/config` shows them.
+fn edge_json(e: &crate::routing::edge::Edge) -> Value {
+    let ms = |d: Option<std::time::Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    json!({
+        "request_timeout_ms": ms(e.request_timeout),
+        "backend_timeout_ms": ms(e.backend_timeout),
+        "max_request_body": e.max_request_body,
+        "request_headers": ops_json(&e.modifiers.request),
+        "response_headers": ops_json(&e.modifiers.response),
+        "rewrite": e.rewrite.as_ref().map(|w| json!({
+            "path": w.path.as_ref().map(path_change_json),
+            "hostname": w.hostname.as_ref().map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
+        })),
+        "redirect": e.redirect.as_ref().map(|r| json!({
+            "scheme": r.scheme, "hostname": r.hostname, "port": r.port,
+            "path": r.path.as_ref().map(path_change_json), "status": r.status.as_u16(),
+        })),
+    })
+}
+
 /// Effective config, secrets redacted.
 pub fn config_json(served: &Serving) -> Value {
     let s = &served.snapshot;
@@ -259,6 +295,8 @@ pub fn config_json(served: &Serving) -> Value {
                     crate::routing::HostMatch::Suffix(s) => format!("*{s}"),
                 }).collect::<Vec<_>>(),
                 "path": r.path.describe(),
+                "also": r.filter.describe(),
+                "edge": r.edge.as_deref().map(edge_json),
                 "stable": {"upstream": &*r.stable.upstream_name, "revision": &*r.stable.revision},
                 "canary": r.canary.as_ref().map(|c| json!({"upstream": &*c.upstream_name, "revision": &*c.revision})),
                 "weight": bp_to_percent(r.config_weight_bp),

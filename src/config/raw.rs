@@ -210,7 +210,8 @@ pub struct RawRoute {
     pub name: String,
     #[serde(rename = "match")]
     pub match_: Option<RawRouteMatch>,
-    pub stable: RawVersion,
+    /// Required unless the route is a `redirect`.
+    pub stable: Option<RawVersion>,
     pub canary: Option<RawVersion>,
     pub weight: Option<f64>,
     pub kill_switch: Option<bool>,
@@ -226,6 +227,56 @@ pub struct RawRoute {
     pub websocket: Option<RawWebsocket>,
     pub control: Option<crate::routing::policy::Control>,
     pub grpc: Option<RawGrpc>,
+    pub timeouts: Option<RawTimeouts>,
+    /// Replaces `limits.max_request_body` on this route.
+    pub max_request_body: Option<SizeValue>,
+    pub request_headers: Option<RawHeaderOps>,
+    pub response_headers: Option<RawHeaderOps>,
+    pub rewrite: Option<RawRewrite>,
+    pub redirect: Option<RawRedirect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// The whole exchange to the answer's head, retries included.
+    pub request: Option<String>,
+    /// Each attempt at an upstream, to its answer's head.
+    pub backend: Option<String>,
+}
+
+/// `set`/`add`: name → value; `remove`: names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// The whole path (`$1`… on a `path_type: regex` route).
+    pub path: Option<String>,
+    /// What replaces the part the route's prefix matched.
+    pub path_prefix: Option<String>,
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u64>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +379,12 @@ pub struct RawRouteMatch {
     pub path_prefix: Option<String>,
     pub path: Option<String>,
     pub path_type: Option<String>,
+    /// `path_type: regex` only: match letters in any case (ingress-nginx).
+    pub ignore_case: Option<bool>,
+    /// `http` or `https`: only requests that came over plain HTTP or TLS.
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +392,8 @@ pub struct RawRouteMatch {
 pub struct RawVersion {
     pub upstream: String,
     pub revision: Option<String>,
+    pub request_headers: Option<RawHeaderOps>,
+    pub response_headers: Option<RawHeaderOps>,
 }
 
 #[derive(Debug, Deserialize)]

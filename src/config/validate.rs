@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod analysis;
+mod edge;
 mod matching;
 mod operations;
 mod upstreams;
@@ -226,24 +227,26 @@ fn is_label_safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn backend(
-    path: &str,
-    upstream: &str,
-    revision: Option<&String>,
-    ups: &[UpstreamSpec],
-    p: &mut Problems,
-) -> Option<Backend> {
-    match ups.iter().position(|u| &*u.name == upstream) {
+fn backend(path: &str, v: &super::raw::RawVersion, ups: &[UpstreamSpec], p: &mut Problems) -> Option<Backend> {
+    let modifiers = edge::compile_modifiers(v.request_headers.as_ref(), v.response_headers.as_ref(), path, p);
+    match ups.iter().position(|u| *u.name == v.upstream) {
         Some(idx) => Some(Backend {
             upstream: idx,
-            upstream_name: Arc::from(upstream),
-            revision: Arc::from(revision.map(String::as_str).unwrap_or("")),
+            upstream_name: Arc::from(v.upstream.as_str()),
+            revision: Arc::from(v.revision.as_deref().unwrap_or("")),
+            modifiers: (!modifiers.is_empty()).then(|| Arc::new(modifiers)),
         }),
         None => {
-            p.at(format!("{path}.upstream"), format!("unknown upstream `{upstream}`"));
+            p.at(format!("{path}.upstream"), format!("unknown upstream `{}`", v.upstream));
             None
         }
     }
+}
+
+/// A redirect route's stand-in backend: it sends nothing upstream, and an
+/// index no upstream has finds none.
+fn no_backend() -> Backend {
+    Backend { upstream: usize::MAX, upstream_name: Arc::from("-"), revision: Arc::from(""), modifiers: None }
 }
 
 fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p: &mut Problems) -> Option<Route> {
@@ -252,9 +255,17 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
     }
     let hosts = compile_hosts(r, path, p);
     let path_match = compile_path(r.match_.as_ref(), &format!("{path}.match"), p);
-    let stable = backend(&format!("{path}.stable"), &r.stable.upstream, r.stable.revision.as_ref(), ups, p);
-    let canary =
-        r.canary.as_ref().and_then(|c| backend(&format!("{path}.canary"), &c.upstream, c.revision.as_ref(), ups, p));
+    let filter = edge::compile_filter(r.match_.as_ref(), &format!("{path}.match"), p);
+    let edge = edge::compile_edge(r, path, &path_match, &filter, p);
+    let stable = match (&r.stable, &r.redirect) {
+        (Some(s), None) => backend(&format!("{path}.stable"), s, ups, p),
+        (_, Some(_)) => Some(no_backend()),
+        (None, None) => {
+            p.at(format!("{path}.stable"), "required (only a `redirect` route has no upstream)");
+            None
+        }
+    };
+    let canary = r.canary.as_ref().and_then(|c| backend(&format!("{path}.canary"), c, ups, p));
     let weight_bp = p.weight(&format!("{path}.weight"), r.weight.unwrap_or(0.0));
     if r.canary.is_none() && (weight_bp > 0 || !r.segments.is_empty() || r.override_.is_some()) {
         p.at(path, "weight, segments and override need a `canary`");
@@ -315,6 +326,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         name_header: http::HeaderValue::from_str(&r.name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
         hosts,
         path: path_match,
+        filter,
         stable: stable?,
         canary,
         config_weight_bp: weight_bp,
@@ -330,6 +342,7 @@ fn compile_route(r: &RawRoute, path: &str, ups: &[UpstreamSpec], base: &Path, p:
         override_,
         segments,
         grpc_errors: compile_grpc_errors(r, path, p),
+        edge,
     })
 }
 

@@ -32,6 +32,12 @@ pub enum ProxyError {
     Connect,
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
+    /// Not a failure: the route answers with a redirect (`redirect`).
+    #[error("redirected")]
+    Redirect(StatusCode, http::HeaderValue),
+    /// The redirect would send the client to the URL it asked for.
+    #[error("the route's redirect points at the request itself")]
+    RedirectLoop,
 }
 
 impl ProxyError {
@@ -45,6 +51,8 @@ impl ProxyError {
             }
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Redirect(status, _) => *status,
+            ProxyError::RedirectLoop => StatusCode::LOOP_DETECTED,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(
@@ -67,11 +75,12 @@ impl ProxyError {
             | ProxyError::UriTooLong
             | ProxyError::NoRoute
             | ProxyError::BodyTooLarge
-            | ProxyError::Connect => Fault::Client,
+            | ProxyError::Connect
+            | ProxyError::Redirect(..) => Fault::Client,
             ProxyError::Upstream(
                 UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_),
             ) => Fault::Client,
-            ProxyError::Overloaded => Fault::Ours,
+            ProxyError::Overloaded | ProxyError::RedirectLoop => Fault::Ours,
             ProxyError::Upstream(_) => Fault::Upstream,
         }
     }
@@ -92,6 +101,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::Overloaded => "overloaded",
             ProxyError::Connect => "connect_refused",
+            ProxyError::Redirect(..) => "redirect",
+            ProxyError::RedirectLoop => "redirect_loop",
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect(_) => "upstream_connect",
                 UpstreamError::NoEndpoints => "upstream_no_endpoints",

@@ -2,10 +2,10 @@
 //! a function with one job. `Proxy::forward` calls them in order.
 
 use super::{Completion, Peer, Proxy, ProxyError, version_value};
-use crate::config::Snapshot;
 use crate::headers::{self, X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
 use crate::live::Serving;
 use crate::metrics::RouteMetrics;
+use crate::routing::edge::{Asked, Edge, PathChange};
 use crate::routing::policy::Shadow;
 use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use rand::RngExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the head check established.
 pub(super) struct Admitted {
@@ -45,7 +45,6 @@ impl Proxy {
     /// Phase 1: Refuse a head weir will not forward; fix the authority.
     pub(super) fn request_filter(
         &self,
-        snap: &Snapshot,
         (parts, https): (&Parts, bool),
         completion: &mut Completion,
     ) -> Result<Admitted, ProxyError> {
@@ -67,10 +66,8 @@ impl Proxy {
             authority.clone_into(&mut f.authority);
             f.trace_id = headers::trace_id(&parts.headers).map(str::to_owned);
         }
+        // Checked against the route's limit once the route is known.
         let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > snap.limits.max_request_body) {
-            return Err(ProxyError::BodyTooLarge);
-        }
         Ok(Admitted { authority: value, declared })
     }
 
@@ -93,6 +90,8 @@ impl Proxy {
             query: parts.uri.query(),
             headers: &parts.headers,
             client_cert: peer.client_cert(),
+            method: &parts.method,
+            https: peer.https,
         };
         let Some(decision) = routing::decide(&snap.table, &facts, rand::rng().random_range(0..BUCKETS)) else {
             self.live.registry.unrouted.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +179,7 @@ impl Proxy {
         c: &Choice<'_>,
         (parts, added): (&Parts, &headers::Added),
         body: Incoming,
-        (declared, client_h2): (Option<u64>, bool),
+        (declared, max_body, client_h2): (Option<u64>, u64, bool),
         completion: &mut Completion,
     ) -> ReqBody {
         let limits = &served.snapshot.limits;
@@ -188,7 +187,7 @@ impl Proxy {
         let req_body = if has_body {
             let counter = completion.fields.is_some().then(|| Arc::new(AtomicU64::new(0)));
             completion.bytes_in.clone_from(&counter);
-            let mut body = ReqBody::new(body, limits.max_request_body, limits.body_timeout, counter);
+            let mut body = ReqBody::new(body, max_body, limits.body_timeout, counter);
             if completion.grpc {
                 let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
                 completion.grpc_sent = Some(Arc::clone(&sent));
@@ -264,6 +263,12 @@ impl Proxy {
             headers::set_websocket_upgrade(&mut rparts.headers);
         }
         rparts.version = http::Version::HTTP_11;
+        if let Some(e) = &c.route.edge {
+            e.modifiers.response.apply(&mut rparts.headers);
+        }
+        if let Some(m) = &c.route.backend(c.version).modifiers {
+            m.response.apply(&mut rparts.headers);
+        }
         if c.route.expose_version {
             rparts.headers.insert(&X_WEIR_VERSION, version_value(c.version));
         }
@@ -332,9 +337,23 @@ pub(super) fn upstream_request_filter(
         // An override header named like one weir sets: weir's value wins.
         parts.headers.remove(k);
     }
+    // The route's modifiers, then the version's (Gateway API: rule
+    // filters, then backendRef filters).
+    if let Some(e) = &c.route.edge {
+        e.modifiers.request.apply(&mut parts.headers);
+    }
+    if let Some(m) = &c.route.backend(c.version).modifiers {
+        m.request.apply(&mut parts.headers);
+    }
+    let rewrite = c.route.edge.as_ref().and_then(|e| e.rewrite.as_ref());
     let mut added = headers::Added::new();
     let proto = if peer.https { "https" } else { "http" };
     headers::add_forwarded(&mut parts.headers, &peer.ip, proto, authority.clone(), &mut added);
+    // X-Forwarded-Host keeps the client's; the upstream's Host is the rewrite's.
+    let authority = match rewrite.and_then(|r| r.hostname.clone()) {
+        Some(h) => Some(h),
+        None => authority,
+    };
     // The client's id goes on when it is usable; otherwise a fresh one.
     let client_id = parts.headers.get(&X_REQUEST_ID).map(|v| v.to_str().is_ok());
     if client_id != Some(true) {
@@ -361,8 +380,85 @@ pub(super) fn upstream_request_filter(
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
     }
+    if let Some(change) = rewrite.and_then(|r| r.path.as_ref()) {
+        rewrite_path(change, &c.route.path, &mut parts.uri, &c.route.name);
+    }
     parts.version = http::Version::HTTP_11;
     added
+}
+
+/// The upstream asks for the rewritten path; the query stays.
+fn rewrite_path(change: &PathChange, matched: &routing::PathMatch, uri: &mut Uri, route: &str) {
+    let Some(path) = change.apply(matched, uri.path()) else { return };
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    match Uri::try_from(target) {
+        Ok(u) => *uri = u,
+        // Captures come from a valid path and the template was checked, so
+        // this needs a path weir itself would not accept; the request goes
+        // as it came rather than to a made-up place.
+        Err(e) => tracing::warn!(route, error = %e, "rewritten path is not a valid target; sent unchanged"),
+    }
+}
+
+/// Before anything goes upstream: a redirect route answers here.
+pub(super) fn edge_filter(
+    e: &Edge,
+    route: &Route,
+    parts: &Parts,
+    admitted: &Admitted,
+    https: bool,
+) -> Result<(), ProxyError> {
+    let Some(r) = &e.redirect else { return Ok(()) };
+    let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (host, port) = headers::split_port(authority);
+    let asked = Asked {
+        https,
+        host,
+        port: port.and_then(|p| p.parse().ok()),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+    };
+    let location = r.location(&route.path, &asked).ok_or(ProxyError::NoRoute)?;
+    if r.loops(&location, &asked) {
+        return Err(ProxyError::RedirectLoop);
+    }
+    let value = HeaderValue::from_str(&location).map_err(|_| ProxyError::RedirectLoop)?;
+    Err(ProxyError::Redirect(r.status, value))
+}
+
+/// How long each attempt may wait for its answer's head: the route's
+/// `timeouts.backend` (else the upstream's `request_timeout`), no more than
+/// a gRPC call's `grpc-timeout`, nor than what `timeouts.request` leaves.
+pub(super) struct AttemptLimits {
+    default: Duration,
+    each: Duration,
+    deadline: Option<Instant>,
+}
+
+impl AttemptLimits {
+    pub fn new(default: Duration, edge: Option<&Edge>, grpc: Option<Duration>, deadline: Option<Instant>) -> Self {
+        let each = edge.and_then(|e| e.backend_timeout).unwrap_or(default);
+        let each = grpc.map_or(each, |g| g.min(each));
+        Self { default, each, deadline }
+    }
+
+    /// Puts this attempt's limit on the request (only when it is not the
+    /// upstream's own: the common request allocates nothing). Err: the
+    /// request's time is up.
+    pub fn apply(&self, parts: &mut Parts) -> Result<(), ProxyError> {
+        let left = self.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(ProxyError::Upstream(UpstreamError::Timeout));
+        }
+        let limit = left.map_or(self.each, |l| l.min(self.each));
+        if limit != self.default {
+            parts.extensions.insert(crate::upstream::CallDeadline(limit));
+        }
+        Ok(())
+    }
 }
 
 /// Start the shadow copy of this request (design §10) and return the

@@ -1,6 +1,6 @@
 //! What the routing decision may look at in a request: host (without port),
-//! path, query string, headers (including cookies) and the verified client
-//! certificate. Borrowed views only:
+//! path, query string, headers (including cookies), method, scheme and the
+//! verified client certificate. Borrowed views only:
 //! building `Facts` never allocates.
 
 use http::HeaderMap;
@@ -15,6 +15,9 @@ pub struct Facts<'a> {
     pub headers: &'a HeaderMap,
     /// The client certificate the listener verified, if it asked for one.
     pub client_cert: Option<&'a crate::tls::ClientCert>,
+    pub method: &'a http::Method,
+    /// Came over TLS (`match.scheme`).
+    pub https: bool,
 }
 
 impl<'a> Facts<'a> {

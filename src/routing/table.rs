@@ -55,10 +55,12 @@ impl Table {
         self.routes.iter().find(|r| &*r.name == name)
     }
 
-    /// The first route in file order matching host and path.
-    pub fn find(&self, host: &str, path: &str) -> Option<usize> {
+    /// The first route in file order matching the request (host, path,
+    /// and `match.scheme`/`match.methods` where a route has them).
+    pub fn find(&self, facts: &Facts<'_>) -> Option<usize> {
+        let host = facts.host;
         if host.len() > MAX_INDEXED_HOST {
-            return self.routes.iter().position(|r| r.matches(host, path));
+            return self.routes.iter().position(|r| r.matches(facts));
         }
         let mut buf = [0u8; MAX_INDEXED_HOST];
         let lower = &mut buf[..host.len()];
@@ -66,7 +68,7 @@ impl Table {
         lower.make_ascii_lowercase();
         // Lower-casing ASCII bytes keeps UTF-8 valid.
         let Ok(host) = std::str::from_utf8(lower) else { return None };
-        let first_in = |list: &[usize]| list.iter().copied().find(|&i| self.path_fits(i, path));
+        let first_in = |list: &[usize]| list.iter().copied().find(|&i| self.fits(i, facts));
         let mut best = first_in(&self.index.any);
         let mut consider = |found: Option<usize>| {
             if let Some(i) = found {
@@ -87,8 +89,9 @@ impl Table {
         best
     }
 
-    fn path_fits(&self, i: usize, path: &str) -> bool {
-        self.routes.get(i).is_some_and(|r| r.path.matches(path))
+    /// Everything but the host (the index has settled that).
+    fn fits(&self, i: usize, facts: &Facts<'_>) -> bool {
+        self.routes.get(i).is_some_and(|r| r.path.matches(facts.path) && r.filter.fits(facts))
     }
 }
 
@@ -99,6 +102,9 @@ pub struct Backend {
     pub upstream: usize,
     pub upstream_name: Arc<str>,
     pub revision: Arc<str>,
+    /// `stable.request_headers`/`response_headers` (the same under
+    /// `canary`): applied after the route's own.
+    pub modifiers: Option<Arc<super::edge::Modifiers>>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +194,58 @@ pub enum PathMatch {
     /// `path` with `path_type: prefix`: whole segments, as Kubernetes'
     /// `Prefix` (`/api` and `/api/` take `/api`, `/api/x`; not `/apix`).
     Segments(String),
+    /// `path` with `path_type: regex`: a regex anchored at the path's
+    /// start (ingress-nginx's `location ~* ^…`), linear-time.
+    Regex(PathRegex),
 }
+
+/// A path regex anchored at the start, as written and compiled.
+#[derive(Debug, Clone)]
+pub struct PathRegex {
+    written: String,
+    ignore_case: bool,
+    re: regex::Regex,
+}
+
+/// Longest path pattern accepted and the compiled size allowed: matching
+/// stays linear in the path's length (no backtracking) and bounded in memory.
+pub const MAX_PATH_REGEX_LEN: usize = 1024;
+const MAX_PATH_REGEX_SIZE: usize = 256 * 1024;
+
+impl PathRegex {
+    pub fn new(written: &str, ignore_case: bool) -> Result<Self, regex::Error> {
+        if written.len() > MAX_PATH_REGEX_LEN {
+            return Err(regex::Error::CompiledTooBig(MAX_PATH_REGEX_LEN));
+        }
+        let re = regex::RegexBuilder::new(&format!("^(?:{written})"))
+            .case_insensitive(ignore_case)
+            .size_limit(MAX_PATH_REGEX_SIZE)
+            .dfa_size_limit(MAX_PATH_REGEX_SIZE)
+            .build()?;
+        Ok(Self { written: written.to_owned(), ignore_case, re })
+    }
+
+    pub fn is_match(&self, path: &str) -> bool {
+        self.re.is_match(path)
+    }
+
+    pub fn captures<'p>(&self, path: &'p str) -> Option<regex::Captures<'p>> {
+        self.re.captures(path)
+    }
+
+    /// Capture groups, the whole match not counted.
+    pub fn groups(&self) -> usize {
+        self.re.captures_len().saturating_sub(1)
+    }
+}
+
+impl PartialEq for PathRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.written == other.written && self.ignore_case == other.ignore_case
+    }
+}
+
+impl Eq for PathRegex {}
 
 impl PathMatch {
     pub fn matches(&self, path: &str) -> bool {
@@ -199,6 +256,7 @@ impl PathMatch {
                 let p = p.trim_end_matches('/');
                 p.is_empty() || (path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
             }
+            PathMatch::Regex(re) => re.is_match(path),
         }
     }
 
@@ -208,6 +266,7 @@ impl PathMatch {
             PathMatch::Str(p) => format!("prefix {p}"),
             PathMatch::Exact(p) => format!("exactly {p}"),
             PathMatch::Segments(p) => format!("path segments {p}"),
+            PathMatch::Regex(r) => format!("regex ^{}{}", r.written, if r.ignore_case { " (any case)" } else { "" }),
         }
     }
 }
@@ -268,6 +327,8 @@ pub struct Route {
     /// Empty: any host.
     pub hosts: Vec<HostMatch>,
     pub path: PathMatch,
+    /// `match.scheme`, `match.methods`.
+    pub filter: RouteFilter,
     pub stable: Backend,
     pub canary: Option<Backend>,
     /// Weight from the config file, basis points.
@@ -289,6 +350,39 @@ pub struct Route {
     /// gRPC codes that count as the version's errors, a bit per code
     /// (`grpc.error_codes`; default `labels::GRPC_DEFAULT_ERRORS`).
     pub grpc_errors: u32,
+    /// Timeouts, body size, header modifiers, rewrite, redirect; None
+    /// when the route has none of them.
+    pub edge: Option<Arc<super::edge::Edge>>,
+}
+
+/// Route matches beyond host and path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteFilter {
+    /// `match.scheme`: `https` (came over TLS) or `http`; None: either.
+    pub https: Option<bool>,
+    /// `match.methods`; empty: any.
+    pub methods: Vec<http::Method>,
+}
+
+impl RouteFilter {
+    pub fn fits(&self, facts: &Facts<'_>) -> bool {
+        self.https.is_none_or(|h| h == facts.https) && (self.methods.is_empty() || self.methods.contains(facts.method))
+    }
+
+    /// As the config file writes it; empty when the filter takes all.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(h) = self.https {
+            out.push(format!("scheme {}", if h { "https" } else { "http" }));
+        }
+        if !self.methods.is_empty() {
+            out.push(format!(
+                "methods {}",
+                self.methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(",")
+            ));
+        }
+        out.join(", ")
+    }
 }
 
 /// The runtime side of a route: its rollout state applied to the config.
@@ -332,8 +426,10 @@ impl Route {
         self.overlay.effective_bp(self.canary.is_some())
     }
 
-    pub fn matches(&self, host: &str, path: &str) -> bool {
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))) && self.path.matches(path)
+    pub fn matches(&self, facts: &Facts<'_>) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(facts.host)))
+            && self.path.matches(facts.path)
+            && self.filter.fits(facts)
     }
 
     pub fn backend(&self, version: Version) -> &Backend {

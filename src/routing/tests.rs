@@ -46,7 +46,11 @@ fn hdrs(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 }
 
 fn decide_with(t: &Table, host: &str, path: &str, h: &HeaderMap, draw: u16) -> Option<Decision> {
-    decide(t, &Facts { host, path, query: None, headers: h, client_cert: None }, draw)
+    decide(
+        t,
+        &Facts { host, path, query: None, headers: h, client_cert: None, method: &http::Method::GET, https: false },
+        draw,
+    )
 }
 
 fn player(t: &Table, id: &str) -> Decision {
@@ -152,8 +156,19 @@ fn first_present_sticky_key_gives_the_bucket() {
     let by_cookie = decide_with(&t, "h", "/", &hdrs(&[("cookie", "x=1; player_id=p2")]), 0);
     assert_eq!(by_cookie.and_then(|d| d.bucket.map(|b| b.value)), Some(bucket_of(b"app\x1f", b"p2")));
     let h = HeaderMap::new();
-    let by_query =
-        decide(&t, &Facts { host: "h", path: "/", query: Some("a=1&player=p3"), headers: &h, client_cert: None }, 0);
+    let by_query = decide(
+        &t,
+        &Facts {
+            host: "h",
+            path: "/",
+            query: Some("a=1&player=p3"),
+            headers: &h,
+            client_cert: None,
+            method: &http::Method::GET,
+            https: false,
+        },
+        0,
+    );
     assert_eq!(by_query.and_then(|d| d.bucket.map(|b| b.value)), Some(bucket_of(b"app\x1f", b"p3")));
     let none = decide_with(&t, "h", "/", &h, 1234);
     assert_eq!(none.and_then(|d| d.bucket), Some(Bucket { value: 1234, source: BucketSource::Random, user: 0 }));
@@ -293,8 +308,10 @@ proptest! {
         }
         let t = with_routes(&y);
         let (host, path) = (REQ_HOSTS[host], PATHS[path]);
-        let linear = t.routes.iter().position(|r| r.matches(host, path));
-        prop_assert_eq!(t.find(host, path), linear);
+        let h = HeaderMap::new();
+        let facts = Facts { host, path, query: None, headers: &h, client_cert: None, method: &http::Method::GET, https: false };
+        let linear = t.routes.iter().position(|r| r.matches(&facts));
+        prop_assert_eq!(t.find(&facts), linear);
     }
 }
 

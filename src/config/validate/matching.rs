@@ -26,11 +26,15 @@ fn header_regex(at: &str, pattern: &str, p: &mut Problems) -> Option<regex::byte
 }
 
 /// `match.path_prefix` (a plain string prefix, the default `/`), or
-/// `match.path` with `path_type`: `exact`, or `prefix` (Kubernetes: whole
-/// path segments, `/api` takes `/api` and `/api/x`, not `/apix`).
+/// `match.path` with `path_type`: `exact`, `prefix` (Kubernetes: whole
+/// path segments, `/api` takes `/api` and `/api/x`, not `/apix`), or
+/// `regex` (anchored at the start; `ignore_case` as ingress-nginx's `~*`).
 pub(super) fn compile_path(m: Option<&RawRouteMatch>, at: &str, p: &mut Problems) -> crate::routing::PathMatch {
     use crate::routing::PathMatch;
     let Some(m) = m else { return PathMatch::Str("/".into()) };
+    if m.ignore_case.is_some() && m.path_type.as_deref() != Some("regex") {
+        p.at(format!("{at}.ignore_case"), "only with `path_type: regex`");
+    }
     let checked = |p: &mut Problems, key: &str, v: &str| {
         if !v.starts_with('/') {
             p.at(format!("{at}.{key}"), "must start with `/`");
@@ -49,10 +53,30 @@ pub(super) fn compile_path(m: Option<&RawRouteMatch>, at: &str, p: &mut Problems
         }
         (_, Some(v), Some("exact")) => PathMatch::Exact(checked(p, "path", v)),
         (_, Some(v), Some("prefix")) => PathMatch::Segments(checked(p, "path", v)),
+        (_, Some(v), Some("regex")) => {
+            let v = checked(p, "path", v);
+            match crate::routing::PathRegex::new(&v, m.ignore_case.unwrap_or(false)) {
+                Ok(re) => PathMatch::Regex(re),
+                Err(regex::Error::CompiledTooBig(_)) if v.len() > crate::routing::MAX_PATH_REGEX_LEN => {
+                    p.at(
+                        format!("{at}.path"),
+                        format!("pattern longer than {} bytes", crate::routing::MAX_PATH_REGEX_LEN),
+                    );
+                    PathMatch::Str("/".into())
+                }
+                Err(e) => {
+                    p.at(
+                        format!("{at}.path"),
+                        format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("invalid")),
+                    );
+                    PathMatch::Str("/".into())
+                }
+            }
+        }
         (_, Some(_), other) => {
             p.at(
                 format!("{at}.path_type"),
-                format!("{}: use `exact` or `prefix`", other.map_or("missing".into(), |o| format!("`{o}`"))),
+                format!("{}: use `exact`, `prefix` or `regex`", other.map_or("missing".into(), |o| format!("`{o}`"))),
             );
             PathMatch::Str("/".into())
         }

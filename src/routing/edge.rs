@@ -1,0 +1,291 @@
+//! A route's edge policies: what weir does to a request and its answer
+//! besides choosing a version. Per-route deadlines and body size, header
+//! modifiers (route-wide and per version), URL rewrites and redirects. Plain
+//! data and pure functions; the proxy applies them, the config module builds
+//! and checks them (a modifier can never touch a framing or hop-by-hop
+//! header, a redirect can never point at the request it answers).
+
+use super::PathMatch;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::time::Duration;
+
+/// `routes[].timeouts`, `max_request_body`, the modifiers, `rewrite` and
+/// `redirect`. A route without any has none (`Route::edge` is `None`), so
+/// the common request pays one branch.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// `timeouts.request`: the whole exchange up to the answer's head,
+    /// retries included (Gateway API `timeouts.request`).
+    pub request_timeout: Option<Duration>,
+    /// `timeouts.backend`: each attempt at an upstream, to its answer's head
+    /// (Gateway API `timeouts.backendRequest`, nginx `proxy_read_timeout`).
+    pub backend_timeout: Option<Duration>,
+    /// `max_request_body`: replaces `limits.max_request_body` on this route.
+    pub max_request_body: Option<u64>,
+    pub modifiers: Modifiers,
+    pub rewrite: Option<Rewrite>,
+    /// A redirect route answers every request itself; it has no upstream.
+    pub redirect: Option<Redirect>,
+}
+
+/// Request and response header changes (`request_headers`,
+/// `response_headers`), for a route or one of its versions.
+#[derive(Debug, Clone, Default)]
+pub struct Modifiers {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl Modifiers {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+/// `set` (replace every value), `add` (append a value), `remove`. The
+/// config check keeps a name out of more than one list, so the order they
+/// apply in cannot matter.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+}
+
+/// How a path is replaced, by a rewrite or a redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// The whole path. On a `path_type: regex` route `$1`…`$9` stand for
+    /// the match's capture groups (ingress-nginx `rewrite-target`).
+    Full(String),
+    /// The part the route's prefix matched (Gateway API
+    /// `ReplacePrefixMatch`): `/old` → `/new` makes `/old/x` `/new/x`.
+    Prefix(String),
+}
+
+impl PathChange {
+    /// The new path for `path`, which `matched` took. `None` only when the
+    /// route's match cannot say what part it matched (the config check
+    /// refuses such routes).
+    pub fn apply(&self, matched: &PathMatch, path: &str) -> Option<String> {
+        match self {
+            PathChange::Full(template) => match matched {
+                PathMatch::Regex(re) => re.captures(path).map(|c| expand(template, &c)),
+                _ => Some(template.clone()),
+            },
+            PathChange::Prefix(to) => {
+                let rest = match matched {
+                    PathMatch::Str(p) => path.get(p.len()..)?,
+                    PathMatch::Segments(p) => path.get(p.trim_end_matches('/').len()..)?,
+                    PathMatch::Exact(_) | PathMatch::Regex(_) => return None,
+                };
+                // Segments: `rest` is empty or starts with `/`; a
+                // replacement's own trailing `/` would double it.
+                let to = if matches!(matched, PathMatch::Segments(_)) { to.trim_end_matches('/') } else { to };
+                let out = format!("{to}{rest}");
+                Some(if out.is_empty() { "/".into() } else { out })
+            }
+        }
+    }
+}
+
+/// `$1`…`$9` in `template` replaced by the capture groups (a group that did
+/// not take part is empty; `$0` is the whole match; `$$` is a `$`).
+fn expand(template: &str, caps: &regex::Captures<'_>) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().copied() {
+            Some('$') => {
+                chars.next();
+                out.push('$');
+            }
+            Some(d @ '0'..='9') => {
+                chars.next();
+                let i = usize::from(d as u8 - b'0');
+                out.push_str(caps.get(i).map_or("", |m| m.as_str()));
+            }
+            _ => out.push('$'),
+        }
+    }
+    out
+}
+
+/// `routes[].rewrite`: what the upstream is asked for instead.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    pub path: Option<PathChange>,
+    /// The Host the upstream gets (`X-Forwarded-Host` keeps the client's).
+    pub hostname: Option<HeaderValue>,
+}
+
+/// `routes[].redirect`: answer with a redirect built from the request.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// `http` or `https`; None keeps the request's.
+    pub scheme: Option<&'static str>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathChange>,
+    pub status: StatusCode,
+}
+
+/// What a redirect is built from.
+pub struct Asked<'a> {
+    pub https: bool,
+    /// Host without port, as routed.
+    pub host: &'a str,
+    /// The port in the request's authority, if it had one.
+    pub port: Option<u16>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+impl Redirect {
+    /// The `Location` for a request, as the Gateway API builds it: the
+    /// port follows a changed scheme (its well-known port, left out) unless
+    /// given; a well-known port is never written; the query is kept.
+    pub fn location(&self, matched: &PathMatch, asked: &Asked<'_>) -> Option<String> {
+        let scheme = self.scheme.unwrap_or(if asked.https { "https" } else { "http" });
+        let host = self.hostname.as_deref().unwrap_or(asked.host);
+        let port = match (self.port, self.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => asked.port,
+        };
+        let port = port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+        let path = match &self.path {
+            Some(change) => change.apply(matched, asked.path)?,
+            None => asked.path.to_owned(),
+        };
+        let mut out = format!("{scheme}://{host}");
+        if let Some(p) = port {
+            out.push_str(&format!(":{p}"));
+        }
+        out.push_str(&path);
+        if let Some(q) = asked.query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+
+    /// True when the redirect would send the client back to the URL it
+    /// asked for (a loop the client would follow until it gives up).
+    pub fn loops(&self, location: &str, asked: &Asked<'_>) -> bool {
+        let scheme = if asked.https { "https" } else { "http" };
+        let port = asked.port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+        let mut here = format!("{scheme}://{}", asked.host);
+        if let Some(p) = port {
+            here.push_str(&format!(":{p}"));
+        }
+        here.push_str(asked.path);
+        if let Some(q) = asked.query {
+            here.push('?');
+            here.push_str(q);
+        }
+        location.eq_ignore_ascii_case(&here)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regex(p: &str, ignore_case: bool) -> PathMatch {
+        PathMatch::Regex(crate::routing::PathRegex::new(p, ignore_case).map_err(|e| e.to_string()).unwrap())
+    }
+
+    #[test]
+    fn prefix_replacement_follows_the_gateway_api_cases() {
+        // Conformance HTTPRouteRewritePath: /prefix/one → /one, /strip-prefix → /.
+        let seg = |p: &str| PathMatch::Segments(p.into());
+        let change = |to: &str| PathChange::Prefix(to.into());
+        assert_eq!(change("/one").apply(&seg("/prefix/one"), "/prefix/one/two").as_deref(), Some("/one/two"));
+        assert_eq!(change("/").apply(&seg("/strip-prefix"), "/strip-prefix/three").as_deref(), Some("/three"));
+        assert_eq!(change("/").apply(&seg("/strip-prefix"), "/strip-prefix").as_deref(), Some("/"));
+        assert_eq!(change("/one/").apply(&seg("/prefix/one"), "/prefix/one/two").as_deref(), Some("/one/two"));
+        assert_eq!(change("/x").apply(&PathMatch::Str("/api".into()), "/apiv2").as_deref(), Some("/xv2"));
+        assert_eq!(change("/x").apply(&PathMatch::Exact("/a".into()), "/a"), None);
+    }
+
+    #[test]
+    fn full_paths_take_capture_groups() {
+        // ingress-nginx docs, rewrite: /something(/|$)(.*) with /$2.
+        let m = regex("/something(/|$)(.*)", true);
+        let to = PathChange::Full("/$2".into());
+        assert_eq!(to.apply(&m, "/something").as_deref(), Some("/"));
+        assert_eq!(to.apply(&m, "/something/").as_deref(), Some("/"));
+        assert_eq!(to.apply(&m, "/SomeThing/new").as_deref(), Some("/new"));
+        assert_eq!(PathChange::Full("/a$$b$9$".into()).apply(&m, "/something/x").as_deref(), Some("/a$b$"));
+        assert_eq!(
+            PathChange::Full("/fixed".into()).apply(&PathMatch::Str("/".into()), "/q").as_deref(),
+            Some("/fixed")
+        );
+    }
+
+    #[test]
+    fn locations_follow_the_gateway_api_port_rules() {
+        let asked = Asked { https: false, host: "example.com", port: Some(8080), path: "/a", query: Some("b=1") };
+        let r = |scheme, hostname: Option<&str>, port| Redirect {
+            scheme,
+            hostname: hostname.map(str::to_owned),
+            port,
+            path: None,
+            status: StatusCode::FOUND,
+        };
+        let any = PathMatch::Str("/".into());
+        // A changed scheme takes its well-known port, which is not written.
+        assert_eq!(r(Some("https"), None, None).location(&any, &asked).unwrap(), "https://example.com/a?b=1");
+        // No scheme, no port: the request's port stays.
+        assert_eq!(r(None, Some("other.org"), None).location(&any, &asked).unwrap(), "http://other.org:8080/a?b=1");
+        assert_eq!(r(None, None, Some(80)).location(&any, &asked).unwrap(), "http://example.com/a?b=1");
+        assert_eq!(
+            r(Some("https"), None, Some(8443)).location(&any, &asked).unwrap(),
+            "https://example.com:8443/a?b=1"
+        );
+        let same = r(None, None, None);
+        let loc = same.location(&any, &asked).unwrap();
+        assert!(same.loops(&loc, &asked));
+        assert!(!r(Some("https"), None, None).loops("https://example.com/a?b=1", &asked));
+    }
+
+    #[test]
+    fn header_ops_set_add_and_remove() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        let ops = HeaderOps {
+            set: vec![(HeaderName::from_static("x-a"), HeaderValue::from_static("s"))],
+            add: vec![(HeaderName::from_static("x-b"), HeaderValue::from_static("b"))],
+            remove: vec![HeaderName::from_static("x-gone")],
+        };
+        ops.apply(&mut h);
+        assert_eq!(h.get_all("x-a").iter().collect::<Vec<_>>(), ["s"]);
+        assert_eq!(h.get("x-b").unwrap(), "b");
+        assert!(h.get("x-gone").is_none());
+    }
+}
