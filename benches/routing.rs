@@ -56,7 +56,19 @@ fn weight_only(b: Bencher, routes: usize) {
     let host = format!("h{}.example.com", routes - 1);
     let path = format!("/p{}/bet", routes - 1);
     b.bench_local(|| {
-        decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h, client_cert: None }, 4242)
+        decide(
+            black_box(&t),
+            &Facts {
+                host: &host,
+                path: &path,
+                query: None,
+                headers: &h,
+                client_cert: None,
+                method: &http::Method::GET,
+                https: false,
+            },
+            4242,
+        )
     });
 }
 
@@ -67,7 +79,19 @@ fn sticky_and_segments(b: Bencher, routes: usize) {
     let host = format!("h{}.example.com", routes - 1);
     let path = format!("/p{}/bet", routes - 1);
     b.bench_local(|| {
-        decide(black_box(&t), &Facts { host: &host, path: &path, query: None, headers: &h, client_cert: None }, 4242)
+        decide(
+            black_box(&t),
+            &Facts {
+                host: &host,
+                path: &path,
+                query: None,
+                headers: &h,
+                client_cert: None,
+                method: &http::Method::GET,
+                https: false,
+            },
+            4242,
+        )
     });
 }
 
