@@ -307,10 +307,19 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
         // TLS or not is read per connection, so a reload can turn it on,
         // off, or swap certificates without touching the socket.
         let tls = current.snapshot.tls.get(index).cloned().flatten();
+        let proxied = current.snapshot.proxy_protocol.get(index).copied().unwrap_or(false);
+        let real_ip = if proxied { current.snapshot.real_ip.clone() } else { None };
         drop(current);
         let handshake_timeout = limits.header_read_timeout;
         let (builder, proxy, stop) = (Arc::clone(&builder), Arc::clone(&proxy), stop.clone());
         tracker.spawn(async move {
+            let mut peer = peer;
+            if proxied {
+                match proxy_header(&stream, peer, real_ip.as_deref(), handshake_timeout).await {
+                    Some(from) => peer = from,
+                    None => return,
+                }
+            }
             let conn = ClientConn { builder, proxy, stop, peer, permit: Arc::new(permit), client_cert: None };
             let Some(tls) = tls else {
                 return conn.serve_plain(stream, handshake_timeout).await;
@@ -319,6 +328,30 @@ async fn accept_loop(index: usize, listener: TcpListener, shared: Accepting) {
             // connection task larger, plain ones too (see ClientConn::serve).
             Box::pin(serve_tls(conn, stream, tls, handshake_timeout)).await;
         });
+    }
+}
+
+/// A `proxy_protocol` listener's connection: its PROXY header names the
+/// client. Only a peer in `real_ip.trusted` (when that is set) may send
+/// one; anyone else, or a connection without a valid header in time, is
+/// closed. None: closed.
+async fn proxy_header(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    real_ip: Option<&crate::client_ip::RealIp>,
+    deadline: std::time::Duration,
+) -> Option<SocketAddr> {
+    if real_ip.is_some_and(|r| !r.trusts(peer.ip())) {
+        tracing::debug!(peer = %peer, "PROXY protocol listener: connection from a peer not in real_ip.trusted closed");
+        return None;
+    }
+    match crate::client_ip::read_proxy(stream, deadline).await {
+        Ok(crate::client_ip::Proxied::From(client, _)) => Some(client),
+        Ok(crate::client_ip::Proxied::Local(_)) => Some(peer),
+        Err(why) => {
+            tracing::debug!(peer = %peer, error = %why, "PROXY protocol listener: connection closed");
+            None
+        }
     }
 }
 

@@ -387,6 +387,10 @@ pub struct Snapshot {
     pub limits: Limits,
     pub shutdown: Shutdown,
     pub access_log: bool,
+    /// `listen[].proxy_protocol`, index-aligned with `listen`.
+    pub proxy_protocol: Vec<bool>,
+    /// `real_ip`: the trusted proxies and the header they name clients in.
+    pub real_ip: Option<Arc<crate::client_ip::RealIp>>,
     pub upstreams: Vec<UpstreamSpec>,
     pub table: Table,
     /// Things that load but deserve attention (deprecated keys), with paths.

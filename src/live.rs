@@ -11,6 +11,7 @@
 
 use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
+use crate::ratelimit::Limiter;
 use crate::rollout::fleet::FleetKey;
 use crate::rollout::{self, Rollouts, Steer, SteerError};
 use crate::upstream::Upstream;
@@ -31,6 +32,26 @@ pub struct Serving {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Metric handles, index-aligned with `snapshot.table.routes`.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
+    /// Rate-limit buckets of routes with `rate_limit`, index-aligned with
+    /// the routes; a reload that leaves a route's limit alone keeps them.
+    pub limiters: Vec<Option<Arc<Limiter>>>,
+}
+
+/// Each route's limiter: the old one where the route (by name) kept the
+/// same limit, else a fresh one.
+fn limiters_for(s: &Snapshot, old: Option<&Serving>) -> Vec<Option<Arc<Limiter>>> {
+    s.table
+        .routes
+        .iter()
+        .map(|r| {
+            let spec = r.edge.as_ref()?.rate_limit.as_ref()?;
+            let kept = old.and_then(|o| {
+                let i = o.snapshot.table.routes.iter().position(|or| or.name == r.name)?;
+                o.limiters.get(i)?.as_ref().filter(|l| l.spec == *spec).map(Arc::clone)
+            });
+            Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(spec.clone()))))
+        })
+        .collect()
 }
 
 impl Serving {
@@ -77,7 +98,8 @@ impl Live {
         let effective = book.overlay(&snapshot);
         let upstreams = effective.upstreams.iter().map(|s| Upstream::start(s.clone(), None)).collect();
         let route_metrics = Self::metrics_for(&registry, &effective);
-        let served = Serving { snapshot: Arc::new(effective), generation: 1, upstreams, route_metrics };
+        let limiters = limiters_for(&effective, None);
+        let served = Serving { snapshot: Arc::new(effective), generation: 1, upstreams, route_metrics, limiters };
         Ok(Self {
             current: ArcSwap::from_pointee(served),
             registry,
@@ -144,7 +166,14 @@ impl Live {
             .collect();
         let route_metrics = Self::metrics_for(&self.registry, &effective);
         let withdrawn = withdrawn_canaries(&old.snapshot, &effective);
-        self.current.store(Arc::new(Serving { snapshot: Arc::new(effective), generation, upstreams, route_metrics }));
+        let limiters = limiters_for(&effective, Some(&old));
+        self.current.store(Arc::new(Serving {
+            snapshot: Arc::new(effective),
+            generation,
+            upstreams,
+            route_metrics,
+            limiters,
+        }));
         // After the swap, so a socket closed here reconnects onto stable.
         for (route, per_second) in withdrawn {
             self.websockets.close_canary(&route, per_second);

@@ -70,6 +70,12 @@ pub const DNS_FAILURES: &str = "weir_upstream_dns_failures_total";
 pub const GRPC_RESPONSES: &str = "weir_grpc_responses_total";
 /// Failed attempts retried on another endpoint, by route and version.
 pub const RETRIED_ATTEMPTS: &str = "weir_retried_attempts_total";
+/// Requests refused by a route's `rate_limit` (429).
+pub const RATE_LIMITED: &str = "weir_rate_limited_total";
+/// Keys a route's rate limit forgot while they were still owed time.
+pub const RATE_LIMIT_EVICTIONS: &str = "weir_rate_limit_evictions_total";
+/// Keys a route's rate limit remembers now.
+pub const RATE_LIMIT_KEYS: &str = "weir_rate_limit_keys";
 /// Requests no route matched (answered 404); no route label exists for them.
 pub const UNROUTED_TOTAL: &str = "weir_unrouted_requests_total";
 
@@ -563,6 +569,8 @@ pub struct RouteView<'a> {
     pub revision: Option<&'a str>,
     /// Segment names by index (evidence strata are labelled with them).
     pub segments: Vec<&'a str>,
+    /// The route's rate-limit buckets (`rate_limit`), if it has one.
+    pub limiter: Option<&'a crate::ratelimit::Limiter>,
 }
 
 pub use text::render;

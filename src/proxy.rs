@@ -59,6 +59,8 @@ pub struct Proxy {
 pub struct Peer {
     /// Came over TLS (X-Forwarded-Proto, access log).
     https: bool,
+    /// The connection's source (a PROXY header's, when the listener takes one).
+    addr: std::net::IpAddr,
     /// The client address, already in its header form (X-Forwarded-For).
     ip: HeaderValue,
     /// The connection's `max_connections` slot; an upgraded WebSocket keeps it.
@@ -79,7 +81,7 @@ impl Peer {
         client_cert: Option<Arc<crate::tls::ClientCert>>,
     ) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { https, ip, permit, activity, client_cert }
+        Self { https, addr: addr.ip(), ip, permit, activity, client_cert }
     }
 
     pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
@@ -362,9 +364,25 @@ impl Proxy {
         let client_h2 = parts.version == http::Version::HTTP_2;
         let admitted = self.request_filter((&parts, peer.https), completion)?;
         let mut choice = self.choose(served, peer, &parts, &admitted, upgrade.is_some(), completion)?;
+        // Who the client is behind trusted proxies (`real_ip`); from an
+        // untrusted peer, the forwarded list it brought is dropped.
+        let client = match &served.snapshot.real_ip {
+            None => None,
+            Some(r) => {
+                let (ip, trusted) = r.client(peer.addr, &parts.headers);
+                if !trusted {
+                    parts.headers.remove(&headers::X_FORWARDED_FOR);
+                }
+                if let Some(f) = completion.fields.as_mut() {
+                    f.client_ip = ip.to_string();
+                }
+                Some(ip)
+            }
+        };
         let edge = choice.route.edge.as_deref();
         if let Some(e) = edge {
-            phases::edge_filter(e, choice.route, &parts, &admitted, peer.https)?;
+            let limiter = served.limiters.get(choice.decision.route).and_then(Option::as_ref);
+            phases::edge_filter(e, limiter, choice.route, (&parts, &admitted), (peer, client))?;
         }
         let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
         if admitted.declared.is_some_and(|n| n > max_body) {
@@ -512,6 +530,16 @@ fn local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response
     let status = err.status();
     completion.status = status.as_u16();
     completion.flags.push(err.tag());
+    if let ProxyError::RateLimited(wait) = err {
+        let mut resp =
+            Response::new(RespBody::local(Bytes::from_static(b"weir: Too Many Requests\n"), Some(completion)));
+        *resp.status_mut() = status;
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert("x-weir-error", HeaderValue::from_static(err.tag()));
+        return resp;
+    }
     if let ProxyError::Redirect(_, location) = err {
         let mut resp = Response::new(RespBody::local_empty(Some(completion)));
         *resp.status_mut() = status;

@@ -354,6 +354,10 @@ fn weir_check_refuses_edge_policies_that_would_break_messages_or_loop() {
     refused(&r("    timeouts: {request: 1s, backend: 2s}\n"), "routes[0].timeouts.backend", "longer");
     refused(&r("    timeouts: {backend: 0s}\n"), "routes[0].timeouts.backend", "more than 0s");
     refused(&r("    max_request_body: 0\n"), "routes[0].max_request_body", "every body");
+    refused(&r("    rate_limit: {requests: 0}\n"), "routes[0].rate_limit.requests", "1 to");
+    refused(&r("    rate_limit: {requests: 5, key: cookie}\n"), "routes[0].rate_limit.key", "header:NAME");
+    refused(&r("    rate_limit: {requests: 5, per: 0s}\n"), "routes[0].rate_limit.per", "more than 0s");
+    refused(&r("    rate_limit: {requests: 5, max_keys: 1}\n"), "routes[0].rate_limit.max_keys", "16 to");
     // And what is fine.
     assert_eq!(
         problems(&r(
@@ -363,4 +367,169 @@ fn weir_check_refuses_edge_policies_that_would_break_messages_or_loop() {
         )),
         Vec::<String>::new()
     );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_key() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let w = Weir::start(&config(
+        v1.addr,
+        v2.addr,
+        r#"  - name: login
+    match: {path_prefix: /login}
+    rate_limit: {requests: 2, per: 1m, burst: 1, key: "header:x-api-key"}
+    stable: {upstream: v1}
+  - name: rest
+    stable: {upstream: v1}
+"#,
+    ))
+    .await;
+    let c = client();
+    // Burst 1 above the rate: two at once for a key, then 429.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let (s, h, _) = get(&c, &w.url("/login"), &[("x-api-key", "alice")]).await;
+        codes.push(s.as_u16());
+        if s.as_u16() == 429 {
+            let wait: u64 = h.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+            assert!((1..=30).contains(&wait), "retry-after {wait}");
+            assert_eq!(h.get("x-weir-error").unwrap(), "rate_limited");
+        }
+    }
+    assert_eq!(codes, [200, 200, 429, 429]);
+    let (s, _, _) = get(&c, &w.url("/login"), &[("x-api-key", "bob")]).await;
+    assert_eq!(s.as_u16(), 200, "another key has its own bucket");
+    let (s, _, _) = get(&c, &w.url("/other"), &[("x-api-key", "alice")]).await;
+    assert_eq!(s.as_u16(), 200, "other routes are not limited");
+    assert_eq!(v1.count(), 4, "refused requests never reached the upstream");
+    let m = support::metrics(w.admin).await;
+    assert_eq!(support::metric(&m, "weir_rate_limited_total{route=\"login\"}"), Some(2.0), "{m}");
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_keys_keeps_rate_limit_memory_bounded() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let w = Weir::start(&config(
+        v1.addr,
+        v2.addr,
+        r#"  - name: api
+    rate_limit: {requests: 1, per: 1m, burst: 0, key: "header:x-key", max_keys: 64}
+    stable: {upstream: v1}
+"#,
+    ))
+    .await;
+    let c = client();
+    for i in 0..600 {
+        let (s, _, _) = get(&c, &w.url("/"), &[("x-key", &format!("k{i}"))]).await;
+        assert_eq!(s.as_u16(), 200, "a new key's first request is within its rate");
+    }
+    let m = support::metrics(w.admin).await;
+    let keys = support::metric(&m, "weir_rate_limit_keys{route=\"api\"}").unwrap();
+    assert!(keys <= 64.0, "{keys} keys kept");
+    let evicted = support::metric(&m, "weir_rate_limit_evictions_total{route=\"api\"}").unwrap();
+    assert!(evicted >= 600.0 - 64.0, "{evicted}");
+    // A reload that leaves the limit alone keeps the buckets: a key just
+    // used is still refused afterwards.
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-key", "last")]).await;
+    assert_eq!(s.as_u16(), 200);
+    let yaml = std::fs::read_to_string(w.config_path()).unwrap();
+    w.install(&yaml.replace("access_log: false", "access_log: false\nlimits: {max_in_flight: 1000}"));
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-key", "last")]).await;
+    assert_eq!(s.as_u16(), 429);
+}
+
+/// Config with `real_ip` and a PROXY protocol listener besides the plain one.
+fn proxied_config(v1: std::net::SocketAddr, trusted: &str, routes: &str) -> String {
+    format!(
+        r#"listen: [{{address: "127.0.0.1:0"}}, {{address: "127.0.0.1:0", proxy_protocol: true}}]
+admin: {{address: "127.0.0.1:0"}}
+access_log: false
+real_ip: {{trusted: [{trusted}]}}
+upstreams:
+  v1: {{endpoints: ["{v1}"]}}
+routes:
+{routes}"#
+    )
+}
+
+#[tokio::test]
+async fn real_ip_believes_trusted_proxies_only() {
+    let v1 = Upstream::start("v1").await;
+    let w = Weir::start(&proxied_config(
+        v1.addr,
+        "127.0.0.0/8, 10.0.0.0/8",
+        "  - name: api\n    rate_limit: {requests: 1, per: 1m, burst: 0}\n    stable: {upstream: v1}\n",
+    ))
+    .await;
+    let c = client();
+    // From a trusted peer: the client is the first untrusted address from
+    // the right, and each client has its own bucket.
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]).await;
+    assert_eq!(s.as_u16(), 200);
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-forwarded-for", "198.51.100.4")]).await;
+    assert_eq!(s.as_u16(), 200, "another client behind the same proxy");
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-forwarded-for", "6.6.6.6, 203.0.113.9")]).await;
+    assert_eq!(s.as_u16(), 429, "203.0.113.9 again, whatever it claims before itself");
+    assert_eq!(v1.requests()[0].headers.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.1.1.1, 127.0.0.1");
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_choose_its_address() {
+    let v1 = Upstream::start("v1").await;
+    let w = Weir::start(&proxied_config(
+        v1.addr,
+        "10.0.0.0/8",
+        "  - name: api\n    rate_limit: {requests: 1, per: 1m, burst: 0}\n    stable: {upstream: v1}\n",
+    ))
+    .await;
+    let c = client();
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-forwarded-for", "203.0.113.1")]).await;
+    assert_eq!(s.as_u16(), 200);
+    let (s, _, _) = get(&c, &w.url("/"), &[("x-forwarded-for", "203.0.113.2")]).await;
+    assert_eq!(s.as_u16(), 429, "127.0.0.1 is the client however many addresses it names");
+    assert_eq!(
+        v1.requests()[0].headers.get("x-forwarded-for").unwrap(),
+        "127.0.0.1",
+        "its forwarded list is not passed on"
+    );
+    // The PROXY listener: a peer outside real_ip.trusted is closed before
+    // anything is read, header or not.
+    let proxied = w.handle.listen[1];
+    let out = support::raw(
+        proxied,
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 4000 80\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(out, "", "closed without an answer");
+    assert_eq!(v1.count(), 1);
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_and_v2_name_the_client() {
+    let v1 = Upstream::start("v1").await;
+    let w = Weir::start(&proxied_config(v1.addr, "127.0.0.1", "  - name: api\n    stable: {upstream: v1}\n")).await;
+    let proxied = w.handle.listen[1];
+    let wait = std::time::Duration::from_secs(5);
+    let req = b"GET /v1 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    let mut v1_bytes = b"PROXY TCP4 203.0.113.7 10.0.0.1 4000 80\r\n".to_vec();
+    v1_bytes.extend_from_slice(req);
+    let out = support::raw(proxied, &v1_bytes, wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // v2, TCP over IPv4, 198.51.100.9:8080 → 10.0.0.1:443, then a request.
+    let mut v2 = vec![0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0, 12];
+    v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb]);
+    v2.extend_from_slice(b"GET /v2 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+    let out = support::raw(proxied, &v2, wait).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // No header: closed, nothing forwarded.
+    let out = support::raw(proxied, req, wait).await;
+    assert_eq!(out, "");
+    let seen = v1.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].headers.get("x-forwarded-for").unwrap(), "203.0.113.7");
+    assert_eq!(seen[1].headers.get("x-forwarded-for").unwrap(), "198.51.100.9");
+    // The plain listener next to it takes plain HTTP as before.
+    let (s, _, body) = get(&client(), &w.url("/plain"), &[]).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, "v1"));
 }

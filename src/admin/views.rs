@@ -24,7 +24,8 @@ pub fn metrics_text(
         .routes
         .iter()
         .zip(&served.route_metrics)
-        .map(|(r, m)| RouteView {
+        .zip(served.limiters.iter().chain(std::iter::repeat(&None)))
+        .map(|((r, m), l)| RouteView {
             metrics: m,
             config_weight_bp: r.config_weight_bp,
             effective_weight_bp: r.effective_weight_bp(),
@@ -32,6 +33,7 @@ pub fn metrics_text(
             shadow: r.shadow.is_some(),
             revision: r.canary.as_ref().map(|c| &*c.revision),
             segments: r.segments.iter().map(|s| s.name.as_str()).collect(),
+            limiter: l.as_deref(),
         })
         .collect();
     metrics::render(

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub access_log: Option<bool>,
     /// DNS servers for `upstreams.X.dns` (default: /etc/resolv.conf).
     pub resolver: Option<RawResolver>,
+    /// The proxies whose X-Forwarded-For (or PROXY header) names the client.
+    pub real_ip: Option<RawRealIp>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
@@ -101,6 +103,30 @@ pub struct RawJournal {
 pub struct RawListen {
     pub address: String,
     pub tls: Option<RawTls>,
+    /// Every connection starts with a PROXY header (v1 or v2).
+    pub proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRealIp {
+    /// Addresses or blocks (`10.0.0.0/8`) of trusted proxies.
+    pub trusted: Vec<String>,
+    /// Default `x-forwarded-for`.
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u64,
+    /// Default 1s.
+    pub per: Option<String>,
+    /// Default: `requests` (one period's worth at once).
+    pub burst: Option<u64>,
+    /// `client_ip` (default) or `header:NAME`.
+    pub key: Option<String>,
+    pub max_keys: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +260,7 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     pub rewrite: Option<RawRewrite>,
     pub redirect: Option<RawRedirect>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -109,6 +109,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
     }
     let mut listen = Vec::new();
     let mut tls = Vec::new();
+    let mut proxy_protocol = Vec::new();
     for (i, l) in raw.listen.iter().enumerate() {
         let t = l.tls.as_ref().and_then(|t| compile_tls(t, &format!("listen[{i}].tls"), base, p));
         match l.address.parse::<SocketAddr>() {
@@ -118,6 +119,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
             Ok(a) => {
                 listen.push(a);
                 tls.push(t);
+                proxy_protocol.push(l.proxy_protocol.unwrap_or(false));
             }
             Err(_) => p.at(format!("listen[{i}].address"), format!("`{}` is not an ip:port", l.address)),
         }
@@ -174,6 +176,8 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         limits,
         shutdown,
         access_log: raw.access_log.unwrap_or(true),
+        proxy_protocol,
+        real_ip: raw.real_ip.as_ref().and_then(|r| edge::compile_real_ip(r, p)).map(Arc::new),
         upstreams,
         table: Table::new(routes),
         warnings: Vec::new(),

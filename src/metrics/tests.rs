@@ -25,6 +25,7 @@ fn histogram_buckets_are_cumulative_and_monotone() {
             shadow: true,
             revision: Some("2"),
             segments: vec![],
+            limiter: None,
         }],
         &Globals {
             generation: 3,
@@ -114,6 +115,7 @@ fn slo_edges_follow_the_config_whenever_the_handle_was_made() {
                 shadow: false,
                 revision: None,
                 segments: vec![],
+                limiter: None,
             }],
             &Globals {
                 generation: 1,

@@ -158,6 +158,36 @@ fn retried_family(o: &mut String, routes: &[RouteView<'_>]) {
     }
 }
 
+/// `weir_rate_limited_total`, `weir_rate_limit_evictions_total` and
+/// `weir_rate_limit_keys`, for routes with a `rate_limit`.
+fn rate_limit_family(o: &mut String, routes: &[RouteView<'_>]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Read = fn(&crate::ratelimit::Limiter) -> u64;
+    let families: [(&str, &str, &str, Read); 3] = [
+        (super::RATE_LIMITED, "counter", "Requests refused (429) by the route's rate limit.", |l| {
+            l.limited.load(Relaxed)
+        }),
+        (
+            super::RATE_LIMIT_EVICTIONS,
+            "counter",
+            "Keys forgotten while still owed time (more distinct keys than max_keys).",
+            |l| l.evicted.load(Relaxed),
+        ),
+        (super::RATE_LIMIT_KEYS, "gauge", "Keys the route's rate limit remembers.", |l| {
+            u64::try_from(l.keys()).unwrap_or(u64::MAX)
+        }),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        for r in routes {
+            if let Some(l) = r.limiter {
+                let _ = writeln!(o, "{name}{{route=\"{}\"}} {}", escape(&r.metrics.name), value(l));
+            }
+        }
+    }
+}
+
 /// `weir_grpc_responses_total`: gRPC calls by code (only codes seen).
 fn grpc_family(o: &mut String, routes: &[RouteView<'_>]) {
     let name = super::GRPC_RESPONSES;
@@ -254,6 +284,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     );
     grpc_family(&mut o, routes);
     retried_family(&mut o, routes);
+    rate_limit_family(&mut o, routes);
     let _ = writeln!(o, "# HELP {WEBSOCKET_ACTIVE} Open WebSocket connections.");
     let _ = writeln!(o, "# TYPE {WEBSOCKET_ACTIVE} gauge");
     for r in routes {

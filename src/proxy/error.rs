@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// Not a failure: the route answers with a redirect (`redirect`).
     #[error("redirected")]
     Redirect(StatusCode, http::HeaderValue),
+    /// Over the route's `rate_limit`; the client may retry after this long.
+    #[error("over the route's rate limit")]
+    RateLimited(std::time::Duration),
     /// The redirect would send the client to the URL it asked for.
     #[error("the route's redirect points at the request itself")]
     RedirectLoop,
@@ -52,6 +55,7 @@ impl ProxyError {
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Redirect(status, _) => *status,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::RedirectLoop => StatusCode::LOOP_DETECTED,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
@@ -76,7 +80,8 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::BodyTooLarge
             | ProxyError::Connect
-            | ProxyError::Redirect(..) => Fault::Client,
+            | ProxyError::Redirect(..)
+            | ProxyError::RateLimited(_) => Fault::Client,
             ProxyError::Upstream(
                 UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_),
             ) => Fault::Client,
@@ -102,6 +107,7 @@ impl ProxyError {
             ProxyError::Overloaded => "overloaded",
             ProxyError::Connect => "connect_refused",
             ProxyError::Redirect(..) => "redirect",
+            ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::RedirectLoop => "redirect_loop",
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect(_) => "upstream_connect",

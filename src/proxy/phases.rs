@@ -403,14 +403,33 @@ fn rewrite_path(change: &PathChange, matched: &routing::PathMatch, uri: &mut Uri
     }
 }
 
-/// Before anything goes upstream: a redirect route answers here.
+/// Before anything goes upstream: the rate limit, then a redirect route
+/// answers here. `client`: the address `real_ip` found, if configured.
 pub(super) fn edge_filter(
     e: &Edge,
+    limiter: Option<&Arc<crate::ratelimit::Limiter>>,
     route: &Route,
-    parts: &Parts,
-    admitted: &Admitted,
-    https: bool,
+    (parts, admitted): (&Parts, &Admitted),
+    (peer, client): (&Peer, Option<std::net::IpAddr>),
 ) -> Result<(), ProxyError> {
+    if let Some(l) = limiter {
+        let ip = client.unwrap_or(peer.addr);
+        let header = match &l.spec.key {
+            crate::ratelimit::Key::Header(h) => parts.headers.get(h).map(HeaderValue::as_bytes),
+            crate::ratelimit::Key::ClientIp => None,
+        };
+        let verdict = match header {
+            Some(v) => l.admit(v, Instant::now()),
+            None => match ip {
+                std::net::IpAddr::V4(a) => l.admit(&a.octets(), Instant::now()),
+                std::net::IpAddr::V6(a) => l.admit(&a.octets(), Instant::now()),
+            },
+        };
+        if let crate::ratelimit::Admit::No(wait) = verdict {
+            return Err(ProxyError::RateLimited(wait));
+        }
+    }
+    let https = peer.https;
     let Some(r) = &e.redirect else { return Ok(()) };
     let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let (host, port) = headers::split_port(authority);

@@ -1,6 +1,7 @@
 //! A route's edge policies: what weir does to a request and its answer
 //! besides choosing a version. Per-route deadlines and body size, header
-//! modifiers (route-wide and per version), URL rewrites and redirects. Plain
+//! modifiers (route-wide and per version), URL rewrites, redirects and
+//! per-client rate limits. Plain
 //! data and pure functions; the proxy applies them, the config module builds
 //! and checks them (a modifier can never touch a framing or hop-by-hop
 //! header, a redirect can never point at the request it answers).
@@ -26,6 +27,8 @@ pub struct Edge {
     pub rewrite: Option<Rewrite>,
     /// A redirect route answers every request itself; it has no upstream.
     pub redirect: Option<Redirect>,
+    /// Per-client request rate (`Serving::limiters` holds the buckets).
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 /// Request and response header changes (`request_headers`,

@@ -5,7 +5,7 @@
 //! match cannot give; a redirect that sends a request back to itself.
 
 use super::{Problems, header_name};
-use crate::config::raw::{RawHeaderOps, RawRedirect, RawRewrite, RawRoute, RawRouteMatch};
+use crate::config::raw::{RawHeaderOps, RawRateLimit, RawRealIp, RawRedirect, RawRewrite, RawRoute, RawRouteMatch};
 use crate::routing::edge::{Edge, HeaderOps, Modifiers, PathChange, Redirect, Rewrite};
 use crate::routing::{PathMatch, RouteFilter};
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -282,6 +282,69 @@ fn upstream_only_keys(r: &RawRoute) -> Vec<&'static str> {
     present.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect()
 }
 
+/// `real_ip`: trusted proxies by address or block, and the header.
+pub(super) fn compile_real_ip(r: &RawRealIp, p: &mut Problems) -> Option<crate::client_ip::RealIp> {
+    let mut trusted = Vec::new();
+    for (i, c) in r.trusted.iter().enumerate() {
+        match crate::client_ip::Cidr::parse(c) {
+            Ok(c) => trusted.push(c),
+            Err(e) => p.at(format!("real_ip.trusted[{i}]"), e),
+        }
+    }
+    if r.trusted.is_empty() {
+        p.at("real_ip.trusted", "list the proxies to trust (addresses or blocks such as 10.0.0.0/8)");
+    }
+    let header = match &r.header {
+        None => HeaderName::from_static("x-forwarded-for"),
+        Some(h) => header_name("real_ip.header", h, p)?,
+    };
+    Some(crate::client_ip::RealIp { trusted, header })
+}
+
+/// `rate_limit`: requests per `per`, a burst, and the key.
+fn compile_rate_limit(r: &RawRateLimit, at: &str, p: &mut Problems) -> Option<crate::ratelimit::RateLimit> {
+    use crate::ratelimit::{Key, RateLimit};
+    let requests = match u32::try_from(r.requests) {
+        Ok(n) if (1..=1_000_000).contains(&n) => n,
+        _ => {
+            p.at(format!("{at}.requests"), "1 to 1000000 per `per`");
+            return None;
+        }
+    };
+    let per = p.duration(&format!("{at}.per"), r.per.as_ref(), std::time::Duration::from_secs(1));
+    if per.is_zero() || per > std::time::Duration::from_secs(3600) {
+        p.at(format!("{at}.per"), "more than 0s, at most 1h");
+        return None;
+    }
+    let burst = match r.burst.map(u32::try_from) {
+        None => requests,
+        Some(Ok(b)) if b <= 1_000_000 => b,
+        Some(_) => {
+            p.at(format!("{at}.burst"), "at most 1000000");
+            return None;
+        }
+    };
+    let key = match r.key.as_deref() {
+        None | Some("client_ip") => Key::ClientIp,
+        Some(k) => match k.strip_prefix("header:") {
+            Some(h) => Key::Header(header_name(&format!("{at}.key"), h.trim(), p)?),
+            None => {
+                p.at(format!("{at}.key"), format!("`{k}`: use `client_ip` or `header:NAME`"));
+                return None;
+            }
+        },
+    };
+    let max_keys = match r.max_keys {
+        None => 100_000,
+        Some(n) if (16..=10_000_000).contains(&n) => usize::try_from(n).unwrap_or(100_000),
+        Some(_) => {
+            p.at(format!("{at}.max_keys"), "16 to 10000000");
+            return None;
+        }
+    };
+    Some(RateLimit { requests, per, burst, key, max_keys })
+}
+
 /// The route's edge policies; None when it has none.
 pub(super) fn compile_edge(
     r: &RawRoute,
@@ -325,8 +388,10 @@ pub(super) fn compile_edge(
         }
         compile_redirect(d, matched, filter, &format!("{at}.redirect"), p)
     });
-    let edge = Edge { request_timeout, backend_timeout, max_request_body, modifiers, rewrite, redirect };
-    let none = edge.request_timeout.is_none()
+    let rate_limit = r.rate_limit.as_ref().and_then(|l| compile_rate_limit(l, &format!("{at}.rate_limit"), p));
+    let edge = Edge { request_timeout, backend_timeout, max_request_body, modifiers, rewrite, redirect, rate_limit };
+    let none = edge.rate_limit.is_none()
+        && edge.request_timeout.is_none()
         && edge.backend_timeout.is_none()
         && edge.max_request_body.is_none()
         && edge.modifiers.is_empty()
