@@ -1,6 +1,6 @@
 //! Deployment files stay true: every weir config in config/ (top level,
 //! docker/, and the ones embedded in Kubernetes ConfigMaps) passes
-//! `weir check`; the manifests parse and keep the properties the README
+//! `weir check`; the manifests parse and keep the properties the guide (docs/guide/src/installing.md)
 //! promises; the Dockerfile builds with the command CI reproduces.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

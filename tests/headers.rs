@@ -216,7 +216,7 @@ async fn an_absolute_form_target_is_routed_and_forwarded_with_one_authority() {
 
 /// An HTTP/1.1 keep-alive connection that waits for its next request is
 /// under the head deadline too: hyper starts it when the wait begins, which
-/// is what bounds idle keep-alive connections (README, "Idle connections").
+/// is what bounds idle keep-alive connections (docs/guide/src/hardening.md, "Idle connections").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,4 +1,4 @@
-//! `routes[].analysis`: the judge's policy (README "Canary judgement"),
+//! `routes[].analysis`: the judge's policy (docs/guide/src/canary-judgement.md),
 //! with the window rule's keys accepted, warned about and ignored.
 
 use super::Problems;
