@@ -382,7 +382,7 @@ impl Proxy {
         let edge = choice.route.edge.as_deref();
         if let Some(e) = edge {
             let limiter = served.limiters.get(choice.decision.route).and_then(Option::as_ref);
-            phases::edge_filter(e, limiter, choice.route, (&parts, &admitted), (peer, client))?;
+            choice.cors_origin = phases::edge_filter(e, limiter, choice.route, (&parts, &admitted), (peer, client))?;
         }
         let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
         if admitted.declared.is_some_and(|n| n > max_body) {
@@ -538,6 +538,13 @@ fn local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response
         resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         resp.headers_mut().insert("x-weir-error", HeaderValue::from_static(err.tag()));
+        return resp;
+    }
+    if let ProxyError::Preflight(headers) = err {
+        let mut resp = Response::new(RespBody::local_empty(Some(completion)));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = (**headers).clone();
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         return resp;
     }
     if let ProxyError::Redirect(_, location) = err {

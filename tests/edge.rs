@@ -355,6 +355,13 @@ fn weir_check_refuses_edge_policies_that_would_break_messages_or_loop() {
     refused(&r("    timeouts: {backend: 0s}\n"), "routes[0].timeouts.backend", "more than 0s");
     refused(&r("    max_request_body: 0\n"), "routes[0].max_request_body", "every body");
     refused(&r("    rate_limit: {requests: 0}\n"), "routes[0].rate_limit.requests", "1 to");
+    refused(&r("    cors: {allow_origins: [\"app.example.com\"]}\n"), "routes[0].cors.allow_origins[0]", "https://");
+    refused(&r("    cors: {allow_origins: [\"https://a/b\"]}\n"), "routes[0].cors.allow_origins[0]", "https://");
+    refused(
+        &r("    cors: {allow_origins: [\"*\"], allow_methods: [\"GET, POST\"]}\n"),
+        "routes[0].cors.allow_methods",
+        "commas",
+    );
     refused(&r("    rate_limit: {requests: 5, key: cookie}\n"), "routes[0].rate_limit.key", "header:NAME");
     refused(&r("    rate_limit: {requests: 5, per: 0s}\n"), "routes[0].rate_limit.per", "more than 0s");
     refused(&r("    rate_limit: {requests: 5, max_keys: 1}\n"), "routes[0].rate_limit.max_keys", "16 to");
@@ -532,4 +539,65 @@ async fn proxy_protocol_v1_and_v2_name_the_client() {
     // The plain listener next to it takes plain HTTP as before.
     let (s, _, body) = get(&client(), &w.url("/plain"), &[]).await;
     assert_eq!((s.as_u16(), body.as_str()), (200, "v1"));
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_here_and_answers_marked_for_allowed_origins() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let w = Weir::start(&config(
+        v1.addr,
+        v2.addr,
+        r#"  - name: api
+    cors:
+      allow_origins: ["https://app.example.com", "https://*.foo.com"]
+      allow_methods: [GET, POST]
+      allow_headers: [content-type, x-token]
+      expose_headers: [x-request-id]
+      allow_credentials: true
+      max_age: 10m
+    stable: {upstream: v1}
+"#,
+    ))
+    .await;
+    let preflight = |origin: &'static str| {
+        let url = w.url("/bet");
+        async move {
+            curl(&[
+                "-i",
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("origin: {origin}"),
+                "-H",
+                "access-control-request-method: POST",
+                &url,
+            ])
+            .await
+            .to_ascii_lowercase()
+        }
+    };
+    let out = preflight("https://a.foo.com").await;
+    assert!(out.starts_with("http/1.1 204"), "{out}");
+    assert!(out.contains("access-control-allow-origin: https://a.foo.com\r\n"), "{out}");
+    assert!(out.contains("access-control-allow-methods: get, post\r\n"), "{out}");
+    assert!(out.contains("access-control-allow-headers: content-type, x-token\r\n"), "{out}");
+    assert!(out.contains("access-control-allow-credentials: true\r\n"), "{out}");
+    assert!(out.contains("access-control-max-age: 600\r\n"), "{out}");
+    let out = preflight("https://evil.net").await;
+    assert!(out.starts_with("http/1.1 204"), "{out}");
+    assert!(!out.contains("access-control-allow-origin"), "{out}");
+    assert_eq!(v1.count(), 0, "preflights never reach the upstream");
+    // A real request: forwarded, and its answer marked for an allowed origin only.
+    let (s, h, _) = get(&client(), &w.url("/bet"), &[("origin", "https://app.example.com")]).await;
+    assert_eq!(s.as_u16(), 200);
+    assert_eq!(h.get("access-control-allow-origin").unwrap(), "https://app.example.com");
+    assert_eq!(h.get("access-control-expose-headers").unwrap(), "x-request-id");
+    assert_eq!(h.get("vary").unwrap(), "Origin");
+    let (_, h, _) = get(&client(), &w.url("/bet"), &[("origin", "https://evil.net")]).await;
+    assert!(h.get("access-control-allow-origin").is_none());
+    // A plain OPTIONS (no preflight headers) goes to the upstream.
+    let out = curl(&["-X", "OPTIONS", &w.url("/bet")]).await;
+    assert_eq!(out, "v1");
+    assert_eq!(v1.count(), 3);
+    assert_eq!(v1.requests()[2].method, "OPTIONS");
 }

@@ -265,6 +265,23 @@ fn edge_json(e: &crate::routing::edge::Edge) -> Value {
             "path": w.path.as_ref().map(path_change_json),
             "hostname": w.hostname.as_ref().map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
         })),
+        "rate_limit": e.rate_limit.as_ref().map(|l| json!({
+            "requests": l.requests, "per_ms": ms(Some(l.per)), "burst": l.burst, "max_keys": l.max_keys,
+            "key": match &l.key {
+                crate::ratelimit::Key::ClientIp => "client_ip".to_owned(),
+                crate::ratelimit::Key::Header(h) => format!("header:{h}"),
+            },
+        })),
+        "cors": e.cors.as_ref().map(|c| json!({
+            "allow_origins": c.origins.iter().map(|o| match o {
+                crate::routing::edge::OriginMatch::Any => "*".to_owned(),
+                crate::routing::edge::OriginMatch::Exact(e) => e.clone(),
+                crate::routing::edge::OriginMatch::Subdomain { scheme, suffix } => format!("{scheme}://*.{suffix}"),
+            }).collect::<Vec<_>>(),
+            "allow_methods": String::from_utf8_lossy(c.methods.as_bytes()),
+            "allow_headers": String::from_utf8_lossy(c.headers.as_bytes()),
+            "allow_credentials": c.credentials,
+        })),
         "redirect": e.redirect.as_ref().map(|r| json!({
             "scheme": r.scheme, "hostname": r.hostname, "port": r.port,
             "path": r.path.as_ref().map(path_change_json), "status": r.status.as_u16(),

@@ -261,6 +261,20 @@ pub struct RawRoute {
     pub rewrite: Option<RawRewrite>,
     pub redirect: Option<RawRedirect>,
     pub rate_limit: Option<RawRateLimit>,
+    pub cors: Option<RawCors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// `*`, `https://app.example.com` or `https://*.example.com`.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: Option<bool>,
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// Not a failure: the route answers with a redirect (`redirect`).
     #[error("redirected")]
     Redirect(StatusCode, http::HeaderValue),
+    /// A browser's CORS preflight, answered here with these headers.
+    #[error("CORS preflight")]
+    Preflight(Box<http::HeaderMap>),
     /// Over the route's `rate_limit`; the client may retry after this long.
     #[error("over the route's rate limit")]
     RateLimited(std::time::Duration),
@@ -56,6 +59,7 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Redirect(status, _) => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Preflight(_) => StatusCode::NO_CONTENT,
             ProxyError::RedirectLoop => StatusCode::LOOP_DETECTED,
             ProxyError::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::BodyTimeout) => StatusCode::REQUEST_TIMEOUT,
@@ -81,7 +85,8 @@ impl ProxyError {
             | ProxyError::BodyTooLarge
             | ProxyError::Connect
             | ProxyError::Redirect(..)
-            | ProxyError::RateLimited(_) => Fault::Client,
+            | ProxyError::RateLimited(_)
+            | ProxyError::Preflight(_) => Fault::Client,
             ProxyError::Upstream(
                 UpstreamError::BodyTooLarge | UpstreamError::BodyTimeout | UpstreamError::ClientBody(_),
             ) => Fault::Client,
@@ -108,6 +113,7 @@ impl ProxyError {
             ProxyError::Connect => "connect_refused",
             ProxyError::Redirect(..) => "redirect",
             ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::Preflight(_) => "cors_preflight",
             ProxyError::RedirectLoop => "redirect_loop",
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect(_) => "upstream_connect",

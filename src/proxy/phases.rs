@@ -5,7 +5,7 @@ use super::{Completion, Peer, Proxy, ProxyError, version_value};
 use crate::headers::{self, X_REQUEST_ID, X_WEIR_ROUTE, X_WEIR_VERSION};
 use crate::live::Serving;
 use crate::metrics::RouteMetrics;
-use crate::routing::edge::{Asked, Edge, PathChange};
+use crate::routing::edge::{Asked, Cors, Edge, PathChange};
 use crate::routing::policy::Shadow;
 use crate::routing::{self, BUCKETS, Decision, Facts, Reason, Route, Version};
 use crate::shadow;
@@ -39,6 +39,8 @@ pub(super) struct Choice<'s> {
     pub metrics: Option<Arc<RouteMetrics>>,
     /// Mirror this request to the route's shadow.
     pub mirror: Option<&'s Shadow>,
+    /// The request's `Origin`, when the route's `cors` allows it.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -114,7 +116,15 @@ impl Proxy {
         completion.metrics = metrics.as_ref().map(|m| (Arc::clone(m), decision.version));
         completion.grpc_errors = route.grpc_errors;
         completion.unit = route.analysis.as_ref().and_then(|_| crate::evidence::Unit::of(route, &decision));
-        Ok(Choice { route, version: decision.version, reason: decision.reason, decision, metrics, mirror })
+        Ok(Choice {
+            route,
+            version: decision.version,
+            reason: decision.reason,
+            decision,
+            metrics,
+            mirror,
+            cors_origin: None,
+        })
     }
 
     /// Phase 3: A connection to the chosen version (its endpoints tried as
@@ -265,6 +275,9 @@ impl Proxy {
         rparts.version = http::Version::HTTP_11;
         if let Some(e) = &c.route.edge {
             e.modifiers.response.apply(&mut rparts.headers);
+            if let (Some(cors), Some(origin)) = (&e.cors, &c.cors_origin) {
+                cors.mark(origin, false, &mut rparts.headers);
+            }
         }
         if let Some(m) = &c.route.backend(c.version).modifiers {
             m.response.apply(&mut rparts.headers);
@@ -403,15 +416,16 @@ fn rewrite_path(change: &PathChange, matched: &routing::PathMatch, uri: &mut Uri
     }
 }
 
-/// Before anything goes upstream: the rate limit, then a redirect route
-/// answers here. `client`: the address `real_ip` found, if configured.
+/// Before anything goes upstream: the rate limit, a CORS preflight, then a
+/// redirect route answers here. `client`: the address `real_ip` found, if
+/// configured. Ok: the `Origin` to mark the answer for (`cors`).
 pub(super) fn edge_filter(
     e: &Edge,
     limiter: Option<&Arc<crate::ratelimit::Limiter>>,
     route: &Route,
     (parts, admitted): (&Parts, &Admitted),
     (peer, client): (&Peer, Option<std::net::IpAddr>),
-) -> Result<(), ProxyError> {
+) -> Result<Option<HeaderValue>, ProxyError> {
     if let Some(l) = limiter {
         let ip = client.unwrap_or(peer.addr);
         let header = match &l.spec.key {
@@ -429,8 +443,21 @@ pub(super) fn edge_filter(
             return Err(ProxyError::RateLimited(wait));
         }
     }
+    let mut origin = None;
+    if let Some(cors) = &e.cors {
+        origin = parts.headers.get(http::header::ORIGIN).filter(|o| cors.allows(o.as_bytes())).cloned();
+        if Cors::is_preflight(&parts.method, &parts.headers) {
+            // Answered here (a disallowed origin gets no CORS headers, and
+            // the browser stops); never forwarded.
+            let mut h = http::HeaderMap::new();
+            if let Some(o) = &origin {
+                cors.mark(o, true, &mut h);
+            }
+            return Err(ProxyError::Preflight(Box::new(h)));
+        }
+    }
     let https = peer.https;
-    let Some(r) = &e.redirect else { return Ok(()) };
+    let Some(r) = &e.redirect else { return Ok(origin) };
     let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let (host, port) = headers::split_port(authority);
     let asked = Asked {

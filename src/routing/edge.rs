@@ -29,6 +29,88 @@ pub struct Edge {
     pub redirect: Option<Redirect>,
     /// Per-client request rate (`Serving::limiters` holds the buckets).
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    pub cors: Option<Cors>,
+}
+
+/// An `allow_origins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginMatch {
+    Any,
+    /// `https://app.example.com` (lower case).
+    Exact(String),
+    /// `https://*.example.com`: the scheme, then any subdomain of the rest.
+    Subdomain {
+        scheme: String,
+        suffix: String,
+    },
+}
+
+/// `routes[].cors`: answers browsers' preflights here and marks answers to
+/// allowed origins (ingress-nginx `enable-cors`, Gateway API CORS filter).
+#[derive(Debug, Clone)]
+pub struct Cors {
+    pub origins: Vec<OriginMatch>,
+    pub methods: HeaderValue,
+    pub headers: HeaderValue,
+    pub expose: Option<HeaderValue>,
+    pub credentials: bool,
+    /// Seconds, for `Access-Control-Max-Age`.
+    pub max_age: Option<HeaderValue>,
+}
+
+static ANY: HeaderValue = HeaderValue::from_static("*");
+static TRUE: HeaderValue = HeaderValue::from_static("true");
+static ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
+
+impl Cors {
+    /// Whether a request's `Origin` may read the answer.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        let Ok(o) = std::str::from_utf8(origin) else { return false };
+        self.origins.iter().any(|m| match m {
+            OriginMatch::Any => true,
+            OriginMatch::Exact(e) => o.eq_ignore_ascii_case(e),
+            OriginMatch::Subdomain { scheme, suffix } => {
+                o.len() > scheme.len() + suffix.len() + 3
+                    && o.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                    && o.get(scheme.len()..scheme.len() + 3) == Some("://")
+                    && o.get(o.len() - suffix.len()..).is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+                    && o.as_bytes().get(o.len() - suffix.len() - 1) == Some(&b'.')
+            }
+        })
+    }
+
+    /// A browser's preflight: OPTIONS with `Origin` and
+    /// `Access-Control-Request-Method`.
+    pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
+        method == http::Method::OPTIONS
+            && headers.contains_key(http::header::ORIGIN)
+            && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    }
+
+    /// The CORS headers of an answer to `origin` (allowed); with
+    /// `preflight`, also what may be sent and for how long.
+    pub fn mark(&self, origin: &HeaderValue, preflight: bool, h: &mut HeaderMap) {
+        use http::header;
+        // `*` cannot carry credentials: then the origin is echoed.
+        if self.origins.contains(&OriginMatch::Any) && !self.credentials {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY.clone());
+        } else {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.append(header::VARY, ORIGIN.clone());
+        }
+        if self.credentials {
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
+        }
+        if preflight {
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, self.headers.clone());
+            if let Some(a) = &self.max_age {
+                h.insert(header::ACCESS_CONTROL_MAX_AGE, a.clone());
+            }
+        } else if let Some(e) = &self.expose {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+        }
+    }
 }
 
 /// Request and response header changes (`request_headers`,
@@ -273,6 +355,34 @@ mod tests {
         let loc = same.location(&any, &asked).unwrap();
         assert!(same.loops(&loc, &asked));
         assert!(!r(Some("https"), None, None).loops("https://example.com/a?b=1", &asked));
+    }
+
+    #[test]
+    fn cors_origins_match_exactly_or_by_subdomain() {
+        let cors = Cors {
+            origins: vec![
+                OriginMatch::Exact("https://app.example.com".into()),
+                OriginMatch::Subdomain { scheme: "https".into(), suffix: "foo.com".into() },
+            ],
+            methods: HeaderValue::from_static("GET"),
+            headers: HeaderValue::from_static("x"),
+            expose: None,
+            credentials: true,
+            max_age: None,
+        };
+        assert!(cors.allows(b"https://app.example.com"));
+        assert!(cors.allows(b"HTTPS://APP.example.com"));
+        assert!(!cors.allows(b"https://app.example.com.evil.net"));
+        assert!(cors.allows(b"https://a.foo.com"));
+        assert!(cors.allows(b"https://a.b.foo.com"));
+        assert!(!cors.allows(b"https://foo.com"), "a subdomain, not the apex");
+        assert!(!cors.allows(b"https://evilfoo.com"));
+        assert!(!cors.allows(b"http://a.foo.com"));
+        let mut h = HeaderMap::new();
+        cors.mark(&HeaderValue::from_static("https://a.foo.com"), false, &mut h);
+        assert_eq!(h.get("access-control-allow-origin").unwrap(), "https://a.foo.com");
+        assert_eq!(h.get("access-control-allow-credentials").unwrap(), "true");
+        assert_eq!(h.get("vary").unwrap(), "Origin");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! match cannot give; a redirect that sends a request back to itself.
 
 use super::{Problems, header_name};
-use crate::config::raw::{RawHeaderOps, RawRateLimit, RawRealIp, RawRedirect, RawRewrite, RawRoute, RawRouteMatch};
-use crate::routing::edge::{Edge, HeaderOps, Modifiers, PathChange, Redirect, Rewrite};
+use crate::config::raw::{
+    RawCors, RawHeaderOps, RawRateLimit, RawRealIp, RawRedirect, RawRewrite, RawRoute, RawRouteMatch,
+};
+use crate::routing::edge::{Cors, Edge, HeaderOps, Modifiers, OriginMatch, PathChange, Redirect, Rewrite};
 use crate::routing::{PathMatch, RouteFilter};
 use http::{HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
@@ -345,6 +347,68 @@ fn compile_rate_limit(r: &RawRateLimit, at: &str, p: &mut Problems) -> Option<cr
     Some(RateLimit { requests, per, burst, key, max_keys })
 }
 
+/// ingress-nginx's `cors-allow-methods` and `cors-allow-headers` defaults.
+pub const CORS_METHODS: &str = "GET, PUT, POST, DELETE, PATCH, OPTIONS";
+pub const CORS_HEADERS: &str = "DNT, Keep-Alive, User-Agent, X-Requested-With, If-Modified-Since, Cache-Control, Content-Type, Range, Authorization";
+
+fn compile_origin(o: &str) -> Option<OriginMatch> {
+    if o == "*" {
+        return Some(OriginMatch::Any);
+    }
+    let lower = o.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return None;
+    }
+    let host = rest.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(rest, |(h, _)| h);
+    match host.strip_prefix("*.") {
+        Some(_) if rest.contains(':') => None,
+        Some(suffix) if valid_hostname(suffix) => {
+            Some(OriginMatch::Subdomain { scheme: scheme.to_owned(), suffix: suffix.to_owned() })
+        }
+        Some(_) => None,
+        None if valid_hostname(host) => Some(OriginMatch::Exact(lower.clone())),
+        None => None,
+    }
+}
+
+fn compile_cors(c: &RawCors, at: &str, p: &mut Problems) -> Option<Cors> {
+    let mut origins = Vec::new();
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        match compile_origin(o) {
+            Some(m) => origins.push(m),
+            None => p.at(
+                format!("{at}.allow_origins[{i}]"),
+                format!("`{o}`: use `*`, `https://host[:port]` or `https://*.domain`"),
+            ),
+        }
+    }
+    if c.allow_origins.is_empty() {
+        p.at(format!("{at}.allow_origins"), "list the origins (or `*`)");
+    }
+    let list = |p: &mut Problems, key: &str, v: Option<&Vec<String>>, default: &str| -> Option<HeaderValue> {
+        let joined = v.map_or_else(|| default.to_owned(), |v| v.join(", "));
+        let ok =
+            v.is_none_or(|v| v.iter().all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_graphic() && b != b',')));
+        match HeaderValue::from_str(&joined) {
+            Ok(h) if ok => Some(h),
+            _ => {
+                p.at(format!("{at}.{key}"), "names without spaces or commas");
+                None
+            }
+        }
+    };
+    let methods = list(p, "allow_methods", c.allow_methods.as_ref(), CORS_METHODS)?;
+    let headers = list(p, "allow_headers", c.allow_headers.as_ref(), CORS_HEADERS)?;
+    let expose =
+        if c.expose_headers.is_empty() { None } else { list(p, "expose_headers", Some(&c.expose_headers), "") };
+    let max_age = c.max_age.as_ref().map(|m| {
+        let d = p.duration(&format!("{at}.max_age"), Some(m), std::time::Duration::ZERO);
+        HeaderValue::from(d.as_secs())
+    });
+    Some(Cors { origins, methods, headers, expose, credentials: c.allow_credentials.unwrap_or(false), max_age })
+}
+
 /// The route's edge policies; None when it has none.
 pub(super) fn compile_edge(
     r: &RawRoute,
@@ -389,8 +453,11 @@ pub(super) fn compile_edge(
         compile_redirect(d, matched, filter, &format!("{at}.redirect"), p)
     });
     let rate_limit = r.rate_limit.as_ref().and_then(|l| compile_rate_limit(l, &format!("{at}.rate_limit"), p));
-    let edge = Edge { request_timeout, backend_timeout, max_request_body, modifiers, rewrite, redirect, rate_limit };
+    let cors = r.cors.as_ref().and_then(|c| compile_cors(c, &format!("{at}.cors"), p));
+    let edge =
+        Edge { request_timeout, backend_timeout, max_request_body, modifiers, rewrite, redirect, rate_limit, cors };
     let none = edge.rate_limit.is_none()
+        && edge.cors.is_none()
         && edge.request_timeout.is_none()
         && edge.backend_timeout.is_none()
         && edge.max_request_body.is_none()
