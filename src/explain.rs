@@ -15,6 +15,8 @@ pub struct Query {
     pub headers: Vec<(String, String)>,
     pub cookies: Vec<(String, String)>,
     pub query: Option<String>,
+    /// The request came over TLS (routes with `match.scheme`).
+    pub https: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -60,7 +62,7 @@ pub fn explain(snapshot: &Snapshot, q: &Query, draw: u16) -> Result<Explanation,
         headers: &headers,
         client_cert: None,
         method: &http::Method::GET,
-        https: false,
+        https: q.https,
     };
     let Some(d) = routing::decide(&snapshot.table, &facts, draw) else {
         return Ok(Explanation {
@@ -76,6 +78,27 @@ pub fn explain(snapshot: &Snapshot, q: &Query, draw: u16) -> Result<Explanation,
         });
     };
     let route = snapshot.table.routes.get(d.route).ok_or("route index out of range")?;
+    if let Some(r) = route.edge.as_ref().and_then(|e| e.redirect.as_ref()) {
+        let (host, port) = crate::headers::split_port(&q.host);
+        let asked = crate::routing::edge::Asked {
+            https: q.https,
+            host,
+            port: port.and_then(|p| p.parse().ok()),
+            path: &q.path,
+            query: q.query.as_deref(),
+        };
+        return Ok(Explanation {
+            route: Some(route.name.to_string()),
+            version: None,
+            reason: Some("redirect".into()),
+            bucket: None,
+            bucket_source: None,
+            weight_percent: None,
+            upstream: None,
+            revision: None,
+            note: r.location(&route.path, &asked).map(|l| format!("answers {} with Location: {l}", r.status.as_u16())),
+        });
+    }
     let backend = route.backend(d.version);
     let weight_bp = match d.reason {
         routing::Reason::Segment(i) => route.segments.get(i).map_or(route.overlay.weight_bp, |s| s.weight_bp),

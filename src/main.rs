@@ -176,7 +176,7 @@ fn main() -> ExitCode {
         }
         Command::Check(c) => check(&c.config),
         Command::Explain { config, host, path, headers, cookies, query } => {
-            let q = weir::explain::Query { host, path, headers, cookies, query };
+            let q = weir::explain::Query { host, path, headers, cookies, query, https: false };
             explain(&config.config, &q)
         }
         Command::Healthcheck { url } => match healthcheck(&url) {

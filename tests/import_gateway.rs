@@ -219,6 +219,7 @@ fn imported_http_routes_route_every_request_as_the_gateway_api_says() {
                             headers: hs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                             cookies: vec![],
                             query: qs.map(str::to_owned),
+                            https: false,
                         };
                         let draw = if high { 9_999 } else { 0 };
                         let got =
@@ -286,6 +287,7 @@ spec:
             headers: vec![("x-a".into(), h.into())],
             cookies: vec![],
             query: Some(q.into()),
+            https: false,
         };
         let got = weir::explain::explain(&snapshot, &query, 9_999).unwrap().upstream.as_deref().map(endpoint);
         assert_eq!(got, want, "x-a {h} {q}\n{}", imported.yaml);

@@ -37,6 +37,7 @@ fn route(
         headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         cookies: cookies.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         query: None,
+        https: false,
     };
     let e = weir::explain::explain(snapshot, &q, draw).unwrap();
     // The Service name: upstreams are named <service>-<namespace>-<port>.

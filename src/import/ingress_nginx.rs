@@ -28,6 +28,7 @@ use super::{Backend, Imported, Skipped, TlsOut, Wire, dns_label, valid_host};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+mod edge;
 mod output;
 use output::write;
 
@@ -87,6 +88,8 @@ struct Ingress {
     name: String,
     ann: BTreeMap<String, String>,
     rules: Vec<Rule>,
+    /// `spec.tls[].hosts` (lower case): where `ssl-redirect` applies.
+    tls_hosts: Vec<String>,
 }
 
 impl Ingress {
@@ -119,7 +122,9 @@ pub fn import(objects: &[Value], class: &str) -> Imported {
     let mut routes = Vec::new();
     for p in &primaries {
         note_proxy_ssl(p, &mut skipped);
-        let translated_or_noted = |k: &&String| PRIMARY_KEYS.contains(&k.as_str()) || k.starts_with("proxy-ssl-");
+        let translated_or_noted = |k: &&String| {
+            PRIMARY_KEYS.contains(&k.as_str()) || edge::EDGE_KEYS.contains(&k.as_str()) || k.starts_with("proxy-ssl-")
+        };
         for k in p.ann.keys().filter(|k| !translated_or_noted(k)) {
             skipped.push(Skipped { object: p.id(), what: format!("{ANN}{k}"), why: "not translated".into() });
         }
@@ -154,8 +159,16 @@ pub fn import(objects: &[Value], class: &str) -> Imported {
             }
         }
     }
-    routes.sort_by_key(|a| order(a.rule));
-    let mut imported = write(&routes, skipped);
+    // ingress-nginx's `enforceRegex`: one Ingress with use-regex or
+    // rewrite-target makes every path of its hosts a case-insensitive
+    // regex anchored at the start (`location ~* "^path"`).
+    let regex_hosts: std::collections::BTreeSet<String> = primaries
+        .iter()
+        .filter(|i| edge::wants_regex(i))
+        .flat_map(|i| i.rules.iter().map(|r| r.host.clone()))
+        .collect();
+    routes.sort_by_key(|a| order(a.rule, regex_hosts.contains(&a.rule.host)));
+    let mut imported = write(&routes, &regex_hosts, skipped);
     imported.files = files;
     imported
 }
@@ -168,7 +181,9 @@ struct Planned<'a> {
 
 /// How nginx would pick: named hosts first (exact names, then wildcards),
 /// rules without a host last; per host exact paths, then longer prefixes.
-fn order(r: &Rule) -> (u8, String, u8, std::cmp::Reverse<usize>, String) {
+/// On a regex host every path is a regex, tried longest first
+/// (ingress-nginx's "Path Priority").
+fn order(r: &Rule, regex: bool) -> (u8, String, u8, std::cmp::Reverse<usize>, String) {
     let host_rank = if r.host.is_empty() {
         2
     } else if r.host.starts_with("*.") {
@@ -176,7 +191,7 @@ fn order(r: &Rule) -> (u8, String, u8, std::cmp::Reverse<usize>, String) {
     } else {
         0
     };
-    let path_rank = u8::from(r.kind != PathType::Exact);
+    let path_rank = u8::from(r.kind != PathType::Exact && !regex);
     (host_rank, r.host.clone(), path_rank, std::cmp::Reverse(r.path.len()), r.path.clone())
 }
 
@@ -306,14 +321,6 @@ fn read_ingress(
                 skipped.push(Skipped { object: id.clone(), what, why: format!("path {path:?} does not start with /") });
                 continue;
             }
-            if ann.get("use-regex").is_some_and(|v| v == "true") {
-                skipped.push(Skipped {
-                    object: id.clone(),
-                    what,
-                    why: "use-regex paths are not translated (weir matches paths by prefix or exactly)".into(),
-                });
-                continue;
-            }
             if let Some(backend) = backend_of(&p["backend"], &what, skipped) {
                 rules.push(Rule { host: host.clone(), path, kind, backend });
             }
@@ -328,6 +335,13 @@ fn read_ingress(
         // What the Ingress serves for any path of any host it has no rule for.
         rules.push(Rule { host: String::new(), path: "/".into(), kind: PathType::Prefix, backend });
     }
+    let tls_hosts = o["spec"]["tls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["hosts"].as_array().into_iter().flatten().filter_map(Value::as_str))
+        .map(str::to_ascii_lowercase)
+        .collect();
     if o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()) {
         skipped.push(Skipped {
             object: id.clone(),
@@ -335,7 +349,7 @@ fn read_ingress(
             why: "TLS is weir's listener's job: put the Secret's tls.crt and tls.key in listen[].tls.certs".into(),
         });
     }
-    Some(Ingress { ns, name, ann, rules })
+    Some(Ingress { ns, name, ann, rules, tls_hosts })
 }
 
 /// How weir speaks to the Services of a primary Ingress, from

@@ -22,11 +22,12 @@ pub(super) fn percent(weight: u64, total: u64) -> (f64, bool) {
     (bp / 100.0, exact)
 }
 
-pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Imported {
+pub(super) fn write(routes: &[Planned<'_>], regex_hosts: &BTreeSet<String>, mut skipped: Vec<Skipped>) -> Imported {
     let mut upstreams: BTreeSet<Backend> = BTreeSet::new();
     let mut mirrors: BTreeMap<String, String> = BTreeMap::new();
     let mut body = String::new();
     let mut names = BTreeSet::new();
+    let mut app_roots = BTreeSet::new();
     let mut count = 0;
     for p in routes {
         let r = p.rule;
@@ -37,9 +38,20 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
             name = format!("{}-{n}", name.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('-'));
             n += 1;
         }
+        let regex = regex_hosts.contains(&r.host);
+        if regex && crate::routing::PathRegex::new(&r.path, true).is_err() {
+            skipped.push(Skipped {
+                object: p.primary.id(),
+                what: format!("host {:?} path {}", r.host, r.path),
+                why:
+                    "a regex path (use-regex or rewrite-target on this host) Rust's regex does not take (look-around, \
+                      back-references): not imported"
+                        .into(),
+            });
+            continue;
+        }
         names.insert(name.clone());
         count += 1;
-        upstreams.insert(r.backend.clone());
         let _ = writeln!(
             body,
             "  # {} host {} path {} ({})",
@@ -48,12 +60,12 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
             r.path,
             r.kind.as_str()
         );
-        let _ = writeln!(body, "  - name: {}", q(&name));
         let mut m = Vec::new();
         if !r.host.is_empty() {
             m.push(format!("hosts: [{}]", q(&r.host)));
         }
         match r.kind {
+            _ if regex => m.push(format!("path: {}, path_type: regex, ignore_case: true", q(&r.path))),
             PathType::Exact => m.push(format!("path: {}, path_type: exact", q(&r.path))),
             // ingress-nginx writes a Prefix path as `location <path>/` plus
             // `location = <path>` (location.go): one ending in `/` takes
@@ -64,10 +76,49 @@ pub(super) fn write(routes: &[Planned<'_>], mut skipped: Vec<Skipped>) -> Import
             PathType::Prefix if r.path.ends_with('/') => m.push(format!("path_prefix: {}", q(&r.path))),
             PathType::Prefix => m.push(format!("path: {}, path_type: prefix", q(&r.path))),
         }
+        let i = p.primary;
+        if super::edge::redirects_to_https(i, &r.host) {
+            // Plain-HTTP requests get 308 to https first (ssl-redirect).
+            let twin = format!("{name}-to-https");
+            names.insert(twin.clone());
+            count += 1;
+            let mut tm = m.clone();
+            tm.push("scheme: http".into());
+            let why = if i.ann("force-ssl-redirect") == Some("true") { "force-ssl-redirect" } else { "ssl-redirect" };
+            let _ = writeln!(body, "  - name: {}   # {why}", q(&twin));
+            let _ = writeln!(body, "    match: {{{}}}", tm.join(", "));
+            let _ = writeln!(body, "    redirect: {{scheme: https, status: 308}}");
+        }
+        // app-root is the server's (`if ($uri = /)`): once per host, first.
+        let root = routes.iter().filter(|o| o.rule.host == r.host).find_map(|o| o.primary.ann("app-root"));
+        if let Some(root) = root.filter(|a| a.starts_with('/') && app_roots.insert(r.host.clone())) {
+            let twin = format!("{name}-app-root");
+            names.insert(twin.clone());
+            count += 1;
+            let mut tm: Vec<String> = m.iter().filter(|x| x.starts_with("hosts")).cloned().collect();
+            tm.push("path: \"/\", path_type: exact".into());
+            let _ = writeln!(body, "  - name: {}   # app-root", q(&twin));
+            let _ = writeln!(body, "    match: {{{}}}", tm.join(", "));
+            let _ = writeln!(body, "    redirect: {{path: {}, status: 302}}", q(root));
+        }
+        let _ = writeln!(body, "  - name: {}", q(&name));
         if !m.is_empty() {
             let _ = writeln!(body, "    match: {{{}}}", m.join(", "));
         }
+        if let Some(keys) = super::edge::whole_redirect(i, &mut skipped) {
+            let _ = writeln!(body, "    redirect: {{{keys}}}");
+            if let Some((c, _)) = p.canary {
+                skipped.push(Skipped {
+                    object: c.id(),
+                    what: format!("canary for host {:?} path {}", r.host, r.path),
+                    why: "its primary answers with a redirect: nothing reaches either Service".into(),
+                });
+            }
+            continue;
+        }
+        upstreams.insert(r.backend.clone());
         let _ = writeln!(body, "    stable: {{upstream: {}}}", q(&r.backend.upstream()));
+        super::edge::write_edge(&mut body, i, regex, &mut skipped);
         if let Some((c, cr)) = p.canary {
             // The canary's Service is spoken to as the primary's location says.
             let cr = Rule { backend: Backend { wire: r.backend.wire.clone(), ..cr.backend.clone() }, ..cr.clone() };

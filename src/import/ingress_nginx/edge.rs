@@ -1,0 +1,279 @@
+//! A primary Ingress's edge annotations as weir's route policies: body
+//! size, read timeout, rewrites (`rewrite-target`, `upstream-vhost`,
+//! `x-forwarded-prefix`), redirects (`ssl-redirect`, `force-ssl-redirect`,
+//! `permanent-redirect`, `temporal-redirect`, `app-root`), CORS and
+//! `limit-rps`/`limit-rpm`. Each is written as ingress-nginx's template
+//! applies it (defaults from its annotation parsers); what cannot be carried
+//! is listed with the reason.
+
+use super::{ANN, Ingress};
+use crate::import::{Skipped, q};
+use std::fmt::Write as _;
+
+/// Annotations this file translates.
+pub(super) const EDGE_KEYS: [&str; 24] = [
+    "proxy-body-size",
+    "proxy-read-timeout",
+    "proxy-connect-timeout",
+    "proxy-send-timeout",
+    "rewrite-target",
+    "use-regex",
+    "upstream-vhost",
+    "x-forwarded-prefix",
+    "ssl-redirect",
+    "force-ssl-redirect",
+    "permanent-redirect",
+    "permanent-redirect-code",
+    "temporal-redirect",
+    "app-root",
+    "enable-cors",
+    "cors-allow-origin",
+    "cors-allow-methods",
+    "cors-allow-headers",
+    "cors-expose-headers",
+    "cors-allow-credentials",
+    "cors-max-age",
+    "limit-rps",
+    "limit-rpm",
+    "limit-burst-multiplier",
+];
+
+fn note(skipped: &mut Vec<Skipped>, i: &Ingress, key: &str, why: impl Into<String>) {
+    skipped.push(Skipped { object: i.id(), what: format!("{ANN}{key}"), why: why.into() });
+}
+
+/// Does this Ingress make its hosts' paths regexes (`use-regex`, or any
+/// `rewrite-target`: ingress-nginx's `enforceRegex`)?
+pub(super) fn wants_regex(i: &Ingress) -> bool {
+    i.ann("use-regex") == Some("true") || i.ann("rewrite-target").is_some_and(|t| !t.is_empty())
+}
+
+/// nginx's size syntax: `8m`, `512k`, `1g`, bytes without a unit.
+fn nginx_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = match v.as_bytes().last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 1024),
+        b'm' | b'M' => (&v[..v.len() - 1], 1024 * 1024),
+        b'g' | b'G' => (&v[..v.len() - 1], 1024 * 1024 * 1024),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// `permanent-redirect`/`temporal-redirect` URL as weir's redirect keys.
+fn redirect_keys(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !matches!(scheme, "http" | "https") {
+        return None;
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = crate::headers::split_port(authority);
+    if host.is_empty() || !crate::import::valid_host(&host.to_ascii_lowercase()) || host.starts_with('*') {
+        return None;
+    }
+    let mut out = format!("scheme: {scheme}, hostname: {}", q(&host.to_ascii_lowercase()));
+    if let Some(p) = port {
+        out.push_str(&format!(", port: {}", p.parse::<u16>().ok()?));
+    }
+    if !path.is_empty() && path != "/" || url.ends_with('/') {
+        if path.contains(['?', '#', '$']) {
+            return None;
+        }
+        out.push_str(&format!(", path: {}", q(if path.is_empty() { "/" } else { path })));
+    } else {
+        out.push_str(", path: \"/\"");
+    }
+    Some(out)
+}
+
+/// A route that answers by itself instead of the Ingress's Service
+/// (`permanent-redirect`, `temporal-redirect`): the redirect keys.
+pub(super) fn whole_redirect(i: &Ingress, skipped: &mut Vec<Skipped>) -> Option<String> {
+    let (key, default_code, url) = match (i.ann("permanent-redirect"), i.ann("temporal-redirect")) {
+        (Some(u), _) if !u.is_empty() => ("permanent-redirect", 301, u),
+        (_, Some(u)) if !u.is_empty() => ("temporal-redirect", 302, u),
+        _ => return None,
+    };
+    let Some(keys) = redirect_keys(url.trim()) else {
+        note(
+            skipped,
+            i,
+            key,
+            format!("{url:?}: not an http(s) URL weir can redirect to (no nginx variables, query or fragment)"),
+        );
+        return None;
+    };
+    let code = if key == "permanent-redirect" {
+        match i.ann("permanent-redirect-code").map(|c| c.trim().parse::<u16>()) {
+            None => default_code,
+            Some(Ok(c @ (301 | 302 | 303 | 307 | 308))) => c,
+            // ingress-nginx falls back to 301 for a code it does not take.
+            Some(_) => {
+                note(skipped, i, "permanent-redirect-code", "not a redirect status: 301, as ingress-nginx uses then");
+                301
+            }
+        }
+    } else {
+        default_code
+    };
+    note(
+        skipped,
+        i,
+        key,
+        "translated; nginx's `return` drops the query string, weir's redirect keeps it (the Gateway API's rule)",
+    );
+    Some(format!("{keys}, status: {code}"))
+}
+
+/// The `ssl-redirect` twin of a route: ingress-nginx answers plain-HTTP
+/// requests for a host the Ingress has TLS for with 308 to https (default
+/// `ssl-redirect: "true"`), or for any host with `force-ssl-redirect`.
+pub(super) fn redirects_to_https(i: &Ingress, host: &str) -> bool {
+    if i.ann("force-ssl-redirect") == Some("true") {
+        return true;
+    }
+    i.ann("ssl-redirect") != Some("false") && !host.is_empty() && i.tls_hosts.iter().any(|h| h == host)
+}
+
+/// The route keys for the Ingress's other edge annotations, written into
+/// `body` (indented as route keys). `regex`: the route's path is a regex.
+pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &mut Vec<Skipped>) {
+    if let Some(v) = i.ann("proxy-body-size") {
+        match nginx_size(v) {
+            // nginx: 0 turns the check off; weir's global limit still holds.
+            Some(0) => {
+                note(skipped, i, "proxy-body-size", "0 (no limit): weir's limits.max_request_body still applies")
+            }
+            Some(n) => {
+                let _ = writeln!(body, "    max_request_body: {n}   # proxy-body-size {v}");
+            }
+            None => note(skipped, i, "proxy-body-size", format!("{v:?} is not an nginx size")),
+        }
+    }
+    if let Some(v) = i.ann("proxy-read-timeout") {
+        match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => {
+                let _ = writeln!(body, "    timeouts: {{backend: {s}s}}   # proxy-read-timeout");
+            }
+            _ => note(skipped, i, "proxy-read-timeout", format!("{v:?} is not a number of seconds")),
+        }
+    }
+    for k in ["proxy-connect-timeout", "proxy-send-timeout"] {
+        if i.ann(k).is_some() {
+            note(skipped, i, k, "per upstream in weir: set upstreams.X.connect_timeout / body_timeout");
+        }
+    }
+    let mut rewrite = Vec::new();
+    if let Some(t) = i.ann("rewrite-target").filter(|t| !t.is_empty()) {
+        if !t.starts_with('/') || t.contains(['?', '#', ' ']) {
+            note(skipped, i, "rewrite-target", format!("{t:?}: not a path weir can rewrite to"));
+        } else if t.as_bytes().windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_alphabetic()) {
+            note(skipped, i, "rewrite-target", format!("{t:?}: nginx variables are not translated"));
+        } else if regex {
+            rewrite.push(format!("path: {}", q(t)));
+        }
+    }
+    if let Some(h) = i.ann("upstream-vhost").map(str::trim).filter(|h| !h.is_empty()) {
+        if crate::import::valid_host(&h.to_ascii_lowercase()) && !h.starts_with('*') {
+            rewrite.push(format!("hostname: {}", q(&h.to_ascii_lowercase())));
+        } else {
+            note(skipped, i, "upstream-vhost", format!("{h:?}: not a host name (nginx variables are not translated)"));
+        }
+    }
+    if !rewrite.is_empty() {
+        let _ = writeln!(body, "    rewrite: {{{}}}", rewrite.join(", "));
+    }
+    if let Some(p) = i.ann("x-forwarded-prefix").filter(|p| !p.is_empty()) {
+        let _ = writeln!(body, "    request_headers: {{set: {{x-forwarded-prefix: {}}}}}", q(p));
+    }
+    write_cors(body, i, skipped);
+    write_rate_limit(body, i, skipped);
+}
+
+/// `enable-cors` with ingress-nginx's defaults (`annotations/cors`).
+fn write_cors(body: &mut String, i: &Ingress, skipped: &mut Vec<Skipped>) {
+    if i.ann("enable-cors") != Some("true") {
+        for k in ["cors-allow-origin", "cors-allow-methods", "cors-allow-headers", "cors-expose-headers"] {
+            if i.ann(k).is_some() {
+                note(skipped, i, k, "ignored without enable-cors: \"true\" (ingress-nginx ignores it then too)");
+            }
+        }
+        return;
+    }
+    let list = |v: &str| v.split(',').map(|s| q(s.trim())).filter(|s| s != "\"\"").collect::<Vec<_>>().join(", ");
+    let origins = i.ann("cors-allow-origin").map_or_else(|| q("*"), list);
+    let mut out = format!("allow_origins: [{origins}]");
+    if let Some(m) = i.ann("cors-allow-methods") {
+        out.push_str(&format!(", allow_methods: [{}]", list(m)));
+    }
+    if let Some(h) = i.ann("cors-allow-headers") {
+        out.push_str(&format!(", allow_headers: [{}]", list(h)));
+    }
+    if let Some(e) = i.ann("cors-expose-headers") {
+        out.push_str(&format!(", expose_headers: [{}]", list(e)));
+    }
+    // ingress-nginx: credentials on, max age 1728000 s, unless set.
+    let credentials = i.ann("cors-allow-credentials").is_none_or(|c| c.trim() == "true");
+    out.push_str(&format!(", allow_credentials: {credentials}"));
+    let age = i.ann("cors-max-age").and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(1_728_000);
+    out.push_str(&format!(", max_age: {age}s"));
+    let _ = writeln!(body, "    cors: {{{out}}}   # enable-cors");
+}
+
+/// `limit-rps` (or `limit-rpm`) with `limit-burst-multiplier` (default 5),
+/// keyed by the client's address, per replica as ingress-nginx counts.
+fn write_rate_limit(body: &mut String, i: &Ingress, skipped: &mut Vec<Skipped>) {
+    let number = |k: &str| i.ann(k).and_then(|v| v.trim().parse::<u64>().ok()).filter(|n| *n > 0);
+    let (rate, per, key) = match (number("limit-rps"), number("limit-rpm")) {
+        (Some(r), rpm) => {
+            if rpm.is_some() {
+                note(skipped, i, "limit-rpm", "weir takes one rate per route: limit-rps is used");
+            }
+            (r, "1s", "limit-rps")
+        }
+        (None, Some(r)) => (r, "1m", "limit-rpm"),
+        (None, None) => {
+            for k in ["limit-rps", "limit-rpm"] {
+                if let Some(v) = i.ann(k) {
+                    note(skipped, i, k, format!("{v:?} is not a positive whole number"));
+                }
+            }
+            return;
+        }
+    };
+    let mult = number("limit-burst-multiplier").unwrap_or(5);
+    let _ = writeln!(
+        body,
+        "    rate_limit: {{requests: {rate}, per: {per}, burst: {}}}   # {key}; 429 where ingress-nginx's default is 503",
+        rate.saturating_mul(mult)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_sizes() {
+        assert_eq!(nginx_size("8m"), Some(8 * 1024 * 1024));
+        assert_eq!(nginx_size("512K"), Some(512 * 1024));
+        assert_eq!(nginx_size("100"), Some(100));
+        assert_eq!(nginx_size("0"), Some(0));
+        assert_eq!(nginx_size("1t"), None);
+        assert_eq!(nginx_size(""), None);
+    }
+
+    #[test]
+    fn redirect_urls() {
+        assert_eq!(
+            redirect_keys("https://www.google.com").as_deref(),
+            Some("scheme: https, hostname: \"www.google.com\", path: \"/\"")
+        );
+        assert_eq!(
+            redirect_keys("http://a.b:8080/x/y").as_deref(),
+            Some("scheme: http, hostname: \"a.b\", port: 8080, path: \"/x/y\"")
+        );
+        assert_eq!(redirect_keys("https://a.b/$request_uri"), None);
+        assert_eq!(redirect_keys("ftp://a.b/"), None);
+    }
+}
