@@ -240,7 +240,9 @@ fn http_route_shapes_weir_cannot_carry_are_listed() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import/gateway/untranslatable.yaml");
     let (imported, _, _) = gateway_import(&path);
     let said: Vec<String> = imported.skipped.iter().map(ToString::to_string).collect();
-    for needle in ["RegularExpression", "3 backends", "only matches with headers", "methods", "URLRewrite"] {
+    for needle in
+        ["RegularExpression", "3 backends", "only matches with headers", "ExtensionRef", "ReplacePrefixMatch needs"]
+    {
         assert!(said.iter().any(|s| s.contains(needle)), "{needle}: {said:#?}");
     }
     assert!(said.iter().all(|s| s.starts_with("HTTPRoute games/odd")), "{said:#?}");
@@ -369,5 +371,5 @@ fn the_gateway_api_cli_says_whether_the_import_was_complete() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run("untranslatable.yaml");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("URLRewrite is not translated; rule not imported"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("filter ExtensionRef is not translated; rule not imported"));
 }

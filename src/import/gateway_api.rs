@@ -14,13 +14,17 @@
 //! for the same path becomes a segment, ordered as the Gateway API orders
 //! them (more header matches first, then more query matches, then rule
 //! order) and weighted by the share of the canary among its backends.
-//! `RequestMirror` becomes a `shadow`. Paths: `Exact` and `PathPrefix`
+//! `RequestMirror` becomes a `shadow`; the other filters and `timeouts`
+//! become the route's policies, a backendRef's header modifiers its
+//! version's (`filters`); a method match is the route's `match.methods`.
+//! Paths: `Exact` and `PathPrefix`
 //! (whole segments); header `RegularExpression` is matched whole
 //! (`^(?:…)$`). What does not fit this shape is listed, not dropped.
 
 use super::{Backend, Imported, Skipped, config_text, dns_label, q, token, valid_host};
 use serde_json::Value;
 
+mod filters;
 mod wire;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -35,6 +39,10 @@ struct Match {
     backends: Vec<(Backend, u64)>,
     mirror: Option<(Backend, f64)>,
     rule: usize,
+    /// The rule's filters and timeouts as route keys, or its redirect.
+    edge: filters::RuleEdge,
+    /// Each backend's own filters (index-aligned with `backends`).
+    mods: Vec<Option<String>>,
 }
 
 struct Group {
@@ -44,6 +52,11 @@ struct Group {
     hosts: Vec<String>,
     exact: bool,
     path: String,
+    /// `matches[].method` (an HTTPRoute's).
+    method: Option<String>,
+    /// `http` or `https`: the listener the route is attached to, or a
+    /// redirect to https that must only take plain requests.
+    scheme: Option<&'static str>,
     base: Option<Match>,
     conditional: Vec<Match>,
 }
@@ -98,47 +111,35 @@ fn read_route(
     if o["spec"]["hostnames"].as_array().is_some_and(|a| !a.is_empty()) && hosts.is_empty() {
         return;
     }
+    let listener = filters::listener_scheme(o, &cluster.gateways);
     for (ri, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
         let at = format!("spec.rules[{ri}]");
-        // A redirect answers the client itself: no backend, nothing to split.
-        if let Some(fi) = rule["filters"].as_array().into_iter().flatten().position(|f| f["type"] == "RequestRedirect")
-        {
-            skip(
-                skipped,
-                format!("{at}.filters[{fi}]"),
-                "RequestRedirect is not translated (weir has no redirects yet); rule not imported".into(),
-            );
-            continue;
-        }
-        // Filters on one backend apply only to requests sent to it: weir
-        // has no per-version filters yet, so the rule stays with the Gateway.
-        if let Some(bi) = rule["backendRefs"]
+        let all_prefix = rule["matches"]
             .as_array()
-            .into_iter()
-            .flatten()
-            .position(|b| b["filters"].as_array().is_some_and(|f| !f.is_empty()))
+            .is_none_or(|ms| ms.iter().all(|m| m["path"]["type"].as_str().unwrap_or("PathPrefix") == "PathPrefix"));
+        let edge = match filters::rule_edge(rule, all_prefix && !grpc) {
+            Ok(e) => e,
+            Err(why) => {
+                skip(skipped, format!("{at}.filters"), format!("{why}; rule not imported"));
+                continue;
+            }
+        };
+        let (mut backends, mods) = match backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped)
         {
-            skip(
-                skipped,
-                format!("{at}.backendRefs[{bi}].filters"),
-                "per-backend filters are not translated; rule not imported".into(),
-            );
-            continue;
-        }
-        if rule["timeouts"].as_object().is_some_and(|t| !t.is_empty()) {
-            skip(
-                skipped,
-                format!("{at}.timeouts"),
-                "not translated: weir's timeouts are per upstream (request_timeout, body_timeout); set them there"
-                    .into(),
-            );
-        }
-        let mut backends = backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped);
+            Ok(b) => b,
+            Err(why) => {
+                skip(skipped, format!("{at}.backendRefs"), format!("{why}; rule not imported"));
+                continue;
+            }
+        };
         if let Err(why) = resolve_wires(backends.iter_mut().map(|(b, _)| b), kind, (cluster, &mut *found)) {
             skip(skipped, at.clone(), format!("{why}; rule not imported"));
             continue;
         }
-        if backends.is_empty() {
+        if edge.redirect.is_some() {
+            // The redirect answers; backends, if any, are never reached.
+            backends.clear();
+        } else if backends.is_empty() {
             skip(
                 skipped,
                 at.clone(),
@@ -147,46 +148,33 @@ fn read_route(
             continue;
         }
         let mut mirror = None;
-        let mut untranslatable = false;
+        // The other filters are read by `filters::rule_edge`.
         for (fi, f) in rule["filters"].as_array().into_iter().flatten().enumerate() {
             let fat = format!("{at}.filters[{fi}]");
-            match f["type"].as_str() {
-                Some("RequestMirror") => {
-                    let m = &f["requestMirror"];
-                    let b = backends_of(&m["backendRef"], &ns);
-                    let pct = match (m["percent"].as_f64(), m["fraction"]["numerator"].as_f64()) {
-                        (Some(p), _) => p,
-                        (None, Some(n)) => n * 100.0 / m["fraction"]["denominator"].as_f64().unwrap_or(100.0).max(1.0),
-                        (None, None) => 100.0,
-                    };
-                    let b = b.and_then(|mut b| match cluster.wire(&b, kind, found) {
-                        Ok(w) => {
-                            b.wire = w;
-                            Some(b)
-                        }
-                        Err(why) => {
-                            skip(skipped, fat.clone(), format!("mirror: {why}"));
-                            None
-                        }
-                    });
-                    match b {
-                        Some(b) if mirror.is_none() => {
-                            mirror = Some((b, (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0))
-                        }
-                        Some(_) => skip(skipped, fat, "a second mirror: weir mirrors to one shadow per route".into()),
-                        None => skip(skipped, fat, "mirror backendRef is not a Service with a port".into()),
+            if f["type"].as_str() == Some("RequestMirror") {
+                let m = &f["requestMirror"];
+                let b = backends_of(&m["backendRef"], &ns);
+                let pct = match (m["percent"].as_f64(), m["fraction"]["numerator"].as_f64()) {
+                    (Some(p), _) => p,
+                    (None, Some(n)) => n * 100.0 / m["fraction"]["denominator"].as_f64().unwrap_or(100.0).max(1.0),
+                    (None, None) => 100.0,
+                };
+                let b = b.and_then(|mut b| match cluster.wire(&b, kind, found) {
+                    Ok(w) => {
+                        b.wire = w;
+                        Some(b)
                     }
-                }
-                other => {
-                    // Served without it, the rule would behave differently:
-                    // leave the whole rule to be moved by hand.
-                    skip(skipped, fat, format!("filter {} is not translated; rule not imported", other.unwrap_or("?")));
-                    untranslatable = true;
+                    Err(why) => {
+                        skip(skipped, fat.clone(), format!("mirror: {why}"));
+                        None
+                    }
+                });
+                match b {
+                    Some(b) if mirror.is_none() => mirror = Some((b, (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0)),
+                    Some(_) => skip(skipped, fat, "a second mirror: weir mirrors to one shadow per route".into()),
+                    None => skip(skipped, fat, "mirror backendRef is not a Service with a port".into()),
                 }
             }
-        }
-        if untranslatable {
-            continue;
         }
         let matches = rule["matches"].as_array().cloned().unwrap_or_default();
         let matches = if matches.is_empty() { vec![serde_json::json!({})] } else { matches };
@@ -219,10 +207,12 @@ fn read_route(
                     }
                 }
             };
-            if !grpc && !m["method"].is_null() {
-                skip(skipped, format!("{mat}.method"), "weir routes do not match methods".into());
+            let method = if grpc { None } else { m["method"].as_str().map(str::to_ascii_uppercase) };
+            if method.as_deref().is_some_and(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+                skip(skipped, format!("{mat}.method"), "not a method".into());
                 continue;
             }
+            let scheme = if edge.plain_only { Some("http") } else { listener };
             let mut headers = Vec::new();
             let mut ok = true;
             for (hi, h) in m["headers"].as_array().into_iter().flatten().enumerate() {
@@ -275,8 +265,19 @@ fn read_route(
             if !ok {
                 continue;
             }
-            let found = Match { headers, query, backends: backends.clone(), mirror: mirror.clone(), rule: ri };
-            let g = match groups.iter_mut().position(|g| g.hosts == hosts && g.exact == exact && g.path == path) {
+            let found = Match {
+                headers,
+                query,
+                backends: backends.clone(),
+                mirror: mirror.clone(),
+                rule: ri,
+                edge: edge.clone(),
+                mods: mods.clone(),
+            };
+            let same = |g: &Group| {
+                g.hosts == hosts && g.exact == exact && g.path == path && g.method == method && g.scheme == scheme
+            };
+            let g = match groups.iter_mut().position(|g| same(g)) {
                 Some(i) => &mut groups[i],
                 None => {
                     groups.push(Group {
@@ -286,6 +287,8 @@ fn read_route(
                         hosts: hosts.clone(),
                         exact,
                         path,
+                        method,
+                        scheme,
                         base: None,
                         conditional: Vec::new(),
                     });
@@ -358,12 +361,25 @@ fn backends_of(b: &Value, ns: &str) -> Option<Backend> {
     })
 }
 
-fn backends(refs: &Value, ns: &str, at: &str, id: &str, skipped: &mut Vec<Skipped>) -> Vec<(Backend, u64)> {
+/// The rule's Service backends with a weight, and each one's own filters
+/// (Err: a filter weir cannot carry).
+#[allow(clippy::type_complexity)]
+fn backends(
+    refs: &Value,
+    ns: &str,
+    at: &str,
+    id: &str,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(Vec<(Backend, u64)>, Vec<Option<String>>), String> {
     let mut out = Vec::new();
+    let mut mods = Vec::new();
     for (i, r) in refs.as_array().into_iter().flatten().enumerate() {
         let weight = r["weight"].as_u64().unwrap_or(1);
         match backends_of(r, ns) {
-            Some(b) if weight > 0 => out.push((b, weight)),
+            Some(b) if weight > 0 => {
+                out.push((b, weight));
+                mods.push(filters::backend_edge(r).map_err(|why| format!("backendRefs[{i}]: {why}"))?);
+            }
             Some(_) => {}
             None => skipped.push(Skipped {
                 object: id.to_owned(),
@@ -372,7 +388,7 @@ fn backends(refs: &Value, ns: &str, at: &str, id: &str, skipped: &mut Vec<Skippe
             }),
         }
     }
-    out
+    Ok((out, mods))
 }
 
 /// The canary's share of a match's traffic, basis points; None when its
@@ -393,7 +409,8 @@ fn canary_bp(backends: &[(Backend, u64)], stable: &Backend, canary: Option<&Back
 /// The Gateway API's order: exact hostnames, then wildcards (longer first),
 /// then routes without hostnames; per hostnames exact paths, then longer
 /// prefixes.
-fn order(g: &Group) -> (u8, std::cmp::Reverse<usize>, String, u8, std::cmp::Reverse<usize>) {
+#[allow(clippy::type_complexity)]
+fn order(g: &Group) -> (u8, std::cmp::Reverse<usize>, String, u8, std::cmp::Reverse<usize>, u8, u8) {
     let host_rank = match g.hosts.first() {
         None => 2,
         Some(h) if h.starts_with("*.") => 1,
@@ -406,7 +423,49 @@ fn order(g: &Group) -> (u8, std::cmp::Reverse<usize>, String, u8, std::cmp::Reve
         g.hosts.join(","),
         u8::from(!g.exact),
         std::cmp::Reverse(g.path.trim_end_matches('/').len()),
+        // Then a method match before none (the Gateway API's precedence),
+        // and a scheme-bound route before one that takes either.
+        u8::from(g.method.is_none()),
+        u8::from(g.scheme.is_none()),
     )
+}
+
+/// A route name from the group, unique among `names`.
+fn unique_name(names: &mut BTreeSet<String>, g: &Group) -> String {
+    let mut name = super::slug(&[&g.ns, &g.name, g.hosts.first().map_or("any", String::as_str), &g.path]);
+    if name.is_empty() {
+        name = "route".into();
+    }
+    if let Some(m) = &g.method {
+        name = format!("{name}-{}", m.to_ascii_lowercase());
+    }
+    if g.base.as_ref().is_some_and(|b| b.edge.redirect.is_some()) {
+        name.push_str("-redirect");
+    }
+    let mut n = 2;
+    let base_name = name.clone();
+    while names.contains(&name) {
+        name = format!("{base_name}-{n}");
+        n += 1;
+    }
+    names.insert(name.clone());
+    name
+}
+
+/// The route's `match` keys.
+fn match_keys(g: &Group) -> Vec<String> {
+    let mut m = Vec::new();
+    if !g.hosts.is_empty() {
+        m.push(format!("hosts: [{}]", g.hosts.iter().map(|h| q(h)).collect::<Vec<_>>().join(", ")));
+    }
+    m.push(format!("path: {}, path_type: {}", q(&g.path), if g.exact { "exact" } else { "prefix" }));
+    if let Some(method) = &g.method {
+        m.push(format!("methods: [{method}]"));
+    }
+    if let Some(s) = g.scheme {
+        m.push(format!("scheme: {s}"));
+    }
+    m
 }
 
 fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
@@ -418,6 +477,22 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
     for g in &mut groups {
         let what =
             format!("hostnames {:?} path {} ({})", g.hosts, g.path, if g.exact { "Exact" } else { "PathPrefix" });
+        if let Some(r) = g.base.as_ref().and_then(|b| b.edge.redirect.clone()) {
+            let name = unique_name(&mut names, g);
+            count += 1;
+            let _ = writeln!(body, "  # {} {what}: RequestRedirect", g.route_id);
+            let _ = writeln!(body, "  - name: {}", q(&name));
+            let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
+            let _ = writeln!(body, "    redirect: {{{r}}}");
+            for c in &g.conditional {
+                skipped.push(Skipped {
+                    object: g.route_id.clone(),
+                    what: format!("spec.rules[{}] ({what})", c.rule),
+                    why: "a redirect rule takes every request of this path: weir cannot keep some for a backend".into(),
+                });
+            }
+            continue;
+        }
         let Some(base) = g.base.take() else {
             skipped.push(Skipped {
                 object: g.route_id.clone(),
@@ -450,28 +525,49 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
             (others.len() == 1).then(|| others.into_iter().next().cloned()).flatten()
         };
         let canary = base.backends.get(1).map(|(b, _)| b.clone()).or_else(conditional_canary);
-        let mut name = super::slug(&[&g.ns, &g.name, g.hosts.first().map_or("any", String::as_str), &g.path]);
-        if name.is_empty() {
-            name = "route".into();
-        }
-        let mut n = 2;
-        let base_name = name.clone();
-        while names.contains(&name) {
-            name = format!("{base_name}-{n}");
-            n += 1;
-        }
-        names.insert(name.clone());
+        // A version's own filters: from the plain rule, else from the first
+        // rule that sends to it; every rule must agree.
+        let mods_of = |b: &Backend| {
+            std::iter::once(&base)
+                .chain(g.conditional.iter())
+                .find_map(|m| m.backends.iter().position(|(x, _)| x == b).map(|i| m.mods.get(i).cloned().flatten()))
+                .flatten()
+        };
+        let (stable_mods, canary_mods) = (mods_of(&stable), canary.as_ref().and_then(mods_of));
+        let name = unique_name(&mut names, g);
         count += 1;
         upstreams.insert(stable.clone());
         let _ = writeln!(body, "  # {} {what}", g.route_id);
         let _ = writeln!(body, "  - name: {}", q(&name));
-        let mut m = Vec::new();
-        if !g.hosts.is_empty() {
-            m.push(format!("hosts: [{}]", g.hosts.iter().map(|h| q(h)).collect::<Vec<_>>().join(", ")));
+        let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
+        let version = |b: &Backend, mods: &Option<String>| match mods {
+            Some(m) => format!("{{upstream: {}, {m}}}", q(&b.upstream())),
+            None => format!("{{upstream: {}}}", q(&b.upstream())),
+        };
+        let _ = writeln!(body, "    stable: {}", version(&stable, &stable_mods));
+        for line in &base.edge.lines {
+            let _ = writeln!(body, "    {line}");
         }
-        m.push(format!("path: {}, path_type: {}", q(&g.path), if g.exact { "exact" } else { "prefix" }));
-        let _ = writeln!(body, "    match: {{{}}}", m.join(", "));
-        let _ = writeln!(body, "    stable: {{upstream: {}}}", q(&stable.upstream()));
+        // Rules whose filters differ from the plain rule's cannot be its segments.
+        let differs = |c: &Match| {
+            c.edge != base.edge
+                || c.backends.iter().zip(&c.mods).any(|((b, _), m)| {
+                    (Some(b) == Some(&stable) && *m != stable_mods) || (Some(b) == canary.as_ref() && *m != canary_mods)
+                })
+        };
+        g.conditional.retain(|c| {
+            if differs(c) {
+                skipped.push(Skipped {
+                    object: g.route_id.clone(),
+                    what: format!("spec.rules[{}] ({what})", c.rule),
+                    why:
+                        "its filters or timeouts differ from the path's plain rule: weir's segments share the route's \
+                          policies; rule not imported"
+                            .into(),
+                });
+            }
+            !differs(c)
+        });
         // Segments: more header matches first, then more query matches; a
         // stable sort keeps the reading order (older route, then rule order).
         g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
@@ -509,7 +605,7 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
         if let Some(c) = &canary {
             upstreams.insert(c.clone());
             let bp = canary_bp(&base.backends, &stable, Some(c)).unwrap_or(0);
-            let _ = writeln!(body, "    canary: {{upstream: {}}}", q(&c.upstream()));
+            let _ = writeln!(body, "    canary: {}", version(c, &canary_mods));
             match base.backends.get(1) {
                 Some((_, w)) => {
                     let _ = writeln!(
@@ -541,7 +637,8 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
         "Check it with `weir check -c FILE`; set listen and admin for your deployment.",
         "",
         "What weir does differently from a Gateway:",
-        "- parentRefs are not read: every route is served on weir's listeners;",
+        "- parentRefs are read only for a listener's protocol (a route on an HTTP listener takes",
+        "  plain requests only, on an HTTPS listener TLS ones); every route is served on weir's listeners;",
         "- a path's rules with header/query matches become segments of the rule without them;",
         "- RegularExpression header matches use Rust `regex` syntax, matched whole;",
         "- a GRPCRoute method match is a path: /service/method exactly, or the prefix /service.",

@@ -12,6 +12,8 @@ use serde_json::Value;
 pub(super) struct Cluster<'a> {
     services: Vec<&'a Value>,
     policies: Vec<&'a Value>,
+    /// Gateways (their listeners say which routes are plain HTTP or TLS).
+    pub gateways: Vec<&'a Value>,
 }
 
 /// What resolving a backend's wire found beyond the wire itself.
@@ -26,7 +28,11 @@ pub(super) struct Found {
 impl<'a> Cluster<'a> {
     pub fn of(objects: &'a [Value]) -> Self {
         let kind = |k: &'static str| objects.iter().filter(move |o| o["kind"] == k);
-        Self { services: kind("Service").collect(), policies: kind("BackendTLSPolicy").collect() }
+        Self {
+            services: kind("Service").collect(),
+            policies: kind("BackendTLSPolicy").collect(),
+            gateways: kind("Gateway").collect(),
+        }
     }
 
     /// The Service port `b` names: its name and `appProtocol`, when the
