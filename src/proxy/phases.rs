@@ -276,7 +276,7 @@ impl Proxy {
         if let Some(e) = &c.route.edge {
             e.modifiers.response.apply(&mut rparts.headers);
             if let (Some(cors), Some(origin)) = (&e.cors, &c.cors_origin) {
-                cors.mark(origin, false, &mut rparts.headers);
+                cors.mark(origin, None, &mut rparts.headers);
             }
         }
         if let Some(m) = &c.route.backend(c.version).modifiers {
@@ -451,7 +451,7 @@ pub(super) fn edge_filter(
             // the browser stops); never forwarded.
             let mut h = http::HeaderMap::new();
             if let Some(o) = &origin {
-                cors.mark(o, true, &mut h);
+                cors.mark(o, Some(&parts.headers), &mut h);
             }
             return Err(ProxyError::Preflight(Box::new(h)));
         }

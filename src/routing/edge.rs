@@ -88,8 +88,10 @@ impl Cors {
     }
 
     /// The CORS headers of an answer to `origin` (allowed); with
-    /// `preflight`, also what may be sent and for how long.
-    pub fn mark(&self, origin: &HeaderValue, preflight: bool, h: &mut HeaderMap) {
+    /// `preflight` (the request's headers), also what may be sent and for
+    /// how long. With credentials, browsers read `*` as a name, not as "any"
+    /// (Fetch standard): a `*` list then echoes what the preflight asked for.
+    pub fn mark(&self, origin: &HeaderValue, preflight: Option<&HeaderMap>, h: &mut HeaderMap) {
         use http::header;
         // `*` cannot carry credentials: then the origin is echoed.
         if self.origins.contains(&OriginMatch::Any) && !self.credentials {
@@ -101,13 +103,21 @@ impl Cors {
         if self.credentials {
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
         }
-        if preflight {
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, self.headers.clone());
+        if let Some(asked) = preflight {
+            let list = |ours: &HeaderValue, theirs: header::HeaderName| {
+                if ours == "*" && self.credentials { asked.get(theirs).cloned() } else { Some(ours.clone()) }
+            };
+            if let Some(m) = list(&self.methods, header::ACCESS_CONTROL_REQUEST_METHOD) {
+                h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, m);
+            }
+            if let Some(v) = list(&self.headers, header::ACCESS_CONTROL_REQUEST_HEADERS) {
+                h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+            }
             if let Some(a) = &self.max_age {
                 h.insert(header::ACCESS_CONTROL_MAX_AGE, a.clone());
             }
-        } else if let Some(e) = &self.expose {
+        }
+        if let Some(e) = &self.expose {
             h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
         }
     }
@@ -379,7 +389,7 @@ mod tests {
         assert!(!cors.allows(b"https://evilfoo.com"));
         assert!(!cors.allows(b"http://a.foo.com"));
         let mut h = HeaderMap::new();
-        cors.mark(&HeaderValue::from_static("https://a.foo.com"), false, &mut h);
+        cors.mark(&HeaderValue::from_static("https://a.foo.com"), None, &mut h);
         assert_eq!(h.get("access-control-allow-origin").unwrap(), "https://a.foo.com");
         assert_eq!(h.get("access-control-allow-credentials").unwrap(), "true");
         assert_eq!(h.get("vary").unwrap(), "Origin");

@@ -241,10 +241,13 @@ fn compile_redirect(
     let path = compile_path_change(r.path.as_ref(), r.path_prefix.as_ref(), matched, at, p);
     // Nothing that names another place: the answer would point at the
     // request itself, and a client would follow it until it gives up.
-    if r.hostname.is_none() && r.path.is_none() && r.path_prefix.is_none() {
+    if r.hostname.is_none() && r.path.is_none() && r.path_prefix.is_none() && port.is_none() {
         match scheme {
             None => {
-                p.at(at, "redirects every request to itself: set `scheme`, `hostname`, `path` or `path_prefix`");
+                p.at(
+                    at,
+                    "redirects every request to itself: set `scheme`, `hostname`, `port`, `path` or `path_prefix`",
+                );
                 return None;
             }
             Some(s) if filter.https != Some(s == "http") => {

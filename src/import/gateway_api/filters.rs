@@ -136,7 +136,7 @@ fn redirect(f: &Value, prefix_match: bool) -> Result<(String, bool), String> {
         Some(s) => return Err(format!("scheme {s:?}: weir redirects to http or https")),
     }
     let host = hostname(&f["hostname"])?;
-    let only_scheme = host.is_none() && f["path"].is_null();
+    let only_scheme = host.is_none() && f["path"].is_null() && f["port"].is_null();
     keys.extend(host);
     if let Some(p) = f["port"].as_u64() {
         keys.push(format!("port: {}", u16::try_from(p).map_err(|_| format!("port {p}"))?));
