@@ -317,6 +317,10 @@ const CLAIMED: &[&str] = &[
     "HTTPRouteTimeoutRequest",
     "HTTPRouteTimeoutBackendRequest",
     "HTTPRouteCORS",
+    "HTTPRouteMatching",
+    "HTTPRouteNamedRule",
+    "HTTPRouteRedirectPortAndScheme",
+    "HTTPRouteRequestHeaderModifierBackendWeights",
 ];
 
 /// Cases of claimed tests weir answers differently on purpose: (test, case
@@ -388,5 +392,203 @@ async fn gateway_api_conformance_cases() {
         }
     }
     eprintln!("{}\n{passed} of {total} replayed cases pass", report.join("\n"));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// An ingress-nginx e2e expectation (its fixture's own keys; a missing key
+/// is not asserted by the test).
+fn check_ingress(want: &Value, got: &Answer) -> Result<(), String> {
+    if let Some(s) = want["status"].as_u64()
+        && u64::from(got.status) != s
+    {
+        return Err(format!("status {} (want {s})", got.status));
+    }
+    for (name, v) in want["response_headers"].as_object().into_iter().flatten() {
+        let have = joined(&got.headers, name);
+        if have.as_deref() != v.as_str() {
+            return Err(format!("response {name}: {have:?} (want {v})"));
+        }
+    }
+    for name in want["present_response_headers"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if !got.headers.contains_key(name) {
+            return Err(format!("response lacks {name}"));
+        }
+    }
+    for name in want["absent_response_headers"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if got.headers.contains_key(name) {
+            return Err(format!("response has {name}"));
+        }
+    }
+    let needs_backend =
+        want["backend"].is_string() || want["backend_path"].is_string() || want["backend_headers"].is_object();
+    if !needs_backend {
+        return Ok(());
+    }
+    let e = got.echoed.as_ref().ok_or("not answered by a backend")?;
+    if let Some(b) = want["backend"].as_str()
+        && !e["pod"].as_str().is_some_and(|p| p.starts_with(b))
+    {
+        return Err(format!("backend {} (want {b})", e["pod"]));
+    }
+    if let Some(p) = want["backend_path"].as_str()
+        && e["path"].as_str() != Some(p)
+    {
+        return Err(format!("backend path {} (want {p})", e["path"]));
+    }
+    for (name, v) in want["backend_headers"].as_object().into_iter().flatten() {
+        let have = if name.eq_ignore_ascii_case("host") {
+            e["host"].as_str().map(str::to_owned)
+        } else {
+            e["headers"].as_object().and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))).map(|(_, v)| {
+                v.as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+            })
+        };
+        if have.as_deref() != v.as_str() {
+            return Err(format!("backend {name}: {have:?} (want {v})"));
+        }
+    }
+    Ok(())
+}
+
+/// ingress-nginx e2e files weir claims; the others are counted.
+const INGRESS_CLAIMED: &[&str] = &[
+    "approot.yaml",
+    "cors.yaml",
+    "docs-examples-rewrite.yaml",
+    "docs-ingress-path-matching.yaml",
+    "forcesslredirect.yaml",
+    "http_redirect.yaml",
+    "pathtype_prefix.yaml",
+    "preservetrailingslash.yaml",
+    "redirect.yaml",
+    "rewrite.yaml",
+    "tls.yaml",
+    "upstreamvhost.yaml",
+    "xforwardedprefix.yaml",
+];
+
+/// Cases of claimed files weir answers differently on purpose: (file,
+/// source prefix, why).
+const INGRESS_KNOWN: &[(&str, &str, &str)] = &[
+    // `http://host` and `http://host/` are one URL; weir always writes the path.
+    ("redirect.yaml", "test/e2e/annotations/redirect.go", "Location `http://host/` where nginx writes `http://host`"),
+    (
+        "http_redirect.yaml",
+        "test/e2e/ssl/http_redirect.go",
+        "Location `https://host/` where nginx writes `https://host`",
+    ),
+    ("tls.yaml", "test/e2e/settings/tls.go", "Location `https://host/` where nginx writes `https://host`"),
+    (
+        "forcesslredirect.yaml",
+        "test/e2e/annotations/forcesslredirect.go",
+        "Location `https://host/` where nginx writes `https://host`",
+    ),
+    // Browsers ignore these on answers other than preflights; weir sends
+    // them where they are read.
+    (
+        "cors.yaml",
+        "test/e2e/annotations/cors.go: It(\"should enable cors\")",
+        "allow-credentials on a GET without Origin",
+    ),
+    ("cors.yaml", "test/e2e/annotations/cors.go: It(\"should set cors methods", "allow-methods on preflights only"),
+    ("cors.yaml", "test/e2e/annotations/cors.go: It(\"should set cors max-age", "max-age on preflights only"),
+    (
+        "cors.yaml",
+        "test/e2e/annotations/cors.go: It(\"should allow headers for cors",
+        "allow-headers on preflights only",
+    ),
+    // Fetch: `*` cannot carry credentials, so with them weir names the origin.
+    (
+        "cors.yaml",
+        "test/e2e/annotations/cors.go: It(\"should allow - missing origins",
+        "echoes the origin, not `*`, with credentials",
+    ),
+    // `https://*.a.com` takes any subdomain depth in weir (the Gateway
+    // API's reading); ingress-nginx takes one label.
+    (
+        "cors.yaml",
+        "test/e2e/annotations/cors.go: It(\"should not allow - unmatching origin with wildcard origin (2 subdomains)",
+        "a wildcard takes deeper subdomains",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_e2e_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream_cases/ingress-nginx");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let (mut report, mut problems) = (Vec::new(), Vec::new());
+    let (mut total, mut passed, mut skipped) = (0, 0, 0);
+    for file in &files {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let cases: Vec<Value> = weir::import::objects(&text)
+            .unwrap()
+            .into_iter()
+            .flat_map(|d| match d {
+                Value::Array(a) => a,
+                other => vec![other],
+            })
+            .collect();
+        let (mut ok, mut n) = (0, 0);
+        for c in &cases {
+            let source = c["source"].as_str().unwrap_or("?").to_owned();
+            let https = c["requests"].as_array().into_iter().flatten().any(|r| r["scheme"] == "https");
+            let special = c["requests"].as_array().into_iter().flatten().any(|r| {
+                !r["concurrent"].is_null() || !r["repeat"].is_null() || !r["body_size"].is_null() || !r["sni"].is_null()
+            });
+            if c["skip"].is_string() || https || special || !c["configmap"].is_null() || !c["requires"].is_null() {
+                skipped += 1;
+                continue;
+            }
+            let objects = weir::import::objects(c["manifests"].as_str().unwrap_or("")).unwrap_or_default();
+            let imported = weir::import::ingress_nginx::import(&objects, "nginx");
+            let mut yaml = imported.yaml.clone();
+            let re = regex::Regex::new(r#""([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)""#).unwrap();
+            let found: Vec<(String, String, String)> =
+                re.captures_iter(&imported.yaml).map(|m| (m[0].to_owned(), m[1].to_owned(), m[2].to_owned())).collect();
+            for (t, svc, ns) in found {
+                let addr = echo(svc, ns).await;
+                yaml = yaml.replace(&t, &format!("\"{addr}\""));
+            }
+            yaml = yaml
+                .replace(
+                    "listen: [{address: \"0.0.0.0:8080\"}]",
+                    "listen: [{address: \"127.0.0.1:0\"}]\naccess_log: false",
+                )
+                .replace("admin: {address: \"127.0.0.1:9901\"}", "admin: {address: \"127.0.0.1:0\"}");
+            let w = support::Weir::start(&yaml).await;
+            let mut failure = None;
+            for r in c["requests"].as_array().into_iter().flatten() {
+                let got = send(w.addr, r).await;
+                if let Err(why) = check_ingress(&r["expect"], &got) {
+                    failure = Some(format!("{} {}: {why}", r["method"].as_str().unwrap_or("GET"), r["path"]));
+                    break;
+                }
+            }
+            n += 1;
+            match failure {
+                None => ok += 1,
+                Some(why) => {
+                    let known = INGRESS_KNOWN.iter().any(|(f, s, _)| f == file && source.starts_with(s));
+                    if INGRESS_CLAIMED.contains(&file.as_str()) && !known {
+                        problems.push(format!("{file}: {source}: {why}\n{}", imported.yaml));
+                    } else {
+                        report.push(format!("    {source}: {why}"));
+                    }
+                }
+            }
+        }
+        total += n;
+        passed += ok;
+        report.push(format!("{file}: {ok}/{n} passed"));
+    }
+    eprintln!(
+        "{}\n{passed} of {total} replayed cases pass; {skipped} not replayed (TLS, ConfigMap, concurrency, skipped upstream)",
+        report.join("\n")
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

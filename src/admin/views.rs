@@ -285,6 +285,7 @@ fn edge_json(e: &crate::routing::edge::Edge) -> Value {
         "redirect": e.redirect.as_ref().map(|r| json!({
             "scheme": r.scheme, "hostname": r.hostname, "port": r.port,
             "path": r.path.as_ref().map(path_change_json), "status": r.status.as_u16(),
+            "keep_query": r.keep_query,
         })),
     })
 }

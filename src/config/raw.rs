@@ -318,6 +318,8 @@ pub struct RawRedirect {
     pub path_prefix: Option<String>,
     /// 301, 302 (default), 303, 307 or 308.
     pub status: Option<u64>,
+    /// Default true: the request's query string goes on the Location.
+    pub keep_query: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -445,7 +445,14 @@ pub(super) fn edge_filter(
     }
     let mut origin = None;
     if let Some(cors) = &e.cors {
-        origin = parts.headers.get(http::header::ORIGIN).filter(|o| cors.allows(o.as_bytes())).cloned();
+        origin = match parts.headers.get(http::header::ORIGIN) {
+            Some(o) => Some(o).filter(|o| cors.allows(o.as_bytes())).cloned(),
+            // No Origin: not a browser's cross-origin request; `*` still
+            // says so, as ingress-nginx does.
+            None => {
+                cors.origins.contains(&crate::routing::edge::OriginMatch::Any).then(|| HeaderValue::from_static("*"))
+            }
+        };
         if Cors::is_preflight(&parts.method, &parts.headers) {
             // Answered here (a disallowed origin gets no CORS headers, and
             // the browser stops); never forwarded.

@@ -245,6 +245,9 @@ pub struct Redirect {
     pub port: Option<u16>,
     pub path: Option<PathChange>,
     pub status: StatusCode,
+    /// `keep_query` (default true): the request's query goes on the
+    /// `Location` (the Gateway API's rule); false drops it (nginx's `return`).
+    pub keep_query: bool,
 }
 
 /// What a redirect is built from.
@@ -280,7 +283,7 @@ impl Redirect {
             out.push_str(&format!(":{p}"));
         }
         out.push_str(&path);
-        if let Some(q) = asked.query {
+        if let Some(q) = asked.query.filter(|_| self.keep_query) {
             out.push('?');
             out.push_str(q);
         }
@@ -350,6 +353,7 @@ mod tests {
             port,
             path: None,
             status: StatusCode::FOUND,
+            keep_query: true,
         };
         let any = PathMatch::Str("/".into());
         // A changed scheme takes its well-known port, which is not written.

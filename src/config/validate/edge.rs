@@ -261,7 +261,14 @@ fn compile_redirect(
             Some(_) => {}
         }
     }
-    Some(Redirect { scheme, hostname: r.hostname.as_ref().map(|h| h.to_ascii_lowercase()), port, path, status })
+    Some(Redirect {
+        scheme,
+        hostname: r.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+        port,
+        path,
+        status,
+        keep_query: r.keep_query.unwrap_or(true),
+    })
 }
 
 /// The keys a redirect route has no use for (it sends nothing upstream).
@@ -365,10 +372,11 @@ fn compile_origin(o: &str) -> Option<OriginMatch> {
     }
     let host = rest.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(rest, |(h, _)| h);
     match host.strip_prefix("*.") {
-        Some(_) if rest.contains(':') => None,
-        Some(suffix) if valid_hostname(suffix) => {
-            Some(OriginMatch::Subdomain { scheme: scheme.to_owned(), suffix: suffix.to_owned() })
-        }
+        // The suffix keeps the port: `https://*.a.com:8443` takes `https://x.a.com:8443`.
+        Some(name) if valid_hostname(name) => Some(OriginMatch::Subdomain {
+            scheme: scheme.to_owned(),
+            suffix: rest.strip_prefix("*.").unwrap_or(rest).to_owned(),
+        }),
         Some(_) => None,
         None if valid_hostname(host) => Some(OriginMatch::Exact(lower.clone())),
         None => None,

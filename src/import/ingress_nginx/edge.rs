@@ -11,7 +11,7 @@ use crate::import::{Skipped, q};
 use std::fmt::Write as _;
 
 /// Annotations this file translates.
-pub(super) const EDGE_KEYS: [&str; 24] = [
+pub(super) const EDGE_KEYS: [&str; 25] = [
     "proxy-body-size",
     "proxy-read-timeout",
     "proxy-connect-timeout",
@@ -25,6 +25,7 @@ pub(super) const EDGE_KEYS: [&str; 24] = [
     "permanent-redirect",
     "permanent-redirect-code",
     "temporal-redirect",
+    "temporal-redirect-code",
     "app-root",
     "enable-cors",
     "cors-allow-origin",
@@ -103,26 +104,18 @@ pub(super) fn whole_redirect(i: &Ingress, skipped: &mut Vec<Skipped>) -> Option<
         );
         return None;
     };
-    let code = if key == "permanent-redirect" {
-        match i.ann("permanent-redirect-code").map(|c| c.trim().parse::<u16>()) {
-            None => default_code,
-            Some(Ok(c @ (301 | 302 | 303 | 307 | 308))) => c,
-            // ingress-nginx falls back to 301 for a code it does not take.
-            Some(_) => {
-                note(skipped, i, "permanent-redirect-code", "not a redirect status: 301, as ingress-nginx uses then");
-                301
-            }
+    let code_key = format!("{key}-code");
+    let code = match i.ann(&code_key).map(|c| c.trim().parse::<u16>()) {
+        None => default_code,
+        Some(Ok(c @ (301 | 302 | 303 | 307 | 308))) => c,
+        // ingress-nginx falls back to its default for a code it does not take.
+        Some(_) => {
+            note(skipped, i, &code_key, format!("not a redirect status: {default_code}, as ingress-nginx uses then"));
+            default_code
         }
-    } else {
-        default_code
     };
-    note(
-        skipped,
-        i,
-        key,
-        "translated; nginx's `return` drops the query string, weir's redirect keeps it (the Gateway API's rule)",
-    );
-    Some(format!("{keys}, status: {code}"))
+    // nginx's `return CODE URL` sends the URL as written: no query added.
+    Some(format!("{keys}, status: {code}, keep_query: false"))
 }
 
 /// The `ssl-redirect` twin of a route: ingress-nginx answers plain-HTTP
@@ -183,8 +176,13 @@ pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &
     if !rewrite.is_empty() {
         let _ = writeln!(body, "    rewrite: {{{}}}", rewrite.join(", "));
     }
+    // ingress-nginx sends it only where it rewrites (its template).
     if let Some(p) = i.ann("x-forwarded-prefix").filter(|p| !p.is_empty()) {
-        let _ = writeln!(body, "    request_headers: {{set: {{x-forwarded-prefix: {}}}}}", q(p));
+        if i.ann("rewrite-target").is_some_and(|t| !t.is_empty()) {
+            let _ = writeln!(body, "    request_headers: {{set: {{x-forwarded-prefix: {}}}}}", q(p));
+        } else {
+            note(skipped, i, "x-forwarded-prefix", "without rewrite-target ingress-nginx sends nothing either");
+        }
     }
     write_cors(body, i, skipped);
     write_rate_limit(body, i, skipped);
@@ -201,7 +199,36 @@ fn write_cors(body: &mut String, i: &Ingress, skipped: &mut Vec<Skipped>) {
         return;
     }
     let list = |v: &str| v.split(',').map(|s| q(s.trim())).filter(|s| s != "\"\"").collect::<Vec<_>>().join(", ");
-    let origins = i.ann("cors-allow-origin").map_or_else(|| q("*"), list);
+    // ingress-nginx keeps the origins its pattern takes (`*`, or http(s)://
+    // host[:port], `*.` allowed) and drops the rest; none left is `*`.
+    let valid = |o: &str| {
+        o == "*"
+            || ["http://", "https://"].iter().any(|s| {
+                o.strip_prefix(s).is_some_and(|rest| {
+                    let host = rest.strip_prefix("*.").unwrap_or(rest);
+                    let (h, port) = host.rsplit_once(':').map_or((host, None), |(h, p)| (h, Some(p)));
+                    !h.is_empty()
+                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                        && port.is_none_or(|p| p.parse::<u16>().is_ok())
+                })
+            })
+    };
+    let origins = match i.ann("cors-allow-origin") {
+        None => q("*"),
+        Some(v) => {
+            let (good, bad): (Vec<&str>, Vec<&str>) =
+                v.split(',').map(str::trim).filter(|o| !o.is_empty()).partition(|o| valid(o));
+            if !bad.is_empty() {
+                note(
+                    skipped,
+                    i,
+                    "cors-allow-origin",
+                    format!("{bad:?}: not origins (scheme://host[:port]); ingress-nginx drops them too"),
+                );
+            }
+            if good.is_empty() { q("*") } else { good.iter().map(|o| q(o)).collect::<Vec<_>>().join(", ") }
+        }
+    };
     let mut out = format!("allow_origins: [{origins}]");
     if let Some(m) = i.ann("cors-allow-methods") {
         out.push_str(&format!(", allow_methods: [{}]", list(m)));

@@ -99,7 +99,7 @@ pub(super) fn write(routes: &[Planned<'_>], regex_hosts: &BTreeSet<String>, mut 
             tm.push("path: \"/\", path_type: exact".into());
             let _ = writeln!(body, "  - name: {}   # app-root", q(&twin));
             let _ = writeln!(body, "    match: {{{}}}", tm.join(", "));
-            let _ = writeln!(body, "    redirect: {{path: {}, status: 302}}", q(root));
+            let _ = writeln!(body, "    redirect: {{path: {}, status: 302, keep_query: false}}", q(root));
         }
         let _ = writeln!(body, "  - name: {}", q(&name));
         if !m.is_empty() {
