@@ -247,6 +247,23 @@ fn check(req: &Value, want: &Value, got: &Answer) -> Result<(), String> {
     Ok(())
 }
 
+/// weir serving an imported config on loopback, every Service endpoint
+/// replaced by an echo server named after the Service.
+async fn serve(imported: &str) -> support::Weir {
+    let re = regex::Regex::new(r#""([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)""#).unwrap();
+    let found: Vec<(String, String, String)> =
+        re.captures_iter(imported).map(|c| (c[0].to_owned(), c[1].to_owned(), c[2].to_owned())).collect();
+    let mut yaml = imported.to_owned();
+    for (text, svc, ns) in found {
+        let addr = echo(svc, ns).await;
+        yaml = yaml.replace(&text, &format!("\"{addr}\""));
+    }
+    yaml = yaml
+        .replace("listen: [{address: \"0.0.0.0:8080\"}]", "listen: [{address: \"127.0.0.1:0\"}]\naccess_log: false")
+        .replace("admin: {address: \"127.0.0.1:9901\"}", "admin: {address: \"127.0.0.1:0\"}");
+    support::Weir::start(&yaml).await
+}
+
 /// The result of replaying one fixture file.
 #[derive(Default, Debug)]
 struct Replay {
@@ -264,20 +281,8 @@ async fn replay(
     namespace: &str,
 ) -> Replay {
     let imported = import(objects);
-    let mut yaml = imported.yaml.clone();
-    // Every Service endpoint becomes an echo server named after the Service.
-    let re = regex::Regex::new(r#""([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)""#).unwrap();
-    let found: Vec<(String, String, String)> =
-        re.captures_iter(&imported.yaml).map(|c| (c[0].to_owned(), c[1].to_owned(), c[2].to_owned())).collect();
-    for (text, svc, ns) in found {
-        let addr = echo(svc, ns).await;
-        yaml = yaml.replace(&text, &format!("\"{addr}\""));
-    }
     let _ = namespace;
-    yaml = yaml
-        .replace("listen: [{address: \"0.0.0.0:8080\"}]", "listen: [{address: \"127.0.0.1:0\"}]\naccess_log: false")
-        .replace("admin: {address: \"127.0.0.1:9901\"}", "admin: {address: \"127.0.0.1:0\"}");
-    let w = support::Weir::start(&yaml).await;
+    let w = serve(&imported.yaml).await;
     let mut out = Replay { listed: imported.skipped.iter().map(ToString::to_string).collect(), ..Replay::default() };
     for c in cases {
         let name = c["name"].as_str().unwrap_or("?").to_owned();
@@ -546,21 +551,7 @@ async fn ingress_nginx_e2e_cases() {
             }
             let objects = weir::import::objects(c["manifests"].as_str().unwrap_or("")).unwrap_or_default();
             let imported = weir::import::ingress_nginx::import(&objects, "nginx");
-            let mut yaml = imported.yaml.clone();
-            let re = regex::Regex::new(r#""([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)""#).unwrap();
-            let found: Vec<(String, String, String)> =
-                re.captures_iter(&imported.yaml).map(|m| (m[0].to_owned(), m[1].to_owned(), m[2].to_owned())).collect();
-            for (t, svc, ns) in found {
-                let addr = echo(svc, ns).await;
-                yaml = yaml.replace(&t, &format!("\"{addr}\""));
-            }
-            yaml = yaml
-                .replace(
-                    "listen: [{address: \"0.0.0.0:8080\"}]",
-                    "listen: [{address: \"127.0.0.1:0\"}]\naccess_log: false",
-                )
-                .replace("admin: {address: \"127.0.0.1:9901\"}", "admin: {address: \"127.0.0.1:0\"}");
-            let w = support::Weir::start(&yaml).await;
+            let w = serve(&imported.yaml).await;
             let mut failure = None;
             for r in c["requests"].as_array().into_iter().flatten() {
                 let got = send(w.addr, r).await;
