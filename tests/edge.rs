@@ -194,6 +194,9 @@ async fn routes_match_methods_and_schemes() {
   - name: secure-only
     match: {path_prefix: /admin, scheme: https}
     stable: {upstream: v2}
+  - name: beta-testers
+    match: {path_prefix: /beta, header: {x-tester: ["yes", "sure"]}, query: {lang: sv}}
+    stable: {upstream: v2}
   - name: reads
     match: {path_prefix: /}
     stable: {upstream: v1}
@@ -206,7 +209,14 @@ async fn routes_match_methods_and_schemes() {
     assert_eq!(out, "v1");
     let out = curl(&[&w.url("/admin")]).await;
     assert_eq!(out, "v1", "plain HTTP does not match a scheme: https route");
+    let out = curl(&["-H", "x-tester: sure", &w.url("/beta?lang=sv")]).await;
+    assert_eq!(out, "v2", "header and query conditions both fit");
+    let out = curl(&["-H", "x-tester: sure", &w.url("/beta?lang=no")]).await;
+    assert_eq!(out, "v1", "one condition fails: the next route takes it");
+    let out = curl(&[&w.url("/beta?lang=sv")]).await;
+    assert_eq!(out, "v1");
     assert_eq!(v2.requests()[0].method, "POST");
+    assert_eq!(v2.count(), 2);
 }
 
 #[tokio::test]

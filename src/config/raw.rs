@@ -428,6 +428,16 @@ pub struct RawRouteMatch {
     pub scheme: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Conditions as a segment's (all must fit): `header`, `header_regex`,
+    /// `cookie`, `query`.
+    #[serde(default)]
+    pub header: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub header_regex: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cookie: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub query: BTreeMap<String, OneOrMany>,
 }
 
 #[derive(Debug, Deserialize)]

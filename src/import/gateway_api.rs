@@ -452,6 +452,83 @@ fn unique_name(names: &mut BTreeSet<String>, g: &Group) -> String {
     name
 }
 
+/// A conditional match's header, header_regex and query conditions as
+/// `match` keys (a regex matches the whole value, as the Gateway API says).
+fn conditions(c: &Match) -> Vec<String> {
+    let plain: Vec<String> = c.headers.iter().filter(|h| !h.2).map(|(n, v, _)| format!("{}: {}", q(n), q(v))).collect();
+    let regex: Vec<String> =
+        c.headers.iter().filter(|h| h.2).map(|(n, v, _)| format!("{}: {}", q(n), q(&format!("^(?:{v})$")))).collect();
+    let query: Vec<String> = c.query.iter().map(|(n, v)| format!("{}: {}", q(n), q(v))).collect();
+    let mut out = Vec::new();
+    for (key, list) in [("header", plain), ("header_regex", regex), ("query", query)] {
+        if !list.is_empty() {
+            out.push(format!("{key}: {{{}}}", list.join(", ")));
+        }
+    }
+    out
+}
+
+/// A match that is not a segment of its path's plain rule, as a route of
+/// its own that takes only requests with its headers and query. False: it
+/// could not be written (listed).
+fn write_alone(
+    body: &mut String,
+    names: &mut BTreeSet<String>,
+    g: &Group,
+    c: &Match,
+    upstreams: &mut BTreeSet<Backend>,
+    skipped: &mut Vec<Skipped>,
+) -> bool {
+    let what = format!("spec.rules[{}] (hostnames {:?} path {})", c.rule, g.hosts, g.path);
+    if c.edge.redirect.is_none() && (c.backends.is_empty() || c.backends.len() > 2) {
+        skipped.push(Skipped {
+            object: g.route_id.clone(),
+            what,
+            why: format!("{} backends: weir splits a route between two versions", c.backends.len()),
+        });
+        return false;
+    }
+    let base = unique_name(names, g);
+    names.remove(&base);
+    let mut name = format!("{base}-rule-{}", c.rule);
+    let mut n = 2;
+    while names.contains(&name) {
+        name = format!("{base}-rule-{}-{n}", c.rule);
+        n += 1;
+    }
+    names.insert(name.clone());
+    let mut m = match_keys(g);
+    m.extend(conditions(c));
+    let _ = writeln!(body, "  # {} {what}: its own matches", g.route_id);
+    let _ = writeln!(body, "  - name: {}", q(&name));
+    let _ = writeln!(body, "    match: {{{}}}", m.join(", "));
+    if let Some(r) = &c.edge.redirect {
+        let _ = writeln!(body, "    redirect: {{{r}}}");
+        return true;
+    }
+    let version = |b: &Backend, i: usize| match c.mods.get(i).cloned().flatten() {
+        Some(mods) => format!("{{upstream: {}, {mods}}}", q(&b.upstream())),
+        None => format!("{{upstream: {}}}", q(&b.upstream())),
+    };
+    let stable = &c.backends[0].0;
+    upstreams.insert(stable.clone());
+    let _ = writeln!(body, "    stable: {}", version(stable, 0));
+    if let Some((canary, w)) = c.backends.get(1) {
+        upstreams.insert(canary.clone());
+        let bp = canary_bp(&c.backends, stable, Some(canary)).unwrap_or(0);
+        let _ = writeln!(body, "    canary: {}", version(canary, 1));
+        let _ = writeln!(body, "    weight: {}   # backendRefs weights {} : {w}", bp as f64 / 100.0, c.backends[0].1);
+    }
+    for line in &c.edge.lines {
+        let _ = writeln!(body, "    {line}");
+    }
+    if let Some((mirror, pct)) = &c.mirror {
+        upstreams.insert(mirror.clone());
+        let _ = writeln!(body, "    shadow: {{upstream: {}, percent: {pct}}}   # RequestMirror", q(&mirror.upstream()));
+    }
+    true
+}
+
 /// The route's `match` keys.
 fn match_keys(g: &Group) -> Vec<String> {
     let mut m = Vec::new();
@@ -493,14 +570,15 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
             }
             continue;
         }
+        // The Gateway API's precedence among a path's matches: more header
+        // matches first, then more query matches, then reading order.
+        g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
         let Some(base) = g.base.take() else {
-            skipped.push(Skipped {
-                object: g.route_id.clone(),
-                what,
-                why: "only matches with headers or query parameters for this path: weir has no route that takes \
-                      only some requests of a path (add a rule without them, or keep these on the Gateway)"
-                    .into(),
-            });
+            // Only conditional matches: each its own route, which takes only
+            // the requests with its headers and query (others fall through).
+            for c in &g.conditional {
+                count += usize::from(write_alone(&mut body, &mut names, g, c, &mut upstreams, &mut skipped));
+            }
             continue;
         };
         if base.backends.len() > 2 {
@@ -537,6 +615,8 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
         let name = unique_name(&mut names, g);
         count += 1;
         upstreams.insert(stable.clone());
+        let start = body.len();
+        let mut alone: Vec<Match> = Vec::new();
         let _ = writeln!(body, "  # {} {what}", g.route_id);
         let _ = writeln!(body, "  - name: {}", q(&name));
         let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
@@ -555,51 +635,28 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
                     (Some(b) == Some(&stable) && *m != stable_mods) || (Some(b) == canary.as_ref() && *m != canary_mods)
                 })
         };
+        // A match with its own policies becomes its own route, before this one.
         g.conditional.retain(|c| {
             if differs(c) {
-                skipped.push(Skipped {
-                    object: g.route_id.clone(),
-                    what: format!("spec.rules[{}] ({what})", c.rule),
-                    why:
-                        "its filters or timeouts differ from the path's plain rule: weir's segments share the route's \
-                          policies; rule not imported"
-                            .into(),
-                });
+                alone.push(c.clone());
             }
             !differs(c)
         });
-        // Segments: more header matches first, then more query matches; a
-        // stable sort keeps the reading order (older route, then rule order).
-        g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
         let mut segments = Vec::new();
         for (i, c) in g.conditional.iter().enumerate() {
             match canary_bp(&c.backends, &stable, canary.as_ref()) {
                 // Without a canary everything goes to stable anyway.
                 Some(0) if canary.is_none() => {}
                 Some(bp) if canary.is_some() => {
-                    let mut conds = Vec::new();
-                    let plain: Vec<String> = c.headers.iter().filter(|h| !h.2).map(|(n, v, _)| format!("{}: {}", q(n), q(v))).collect();
-                    let regex: Vec<String> =
-                        c.headers.iter().filter(|h| h.2).map(|(n, v, _)| format!("{}: {}", q(n), q(&format!("^(?:{v})$")))).collect();
-                    let query: Vec<String> = c.query.iter().map(|(n, v)| format!("{}: {}", q(n), q(v))).collect();
-                    for (key, list) in [("header", plain), ("header_regex", regex), ("query", query)] {
-                        if !list.is_empty() {
-                            conds.push(format!("{key}: {{{}}}", list.join(", ")));
-                        }
-                    }
                     segments.push(format!(
                         "{{name: {}, match: {{{}}}, weight: {}}}",
                         q(&format!("rule-{}-segment-{i}", c.rule)),
-                        conds.join(", "),
+                        conditions(c).join(", "),
                         bp as f64 / 100.0
                     ));
                 }
-                _ => skipped.push(Skipped {
-                    object: g.route_id.clone(),
-                    what: format!("spec.rules[{}] ({what})", c.rule),
-                    why: "its backends are not this path's two versions: weir's segments choose between stable and canary"
-                        .into(),
-                }),
+                // Other backends than the path's two versions: its own route.
+                _ => alone.push(c.clone()),
             }
         }
         if let Some(c) = &canary {
@@ -631,6 +688,13 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
             upstreams.insert(m.clone());
             let _ = writeln!(body, "    shadow: {{upstream: {}, percent: {pct}}}   # RequestMirror", q(&m.upstream()));
         }
+        // The matches that could not be segments, each its own route, before
+        // the path's plain route (they take fewer requests).
+        let mut before = String::new();
+        for c in &alone {
+            count += usize::from(write_alone(&mut before, &mut names, g, c, &mut upstreams, &mut skipped));
+        }
+        body.insert_str(start, &before);
     }
     let header = [
         "Imported from Gateway API HTTPRoutes and GRPCRoutes by `weir import gateway-api`.",

@@ -356,17 +356,22 @@ pub struct Route {
 }
 
 /// Route matches beyond host and path.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteFilter {
     /// `match.scheme`: `https` (came over TLS) or `http`; None: either.
     pub https: Option<bool>,
     /// `match.methods`; empty: any.
     pub methods: Vec<http::Method>,
+    /// `match.header`, `header_regex`, `cookie`, `query`: all must fit
+    /// (the same conditions a segment takes).
+    pub conditions: Vec<SegmentMatcher>,
 }
 
 impl RouteFilter {
     pub fn fits(&self, facts: &Facts<'_>) -> bool {
-        self.https.is_none_or(|h| h == facts.https) && (self.methods.is_empty() || self.methods.contains(facts.method))
+        self.https.is_none_or(|h| h == facts.https)
+            && (self.methods.is_empty() || self.methods.contains(facts.method))
+            && self.conditions.iter().all(|c| c.matches(facts))
     }
 
     /// As the config file writes it; empty when the filter takes all.

@@ -37,7 +37,8 @@ pub(super) fn compile_filter(m: Option<&RawRouteMatch>, at: &str, p: &mut Proble
             _ => p.at(format!("{at}.methods[{i}]"), format!("`{name}` is not a method (upper-case, e.g. GET)")),
         }
     }
-    RouteFilter { https, methods }
+    let conditions = super::matching::compile_route_conditions(m, at, p);
+    RouteFilter { https, methods, conditions }
 }
 
 /// Names a modifier may never touch, and why.

@@ -83,6 +83,22 @@ pub(super) fn compile_path(m: Option<&RawRouteMatch>, at: &str, p: &mut Problems
     }
 }
 
+/// A route's own `match.header`/`header_regex`/`cookie`/`query`
+/// conditions (none: every request of its host and path).
+pub(super) fn compile_route_conditions(m: &RawRouteMatch, path: &str, p: &mut Problems) -> Vec<SegmentMatcher> {
+    let as_segment = RawSegmentMatch {
+        header: m.header.clone(),
+        cookie: m.cookie.clone(),
+        query: m.query.clone(),
+        header_regex: m.header_regex.clone(),
+        client_cert: None,
+    };
+    if m.header.is_empty() && m.cookie.is_empty() && m.query.is_empty() && m.header_regex.is_empty() {
+        return Vec::new();
+    }
+    compile_segment_match(&as_segment, path, p)
+}
+
 pub(super) fn compile_segment_match(m: &RawSegmentMatch, path: &str, p: &mut Problems) -> Vec<SegmentMatcher> {
     let mut out = Vec::new();
     for (name, values) in &m.header {
