@@ -86,9 +86,12 @@ impl RealIp {
             return (peer, false);
         }
         let mut client = peer;
-        // Every value of the header, right to left, each a comma list.
-        let values: Vec<&str> = headers.get_all(&self.header).iter().filter_map(|v| v.to_str().ok()).collect();
+        // Every value of the header, right to left, each a comma list; the
+        // walk stops at anything unreadable (skipping it would let a client
+        // hide the part a trusted proxy appended behind it).
+        let values: Vec<&http::HeaderValue> = headers.get_all(&self.header).iter().collect();
         for v in values.iter().rev() {
+            let Ok(v) = v.to_str() else { return (client, true) };
             for item in v.rsplit(',') {
                 let Some(ip) = parse_forwarded_item(item) else { return (client, true) };
                 client = ip;
@@ -304,6 +307,10 @@ mod tests {
         let mut junk = HeaderMap::new();
         junk.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip, 10.0.0.3"));
         assert_eq!(r.client(ip("10.0.0.1"), &junk), (ip("10.0.0.3"), true), "stops at what it cannot read");
+        let mut bytes = HeaderMap::new();
+        bytes.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        bytes.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff, 10.0.0.4").unwrap());
+        assert_eq!(r.client(ip("10.0.0.1"), &bytes), (ip("10.0.0.1"), true), "an unreadable value ends the walk");
         let mut ports = HeaderMap::new();
         ports.insert("x-forwarded-for", HeaderValue::from_static("[2001:db8::5]:443, 1.2.3.4:80"));
         assert_eq!(r.client(ip("10.0.0.1"), &ports), (ip("1.2.3.4"), true));

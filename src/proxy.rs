@@ -372,6 +372,7 @@ impl Proxy {
                 let (ip, trusted) = r.client(peer.addr, &parts.headers);
                 if !trusted {
                     parts.headers.remove(&headers::X_FORWARDED_FOR);
+                    parts.headers.remove(&r.header);
                 }
                 if let Some(f) = completion.fields.as_mut() {
                     f.client_ip = ip.to_string();
@@ -380,13 +381,22 @@ impl Proxy {
             }
         };
         let edge = choice.route.edge.as_deref();
-        if let Some(e) = edge {
-            let limiter = served.limiters.get(choice.decision.route).and_then(Option::as_ref);
-            choice.cors_origin = phases::edge_filter(e, limiter, choice.route, (&parts, &admitted), (peer, client))?;
-        }
         let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
-        if admitted.declared.is_some_and(|n| n > max_body) {
-            return Err(ProxyError::BodyTooLarge);
+        let answered_here = if admitted.declared.is_some_and(|n| n > max_body) {
+            Err(ProxyError::BodyTooLarge)
+        } else if let Some(e) = edge {
+            let limiter = served.limiters.get(choice.decision.route).and_then(Option::as_ref);
+            phases::edge_filter(e, limiter, choice.route, (&parts, &admitted), (peer, client))
+                .map(|origin| choice.cors_origin = origin)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = answered_here {
+            // weir's own answer (413, 429, a preflight, a redirect) says
+            // nothing about either version: no metrics, no evidence.
+            completion.metrics = None;
+            completion.unit = None;
+            return Err(e);
         }
         let upstream_start = Instant::now();
         let deadline = edge.and_then(|e| e.request_timeout).map(|d| upstream_start + d);
@@ -501,6 +511,8 @@ fn grpc_local_response(err: &ProxyError, mut completion: Box<Completion>) -> Res
         (error::Fault::Upstream | error::Fault::Ours, _) => 14,
         (error::Fault::Client, 404 | 405) => 12,
         (error::Fault::Client, 408) => 1,
+        // gRPC's HTTP mapping: 429 is UNAVAILABLE (try again later).
+        (error::Fault::Client, 429) => 14,
         (error::Fault::Client, 413 | 431) => 8,
         (error::Fault::Client, _) => 13,
     };
@@ -530,6 +542,9 @@ fn local_response(err: &ProxyError, mut completion: Box<Completion>) -> Response
     let status = err.status();
     completion.status = status.as_u16();
     completion.flags.push(err.tag());
+    if let (ProxyError::RateLimited(_), true) = (err, completion.grpc) {
+        return grpc_local_response(err, completion);
+    }
     if let ProxyError::RateLimited(wait) = err {
         let mut resp =
             Response::new(RespBody::local(Bytes::from_static(b"weir: Too Many Requests\n"), Some(completion)));

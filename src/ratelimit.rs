@@ -41,6 +41,17 @@ pub struct RateLimit {
 }
 
 const SHARDS: usize = 16;
+/// A full shard forgets refilled keys at most this often (ns); in between,
+/// a new key evicts one of a sample, so no request pays for a whole sweep
+/// more than once a second per shard.
+const PURGE_EVERY_NS: u64 = 1_000_000_000;
+
+/// One shard: each key's "full again" time, and when it was last swept.
+#[derive(Default)]
+struct Shard {
+    tat: HashMap<u64, u64>,
+    purged_ns: u64,
+}
 /// How many keys a full shard looks at to pick one to evict.
 const EVICTION_SAMPLE: usize = 8;
 
@@ -53,7 +64,7 @@ pub struct Limiter {
     tolerance_ns: u64,
     origin: Instant,
     hasher: std::collections::hash_map::RandomState,
-    shards: Vec<Mutex<HashMap<u64, u64>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     /// Requests refused.
     pub limited: AtomicU64,
@@ -80,7 +91,7 @@ impl Limiter {
             tolerance_ns,
             origin: Instant::now(),
             hasher: std::collections::hash_map::RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
             limited: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -90,42 +101,57 @@ impl Limiter {
 
     /// Keys remembered now (for tests and `/config`).
     pub fn keys(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.tat.len())).sum()
+    }
+
+    /// One request from `key` (a header's value) under `tag`, so that
+    /// keys of different kinds never share a bucket.
+    pub fn admit_tagged(&self, tag: u8, key: &[u8], now: Instant) -> Admit {
+        let mut h = self.hasher.build_hasher();
+        h.write_u8(tag);
+        h.write(key);
+        self.admit_hash(h.finish(), now)
     }
 
     /// One request from `key` at `now`.
     pub fn admit(&self, key: &[u8], now: Instant) -> Admit {
         let mut h = self.hasher.build_hasher();
         h.write(key);
-        let hash = h.finish();
+        self.admit_hash(h.finish(), now)
+    }
+
+    fn admit_hash(&self, hash: u64, now: Instant) -> Admit {
         let now_ns = u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[(hash as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = map.get(&hash).copied().unwrap_or(now_ns).max(now_ns);
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let tat = shard.tat.get(&hash).copied().unwrap_or(now_ns).max(now_ns);
         let owed = tat - now_ns;
         if owed > self.tolerance_ns {
-            drop(map);
+            drop(shard);
             self.limited.fetch_add(1, Ordering::Relaxed);
             return Admit::No(Duration::from_nanos(owed - self.tolerance_ns));
         }
         let next = tat.saturating_add(self.interval_ns);
-        if map.len() >= self.per_shard && !map.contains_key(&hash) {
-            self.make_room(&mut map, now_ns);
+        if shard.tat.len() >= self.per_shard && !shard.tat.contains_key(&hash) {
+            self.make_room(&mut shard, now_ns);
         }
-        map.insert(hash, next);
+        shard.tat.insert(hash, next);
         Admit::Yes
     }
 
-    /// A full shard: forget refilled buckets; if none, evict the key owed
-    /// the least time among a few.
-    fn make_room(&self, map: &mut HashMap<u64, u64>, now_ns: u64) {
-        map.retain(|_, tat| *tat > now_ns);
-        if map.len() < self.per_shard {
-            return;
+    /// A full shard: forget refilled buckets (at most once a second); if
+    /// still full, evict the key owed the least time among a few.
+    fn make_room(&self, shard: &mut Shard, now_ns: u64) {
+        if now_ns.saturating_sub(shard.purged_ns) >= PURGE_EVERY_NS || shard.purged_ns == 0 {
+            shard.tat.retain(|_, tat| *tat > now_ns);
+            shard.purged_ns = now_ns.max(1);
+            if shard.tat.len() < self.per_shard {
+                return;
+            }
         }
-        let victim = map.iter().take(EVICTION_SAMPLE).min_by_key(|(_, tat)| **tat).map(|(k, _)| *k);
+        let victim = shard.tat.iter().take(EVICTION_SAMPLE).min_by_key(|(_, tat)| **tat).map(|(k, _)| *k);
         if let Some(k) = victim {
-            map.remove(&k);
+            shard.tat.remove(&k);
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
     }

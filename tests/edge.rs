@@ -365,8 +365,8 @@ fn weir_check_refuses_edge_policies_that_would_break_messages_or_loop() {
     refused(&r("    timeouts: {backend: 0s}\n"), "routes[0].timeouts.backend", "more than 0s");
     refused(&r("    max_request_body: 0\n"), "routes[0].max_request_body", "every body");
     refused(&r("    rate_limit: {requests: 0}\n"), "routes[0].rate_limit.requests", "1 to");
-    refused(&r("    cors: {allow_origins: [\"app.example.com\"]}\n"), "routes[0].cors.allow_origins[0]", "https://");
-    refused(&r("    cors: {allow_origins: [\"https://a/b\"]}\n"), "routes[0].cors.allow_origins[0]", "https://");
+    refused(&r("    cors: {allow_origins: [\"app.example.com\"]}\n"), "routes[0].cors.allow_origins[0]", "scheme://");
+    refused(&r("    cors: {allow_origins: [\"https://a/b\"]}\n"), "routes[0].cors.allow_origins[0]", "scheme://");
     refused(
         &r("    cors: {allow_origins: [\"*\"], allow_methods: [\"GET, POST\"]}\n"),
         "routes[0].cors.allow_methods",
@@ -421,6 +421,17 @@ async fn rate_limits_answer_429_with_retry_after_per_key() {
     assert_eq!(v1.count(), 4, "refused requests never reached the upstream");
     let m = support::metrics(w.admin).await;
     assert_eq!(support::metric(&m, "weir_rate_limited_total{route=\"login\"}"), Some(2.0), "{m}");
+    // weir's own 429s are no version's answers: not in the version's counts.
+    assert_eq!(
+        support::metric(&m, "weir_requests_total{route=\"login\",version=\"stable\",code=\"429\"}"),
+        None,
+        "{m}"
+    );
+    assert_eq!(
+        support::metric(&m, "weir_requests_total{route=\"login\",version=\"stable\",code=\"200\"}"),
+        Some(3.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -432,11 +432,22 @@ pub(super) fn edge_filter(
             crate::ratelimit::Key::Header(h) => parts.headers.get(h).map(HeaderValue::as_bytes),
             crate::ratelimit::Key::ClientIp => None,
         };
+        // Tagged so that no header value can name an address's bucket; an
+        // IPv6 client is its /64 (a host picks its own address within it).
+        let mut key = [0u8; 1 + 8];
         let verdict = match header {
-            Some(v) => l.admit(v, Instant::now()),
+            Some(v) => l.admit_tagged(b'h', v, Instant::now()),
             None => match ip {
-                std::net::IpAddr::V4(a) => l.admit(&a.octets(), Instant::now()),
-                std::net::IpAddr::V6(a) => l.admit(&a.octets(), Instant::now()),
+                std::net::IpAddr::V4(a) => {
+                    key[0] = b'4';
+                    key[1..5].copy_from_slice(&a.octets());
+                    l.admit(&key[..5], Instant::now())
+                }
+                std::net::IpAddr::V6(a) => {
+                    key[0] = b'6';
+                    key[1..9].copy_from_slice(&a.octets()[..8]);
+                    l.admit(&key, Instant::now())
+                }
             },
         };
         if let crate::ratelimit::Admit::No(wait) = verdict {
@@ -467,6 +478,10 @@ pub(super) fn edge_filter(
     let Some(r) = &e.redirect else { return Ok(origin) };
     let authority = admitted.authority.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let (host, port) = headers::split_port(authority);
+    if host.is_empty() && r.hostname.is_none() {
+        // HTTP/1.0 without Host: no place to send the client back to.
+        return Err(ProxyError::Host(headers::HostError::Missing));
+    }
     let asked = Asked {
         https,
         host,

@@ -58,6 +58,40 @@ pub struct Cors {
     pub max_age: Option<HeaderValue>,
 }
 
+/// An `allow_origins` entry as written: `*`, `https://host[:port]`, or
+/// `https://*.domain[:port]` (any scheme). None: not an origin.
+pub fn parse_origin(o: &str) -> Option<OriginMatch> {
+    if o == "*" {
+        return Some(OriginMatch::Any);
+    }
+    let lower = o.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    // Any scheme (RFC 3986): apps send `capacitor://localhost` and the like.
+    let scheme_ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok || rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return None;
+    }
+    let host = rest.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(rest, |(h, _)| h);
+    let name_ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    match host.strip_prefix("*.") {
+        // The suffix keeps the port: `https://*.a.com:8443` takes `https://x.a.com:8443`.
+        Some(name) if name_ok(name) => Some(OriginMatch::Subdomain {
+            scheme: scheme.to_owned(),
+            suffix: rest.strip_prefix("*.").unwrap_or(rest).to_owned(),
+        }),
+        Some(_) => None,
+        None if name_ok(host) => Some(OriginMatch::Exact(lower.clone())),
+        None => None,
+    }
+}
+
 static ANY: HeaderValue = HeaderValue::from_static("*");
 static TRUE: HeaderValue = HeaderValue::from_static("true");
 static ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
@@ -295,16 +329,19 @@ impl Redirect {
     pub fn loops(&self, location: &str, asked: &Asked<'_>) -> bool {
         let scheme = if asked.https { "https" } else { "http" };
         let port = asked.port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
-        let mut here = format!("{scheme}://{}", asked.host);
+        let mut origin = format!("{scheme}://{}", asked.host);
         if let Some(p) = port {
-            here.push_str(&format!(":{p}"));
+            origin.push_str(&format!(":{p}"));
         }
-        here.push_str(asked.path);
-        if let Some(q) = asked.query {
-            here.push('?');
-            here.push_str(q);
+        let mut rest = asked.path.to_owned();
+        if let Some(q) = asked.query.filter(|_| self.keep_query) {
+            rest.push('?');
+            rest.push_str(q);
         }
-        location.eq_ignore_ascii_case(&here)
+        // Scheme and host are case-insensitive; path and query are not.
+        location.len() == origin.len() + rest.len()
+            && location.get(..origin.len()).is_some_and(|o| o.eq_ignore_ascii_case(&origin))
+            && location.get(origin.len()..) == Some(rest.as_str())
     }
 }
 
@@ -369,6 +406,8 @@ mod tests {
         let loc = same.location(&any, &asked).unwrap();
         assert!(same.loops(&loc, &asked));
         assert!(!r(Some("https"), None, None).loops("https://example.com/a?b=1", &asked));
+        assert!(same.loops("HTTP://Example.COM:8080/a?b=1", &asked), "scheme and host in any case");
+        assert!(!same.loops("http://example.com:8080/A?b=1", &asked), "a path differing in case is another place");
     }
 
     #[test]

@@ -362,36 +362,14 @@ fn compile_rate_limit(r: &RawRateLimit, at: &str, p: &mut Problems) -> Option<cr
 pub const CORS_METHODS: &str = "GET, PUT, POST, DELETE, PATCH, OPTIONS";
 pub const CORS_HEADERS: &str = "DNT, Keep-Alive, User-Agent, X-Requested-With, If-Modified-Since, Cache-Control, Content-Type, Range, Authorization";
 
-fn compile_origin(o: &str) -> Option<OriginMatch> {
-    if o == "*" {
-        return Some(OriginMatch::Any);
-    }
-    let lower = o.to_ascii_lowercase();
-    let (scheme, rest) = lower.split_once("://")?;
-    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
-        return None;
-    }
-    let host = rest.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(rest, |(h, _)| h);
-    match host.strip_prefix("*.") {
-        // The suffix keeps the port: `https://*.a.com:8443` takes `https://x.a.com:8443`.
-        Some(name) if valid_hostname(name) => Some(OriginMatch::Subdomain {
-            scheme: scheme.to_owned(),
-            suffix: rest.strip_prefix("*.").unwrap_or(rest).to_owned(),
-        }),
-        Some(_) => None,
-        None if valid_hostname(host) => Some(OriginMatch::Exact(lower.clone())),
-        None => None,
-    }
-}
-
 fn compile_cors(c: &RawCors, at: &str, p: &mut Problems) -> Option<Cors> {
     let mut origins = Vec::new();
     for (i, o) in c.allow_origins.iter().enumerate() {
-        match compile_origin(o) {
+        match crate::routing::edge::parse_origin(o) {
             Some(m) => origins.push(m),
             None => p.at(
                 format!("{at}.allow_origins[{i}]"),
-                format!("`{o}`: use `*`, `https://host[:port]` or `https://*.domain`"),
+                format!("`{o}`: use `*`, `scheme://host[:port]` or `scheme://*.domain`"),
             ),
         }
     }
@@ -418,7 +396,14 @@ fn compile_cors(c: &RawCors, at: &str, p: &mut Problems) -> Option<Cors> {
         let d = p.duration(&format!("{at}.max_age"), Some(m), std::time::Duration::ZERO);
         HeaderValue::from(d.as_secs())
     });
-    Some(Cors { origins, methods, headers, expose, credentials: c.allow_credentials.unwrap_or(false), max_age })
+    let credentials = c.allow_credentials.unwrap_or(false);
+    if credentials && origins.contains(&OriginMatch::Any) {
+        p.warn(
+            format!("{at}.allow_credentials"),
+            "with `*` any web site can read answers made with its visitors' cookies: list the origins",
+        );
+    }
+    Some(Cors { origins, methods, headers, expose, credentials, max_age })
 }
 
 /// The route's edge policies; None when it has none.

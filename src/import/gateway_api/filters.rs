@@ -162,6 +162,11 @@ fn cors(f: &Value) -> Result<String, String> {
     if origins.is_empty() {
         return Err("CORS without allowOrigins".into());
     }
+    for o in f["allowOrigins"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if crate::routing::edge::parse_origin(o).is_none() {
+            return Err(format!("allowOrigins {o:?} is not an origin weir takes (scheme://host[:port], `*`)"));
+        }
+    }
     let mut out = vec![format!("allow_origins: [{}]", origins.join(", "))];
     for (key, ours) in
         [("allowMethods", "allow_methods"), ("allowHeaders", "allow_headers"), ("exposeHeaders", "expose_headers")]
@@ -172,7 +177,7 @@ fn cors(f: &Value) -> Result<String, String> {
         }
     }
     out.push(format!("allow_credentials: {}", f["allowCredentials"].as_bool().unwrap_or(false)));
-    out.push(format!("max_age: {}s", f["maxAge"].as_u64().unwrap_or(5)));
+    out.push(format!("max_age: {}s", f["maxAge"].as_u64().unwrap_or(5).min(31_536_000)));
     Ok(format!("cors: {{{}}}", out.join(", ")))
 }
 

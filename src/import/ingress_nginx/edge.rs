@@ -130,7 +130,7 @@ pub(super) fn redirects_to_https(i: &Ingress, host: &str) -> bool {
 
 /// The route keys for the Ingress's other edge annotations, written into
 /// `body` (indented as route keys). `regex`: the route's path is a regex.
-pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &mut Vec<Skipped>) {
+pub(super) fn write_edge(body: &mut String, i: &Ingress, (regex, path): (bool, &str), skipped: &mut Vec<Skipped>) {
     if let Some(v) = i.ann("proxy-body-size") {
         match nginx_size(v) {
             // nginx: 0 turns the check off; weir's global limit still holds.
@@ -146,6 +146,7 @@ pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &
     if let Some(v) = i.ann("proxy-read-timeout") {
         match v.trim().parse::<u64>() {
             Ok(s) if s > 0 => {
+                let s = s.min(31_536_000);
                 let _ = writeln!(body, "    timeouts: {{backend: {s}s}}   # proxy-read-timeout");
             }
             _ => note(skipped, i, "proxy-read-timeout", format!("{v:?} is not a number of seconds")),
@@ -162,8 +163,10 @@ pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &
             note(skipped, i, "rewrite-target", format!("{t:?}: not a path weir can rewrite to"));
         } else if t.as_bytes().windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_alphabetic()) {
             note(skipped, i, "rewrite-target", format!("{t:?}: nginx variables are not translated"));
+        } else if http::uri::PathAndQuery::try_from(t).is_err() {
+            note(skipped, i, "rewrite-target", format!("{t:?}: not a path weir can rewrite to"));
         } else if regex {
-            rewrite.push(format!("path: {}", q(t)));
+            rewrite.push(format!("path: {}", q(&fit_groups(t, path))));
         }
     }
     if let Some(h) = i.ann("upstream-vhost").map(str::trim).filter(|h| !h.is_empty()) {
@@ -178,7 +181,9 @@ pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &
     }
     // ingress-nginx sends it only where it rewrites (its template).
     if let Some(p) = i.ann("x-forwarded-prefix").filter(|p| !p.is_empty()) {
-        if i.ann("rewrite-target").is_some_and(|t| !t.is_empty()) {
+        if http::HeaderValue::from_str(p).is_err() {
+            note(skipped, i, "x-forwarded-prefix", format!("{p:?} is not a header value"));
+        } else if i.ann("rewrite-target").is_some_and(|t| !t.is_empty()) {
             let _ = writeln!(body, "    request_headers: {{set: {{x-forwarded-prefix: {}}}}}", q(p));
         } else {
             note(skipped, i, "x-forwarded-prefix", "without rewrite-target ingress-nginx sends nothing either");
@@ -186,6 +191,28 @@ pub(super) fn write_edge(body: &mut String, i: &Ingress, regex: bool, skipped: &
     }
     write_cors(body, i, skipped);
     write_rate_limit(body, i, skipped);
+}
+
+/// A rewrite target for one path: `$n` beyond the path's capture groups is
+/// empty in nginx, so it is dropped here (weir's check refuses it).
+fn fit_groups(target: &str, path: &str) -> String {
+    let groups = crate::routing::PathRegex::new(path, true).map_or(0, |r| r.groups());
+    let mut out = String::with_capacity(target.len());
+    let mut chars = target.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$'
+            && let Some(d) = chars.peek().and_then(|d| d.to_digit(10))
+        {
+            chars.next();
+            if d as usize <= groups {
+                out.push('$');
+                out.push(char::from_digit(d, 10).unwrap_or('0'));
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `enable-cors` with ingress-nginx's defaults (`annotations/cors`).
@@ -199,36 +226,24 @@ fn write_cors(body: &mut String, i: &Ingress, skipped: &mut Vec<Skipped>) {
         return;
     }
     let list = |v: &str| v.split(',').map(|s| q(s.trim())).filter(|s| s != "\"\"").collect::<Vec<_>>().join(", ");
-    // ingress-nginx keeps the origins its pattern takes (`*`, or http(s)://
-    // host[:port], `*.` allowed) and drops the rest; none left is `*`.
-    let valid = |o: &str| {
-        o == "*"
-            || ["http://", "https://"].iter().any(|s| {
-                o.strip_prefix(s).is_some_and(|rest| {
-                    let host = rest.strip_prefix("*.").unwrap_or(rest);
-                    let (h, port) = host.rsplit_once(':').map_or((host, None), |(h, p)| (h, Some(p)));
-                    !h.is_empty()
-                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                        && port.is_none_or(|p| p.parse::<u16>().is_ok())
-                })
-            })
-    };
-    let origins = match i.ann("cors-allow-origin") {
-        None => q("*"),
+    // ingress-nginx keeps the origins its pattern takes and drops the
+    // rest; none left is `*`. weir's own check decides what it can carry.
+    let origins: Vec<String> = match i.ann("cors-allow-origin") {
+        None => vec!["*".into()],
         Some(v) => {
-            let (good, bad): (Vec<&str>, Vec<&str>) =
-                v.split(',').map(str::trim).filter(|o| !o.is_empty()).partition(|o| valid(o));
+            let (good, bad): (Vec<&str>, Vec<&str>) = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .partition(|o| crate::routing::edge::parse_origin(o).is_some());
             if !bad.is_empty() {
-                note(
-                    skipped,
-                    i,
-                    "cors-allow-origin",
-                    format!("{bad:?}: not origins (scheme://host[:port]); ingress-nginx drops them too"),
-                );
+                note(skipped, i, "cors-allow-origin", format!("{bad:?}: not origins (scheme://host[:port]); dropped"));
             }
-            if good.is_empty() { q("*") } else { good.iter().map(|o| q(o)).collect::<Vec<_>>().join(", ") }
+            if good.is_empty() { vec!["*".into()] } else { good.iter().map(|o| (*o).to_owned()).collect() }
         }
     };
+    let any = origins.iter().any(|o| o == "*");
+    let origins = origins.iter().map(|o| q(o)).collect::<Vec<_>>().join(", ");
     let mut out = format!("allow_origins: [{origins}]");
     if let Some(m) = i.ann("cors-allow-methods") {
         out.push_str(&format!(", allow_methods: [{}]", list(m)));
@@ -239,10 +254,22 @@ fn write_cors(body: &mut String, i: &Ingress, skipped: &mut Vec<Skipped>) {
     if let Some(e) = i.ann("cors-expose-headers") {
         out.push_str(&format!(", expose_headers: [{}]", list(e)));
     }
-    // ingress-nginx: credentials on, max age 1728000 s, unless set.
+    // ingress-nginx: credentials on, max age 1728000 s, unless set. With
+    // the origin `*` it sends a literal `*`, with which browsers never share
+    // a credentialed answer; weir would name the origin instead, so the
+    // import turns credentials off there to keep what browsers allowed.
     let credentials = i.ann("cors-allow-credentials").is_none_or(|c| c.trim() == "true");
-    out.push_str(&format!(", allow_credentials: {credentials}"));
-    let age = i.ann("cors-max-age").and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(1_728_000);
+    if credentials && any {
+        note(
+            skipped,
+            i,
+            "cors-allow-credentials",
+            "with the origin `*`: imported as allow_credentials: false, which is what browsers made of it \
+             (list the origins to allow credentials)",
+        );
+    }
+    out.push_str(&format!(", allow_credentials: {}", credentials && !any));
+    let age = i.ann("cors-max-age").and_then(|a| a.trim().parse::<u64>().ok()).unwrap_or(1_728_000).min(31_536_000);
     out.push_str(&format!(", max_age: {age}s"));
     let _ = writeln!(body, "    cors: {{{out}}}   # enable-cors");
 }
@@ -269,16 +296,23 @@ fn write_rate_limit(body: &mut String, i: &Ingress, skipped: &mut Vec<Skipped>) 
         }
     };
     let mult = number("limit-burst-multiplier").unwrap_or(5);
+    let (rate, burst) = (rate.min(1_000_000), rate.saturating_mul(mult).min(1_000_000));
     let _ = writeln!(
         body,
-        "    rate_limit: {{requests: {rate}, per: {per}, burst: {}}}   # {key}; 429 where ingress-nginx's default is 503",
-        rate.saturating_mul(mult)
+        "    rate_limit: {{requests: {rate}, per: {per}, burst: {burst}}}   # {key}; 429 where ingress-nginx's default is 503",
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_capture_groups_are_empty() {
+        assert_eq!(fit_groups("/$2", "/api(/|$)(.*)"), "/$2");
+        assert_eq!(fit_groups("/$2", "/"), "/");
+        assert_eq!(fit_groups("/x/$1$2", "/a/(.*)"), "/x/$1");
+    }
 
     #[test]
     fn nginx_sizes() {

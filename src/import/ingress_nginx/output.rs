@@ -7,6 +7,18 @@ use crate::import::{Backend, Imported, Skipped, config_text, q, slug, token, val
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+/// `want`, or `want-2`, `want-3`… whichever no route has yet (taken).
+fn fresh(names: &mut BTreeSet<String>, want: &str) -> String {
+    let mut name = want.to_owned();
+    let mut n = 2;
+    while names.contains(&name) {
+        name = format!("{want}-{n}");
+        n += 1;
+    }
+    names.insert(name.clone());
+    name
+}
+
 /// A pattern Rust's regex refuses for using what only PCRE has.
 fn pcre_only(p: &str) -> bool {
     ["(?=", "(?!", "(?<=", "(?<!", "(?>", "\\1", "\\2", "\\3", "\\k<", "(?P=", "*+", "++", "?+"]
@@ -79,8 +91,7 @@ pub(super) fn write(routes: &[Planned<'_>], regex_hosts: &BTreeSet<String>, mut 
         let i = p.primary;
         if super::edge::redirects_to_https(i, &r.host) {
             // Plain-HTTP requests get 308 to https first (ssl-redirect).
-            let twin = format!("{name}-to-https");
-            names.insert(twin.clone());
+            let twin = fresh(&mut names, &format!("{name}-to-https"));
             count += 1;
             let mut tm = m.clone();
             tm.push("scheme: http".into());
@@ -91,9 +102,10 @@ pub(super) fn write(routes: &[Planned<'_>], regex_hosts: &BTreeSet<String>, mut 
         }
         // app-root is the server's (`if ($uri = /)`): once per host, first.
         let root = routes.iter().filter(|o| o.rule.host == r.host).find_map(|o| o.primary.ann("app-root"));
-        if let Some(root) = root.filter(|a| a.starts_with('/') && app_roots.insert(r.host.clone())) {
-            let twin = format!("{name}-app-root");
-            names.insert(twin.clone());
+        let root = root
+            .filter(|a| a.starts_with('/') && !a.contains(['?', '#']) && http::uri::PathAndQuery::try_from(*a).is_ok());
+        if let Some(root) = root.filter(|_| app_roots.insert(r.host.clone())) {
+            let twin = fresh(&mut names, &format!("{name}-app-root"));
             count += 1;
             let mut tm: Vec<String> = m.iter().filter(|x| x.starts_with("hosts")).cloned().collect();
             tm.push("path: \"/\", path_type: exact".into());
@@ -118,7 +130,7 @@ pub(super) fn write(routes: &[Planned<'_>], regex_hosts: &BTreeSet<String>, mut 
         }
         upstreams.insert(r.backend.clone());
         let _ = writeln!(body, "    stable: {{upstream: {}}}", q(&r.backend.upstream()));
-        super::edge::write_edge(&mut body, i, regex, &mut skipped);
+        super::edge::write_edge(&mut body, i, (regex, &r.path), &mut skipped);
         if let Some((c, cr)) = p.canary {
             // The canary's Service is spoken to as the primary's location says.
             let cr = Rule { backend: Backend { wire: r.backend.wire.clone(), ..cr.backend.clone() }, ..cr.clone() };
