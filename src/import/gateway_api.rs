@@ -147,35 +147,7 @@ fn read_route(
             );
             continue;
         }
-        let mut mirror = None;
-        // The other filters are read by `filters::rule_edge`.
-        for (fi, f) in rule["filters"].as_array().into_iter().flatten().enumerate() {
-            let fat = format!("{at}.filters[{fi}]");
-            if f["type"].as_str() == Some("RequestMirror") {
-                let m = &f["requestMirror"];
-                let b = backends_of(&m["backendRef"], &ns);
-                let pct = match (m["percent"].as_f64(), m["fraction"]["numerator"].as_f64()) {
-                    (Some(p), _) => p,
-                    (None, Some(n)) => n * 100.0 / m["fraction"]["denominator"].as_f64().unwrap_or(100.0).max(1.0),
-                    (None, None) => 100.0,
-                };
-                let b = b.and_then(|mut b| match cluster.wire(&b, kind, found) {
-                    Ok(w) => {
-                        b.wire = w;
-                        Some(b)
-                    }
-                    Err(why) => {
-                        skip(skipped, fat.clone(), format!("mirror: {why}"));
-                        None
-                    }
-                });
-                match b {
-                    Some(b) if mirror.is_none() => mirror = Some((b, (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0)),
-                    Some(_) => skip(skipped, fat, "a second mirror: weir mirrors to one shadow per route".into()),
-                    None => skip(skipped, fat, "mirror backendRef is not a Service with a port".into()),
-                }
-            }
-        }
+        let mirror = rule_mirror(rule, (&ns, kind, &at, &id), skipped, (cluster, &mut *found));
         let matches = rule["matches"].as_array().cloned().unwrap_or_default();
         let matches = if matches.is_empty() { vec![serde_json::json!({})] } else { matches };
         for (mi, m) in matches.iter().enumerate() {
@@ -213,58 +185,7 @@ fn read_route(
                 continue;
             }
             let scheme = if edge.plain_only { Some("http") } else { listener };
-            let mut headers = Vec::new();
-            let mut ok = true;
-            for (hi, h) in m["headers"].as_array().into_iter().flatten().enumerate() {
-                let (Some(n), Some(v)) = (h["name"].as_str(), h["value"].as_str()) else {
-                    ok = false;
-                    break;
-                };
-                let regex = h["type"].as_str() == Some("RegularExpression");
-                let valid = token(n)
-                    && (!regex || (v.len() <= 1000 && regex::Regex::new(&format!("^(?:{v})$")).is_ok()))
-                    && (regex || http::HeaderValue::from_str(v).is_ok());
-                if !valid {
-                    skip(skipped, format!("{mat}.headers[{hi}]"), format!("{n:?}: {v:?} cannot be matched by weir"));
-                    ok = false;
-                    break;
-                }
-                let name = n.to_ascii_lowercase();
-                if headers.iter().any(|(seen, _, _)| *seen == name) {
-                    // The Gateway API considers only the first entry of a
-                    // header name (case-insensitive) and ignores the rest.
-                    skip(
-                        skipped,
-                        format!("{mat}.headers[{hi}]"),
-                        format!("{n:?} repeats a header name: only the first is matched"),
-                    );
-                    continue;
-                }
-                headers.push((name, v.to_owned(), regex));
-            }
-            let mut query = Vec::new();
-            for (qi, qp) in m["queryParams"].as_array().into_iter().flatten().enumerate() {
-                match (qp["name"].as_str(), qp["value"].as_str(), qp["type"].as_str().unwrap_or("Exact")) {
-                    // As for headers, only the first entry of a name counts.
-                    (Some(n), Some(_), "Exact") if query.iter().any(|(seen, _)| seen == n) => skip(
-                        skipped,
-                        format!("{mat}.queryParams[{qi}]"),
-                        format!("{n:?} repeats a query parameter name: only the first is matched"),
-                    ),
-                    (Some(n), Some(v), "Exact") if !n.is_empty() => query.push((n.to_owned(), v.to_owned())),
-                    _ => {
-                        skip(
-                            skipped,
-                            format!("{mat}.queryParams[{qi}]"),
-                            "only Exact query matches are translated".into(),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            if !ok {
-                continue;
-            }
+            let Some((headers, query)) = header_and_query_matches(m, &mat, &id, skipped) else { continue };
             let found = Match {
                 headers,
                 query,
@@ -305,6 +226,109 @@ fn read_route(
             }
         }
     }
+}
+
+/// A match's header and query conditions, as the Gateway API reads them
+/// (a repeated name: its first entry). None: one weir cannot match (listed).
+#[allow(clippy::type_complexity)]
+fn header_and_query_matches(
+    m: &Value,
+    mat: &str,
+    id: &str,
+    skipped: &mut Vec<Skipped>,
+) -> Option<(Vec<(String, String, bool)>, Vec<(String, String)>)> {
+    let skip = |skipped: &mut Vec<Skipped>, what: String, why: String| {
+        skipped.push(Skipped { object: id.to_owned(), what, why })
+    };
+    let mut headers = Vec::new();
+    let mut ok = true;
+    for (hi, h) in m["headers"].as_array().into_iter().flatten().enumerate() {
+        let (Some(n), Some(v)) = (h["name"].as_str(), h["value"].as_str()) else {
+            ok = false;
+            break;
+        };
+        let regex = h["type"].as_str() == Some("RegularExpression");
+        let valid = token(n)
+            && (!regex || (v.len() <= 1000 && regex::Regex::new(&format!("^(?:{v})$")).is_ok()))
+            && (regex || http::HeaderValue::from_str(v).is_ok());
+        if !valid {
+            skip(skipped, format!("{mat}.headers[{hi}]"), format!("{n:?}: {v:?} cannot be matched by weir"));
+            ok = false;
+            break;
+        }
+        let name = n.to_ascii_lowercase();
+        if headers.iter().any(|(seen, _, _)| *seen == name) {
+            // The Gateway API considers only the first entry of a
+            // header name (case-insensitive) and ignores the rest.
+            skip(
+                skipped,
+                format!("{mat}.headers[{hi}]"),
+                format!("{n:?} repeats a header name: only the first is matched"),
+            );
+            continue;
+        }
+        headers.push((name, v.to_owned(), regex));
+    }
+    let mut query = Vec::new();
+    for (qi, qp) in m["queryParams"].as_array().into_iter().flatten().enumerate() {
+        match (qp["name"].as_str(), qp["value"].as_str(), qp["type"].as_str().unwrap_or("Exact")) {
+            // As for headers, only the first entry of a name counts.
+            (Some(n), Some(_), "Exact") if query.iter().any(|(seen, _)| seen == n) => skip(
+                skipped,
+                format!("{mat}.queryParams[{qi}]"),
+                format!("{n:?} repeats a query parameter name: only the first is matched"),
+            ),
+            (Some(n), Some(v), "Exact") if !n.is_empty() => query.push((n.to_owned(), v.to_owned())),
+            _ => {
+                skip(skipped, format!("{mat}.queryParams[{qi}]"), "only Exact query matches are translated".into());
+                ok = false;
+            }
+        }
+    }
+    ok.then_some((headers, query))
+}
+
+/// The rule's `RequestMirror` as a shadow backend and percent (one per
+/// route; a second, or one weir cannot reach, is listed).
+fn rule_mirror(
+    rule: &Value,
+    (ns, kind, at, id): (&str, &str, &str, &str),
+    skipped: &mut Vec<Skipped>,
+    (cluster, found): (&Cluster<'_>, &mut Found),
+) -> Option<(Backend, f64)> {
+    let skip = |skipped: &mut Vec<Skipped>, what: String, why: String| {
+        skipped.push(Skipped { object: id.to_owned(), what, why })
+    };
+    let mut mirror = None;
+    // The other filters are read by `filters::rule_edge`.
+    for (fi, f) in rule["filters"].as_array().into_iter().flatten().enumerate() {
+        let fat = format!("{at}.filters[{fi}]");
+        if f["type"].as_str() == Some("RequestMirror") {
+            let m = &f["requestMirror"];
+            let b = backends_of(&m["backendRef"], ns);
+            let pct = match (m["percent"].as_f64(), m["fraction"]["numerator"].as_f64()) {
+                (Some(p), _) => p,
+                (None, Some(n)) => n * 100.0 / m["fraction"]["denominator"].as_f64().unwrap_or(100.0).max(1.0),
+                (None, None) => 100.0,
+            };
+            let b = b.and_then(|mut b| match cluster.wire(&b, kind, found) {
+                Ok(w) => {
+                    b.wire = w;
+                    Some(b)
+                }
+                Err(why) => {
+                    skip(skipped, fat.clone(), format!("mirror: {why}"));
+                    None
+                }
+            });
+            match b {
+                Some(b) if mirror.is_none() => mirror = Some((b, (pct.clamp(0.0, 100.0) * 100.0).round() / 100.0)),
+                Some(_) => skip(skipped, fat, "a second mirror: weir mirrors to one shadow per route".into()),
+                None => skip(skipped, fat, "mirror backendRef is not a Service with a port".into()),
+            }
+        }
+    }
+    mirror
 }
 
 /// A GRPCRoute method match as a path (GEP-1016): service and method →

@@ -210,9 +210,20 @@ fn grpc_family(o: &mut String, routes: &[RouteView<'_>]) {
     }
 }
 
-/// Prometheus text format 0.0.4.
+/// Prometheus text format 0.0.4: every family, per route then global.
 pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let mut o = String::with_capacity(16 * 1024);
+    request_families(&mut o, routes);
+    routing_families(&mut o, routes);
+    websocket_families(&mut o, routes);
+    shadow_families(&mut o, routes);
+    rollout_families(&mut o, routes);
+    process_families(&mut o, g);
+    o
+}
+
+/// `weir_requests_total` and `weir_request_duration_seconds`, per route and version.
+fn request_families(o: &mut String, routes: &[RouteView<'_>]) {
     let _ = writeln!(o, "# HELP {REQUESTS_TOTAL} Requests answered, by route, version and status code.");
     let _ = writeln!(o, "# TYPE {REQUESTS_TOTAL} counter");
     for r in routes {
@@ -239,7 +250,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
             let extra = m.slo.snapshot();
             if extra.is_empty() {
-                histogram_series(&mut o, REQUEST_DURATION, &labels, &LATENCY_BOUNDS, &m.buckets, &m.sum_us, &m.count);
+                histogram_series(o, REQUEST_DURATION, &labels, &LATENCY_BOUNDS, &m.buckets, &m.sum_us, &m.count);
             } else {
                 // Merge the SLO edges in: each one's cumulative count is the
                 // bound below it plus its own samples.
@@ -259,13 +270,18 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
                     }
                 }
                 let counters: Vec<AtomicU64> = counts.into_iter().map(AtomicU64::new).collect();
-                histogram_series(&mut o, REQUEST_DURATION, &labels, &bounds, &counters, &m.sum_us, &m.count);
+                histogram_series(o, REQUEST_DURATION, &labels, &bounds, &counters, &m.sum_us, &m.count);
             }
         }
     }
+}
+
+/// Upstream failures, routing decisions, gRPC codes, retried attempts and
+/// rate limits, per route.
+fn routing_families(o: &mut String, routes: &[RouteView<'_>]) {
     let kinds: Vec<&str> = crate::labels::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
     counter_family(
-        &mut o,
+        o,
         routes,
         UPSTREAM_ERRORS_TOTAL,
         "Upstream failures, by kind (`client`: the client's request body failed).",
@@ -274,7 +290,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         |m| &m.upstream_errors,
     );
     counter_family(
-        &mut o,
+        o,
         routes,
         ROUTING_DECISIONS_TOTAL,
         "Routing decisions, by version and reason.",
@@ -282,9 +298,13 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         &REASONS,
         |m| &m.decisions,
     );
-    grpc_family(&mut o, routes);
-    retried_family(&mut o, routes);
-    rate_limit_family(&mut o, routes);
+    grpc_family(o, routes);
+    retried_family(o, routes);
+    rate_limit_family(o, routes);
+}
+
+/// Open and closed WebSockets and their round trips, per route and version.
+fn websocket_families(o: &mut String, routes: &[RouteView<'_>]) {
     let _ = writeln!(o, "# HELP {WEBSOCKET_ACTIVE} Open WebSocket connections.");
     let _ = writeln!(o, "# TYPE {WEBSOCKET_ACTIVE} gauge");
     for r in routes {
@@ -300,7 +320,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     }
     let close_labels: Vec<&str> = CloseWhy::ALL.iter().map(|c| c.as_str()).collect();
     counter_family(
-        &mut o,
+        o,
         routes,
         WEBSOCKET_TOTAL,
         "Closed WebSocket connections, by who or what closed them.",
@@ -317,17 +337,13 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
         for v in [Version::Stable, Version::Canary] {
             let m = r.metrics.version(v);
             let labels = format!("route=\"{}\",version=\"{}\"", escape(&r.metrics.name), v.as_str());
-            histogram_series(
-                &mut o,
-                WEBSOCKET_RTT,
-                &labels,
-                &LATENCY_BOUNDS,
-                &m.rtt_buckets,
-                &m.rtt_sum_us,
-                &m.rtt_count,
-            );
+            histogram_series(o, WEBSOCKET_RTT, &labels, &LATENCY_BOUNDS, &m.rtt_buckets, &m.rtt_sum_us, &m.rtt_count);
         }
     }
+}
+
+/// Mirrored copies of the routes that shadow traffic.
+fn shadow_families(o: &mut String, routes: &[RouteView<'_>]) {
     let shadowed: Vec<&RouteView<'_>> = routes.iter().filter(|r| r.shadow).collect();
     let _ = writeln!(o, "# HELP {SHADOW_REQUESTS_TOTAL} Mirrored copies, by outcome.");
     let _ = writeln!(o, "# TYPE {SHADOW_REQUESTS_TOTAL} counter");
@@ -354,8 +370,12 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     for r in &shadowed {
         let m = &r.metrics.shadow;
         let labels = format!("route=\"{}\"", escape(&r.metrics.name));
-        histogram_series(&mut o, SHADOW_DURATION, &labels, &LATENCY_BOUNDS, &m.buckets, &m.sum_us, &m.count);
+        histogram_series(o, SHADOW_DURATION, &labels, &LATENCY_BOUNDS, &m.buckets, &m.sum_us, &m.count);
     }
+}
+
+/// Canary weight, rollout state, verdicts, evidence, thresholds, rollbacks.
+fn rollout_families(o: &mut String, routes: &[RouteView<'_>]) {
     let _ = writeln!(o, "# HELP {CANARY_WEIGHT_RATIO} Share of traffic for canary, 0-1, as configured and in force.");
     let _ = writeln!(o, "# TYPE {CANARY_WEIGHT_RATIO} gauge");
     for r in routes {
@@ -381,7 +401,7 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             );
         }
     }
-    route_counters(&mut o, routes, ANALYSIS_VERDICTS_TOTAL, "Canary analysis verdicts.", "verdict", |m| {
+    route_counters(o, routes, ANALYSIS_VERDICTS_TOTAL, "Canary analysis verdicts.", "verdict", |m| {
         Verdict::ALL.iter().map(|v| v.as_str()).zip(m.verdicts.iter()).collect()
     });
     let standings: Vec<(&RouteView<'_>, Vec<Standing>)> = routes.iter().map(|r| (r, r.metrics.standings())).collect();
@@ -417,10 +437,15 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
             }
         }
     }
-    route_counters(&mut o, routes, ROLLBACKS_TOTAL, "Canary rollbacks, by reason.", "reason", |m| {
+    route_counters(o, routes, ROLLBACKS_TOTAL, "Canary rollbacks, by reason.", "reason", |m| {
         RollbackReason::ALL.iter().map(|v| v.as_str()).zip(m.rollbacks.iter()).collect()
     });
-    evidence_families(&mut o, routes);
+    evidence_families(o, routes);
+}
+
+/// This process: start time, access log, analysis source, reloads,
+/// webhooks, readiness, build.
+fn process_families(o: &mut String, g: &Globals) {
     let _ = writeln!(o, "# HELP {PROCESS_START} Start time of this weir process, seconds since the Unix epoch.");
     let _ = writeln!(o, "# TYPE {PROCESS_START} gauge");
     let _ = writeln!(o, "{PROCESS_START} {}", g.start_time_s);
@@ -436,8 +461,8 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {UNROUTED_TOTAL} Requests that matched no route (answered 404).");
     let _ = writeln!(o, "# TYPE {UNROUTED_TOTAL} counter");
     let _ = writeln!(o, "{UNROUTED_TOTAL} {}", g.unrouted);
-    unsolicited_family(&mut o, &g.unsolicited);
-    upstream_families(&mut o, &g.upstreams);
+    unsolicited_family(o, &g.unsolicited);
+    upstream_families(o, &g.upstreams);
     let _ = writeln!(o, "# HELP {CONFIG_RELOADS_TOTAL} Config reloads, by result.");
     let _ = writeln!(o, "# TYPE {CONFIG_RELOADS_TOTAL} counter");
     let _ = writeln!(o, "{CONFIG_RELOADS_TOTAL}{{result=\"success\"}} {}", g.reloads_success);
@@ -458,7 +483,6 @@ pub fn render(routes: &[RouteView<'_>], g: &Globals) -> String {
     let _ = writeln!(o, "# HELP {BUILD_INFO} Always 1; the version label says which weir runs.");
     let _ = writeln!(o, "# TYPE {BUILD_INFO} gauge");
     let _ = writeln!(o, "{BUILD_INFO}{{version=\"{}\"}} 1", crate::version::VERSION);
-    o
 }
 
 /// Stratum label: the segment's name, or `weight` for the route's weight.
