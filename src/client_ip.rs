@@ -91,9 +91,12 @@ impl RealIp {
         // hide the part a trusted proxy appended behind it).
         let values: Vec<&http::HeaderValue> = headers.get_all(&self.header).iter().collect();
         for v in values.iter().rev() {
-            let Ok(v) = v.to_str() else { return (client, true) };
-            for item in v.rsplit(',') {
-                let Some(ip) = parse_forwarded_item(item) else { return (client, true) };
+            // Item by item, as bytes: an unreadable item (not text, not an
+            // address) ends the walk, but the items right of it still count.
+            for item in v.as_bytes().rsplit(|b| *b == b',') {
+                let Some(ip) = std::str::from_utf8(item).ok().and_then(parse_forwarded_item) else {
+                    return (client, true);
+                };
                 client = ip;
                 if !self.trusts(ip) {
                     return (ip, true);
@@ -309,8 +312,12 @@ mod tests {
         assert_eq!(r.client(ip("10.0.0.1"), &junk), (ip("10.0.0.3"), true), "stops at what it cannot read");
         let mut bytes = HeaderMap::new();
         bytes.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        bytes.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff, 10.0.0.4").unwrap());
-        assert_eq!(r.client(ip("10.0.0.1"), &bytes), (ip("10.0.0.1"), true), "an unreadable value ends the walk");
+        bytes.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap());
+        assert_eq!(
+            r.client(ip("10.0.0.1"), &bytes),
+            (ip("203.0.113.9"), true),
+            "an unreadable item ends the walk; what the proxy appended right of it counts"
+        );
         let mut ports = HeaderMap::new();
         ports.insert("x-forwarded-for", HeaderValue::from_static("[2001:db8::5]:443, 1.2.3.4:80"));
         assert_eq!(r.client(ip("10.0.0.1"), &ports), (ip("1.2.3.4"), true));

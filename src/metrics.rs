@@ -72,7 +72,7 @@ pub const GRPC_RESPONSES: &str = "weir_grpc_responses_total";
 pub const RETRIED_ATTEMPTS: &str = "weir_retried_attempts_total";
 /// Requests refused by a route's `rate_limit` (429).
 pub const RATE_LIMITED: &str = "weir_rate_limited_total";
-/// Keys a route's rate limit forgot while they were still owed time.
+/// Keys a route's rate limit forgot to make room for new ones.
 pub const RATE_LIMIT_EVICTIONS: &str = "weir_rate_limit_evictions_total";
 /// Keys a route's rate limit remembers now.
 pub const RATE_LIMIT_KEYS: &str = "weir_rate_limit_keys";

@@ -382,16 +382,7 @@ impl Proxy {
         };
         let edge = choice.route.edge.as_deref();
         let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
-        let answered_here = if admitted.declared.is_some_and(|n| n > max_body) {
-            Err(ProxyError::BodyTooLarge)
-        } else if let Some(e) = edge {
-            let limiter = served.limiters.get(choice.decision.route).and_then(Option::as_ref);
-            phases::edge_filter(e, limiter, choice.route, (&parts, &admitted), (peer, client))
-                .map(|origin| choice.cors_origin = origin)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = answered_here {
+        if let Err(e) = phases::answered_here(served, &mut choice, (&parts, &admitted), (peer, client), max_body) {
             // weir's own answer (413, 429, a preflight, a redirect) says
             // nothing about either version: no metrics, no evidence.
             completion.metrics = None;
@@ -516,7 +507,11 @@ fn grpc_local_response(err: &ProxyError, mut completion: Box<Completion>) -> Res
         (error::Fault::Client, 413 | 431) => 8,
         (error::Fault::Client, _) => 13,
     };
-    tracing::warn!(error = %err, grpc_status = code, "gRPC call answered by weir");
+    match err.fault() {
+        // A refused call (rate limit, bad request) is the client's: no warning per call.
+        error::Fault::Client => tracing::debug!(error = %err, grpc_status = code, "gRPC call answered by weir"),
+        _ => tracing::warn!(error = %err, grpc_status = code, "gRPC call answered by weir"),
+    }
     completion.status = 200;
     completion.grpc_status = Some(code);
     let message = format!("weir: {err}");

@@ -4,10 +4,12 @@
 //!
 //! Memory is bounded whatever the keys: at most `max_keys` per route, in
 //! shards. A key whose bucket has refilled is indistinguishable from a new
-//! one, so a full shard first forgets those; if every key in it is still
-//! owed time, the stalest of a few is evicted (counted). A flood of distinct
-//! keys therefore costs a fixed amount of memory, and can at worst give an
-//! evicted key a fresh bucket, never refuse a client that is within its rate.
+//! one, so a full shard forgets those (a sweep, at most once a second per
+//! shard); between sweeps, or when every key is still owed time, the key
+//! owed least among a few is evicted (counted). A flood of distinct keys
+//! therefore costs a fixed amount of memory and bounded work per request,
+//! and can at worst give an evicted key a fresh bucket, never refuse a
+//! client that is within its rate.
 //!
 //! Each replica counts alone (as ingress-nginx's `limit-rps`): N replicas
 //! behind a balancer allow up to N times the rate in total.
@@ -68,7 +70,7 @@ pub struct Limiter {
     per_shard: usize,
     /// Requests refused.
     pub limited: AtomicU64,
-    /// Keys forgotten while still owed time (a flood of distinct keys).
+    /// Keys forgotten to make room (a flood of distinct keys).
     pub evicted: AtomicU64,
 }
 

@@ -228,3 +228,54 @@ fn gateway_timeouts_redirects_and_backend_filters_are_translated_or_listed() {
     assert_eq!(e.note.as_deref(), Some("answers 301 with Location: https://x/moved/a"), "{}", imported.yaml);
     assert_eq!(weir::explain::explain(&s, &q(true), 0).unwrap().route, None);
 }
+
+#[test]
+fn gateway_matches_keep_the_gateway_api_precedence_when_some_cannot_be_segments() {
+    // rule 1 has more header matches than rule 2, so it wins for a request
+    // with both headers, though rule 2 (its own filter) must be its own route.
+    let r = json!({"kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "default"},
+        "spec": {"rules": [
+            {"backendRefs": [{"name": "v1", "port": 80, "weight": 90}, {"name": "v2", "port": 80, "weight": 10}]},
+            {"matches": [{"headers": [{"name": "x-a", "value": "1"}, {"name": "x-b", "value": "1"}]}],
+             "backendRefs": [{"name": "v2", "port": 80}]},
+            {"matches": [{"headers": [{"name": "x-a", "value": "1"}]}],
+             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-seen", "value": "1"}]}}],
+             "backendRefs": [{"name": "v1", "port": 80}]}]}});
+    let (imported, s) = gateway_snapshot(&[r]);
+    assert!(imported.skipped.is_empty(), "{:?}\n{}", imported.skipped, imported.yaml);
+    for draw in [0, 9_999] {
+        let both = route(&s, "x", "/", &[("x-a", "1"), ("x-b", "1")], &[], draw);
+        assert_eq!(both.as_deref(), Some("v2"), "{}", imported.yaml);
+        assert_eq!(route(&s, "x", "/", &[("x-a", "1")], &[], draw).as_deref(), Some("v1"));
+    }
+    assert_eq!(route(&s, "x", "/", &[], &[], 9_999).as_deref(), Some("v1"));
+    assert_eq!(route(&s, "x", "/", &[], &[], 0).as_deref(), Some("v2"), "the plain rule's 10 % canary");
+}
+
+#[test]
+fn a_route_on_an_http_listener_takes_plain_requests_and_one_on_https_tls_ones() {
+    // The Gateway API's HTTP→HTTPS pattern: a redirect route attached to the
+    // HTTP listener (sectionName), the real route to the HTTPS one.
+    let gw = json!({"kind": "Gateway", "metadata": {"name": "gw", "namespace": "default"},
+        "spec": {"listeners": [{"name": "http", "protocol": "HTTP", "port": 80},
+                               {"name": "https", "protocol": "HTTPS", "port": 443}]}});
+    let redirect = json!({"kind": "HTTPRoute", "metadata": {"name": "to-https", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw", "sectionName": "http"}], "hostnames": ["shop.example"],
+                 "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}]}});
+    let app = json!({"kind": "HTTPRoute", "metadata": {"name": "app", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw", "sectionName": "https"}], "hostnames": ["shop.example"],
+                 "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}});
+    let (imported, s) = gateway_snapshot(&[gw, redirect, app]);
+    assert!(imported.skipped.is_empty(), "{:?}\n{}", imported.skipped, imported.yaml);
+    let q =
+        |https| weir::explain::Query { host: "shop.example".into(), path: "/cart".into(), https, ..Default::default() };
+    let plain = weir::explain::explain(&s, &q(false), 0).unwrap();
+    assert_eq!(
+        plain.note.as_deref(),
+        Some("answers 301 with Location: https://shop.example/cart"),
+        "{}",
+        imported.yaml
+    );
+    let tls = weir::explain::explain(&s, &q(true), 0).unwrap();
+    assert_eq!(tls.upstream.as_deref().map(|u| u.starts_with("shop-")), Some(true), "{}", imported.yaml);
+}

@@ -456,6 +456,16 @@ fn order(g: &Group) -> (u8, std::cmp::Reverse<usize>, String, u8, std::cmp::Reve
 
 /// A route name from the group, unique among `names`.
 fn unique_name(names: &mut BTreeSet<String>, g: &Group) -> String {
+    let mut name = base_name(g);
+    if g.base.as_ref().is_some_and(|b| b.edge.redirect.is_some()) {
+        name.push_str("-redirect");
+    }
+    fresh(names, &name)
+}
+
+/// The group's name before it is made unique: at most 100 characters, so
+/// the suffixes added after it stay within a route name's 128.
+fn base_name(g: &Group) -> String {
     let mut name = super::slug(&[&g.ns, &g.name, g.hosts.first().map_or("any", String::as_str), &g.path]);
     if name.is_empty() {
         name = "route".into();
@@ -463,17 +473,63 @@ fn unique_name(names: &mut BTreeSet<String>, g: &Group) -> String {
     if let Some(m) = &g.method {
         name = format!("{name}-{}", m.to_ascii_lowercase());
     }
-    if g.base.as_ref().is_some_and(|b| b.edge.redirect.is_some()) {
-        name.push_str("-redirect");
-    }
+    name.truncate(100);
+    name
+}
+
+/// `want`, or `want-2`, `want-3`… whichever no route has yet (taken).
+fn fresh(names: &mut BTreeSet<String>, want: &str) -> String {
+    let mut name = want.to_owned();
     let mut n = 2;
-    let base_name = name.clone();
     while names.contains(&name) {
-        name = format!("{base_name}-{n}");
+        name = format!("{want}-{n}");
         n += 1;
     }
     names.insert(name.clone());
     name
+}
+
+/// Whether every conditional match can be a segment of the plain rule
+/// `base`: the same policies, and backends among the path's two versions
+/// (with the same per-version filters).
+fn all_segmentable(base: &Match, conditional: &[Match]) -> bool {
+    let Some((stable, _)) = base.backends.first() else { return false };
+    let segmentable = |c: &Match| {
+        c.edge == base.edge
+            && c.backends.iter().all(|(b, _)| b == stable || base.backends.get(1).is_none_or(|(x, _)| x == b))
+            && c.mods.iter().zip(&c.backends).all(|(m, (b, _))| {
+                let i = base.backends.iter().position(|(x, _)| x == b);
+                i.is_none_or(|i| base.mods.get(i) == Some(m))
+            })
+    };
+    let others: BTreeSet<&Backend> =
+        conditional.iter().flat_map(|c| c.backends.iter().map(|(b, _)| b)).filter(|b| *b != stable).collect();
+    conditional.iter().all(segmentable) && (base.backends.len() > 1 || others.len() <= 1)
+}
+
+/// The shared state `write` threads through its helpers.
+type Out<'a> = (&'a mut BTreeSet<String>, &'a mut BTreeSet<Backend>, &'a mut Vec<Skipped>);
+
+/// Every conditional match of `g` as its own route; how many were written.
+fn write_all_alone(body: &mut String, (names, upstreams, skipped): Out<'_>, g: &Group) -> usize {
+    g.conditional.iter().map(|c| usize::from(write_alone(body, names, g, c, upstreams, skipped))).sum()
+}
+
+/// A path whose plain rule redirects: its conditional matches first, each
+/// its own route, then the redirect route. How many routes were written.
+fn write_redirect(
+    body: &mut String,
+    (names, upstreams, skipped): Out<'_>,
+    g: &Group,
+    (r, what): (&str, &str),
+) -> usize {
+    let written = write_all_alone(body, (&mut *names, &mut *upstreams, &mut *skipped), g);
+    let name = unique_name(names, g);
+    let _ = writeln!(body, "  # {} {what}: RequestRedirect", g.route_id);
+    let _ = writeln!(body, "  - name: {}", q(&name));
+    let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
+    let _ = writeln!(body, "    redirect: {{{r}}}");
+    written + 1
 }
 
 /// A conditional match's header, header_regex and query conditions as
@@ -512,15 +568,7 @@ fn write_alone(
         });
         return false;
     }
-    let base = unique_name(names, g);
-    names.remove(&base);
-    let mut name = format!("{base}-rule-{}", c.rule);
-    let mut n = 2;
-    while names.contains(&name) {
-        name = format!("{base}-rule-{}-{n}", c.rule);
-        n += 1;
-    }
-    names.insert(name.clone());
+    let name = fresh(names, &format!("{}-rule-{}", base_name(g), c.rule));
     let mut m = match_keys(g);
     m.extend(conditions(c));
     let _ = writeln!(body, "  # {} {what}: its own matches", g.route_id);
@@ -578,31 +626,17 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
     for g in &mut groups {
         let what =
             format!("hostnames {:?} path {} ({})", g.hosts, g.path, if g.exact { "Exact" } else { "PathPrefix" });
-        if let Some(r) = g.base.as_ref().and_then(|b| b.edge.redirect.clone()) {
-            let name = unique_name(&mut names, g);
-            count += 1;
-            let _ = writeln!(body, "  # {} {what}: RequestRedirect", g.route_id);
-            let _ = writeln!(body, "  - name: {}", q(&name));
-            let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
-            let _ = writeln!(body, "    redirect: {{{r}}}");
-            for c in &g.conditional {
-                skipped.push(Skipped {
-                    object: g.route_id.clone(),
-                    what: format!("spec.rules[{}] ({what})", c.rule),
-                    why: "a redirect rule takes every request of this path: weir cannot keep some for a backend".into(),
-                });
-            }
-            continue;
-        }
         // The Gateway API's precedence among a path's matches: more header
         // matches first, then more query matches, then reading order.
         g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
+        if let Some(r) = g.base.as_ref().and_then(|b| b.edge.redirect.clone()) {
+            count += write_redirect(&mut body, (&mut names, &mut upstreams, &mut skipped), g, (&r, &what));
+            continue;
+        }
         let Some(base) = g.base.take() else {
             // Only conditional matches: each its own route, which takes only
             // the requests with its headers and query (others fall through).
-            for c in &g.conditional {
-                count += usize::from(write_alone(&mut body, &mut names, g, c, &mut upstreams, &mut skipped));
-            }
+            count += write_all_alone(&mut body, (&mut names, &mut upstreams, &mut skipped), g);
             continue;
         };
         if base.backends.len() > 2 {
@@ -611,9 +645,17 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
                 what: what.clone(),
                 why: format!("{} backends: weir splits a path between two versions", base.backends.len()),
             });
+            // Its conditional matches still take their own requests.
+            count += write_all_alone(&mut body, (&mut names, &mut upstreams, &mut skipped), g);
             continue;
         }
         let stable = base.backends[0].0.clone();
+        // If any conditional match cannot be a segment of the plain route,
+        // every one becomes its own route (in precedence order, before the
+        // plain route): a segment is only tried after all routes before it,
+        // so mixing the two could put a match with fewer headers first.
+        let all_alone = !all_segmentable(&base, &g.conditional);
+        let mut alone: Vec<Match> = if all_alone { std::mem::take(&mut g.conditional) } else { Vec::new() };
         // The Gateway API guide's first canary step: the plain rule to v1
         // alone and a header rule to v2 alone. v2 is then the canary, at
         // weight 0 but for the header's segment.
@@ -640,7 +682,6 @@ fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
         count += 1;
         upstreams.insert(stable.clone());
         let start = body.len();
-        let mut alone: Vec<Match> = Vec::new();
         let _ = writeln!(body, "  # {} {what}", g.route_id);
         let _ = writeln!(body, "  - name: {}", q(&name));
         let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));

@@ -170,7 +170,7 @@ fn rate_limit_family(o: &mut String, routes: &[RouteView<'_>]) {
         (
             super::RATE_LIMIT_EVICTIONS,
             "counter",
-            "Keys forgotten while still owed time (more distinct keys than max_keys).",
+            "Keys forgotten to make room (more distinct keys than max_keys).",
             |l| l.evicted.load(Relaxed),
         ),
         (super::RATE_LIMIT_KEYS, "gauge", "Keys the route's rate limit remembers.", |l| {

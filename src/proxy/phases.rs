@@ -416,10 +416,66 @@ fn rewrite_path(change: &PathChange, matched: &routing::PathMatch, uri: &mut Uri
     }
 }
 
+/// weir's own answer, if the request gets one before anything goes
+/// upstream: the rate limit, a preflight and a redirect first (a redirect
+/// route takes no body), then the route's body limit (`max_body`).
+pub(super) fn answered_here(
+    served: &Serving,
+    choice: &mut Choice<'_>,
+    (parts, admitted): (&Parts, &Admitted),
+    (peer, client): (&Peer, Option<std::net::IpAddr>),
+    max_body: u64,
+) -> Result<(), ProxyError> {
+    if let Some(e) = choice.route.edge.as_deref() {
+        let limiter = served.limiters.get(choice.decision.route).and_then(Option::as_ref);
+        choice.cors_origin = edge_filter(e, limiter, choice.route, (parts, admitted), (peer, client))?;
+    }
+    match admitted.declared {
+        Some(n) if n > max_body => Err(ProxyError::BodyTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// The route's rate limit for this request: by its key header, else by
+/// the client's address (`ip`).
+fn rate_limit(l: &crate::ratelimit::Limiter, parts: &Parts, ip: std::net::IpAddr) -> Result<(), ProxyError> {
+    // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`.
+    let ip = match ip {
+        std::net::IpAddr::V6(a) => a.to_ipv4_mapped().map_or(std::net::IpAddr::V6(a), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let header = match &l.spec.key {
+        crate::ratelimit::Key::Header(h) => parts.headers.get(h).map(HeaderValue::as_bytes),
+        crate::ratelimit::Key::ClientIp => None,
+    };
+    // Tagged so that no header value can name an address's bucket; an
+    // IPv6 client is its /64 (a host picks its own address within it).
+    let mut key = [0u8; 1 + 8];
+    let verdict = match header {
+        Some(v) => l.admit_tagged(b'h', v, Instant::now()),
+        None => match ip {
+            std::net::IpAddr::V4(a) => {
+                key[0] = b'4';
+                key[1..5].copy_from_slice(&a.octets());
+                l.admit(&key[..5], Instant::now())
+            }
+            std::net::IpAddr::V6(a) => {
+                key[0] = b'6';
+                key[1..9].copy_from_slice(&a.octets()[..8]);
+                l.admit(&key, Instant::now())
+            }
+        },
+    };
+    match verdict {
+        crate::ratelimit::Admit::No(wait) => Err(ProxyError::RateLimited(wait)),
+        crate::ratelimit::Admit::Yes => Ok(()),
+    }
+}
+
 /// Before anything goes upstream: the rate limit, a CORS preflight, then a
 /// redirect route answers here. `client`: the address `real_ip` found, if
 /// configured. Ok: the `Origin` to mark the answer for (`cors`).
-pub(super) fn edge_filter(
+fn edge_filter(
     e: &Edge,
     limiter: Option<&Arc<crate::ratelimit::Limiter>>,
     route: &Route,
@@ -427,32 +483,7 @@ pub(super) fn edge_filter(
     (peer, client): (&Peer, Option<std::net::IpAddr>),
 ) -> Result<Option<HeaderValue>, ProxyError> {
     if let Some(l) = limiter {
-        let ip = client.unwrap_or(peer.addr);
-        let header = match &l.spec.key {
-            crate::ratelimit::Key::Header(h) => parts.headers.get(h).map(HeaderValue::as_bytes),
-            crate::ratelimit::Key::ClientIp => None,
-        };
-        // Tagged so that no header value can name an address's bucket; an
-        // IPv6 client is its /64 (a host picks its own address within it).
-        let mut key = [0u8; 1 + 8];
-        let verdict = match header {
-            Some(v) => l.admit_tagged(b'h', v, Instant::now()),
-            None => match ip {
-                std::net::IpAddr::V4(a) => {
-                    key[0] = b'4';
-                    key[1..5].copy_from_slice(&a.octets());
-                    l.admit(&key[..5], Instant::now())
-                }
-                std::net::IpAddr::V6(a) => {
-                    key[0] = b'6';
-                    key[1..9].copy_from_slice(&a.octets()[..8]);
-                    l.admit(&key, Instant::now())
-                }
-            },
-        };
-        if let crate::ratelimit::Admit::No(wait) = verdict {
-            return Err(ProxyError::RateLimited(wait));
-        }
+        rate_limit(l, parts, client.unwrap_or(peer.addr))?;
     }
     let mut origin = None;
     if let Some(cors) = &e.cors {

@@ -334,7 +334,7 @@ impl Redirect {
             origin.push_str(&format!(":{p}"));
         }
         let mut rest = asked.path.to_owned();
-        if let Some(q) = asked.query.filter(|_| self.keep_query) {
+        if let Some(q) = asked.query {
             rest.push('?');
             rest.push_str(q);
         }
