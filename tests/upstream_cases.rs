@@ -506,12 +506,6 @@ const INGRESS_KNOWN: &[(&str, &str, &str)] = &[
         "test/e2e/annotations/cors.go: It(\"should allow headers for cors",
         "allow-headers on preflights only",
     ),
-    // Fetch: `*` cannot carry credentials, so with them weir names the origin.
-    (
-        "cors.yaml",
-        "test/e2e/annotations/cors.go: It(\"should allow - missing origins",
-        "echoes the origin, not `*`, with credentials",
-    ),
     // `https://*.a.com` takes any subdomain depth in weir (the Gateway
     // API's reading); ingress-nginx takes one label.
     (
