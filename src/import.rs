@@ -187,6 +187,18 @@ pub(crate) fn latest(objects: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     objects.iter().enumerate().filter(|(i, o)| last.get(&key(o)) == Some(i)).map(|(_, o)| o).collect()
 }
 
+/// `want`, or `want-2`, `want-3`… whichever no route has yet (taken).
+pub(crate) fn fresh(names: &mut std::collections::BTreeSet<String>, want: &str) -> String {
+    let mut name = want.to_owned();
+    let mut n = 2;
+    while names.contains(&name) {
+        name = format!("{want}-{n}");
+        n += 1;
+    }
+    names.insert(name.clone());
+    name
+}
+
 /// A string as a YAML scalar (JSON strings are valid YAML).
 pub(crate) fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())

@@ -21,7 +21,7 @@
 //! (whole segments); header `RegularExpression` is matched whole
 //! (`^(?:…)$`). What does not fit this shape is listed, not dropped.
 
-use super::{Backend, Imported, Skipped, config_text, dns_label, q, token, valid_host};
+use super::{Backend, Imported, Skipped, config_text, dns_label, fresh, q, token, valid_host};
 use serde_json::Value;
 
 mod filters;
@@ -474,18 +474,6 @@ fn base_name(g: &Group) -> String {
         name = format!("{name}-{}", m.to_ascii_lowercase());
     }
     name.truncate(100);
-    name
-}
-
-/// `want`, or `want-2`, `want-3`… whichever no route has yet (taken).
-fn fresh(names: &mut BTreeSet<String>, want: &str) -> String {
-    let mut name = want.to_owned();
-    let mut n = 2;
-    while names.contains(&name) {
-        name = format!("{want}-{n}");
-        n += 1;
-    }
-    names.insert(name.clone());
     name
 }
 

@@ -3,21 +3,9 @@
 //! with a comment saying where it came from.
 
 use super::{ANN, Ingress, PathType, Planned, Rule};
-use crate::import::{Backend, Imported, Skipped, config_text, q, slug, token, valid_host};
+use crate::import::{Backend, Imported, Skipped, config_text, fresh, q, slug, token, valid_host};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-
-/// `want`, or `want-2`, `want-3`… whichever no route has yet (taken).
-fn fresh(names: &mut BTreeSet<String>, want: &str) -> String {
-    let mut name = want.to_owned();
-    let mut n = 2;
-    while names.contains(&name) {
-        name = format!("{want}-{n}");
-        n += 1;
-    }
-    names.insert(name.clone());
-    name
-}
 
 /// A pattern Rust's regex refuses for using what only PCRE has.
 fn pcre_only(p: &str) -> bool {
