@@ -20,6 +20,7 @@
 //! `local_response`).
 
 mod body;
+mod edge;
 pub mod error;
 mod phases;
 use crate::headers;
@@ -382,7 +383,7 @@ impl Proxy {
         };
         let edge = choice.route.edge.as_deref();
         let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
-        if let Err(e) = phases::answered_here(served, &mut choice, (&parts, &admitted), (peer, client), max_body) {
+        if let Err(e) = edge::answered_here(served, &mut choice, (&parts, &admitted), (peer, client), max_body) {
             // weir's own answer (413, 429, a preflight, a redirect) says
             // nothing about either version: no metrics, no evidence.
             completion.metrics = None;
@@ -420,7 +421,7 @@ impl Proxy {
             } else {
                 None
             };
-            let limits = phases::AttemptLimits::new(upstream.spec().request_timeout, edge, grpc_limit, deadline);
+            let limits = edge::AttemptLimits::new(upstream.spec().request_timeout, edge, grpc_limit, deadline);
             limits.apply(&mut parts)?;
             let mut attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
             loop {
