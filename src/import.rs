@@ -7,6 +7,7 @@
 //! listed (object and annotation or field), never silently dropped. The
 //! caller checks the output with `config::validate` like any config.
 
+pub mod cli;
 pub mod gateway_api;
 pub mod ingress_nginx;
 

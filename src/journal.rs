@@ -10,10 +10,14 @@
 //!
 //! What a chain cannot show by itself: lines cut from the very end (the
 //! newest). `state.json` records the head (`journal_head`: seq and hash of
-//! the newest line at each save), and `verify_dir` checks the journal still
-//! reaches it.
+//! the newest line at each save), and `weir journal verify` checks the
+//! journal still reaches it.
 //!
-//! Pure functions over bytes; the writer lives in `rollout::store`.
+//! Pure functions over bytes, the names of a journal directory's files, and
+//! `weir journal verify` (`verify_dir`); the writer lives in `rollout::store`.
+
+mod verify_dir;
+pub use verify_dir::verify_dir;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -142,6 +146,22 @@ pub fn claimed_start(bytes: &[u8]) -> Option<Head> {
         let prev = v.get("prev")?.as_str()?;
         Some(Head { seq: seq.saturating_sub(1), hash: prev.to_owned() })
     })
+}
+
+/// Rotated journal files, oldest first (by the seq in their name).
+pub fn rotated_journals(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let seq = name.strip_prefix("journal-")?.strip_suffix(".jsonl")?.parse().ok()?;
+            Some((seq, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
 }
 
 #[cfg(test)]

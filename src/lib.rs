@@ -33,6 +33,7 @@ pub mod admin;
 pub mod analysis;
 pub mod app;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod evidence;

@@ -91,6 +91,28 @@ pub async fn idle(activity: &Activity, limit: Duration, from: Instant) {
     }
 }
 
+/// A place under a counted cap (`limits.max_in_flight`, a shadow's
+/// `max_in_flight`): taken only while the count is below the cap, given
+/// back when dropped, so an early return or a panic cannot leak it.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// `None` when `count` is already at `max`.
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
 use crate::ratelimit::Limiter;
 use crate::rollout::fleet::FleetKey;
-use crate::rollout::{self, Rollouts, Steer, SteerError};
+use crate::rollout::{Rollouts, Steer, SteerError};
 use crate::upstream::Upstream;
 use crate::websocket::Hub;
 use arc_swap::ArcSwap;
@@ -91,7 +91,7 @@ impl Live {
     /// Open the rollout state in `snapshot.state_dir` and serve `snapshot`.
     pub fn new(snapshot: Snapshot) -> std::io::Result<Self> {
         let registry = Registry::default();
-        let mut book = Rollouts::open(&snapshot.state_dir, &snapshot, &registry, rollout::wall_ms())?;
+        let mut book = Rollouts::open(&snapshot.state_dir, &snapshot, &registry, crate::clock::wall_ms())?;
         let notifier = Arc::new(crate::notify::Notifier::new());
         notifier.configure(&snapshot.notify);
         book.set_notifier(Arc::clone(&notifier));
@@ -106,7 +106,7 @@ impl Live {
             writer: Mutex::new(Writer { config: Arc::new(snapshot), book }),
             changed: Notify::new(),
             websockets: Hub::default(),
-            started_s: rollout::wall_ms() as f64 / 1000.0,
+            started_s: crate::clock::wall_ms() as f64 / 1000.0,
             fleet_queries: Default::default(),
             fleet_bytes: Default::default(),
             fleet_passed: Default::default(),
@@ -188,7 +188,7 @@ impl Live {
         let old = Arc::clone(&w.config);
         w.book.windows_for_new_revisions(Some(&old), &snapshot, &self.registry);
         self.notifier.configure(&snapshot.notify);
-        w.book.reconcile(Some(&old), &snapshot, rollout::wall_ms());
+        w.book.reconcile(Some(&old), &snapshot, crate::clock::wall_ms());
         w.config = Arc::new(snapshot);
         let generation = self.current.load().generation + 1;
         self.publish(&w, generation);
@@ -212,7 +212,7 @@ impl Live {
     pub fn steer(&self, route: &str, op: Steer, peer: SocketAddr) -> Result<bool, SteerError> {
         let mut w = self.lock();
         let config = Arc::clone(&w.config);
-        let changed = w.book.steer(&config, &self.registry, route, op, peer, rollout::wall_ms())?;
+        let changed = w.book.steer(&config, &self.registry, route, op, peer, crate::clock::wall_ms())?;
         if changed {
             self.publish(&w, self.current.load().generation);
         }
@@ -230,7 +230,7 @@ impl Live {
     pub fn fleet_polled(&self, route: &str, revision: &str, c: crate::fleet::control::Control) {
         let mut w = self.lock();
         let config = Arc::clone(&w.config);
-        if w.book.fleet_polled(&config, &self.registry, route, revision, c, rollout::wall_ms()) {
+        if w.book.fleet_polled(&config, &self.registry, route, revision, c, crate::clock::wall_ms()) {
             self.publish(&w, self.current.load().generation);
         }
     }
@@ -244,7 +244,7 @@ impl Live {
             &self.registry,
             FleetKey { route, revision },
             (series, times),
-            rollout::wall_ms(),
+            crate::clock::wall_ms(),
         ) {
             self.publish(&w, self.current.load().generation);
         }
@@ -259,7 +259,7 @@ impl Live {
             &self.registry,
             FleetKey { route, revision },
             (eval_ms, error),
-            rollout::wall_ms(),
+            crate::clock::wall_ms(),
         );
     }
 

@@ -179,25 +179,26 @@ fn main() -> ExitCode {
             let q = weir::explain::Query { host, path, headers, cookies, query, https: false };
             explain(&config.config, &q)
         }
-        Command::Healthcheck { url } => match healthcheck(&url) {
+        Command::Healthcheck { url } => match weir::status::cli::healthcheck(&url) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("weir healthcheck: {e:#}");
+                eprintln!("weir healthcheck: {e}");
                 ExitCode::FAILURE
             }
         },
         Command::Fleet { action, route, replicas, token_file } => {
-            fleet(&action, &route, &replicas, token_file.as_deref())
+            weir::fleet::broadcast::command(&action, &route, &replicas, token_file.as_deref())
         }
         Command::Status { route, admin, watch, wait, timeout, interval, json } => {
-            status(&admin, route.as_deref(), StatusMode { watch, wait, json }, timeout, interval)
+            let mode = weir::status::cli::Mode { watch, wait, json };
+            weir::status::cli::status(&admin, route.as_deref(), mode, timeout, interval)
         }
-        Command::Journal { action: JournalAction::Verify { path } } => journal_verify(&path),
+        Command::Journal { action: JournalAction::Verify { path } } => weir::journal::verify_dir(&path),
         Command::Import { from: ImportFrom::IngressNginx { file, class, output } } => {
-            import(&file, output.as_deref(), |o| weir::import::ingress_nginx::import(o, &class))
+            weir::import::cli::run(&file, output.as_deref(), |o| weir::import::ingress_nginx::import(o, &class))
         }
         Command::Import { from: ImportFrom::GatewayApi { file, output } } => {
-            import(&file, output.as_deref(), weir::import::gateway_api::import)
+            weir::import::cli::run(&file, output.as_deref(), weir::import::gateway_api::import)
         }
         Command::Demo => match demo() {
             Ok(true) => ExitCode::SUCCESS,
@@ -277,115 +278,6 @@ fn init_logging() {
     tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// One HTTP/1.1 GET with std only; Ok when the status is 200.
-fn healthcheck(url: &str) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let addr = authority
-        .to_socket_addrs()
-        .context("resolving the address")?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{authority}: no address"))?;
-    let timeout = std::time::Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).context("connecting")?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head)?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let status = line.split_whitespace().nth(1).unwrap_or("none");
-    anyhow::ensure!(status == "200", "{url} answered {status}");
-    Ok(())
-}
-
-struct StatusMode {
-    watch: bool,
-    wait: bool,
-    json: bool,
-}
-
-/// `weir status`.
-fn status(
-    admin: &str,
-    route: Option<&str>,
-    mode: StatusMode,
-    timeout: std::time::Duration,
-    every: std::time::Duration,
-) -> ExitCode {
-    use std::io::{IsTerminal, Write};
-    use weir::status;
-    let every = every.max(std::time::Duration::from_millis(100));
-    if mode.wait {
-        let Some(route) = route else { return ExitCode::from(2) };
-        let end = status::wait(admin, route, timeout, every, |line| println!("{line}"));
-        return match end {
-            Ok(end) => {
-                let what = match end {
-                    status::WaitEnd::Promoted => "promoted",
-                    status::WaitEnd::Failed => "rolled back or killed",
-                    status::WaitEnd::TimedOut => "still running at the timeout",
-                };
-                println!("{route}: {what}");
-                ExitCode::from(end.exit_code())
-            }
-            Err(e) => {
-                eprintln!("weir status: {e}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    if mode.json {
-        return match status::fetch(admin, route) {
-            Ok(routes) => {
-                let v = match route {
-                    Some(_) => routes.into_iter().next().unwrap_or_default(),
-                    None => serde_json::Value::Array(routes),
-                };
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("weir status: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let tty = std::io::stdout().is_terminal();
-    let mut last = String::new();
-    loop {
-        let text = match status::fetch(admin, route) {
-            Ok(routes) => status::render(&routes),
-            Err(e) if !mode.watch => {
-                eprintln!("weir status: {e}");
-                return ExitCode::FAILURE;
-            }
-            Err(e) => format!("weir status: {e}\n"),
-        };
-        if !mode.watch {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        let mut out = std::io::stdout().lock();
-        let written = if tty {
-            let stamp = weir::access_log::rfc3339_now();
-            write!(out, "{}", status::redraw(&format!("weir status — {admin} — {stamp}\n\n{text}")))
-        } else if text != last {
-            write!(out, "--- {}\n{text}", weir::access_log::rfc3339_now())
-        } else {
-            Ok(())
-        };
-        if written.and_then(|()| out.flush()).is_err() {
-            return ExitCode::SUCCESS; // the reader went away (a closed pipe)
-        }
-        last = text;
-        std::thread::sleep(every);
-    }
-}
-
 /// Raise the soft open-file limit to the hard one (systemd and containers
 /// often start processes at 1,024 soft with a far higher hard limit): each
 /// client connection can hold a client socket, an upstream socket and a
@@ -405,171 +297,6 @@ fn raise_open_file_limit(max_connections: usize) {
         Ok(now) => tracing::info!(before, now, "open-file limit"),
         Err(e) => tracing::warn!(before, error = %e, "cannot raise the open-file limit"),
     }
-}
-
-/// `weir import …`: 0 complete, 1 incomplete, 2 failed.
-fn import(
-    file: &std::path::Path,
-    output: Option<&std::path::Path>,
-    translate: impl Fn(&[serde_json::Value]) -> weir::import::Imported,
-) -> ExitCode {
-    use std::io::Read;
-    let text = if file.as_os_str() == "-" {
-        let mut s = String::new();
-        match std::io::stdin().take(weir::files::MAX_CONFIG * 16).read_to_string(&mut s) {
-            Ok(_) => Ok(s),
-            Err(e) => Err(e.to_string()),
-        }
-    } else {
-        weir::files::read_capped(file, weir::files::MAX_CONFIG * 16)
-            .map_err(|e| e.to_string())
-            .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
-    };
-    let objects = match text.and_then(|t| weir::import::objects(&t)) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("weir import: {}: {e}", file.display());
-            return ExitCode::from(2);
-        }
-    };
-    let imported = translate(&objects);
-    let base = output.and_then(std::path::Path::parent).filter(|p| !p.as_os_str().is_empty());
-    if let Err(problems) = weir::import::check(&imported, base.unwrap_or(std::path::Path::new("."))) {
-        // A bug of the importer: say so with what it wrote.
-        eprintln!("weir import: the generated config does not pass weir check (please report):");
-        for p in problems {
-            eprintln!("  {p}");
-        }
-        eprintln!("{}", imported.yaml);
-        return ExitCode::from(2);
-    }
-    let written = match output {
-        Some(path) => std::fs::write(path, &imported.yaml).map_err(|e| format!("{}: {e}", path.display())),
-        None => {
-            print!("{}", imported.yaml);
-            Ok(())
-        }
-    };
-    if let Err(e) = written {
-        eprintln!("weir import: {e}");
-        return ExitCode::from(2);
-    }
-    for s in &imported.skipped {
-        eprintln!("not translated: {s}");
-    }
-    eprintln!(
-        "weir import: {} route(s) written; {} item(s) not translated{}",
-        imported.routes,
-        imported.skipped.len(),
-        if imported.skipped.is_empty() { "" } else { " (listed above)" }
-    );
-    if imported.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-}
-
-/// `weir journal verify`: 0 intact, 1 broken, 2 unreadable.
-fn journal_verify(path: &std::path::Path) -> ExitCode {
-    use weir::journal;
-    let read = |p: &std::path::Path| {
-        weir::files::read_capped(p, weir::files::MAX_JOURNAL).map(|b| (p.display().to_string(), b))
-    };
-    let (files, from, state) = if path.is_dir() {
-        let mut names = weir::rollout::store::rotated_journals(path);
-        let current = path.join("journal.jsonl");
-        if current.exists() {
-            names.push(current);
-        }
-        let files: Result<Vec<_>, _> = names.iter().map(|p| read(p)).collect();
-        (files, None, weir::files::read_capped(&path.join("state.json"), weir::files::MAX_STATE).ok())
-    } else {
-        let file = read(path);
-        let from = file.as_ref().ok().and_then(|(_, b)| journal::claimed_start(b)).filter(|h| h.seq > 0);
-        (file.map(|f| vec![f]), from, None)
-    };
-    let files = match files {
-        Ok(f) if !f.is_empty() => f,
-        Ok(_) => {
-            eprintln!("weir journal verify: no journal in {}", path.display());
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("weir journal verify: {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    let r = journal::verify(&files, from.as_ref());
-    if let Some(b) = &r.broken {
-        println!("journal BROKEN at {} line {}: {}", b.file, b.line, b.why);
-        println!("(the {} lines before it verify)", r.lines);
-        return ExitCode::FAILURE;
-    }
-    // state.json records the newest line at each save: a journal that ends
-    // before it lost lines at its end.
-    let recorded = state
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| Some((v["journal_head"]["seq"].as_u64()?, v["journal_head"]["hash"].as_str()?.to_owned())));
-    if let Some((seq, hash)) = &recorded
-        && (*seq > r.head.seq || (*seq == r.head.seq && *hash != r.head.hash))
-    {
-        println!(
-            "journal BROKEN at its end: state.json records line seq {seq}, the journal ends at seq {} \
-             (lines removed from the end, or the last line edited)",
-            r.head.seq
-        );
-        return ExitCode::FAILURE;
-    }
-    if let Some(h) = &from {
-        println!("continues from seq {} (the file before it is not checked here)", h.seq);
-    }
-    if r.unchained > 0 {
-        println!("{} line(s) from before the chain (not protected)", r.unchained);
-    }
-    println!(
-        "journal intact: {} chained line(s) in {} file(s), newest seq {}, hash {}{}",
-        r.lines,
-        files.len(),
-        r.head.seq,
-        r.head.hash,
-        if recorded.is_some() { "; matches state.json" } else { "" }
-    );
-    ExitCode::SUCCESS
-}
-
-/// `weir fleet`: exit 0 when every replica accepted the call.
-fn fleet(action: &str, route: &str, replicas: &[String], token_file: Option<&std::path::Path>) -> ExitCode {
-    let token = match token_file.map(|f| weir::files::read_capped(f, weir::files::MAX_SECRET)).transpose() {
-        Ok(t) => t.map(|t| String::from_utf8_lossy(&t).trim().to_owned()).filter(|t| !t.is_empty()),
-        Err(e) => {
-            eprintln!("weir fleet: token file: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weir fleet: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answers = rt.block_on(async {
-        let addrs = weir::fleet::broadcast::resolve(replicas).await?;
-        Ok::<_, String>(weir::fleet::broadcast::broadcast(&addrs, route, action, token.as_deref()).await)
-    });
-    let answers = match answers {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("weir fleet: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    for a in &answers {
-        match &a.result {
-            Ok((status, body)) => println!("{}\t{status}\t{body}", a.replica),
-            Err(e) => println!("{}\terror\t{e}", a.replica),
-        }
-    }
-    let ok = answers.iter().filter(|a| a.ok()).count();
-    eprintln!("{action} {route}: {ok} of {} replicas accepted", answers.len());
-    if ok == answers.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn demo() -> anyhow::Result<bool> {

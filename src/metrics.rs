@@ -383,7 +383,7 @@ pub struct ShadowMetrics {
     outcomes: [AtomicU64; 5],
     mismatches: AtomicU64,
     /// Copies being sent right now (the `max_in_flight` gate).
-    pub in_flight: AtomicUsize,
+    pub in_flight: Arc<AtomicUsize>,
     buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     sum_us: AtomicU64,
     count: AtomicU64,
@@ -394,7 +394,7 @@ impl Default for ShadowMetrics {
         Self {
             outcomes: Default::default(),
             mismatches: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             buckets: Default::default(),
             sum_us: AtomicU64::new(0),
             count: AtomicU64::new(0),

@@ -96,7 +96,7 @@ impl Notifier {
     pub fn config_refused(&self, file: &str, problems: &[String]) {
         let key = format!("config_refused/{}", crate::journal::hash_line(problems.join("\n").as_bytes()));
         let line = json!({
-            "at": crate::access_log::rfc3339_now(),
+            "at": crate::clock::rfc3339_now(),
             "event": "config_refused",
             "file": file,
             "problems": problems,

@@ -24,12 +24,13 @@ mod edge;
 pub mod error;
 mod phases;
 use crate::headers;
-use crate::limits::{Activity, Busy, ConnHold};
+use crate::limits::{Activity, Busy, ConnHold, Slot};
 
 pub use body::RespBody;
 pub use error::ProxyError;
 
-use crate::access_log::{AccessLog, Record, rfc3339_now};
+use crate::access_log::{AccessLog, Record};
+use crate::clock::rfc3339_now;
 use crate::config::RetryOn;
 use crate::live::{Live, Serving};
 use crate::metrics::RouteMetrics;
@@ -94,25 +95,6 @@ impl Peer {
     }
 }
 
-/// A slot in `max_in_flight`; released on drop.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn acquire(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        if counter.fetch_add(1, Ordering::AcqRel) >= max {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Self(Arc::clone(counter)))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 static V_STABLE: HeaderValue = HeaderValue::from_static("stable");
 static V_CANARY: HeaderValue = HeaderValue::from_static("canary");
 
@@ -148,7 +130,7 @@ pub struct Completion {
     /// Set once the route is known; the version may change on fallback.
     metrics: Option<(Arc<RouteMetrics>, Version)>,
     start: Instant,
-    _slot: Option<InFlight>,
+    _slot: Option<Slot>,
     /// Keeps an HTTP/2 connection from counting as idle until the response
     /// is done.
     _busy: Option<Busy>,
@@ -330,8 +312,7 @@ impl Proxy {
         req: &mut Request<Incoming>,
         completion: &mut Completion,
     ) -> Result<Option<websocket::ClientUpgrade>, ProxyError> {
-        let slot =
-            InFlight::acquire(&self.in_flight, served.snapshot.limits.max_in_flight).ok_or(ProxyError::Overloaded)?;
+        let slot = Slot::take(&self.in_flight, served.snapshot.limits.max_in_flight).ok_or(ProxyError::Overloaded)?;
         completion._slot = Some(slot);
         let h2_ws = websocket::is_extended_connect(req.method(), req.version(), req.extensions());
         if req.method() == http::Method::CONNECT && !h2_ws {

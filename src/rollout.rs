@@ -25,8 +25,8 @@ pub mod store;
 use crate::analysis::machine::RouteState;
 use crate::labels::RollbackReason;
 
-use crate::access_log::rfc3339;
 use crate::analysis::{Judgement, Verdict};
+use crate::clock::rfc3339_ms;
 use crate::config::Snapshot;
 use crate::metrics::{Registry, RouteMetrics};
 use crate::routing::policy::AnalysisMode;
@@ -37,17 +37,8 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use store::Store;
-
-/// Wall-clock now, ms since the Unix epoch.
-pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, crate::units::duration_ms)
-}
-
-fn at(ms: u64) -> String {
-    rfc3339(ms / 1000, (ms % 1000) as u32)
-}
 
 /// Admin steering calls (design §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +137,7 @@ fn entry(
     from: u16,
 ) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("at".into(), json!(at(now_ms)));
+    m.insert("at".into(), json!(rfc3339_ms(now_ms)));
     m.insert("route".into(), json!(&*r.name));
     m.insert("actor".into(), json!(actor));
     m.insert("event".into(), json!(event));
@@ -366,7 +357,7 @@ impl Rollouts {
             // A hold starting or ending changes what /routes and the
             // metrics show, though no weight moves.
             changed |= st.phase(r.config_killed) != before_phase;
-            m.verdict(&at(now_ms), &j, st.streak);
+            m.verdict(&rfc3339_ms(now_ms), &j, st.streak);
             log_verdict(r, &j);
             let mut e = entry(r, &st, "auto", "verdict", now_ms, &config.sha256, from);
             e.insert("verdict".into(), json!(j.verdict.as_str()));
@@ -543,9 +534,9 @@ impl Rollouts {
                     m.evidence.reset(judging::frozen_for(
                         a,
                         &m,
-                        crate::rollout::wall_ms(),
+                        crate::clock::wall_ms(),
                         Instant::now(),
-                        crate::rollout::wall_ms(),
+                        crate::clock::wall_ms(),
                     ));
                 }
                 m.clear_standings();

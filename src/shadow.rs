@@ -10,6 +10,7 @@
 //! metrics only — never to the stable/canary windows, verdicts or request
 //! metrics.
 
+use crate::limits::Slot;
 use crate::metrics::{RouteMetrics, ShadowOutcome};
 use crate::routing::policy::Shadow;
 use crate::routing::{BUCKETS, Bucket, BucketSource, Facts, Route};
@@ -18,7 +19,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -58,24 +58,19 @@ fn spread(bucket: u16) -> u16 {
 }
 
 /// A place under the route's `max_in_flight`; freed on drop.
-pub struct MirrorPermit(Arc<RouteMetrics>);
+pub struct MirrorPermit {
+    _slot: Slot,
+    metrics: Arc<RouteMetrics>,
+}
 
 impl MirrorPermit {
     /// `None` (and the copy counted `dropped`) when the route is at its cap.
     pub fn acquire(metrics: &Arc<RouteMetrics>, max: usize) -> Option<Self> {
-        let gate = &metrics.shadow.in_flight;
-        if gate.fetch_add(1, Ordering::AcqRel) >= max {
-            gate.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Slot::take(&metrics.shadow.in_flight, max) else {
             metrics.shadow.outcome(ShadowOutcome::Dropped);
             return None;
-        }
-        Some(Self(Arc::clone(metrics)))
-    }
-}
-
-impl Drop for MirrorPermit {
-    fn drop(&mut self) {
-        self.0.shadow.in_flight.fetch_sub(1, Ordering::AcqRel);
+        };
+        Some(Self { _slot: slot, metrics: Arc::clone(metrics) })
     }
 }
 
@@ -114,7 +109,7 @@ pub fn spawn(copy: Mirror, slot: MirrorPermit) {
 }
 
 async fn run(copy: Mirror, slot: MirrorPermit) {
-    let metrics = Arc::clone(&slot.0);
+    let metrics = Arc::clone(&slot.metrics);
     let started = Instant::now();
     let deadline = started + copy.timeout;
     let Mirror { upstream, method, uri, headers, body, primary, .. } = copy;

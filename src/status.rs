@@ -6,6 +6,8 @@
 //! A plain blocking HTTP/1.1 client: one `GET` per poll with
 //! `Connection: close`, bounded by a timeout, so the CLI needs no runtime.
 
+pub mod cli;
+
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::{Read, Write};

@@ -9,13 +9,13 @@
 //! - [`reap_idle_connections`]: closes pooled upstream connections that
 //!   expired or that their upstream closed.
 
+use crate::clock::wall_ms;
 use crate::fleet::Target;
 use crate::fleet::control::Control;
 use crate::fleet::prom::{self, Cost, QueryError};
 use crate::fleet::{LOOKBACK_MS, MAX_STEPS, evidence_query, label_filter, staleness};
 use crate::live::Live;
 use crate::metrics::{FLEET_START, ROLLOUT_CONTROL};
-use crate::rollout::wall_ms;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +30,7 @@ const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn controller(live: Arc<Live>, stop: CancellationToken) {
     loop {
         let l = Arc::clone(&live);
-        let next =
-            tokio::task::spawn_blocking(move || l.tick(Instant::now(), crate::rollout::wall_ms())).await.ok().flatten();
+        let next = tokio::task::spawn_blocking(move || l.tick(Instant::now(), wall_ms())).await.ok().flatten();
         let now = Instant::now();
         let wake = next.map_or(now + MAX_SLEEP, |n| n.min(now + MAX_SLEEP));
         tokio::select! {

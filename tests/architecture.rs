@@ -15,6 +15,7 @@ const LADDER: &[(&str, &[&str])] = &[
         &[
             "access_log",
             "client_ip",
+            "clock",
             "files",
             "grpc",
             "headers",

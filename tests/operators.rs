@@ -165,7 +165,7 @@ async fn the_journal_is_a_hash_chain_and_verify_finds_the_first_tampered_line() 
     // Verdicts every 100 ms while traffic flows: about 1 KB of journal each.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let current_lines = || std::fs::read_to_string(state.join("journal.jsonl")).map_or(0, |t| t.lines().count());
-    while weir::rollout::store::rotated_journals(&state).is_empty() || current_lines() < 6 {
+    while weir::journal::rotated_journals(&state).is_empty() || current_lines() < 6 {
         assert!(std::time::Instant::now() < deadline, "no rotation within 60 s");
         for i in 0..20 {
             get(&http, &format!("http://{addr}/"), &[("x-player-id", &format!("p{i}"))]).await;

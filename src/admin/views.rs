@@ -103,9 +103,10 @@ pub fn route_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
                "retried_attempts": vm.retried_attempts()})
     };
     let st = live.rollout_state(&r.name);
-    let rolled_back = st.as_ref().and_then(|s| s.rolled_back).map(|l| {
-        json!({"reason": l.reason.as_str(), "at": crate::access_log::rfc3339(l.at_ms / 1000, (l.at_ms % 1000) as u32)})
-    });
+    let rolled_back = st
+        .as_ref()
+        .and_then(|s| s.rolled_back)
+        .map(|l| json!({"reason": l.reason.as_str(), "at": crate::clock::rfc3339_ms(l.at_ms)}));
     Some(json!({
         "name": &*r.name,
         "state": r.overlay.phase.as_str(),
@@ -121,7 +122,7 @@ pub fn route_json(live: &Live, served: &Serving, idx: usize) -> Option<Value> {
         "progression": r.progression.as_deref().map(|p| json!({
             "steps": p.steps.iter().map(|b| bp_to_percent(*b)).collect::<Vec<_>>(),
             "hold_ms": p.hold.as_millis() as u64,
-            "step_since": st.as_ref().map(|s| crate::access_log::rfc3339(s.step_since_ms / 1000, (s.step_since_ms % 1000) as u32)),
+            "step_since": st.as_ref().map(|s| crate::clock::rfc3339_ms(s.step_since_ms)),
         })),
         "websocket": &r.websocket,
         "control": r.control.as_str(),

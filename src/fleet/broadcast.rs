@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 pub const ACTIONS: [&str; 6] = ["rollback", "resume", "pause", "promote", "kill", "unkill"];
@@ -78,4 +79,40 @@ pub async fn broadcast(replicas: &[SocketAddr], route: &str, action: &str, token
         out.push(c.await.unwrap_or_else(|e| Answer { replica: *r, result: Err(e.to_string()) }));
     }
     out
+}
+
+/// `weir fleet ACTION ROUTE`: the call to every replica, one line per
+/// answer; exit 0 when every replica accepted it.
+pub fn command(action: &str, route: &str, replicas: &[String], token_file: Option<&std::path::Path>) -> ExitCode {
+    use crate::files::{MAX_SECRET, read_capped};
+    let token = match token_file.map(|f| read_capped(f, MAX_SECRET)).transpose() {
+        Ok(t) => t.map(|t| String::from_utf8_lossy(&t).trim().to_owned()).filter(|t| !t.is_empty()),
+        Err(e) => {
+            eprintln!("weir fleet: token file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answers =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(|rt| {
+            rt.block_on(async {
+                let addrs = resolve(replicas).await?;
+                Ok::<_, String>(broadcast(&addrs, route, action, token.as_deref()).await)
+            })
+        });
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weir fleet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for a in &answers {
+        match &a.result {
+            Ok((status, body)) => println!("{}\t{status}\t{body}", a.replica),
+            Err(e) => println!("{}\terror\t{e}", a.replica),
+        }
+    }
+    let ok = answers.iter().filter(|a| a.ok()).count();
+    eprintln!("{action} {route}: {ok} of {} replicas accepted", answers.len());
+    if ok == answers.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -4,8 +4,9 @@
 //! steering is exported for the fleet and served at once here; and the
 //! state served is the fold's, plus whatever steering it has not reached yet.
 
-use super::{Rollouts, Steer, SteerError, at, canary_revision, effective_bp, entry, log_verdict};
+use super::{Rollouts, Steer, SteerError, canary_revision, effective_bp, entry, log_verdict};
 use crate::analysis::Verdict;
+use crate::clock::rfc3339_ms;
 use crate::config::Snapshot;
 use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
 use crate::fleet::fold::{Evaluation, Series};
@@ -287,25 +288,29 @@ impl Rollouts {
             m.evidence.new_epoch(Some(next));
         }
         if came_back {
-            tracing::info!(route, through = through.map(at), "analysis source is back; fleet judgement resumes");
+            tracing::info!(
+                route,
+                through = through.map(rfc3339_ms),
+                "analysis source is back; fleet judgement resumes"
+            );
         }
         let sha = config.sha256.clone();
         let last_verdict = outcomes.iter().rev().find_map(|o| o.judgement.clone().map(|j| (o.at_ms, j)));
         if replay {
             let mut e = entry(r, &state, "fleet", "fleet_sync", now_ms, &sha, effective_bp(r, self.states.get(route)));
-            e.insert("through".into(), json!(through.map(at)));
-            e.insert("start".into(), json!(start.map(at)));
+            e.insert("through".into(), json!(through.map(rfc3339_ms)));
+            e.insert("start".into(), json!(start.map(rfc3339_ms)));
             e.insert("replayed".into(), json!(outcomes.len()));
             if let Some((t, j)) = &last_verdict {
                 e.insert("verdict".into(), json!(j.verdict.as_str()));
-                e.insert("verdict_at".into(), json!(at(*t)));
+                e.insert("verdict_at".into(), json!(rfc3339_ms(*t)));
                 e.insert("reason".into(), json!(j.reason));
             }
             self.journal(Value::Object(e));
             tracing::info!(
                 route,
                 replayed = outcomes.len(),
-                through = through.map(at),
+                through = through.map(rfc3339_ms),
                 "fleet judgement replayed from the analysis source"
             );
         }
@@ -314,7 +319,7 @@ impl Rollouts {
             if let Some(j) = &o.judgement {
                 // A replay is history: only its newest verdict is shown and counted.
                 if !replay || Some(i) == newest {
-                    m.verdict(&at(o.at_ms), j, state.streak);
+                    m.verdict(&rfc3339_ms(o.at_ms), j, state.streak);
                 }
                 if !replay {
                     log_verdict(r, j);
@@ -342,7 +347,7 @@ impl Rollouts {
                                 .collect(),
                         ),
                     );
-                    e.insert("evaluated_at".into(), json!(at(now_ms)));
+                    e.insert("evaluated_at".into(), json!(rfc3339_ms(now_ms)));
                     self.journal(Value::Object(e));
                 }
             }
@@ -388,7 +393,7 @@ impl Rollouts {
             reason: format!("source_unavailable: {error}"),
         };
         let state = self.states.get(route).cloned().unwrap_or_else(|| f.fold.state.clone());
-        m.verdict(&at(eval_ms), &j, state.streak);
+        m.verdict(&rfc3339_ms(eval_ms), &j, state.streak);
         if was_up {
             tracing::warn!(
                 route,
@@ -400,7 +405,7 @@ impl Rollouts {
         e.insert("verdict".into(), json!("insufficient"));
         e.insert("reason".into(), json!("source_unavailable"));
         e.insert("detail".into(), json!(error));
-        e.insert("evaluated_at".into(), json!(at(now_ms)));
+        e.insert("evaluated_at".into(), json!(rfc3339_ms(now_ms)));
         self.journal(Value::Object(e));
         was_up
     }
@@ -411,9 +416,9 @@ impl Rollouts {
         Some(json!({
             "source_up": f.source.up,
             "source_error": f.source.error,
-            "unavailable_since": f.source.down_since_ms.map(at),
-            "evaluated_through": f.fold.through_ms.map(at),
-            "started_from": f.fold.start_ms.map(at),
+            "unavailable_since": f.source.down_since_ms.map(rfc3339_ms),
+            "evaluated_through": f.fold.through_ms.map(rfc3339_ms),
+            "started_from": f.fold.start_ms.map(rfc3339_ms),
             "synced": f.synced,
             "control": {"epoch": Self::fleet_control(f).epoch, "rank": Self::fleet_control(f).rank,
                         "local": f.local.encode(), "fleet": f.polled.encode(), "fold": f.fold.control().encode()},

@@ -9,7 +9,7 @@
 
 use super::machine::RouteState;
 use crate::config::JournalRotation as Rotation;
-use crate::journal::Head;
+use crate::journal::{Head, rotated_journals};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -45,22 +45,6 @@ pub struct Store {
     journal_bytes: u64,
     journal_since: std::time::SystemTime,
     rotation: Rotation,
-}
-
-/// Rotated journal files, oldest first (by the seq in their name).
-pub fn rotated_journals(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let seq = name.strip_prefix("journal-")?.strip_suffix(".jsonl")?.parse().ok()?;
-            Some((seq, e.path()))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The chain's head on disk: the current file's last chained line, or the
@@ -217,7 +201,7 @@ impl Store {
         self.journal_bytes = 0;
         self.journal_since = std::time::SystemTime::now();
         let mut first = serde_json::json!({
-            "time": crate::access_log::rfc3339_now(),
+            "time": crate::clock::rfc3339_now(),
             "event": "journal_rotated",
             "previous_file": rotated,
         });
