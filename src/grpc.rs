@@ -3,7 +3,10 @@
 //! that carries more than one message in either direction is a streaming
 //! call, judged like a WebSocket session: its end is one unit of evidence
 //! (bad when the server ended it with an error code or broke it), and its
-//! duration enters no latency test.
+//! duration enters no latency test. And `grpc-timeout`, the call's
+//! deadline, read from its header.
+
+use std::time::Duration;
 
 /// Counts the messages in a stream of gRPC frames fed in pieces of any
 /// size. Never fails: bytes that are not well framed just count as what
@@ -51,9 +54,28 @@ impl Messages {
     }
 }
 
+/// `grpc-timeout` (gRPC over HTTP/2): 1–8 digits and a unit (H, M, S, m,
+/// u, n). None if malformed.
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => Duration::from_secs(n.saturating_mul(60)),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Messages;
+    use super::*;
 
     fn frame(payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8];
@@ -94,6 +116,17 @@ mod tests {
                 pieces.feed(p);
             }
             proptest::prop_assert_eq!(whole, pieces);
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_by_unit_and_refuse_the_malformed() {
+        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+        for bad in [&b""[..], b"m", b"100", b"123456789S", b"1x", b"-1S", b"1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
 }

@@ -398,7 +398,7 @@ impl Proxy {
             // and a method safe to send twice (a bet is never placed twice).
             let replayable = http_body::Body::is_end_stream(&req_body) && crate::upstream::idempotent(&parts.method);
             let grpc_limit = if completion.grpc {
-                parts.headers.get("grpc-timeout").and_then(|v| crate::upstream::parse_grpc_timeout(v.as_bytes()))
+                parts.headers.get("grpc-timeout").and_then(|v| crate::grpc::parse_grpc_timeout(v.as_bytes()))
             } else {
                 None
             };

@@ -30,8 +30,13 @@ mod wire;
 
 use crate::labels::ErrorKind;
 pub use body::{PooledBody, ReqBody, Tee};
-pub use error::{BodyTimeout, BodyTooLarge, BoxError, UpstreamError, is_body_timeout, is_body_too_large};
-pub use retry::Tried;
+pub use endpoints::dns::DnsView;
+pub use error::{
+    BodyTimeout, BodyTooLarge, BoxError, ClientBody, Malformed, Reset, UpstreamError, is_body_timeout,
+    is_body_too_large,
+};
+pub use pool::{EndpointState, EndpointStats};
+pub use retry::{Tried, idempotent};
 pub use wire::BodyError;
 
 /// A whole response parsed as weir's client would (for the differential
@@ -42,8 +47,10 @@ pub fn parse_whole_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
 
 use crate::config::{Protocol, RetryOn, UpstreamSpec};
 use crate::labels::Unsolicited;
+use body::expect_empty;
 use endpoints::Endpoints;
 use endpoints::dns::DnsStatus;
+use error::classify;
 use h2::{H2Body, H2Conn};
 use http::{Request, Response};
 use hyper::client::conn::http1;
@@ -54,48 +61,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use wire::{Connection, ExchangeError};
-
-/// One endpoint as `GET /upstreams` shows it.
-pub struct EndpointStats {
-    pub address: String,
-    pub state: EndpointState,
-    pub ejections: u32,
-    pub in_flight: usize,
-    pub requests: u64,
-    pub failures: u64,
-    /// Active health: `passing`, `failing`, or None (not checked).
-    pub check: Option<&'static str>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndpointState {
-    Healthy,
-    Ejected,
-    /// Gone from its source; requests in flight finish.
-    Draining,
-}
-
-impl EndpointState {
-    pub const ALL: [EndpointState; 3] = [EndpointState::Healthy, EndpointState::Ejected, EndpointState::Draining];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointState::Healthy => "healthy",
-            EndpointState::Ejected => "ejected",
-            EndpointState::Draining => "draining",
-        }
-    }
-}
-
-/// A DNS source as `GET /upstreams` shows it.
-pub struct DnsView {
-    pub name: String,
-    pub port: u16,
-    pub resolutions: u64,
-    pub failures: u64,
-    /// Set while lookups fail (the last good set is kept meanwhile).
-    pub last_error: Option<String>,
-}
 
 /// A connection checked out of its endpoint's pool (or just dialled),
 /// ready to take one request.
@@ -114,25 +79,6 @@ pub struct Checkout {
 /// left of the route's `timeouts.request`, whichever is smallest).
 #[derive(Debug, Clone, Copy)]
 pub struct CallDeadline(pub Duration);
-
-/// `grpc-timeout` (gRPC over HTTP/2): 1–8 digits and a unit (H, M, S, m,
-/// u, n). None if malformed.
-pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
-    let (unit, digits) = v.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(n.saturating_mul(3600)),
-        b'M' => Duration::from_secs(n.saturating_mul(60)),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
 
 /// The connection a request goes out on.
 enum Link {
@@ -479,10 +425,10 @@ impl Upstream {
             match e {
                 ExchangeError::Unsolicited(n) => {
                     endpoint.note_unsolicited(Unsolicited::Idle, n);
-                    UpstreamError::Protocol("the upstream sent a response before the request".into())
+                    UpstreamError::Protocol(Malformed::AnswerBeforeRequest)
                 }
                 ExchangeError::Body(e) => e,
-                ExchangeError::Io { error, .. } => UpstreamError::Reset(error.to_string()),
+                ExchangeError::Io { error, .. } => UpstreamError::Reset(Reset::Io(error)),
                 ExchangeError::Protocol(why) => UpstreamError::Protocol(why),
                 ExchangeError::Timeout => UpstreamError::Timeout,
                 ExchangeError::Stalled(d) => UpstreamError::UploadStalled(d),
@@ -524,7 +470,7 @@ impl Upstream {
             .authority(authority)
             .path_and_query(target)
             .build()
-            .map_err(|e| UpstreamError::Protocol(format!("cannot form an HTTP/2 request: {e}")))?;
+            .map_err(|e| UpstreamError::Protocol(Malformed::H2Request(e)))?;
         let mut req = Request::new(H2Body::new(body));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
@@ -577,13 +523,13 @@ impl Upstream {
         let exchange = async move {
             // Pooled and fresh connections are whole sockets.
             let Link::H1(wire) = conn.link else {
-                return Err(UpstreamError::Protocol("WebSocket to an HTTP/2 upstream is not supported".into()));
+                return Err(UpstreamError::Protocol(Malformed::WebSocketOverH2));
             };
-            let io = wire.into_io().ok_or_else(|| UpstreamError::Reset("connection not whole".into()))?;
+            let io = wire.into_io().ok_or(UpstreamError::Reset(Reset::NotWhole))?;
             let (mut tx, driver) = http1::Builder::new()
                 .handshake(TokioIo::new(io))
                 .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+                .map_err(|e| UpstreamError::Reset(Reset::Hyper(e)))?;
             // The driver owns the socket until the upgrade hands it over.
             tokio::spawn(async move {
                 let _ = driver.with_upgrades().await;
@@ -594,61 +540,6 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => Err(e),
             Ok(Ok(resp)) => Ok(resp.map(PooledBody::detached)),
-        }
-    }
-}
-
-/// Read a body declared empty to its end; any data in it is an error. The
-/// body's own stall guard (`body_timeout`) bounds the wait.
-async fn expect_empty(mut body: ReqBody) -> Result<(), UpstreamError> {
-    use http_body::Body as _;
-    loop {
-        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-            None => return Ok(()),
-            Some(Err(e)) => return Err(wire::body_error(&e)),
-            Some(Ok(frame)) if frame.data_ref().is_some_and(|d| !d.is_empty()) => {
-                return Err(UpstreamError::ClientBody("data on a request whose content-length is 0".into()));
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// Safe to send twice (RFC 9110 §9.2.2).
-pub fn idempotent(m: &http::Method) -> bool {
-    use http::Method;
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
-
-/// Sort a hyper client error into what happened.
-fn classify(e: hyper::Error) -> UpstreamError {
-    if is_body_too_large(&e) {
-        return UpstreamError::BodyTooLarge;
-    }
-    if is_body_timeout(&e) {
-        return UpstreamError::BodyTimeout;
-    }
-    if e.is_user() || e.is_body_write_aborted() {
-        return UpstreamError::ClientBody(e.to_string());
-    }
-    if e.is_parse() || e.is_parse_status() {
-        return UpstreamError::Protocol(e.to_string());
-    }
-    UpstreamError::Reset(e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_by_unit_and_refuse_the_malformed() {
-        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
-        for bad in [&b""[..], b"m", b"100", b"123456789S", b"1x", b"-1S", b"1.5S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use super::error::{BodyTimeout, BodyTooLarge, BoxError};
+use super::error::{BodyTimeout, BodyTooLarge, BoxError, ClientBody, UpstreamError};
 
 /// Request body sent upstream.
 pub struct ReqBody {
@@ -386,6 +386,22 @@ impl Body for PooledBody {
                 RespFraming::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
+        }
+    }
+}
+
+/// Read a body declared empty to its end; any data in it is an error. The
+/// body's own stall guard (`body_timeout`) bounds the wait.
+pub async fn expect_empty(mut body: ReqBody) -> Result<(), UpstreamError> {
+    use http_body::Body as _;
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(wire::body_error(e)),
+            Some(Ok(frame)) if frame.data_ref().is_some_and(|d| !d.is_empty()) => {
+                return Err(UpstreamError::ClientBody(ClientBody::DataOnEmpty));
+            }
+            Some(Ok(_)) => {}
         }
     }
 }

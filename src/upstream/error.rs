@@ -64,9 +64,9 @@ pub enum UpstreamError {
     #[error("no response headers within the request timeout")]
     Timeout,
     #[error("connection reset or closed before a response: {0}")]
-    Reset(String),
+    Reset(Reset),
     #[error("invalid response: {0}")]
-    Protocol(String),
+    Protocol(Malformed),
     #[error("unsolicited 101 Switching Protocols")]
     Protocol101,
     #[error("request body over the limit")]
@@ -74,9 +74,84 @@ pub enum UpstreamError {
     #[error("request body stalled")]
     BodyTimeout,
     #[error("request body failed: {0}")]
-    ClientBody(String),
+    ClientBody(ClientBody),
     #[error("the upstream took no request body bytes for {0:?} (upstream body_timeout)")]
     UploadStalled(Duration),
+}
+
+/// How the connection ended before a whole answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Reset {
+    /// The socket failed or closed (weir's own HTTP/1.1 exchange).
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// hyper's client (HTTP/2 streams, WebSocket handshakes) ended it.
+    #[error("{0}")]
+    Hyper(hyper::Error),
+    /// The HTTP/2 connection preface and settings did not complete.
+    #[error("HTTP/2 handshake: {0}")]
+    H2Handshake(hyper::Error),
+    /// A connection still streaming an upload cannot carry a handshake.
+    #[error("connection not whole")]
+    NotWhole,
+}
+
+/// Why an answer was refused: what weir will not frame or pass on.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error("response head too large")]
+    HeadTooLarge,
+    #[error("invalid response head: {0}")]
+    Head(httparse::Error),
+    #[error("invalid status {0}")]
+    Status(u16),
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncodingInHttp10,
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    #[error("invalid value for header {0}")]
+    HeaderValue(http::HeaderName),
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("conflicting Content-Length values")]
+    ConflictingContentLength,
+    #[error("empty Transfer-Encoding")]
+    EmptyTransferEncoding,
+    #[error("more than {0} interim (1xx) responses")]
+    TooManyInterim(usize),
+    #[error("the upstream sent a response before the request")]
+    AnswerBeforeRequest,
+    /// hyper's client could not parse the answer.
+    #[error("{0}")]
+    Hyper(hyper::Error),
+    #[error("cannot form an HTTP/2 request: {0}")]
+    H2Request(http::Error),
+    #[error("WebSocket to an HTTP/2 upstream is not supported")]
+    WebSocketOverH2,
+    /// weir's own invariants (never expected; a bug if seen).
+    #[error("a connection still uploading cannot carry a request")]
+    StillUploading,
+    #[error("socket halves do not match")]
+    Halves,
+    #[error("no answer can end before the request is sent")]
+    EndedBeforeSent,
+}
+
+/// How the client's request body failed (not the upstream's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBody {
+    #[error("body longer than its Content-Length")]
+    Longer,
+    #[error("body shorter than its Content-Length")]
+    Shorter,
+    #[error("data on a request whose content-length is 0")]
+    DataOnEmpty,
+    /// The client connection broke or sent something invalid.
+    #[error("{0}")]
+    Broken(BoxError),
+    /// hyper refused the body while sending it.
+    #[error("{0}")]
+    Hyper(hyper::Error),
 }
 
 use crate::labels::ErrorKind;
@@ -113,4 +188,21 @@ impl UpstreamError {
             _ => None,
         }
     }
+}
+
+/// Sort a hyper client error into what happened.
+pub fn classify(e: hyper::Error) -> UpstreamError {
+    if is_body_too_large(&e) {
+        return UpstreamError::BodyTooLarge;
+    }
+    if is_body_timeout(&e) {
+        return UpstreamError::BodyTimeout;
+    }
+    if e.is_user() || e.is_body_write_aborted() {
+        return UpstreamError::ClientBody(ClientBody::Hyper(e));
+    }
+    if e.is_parse() || e.is_parse_status() {
+        return UpstreamError::Protocol(Malformed::Hyper(e));
+    }
+    UpstreamError::Reset(Reset::Hyper(e))
 }

@@ -8,7 +8,7 @@
 //! then gone from the list: hyper's connection task ends and the handle
 //! reports closed. Pings keep an idle connection known alive.
 
-use super::error::{BoxError, UpstreamError};
+use super::error::{BoxError, Reset, UpstreamError};
 use bytes::Bytes;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -149,7 +149,7 @@ where
         .max_header_list_size(64 * 1024)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| UpstreamError::Reset(format!("HTTP/2 handshake: {e}")))?;
+        .map_err(|e| UpstreamError::Reset(Reset::H2Handshake(e)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(upstream = %upstream, endpoint = %endpoint, error = %e, "HTTP/2 upstream connection ended");

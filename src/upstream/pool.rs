@@ -340,3 +340,35 @@ pub fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
+
+/// One endpoint as `GET /upstreams` shows it.
+pub struct EndpointStats {
+    pub address: String,
+    pub state: EndpointState,
+    pub ejections: u32,
+    pub in_flight: usize,
+    pub requests: u64,
+    pub failures: u64,
+    /// Active health: `passing`, `failing`, or None (not checked).
+    pub check: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointState {
+    Healthy,
+    Ejected,
+    /// Gone from its source; requests in flight finish.
+    Draining,
+}
+
+impl EndpointState {
+    pub const ALL: [EndpointState; 3] = [EndpointState::Healthy, EndpointState::Ejected, EndpointState::Draining];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Healthy => "healthy",
+            EndpointState::Ejected => "ejected",
+            EndpointState::Draining => "draining",
+        }
+    }
+}

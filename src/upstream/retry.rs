@@ -100,6 +100,12 @@ impl Budget {
     }
 }
 
+/// Safe to send twice (RFC 9110 §9.2.2).
+pub fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

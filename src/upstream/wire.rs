@@ -19,7 +19,7 @@
 //! The socket is plain TCP or TLS over TCP (`Stream`); the exchange is the
 //! same on both, and the reuse checks look at the TCP socket under either.
 
-use super::error::BoxError;
+use super::error::{BoxError, Malformed};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -230,7 +230,7 @@ pub enum ExchangeError {
     /// request failed (the upstream cannot have acted on all of it).
     Io { error: io::Error, answered: bool, unsent: bool },
     /// The response head is not HTTP/1.x we can frame.
-    Protocol(String),
+    Protocol(Malformed),
     /// No response head within `request_timeout` of the request's end.
     Timeout,
     /// The upstream took no request body bytes for `body_timeout`.
@@ -278,7 +278,7 @@ pub async fn exchange(
 ) -> Result<(Head, bool), ExchangeError> {
     let Connection { io, buf } = wire;
     let Io::Whole(io) = io else {
-        return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
+        return Err(ExchangeError::Protocol(Malformed::StillUploading));
     };
     // Looked at again right before the head is written, with no await in
     // between: the pool's look at checkout may be long past on a busy core,
@@ -360,7 +360,7 @@ pub async fn exchange_streaming(
 ) -> Result<(Head, Connection, bool), ExchangeError> {
     let Connection { io, buf } = wire;
     let Io::Whole(io) = io else {
-        return Err(ExchangeError::Protocol("a connection still uploading cannot carry a request".into()));
+        return Err(ExchangeError::Protocol(Malformed::StillUploading));
     };
     let mut body = body;
     // The head goes out with the first piece of body (a body that fails at
@@ -446,7 +446,7 @@ where
         Err(e) => return Err(e),
     };
     if let Some(wr) = sent_all {
-        let io = reunite(rd, wr).ok_or_else(|| ExchangeError::Protocol("socket halves do not match".into()))?;
+        let io = reunite(rd, wr).ok_or_else(|| ExchangeError::Protocol(Malformed::Halves))?;
         return Ok((head, Connection { io: Io::Whole(io), buf }, true));
     }
     if !request_ended {
@@ -471,7 +471,7 @@ async fn first_piece(
     next_data(body, trailers).await.map_err(|e| match e {
         Sent::Body(e) => ExchangeError::Body(e),
         Sent::Io(error) => ExchangeError::Io { error, answered: false, unsent: true },
-        Sent::Answered => ExchangeError::Protocol("no answer can end before the request is sent".into()),
+        Sent::Answered => ExchangeError::Protocol(Malformed::EndedBeforeSent),
         Sent::Stalled(d) => ExchangeError::Stalled(d),
     })
 }
@@ -498,7 +498,7 @@ async fn read_head(
                 Parsed::Partial => {}
             }
             if buf.len() >= MAX_HEAD {
-                return Err(ExchangeError::Protocol("response head too large".into()));
+                return Err(ExchangeError::Protocol(Malformed::HeadTooLarge));
             }
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -516,11 +516,7 @@ async fn read_head(
 }
 
 fn too_many_interim() -> ExchangeError {
-    ExchangeError::Protocol(too_many_interim_why())
-}
-
-fn too_many_interim_why() -> String {
-    format!("more than {MAX_INTERIM} interim (1xx) responses")
+    ExchangeError::Protocol(Malformed::TooManyInterim(MAX_INTERIM))
 }
 
 mod response;

@@ -155,3 +155,13 @@ async fn resolve_once(
         }
     }
 }
+
+/// A DNS source as `GET /upstreams` shows it.
+pub struct DnsView {
+    pub name: String,
+    pub port: u16,
+    pub resolutions: u64,
+    pub failures: u64,
+    /// Set while lookups fail (the last good set is kept meanwhile).
+    pub last_error: Option<String>,
+}

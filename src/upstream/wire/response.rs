@@ -3,6 +3,7 @@
 //! §6.3), and the body read and decoded as it arrives. Every limit holds on
 //! bytes received.
 
+use super::super::error::Malformed;
 use super::{
     BODY_READ, Connection, ExchangeError, HEAD_READ, Head, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, MAX_TRAILERS,
 };
@@ -28,14 +29,14 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
         // The limit holds on the bytes of the head, however they arrived
         // (a whole oversized head can come in one read).
         Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
-            return Err(ExchangeError::Protocol("response head too large".into()));
+            return Err(ExchangeError::Protocol(Malformed::HeadTooLarge));
         }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(e) => return Err(ExchangeError::Protocol(format!("invalid response head: {e}"))),
+        Err(e) => return Err(ExchangeError::Protocol(Malformed::Head(e))),
     };
     let code = resp.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol(format!("invalid status {code}")))?;
+    let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol(Malformed::Status(code)))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         buf.advance(len);
         return Ok(Parsed::Interim);
@@ -44,7 +45,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
     if version == Version::HTTP_10 && resp.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
         // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): such framing
         // cannot be trusted (hyper's client refuses it too).
-        return Err(ExchangeError::Protocol("Transfer-Encoding in an HTTP/1.0 response".into()));
+        return Err(ExchangeError::Protocol(Malformed::TransferEncodingInHttp10));
     }
     // Header values are kept as slices of the head's bytes: remember where
     // each one lies, then cut the head off the buffer once.
@@ -53,7 +54,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
     let mut facts = Framing::default();
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ExchangeError::Protocol(format!("invalid header name {:?}", h.name)))?;
+            .map_err(|_| ExchangeError::Protocol(Malformed::HeaderName(h.name.to_owned())))?;
         facts.note(&name, h.value)?;
         if dropped_on_arrival(&name, h.value) {
             continue;
@@ -68,7 +69,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
             .get(start..end)
             .map(|s| head.slice_ref(s))
             .and_then(|b| HeaderValue::from_maybe_shared(b).ok())
-            .ok_or_else(|| ExchangeError::Protocol(format!("invalid value for header {name}")))?;
+            .ok_or_else(|| ExchangeError::Protocol(Malformed::HeaderValue(name.clone())))?;
         headers.append(name, value);
     }
     if facts.transfer_encoding {
@@ -117,9 +118,9 @@ impl Framing {
                 let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
                     .then(|| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
                     .flatten()
-                    .ok_or_else(|| ExchangeError::Protocol("invalid Content-Length".into()))?;
+                    .ok_or_else(|| ExchangeError::Protocol(Malformed::ContentLength))?;
                 if self.content_length.is_some_and(|l| l != n) {
-                    return Err(ExchangeError::Protocol("conflicting Content-Length values".into()));
+                    return Err(ExchangeError::Protocol(Malformed::ConflictingContentLength));
                 }
                 self.content_length = Some(n);
             }
@@ -127,7 +128,7 @@ impl Framing {
             if tokens().next().is_none() {
                 // Readers disagree on an empty coding list (hyper's client
                 // reads it as "not chunked"): refuse rather than guess.
-                return Err(ExchangeError::Protocol("empty Transfer-Encoding".into()));
+                return Err(ExchangeError::Protocol(Malformed::EmptyTransferEncoding));
             }
             self.transfer_encoding = true;
             if let Some(last) = tokens().next_back() {
@@ -409,9 +410,9 @@ pub fn parse_whole(bytes: &[u8]) -> Result<(u16, Vec<u8>), String> {
         match parse_head(&mut buf, &Method::GET) {
             Ok(Parsed::Done(h)) => break h,
             Ok(Parsed::Interim) if interim < super::MAX_INTERIM => interim += 1,
-            Ok(Parsed::Interim) => return Err(super::too_many_interim_why()),
+            Ok(Parsed::Interim) => return Err(Malformed::TooManyInterim(super::MAX_INTERIM).to_string()),
             Ok(Parsed::Partial) => return Err("connection closed before a response head".into()),
-            Err(ExchangeError::Protocol(why)) => return Err(why),
+            Err(ExchangeError::Protocol(why)) => return Err(why.to_string()),
             Err(_) => return Err("exchange failed".into()),
         }
     };

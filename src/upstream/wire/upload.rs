@@ -4,7 +4,7 @@
 //! `AFTER_ANSWER` once an early answer has ended; what the upstream no
 //! longer takes is drained or reset (`Leftover`), never left hanging.
 
-use super::super::error::{BodyTimeout, BodyTooLarge, BoxError, UpstreamError};
+use super::super::error::{BodyTimeout, BodyTooLarge, BoxError, ClientBody, UpstreamError};
 use super::{ExchangeError, ReqBodyLike, ReqFraming};
 use bytes::Bytes;
 use std::io;
@@ -156,7 +156,7 @@ pub(super) async fn next_data(
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
             None => return Ok(None),
-            Some(Err(e)) => return Err(Sent::Body(body_error(&e))),
+            Some(Err(e)) => return Err(Sent::Body(body_error(e))),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) if !d.is_empty() => return Ok(Some(d)),
                 Ok(_) => {}
@@ -215,7 +215,7 @@ async fn send_body(
         };
         sent = sent.saturating_add(data.len() as u64);
         if matches!(framing, ReqFraming::Length(n) if sent > n) {
-            return Err(Sent::Body(UpstreamError::ClientBody("body longer than its Content-Length".into())));
+            return Err(Sent::Body(UpstreamError::ClientBody(ClientBody::Longer)));
         }
         out.clear();
         if let Some(h) = pending_head.take() {
@@ -235,7 +235,7 @@ async fn send_body(
         pace.write(wr, &out).await?;
     }
     if matches!(framing, ReqFraming::Length(n) if sent != n) {
-        return Err(Sent::Body(UpstreamError::ClientBody("body shorter than its Content-Length".into())));
+        return Err(Sent::Body(UpstreamError::ClientBody(ClientBody::Shorter)));
     }
     out.clear();
     if let Some(h) = pending_head.take() {
@@ -253,12 +253,12 @@ async fn send_body(
 }
 
 /// Sort a request body error into the limit, the stall, or a broken client.
-pub fn body_error(e: &BoxError) -> UpstreamError {
+pub fn body_error(e: BoxError) -> UpstreamError {
     if e.is::<BodyTooLarge>() {
         UpstreamError::BodyTooLarge
     } else if e.is::<BodyTimeout>() {
         UpstreamError::BodyTimeout
     } else {
-        UpstreamError::ClientBody(e.to_string())
+        UpstreamError::ClientBody(ClientBody::Broken(e))
     }
 }
