@@ -87,79 +87,91 @@ async fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) ->
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            views::metrics_text(
-                &state.live,
-                &state.live.load(),
-                &state.reloader,
-                state.access_log.dropped(),
-                state.ready.load(Ordering::Acquire),
-            ),
-        ),
+        (&Method::GET, "/metrics") => metrics(state),
         (&Method::GET, "/config") => json(StatusCode::OK, &views::config_json(&state.live.load())),
         (&Method::GET, "/routes") => json(StatusCode::OK, &views::routes_json(&state.live, &state.live.load())),
         (&Method::GET, "/upstreams") => json(StatusCode::OK, &views::upstreams_json(&state.live.load())),
-        (&Method::GET, p) if p.starts_with("/routes/") => {
-            let served = state.live.load();
-            let rest = &p["/routes/".len()..];
-            let find = |name: &str| served.snapshot.table.routes.iter().position(|r| &*r.name == name);
-            let found = match (find(rest), rest.strip_suffix("/verdict").and_then(find)) {
-                (Some(i), _) => views::route_json(&state.live, &served, i),
-                (None, Some(i)) => {
-                    let v = views::verdict_json(&state.live, &served, i);
-                    // `?gate=1`: the status says it too (200 healthy, 503
-                    // not), for webhooks that read only the status (Flagger).
-                    let gate = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "gate=1" || kv == "gate"));
-                    if let (true, Some(v)) = (gate, &v) {
-                        let status =
-                            if v["healthy"] == true { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                        return json(status, v);
-                    }
-                    v
-                }
-                (None, None) => None,
-            };
-            match found {
-                Some(v) => json(StatusCode::OK, &v),
-                None => text(StatusCode::NOT_FOUND, "no such route\n"),
-            }
-        }
-        (&Method::GET, "/explain") => {
-            let draw = rand::random_range(0..crate::routing::BUCKETS);
-            match views::explain_json(&state.live.load(), req.uri().query(), draw) {
-                Ok(v) => json(StatusCode::OK, &v),
-                Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
-            }
-        }
-        (&Method::POST, "/reload") => {
-            if let Err((status, why)) = authorize(state, &req) {
-                tracing::warn!(peer = %peer, path = %path, status = status.as_u16(), "admin call refused");
-                return text(status, why);
-            }
-            tracing::info!(actor = "admin", peer = %peer, "reload requested");
-            let r = Arc::clone(&state.reloader);
-            match tokio::task::spawn_blocking(move || r.reload("admin", false)).await {
-                Ok(Ok(Outcome::Applied { generation, sha256 })) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({"result": "applied", "generation": generation, "sha256": sha256}),
-                ),
-                Ok(Ok(Outcome::Unchanged { generation })) => {
-                    json(StatusCode::OK, &serde_json::json!({"result": "unchanged", "generation": generation}))
-                }
-                Ok(Err(e)) => json(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"result": "refused", "generation": state.live.load().generation, "problems": e.problems()}),
-                ),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
-            }
-        }
+        (&Method::GET, p) if p.starts_with("/routes/") => route(state, &p["/routes/".len()..], req.uri().query()),
+        (&Method::GET, "/explain") => explain(state, req.uri().query()),
+        (&Method::POST, "/reload") => reload(state, peer, &req).await,
         (&Method::POST, p) if p.starts_with("/routes/") => steer(state, peer, &req, &p["/routes/".len()..]),
         (_, "/live" | "/ready" | "/reload" | "/metrics" | "/config" | "/routes" | "/upstreams" | "/explain") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `GET /metrics`: the Prometheus text.
+fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        views::metrics_text(
+            &state.live,
+            &state.live.load(),
+            &state.reloader,
+            state.access_log.dropped(),
+            state.ready.load(Ordering::Acquire),
+        ),
+    )
+}
+
+/// `GET /routes/{name}` and `GET /routes/{name}/verdict` (`rest` is what
+/// follows `/routes/`).
+fn route(state: &AdminState, rest: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    let served = state.live.load();
+    let find = |name: &str| served.snapshot.table.routes.iter().position(|r| &*r.name == name);
+    let found = match (find(rest), rest.strip_suffix("/verdict").and_then(find)) {
+        (Some(i), _) => views::route_json(&state.live, &served, i),
+        (None, Some(i)) => {
+            let v = views::verdict_json(&state.live, &served, i);
+            // `?gate=1`: the status says it too (200 healthy, 503
+            // not), for webhooks that read only the status (Flagger).
+            let gate = query.is_some_and(|q| q.split('&').any(|kv| kv == "gate=1" || kv == "gate"));
+            if let (true, Some(v)) = (gate, &v) {
+                let status = if v["healthy"] == true { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                return json(status, v);
+            }
+            v
+        }
+        (None, None) => None,
+    };
+    match found {
+        Some(v) => json(StatusCode::OK, &v),
+        None => text(StatusCode::NOT_FOUND, "no such route\n"),
+    }
+}
+
+/// `GET /explain`: where a request like the one in the query would go.
+fn explain(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let draw = rand::random_range(0..crate::routing::BUCKETS);
+    match views::explain_json(&state.live.load(), query, draw) {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
+    }
+}
+
+/// `POST /reload`: reload the config file now (off the async threads).
+async fn reload<B>(state: &AdminState, peer: SocketAddr, req: &Request<B>) -> Response<Full<Bytes>> {
+    if let Err((status, why)) = authorize(state, req) {
+        tracing::warn!(peer = %peer, path = %req.uri().path(), status = status.as_u16(), "admin call refused");
+        return text(status, why);
+    }
+    tracing::info!(actor = "admin", peer = %peer, "reload requested");
+    let r = Arc::clone(&state.reloader);
+    match tokio::task::spawn_blocking(move || r.reload("admin", false)).await {
+        Ok(Ok(Outcome::Applied { generation, sha256 })) => {
+            json(StatusCode::OK, &serde_json::json!({"result": "applied", "generation": generation, "sha256": sha256}))
+        }
+        Ok(Ok(Outcome::Unchanged { generation })) => {
+            json(StatusCode::OK, &serde_json::json!({"result": "unchanged", "generation": generation}))
+        }
+        Ok(Err(e)) => json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"result": "refused", "generation": state.live.load().generation, "problems": e.problems()}),
+        ),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
     }
 }
 

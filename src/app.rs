@@ -138,19 +138,7 @@ pub async fn start_with(config_path: PathBuf, snapshot: Snapshot, layout: Layout
     // One crypto provider in the process, chosen explicitly (stack.md): the
     // TLS configs name it too, this covers anything using the default.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let threads = match layout {
-        Layout::Shared => 1,
-        Layout::PerCore(n) => n.max(1),
-    };
-    let mut sets = bind_all(&snapshot.listen, threads)?.into_iter();
-    let listeners = sets.next().unwrap_or_default();
-    // The other threads' sockets leave this runtime's reactor; each thread
-    // registers its own.
-    let others: Vec<Vec<std::net::TcpListener>> =
-        sets.map(|set| set.into_iter().filter_map(|l| l.into_std().ok()).collect()).collect();
-    let admin_listener = bind(snapshot.admin, false)?;
-    let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
+    let bound = bind_sockets(&snapshot, layout)?;
 
     crate::config::log_warnings(&snapshot, &config_path);
     let max_connections = snapshot.limits.max_connections;
@@ -164,84 +152,139 @@ pub async fn start_with(config_path: PathBuf, snapshot: Snapshot, layout: Layout
     let stop = CancellationToken::new();
     // Separate from `stop`: accepting ends only after `shutdown.delay`.
     let stop_accepting = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let conn_cap = Arc::new(Semaphore::new(max_connections));
-
-    let shared = Accepting {
+    let accepting = Accepting {
         live: Arc::clone(&live),
-        proxy: Arc::clone(&proxy),
-        conn_cap: Arc::clone(&conn_cap),
+        proxy,
+        conn_cap: Arc::new(Semaphore::new(max_connections)),
         stop: stop_accepting.clone(),
-        tracker: tracker.clone(),
+        tracker: TaskTracker::new(),
     };
-    for (index, listener) in listeners.into_iter().enumerate() {
-        tokio::spawn(accept_loop(index, listener, shared.clone()));
-    }
     // Per-core threads end once the drain is over (see `lifecycle`).
     let threads_done = CancellationToken::new();
-    for (k, set) in others.into_iter().enumerate() {
-        spawn_accept_thread(k + 1, set, shared.clone(), threads_done.clone());
-    }
-    drop(shared);
+    spawn_accept_loops(bound.listeners, bound.others, &accepting, &threads_done);
     let admin_state = Arc::new(AdminState {
         live: Arc::clone(&live),
         reloader: Arc::clone(&reloader),
         ready: Arc::clone(&ready),
-        loopback: admin_addr.ip().is_loopback(),
+        loopback: bound.admin_addr.ip().is_loopback(),
         access_log,
     });
-    tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
-    crate::reload::watch::spawn(Arc::clone(&reloader), stop_accepting.clone());
-    tokio::spawn(crate::tasks::controller(Arc::clone(&live), stop_accepting.clone()));
-    tokio::spawn(crate::tasks::fleet(Arc::clone(&live), stop_accepting.clone()));
-    tokio::spawn(crate::tasks::reap_idle_connections(Arc::clone(&live), stop_accepting.clone()));
-    // Fleet mode: take the fleet's state (or learn that the source is
-    // down) before saying ready, so a new replica does not serve the first
-    // step while the fleet is further on. Bounded: a slow source never
-    // keeps a replica out of service for long.
-    {
-        let first = live.fleet_first_pass.notified();
-        if !live.fleet_targets().is_empty() && !live.fleet_passed.load(Ordering::Acquire) {
-            let _ = tokio::time::timeout(crate::fleet::READY_WAIT, first).await;
-        }
-    }
+    spawn_services(bound.admin, admin_state, &reloader, &live, &stop_accepting);
+    wait_for_fleet(&live).await;
     ready.store(true, Ordering::Release);
-    tracing::info!(listen = ?listen, admin = %admin_addr, generation = 1, "weir ready");
+    tracing::info!(listen = ?bound.listen, admin = %bound.admin_addr, generation = 1, "weir ready");
 
-    let lifecycle = {
-        let (ready, stop, live, proxy) = (Arc::clone(&ready), stop.clone(), Arc::clone(&live), Arc::clone(&proxy));
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            // Read at shutdown time: a reload may have changed them.
-            let crate::config::Shutdown { delay, grace } = live.load().snapshot.shutdown.clone();
-            ready.store(false, Ordering::Release);
-            // From now on HTTP/1 responses say `Connection: close`.
-            proxy.start_draining();
-            tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown: readiness off");
-            tokio::time::sleep(delay).await;
-            stop_accepting.cancel();
-            tracker.close();
-            // Upgraded sockets are invisible to hyper's graceful shutdown:
-            // the hub tells each one to close with 1001 at a frame boundary.
-            live.websockets.shutdown();
-            tracing::info!(
-                connections = tracker.len(),
-                websockets = live.websockets.active(),
-                grace_ms = grace.as_millis() as u64,
-                "shutdown: draining"
-            );
-            let drained = async { tokio::join!(tracker.wait(), live.websockets.wait()) };
-            if tokio::time::timeout(grace, drained).await.is_err() {
-                tracing::warn!(
-                    connections = tracker.len(),
-                    websockets = live.websockets.active(),
-                    "shutdown: grace period over, closing the rest"
-                );
-            }
-            threads_done.cancel();
-        })
+    let lifecycle = tokio::spawn(lifecycle(stop.clone(), Arc::clone(&ready), accepting, threads_done));
+    Ok(Handle { listen: bound.listen, admin: bound.admin_addr, live, reloader, ready, stop, lifecycle })
+}
+
+/// Every socket weir serves on, bound before anything else starts.
+struct Bound {
+    /// The listeners this runtime accepts on.
+    listeners: Vec<TcpListener>,
+    /// One set per extra per-core thread, out of this runtime's reactor
+    /// (each thread registers its own).
+    others: Vec<Vec<std::net::TcpListener>>,
+    admin: TcpListener,
+    /// The proxy listeners' bound addresses.
+    listen: Vec<SocketAddr>,
+    admin_addr: SocketAddr,
+}
+
+fn bind_sockets(snapshot: &Snapshot, layout: Layout) -> Result<Bound, StartError> {
+    let threads = match layout {
+        Layout::Shared => 1,
+        Layout::PerCore(n) => n.max(1),
     };
-    Ok(Handle { listen, admin: admin_addr, live, reloader, ready, stop, lifecycle })
+    let mut sets = bind_all(&snapshot.listen, threads)?.into_iter();
+    let listeners = sets.next().unwrap_or_default();
+    let others = sets.map(|set| set.into_iter().filter_map(|l| l.into_std().ok()).collect()).collect();
+    let admin = bind(snapshot.admin, false)?;
+    let listen = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: snapshot.admin, source })?;
+    Ok(Bound { listeners, others, admin, listen, admin_addr })
+}
+
+/// Start accepting: this runtime's loops, and one thread per extra set.
+fn spawn_accept_loops(
+    listeners: Vec<TcpListener>,
+    others: Vec<Vec<std::net::TcpListener>>,
+    accepting: &Accepting,
+    threads_done: &CancellationToken,
+) {
+    for (index, listener) in listeners.into_iter().enumerate() {
+        tokio::spawn(accept_loop(index, listener, accepting.clone()));
+    }
+    for (k, set) in others.into_iter().enumerate() {
+        spawn_accept_thread(k + 1, set, accepting.clone(), threads_done.clone());
+    }
+}
+
+/// The admin server, the config watcher and the background tasks, all
+/// until accepting stops.
+fn spawn_services(
+    admin_listener: TcpListener,
+    admin_state: Arc<AdminState>,
+    reloader: &Arc<Reloader>,
+    live: &Arc<Live>,
+    stop_accepting: &CancellationToken,
+) {
+    tokio::spawn(admin::serve(admin_listener, admin_state, stop_accepting.clone()));
+    crate::reload::watch::spawn(Arc::clone(reloader), stop_accepting.clone());
+    tokio::spawn(crate::tasks::controller(Arc::clone(live), stop_accepting.clone()));
+    tokio::spawn(crate::tasks::fleet(Arc::clone(live), stop_accepting.clone()));
+    tokio::spawn(crate::tasks::reap_idle_connections(Arc::clone(live), stop_accepting.clone()));
+}
+
+/// Fleet mode: take the fleet's state (or learn that the source is down)
+/// before saying ready, so a new replica does not serve the first step
+/// while the fleet is further on. Bounded: a slow source never keeps a
+/// replica out of service for long.
+async fn wait_for_fleet(live: &Live) {
+    let first = live.fleet_first_pass.notified();
+    if !live.fleet_targets().is_empty() && !live.fleet_passed.load(Ordering::Acquire) {
+        let _ = tokio::time::timeout(crate::fleet::READY_WAIT, first).await;
+    }
+}
+
+/// After `stop`: readiness off, wait `shutdown.delay`, stop accepting, ask
+/// every connection and WebSocket to finish, wait up to `shutdown.grace`,
+/// then let the per-core threads end.
+async fn lifecycle(
+    stop: CancellationToken,
+    ready: Arc<AtomicBool>,
+    accepting: Accepting,
+    threads_done: CancellationToken,
+) {
+    let Accepting { live, proxy, stop: stop_accepting, tracker, .. } = accepting;
+    stop.cancelled().await;
+    // Read at shutdown time: a reload may have changed them.
+    let crate::config::Shutdown { delay, grace } = live.load().snapshot.shutdown.clone();
+    ready.store(false, Ordering::Release);
+    // From now on HTTP/1 responses say `Connection: close`.
+    proxy.start_draining();
+    tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown: readiness off");
+    tokio::time::sleep(delay).await;
+    stop_accepting.cancel();
+    tracker.close();
+    // Upgraded sockets are invisible to hyper's graceful shutdown:
+    // the hub tells each one to close with 1001 at a frame boundary.
+    live.websockets.shutdown();
+    tracing::info!(
+        connections = tracker.len(),
+        websockets = live.websockets.active(),
+        grace_ms = grace.as_millis() as u64,
+        "shutdown: draining"
+    );
+    let drained = async { tokio::join!(tracker.wait(), live.websockets.wait()) };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            connections = tracker.len(),
+            websockets = live.websockets.active(),
+            "shutdown: grace period over, closing the rest"
+        );
+    }
+    threads_done.cancel();
 }
 
 /// What every listener's accept loop shares.

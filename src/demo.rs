@@ -276,12 +276,53 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
     let stable = upstream("stable", Arc::clone(&stable_b), Arc::clone(&stop)).await?;
     let canary = upstream("canary", Arc::clone(&canary_b), Arc::clone(&stop)).await?;
     let state_dir: PathBuf = dir.join("state");
-    let config_path = dir.join("weir.yaml");
-    std::fs::write(&config_path, config_text(stable, canary, &state_dir))?;
-    let snapshot = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let handle = crate::app::start(config_path, snapshot).await?;
+    let handle = start_weir(dir, stable, canary, &state_dir).await?;
     let listen = *handle.listen.first().ok_or_else(|| anyhow::anyhow!("no listener"))?;
-    let client = Upstream::start(
+    let client = weir_client(listen);
+    let sent = Arc::new(AtomicU64::new(0));
+    let players: Vec<_> = (0..PLAYERS)
+        .map(|i| tokio::spawn(player(Arc::clone(&client), i, Arc::clone(&stop), Arc::clone(&sent))))
+        .collect();
+
+    println!(
+        "weir {} demo on loopback: weir at http://{listen}, admin at http://{}",
+        crate::version::VERSION,
+        handle.admin
+    );
+    println!("stable upstream {stable}, canary upstream {canary}; {PLAYERS} synthetic players; Ctrl-C ends it.\n");
+    let started = Instant::now();
+    let mut story = Story::new();
+    let interrupted = watch(&handle, &mut story, &canary_b, started).await?;
+
+    stop.store(true, Ordering::Relaxed);
+    for p in players {
+        let _ = p.await;
+    }
+    println!();
+    let rolled_back = story.act == Act::RolledBack;
+    summarize(story.act, interrupted, &state_dir, sent.load(Ordering::Relaxed), started);
+    handle.shutdown();
+    handle.wait().await;
+    Ok(rolled_back || interrupted)
+}
+
+/// Write the demo's config into `dir` and start weir on it.
+async fn start_weir(
+    dir: &Path,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    state_dir: &Path,
+) -> anyhow::Result<crate::app::Handle> {
+    let config_path = dir.join("weir.yaml");
+    std::fs::write(&config_path, config_text(stable, canary, state_dir))?;
+    let snapshot = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    Ok(crate::app::start(config_path, snapshot).await?)
+}
+
+/// The players' client: plain HTTP/1 to weir's listener, no retries, no
+/// passive health.
+fn weir_client(listen: SocketAddr) -> Arc<Upstream> {
+    Upstream::start(
         UpstreamSpec {
             name: Arc::from("weir"),
             endpoints: vec![listen.to_string()],
@@ -297,113 +338,150 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
             body_timeout: Duration::from_secs(5),
         },
         None,
-    );
-    let sent = Arc::new(AtomicU64::new(0));
-    let players: Vec<_> = (0..PLAYERS)
-        .map(|i| tokio::spawn(player(Arc::clone(&client), i, Arc::clone(&stop), Arc::clone(&sent))))
-        .collect();
+    )
+}
 
-    let tty = std::io::stdout().is_terminal();
-    println!(
-        "weir {} demo on loopback: weir at http://{listen}, admin at http://{}",
-        crate::version::VERSION,
-        handle.admin
-    );
-    println!("stable upstream {stable}, canary upstream {canary}; {PLAYERS} synthetic players; Ctrl-C ends it.\n");
-    let started = Instant::now();
-    let mut act = Act::Climbing;
-    let mut event =
-        String::from("canary 1.1.0 is healthy; weir walks it up a step after each hold that ends in `pass`");
-    let mut broke_at = None;
-    let mut rolled_back_at = None;
-    let mut drawn = 0usize;
-    let mut last_plain = Instant::now() - Duration::from_secs(10);
+/// Every 250 ms: read the serving weir, move the story on, show it. Ends
+/// 4 s after the rollback, at `LIMIT`, or on Ctrl-C or SIGTERM (then
+/// returns true; the caller still cleans up).
+async fn watch(
+    handle: &crate::app::Handle,
+    story: &mut Story,
+    canary_b: &Behaviour,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let mut view = View::new(started);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    // Ctrl-C or SIGTERM end the demo early, still cleaning up.
     let ctrl_c = tokio::signal::ctrl_c();
     let mut ctrl_c = std::pin::pin!(ctrl_c);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupted = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut ctrl_c => {
-                interrupted = true;
-                break;
-            }
-            _ = term.recv() => {
-                interrupted = true;
-                break;
-            }
+            _ = &mut ctrl_c => return Ok(true),
+            _ = term.recv() => return Ok(true),
         }
-        let Some(f) = frame(&handle) else { break };
-        match act {
-            // Let the canary sit at 25 % for a moment, then break it.
+        let Some(f) = frame(handle) else { return Ok(false) };
+        story.advance(&f, canary_b);
+        view.show(&f, &story.event);
+        if story.rolled_back_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(4)) || started.elapsed() >= LIMIT {
+            return Ok(false);
+        }
+    }
+}
+
+/// Where the demo is in its story, and the sentence that tells it.
+struct Story {
+    act: Act,
+    event: String,
+    /// When the canary first sat at 25 %, then when the demo broke it.
+    broke_at: Option<Instant>,
+    rolled_back_at: Option<Instant>,
+}
+
+impl Story {
+    fn new() -> Self {
+        Story {
+            act: Act::Climbing,
+            event: String::from("canary 1.1.0 is healthy; weir walks it up a step after each hold that ends in `pass`"),
+            broke_at: None,
+            rolled_back_at: None,
+        }
+    }
+
+    /// Break the canary once it has sat at 25 % for a moment; notice
+    /// weir's rollback.
+    fn advance(&mut self, f: &Frame, canary_b: &Behaviour) {
+        match self.act {
             Act::Climbing if f.step == Some(2) && f.state == "progressing" => {
-                let since = *broke_at.get_or_insert_with(Instant::now);
+                let since = *self.broke_at.get_or_insert_with(Instant::now);
                 if since.elapsed() >= Duration::from_secs(3) {
                     canary_b.errors_per_mille.store(150, Ordering::Relaxed);
                     canary_b.extra_ms.store(60, Ordering::Relaxed);
-                    event = "canary degraded on purpose: 15 % errors, +60 ms; watch the evidence climb".into();
-                    act = Act::Broken;
-                    broke_at = Some(Instant::now());
+                    self.event = "canary degraded on purpose: 15 % errors, +60 ms; watch the evidence climb".into();
+                    self.act = Act::Broken;
+                    self.broke_at = Some(Instant::now());
                 }
             }
             Act::Broken if f.state == "rolled_back" => {
-                act = Act::RolledBack;
-                rolled_back_at = Some(Instant::now());
-                let took = broke_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
-                event =
+                self.act = Act::RolledBack;
+                self.rolled_back_at = Some(Instant::now());
+                let took = self.broke_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                self.event =
                     format!("weir rolled the canary back by itself, {took:.1}s after it broke; all players on stable");
             }
             _ => {}
         }
-        let lines = render(&f, started.elapsed(), &event);
-        if tty {
+    }
+}
+
+/// The live view: redrawn in place on a terminal, a plain line every 2 s
+/// otherwise.
+struct View {
+    tty: bool,
+    started: Instant,
+    /// Lines of the frame drawn last (terminal).
+    drawn: usize,
+    last_plain: Instant,
+}
+
+impl View {
+    fn new(started: Instant) -> Self {
+        View {
+            tty: std::io::stdout().is_terminal(),
+            started,
+            drawn: 0,
+            last_plain: Instant::now() - Duration::from_secs(10),
+        }
+    }
+
+    fn show(&mut self, f: &Frame, event: &str) {
+        if self.tty {
+            let lines = render(f, self.started.elapsed(), event);
             let mut out = std::io::stdout().lock();
-            if drawn > 0 {
+            if self.drawn > 0 {
                 // Back to the top of the previous frame, redraw in place.
-                let _ = write!(out, "\x1b[{drawn}A");
+                let _ = write!(out, "\x1b[{}A", self.drawn);
             }
             for l in &lines {
                 let _ = writeln!(out, "\x1b[2K{l}");
             }
             let _ = out.flush();
-            drawn = lines.len();
-        } else if last_plain.elapsed() >= Duration::from_secs(2) {
-            last_plain = Instant::now();
-            let top = f
-                .evidence
-                .iter()
-                .max_by(|a, b| (a.1.max(1.0).ln() / a.2.ln()).total_cmp(&(b.1.max(1.0).ln() / b.2.ln())))
-                .map_or(String::new(), |(t, e, th)| format!(" | evidence {t} {}/{}", short(*e), short(*th)));
-            println!(
-                "t={:>5.1}s state={} step={} weight={}% stable: {:.0} req/s {:.1}% err p99 {:.1}ms | canary: {:.0} req/s {:.1}% err p99 {:.1}ms{top}",
-                started.elapsed().as_secs_f64(),
-                f.state,
-                f.step.map_or("-".to_owned(), |s| format!("{}/{}", s + 1, f.steps)),
-                f.weight,
-                f.rate[0],
-                f.errors[0],
-                f.p99[0],
-                f.rate[1],
-                f.errors[1],
-                f.p99[1],
-            );
-        }
-        if rolled_back_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(4)) || started.elapsed() >= LIMIT {
-            break;
+            self.drawn = lines.len();
+        } else if self.last_plain.elapsed() >= Duration::from_secs(2) {
+            self.last_plain = Instant::now();
+            println!("{}", plain_line(f, self.started.elapsed()));
         }
     }
+}
 
-    stop.store(true, Ordering::Relaxed);
-    for p in players {
-        let _ = p.await;
-    }
-    println!();
-    let rolled_back = act == Act::RolledBack;
-    if rolled_back {
-        if let Some(j) = last_rollback(&state_dir) {
+/// One line of the view for a log: both versions and the evidence test
+/// closest to its threshold.
+fn plain_line(f: &Frame, elapsed: Duration) -> String {
+    let top = f
+        .evidence
+        .iter()
+        .max_by(|a, b| (a.1.max(1.0).ln() / a.2.ln()).total_cmp(&(b.1.max(1.0).ln() / b.2.ln())))
+        .map_or(String::new(), |(t, e, th)| format!(" | evidence {t} {}/{}", short(*e), short(*th)));
+    format!(
+        "t={:>5.1}s state={} step={} weight={}% stable: {:.0} req/s {:.1}% err p99 {:.1}ms | canary: {:.0} req/s {:.1}% err p99 {:.1}ms{top}",
+        elapsed.as_secs_f64(),
+        f.state,
+        f.step.map_or("-".to_owned(), |s| format!("{}/{}", s + 1, f.steps)),
+        f.weight,
+        f.rate[0],
+        f.errors[0],
+        f.p99[0],
+        f.rate[1],
+        f.errors[1],
+        f.p99[1],
+    )
+}
+
+/// The closing words: the journal line and a summary after a rollback.
+fn summarize(act: Act, interrupted: bool, state_dir: &Path, sent: u64, started: Instant) {
+    if act == Act::RolledBack {
+        if let Some(j) = last_rollback(state_dir) {
             println!("The journal line that explains it ({}):", state_dir.join("journal.jsonl").display());
             println!("{j}\n");
         }
@@ -411,19 +489,12 @@ async fn run_in(dir: &Path) -> anyhow::Result<bool> {
             "Summary: {} requests from {PLAYERS} players in {:.0}s. The canary climbed 5 % → 10 % → 25 % on `pass` verdicts \
              while no evidence test came near its threshold; once degraded, a test's e-value crossed its threshold and weir \
              rolled it back to 0 % at once (latched until a new revision or POST /routes/game/resume).",
-            sent.load(Ordering::Relaxed),
+            sent,
             started.elapsed().as_secs_f64()
         );
     } else if interrupted {
-        println!(
-            "Interrupted after {:.0}s ({} requests).",
-            started.elapsed().as_secs_f64(),
-            sent.load(Ordering::Relaxed)
-        );
+        println!("Interrupted after {:.0}s ({} requests).", started.elapsed().as_secs_f64(), sent);
     } else {
         println!("The demo ran out of time before a rollback ({act:?}); this should not happen.");
     }
-    handle.shutdown();
-    handle.wait().await;
-    Ok(rolled_back || interrupted)
 }

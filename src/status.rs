@@ -111,6 +111,23 @@ fn pct(v: &Value) -> String {
 /// One route as a few lines of text: state, step, weight, latest verdict
 /// and its reason, and the evidence per test.
 pub fn render_route(r: &Value, out: &mut String) {
+    render_headline(r, out);
+    render_endpoints(r, out);
+    if let Some(l) = r["rolled_back"].as_object() {
+        let _ = writeln!(
+            out,
+            "  rolled back: {} at {}",
+            l.get("reason").and_then(Value::as_str).unwrap_or("?"),
+            l.get("at").and_then(Value::as_str).unwrap_or("?")
+        );
+    }
+    render_verdict(r, out);
+    render_evidence(&r["evidence"], out);
+}
+
+/// Name, state, step, the canary's revision and weight (effective and
+/// configured), and whether it is steered from outside.
+fn render_headline(r: &Value, out: &mut String) {
     let name = r["name"].as_str().unwrap_or("?");
     let state = r["state"].as_str().unwrap_or("?");
     let steps = r["progression"]["steps"].as_array().map_or(0, Vec::len);
@@ -126,6 +143,10 @@ pub fn render_route(r: &Value, out: &mut String) {
         pct(&r["weight"]["config"]),
         if r["control"] == "external" { ", steered from outside (control: external)" } else { "" },
     );
+}
+
+/// Each version's upstream and endpoint counts, when the answer has them.
+fn render_endpoints(r: &Value, out: &mut String) {
     let endpoints = |v: &Value| {
         let e = &v["endpoints"];
         let mut text = format!("{} {} healthy", v["upstream"].as_str().unwrap_or("?"), e["healthy"]);
@@ -144,14 +165,10 @@ pub fn render_route(r: &Value, out: &mut String) {
         };
         let _ = writeln!(out, "  endpoints: stable {}{canary}", endpoints(&r["stable"]));
     }
-    if let Some(l) = r["rolled_back"].as_object() {
-        let _ = writeln!(
-            out,
-            "  rolled back: {} at {}",
-            l.get("reason").and_then(Value::as_str).unwrap_or("?"),
-            l.get("at").and_then(Value::as_str).unwrap_or("?")
-        );
-    }
+}
+
+/// The latest verdict and its reason, or why there is none.
+fn render_verdict(r: &Value, out: &mut String) {
     match r["verdicts"].as_array().and_then(|v| v.last()) {
         Some(v) => {
             let _ = writeln!(
@@ -169,28 +186,31 @@ pub fn render_route(r: &Value, out: &mut String) {
             let _ = writeln!(out, "  verdict: none yet");
         }
     }
-    let ev = &r["evidence"];
-    if let Some(tests) = ev["tests"].as_array().filter(|t| !t.is_empty()) {
+}
+
+/// The requests and errors since the revision, and each test's progress
+/// towards its threshold; nothing when there are no tests.
+fn render_evidence(ev: &Value, out: &mut String) {
+    let Some(tests) = ev["tests"].as_array().filter(|t| !t.is_empty()) else { return };
+    let _ = write!(
+        out,
+        "  evidence (canary {} req, {} err; stable {} req, {} err):",
+        ev["since_revision"]["canary"]["requests"],
+        ev["since_revision"]["canary"]["errors"],
+        ev["since_revision"]["stable"]["requests"],
+        ev["since_revision"]["stable"]["errors"]
+    );
+    for t in tests {
+        let progress = t["progress"].as_f64().unwrap_or(0.0);
         let _ = write!(
             out,
-            "  evidence (canary {} req, {} err; stable {} req, {} err):",
-            ev["since_revision"]["canary"]["requests"],
-            ev["since_revision"]["canary"]["errors"],
-            ev["since_revision"]["stable"]["requests"],
-            ev["since_revision"]["stable"]["errors"]
+            " {} {:.0}%{}",
+            t["test"].as_str().unwrap_or("?"),
+            progress * 100.0,
+            if t["breaking"] == true { " (SLO broken)" } else { "" }
         );
-        for t in tests {
-            let progress = t["progress"].as_f64().unwrap_or(0.0);
-            let _ = write!(
-                out,
-                " {} {:.0}%{}",
-                t["test"].as_str().unwrap_or("?"),
-                progress * 100.0,
-                if t["breaking"] == true { " (SLO broken)" } else { "" }
-            );
-        }
-        out.push('\n');
     }
+    out.push('\n');
 }
 
 pub fn render(routes: &[Value]) -> String {

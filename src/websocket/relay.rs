@@ -19,9 +19,10 @@
 //! - the client goes away: the upstream gets 1001;
 //! - a normal close handshake passes through untouched.
 
-use super::frame::{FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
+use super::frame::{Consumed, FrameTracker, OP_CLOSE, OP_PONG, close_frame, ping_frame};
 use super::io::{BUF, Endpoint, Source};
 use super::{CloseWhy, Signal};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -197,10 +198,10 @@ pub async fn relay<C: Endpoint, U: Endpoint>(
 /// Copy `src` to `dst`, tracking frames; on a close signal, write a close
 /// frame at the next boundary and drain `src` until its close answer.
 async fn pump<R, W>(
-    mut src: R,
-    mut dst: W,
+    src: R,
+    dst: W,
     dir: Dir,
-    mut signal: watch::Receiver<Signal>,
+    signal: watch::Receiver<Signal>,
     shared: &Shared<'_>,
     settings: &Settings,
 ) -> End
@@ -208,213 +209,337 @@ where
     R: Source,
     W: AsyncWrite + Unpin,
 {
-    // Taken when bytes arrive (see `Source::fill`).
-    let mut buf: Vec<u8> = Vec::new();
-    let mut frames = FrameTracker::default();
-    let mut pending: Option<(u16, &'static str)> = None;
-    let mut close_by = tokio::time::Instant::now() + Duration::from_secs(86_400);
-    let to_upstream = dir == Dir::ToUpstream;
-    let key = || to_upstream.then(mask);
-    let my_close = if to_upstream { FIRST_CLIENT } else { FIRST_UPSTREAM };
-    // Client → upstream watches for idleness (checked four times per
-    // timeout); upstream → client pings a quiet client. Zero turns either off.
-    let period = if to_upstream { settings.idle_timeout / 4 } else { settings.ping_interval };
-    let timer_on = !period.is_zero();
-    let period = period.max(Duration::from_millis(50));
-    let mut ticker = timer_on.then(|| every(period));
-    // Client → upstream also carries weir's round-trip probes.
-    let probing = to_upstream && !settings.rtt_interval.is_zero() && shared.rtt.is_some();
-    let probe_every = settings.rtt_interval.max(Duration::from_millis(100));
-    let mut prober = probing.then(|| every(probe_every));
-    // Reads in a row that would have fit in `BUF`.
-    let mut small_reads = 0u32;
-    // Bytes read past a boundary where we stopped to close.
-    let mut leftover: Vec<u8> = Vec::new();
-    // The start of a frame header not yet whole, kept at the front of `buf`
-    // and fed again with the next read: only whole, checked headers are
-    // forwarded, so the destination is always between frames when a frame
-    // of weir's own (close, ping) or a refusal comes.
-    let mut held = 0;
-    // Upstream → client after the client broke the protocol: the close to
-    // the client waits (at most CLOSE_WAIT) for the upstream's close answer,
-    // so the replies it sends before that still arrive.
-    let mut await_peer_close: Option<Instant> = None;
-    // The source's close frame was seen (and replaced): nothing to drain.
-    let mut answered = false;
+    let mut p = Pump::new(src, dst, dir, signal, shared, settings);
     let end = loop {
-        if let Some((code, reason)) = pending
-            && frames.at_boundary()
-            && await_peer_close.is_none_or(|by| Instant::now() >= by)
-        {
-            leftover.extend_from_slice(&buf[..held]);
-            let _ = dst.write_all(&close_frame(code, reason, key())).await;
-            let _ = dst.flush().await;
-            break End::Closed;
+        if let ControlFlow::Break(end) = p.close_pending_at_boundary().await {
+            break end;
         }
-        tokio::select! {
-            changed = signal.changed(), if pending.is_none() => {
-                if changed.is_err() {
-                    break End::SrcGone;
-                }
-                if let Signal::Close { code, why } = *signal.borrow_and_update() {
-                    let reason = if code == PROTOCOL_ERROR { "weir: protocol error" } else { why.reason_text() };
-                    pending = Some((code, reason));
-                    close_by = tokio::time::Instant::now() + BOUNDARY_WAIT;
-                    if !to_upstream && shared.client_broke.load(Ordering::Relaxed) {
-                        await_peer_close = Some(Instant::now() + CLOSE_WAIT);
-                        close_by += CLOSE_WAIT;
-                    }
-                }
-            }
+        let step = tokio::select! {
+            changed = p.signal.changed(), if p.pending.is_none() => p.signal_changed(changed),
             // The upstream did not answer weir's close in time: close the
             // client at the next boundary anyway.
-            _ = tokio::time::sleep_until(await_peer_close.unwrap_or(close_by)), if await_peer_close.is_some() => {
-                await_peer_close = None;
+            _ = tokio::time::sleep_until(p.await_peer_close.unwrap_or(p.close_by)), if p.await_peer_close.is_some() => {
+                p.stop_awaiting_peer_close()
             }
             // A peer stopped mid-frame: give up on a clean close.
-            _ = tokio::time::sleep_until(close_by), if pending.is_some() => break End::DstGone,
-            _ = tick(&mut ticker), if pending.is_none() && timer_on => {
-                if to_upstream {
-                    if shared.client_idle() >= settings.idle_timeout && frames.at_boundary() {
-                        let _ = dst.write_all(&close_frame(1001, "weir: idle timeout", key())).await;
-                        break End::Idle;
-                    }
-                } else if shared.client_idle() >= settings.ping_interval
-                    && frames.at_boundary()
-                    && dst.write_all(&ping_frame(b"weir", None)).await.is_err()
-                {
-                    // Keepalive: the client's pong goes on to the upstream,
-                    // where an unsolicited pong is allowed (RFC 6455 §5.5.3).
-                    break End::DstGone;
-                }
-            }
-            _ = tick(&mut prober), if pending.is_none() && probing => {
-                // One probe at a time; one unanswered for 4 periods is lost.
-                let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
-                let sent = shared.probe_sent.load(Ordering::Relaxed);
-                let lost = sent != 0 && now_us.saturating_sub(sent) > 4 * probe_every.as_micros() as u64;
-                if (sent == 0 || lost) && frames.at_boundary() {
-                    if dst.write_all(&ping_frame(RTT_PAYLOAD, key())).await.is_err() || dst.flush().await.is_err() {
-                        break End::DstGone;
-                    }
-                    shared.probe_sent.store(shared.epoch.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
-                }
-            }
-            read = src.fill(&mut buf, held) => {
-                let n = match read {
-                    Ok(0) | Err(_) => {
-                        // Gone without a close frame: tell the other side properly.
-                        if frames.at_boundary() && shared.first_close.load(Ordering::Relaxed) == FIRST_NONE {
-                            let (code, reason) =
-                                if to_upstream { (1001, "weir: client gone") } else { (1011, "weir: upstream failed") };
-                            let _ = dst.write_all(&close_frame(code, reason, key())).await;
-                            let _ = dst.flush().await;
-                        }
-                        break End::SrcGone;
-                    }
-                    Ok(n) => held + n,
-                };
-                let grown = buf.len();
-                if n == grown && grown < BUF_BULK {
-                    buf.resize((grown * 8).min(BUF_BULK), 0);
-                }
-                small_reads = if grown > BUF && n <= BUF { small_reads + 1 } else { 0 };
-                held = 0;
-                if to_upstream {
-                    shared.client_seen.store(shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                }
-                // Find how much to forward: all of it, unless a close of our
-                // own is waiting for the frame in flight to end (then up to
-                // that end), or the stream stops being WebSocket (then the
-                // valid prefix). One write per read, however many frames.
-                let mut upto = 0;
-                let mut end = None;
-                while upto < n {
-                    let start = upto;
-                    let began = frames.at_boundary();
-                    let Ok(step) = frames.consume(&buf[upto..n]) else {
-                        end = Some(End::Protocol);
-                        break;
-                    };
-                    upto += step.used;
-                    if began
-                        && !to_upstream
-                        && step.frame_end.or(frames.opcode()) == Some(OP_CLOSE)
-                        && shared.client_broke.load(Ordering::Relaxed)
-                    {
-                        // The upstream's answer to weir's close: the client
-                        // hears 1002 in its place (the frames before it went on).
-                        upto = start;
-                        end = Some(End::Closed);
-                        answered = true;
-                        break;
-                    }
-                    if step.frame_end == Some(OP_PONG) && !to_upstream {
-                        // The upstream's pong to weir's probe (a pong that
-                        // answers the client's own ping while a probe is out
-                        // is taken for it: either way it times the upstream).
-                        let sent = shared.probe_sent.swap(0, Ordering::Relaxed);
-                        if let (Some(sink), true) = (shared.rtt, sent != 0) {
-                            let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
-                            sink(Duration::from_micros(now_us.saturating_sub(sent)));
-                        }
-                    }
-                    if step.frame_end == Some(OP_CLOSE) {
-                        let _ = shared.first_close.compare_exchange(
-                            FIRST_NONE, my_close, Ordering::Relaxed, Ordering::Relaxed,
-                        );
-                    }
-                    if step.frame_end.is_some() && pending.is_some() && await_peer_close.is_none() {
-                        // Our close frame goes here; what follows is not forwarded.
-                        leftover.extend_from_slice(&buf[upto..n]);
-                        break;
-                    }
-                }
-                if end.is_none() && leftover.is_empty() {
-                    held = frames.take_partial_header();
-                }
-                if dst.write_all(&buf[..upto - held]).await.is_err() {
-                    break End::DstGone;
-                }
-                buf.copy_within(upto - held..upto, 0);
-                if answered {
-                    let _ = dst.write_all(&close_frame(PROTOCOL_ERROR, "weir: protocol error", None)).await;
-                    let _ = dst.flush().await;
-                    break End::Closed;
-                }
-                if let Some(e) = end {
-                    // The frames before the broken one went on; the
-                    // destination hears why nothing more will come.
-                    if to_upstream {
-                        shared.client_broke.store(true, Ordering::Relaxed);
-                    }
-                    let (code, reason) = if to_upstream {
-                        (1001, "weir: client broke the WebSocket protocol")
-                    } else {
-                        (1011, "weir: upstream broke the WebSocket protocol")
-                    };
-                    let _ = dst.write_all(&close_frame(code, reason, key())).await;
-                    let _ = dst.flush().await;
-                    break e;
-                }
-                if dst.flush().await.is_err() {
-                    break End::DstGone;
-                }
-                if small_reads >= SMALL_READS_TO_SHRINK {
-                    // Chatty again after a burst: give the big buffer back
-                    // (what is kept is at most a partial frame header).
-                    buf.truncate(BUF.max(held));
-                    buf.shrink_to_fit();
-                    small_reads = 0;
-                }
-            }
+            _ = tokio::time::sleep_until(p.close_by), if p.pending.is_some() => ControlFlow::Break(End::DstGone),
+            _ = tick(&mut p.ticker), if p.pending.is_none() && p.ticker.is_some() => p.idle_or_ping_due().await,
+            _ = tick(&mut p.prober), if p.pending.is_none() && p.prober.is_some() => p.probe_due().await,
+            read = p.src.fill(&mut p.buf, p.held) => p.forward(read).await,
+        };
+        if let ControlFlow::Break(end) = step {
+            break end;
         }
     };
-    if (end == End::Closed || end == End::Idle) && !answered {
-        drain(&mut src, &mut buf, frames, &leftover).await;
+    p.finish(end).await
+}
+
+/// One direction's state from one step of its loop to the next.
+struct Pump<'s, R, W> {
+    src: R,
+    dst: W,
+    signal: watch::Receiver<Signal>,
+    shared: &'s Shared<'s>,
+    settings: &'s Settings,
+    to_upstream: bool,
+    /// Taken when bytes arrive (see `Source::fill`).
+    buf: Vec<u8>,
+    frames: FrameTracker,
+    /// weir's own close (code, reason), waiting for a frame boundary.
+    pending: Option<(u16, &'static str)>,
+    /// When a pending close gives up on a clean close.
+    close_by: Instant,
+    /// Client → upstream watches for idleness (checked four times per
+    /// timeout); upstream → client pings a quiet client. None: off.
+    ticker: Option<tokio::time::Interval>,
+    /// Client → upstream also carries weir's round-trip probes. None: off.
+    prober: Option<tokio::time::Interval>,
+    probe_every: Duration,
+    /// Reads in a row that would have fit in `BUF`.
+    small_reads: u32,
+    /// Bytes read past a boundary where we stopped to close.
+    leftover: Vec<u8>,
+    /// The start of a frame header not yet whole, kept at the front of `buf`
+    /// and fed again with the next read: only whole, checked headers are
+    /// forwarded, so the destination is always between frames when a frame
+    /// of weir's own (close, ping) or a refusal comes.
+    held: usize,
+    /// Upstream → client after the client broke the protocol: the close to
+    /// the client waits (at most CLOSE_WAIT) for the upstream's close answer,
+    /// so the replies it sends before that still arrive.
+    await_peer_close: Option<Instant>,
+    /// The source's close frame was seen (and replaced): nothing to drain.
+    answered: bool,
+}
+
+impl<'s, R, W> Pump<'s, R, W>
+where
+    R: Source,
+    W: AsyncWrite + Unpin,
+{
+    fn new(
+        src: R,
+        dst: W,
+        dir: Dir,
+        signal: watch::Receiver<Signal>,
+        shared: &'s Shared<'s>,
+        settings: &'s Settings,
+    ) -> Self {
+        let to_upstream = dir == Dir::ToUpstream;
+        // Zero turns either timer off.
+        let period = if to_upstream { settings.idle_timeout / 4 } else { settings.ping_interval };
+        let timer_on = !period.is_zero();
+        let period = period.max(Duration::from_millis(50));
+        let probing = to_upstream && !settings.rtt_interval.is_zero() && shared.rtt.is_some();
+        let probe_every = settings.rtt_interval.max(Duration::from_millis(100));
+        Pump {
+            src,
+            dst,
+            signal,
+            shared,
+            settings,
+            to_upstream,
+            buf: Vec::new(),
+            frames: FrameTracker::default(),
+            pending: None,
+            close_by: Instant::now() + Duration::from_secs(86_400),
+            ticker: timer_on.then(|| every(period)),
+            prober: probing.then(|| every(probe_every)),
+            probe_every,
+            small_reads: 0,
+            leftover: Vec::new(),
+            held: 0,
+            await_peer_close: None,
+            answered: false,
+        }
     }
-    let _ = dst.shutdown().await;
-    end
+
+    /// The mask for a frame of weir's own: only client → upstream masks.
+    fn key(&self) -> Option<[u8; 4]> {
+        self.to_upstream.then(mask)
+    }
+
+    /// Write a close frame of weir's own and flush; a failure changes nothing.
+    async fn send_close(&mut self, code: u16, reason: &str) {
+        let _ = self.dst.write_all(&close_frame(code, reason, self.key())).await;
+        let _ = self.dst.flush().await;
+    }
+
+    /// A close is pending, the destination is between frames and no close
+    /// answer is awaited (any more): write it and end.
+    async fn close_pending_at_boundary(&mut self) -> ControlFlow<End> {
+        if let Some((code, reason)) = self.pending
+            && self.frames.at_boundary()
+            && self.await_peer_close.is_none_or(|by| Instant::now() >= by)
+        {
+            self.leftover.extend_from_slice(&self.buf[..self.held]);
+            self.send_close(code, reason).await;
+            return ControlFlow::Break(End::Closed);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The close signal changed: a close becomes pending, with its deadlines.
+    fn signal_changed(&mut self, changed: Result<(), watch::error::RecvError>) -> ControlFlow<End> {
+        if changed.is_err() {
+            return ControlFlow::Break(End::SrcGone);
+        }
+        if let Signal::Close { code, why } = *self.signal.borrow_and_update() {
+            let reason = if code == PROTOCOL_ERROR { "weir: protocol error" } else { why.reason_text() };
+            self.pending = Some((code, reason));
+            self.close_by = Instant::now() + BOUNDARY_WAIT;
+            if !self.to_upstream && self.shared.client_broke.load(Ordering::Relaxed) {
+                self.await_peer_close = Some(Instant::now() + CLOSE_WAIT);
+                self.close_by += CLOSE_WAIT;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn stop_awaiting_peer_close(&mut self) -> ControlFlow<End> {
+        self.await_peer_close = None;
+        ControlFlow::Continue(())
+    }
+
+    /// Client → upstream: close a client idle for the timeout; upstream →
+    /// client: ping a quiet client.
+    async fn idle_or_ping_due(&mut self) -> ControlFlow<End> {
+        if self.to_upstream {
+            if self.shared.client_idle() >= self.settings.idle_timeout && self.frames.at_boundary() {
+                let _ = self.dst.write_all(&close_frame(1001, "weir: idle timeout", self.key())).await;
+                return ControlFlow::Break(End::Idle);
+            }
+        } else if self.shared.client_idle() >= self.settings.ping_interval
+            && self.frames.at_boundary()
+            && self.dst.write_all(&ping_frame(b"weir", None)).await.is_err()
+        {
+            // Keepalive: the client's pong goes on to the upstream,
+            // where an unsolicited pong is allowed (RFC 6455 §5.5.3).
+            return ControlFlow::Break(End::DstGone);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Send a round-trip probe to the upstream, unless one is out: one at a
+    /// time; one unanswered for 4 periods is lost.
+    async fn probe_due(&mut self) -> ControlFlow<End> {
+        let shared = self.shared;
+        let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
+        let sent = shared.probe_sent.load(Ordering::Relaxed);
+        let lost = sent != 0 && now_us.saturating_sub(sent) > 4 * self.probe_every.as_micros() as u64;
+        if (sent == 0 || lost) && self.frames.at_boundary() {
+            if self.dst.write_all(&ping_frame(RTT_PAYLOAD, self.key())).await.is_err()
+                || self.dst.flush().await.is_err()
+            {
+                return ControlFlow::Break(End::DstGone);
+            }
+            shared.probe_sent.store(shared.epoch.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A read from the source: forward what may go on, in one write.
+    async fn forward(&mut self, read: std::io::Result<usize>) -> ControlFlow<End> {
+        let n = match read {
+            Ok(0) | Err(_) => return ControlFlow::Break(self.source_gone().await),
+            Ok(n) => self.held + n,
+        };
+        self.size_buffer(n);
+        self.held = 0;
+        if self.to_upstream {
+            self.shared.client_seen.store(self.shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        let (upto, end) = self.scan(n);
+        if end.is_none() && self.leftover.is_empty() {
+            self.held = self.frames.take_partial_header();
+        }
+        if self.dst.write_all(&self.buf[..upto - self.held]).await.is_err() {
+            return ControlFlow::Break(End::DstGone);
+        }
+        self.buf.copy_within(upto - self.held..upto, 0);
+        if self.answered {
+            // Upstream → client only, so unmasked.
+            self.send_close(PROTOCOL_ERROR, "weir: protocol error").await;
+            return ControlFlow::Break(End::Closed);
+        }
+        if let Some(e) = end {
+            return ControlFlow::Break(self.refuse_broken(e).await);
+        }
+        if self.dst.flush().await.is_err() {
+            return ControlFlow::Break(End::DstGone);
+        }
+        self.shrink_when_chatty();
+        ControlFlow::Continue(())
+    }
+
+    /// The source is gone without a close frame: tell the other side properly.
+    async fn source_gone(&mut self) -> End {
+        if self.frames.at_boundary() && self.shared.first_close.load(Ordering::Relaxed) == FIRST_NONE {
+            let (code, reason) =
+                if self.to_upstream { (1001, "weir: client gone") } else { (1011, "weir: upstream failed") };
+            self.send_close(code, reason).await;
+        }
+        End::SrcGone
+    }
+
+    /// A read of `n` bytes that filled the buffer grows it (bulk); count the
+    /// reads that would have fit in `BUF`.
+    fn size_buffer(&mut self, n: usize) {
+        let grown = self.buf.len();
+        if n == grown && grown < BUF_BULK {
+            self.buf.resize((grown * 8).min(BUF_BULK), 0);
+        }
+        self.small_reads = if grown > BUF && n <= BUF { self.small_reads + 1 } else { 0 };
+    }
+
+    /// Chatty again after a burst: give the big buffer back (what is kept is
+    /// at most a partial frame header).
+    fn shrink_when_chatty(&mut self) {
+        if self.small_reads >= SMALL_READS_TO_SHRINK {
+            self.buf.truncate(BUF.max(self.held));
+            self.buf.shrink_to_fit();
+            self.small_reads = 0;
+        }
+    }
+
+    /// How much of `buf[..n]` to forward: all of it, unless a close of our
+    /// own is waiting for the frame in flight to end (then up to that end),
+    /// or the stream stops being WebSocket (then the valid prefix, and why).
+    fn scan(&mut self, n: usize) -> (usize, Option<End>) {
+        let mut upto = 0;
+        while upto < n {
+            let start = upto;
+            let began = self.frames.at_boundary();
+            let Ok(step) = self.frames.consume(&self.buf[upto..n]) else {
+                return (upto, Some(End::Protocol));
+            };
+            upto += step.used;
+            if began && self.is_close_answer_to_replace(step) {
+                // The client hears 1002 in its place (the frames before it went on).
+                self.answered = true;
+                return (start, Some(End::Closed));
+            }
+            if step.frame_end == Some(OP_PONG) && !self.to_upstream {
+                self.time_probe();
+            }
+            if step.frame_end == Some(OP_CLOSE) {
+                let my_close = if self.to_upstream { FIRST_CLIENT } else { FIRST_UPSTREAM };
+                let first = &self.shared.first_close;
+                let _ = first.compare_exchange(FIRST_NONE, my_close, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            if step.frame_end.is_some() && self.pending.is_some() && self.await_peer_close.is_none() {
+                // Our close frame goes here; what follows is not forwarded.
+                self.leftover.extend_from_slice(&self.buf[upto..n]);
+                break;
+            }
+        }
+        (upto, None)
+    }
+
+    /// The frame starting at `step` is the upstream's answer to the close
+    /// weir sent it after the client broke the protocol.
+    fn is_close_answer_to_replace(&self, step: Consumed) -> bool {
+        !self.to_upstream
+            && step.frame_end.or(self.frames.opcode()) == Some(OP_CLOSE)
+            && self.shared.client_broke.load(Ordering::Relaxed)
+    }
+
+    /// The upstream's pong to weir's probe (a pong that answers the client's
+    /// own ping while a probe is out is taken for it: either way it times
+    /// the upstream).
+    fn time_probe(&self) {
+        let shared = self.shared;
+        let sent = shared.probe_sent.swap(0, Ordering::Relaxed);
+        if let (Some(sink), true) = (shared.rtt, sent != 0) {
+            let now_us = shared.epoch.elapsed().as_micros() as u64 + 1;
+            sink(Duration::from_micros(now_us.saturating_sub(sent)));
+        }
+    }
+
+    /// The frames before the broken one went on; the destination hears why
+    /// nothing more will come.
+    async fn refuse_broken(&mut self, end: End) -> End {
+        if self.to_upstream {
+            self.shared.client_broke.store(true, Ordering::Relaxed);
+        }
+        let (code, reason) = if self.to_upstream {
+            (1001, "weir: client broke the WebSocket protocol")
+        } else {
+            (1011, "weir: upstream broke the WebSocket protocol")
+        };
+        self.send_close(code, reason).await;
+        end
+    }
+
+    /// After our close (or idle close), drain the source until its answer;
+    /// then shut the destination.
+    async fn finish(mut self, end: End) -> End {
+        if (end == End::Closed || end == End::Idle) && !self.answered {
+            drain(&mut self.src, &mut self.buf, self.frames, &self.leftover).await;
+        }
+        let _ = self.dst.shutdown().await;
+        end
+    }
 }
 
 /// After our close frame: read and discard until the source's own close
