@@ -39,8 +39,10 @@ use crate::upstream::ReqBody;
 use crate::websocket;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
+use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -346,22 +348,7 @@ impl Proxy {
         let client_h2 = parts.version == http::Version::HTTP_2;
         let admitted = self.request_filter((&parts, peer.https), completion)?;
         let mut choice = self.choose(served, peer, &parts, &admitted, upgrade.is_some(), completion)?;
-        // Who the client is behind trusted proxies (`real_ip`); from an
-        // untrusted peer, the forwarded list it brought is dropped.
-        let client = match &served.snapshot.real_ip {
-            None => None,
-            Some(r) => {
-                let (ip, trusted) = r.client(peer.addr, &parts.headers);
-                if !trusted {
-                    parts.headers.remove(&headers::X_FORWARDED_FOR);
-                    parts.headers.remove(&r.header);
-                }
-                if let Some(f) = completion.fields.as_mut() {
-                    f.client_ip = ip.to_string();
-                }
-                Some(ip)
-            }
-        };
+        let client = real_client(served, peer, &mut parts, completion);
         let edge = choice.route.edge.as_deref();
         let max_body = edge.and_then(|e| e.max_request_body).unwrap_or(served.snapshot.limits.max_request_body);
         if let Err(e) = edge::answered_here(served, &mut choice, (&parts, &admitted), (peer, client), max_body) {
@@ -404,42 +391,84 @@ impl Proxy {
             };
             let limits = edge::AttemptLimits::new(upstream.spec().request_timeout, edge, grpc_limit, deadline);
             limits.apply(&mut parts)?;
-            let mut attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
-            loop {
-                if !replayable {
-                    break;
-                }
-                let (what, kind) = match &attempt {
-                    Err(e) => match e.retry_on() {
-                        Some(what) => (what, Some(e.kind())),
-                        None => break,
-                    },
-                    Ok(r) if r.status().is_server_error() => (RetryOn::Status(r.status().as_u16()), None),
-                    Ok(_) => break,
-                };
-                // Another endpoint of the same version, never the other version.
-                if !upstream.retry_after(&mut tried, what, kind) {
-                    break;
-                }
-                drop(attempt); // a 5xx answer unread: its connection closes
-                phases::charge_failed_attempts(&choice, &mut tried, completion);
-                if limits.apply(&mut parts).is_err() {
-                    // `timeouts.request` has run out: no time for another try.
-                    attempt = Err(crate::upstream::UpstreamError::Timeout);
-                    break;
-                }
-                attempt = match upstream.connect(&mut tried).await {
-                    Ok(conn) => upstream.send(conn, &mut parts, ReqBody::empty(), added.as_slice()).await,
-                    Err(e) => Err(e),
-                };
-                phases::charge_failed_attempts(&choice, &mut tried, completion);
+            let attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
+            if replayable {
+                let retry = Retry { upstream, limits: &limits, added: added.as_slice(), choice: &choice };
+                retry.until_settled(attempt, &mut parts, &mut tried, completion).await?
+            } else {
+                attempt?
             }
-            attempt?
         };
         if completion.fields.is_some() {
             completion.upstream_ms = Some(upstream_start.elapsed().as_secs_f64() * 1000.0);
         }
         self.response_filter(&choice, resp, upgrade, completion)
+    }
+}
+
+/// Who the client is behind trusted proxies (`real_ip`), noted for the
+/// access log; from an untrusted peer, the forwarded list it brought is
+/// dropped. None without `real_ip`.
+fn real_client(served: &Serving, peer: &Peer, parts: &mut Parts, completion: &mut Completion) -> Option<IpAddr> {
+    let r = served.snapshot.real_ip.as_ref()?;
+    let (ip, trusted) = r.client(peer.addr, &parts.headers);
+    if !trusted {
+        parts.headers.remove(&headers::X_FORWARDED_FOR);
+        parts.headers.remove(&r.header);
+    }
+    if let Some(f) = completion.fields.as_mut() {
+        f.client_ip = ip.to_string();
+    }
+    Some(ip)
+}
+
+/// What a replayable request's retries need: another endpoint of the same
+/// version (never the other version), within the retry budget and what is
+/// left of `timeouts.request`.
+struct Retry<'a> {
+    upstream: &'a crate::upstream::Upstream,
+    limits: &'a edge::AttemptLimits,
+    added: &'a [(&'static http::HeaderName, HeaderValue)],
+    choice: &'a phases::Choice<'a>,
+}
+
+type Attempt = Result<Response<crate::upstream::PooledBody>, crate::upstream::UpstreamError>;
+
+impl Retry<'_> {
+    /// Try again while the last attempt failed in a way `retry.on` names
+    /// and the upstream allows another; every failed attempt is charged to
+    /// the version that saw it.
+    async fn until_settled(
+        &self,
+        mut attempt: Attempt,
+        parts: &mut Parts,
+        tried: &mut crate::upstream::Tried,
+        completion: &mut Completion,
+    ) -> Attempt {
+        loop {
+            let (what, kind) = match &attempt {
+                Err(e) => match e.retry_on() {
+                    Some(what) => (what, Some(e.kind())),
+                    None => return attempt,
+                },
+                Ok(r) if r.status().is_server_error() => (RetryOn::Status(r.status().as_u16()), None),
+                Ok(_) => return attempt,
+            };
+            if !self.upstream.retry_after(tried, what, kind) {
+                return attempt;
+            }
+            drop(attempt); // a 5xx answer unread: its connection closes
+            phases::charge_failed_attempts(self.choice, tried, completion);
+            if self.limits.apply(parts).is_err() {
+                // `timeouts.request` has run out: no time for another try.
+                return Err(crate::upstream::UpstreamError::Timeout);
+            }
+            attempt = match self.upstream.connect(tried).await {
+                Ok(conn) => self.upstream.send(conn, parts, ReqBody::empty(), self.added).await,
+                Err(e) => Err(e),
+            };
+            phases::charge_failed_attempts(self.choice, tried, completion);
+        }
     }
 }
 

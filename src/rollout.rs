@@ -37,6 +37,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 use store::Store;
 
@@ -298,11 +299,15 @@ impl Rollouts {
     }
 
     /// The table to serve: `config`'s routes with their rollout overlay.
+    /// Routes (shared with `config`) whose overlay is the config's own
+    /// are not copied; a route in rollout is copied with its overlay set.
     pub fn overlay(&self, config: &Snapshot) -> Snapshot {
         let mut out = config.clone();
         for r in &mut out.table.routes {
-            let st = self.states.get(&*r.name);
-            r.overlay = overlay_of(r, st);
+            let overlay = overlay_of(r, self.states.get(&*r.name));
+            if overlay != r.overlay {
+                Arc::make_mut(r).overlay = overlay;
+            }
         }
         out
     }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 /// flags freely; changing their hosts needs `Table::new`.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    pub routes: Vec<Route>,
+    /// Shared: a rollout publish copies only the routes whose overlay
+    /// changed (`Table::with_overlays`).
+    pub routes: Vec<Arc<Route>>,
     index: HostIndex,
 }
 
@@ -48,11 +50,11 @@ impl Table {
                 }
             }
         }
-        Self { routes, index }
+        Self { routes: routes.into_iter().map(Arc::new).collect(), index }
     }
 
     pub fn route(&self, name: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| &*r.name == name)
+        self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
     }
 
     /// The first route in file order matching the request (host, path,

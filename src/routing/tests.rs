@@ -110,7 +110,7 @@ fn kill_switch_and_rollback_beat_override_and_segments() {
     assert_eq!(d.map(|d| (d.version, d.reason)), Some((Version::Stable, Reason::KillSwitch)));
 
     let mut rolled = yaml("");
-    rolled.routes[0].overlay.rolled_back = true;
+    std::sync::Arc::make_mut(&mut rolled.routes[0]).overlay.rolled_back = true;
     let d = decide_with(&rolled, "h", "/", &h, 0);
     assert_eq!(d.map(|d| (d.version, d.reason)), Some((Version::Stable, Reason::Rollback)));
 }
@@ -258,9 +258,9 @@ proptest! {
     fn raising_the_weight_never_moves_a_canary_player_back(id in "[a-zA-Z0-9-]{1,40}", a in 0u16..=10000, b in 0u16..=10000) {
         let (lo, hi) = (a.min(b), a.max(b));
         let mut t = sticky_route(0.0);
-        t.routes[0].overlay.weight_bp = lo;
+        std::sync::Arc::make_mut(&mut t.routes[0]).overlay.weight_bp = lo;
         let at_lo = player(&t, &id).version;
-        t.routes[0].overlay.weight_bp = hi;
+        std::sync::Arc::make_mut(&mut t.routes[0]).overlay.weight_bp = hi;
         let at_hi = player(&t, &id).version;
         // canary at the low weight ⇒ canary at the high weight (and lowering only moves users out).
         prop_assert!(at_lo == Version::Stable || at_hi == Version::Canary);
@@ -270,8 +270,8 @@ proptest! {
     fn two_replicas_agree_on_every_player(id in ".{0,64}", w in 0u16..=10000) {
         let mut one = sticky_route(0.0);
         let mut two = sticky_route(0.0);
-        one.routes[0].overlay.weight_bp = w;
-        two.routes[0].overlay.weight_bp = w;
+        std::sync::Arc::make_mut(&mut one.routes[0]).overlay.weight_bp = w;
+        std::sync::Arc::make_mut(&mut two.routes[0]).overlay.weight_bp = w;
         prop_assert_eq!(player(&one, &id), player(&two, &id));
     }
 
