@@ -377,6 +377,36 @@ pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
 pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now_ms: u64) -> Judgement {
     st.start(now_ms);
     let tests = tests_in_use(p, ws_rtt);
+    add_interval(p, st, iv, &tests);
+    let (alpha, k) = st.budget(p.alpha, &tests);
+    let mut standings = Vec::with_capacity(tests.len());
+    let mut fired: Option<Fired> = None;
+    let mut held_by = Vec::new();
+    for t in &tests {
+        let (standing, lead) = stand(p, st, *t, alpha, k);
+        // A guard holds when either version is out of its SLO: with stable
+        // out too the canary is not to blame; with canary alone out it is
+        // for E and the latency tests to say, against stable.
+        if standing.breaking.is_some_and(|b| b[STABLE] || b[CANARY]) {
+            held_by.push(*t);
+        }
+        if let Some(lead) = lead
+            && fired.as_ref().is_none_or(|f| lead.e_value / lead.threshold > f.e_value / f.threshold)
+        {
+            fired = Some(lead);
+        }
+        standings.push(standing);
+    }
+    let canary_in_step = st.step_totals.n(Event::Error, CANARY);
+    let verdict = verdict_of(fired.is_some(), !held_by.is_empty(), canary_in_step);
+    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings };
+    let reason = explain(p, st, &found, canary_in_step, iv.frozen.latency_us);
+    Judgement { verdict, fired, held_by, standings, reason }
+}
+
+/// Add one interval's counts to the step's totals, to every live scope's
+/// processes, and to the guards' SLO detectors.
+fn add_interval(p: &Analysis, st: &mut JudgeState, iv: &Interval, tests: &[Test]) {
     st.step_totals.add(&iv.requests);
     let newest = st.epoch;
     let closed_below = st.closed_below;
@@ -388,7 +418,7 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
         // the revision and older epochs take users counted once per
         // revision (a subset of their own first events: still valid).
         let use_epoch_cells = scope.epoch == newest;
-        for t in &tests {
+        for t in tests {
             update(p, *t, scope.tests.entry(*t).or_default(), iv, (use_epoch_cells, users));
         }
     }
@@ -400,75 +430,67 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
             d[CANARY].update(pi0, iv.requests.x(e, CANARY), iv.requests.n(e, CANARY));
         }
     }
-    let (alpha, k) = st.budget(p.alpha, &tests);
-    let mut standings = Vec::with_capacity(tests.len());
-    let mut fired: Option<Fired> = None;
-    let mut held_by = Vec::new();
-    for t in &tests {
-        let breaking = st.detectors.get(t).map(|d| [d[0].hot, d[1].hot]);
-        // A guard holds when either version is out of its SLO: with stable
-        // out too the canary is not to blame; with canary alone out it is
-        // for E and the latency tests to say, against stable.
-        if breaking.is_some_and(|b| b[STABLE] || b[CANARY]) {
-            held_by.push(*t);
+}
+
+/// Test `t`'s standing over the live scopes, and the start that fires it
+/// (the strongest of those that fire), if any.
+fn stand(p: &Analysis, st: &JudgeState, t: Test, alpha: f64, k: usize) -> (Standing, Option<Fired>) {
+    let breaking = st.detectors.get(&t).map(|d| [d[0].hot, d[1].hot]);
+    let mut best_epoch: Option<(u32, f64, f64, Option<f64>)> = None;
+    let mut rev = (1.0, threshold(alpha, k, 0), None);
+    // The strongest start, weighted by its share: it fires at K/α.
+    let budgeted = st.budgeted.contains(&t);
+    let mut lead: Option<(&ScopeState, f64)> = None;
+    let mut best_part = 0.0f64;
+    for scope in &st.scopes {
+        let Some(run) = scope.tests.get(&t) else { continue };
+        let thr = threshold(alpha, k, scope.epoch);
+        let (e, e_slo) = (run.two.value(), run.slo.map(|s| s.value()));
+        if scope.epoch == 0 {
+            rev = (e, thr, e_slo);
+        } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
+            best_epoch = Some((scope.epoch, e, thr, e_slo));
         }
-        let mut best_epoch: Option<(u32, f64, f64, Option<f64>)> = None;
-        let mut rev = (1.0, threshold(alpha, k, 0), None);
-        // The strongest start, weighted by its share: it fires at K/α.
-        let budgeted = st.budgeted.contains(t);
-        let mut lead: Option<(&ScopeState, f64)> = None;
-        let mut best_part = 0.0f64;
-        for scope in &st.scopes {
-            let Some(run) = scope.tests.get(t) else { continue };
-            let thr = threshold(alpha, k, scope.epoch);
-            let (e, e_slo) = (run.two.value(), run.slo.map(|s| s.value()));
-            if scope.epoch == 0 {
-                rev = (e, thr, e_slo);
-            } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
-                best_epoch = Some((scope.epoch, e, thr, e_slo));
+        let part = start_weight(scope.epoch) * e;
+        if budgeted && fires(p, t, part, weighted_threshold(alpha, k), &scope.totals) {
+            // Of the starts that fire, the strongest names the scope.
+            if lead.is_none_or(|(_, p)| part > p) {
+                lead = Some((scope, part));
             }
-            let part = start_weight(scope.epoch) * e;
-            if budgeted && fires(p, *t, part, weighted_threshold(alpha, k), &scope.totals) {
-                // Of the starts that fire, the strongest names the scope.
-                if lead.is_none_or(|(_, p)| part > p) {
-                    lead = Some((scope, part));
-                }
-            }
-            best_part = best_part.max(part);
         }
-        let e_weighted = best_part;
-        let limit = weighted_threshold(alpha, k);
-        if let Some((scope, e_weighted)) = lead
-            && fired.as_ref().is_none_or(|f| e_weighted / limit > f.e_value / f.threshold)
-        {
-            let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
-            fired = Some(Fired { test: *t, scope: which, e_value: e_weighted, threshold: limit });
-        }
-        let (epoch, e_epoch, threshold_epoch, slo_epoch) =
-            best_epoch.unwrap_or((newest, 1.0, threshold(alpha, k, newest), None));
-        standings.push(Standing {
-            test: *t,
-            e_weighted,
-            threshold: limit,
-            e_revision: rev.0,
-            threshold_revision: rev.1,
-            epoch,
-            e_epoch,
-            threshold_epoch,
-            e_slo: t.is_guard().then(|| [rev.2.unwrap_or(1.0), slo_epoch.unwrap_or(1.0)]),
-            breaking,
-        });
+        best_part = best_part.max(part);
     }
-    let canary_in_step = st.step_totals.n(Event::Error, CANARY);
-    let verdict = match (&fired, held_by.is_empty()) {
-        (Some(_), _) => Verdict::Fail,
-        (None, false) => Verdict::Hold,
-        (None, true) if canary_in_step >= PASS_FLOOR => Verdict::Pass,
-        (None, true) => Verdict::Insufficient,
+    let limit = weighted_threshold(alpha, k);
+    let fired = lead.map(|(scope, e_weighted)| {
+        let which = if scope.epoch == 0 { Scope::Revision } else { Scope::Epoch(scope.epoch) };
+        Fired { test: t, scope: which, e_value: e_weighted, threshold: limit }
+    });
+    let (epoch, e_epoch, threshold_epoch, slo_epoch) =
+        best_epoch.unwrap_or((st.epoch, 1.0, threshold(alpha, k, st.epoch), None));
+    let standing = Standing {
+        test: t,
+        e_weighted: best_part,
+        threshold: limit,
+        e_revision: rev.0,
+        threshold_revision: rev.1,
+        epoch,
+        e_epoch,
+        threshold_epoch,
+        e_slo: t.is_guard().then(|| [rev.2.unwrap_or(1.0), slo_epoch.unwrap_or(1.0)]),
+        breaking,
     };
-    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings };
-    let reason = explain(p, st, &found, canary_in_step, iv.frozen.latency_us);
-    Judgement { verdict, fired, held_by, standings, reason }
+    (standing, fired)
+}
+
+/// The verdict: a fired test fails; else a guard holds; else a pass once
+/// the step has `PASS_FLOOR` canary requests.
+fn verdict_of(fired: bool, held: bool, canary_in_step: u64) -> Verdict {
+    match (fired, held) {
+        (true, _) => Verdict::Fail,
+        (false, true) => Verdict::Hold,
+        (false, false) if canary_in_step >= PASS_FLOOR => Verdict::Pass,
+        (false, false) => Verdict::Insufficient,
+    }
 }
 
 /// Add one interval's evidence to a test's processes in one scope.

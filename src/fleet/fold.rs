@@ -118,69 +118,124 @@ fn version(s: &str) -> Option<usize> {
 /// baseline already folded or to be taken as one) into one `Evaluation` per later
 /// time. `segments`: the route's segment names by index.
 pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut Baseline) -> Vec<Evaluation> {
-    // Process start per target per time.
-    let starts: HashMap<String, &Series> =
-        series.iter().filter(|s| s.name() == PROCESS_START).map(|s| (s.target(), s)).collect();
-    let start_of = |s: &Series, t: u64| starts.get(&s.target()).and_then(|p| p.at(t)).map(|v| (v * 1000.0) as u64);
-    let counters: Vec<&Series> =
-        series.iter().filter(|s| s.name() == EVIDENCE_UNITS || s.name() == EVIDENCE_BAD).collect();
+    let answer = Answer::new(series, segments);
     let mut out = Vec::with_capacity(times.len().saturating_sub(1));
     for (i, &t) in times.iter().enumerate() {
-        let mut iv = Interval::default();
-        let mut strata: BTreeMap<Stratum, StratumCounts> = BTreeMap::new();
-        for s in &counters {
+        // The first time is the baseline: its counters are taken, not added.
+        let mut fold = answer.counters_at(t, i == 0, base);
+        if i == 0 {
+            continue;
+        }
+        let (control, position) = answer.steering_at(t, &mut fold.strata);
+        let mut iv = fold.interval;
+        iv.strata = fold.strata.into_values().collect();
+        iv.user_multiplicity = u32::try_from(base.processes()).unwrap_or(u32::MAX);
+        out.push(Evaluation { at_ms: t, interval: iv, control, position });
+    }
+    out
+}
+
+/// A segment's index by name (None: not one this config has).
+fn segment_index(segments: &[String], name: &str) -> Option<u16> {
+    segments.iter().position(|n| n == name).and_then(|i| u16::try_from(i).ok())
+}
+
+/// A range answer sorted for folding: process starts by target, and the
+/// evidence counters.
+struct Answer<'a> {
+    series: &'a [Series],
+    segments: &'a [String],
+    starts: HashMap<String, &'a Series>,
+    counters: Vec<&'a Series>,
+}
+
+/// One evaluation time's increments: per request, and per stratum.
+struct Fold {
+    interval: Interval,
+    strata: BTreeMap<Stratum, StratumCounts>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(series: &'a [Series], segments: &'a [String]) -> Self {
+        Answer {
+            series,
+            segments,
+            starts: series.iter().filter(|s| s.name() == PROCESS_START).map(|s| (s.target(), s)).collect(),
+            counters: series.iter().filter(|s| s.name() == EVIDENCE_UNITS || s.name() == EVIDENCE_BAD).collect(),
+        }
+    }
+
+    /// Start time (ms) at `t` of the process that exported `s`.
+    fn start_of(&self, s: &Series, t: u64) -> Option<u64> {
+        self.starts.get(&s.target()).and_then(|p| p.at(t)).map(|v| (v * 1000.0) as u64)
+    }
+
+    /// Every counter's increment at `t`, carried in `base`; added up unless
+    /// `baseline` (then they are only taken as the base).
+    fn counters_at(&self, t: u64, baseline: bool, base: &mut Baseline) -> Fold {
+        let mut fold = Fold { interval: Interval::default(), strata: BTreeMap::new() };
+        for s in &self.counters {
             let Some(v) = s.at(t) else { continue };
-            let start = start_of(s, t);
+            let start = self.start_of(s, t);
             if let Some(st) = start {
                 base.processes.insert((s.target(), st));
             }
             let d = base.delta(s.key(), v, start);
-            if i == 0 || d == 0 {
-                continue; // the first time is the baseline
-            }
-            let (Some(ver), Some(event)) = (version(s.label("version")), Event::from_label(s.label("event"))) else {
+            if baseline || d == 0 {
                 continue;
-            };
-            let bad = s.name() == EVIDENCE_BAD;
-            let add = |c: &mut Cell| {
-                if bad {
-                    c.x[event.idx()][ver] += d;
-                } else {
-                    c.n[event.idx()][ver] += d;
-                }
-            };
-            match s.label("scope") {
-                "requests" => add(&mut iv.requests),
-                scope @ ("revision" | "epoch") => {
-                    let segment = match s.label("stratum") {
-                        "weight" => None,
-                        name => match segments.iter().position(|n| n == name).and_then(|i| u16::try_from(i).ok()) {
-                            Some(i) => Some(i),
-                            None => continue, // a segment this config no longer has
-                        },
-                    };
-                    let per_user = s.label("unit") == "user";
-                    let stratum = Stratum { segment, per_user };
-                    let sc = strata
-                        .entry(stratum)
-                        .or_insert_with(|| StratumCounts { stratum: Some(stratum), ..StratumCounts::default() });
-                    if scope == "revision" {
-                        add(&mut sc.revision);
-                    }
-                    // Per request the two scopes count the same units.
-                    if scope == "epoch" || !per_user {
-                        add(&mut sc.epoch);
-                    }
-                }
-                _ => {}
             }
+            self.add(&mut fold, s, d);
         }
-        if i == 0 {
-            continue;
+        fold
+    }
+
+    /// Add counter `s`'s increment `d` to the cells its labels name.
+    fn add(&self, fold: &mut Fold, s: &Series, d: u64) {
+        let (Some(ver), Some(event)) = (version(s.label("version")), Event::from_label(s.label("event"))) else {
+            return;
+        };
+        let bad = s.name() == EVIDENCE_BAD;
+        let bump = |c: &mut Cell| {
+            if bad {
+                c.x[event.idx()][ver] += d;
+            } else {
+                c.n[event.idx()][ver] += d;
+            }
+        };
+        match s.label("scope") {
+            "requests" => bump(&mut fold.interval.requests),
+            scope @ ("revision" | "epoch") => {
+                let segment = match s.label("stratum") {
+                    "weight" => None,
+                    name => match segment_index(self.segments, name) {
+                        Some(i) => Some(i),
+                        None => return, // a segment this config no longer has
+                    },
+                };
+                let per_user = s.label("unit") == "user";
+                let stratum = Stratum { segment, per_user };
+                let sc = fold
+                    .strata
+                    .entry(stratum)
+                    .or_insert_with(|| StratumCounts { stratum: Some(stratum), ..StratumCounts::default() });
+                if scope == "revision" {
+                    bump(&mut sc.revision);
+                }
+                // Per request the two scopes count the same units.
+                if scope == "epoch" || !per_user {
+                    bump(&mut sc.epoch);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// The fleet's highest steering and position at `t`; each per-user
+    /// stratum's highest canary share goes into `strata`.
+    fn steering_at(&self, t: u64, strata: &mut BTreeMap<Stratum, StratumCounts>) -> (Option<Control>, Option<u64>) {
         let mut control: Option<Control> = None;
         let mut position: Option<u64> = None;
-        for s in series {
+        for s in self.series {
             let Some(v) = s.at(t) else { continue };
             match s.name() {
                 n if n == ROLLOUT_CONTROL => {
@@ -194,7 +249,7 @@ pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut B
                 n if n == EVIDENCE_SHARE => {
                     let segment = match s.label("stratum") {
                         "weight" => None,
-                        name => segments.iter().position(|n| n == name).and_then(|i| u16::try_from(i).ok()),
+                        name => segment_index(self.segments, name),
                     };
                     let stratum = Stratum { segment, per_user: true };
                     if let Some(sc) = strata.get_mut(&stratum) {
@@ -205,11 +260,8 @@ pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut B
                 _ => {}
             }
         }
-        iv.strata = strata.into_values().collect();
-        iv.user_multiplicity = u32::try_from(base.processes()).unwrap_or(u32::MAX);
-        out.push(Evaluation { at_ms: t, interval: iv, control, position });
+        (control, position)
     }
-    out
 }
 
 #[cfg(test)]

@@ -5,16 +5,19 @@
 //! state served is the fold's, plus whatever steering it has not reached yet.
 
 use super::{Rollouts, Steer, SteerError, canary_revision, effective_bp, entry, log_verdict};
-use crate::analysis::Verdict;
+use crate::analysis::machine::RouteState;
+use crate::analysis::{Judgement, Verdict};
 use crate::clock::rfc3339_ms;
 use crate::config::Snapshot;
 use crate::fleet::control::{self, Control, KILLED, PAUSED, ROLLED_BACK, RUNNING};
 use crate::fleet::fold::{Evaluation, Series};
-use crate::fleet::state::FleetFold;
+use crate::fleet::state::{FleetFold, Outcome};
 use crate::labels::RollbackReason;
-use crate::metrics::Registry;
+use crate::metrics::{Registry, RouteMetrics};
 use crate::routing::Route;
-use serde_json::{Value, json};
+use crate::routing::policy::Analysis;
+use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -229,137 +232,82 @@ impl Rollouts {
         config: &Snapshot,
         registry: &Registry,
         key: FleetKey<'_>,
-        (series, times): (&[Series], &[u64]),
+        answer: (&[Series], &[u64]),
         now_ms: u64,
     ) -> bool {
         let FleetKey { route, revision } = key;
         let Some(r) = config.table.route(route) else { return false };
         let Some(a) = r.analysis.as_deref() else { return false };
-        // An externally controlled route is folded as in `observe` on every
-        // replica alike: judged, never stepped or rolled back by weir.
-        let acting;
-        let a = match r.control.acting_mode(a.mode) {
-            m if m == a.mode => a,
-            mode => {
-                acting = crate::routing::policy::Analysis { mode, ..a.clone() };
-                &acting
-            }
-        };
+        let a = acting_analysis(r, a);
         let m = registry.route(&r.name);
-        let prog = r.progression.as_deref();
-        let ws_rtt = !r.websocket.rtt_interval.is_zero();
         let Some(f) = self.fleet.get_mut(route).filter(|f| f.fold.revision == revision) else { return false };
-        let (Some(&prev_ms), Some(&last)) = (times.first(), times.last()) else { return false };
-        if f.fold.through_ms.is_some_and(|t| t >= last) || f.fold.through_ms.is_some_and(|t| t != prev_ms) {
-            return false; // already folded, or not the continuation of what was
-        }
-        let segments: Vec<String> = r.segments.iter().map(|s| s.name.clone()).collect();
-        let steps: Vec<Evaluation> = crate::fleet::fold::steps(series, times, &segments, &mut f.fold.base);
-        let replay = !f.synced;
-        let came_back = f.source.up == Some(false);
-        f.source = SourceStatus { up: Some(true), ..SourceStatus::default() };
-        let mut prev = prev_ms;
-        let mut outcomes = Vec::with_capacity(steps.len());
-        let epoch_before = f.fold.state.judge.epoch;
-        for s in &steps {
-            if f.fold.through_ms.is_some_and(|t| s.at_ms <= t) {
-                prev = s.at_ms;
-                continue; // never fold a time twice
-            }
-            if let Some(o) = f.fold.apply(a, prog, ws_rtt, s, prev) {
-                outcomes.push(o);
-            }
-            prev = s.at_ms;
-        }
-        f.synced = true;
-        let epoch_after = f.fold.state.judge.epoch;
-        let state = f.fold.state.clone();
-        let (through, start) = (f.fold.through_ms, f.fold.start_ms);
-        // This replica's recorder: lines for what comes next, its interval
-        // counts drained (the fleet's came from Prometheus), its user
-        // filters turned with the fold's epochs.
-        // Before the fleet's first evidence the rollout has not begun: its
-        // warm-up starts now, not at time 0 (which would give lines to the
-        // very first requests, a cold start judged as a regression).
-        let step_since = if f.fold.began() { state.step_since_ms } else { now_ms };
-        let next = super::judging::frozen_for(a, &m, step_since, Instant::now(), now_ms);
-        let _ = m.evidence.take(next);
-        if epoch_after != epoch_before {
-            m.evidence.new_epoch(Some(next));
-        }
-        if came_back {
+        let Some(folded) = fold_batch(f, r, &a, answer) else { return false };
+        recorder_follows(f, &a, &m, folded.new_epoch, now_ms);
+        if folded.came_back {
             tracing::info!(
                 route,
-                through = through.map(rfc3339_ms),
+                through = folded.through.map(rfc3339_ms),
                 "analysis source is back; fleet judgement resumes"
             );
         }
         let sha = config.sha256.clone();
-        let last_verdict = outcomes.iter().rev().find_map(|o| o.judgement.clone().map(|j| (o.at_ms, j)));
-        if replay {
-            let mut e = entry(r, &state, "fleet", "fleet_sync", now_ms, &sha, effective_bp(r, self.states.get(route)));
-            e.insert("through".into(), json!(through.map(rfc3339_ms)));
-            e.insert("start".into(), json!(start.map(rfc3339_ms)));
-            e.insert("replayed".into(), json!(outcomes.len()));
-            if let Some((t, j)) = &last_verdict {
-                e.insert("verdict".into(), json!(j.verdict.as_str()));
-                e.insert("verdict_at".into(), json!(rfc3339_ms(*t)));
-                e.insert("reason".into(), json!(j.reason));
-            }
-            self.journal(Value::Object(e));
-            tracing::info!(
-                route,
-                replayed = outcomes.len(),
-                through = through.map(rfc3339_ms),
-                "fleet judgement replayed from the analysis source"
-            );
+        if folded.replay {
+            self.journal_replay(r, &folded, &sha, now_ms);
         }
-        let newest = outcomes.iter().rposition(|o| o.judgement.is_some());
-        for (i, o) in outcomes.iter().enumerate() {
+        self.record_outcomes(r, &m, &folded, &sha, now_ms);
+        let changed = self.fleet_serve(r, registry, &sha, "fleet", now_ms);
+        self.save();
+        changed || !folded.outcomes.is_empty()
+    }
+
+    /// The first batch after this replica (re)started: one journal line for
+    /// the replayed history, with its newest verdict.
+    fn journal_replay(&mut self, r: &Route, folded: &Folded, sha: &str, now_ms: u64) {
+        let route = &*r.name;
+        let (through, start) = (folded.through, folded.start);
+        let last_verdict = folded.outcomes.iter().rev().find_map(|o| o.judgement.clone().map(|j| (o.at_ms, j)));
+        let from = effective_bp(r, self.states.get(route));
+        let mut e = entry(r, &folded.state, "fleet", "fleet_sync", now_ms, sha, from);
+        e.insert("through".into(), json!(through.map(rfc3339_ms)));
+        e.insert("start".into(), json!(start.map(rfc3339_ms)));
+        e.insert("replayed".into(), json!(folded.outcomes.len()));
+        if let Some((t, j)) = &last_verdict {
+            e.insert("verdict".into(), json!(j.verdict.as_str()));
+            e.insert("verdict_at".into(), json!(rfc3339_ms(*t)));
+            e.insert("reason".into(), json!(j.reason));
+        }
+        self.journal(Value::Object(e));
+        tracing::info!(
+            route,
+            replayed = folded.outcomes.len(),
+            through = through.map(rfc3339_ms),
+            "fleet judgement replayed from the analysis source"
+        );
+    }
+
+    /// Each outcome's verdict shown and counted (of a replay, only the
+    /// newest), and outside a replay logged and journaled with the steering
+    /// the fleet applied.
+    fn record_outcomes(&mut self, r: &Route, m: &RouteMetrics, folded: &Folded, sha: &str, now_ms: u64) {
+        let replay = folded.replay;
+        let newest = folded.outcomes.iter().rposition(|o| o.judgement.is_some());
+        for (i, o) in folded.outcomes.iter().enumerate() {
             if let Some(j) = &o.judgement {
                 // A replay is history: only its newest verdict is shown and counted.
                 if !replay || Some(i) == newest {
-                    m.verdict(&rfc3339_ms(o.at_ms), j, state.streak);
+                    m.verdict(&rfc3339_ms(o.at_ms), j, folded.state.streak);
                 }
                 if !replay {
                     log_verdict(r, j);
-                    let st = &o.state;
-                    let mut e = entry(r, st, "fleet", "verdict", o.at_ms, &sha, effective_bp(r, Some(st)));
-                    e.insert("verdict".into(), json!(j.verdict.as_str()));
-                    e.insert("reason".into(), json!(j.reason));
-                    e.insert("fired".into(), json!(j.fired));
-                    e.insert("interval".into(), json!({
-                        "errors": {
-                            "stable": [o.interval.requests.n(crate::analysis::Event::Error, 0), o.interval.requests.x(crate::analysis::Event::Error, 0)],
-                            "canary": [o.interval.requests.n(crate::analysis::Event::Error, 1), o.interval.requests.x(crate::analysis::Event::Error, 1)],
-                        },
-                    }));
-                    e.insert("since_revision".into(), json!({
-                        "canary_requests": st.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 1)),
-                        "stable_requests": st.judge.revision().map_or(0, |s| s.totals.n(crate::analysis::Event::Error, 0)),
-                    }));
-                    e.insert(
-                        "tests".into(),
-                        Value::Object(
-                            j.standings
-                                .iter()
-                                .map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch, s.e_weighted])))
-                                .collect(),
-                        ),
-                    );
-                    e.insert("evaluated_at".into(), json!(rfc3339_ms(now_ms)));
-                    self.journal(Value::Object(e));
+                    self.journal(Value::Object(verdict_entry(r, o, j, sha, now_ms)));
                 }
             }
             if !replay && !o.steered.is_empty() {
-                let mut e = entry(r, &o.state, "fleet", "fleet_steer", o.at_ms, &sha, effective_bp(r, Some(&o.state)));
+                let mut e = entry(r, &o.state, "fleet", "fleet_steer", o.at_ms, sha, effective_bp(r, Some(&o.state)));
                 e.insert("applied".into(), json!(o.steered));
                 self.journal(Value::Object(e));
             }
         }
-        let changed = self.fleet_serve(r, registry, &sha, "fleet", now_ms);
-        self.save();
-        changed || !outcomes.is_empty()
     }
 
     /// The source could not be asked about `eval_ms`: no verdict is taken
@@ -481,4 +429,116 @@ impl Rollouts {
         self.save();
         Ok(changed)
     }
+}
+
+/// What one batch of evaluation times did to a route's fold.
+struct Folded {
+    outcomes: Vec<Outcome>,
+    /// The first batch since this replica (re)started: history, not news.
+    replay: bool,
+    /// The source had been down until this answer.
+    came_back: bool,
+    /// The fold's judge turned to a new epoch.
+    new_epoch: bool,
+    /// The route's state after the batch.
+    state: RouteState,
+    /// The fold's latest evaluation time and where it started from.
+    through: Option<u64>,
+    start: Option<u64>,
+}
+
+/// The analysis a route is folded with: an externally controlled route is
+/// folded as in `observe` on every replica alike: judged, never stepped or
+/// rolled back by weir.
+fn acting_analysis<'a>(r: &Route, a: &'a Analysis) -> Cow<'a, Analysis> {
+    match r.control.acting_mode(a.mode) {
+        m if m == a.mode => Cow::Borrowed(a),
+        mode => Cow::Owned(Analysis { mode, ..a.clone() }),
+    }
+}
+
+/// Fold the evaluation times of one answer into the route's fold. None when
+/// the answer was already folded or does not continue what was.
+fn fold_batch(f: &mut FleetRoute, r: &Route, a: &Analysis, (series, times): (&[Series], &[u64])) -> Option<Folded> {
+    let prog = r.progression.as_deref();
+    let ws_rtt = !r.websocket.rtt_interval.is_zero();
+    let (Some(&prev_ms), Some(&last)) = (times.first(), times.last()) else { return None };
+    if f.fold.through_ms.is_some_and(|t| t >= last) || f.fold.through_ms.is_some_and(|t| t != prev_ms) {
+        return None; // already folded, or not the continuation of what was
+    }
+    let segments: Vec<String> = r.segments.iter().map(|s| s.name.clone()).collect();
+    let steps: Vec<Evaluation> = crate::fleet::fold::steps(series, times, &segments, &mut f.fold.base);
+    let replay = !f.synced;
+    let came_back = f.source.up == Some(false);
+    f.source = SourceStatus { up: Some(true), ..SourceStatus::default() };
+    let mut prev = prev_ms;
+    let mut outcomes = Vec::with_capacity(steps.len());
+    let epoch_before = f.fold.state.judge.epoch;
+    for s in &steps {
+        if f.fold.through_ms.is_some_and(|t| s.at_ms <= t) {
+            prev = s.at_ms;
+            continue; // never fold a time twice
+        }
+        if let Some(o) = f.fold.apply(a, prog, ws_rtt, s, prev) {
+            outcomes.push(o);
+        }
+        prev = s.at_ms;
+    }
+    f.synced = true;
+    Some(Folded {
+        outcomes,
+        replay,
+        came_back,
+        new_epoch: f.fold.state.judge.epoch != epoch_before,
+        state: f.fold.state.clone(),
+        through: f.fold.through_ms,
+        start: f.fold.start_ms,
+    })
+}
+
+/// This replica's recorder follows the fold: lines for what comes next,
+/// its interval counts drained (the fleet's came from Prometheus), its user
+/// filters turned with the fold's epochs.
+fn recorder_follows(f: &FleetRoute, a: &Analysis, m: &RouteMetrics, new_epoch: bool, now_ms: u64) {
+    // Before the fleet's first evidence the rollout has not begun: its
+    // warm-up starts now, not at time 0 (which would give lines to the
+    // very first requests, a cold start judged as a regression).
+    let step_since = if f.fold.began() { f.fold.state.step_since_ms } else { now_ms };
+    let next = super::judging::frozen_for(a, m, step_since, Instant::now(), now_ms);
+    let _ = m.evidence.take(next);
+    if new_epoch {
+        m.evidence.new_epoch(Some(next));
+    }
+}
+
+/// The journal line of one verdict the fleet's evidence gave.
+fn verdict_entry(r: &Route, o: &Outcome, j: &Judgement, sha: &str, now_ms: u64) -> Map<String, Value> {
+    use crate::analysis::Event::Error;
+    let st = &o.state;
+    let mut e = entry(r, st, "fleet", "verdict", o.at_ms, sha, effective_bp(r, Some(st)));
+    e.insert("verdict".into(), json!(j.verdict.as_str()));
+    e.insert("reason".into(), json!(j.reason));
+    e.insert("fired".into(), json!(j.fired));
+    let n = &o.interval.requests;
+    e.insert(
+        "interval".into(),
+        json!({
+            "errors": {
+                "stable": [n.n(Error, 0), n.x(Error, 0)],
+                "canary": [n.n(Error, 1), n.x(Error, 1)],
+            },
+        }),
+    );
+    e.insert(
+        "since_revision".into(),
+        json!({
+            "canary_requests": st.judge.revision().map_or(0, |s| s.totals.n(Error, 1)),
+            "stable_requests": st.judge.revision().map_or(0, |s| s.totals.n(Error, 0)),
+        }),
+    );
+    let tests =
+        j.standings.iter().map(|s| (s.test.as_str().to_owned(), json!([s.e_revision, s.e_epoch, s.e_weighted])));
+    e.insert("tests".into(), Value::Object(tests.collect()));
+    e.insert("evaluated_at".into(), json!(rfc3339_ms(now_ms)));
+    e
 }

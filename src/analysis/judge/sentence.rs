@@ -64,6 +64,7 @@ pub(super) struct Found<'a> {
     pub(super) standings: &'a [Standing],
 }
 
+/// The sentence a human reads for one judgement.
 pub(super) fn explain(
     p: &Analysis,
     st: &JudgeState,
@@ -73,77 +74,89 @@ pub(super) fn explain(
 ) -> String {
     let Found { verdict, fired, held_by, standings } = *found;
     match verdict {
-        Verdict::Fail => {
-            let Some(f) = fired else { return "fail".into() };
-            let wanted = match f.scope {
-                Scope::Revision => 0,
-                Scope::Epoch(s) => s,
-            };
+        Verdict::Fail => match fired {
+            Some(f) => fail_sentence(p, st, f, frozen),
+            None => "fail".into(),
+        },
+        Verdict::Hold => hold_sentence(p, st, held_by, standings),
+        Verdict::Pass | Verdict::Insufficient => quiet_sentence(verdict, standings, canary_in_step),
+    }
+}
+
+/// A fail: which test fired in which scope, the two versions' rates and
+/// counts there, and the evidence against its threshold.
+fn fail_sentence(p: &Analysis, st: &JudgeState, f: &Fired, frozen: Option<[u64; 4]>) -> String {
+    let wanted = match f.scope {
+        Scope::Revision => 0,
+        Scope::Epoch(s) => s,
+    };
+    let empty = Cell::default();
+    let totals = st.scopes.iter().find(|s| s.epoch == wanted).map_or(&empty, |s| &s.totals);
+    let e = f.test.event();
+    let unit = if e.is_rtt() { "round trips" } else { "requests" };
+    let scope = match f.scope {
+        Scope::Revision => "since the revision started".to_string(),
+        Scope::Epoch(s) => format!("since epoch {s} began"),
+    };
+    let what = line(p, f.test, frozen);
+    let tol =
+        if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::L999 | Test::W95) && p.latency_tolerance > 0.0 {
+            format!(" (canary's line × {:.2})", 1.0 + p.latency_tolerance)
+        } else {
+            String::new()
+        };
+    format!(
+        "test {} fired {scope}: canary {what}{tol} {} vs stable {} over {} vs {} {unit}; evidence {} ≥ {}",
+        f.test.as_str(),
+        pct(rate(totals, e, CANARY) * 100.0),
+        pct(rate(totals, e, STABLE) * 100.0),
+        count(totals.n(e, CANARY)),
+        count(totals.n(e, STABLE)),
+        num(f.e_value),
+        num(f.threshold),
+    )
+}
+
+/// A hold: the guards that hold it, each version's rate in the newest
+/// epoch, and whether stable breaks the SLO too.
+fn hold_sentence(p: &Analysis, st: &JudgeState, held_by: &[Test], standings: &[Standing]) -> String {
+    let parts: Vec<String> = held_by
+        .iter()
+        .map(|t| {
+            let e = t.event();
             let empty = Cell::default();
-            let totals = st.scopes.iter().find(|s| s.epoch == wanted).map_or(&empty, |s| &s.totals);
-            let e = f.test.event();
-            let unit = if e.is_rtt() { "round trips" } else { "requests" };
-            let scope = match f.scope {
-                Scope::Revision => "since the revision started".to_string(),
-                Scope::Epoch(s) => format!("since epoch {s} began"),
-            };
-            let what = line(p, f.test, frozen);
-            let tol = if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::L999 | Test::W95)
-                && p.latency_tolerance > 0.0
-            {
-                format!(" (canary's line × {:.2})", 1.0 + p.latency_tolerance)
-            } else {
-                String::new()
-            };
+            let c = st.scopes.last().map_or(&empty, |s| &s.totals);
             format!(
-                "test {} fired {scope}: canary {what}{tol} {} vs stable {} over {} vs {} {unit}; evidence {} ≥ {}",
-                f.test.as_str(),
-                pct(rate(totals, e, CANARY) * 100.0),
-                pct(rate(totals, e, STABLE) * 100.0),
-                count(totals.n(e, CANARY)),
-                count(totals.n(e, STABLE)),
-                num(f.e_value),
-                num(f.threshold),
+                "{} ({}: stable {}, canary {})",
+                t.as_str(),
+                line(p, *t, None),
+                pct(rate(c, e, STABLE) * 100.0),
+                pct(rate(c, e, CANARY) * 100.0)
             )
-        }
-        Verdict::Hold => {
-            let parts: Vec<String> = held_by
-                .iter()
-                .map(|t| {
-                    let e = t.event();
-                    let empty = Cell::default();
-                    let c = st.scopes.last().map_or(&empty, |s| &s.totals);
-                    format!(
-                        "{} ({}: stable {}, canary {})",
-                        t.as_str(),
-                        line(p, *t, None),
-                        pct(rate(c, e, STABLE) * 100.0),
-                        pct(rate(c, e, CANARY) * 100.0)
-                    )
-                })
-                .collect();
-            let stable_out =
-                standings.iter().any(|s| held_by.contains(&s.test) && s.breaking.is_some_and(|b| b[STABLE]));
-            let who = if stable_out {
-                "stable breaks the SLO too, so the canary is not blamed"
-            } else {
-                "the canary breaks the SLO while stable keeps it; the tests against stable decide its fate"
-            };
-            format!("hold: {who}; no step, no rollback: {}", parts.join("; "))
-        }
-        Verdict::Pass | Verdict::Insufficient => {
-            let top = standings.iter().max_by(|a, b| a.progress().total_cmp(&b.progress()));
-            let lead = top.map_or(String::new(), |s| {
-                format!("; strongest evidence {} {} of {}", s.test.as_str(), num(s.e_weighted), num(s.threshold))
-            });
-            if verdict == Verdict::Pass {
-                format!("no test crossed over {} canary requests this step{lead}", count(canary_in_step))
-            } else {
-                format!(
-                    "no test crossed; {} canary requests this step (a pass needs {PASS_FLOOR}){lead}",
-                    count(canary_in_step)
-                )
-            }
-        }
+        })
+        .collect();
+    let stable_out = standings.iter().any(|s| held_by.contains(&s.test) && s.breaking.is_some_and(|b| b[STABLE]));
+    let who = if stable_out {
+        "stable breaks the SLO too, so the canary is not blamed"
+    } else {
+        "the canary breaks the SLO while stable keeps it; the tests against stable decide its fate"
+    };
+    format!("hold: {who}; no step, no rollback: {}", parts.join("; "))
+}
+
+/// A pass or too little data: no test crossed; the step's canary requests
+/// and the strongest evidence so far.
+fn quiet_sentence(verdict: Verdict, standings: &[Standing], canary_in_step: u64) -> String {
+    let top = standings.iter().max_by(|a, b| a.progress().total_cmp(&b.progress()));
+    let lead = top.map_or(String::new(), |s| {
+        format!("; strongest evidence {} {} of {}", s.test.as_str(), num(s.e_weighted), num(s.threshold))
+    });
+    if verdict == Verdict::Pass {
+        format!("no test crossed over {} canary requests this step{lead}", count(canary_in_step))
+    } else {
+        format!(
+            "no test crossed; {} canary requests this step (a pass needs {PASS_FLOOR}){lead}",
+            count(canary_in_step)
+        )
     }
 }

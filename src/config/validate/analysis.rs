@@ -6,6 +6,7 @@ use crate::config::raw::{PercentValue, RawAnalysis, RawSource};
 use crate::config::{Analysis, AnalysisMode, FleetSource};
 use std::time::Duration;
 
+/// `routes[i].analysis`, checked and compiled (defaults for what is unset).
 pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) -> Analysis {
     let d = Analysis::default();
     let interval = p.duration(&format!("{path}.interval"), a.interval.as_ref(), d.interval);
@@ -16,55 +17,25 @@ pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) ->
     if window < Duration::from_millis(100) {
         p.at(format!("{path}.window"), "must be at least 100ms");
     }
-    let mode = match a.mode.as_deref() {
-        None | Some("enforce") => AnalysisMode::Enforce,
-        Some("observe") => AnalysisMode::Observe,
-        Some(other) => {
-            p.at(format!("{path}.mode"), format!("`{other}` is not `enforce` or `observe`"));
-            AnalysisMode::Enforce
-        }
-    };
-    let mut percent = |key: &str, v: Option<&PercentValue>, lo_open: bool, hi: f64| -> Option<f64> {
-        let v = v?;
-        match v.percent() {
-            Ok(x) if x.is_finite() && (if lo_open { x > 0.0 } else { x >= 0.0 }) && x <= hi => Some(x),
-            Ok(_) => {
-                let lo = if lo_open { "above 0" } else { "from 0" };
-                p.at(format!("{path}.{key}"), format!("a percent {lo} up to {hi}"));
-                None
-            }
-            Err(e) => {
-                p.at(format!("{path}.{key}"), e);
-                None
-            }
-        }
-    };
-    let alpha = percent("alpha", a.alpha.as_ref(), true, 50.0).map_or(d.alpha, |x| x / 100.0);
-    let max_error_rate = percent("max_error_rate", a.max_error_rate.as_ref(), false, 100.0);
-    let mut at_least = |key: &str, v: Option<f64>, min: f64, default: f64, what: &str| -> f64 {
-        match v {
-            None => default,
-            Some(x) if x.is_finite() && x >= min => x,
-            Some(_) => {
-                p.at(format!("{path}.{key}"), what.to_string());
-                default
-            }
-        }
-    };
+    let mode = compile_mode(a.mode.as_deref(), path, p);
+    let alpha = percent(p, &format!("{path}.alpha"), a.alpha.as_ref(), true, 50.0).map_or(d.alpha, |x| x / 100.0);
+    let max_error_rate = percent(p, &format!("{path}.max_error_rate"), a.max_error_rate.as_ref(), false, 100.0);
     let error_tolerance = at_least(
-        "error_tolerance",
-        a.error_tolerance,
-        1.0,
-        d.error_tolerance,
+        p,
+        &format!("{path}.error_tolerance"),
+        (a.error_tolerance, 1.0, d.error_tolerance),
         "an odds ratio of at least 1 (1.25 = 25 % more errors are tolerated)",
     );
-    let min_error_delta =
-        at_least("min_error_delta", a.min_error_delta, 0.0, d.min_error_delta, "percentage points, 0 or more");
+    let min_error_delta = at_least(
+        p,
+        &format!("{path}.min_error_delta"),
+        (a.min_error_delta, 0.0, d.min_error_delta),
+        "percentage points, 0 or more",
+    );
     let latency_tolerance = at_least(
-        "latency_tolerance",
-        a.latency_tolerance,
-        0.0,
-        d.latency_tolerance,
+        p,
+        &format!("{path}.latency_tolerance"),
+        (a.latency_tolerance, 0.0, d.latency_tolerance),
         "a fraction, 0 or more (0.05 = 5 % slower than stable is tolerated)",
     );
     let warmup = p.duration(&format!("{path}.warmup"), a.warmup.as_ref(), d.warmup);
@@ -72,16 +43,83 @@ pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) ->
     if epoch < interval {
         p.at(format!("{path}.epoch"), "must be at least one interval");
     }
-    let mut slo = |key: &str, v: Option<&String>| {
-        let d = v.map(|v| p.duration(&format!("{path}.{key}"), Some(v), Duration::ZERO));
-        if d.is_some_and(|d| d.is_zero()) {
-            p.at(format!("{path}.{key}"), "must be more than 0s");
+    let max_p95 = slo(p, &format!("{path}.max_p95"), a.max_p95.as_ref());
+    let max_p99 = slo(p, &format!("{path}.max_p99"), a.max_p99.as_ref());
+    let max_ws_rtt_p95 = slo(p, &format!("{path}.max_ws_rtt_p95"), a.max_ws_rtt_p95.as_ref());
+    retired_keys(a, path, p);
+    let source = a.source.as_ref().and_then(|s| compile_source(s, &format!("{path}.source"), interval, p));
+    Analysis {
+        source,
+        interval,
+        window,
+        mode,
+        alpha,
+        error_tolerance,
+        min_error_delta,
+        latency_tolerance,
+        warmup,
+        epoch,
+        max_error_rate,
+        max_p95,
+        max_p99,
+        max_ws_rtt_p95,
+    }
+}
+
+/// `mode`: `enforce` (the default) or `observe`.
+fn compile_mode(mode: Option<&str>, path: &str, p: &mut Problems) -> AnalysisMode {
+    match mode {
+        None | Some("enforce") => AnalysisMode::Enforce,
+        Some("observe") => AnalysisMode::Observe,
+        Some(other) => {
+            p.at(format!("{path}.mode"), format!("`{other}` is not `enforce` or `observe`"));
+            AnalysisMode::Enforce
         }
-        d.filter(|d| !d.is_zero())
-    };
-    let max_p95 = slo("max_p95", a.max_p95.as_ref());
-    let max_p99 = slo("max_p99", a.max_p99.as_ref());
-    let max_ws_rtt_p95 = slo("max_ws_rtt_p95", a.max_ws_rtt_p95.as_ref());
+    }
+}
+
+/// A percent at `field` up to `hi`, above 0 (`lo_open`) or from 0; None
+/// when unset or out of range.
+fn percent(p: &mut Problems, field: &str, v: Option<&PercentValue>, lo_open: bool, hi: f64) -> Option<f64> {
+    let v = v?;
+    match v.percent() {
+        Ok(x) if x.is_finite() && (if lo_open { x > 0.0 } else { x >= 0.0 }) && x <= hi => Some(x),
+        Ok(_) => {
+            let lo = if lo_open { "above 0" } else { "from 0" };
+            p.at(field, format!("a percent {lo} up to {hi}"));
+            None
+        }
+        Err(e) => {
+            p.at(field, e);
+            None
+        }
+    }
+}
+
+/// A number at `field`: `(value, min, default)`; `what` says what it must be.
+fn at_least(p: &mut Problems, field: &str, (v, min, default): (Option<f64>, f64, f64), what: &str) -> f64 {
+    match v {
+        None => default,
+        Some(x) if x.is_finite() && x >= min => x,
+        Some(_) => {
+            p.at(field, what.to_string());
+            default
+        }
+    }
+}
+
+/// An SLO guard's latency at `field`: None when unset (or wrongly 0s).
+fn slo(p: &mut Problems, field: &str, v: Option<&String>) -> Option<Duration> {
+    let d = v.map(|v| p.duration(field, Some(v), Duration::ZERO));
+    if d.is_some_and(|d| d.is_zero()) {
+        p.at(field, "must be more than 0s");
+    }
+    d.filter(|d| !d.is_zero())
+}
+
+/// The window rule's keys: warned about as deprecated and ignored, but
+/// still checked as they always were.
+fn retired_keys(a: &RawAnalysis, path: &str, p: &mut Problems) {
     for (key, set, instead) in [
         (
             "min_requests",
@@ -110,23 +148,6 @@ pub(super) fn compile_analysis(a: &RawAnalysis, path: &str, p: &mut Problems) ->
     }
     if a.failures == Some(0) {
         p.at(format!("{path}.failures"), "must be at least 1");
-    }
-    let source = a.source.as_ref().and_then(|s| compile_source(s, &format!("{path}.source"), interval, p));
-    Analysis {
-        source,
-        interval,
-        window,
-        mode,
-        alpha,
-        error_tolerance,
-        min_error_delta,
-        latency_tolerance,
-        warmup,
-        epoch,
-        max_error_rate,
-        max_p95,
-        max_p99,
-        max_ws_rtt_p95,
     }
 }
 
