@@ -87,142 +87,181 @@ pub fn import(objects: &[Value]) -> Imported {
     imported
 }
 
+/// Read one route object: each match of each rule it can take joins the
+/// group of its hostnames, path, method and scheme.
 fn read_route(
     o: &Value,
     groups: &mut Vec<Group>,
     skipped: &mut Vec<Skipped>,
     (cluster, found): (&Cluster<'_>, &mut Found),
 ) {
-    let ns = o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
-    let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
-    let kind = o["kind"].as_str().unwrap_or("HTTPRoute");
-    let grpc = kind == "GRPCRoute";
-    let id = format!("{kind} {ns}/{name}");
-    let skip =
-        |skipped: &mut Vec<Skipped>, what: String, why: String| skipped.push(Skipped { object: id.clone(), what, why });
-    let mut hosts = Vec::new();
-    for (i, h) in o["spec"]["hostnames"].as_array().into_iter().flatten().enumerate() {
-        match h.as_str().map(str::to_ascii_lowercase) {
-            Some(h) if valid_host(&h) => hosts.push(h),
-            _ => skip(skipped, format!("spec.hostnames[{i}]"), format!("{h} is not a host name or *.suffix")),
-        }
-    }
-    if o["spec"]["hostnames"].as_array().is_some_and(|a| !a.is_empty()) && hosts.is_empty() {
-        return;
-    }
-    let listener = filters::listener_scheme(o, &cluster.gateways);
+    let Some(route) = Route::of(o, skipped, cluster) else { return };
     for (ri, rule) in o["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
         let at = format!("spec.rules[{ri}]");
+        let Some(target) = route.read_rule(rule, ri, &at, skipped, (cluster, &mut *found)) else { continue };
+        let matches = rule["matches"].as_array().cloned().unwrap_or_default();
+        let matches = if matches.is_empty() { vec![serde_json::json!({})] } else { matches };
+        for (mi, m) in matches.iter().enumerate() {
+            if let Some(g) = route.read_match(m, &format!("{at}.matches[{mi}]"), &target, skipped) {
+                file(groups, g);
+            }
+        }
+    }
+}
+
+/// Join a one-match group to the group of the same hostnames, path, method
+/// and scheme, or add it. A later plain match for the same path never wins.
+fn file(groups: &mut Vec<Group>, g: Group) {
+    let same = |x: &&mut Group| {
+        x.hosts == g.hosts && x.exact == g.exact && x.path == g.path && x.method == g.method && x.scheme == g.scheme
+    };
+    let Some(x) = groups.iter_mut().find(same) else {
+        groups.push(g);
+        return;
+    };
+    if x.base.is_none() {
+        x.base = g.base;
+    }
+    x.conditional.extend(g.conditional);
+}
+
+/// One HTTPRoute or GRPCRoute being read: what all its rules share.
+struct Route<'o> {
+    id: String,
+    ns: String,
+    name: String,
+    kind: &'o str,
+    grpc: bool,
+    hosts: Vec<String>,
+    /// The scheme of the listener the route is attached to, if one.
+    listener: Option<&'static str>,
+}
+
+impl<'o> Route<'o> {
+    /// The route's identity, hostnames and listener; None when it has
+    /// hostnames and none of them is valid (it serves nothing then).
+    fn of(o: &'o Value, skipped: &mut Vec<Skipped>, cluster: &Cluster<'_>) -> Option<Self> {
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+        let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let kind = o["kind"].as_str().unwrap_or("HTTPRoute");
+        let id = format!("{kind} {ns}/{name}");
+        let mut hosts = Vec::new();
+        for (i, h) in o["spec"]["hostnames"].as_array().into_iter().flatten().enumerate() {
+            match h.as_str().map(str::to_ascii_lowercase) {
+                Some(h) if valid_host(&h) => hosts.push(h),
+                _ => skipped.push(Skipped {
+                    object: id.clone(),
+                    what: format!("spec.hostnames[{i}]"),
+                    why: format!("{h} is not a host name or *.suffix"),
+                }),
+            }
+        }
+        if o["spec"]["hostnames"].as_array().is_some_and(|a| !a.is_empty()) && hosts.is_empty() {
+            return None;
+        }
+        let listener = filters::listener_scheme(o, &cluster.gateways);
+        Some(Route { id, ns, name, kind, grpc: kind == "GRPCRoute", hosts, listener })
+    }
+
+    fn skip(&self, skipped: &mut Vec<Skipped>, what: String, why: String) {
+        skipped.push(Skipped { object: self.id.clone(), what, why });
+    }
+
+    /// What a rule does with the requests it matches (its policies,
+    /// backends and mirror), as a match without conditions yet; None
+    /// (listed) when weir cannot do the same.
+    fn read_rule(
+        &self,
+        rule: &Value,
+        ri: usize,
+        at: &str,
+        skipped: &mut Vec<Skipped>,
+        (cluster, found): (&Cluster<'_>, &mut Found),
+    ) -> Option<Match> {
         let all_prefix = rule["matches"]
             .as_array()
             .is_none_or(|ms| ms.iter().all(|m| m["path"]["type"].as_str().unwrap_or("PathPrefix") == "PathPrefix"));
-        let edge = match filters::rule_edge(rule, all_prefix && !grpc) {
+        let edge = match filters::rule_edge(rule, all_prefix && !self.grpc) {
             Ok(e) => e,
             Err(why) => {
-                skip(skipped, format!("{at}.filters"), format!("{why}; rule not imported"));
-                continue;
+                self.skip(skipped, format!("{at}.filters"), format!("{why}; rule not imported"));
+                return None;
             }
         };
-        let (mut backends, mods) = match backends(&rule["backendRefs"], &ns, &format!("{at}.backendRefs"), &id, skipped)
-        {
+        let refs_at = format!("{at}.backendRefs");
+        let (mut backends, mods) = match backends(&rule["backendRefs"], &self.ns, &refs_at, &self.id, skipped) {
             Ok(b) => b,
             Err(why) => {
-                skip(skipped, format!("{at}.backendRefs"), format!("{why}; rule not imported"));
-                continue;
+                self.skip(skipped, refs_at, format!("{why}; rule not imported"));
+                return None;
             }
         };
-        if let Err(why) = resolve_wires(backends.iter_mut().map(|(b, _)| b), kind, (cluster, &mut *found)) {
-            skip(skipped, at.clone(), format!("{why}; rule not imported"));
-            continue;
+        if let Err(why) = resolve_wires(backends.iter_mut().map(|(b, _)| b), self.kind, (cluster, &mut *found)) {
+            self.skip(skipped, at.to_owned(), format!("{why}; rule not imported"));
+            return None;
         }
         if edge.redirect.is_some() {
             // The redirect answers; backends, if any, are never reached.
             backends.clear();
         } else if backends.is_empty() {
-            skip(
-                skipped,
-                at.clone(),
-                "no Service backend with a weight above 0 (the Gateway answers 500 there)".into(),
-            );
-            continue;
+            let why = "no Service backend with a weight above 0 (the Gateway answers 500 there)";
+            self.skip(skipped, at.to_owned(), why.into());
+            return None;
         }
-        let mirror = rule_mirror(rule, (&ns, kind, &at, &id), skipped, (cluster, &mut *found));
-        let matches = rule["matches"].as_array().cloned().unwrap_or_default();
-        let matches = if matches.is_empty() { vec![serde_json::json!({})] } else { matches };
-        for (mi, m) in matches.iter().enumerate() {
-            let mat = format!("{at}.matches[{mi}]");
-            let method_path = if grpc {
-                match grpc_method_path(&m["method"]) {
-                    Ok(p) => Some(p),
-                    Err(why) => {
-                        skip(skipped, format!("{mat}.method"), why);
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
-            let (exact, path) = if let Some(p) = method_path {
-                p
-            } else {
-                match (m["path"]["type"].as_str().unwrap_or("PathPrefix"), m["path"]["value"].as_str().unwrap_or("/")) {
-                    (_, v) if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
-                        skip(skipped, format!("{mat}.path"), format!("{v:?} is not a path"));
-                        continue;
-                    }
-                    ("Exact", v) => (true, v.to_owned()),
-                    ("PathPrefix", v) => (false, v.to_owned()),
-                    (t, _) => {
-                        skip(skipped, format!("{mat}.path"), format!("path type {t} is not translated"));
-                        continue;
-                    }
-                }
-            };
-            let method = if grpc { None } else { m["method"].as_str().map(str::to_ascii_uppercase) };
-            if method.as_deref().is_some_and(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
-                skip(skipped, format!("{mat}.method"), "not a method".into());
-                continue;
+        let mirror = rule_mirror(rule, (&self.ns, self.kind, at, &self.id), skipped, (cluster, found));
+        Some(Match { headers: Vec::new(), query: Vec::new(), backends, mirror, rule: ri, edge, mods })
+    }
+
+    /// One `matches[]` entry of the rule `target` as a group of its own;
+    /// None (listed) when weir cannot match it.
+    fn read_match(&self, m: &Value, mat: &str, target: &Match, skipped: &mut Vec<Skipped>) -> Option<Group> {
+        let (exact, path) = match self.match_path(m, mat) {
+            Ok(p) => p,
+            Err((what, why)) => {
+                self.skip(skipped, what, why);
+                return None;
             }
-            let scheme = if edge.plain_only { Some("http") } else { listener };
-            let Some((headers, query)) = header_and_query_matches(m, &mat, &id, skipped) else { continue };
-            let found = Match {
-                headers,
-                query,
-                backends: backends.clone(),
-                mirror: mirror.clone(),
-                rule: ri,
-                edge: edge.clone(),
-                mods: mods.clone(),
-            };
-            let same = |g: &Group| {
-                g.hosts == hosts && g.exact == exact && g.path == path && g.method == method && g.scheme == scheme
-            };
-            let g = match groups.iter_mut().position(|g| same(g)) {
-                Some(i) => &mut groups[i],
-                None => {
-                    groups.push(Group {
-                        route_id: id.clone(),
-                        ns: ns.clone(),
-                        name: name.clone(),
-                        hosts: hosts.clone(),
-                        exact,
-                        path,
-                        method,
-                        scheme,
-                        base: None,
-                        conditional: Vec::new(),
-                    });
-                    let last = groups.len() - 1;
-                    &mut groups[last]
-                }
-            };
-            if found.headers.is_empty() && found.query.is_empty() {
-                if g.base.is_none() {
-                    g.base = Some(found);
-                } // a later plain match for the same path never wins
-            } else {
-                g.conditional.push(found);
+        };
+        let method = if self.grpc { None } else { m["method"].as_str().map(str::to_ascii_uppercase) };
+        if method.as_deref().is_some_and(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+            self.skip(skipped, format!("{mat}.method"), "not a method".into());
+            return None;
+        }
+        let scheme = if target.edge.plain_only { Some("http") } else { self.listener };
+        let (headers, query) = header_and_query_matches(m, mat, &self.id, skipped)?;
+        let found = Match { headers, query, ..target.clone() };
+        let (base, conditional) = if found.headers.is_empty() && found.query.is_empty() {
+            (Some(found), Vec::new())
+        } else {
+            (None, vec![found])
+        };
+        Some(Group {
+            route_id: self.id.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+            hosts: self.hosts.clone(),
+            exact,
+            path,
+            method,
+            scheme,
+            base,
+            conditional,
+        })
+    }
+
+    /// Whether the match is exact, and its path: a GRPCRoute's method as a
+    /// path, else the path match. Err: the field, and why weir cannot take it.
+    fn match_path(&self, m: &Value, mat: &str) -> Result<(bool, String), (String, String)> {
+        if self.grpc {
+            return grpc_method_path(&m["method"]).map_err(|why| (format!("{mat}.method"), why));
+        }
+        match (m["path"]["type"].as_str().unwrap_or("PathPrefix"), m["path"]["value"].as_str().unwrap_or("/")) {
+            (_, v) if !v.starts_with('/') || v.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
+                Err((format!("{mat}.path"), format!("{v:?} is not a path")))
             }
+            ("Exact", v) => Ok((true, v.to_owned())),
+            ("PathPrefix", v) => Ok((false, v.to_owned())),
+            (t, _) => Err((format!("{mat}.path"), format!("path type {t} is not translated"))),
         }
     }
 }

@@ -198,6 +198,20 @@ fn match_keys(g: &Group) -> Vec<String> {
     m
 }
 
+/// What the config says first: where it came from and what weir does
+/// differently.
+const HEADER: [&str; 9] = [
+    "Imported from Gateway API HTTPRoutes and GRPCRoutes by `weir import gateway-api`.",
+    "Check it with `weir check -c FILE`; set listen and admin for your deployment.",
+    "",
+    "What weir does differently from a Gateway:",
+    "- parentRefs are read only for a listener's protocol (a route on an HTTP listener takes",
+    "  plain requests only, on an HTTPS listener TLS ones); every route is served on weir's listeners;",
+    "- a path's rules with header/query matches become segments of the rule without them;",
+    "- RegularExpression header matches use Rust `regex` syntax, matched whole;",
+    "- a GRPCRoute method match is a path: /service/method exactly, or the prefix /service.",
+];
+
 pub(super) fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Imported {
     groups.sort_by_key(order);
     let mut upstreams: BTreeSet<Backend> = BTreeSet::new();
@@ -205,154 +219,192 @@ pub(super) fn write(mut groups: Vec<Group>, mut skipped: Vec<Skipped>) -> Import
     let mut names = BTreeSet::new();
     let mut count = 0;
     for g in &mut groups {
-        let what =
-            format!("hostnames {:?} path {} ({})", g.hosts, g.path, if g.exact { "Exact" } else { "PathPrefix" });
-        // The Gateway API's precedence among a path's matches: more header
-        // matches first, then more query matches, then reading order.
-        g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
-        if let Some(r) = g.base.as_ref().and_then(|b| b.edge.redirect.clone()) {
-            count += write_redirect(&mut body, (&mut names, &mut upstreams, &mut skipped), g, (&r, &what));
-            continue;
+        count += write_group(&mut body, (&mut names, &mut upstreams, &mut skipped), g);
+    }
+    let out = config_text(&HEADER, &upstreams, &std::collections::BTreeMap::new(), &body);
+    Imported { yaml: out, routes: count, skipped, files: Vec::new() }
+}
+
+/// One path's routes: its redirect, or its plain rule split between two
+/// versions with the conditional matches as segments, or (where there is
+/// no plain rule it can be) each match its own route. How many routes were
+/// written.
+fn write_group(body: &mut String, (names, upstreams, skipped): Out<'_>, g: &mut Group) -> usize {
+    let what = format!("hostnames {:?} path {} ({})", g.hosts, g.path, if g.exact { "Exact" } else { "PathPrefix" });
+    // The Gateway API's precedence among a path's matches: more header
+    // matches first, then more query matches, then reading order.
+    g.conditional.sort_by_key(|c| (std::cmp::Reverse(c.headers.len()), std::cmp::Reverse(c.query.len())));
+    if let Some(r) = g.base.as_ref().and_then(|b| b.edge.redirect.clone()) {
+        return write_redirect(body, (names, upstreams, skipped), g, (&r, &what));
+    }
+    let Some(base) = g.base.take() else {
+        // Only conditional matches: each its own route, which takes only
+        // the requests with its headers and query (others fall through).
+        return write_all_alone(body, (names, upstreams, skipped), g);
+    };
+    if base.backends.len() > 2 {
+        skipped.push(Skipped {
+            object: g.route_id.clone(),
+            what: what.clone(),
+            why: format!("{} backends: weir splits a path between two versions", base.backends.len()),
+        });
+        // Its conditional matches still take their own requests.
+        return write_all_alone(body, (names, upstreams, skipped), g);
+    }
+    write_split(body, (names, upstreams, skipped), g, &base, &what)
+}
+
+/// The plain rule `base` as a route split between its two versions, its
+/// conditional matches as segments; those that cannot be are written as
+/// routes of their own before it (they take fewer requests). How many
+/// routes were written.
+fn write_split(
+    body: &mut String,
+    (names, upstreams, skipped): Out<'_>,
+    g: &mut Group,
+    base: &Match,
+    what: &str,
+) -> usize {
+    // If any conditional match cannot be a segment of the plain route,
+    // every one becomes its own route (in precedence order, before the
+    // plain route): a segment is only tried after all routes before it,
+    // so mixing the two could put a match with fewer headers first.
+    let all_alone = !all_segmentable(base, &g.conditional);
+    let mut alone: Vec<Match> = if all_alone { std::mem::take(&mut g.conditional) } else { Vec::new() };
+    let v = Versions::of(base, &g.conditional);
+    let name = unique_name(names, g);
+    upstreams.insert(v.stable.clone());
+    let start = body.len();
+    let _ = writeln!(body, "  # {} {what}", g.route_id);
+    let _ = writeln!(body, "  - name: {}", q(&name));
+    let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
+    let _ = writeln!(body, "    stable: {}", version(&v.stable, &v.stable_mods));
+    for line in &base.edge.lines {
+        let _ = writeln!(body, "    {line}");
+    }
+    // A match with its own policies becomes its own route, before this one.
+    g.conditional.retain(|c| {
+        if v.differs(base, c) {
+            alone.push(c.clone());
         }
-        let Some(base) = g.base.take() else {
-            // Only conditional matches: each its own route, which takes only
-            // the requests with its headers and query (others fall through).
-            count += write_all_alone(&mut body, (&mut names, &mut upstreams, &mut skipped), g);
-            continue;
-        };
-        if base.backends.len() > 2 {
-            skipped.push(Skipped {
-                object: g.route_id.clone(),
-                what: what.clone(),
-                why: format!("{} backends: weir splits a path between two versions", base.backends.len()),
-            });
-            // Its conditional matches still take their own requests.
-            count += write_all_alone(&mut body, (&mut names, &mut upstreams, &mut skipped), g);
-            continue;
+        !v.differs(base, c)
+    });
+    let segments = segments(&g.conditional, &v, &mut alone);
+    if let Some(c) = &v.canary {
+        upstreams.insert(c.clone());
+        write_canary(body, base, &v, c);
+    }
+    if !segments.is_empty() {
+        let _ = writeln!(body, "    # the rules with header or query matches, in the Gateway API's precedence");
+        let _ = writeln!(body, "    segments:");
+        for s in segments {
+            let _ = writeln!(body, "      - {s}");
         }
+    }
+    if let Some((m, pct)) = &base.mirror {
+        upstreams.insert(m.clone());
+        let _ = writeln!(body, "    shadow: {{upstream: {}, percent: {pct}}}   # RequestMirror", q(&m.upstream()));
+    }
+    let mut before = String::new();
+    let mut written = 1;
+    for c in &alone {
+        written += usize::from(write_alone(&mut before, names, g, c, upstreams, skipped));
+    }
+    body.insert_str(start, &before);
+    written
+}
+
+/// A version as the route writes it: its upstream and its own filters.
+fn version(b: &Backend, mods: &Option<String>) -> String {
+    match mods {
+        Some(m) => format!("{{upstream: {}, {m}}}", q(&b.upstream())),
+        None => format!("{{upstream: {}}}", q(&b.upstream())),
+    }
+}
+
+/// A path's two versions and each one's own filters.
+struct Versions {
+    stable: Backend,
+    canary: Option<Backend>,
+    stable_mods: Option<String>,
+    canary_mods: Option<String>,
+}
+
+impl Versions {
+    /// The plain rule's first backend is stable, its second the canary.
+    fn of(base: &Match, conditional: &[Match]) -> Self {
         let stable = base.backends[0].0.clone();
-        // If any conditional match cannot be a segment of the plain route,
-        // every one becomes its own route (in precedence order, before the
-        // plain route): a segment is only tried after all routes before it,
-        // so mixing the two could put a match with fewer headers first.
-        let all_alone = !all_segmentable(&base, &g.conditional);
-        let mut alone: Vec<Match> = if all_alone { std::mem::take(&mut g.conditional) } else { Vec::new() };
         // The Gateway API guide's first canary step: the plain rule to v1
         // alone and a header rule to v2 alone. v2 is then the canary, at
         // weight 0 but for the header's segment.
         let conditional_canary = || {
-            let others: BTreeSet<&Backend> = g
-                .conditional
-                .iter()
-                .flat_map(|c| c.backends.iter().map(|(b, _)| b))
-                .filter(|b| **b != stable)
-                .collect();
+            let others: BTreeSet<&Backend> =
+                conditional.iter().flat_map(|c| c.backends.iter().map(|(b, _)| b)).filter(|b| **b != stable).collect();
             (others.len() == 1).then(|| others.into_iter().next().cloned()).flatten()
         };
         let canary = base.backends.get(1).map(|(b, _)| b.clone()).or_else(conditional_canary);
         // A version's own filters: from the plain rule, else from the first
         // rule that sends to it; every rule must agree.
         let mods_of = |b: &Backend| {
-            std::iter::once(&base)
-                .chain(g.conditional.iter())
+            std::iter::once(base)
+                .chain(conditional.iter())
                 .find_map(|m| m.backends.iter().position(|(x, _)| x == b).map(|i| m.mods.get(i).cloned().flatten()))
                 .flatten()
         };
         let (stable_mods, canary_mods) = (mods_of(&stable), canary.as_ref().and_then(mods_of));
-        let name = unique_name(&mut names, g);
-        count += 1;
-        upstreams.insert(stable.clone());
-        let start = body.len();
-        let _ = writeln!(body, "  # {} {what}", g.route_id);
-        let _ = writeln!(body, "  - name: {}", q(&name));
-        let _ = writeln!(body, "    match: {{{}}}", match_keys(g).join(", "));
-        let version = |b: &Backend, mods: &Option<String>| match mods {
-            Some(m) => format!("{{upstream: {}, {m}}}", q(&b.upstream())),
-            None => format!("{{upstream: {}}}", q(&b.upstream())),
-        };
-        let _ = writeln!(body, "    stable: {}", version(&stable, &stable_mods));
-        for line in &base.edge.lines {
-            let _ = writeln!(body, "    {line}");
-        }
-        // Rules whose filters differ from the plain rule's cannot be its segments.
-        let differs = |c: &Match| {
-            c.edge != base.edge
-                || c.backends.iter().zip(&c.mods).any(|((b, _), m)| {
-                    (Some(b) == Some(&stable) && *m != stable_mods) || (Some(b) == canary.as_ref() && *m != canary_mods)
-                })
-        };
-        // A match with its own policies becomes its own route, before this one.
-        g.conditional.retain(|c| {
-            if differs(c) {
-                alone.push(c.clone());
-            }
-            !differs(c)
-        });
-        let mut segments = Vec::new();
-        for (i, c) in g.conditional.iter().enumerate() {
-            match canary_bp(&c.backends, &stable, canary.as_ref()) {
-                // Without a canary everything goes to stable anyway.
-                Some(0) if canary.is_none() => {}
-                Some(bp) if canary.is_some() => {
-                    segments.push(format!(
-                        "{{name: {}, match: {{{}}}, weight: {}}}",
-                        q(&format!("rule-{}-segment-{i}", c.rule)),
-                        conditions(c).join(", "),
-                        bp as f64 / 100.0
-                    ));
-                }
-                // Other backends than the path's two versions: its own route.
-                _ => alone.push(c.clone()),
-            }
-        }
-        if let Some(c) = &canary {
-            upstreams.insert(c.clone());
-            let bp = canary_bp(&base.backends, &stable, Some(c)).unwrap_or(0);
-            let _ = writeln!(body, "    canary: {}", version(c, &canary_mods));
-            match base.backends.get(1) {
-                Some((_, w)) => {
-                    let _ = writeln!(
-                        body,
-                        "    weight: {}   # backendRefs weights {} : {w}",
-                        bp as f64 / 100.0,
-                        base.backends[0].1
-                    );
-                }
-                None => {
-                    let _ = writeln!(body, "    weight: 0   # the plain rule sends everything to the first backend");
-                }
-            }
-        }
-        if !segments.is_empty() {
-            let _ = writeln!(body, "    # the rules with header or query matches, in the Gateway API's precedence");
-            let _ = writeln!(body, "    segments:");
-            for s in segments {
-                let _ = writeln!(body, "      - {s}");
-            }
-        }
-        if let Some((m, pct)) = &base.mirror {
-            upstreams.insert(m.clone());
-            let _ = writeln!(body, "    shadow: {{upstream: {}, percent: {pct}}}   # RequestMirror", q(&m.upstream()));
-        }
-        // The matches that could not be segments, each its own route, before
-        // the path's plain route (they take fewer requests).
-        let mut before = String::new();
-        for c in &alone {
-            count += usize::from(write_alone(&mut before, &mut names, g, c, &mut upstreams, &mut skipped));
-        }
-        body.insert_str(start, &before);
+        Self { stable, canary, stable_mods, canary_mods }
     }
-    let header = [
-        "Imported from Gateway API HTTPRoutes and GRPCRoutes by `weir import gateway-api`.",
-        "Check it with `weir check -c FILE`; set listen and admin for your deployment.",
-        "",
-        "What weir does differently from a Gateway:",
-        "- parentRefs are read only for a listener's protocol (a route on an HTTP listener takes",
-        "  plain requests only, on an HTTPS listener TLS ones); every route is served on weir's listeners;",
-        "- a path's rules with header/query matches become segments of the rule without them;",
-        "- RegularExpression header matches use Rust `regex` syntax, matched whole;",
-        "- a GRPCRoute method match is a path: /service/method exactly, or the prefix /service.",
-    ];
-    let out = config_text(&header, &upstreams, &std::collections::BTreeMap::new(), &body);
-    Imported { yaml: out, routes: count, skipped, files: Vec::new() }
+
+    /// Whether the match's filters differ from the plain rule's, so that it
+    /// cannot be its segment.
+    fn differs(&self, base: &Match, c: &Match) -> bool {
+        c.edge != base.edge
+            || c.backends.iter().zip(&c.mods).any(|((b, _), m)| {
+                (Some(b) == Some(&self.stable) && *m != self.stable_mods)
+                    || (Some(b) == self.canary.as_ref() && *m != self.canary_mods)
+            })
+    }
+}
+
+/// The conditional matches as segments weighted by their share of the
+/// canary; one that sends to other backends than the path's two versions
+/// goes to `alone`.
+fn segments(conditional: &[Match], v: &Versions, alone: &mut Vec<Match>) -> Vec<String> {
+    let mut segments = Vec::new();
+    for (i, c) in conditional.iter().enumerate() {
+        match canary_bp(&c.backends, &v.stable, v.canary.as_ref()) {
+            // Without a canary everything goes to stable anyway.
+            Some(0) if v.canary.is_none() => {}
+            Some(bp) if v.canary.is_some() => {
+                segments.push(format!(
+                    "{{name: {}, match: {{{}}}, weight: {}}}",
+                    q(&format!("rule-{}-segment-{i}", c.rule)),
+                    conditions(c).join(", "),
+                    bp as f64 / 100.0
+                ));
+            }
+            // Other backends than the path's two versions: its own route.
+            _ => alone.push(c.clone()),
+        }
+    }
+    segments
+}
+
+/// The canary version `c` and the plain rule's weight for it.
+fn write_canary(body: &mut String, base: &Match, v: &Versions, c: &Backend) {
+    let bp = canary_bp(&base.backends, &v.stable, Some(c)).unwrap_or(0);
+    let _ = writeln!(body, "    canary: {}", version(c, &v.canary_mods));
+    match base.backends.get(1) {
+        Some((_, w)) => {
+            let _ = writeln!(
+                body,
+                "    weight: {}   # backendRefs weights {} : {w}",
+                bp as f64 / 100.0,
+                base.backends[0].1
+            );
+        }
+        None => {
+            let _ = writeln!(body, "    weight: 0   # the plain rule sends everything to the first backend");
+        }
+    }
 }

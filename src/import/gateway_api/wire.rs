@@ -75,28 +75,7 @@ impl<'a> Cluster<'a> {
     pub fn wire(&self, b: &Backend, kind: &str, found: &mut Found) -> Result<Wire, String> {
         let port = self.port(b);
         let port_name = port.and_then(|p| p["name"].as_str());
-        let app = port.and_then(|p| p["appProtocol"].as_str());
-        let grpc = kind == "GRPCRoute";
-        let h2c = match app {
-            Some("kubernetes.io/h2c") => true,
-            Some("kubernetes.io/ws" | "http" | "HTTP") => false,
-            None => grpc,
-            Some(other) => {
-                return Err(format!(
-                    "Service {}/{} port {} has appProtocol {other:?}, which weir does not speak to upstreams",
-                    b.ns, b.service, b.port
-                ));
-            }
-        };
-        if grpc && !h2c {
-            return Err(format!(
-                "Service {}/{} port {} says appProtocol {:?}: a GRPCRoute needs HTTP/2",
-                b.ns,
-                b.service,
-                b.port,
-                app.unwrap_or_default()
-            ));
-        }
+        let h2c = speaks_h2c(b, port.and_then(|p| p["appProtocol"].as_str()), kind == "GRPCRoute")?;
         let Some(policy) = self.policy(b, port_name) else {
             return Ok(Wire { protocol: h2c.then_some("h2c"), tls: None });
         };
@@ -106,62 +85,8 @@ impl<'a> Cluster<'a> {
             policy["metadata"]["name"].as_str().unwrap_or("")
         );
         let v = &policy["spec"]["validation"];
-        let hostname = v["hostname"].as_str().filter(|h| crate::import::valid_host(h) && !h.starts_with("*."));
-        let Some(hostname) = hostname else {
-            return Err(format!("{pid}: spec.validation.hostname is missing or not a DNS name"));
-        };
-        // subjectAltNames replace the hostname for verification; weir
-        // verifies the name it sends, so only that one SAN can be kept.
-        let sans = v["subjectAltNames"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let same_name = |s: &Value| s["type"] == "Hostname" && s["hostname"].as_str() == Some(hostname);
-        let kept = match sans {
-            [] => true,
-            [one] => same_name(one),
-            _ => false,
-        };
-        if !kept {
-            return Err(format!(
-                "{pid}: spec.validation.subjectAltNames other than the hostname itself cannot be verified by weir"
-            ));
-        }
-        let refs = v["caCertificateRefs"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let ca_file = match (v["wellKnownCACertificates"].as_str(), refs) {
-            (Some("System"), []) => {
-                note(
-                    found,
-                    &pid,
-                    "spec.validation.wellKnownCACertificates",
-                    "System: weir trusts the Mozilla root set it is built with (webpki-roots), not the node's store",
-                );
-                None
-            }
-            (None, [r]) if r["kind"] == "ConfigMap" && r["group"].as_str().unwrap_or("").is_empty() => {
-                let name = r["name"]
-                    .as_str()
-                    .filter(|n| crate::import::dns_label(n))
-                    .ok_or_else(|| format!("{pid}: spec.validation.caCertificateRefs[0] does not name a ConfigMap"))?;
-                let path = format!("ca/{}/{name}/ca.crt", b.ns);
-                note(
-                    found,
-                    &pid,
-                    "spec.validation.caCertificateRefs[0]",
-                    &format!(
-                        "write ConfigMap {}/{name}'s ca.crt to {} next to the config (mount it there); weir reads it at load",
-                        b.ns,
-                        q(&path)
-                    ),
-                );
-                if !found.files.contains(&path) {
-                    found.files.push(path.clone());
-                }
-                Some(path)
-            }
-            _ => {
-                return Err(format!(
-                    "{pid}: spec.validation needs one ConfigMap in caCertificateRefs or wellKnownCACertificates System"
-                ));
-            }
-        };
+        let hostname = verified_name(v, &pid)?;
+        let ca_file = ca_file(v, &pid, b, found)?;
         if policy["spec"]["options"].as_object().is_some_and(|o| !o.is_empty()) {
             note(found, &pid, "spec.options", "not translated (weir's TLS client has no such options)");
         }
@@ -171,6 +96,98 @@ impl<'a> Cluster<'a> {
             protocol: h2c.then_some("h2"),
             tls: Some(TlsOut { ca_file, server_name: Some(hostname.to_owned()), insecure_skip_verify: false }),
         })
+    }
+}
+
+/// Whether the backend speaks HTTP/2 (else HTTP/1.1), from its port's
+/// `appProtocol` (none: a GRPCRoute's backends do); Err when it speaks
+/// something weir does not, or a GRPCRoute's backend does not speak HTTP/2.
+fn speaks_h2c(b: &Backend, app: Option<&str>, grpc: bool) -> Result<bool, String> {
+    let h2c = match app {
+        Some("kubernetes.io/h2c") => true,
+        Some("kubernetes.io/ws" | "http" | "HTTP") => false,
+        None => grpc,
+        Some(other) => {
+            return Err(format!(
+                "Service {}/{} port {} has appProtocol {other:?}, which weir does not speak to upstreams",
+                b.ns, b.service, b.port
+            ));
+        }
+    };
+    if grpc && !h2c {
+        return Err(format!(
+            "Service {}/{} port {} says appProtocol {:?}: a GRPCRoute needs HTTP/2",
+            b.ns,
+            b.service,
+            b.port,
+            app.unwrap_or_default()
+        ));
+    }
+    Ok(h2c)
+}
+
+/// The name the policy's `validation` verifies: its hostname, which
+/// subjectAltNames may only repeat (weir verifies the name it sends).
+fn verified_name<'v>(v: &'v Value, pid: &str) -> Result<&'v str, String> {
+    let hostname = v["hostname"].as_str().filter(|h| crate::import::valid_host(h) && !h.starts_with("*."));
+    let Some(hostname) = hostname else {
+        return Err(format!("{pid}: spec.validation.hostname is missing or not a DNS name"));
+    };
+    // subjectAltNames replace the hostname for verification; weir
+    // verifies the name it sends, so only that one SAN can be kept.
+    let sans = v["subjectAltNames"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let same_name = |s: &Value| s["type"] == "Hostname" && s["hostname"].as_str() == Some(hostname);
+    let kept = match sans {
+        [] => true,
+        [one] => same_name(one),
+        _ => false,
+    };
+    if !kept {
+        return Err(format!(
+            "{pid}: spec.validation.subjectAltNames other than the hostname itself cannot be verified by weir"
+        ));
+    }
+    Ok(hostname)
+}
+
+/// The CA the policy's `validation` trusts: None for the system roots
+/// (noted), or the file the operator writes a ConfigMap's `ca.crt` to.
+fn ca_file(v: &Value, pid: &str, b: &Backend, found: &mut Found) -> Result<Option<String>, String> {
+    let refs = v["caCertificateRefs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    match (v["wellKnownCACertificates"].as_str(), refs) {
+        (Some("System"), []) => {
+            note(
+                found,
+                pid,
+                "spec.validation.wellKnownCACertificates",
+                "System: weir trusts the Mozilla root set it is built with (webpki-roots), not the node's store",
+            );
+            Ok(None)
+        }
+        (None, [r]) if r["kind"] == "ConfigMap" && r["group"].as_str().unwrap_or("").is_empty() => {
+            let name = r["name"]
+                .as_str()
+                .filter(|n| crate::import::dns_label(n))
+                .ok_or_else(|| format!("{pid}: spec.validation.caCertificateRefs[0] does not name a ConfigMap"))?;
+            let path = format!("ca/{}/{name}/ca.crt", b.ns);
+            note(
+                found,
+                pid,
+                "spec.validation.caCertificateRefs[0]",
+                &format!(
+                    "write ConfigMap {}/{name}'s ca.crt to {} next to the config (mount it there); weir reads it at load",
+                    b.ns,
+                    q(&path)
+                ),
+            );
+            if !found.files.contains(&path) {
+                found.files.push(path.clone());
+            }
+            Ok(Some(path))
+        }
+        _ => Err(format!(
+            "{pid}: spec.validation needs one ConfigMap in caCertificateRefs or wellKnownCACertificates System"
+        )),
     }
 }
 
