@@ -269,7 +269,7 @@ pub struct UpstreamSpec {
     /// `protocol`, default `http1`.
     pub protocol: Protocol,
     /// `tls`: TLS to the endpoints (with `protocol: h2`).
-    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
     /// `health.passive` (on by default).
     pub passive: Passive,
     /// `health.active` (off unless set).

@@ -263,13 +263,13 @@ impl Proxy {
             self.live.websockets.spawn(socket, client, upstream_side);
         }
         let (mut rparts, rbody) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers, switched && !over_h2);
+        headers::hop::strip_hop_by_hop(&mut rparts.headers, switched && !over_h2);
         if over_h2 {
             // The stream is the tunnel: 200, no upgrade headers (RFC 8441 §5).
             rparts.status = StatusCode::OK;
             rparts.headers.remove(SEC_WEBSOCKET_ACCEPT);
         } else if switched {
-            headers::set_websocket_upgrade(&mut rparts.headers);
+            headers::hop::set_websocket_upgrade(&mut rparts.headers);
         }
         rparts.version = http::Version::HTTP_11;
         if let Some(e) = &c.route.edge {
@@ -335,9 +335,9 @@ pub(super) fn upstream_request_filter(
     completion: &mut Completion,
 ) -> headers::Added {
     let keep = c.route.override_.as_ref().and_then(|o| o.header.as_ref());
-    headers::strip_hop_by_hop(&mut parts.headers, upgrading.is_some());
+    headers::hop::strip_hop_by_hop(&mut parts.headers, upgrading.is_some());
     if let Some(h2_key) = upgrading {
-        headers::set_websocket_upgrade(&mut parts.headers);
+        headers::hop::set_websocket_upgrade(&mut parts.headers);
         if let Some(key) = h2_key {
             // RFC 8441 → RFC 6455: the upstream gets an HTTP/1.1 handshake.
             parts.method = Method::GET;

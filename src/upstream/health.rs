@@ -12,7 +12,7 @@
 use super::endpoints::Endpoints;
 use super::pool::{self, Endpoint};
 use crate::config::{Active, Passive, Protocol};
-use crate::tls::UpstreamTls;
+use crate::tls::upstream::UpstreamTls;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::{Arc, Weak};

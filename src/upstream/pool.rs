@@ -292,11 +292,11 @@ impl Endpoint {
     /// is required) is a connect failure, like a refused connection.
     pub async fn dial_tls(
         &self,
-        tls: &crate::tls::UpstreamTls,
+        tls: &crate::tls::upstream::UpstreamTls,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
         let stream = self.dial().await.map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let server = crate::tls::server_name(tls.server_name.as_deref(), self.address())
+        let server = crate::tls::upstream::server_name(tls.server_name.as_deref(), self.address())
             .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
         tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
             .connect(server, stream)

@@ -51,7 +51,7 @@ fn refused(name: &HeaderName, response: bool) -> Option<&'static str> {
     {
         return Some("a hop-by-hop header: it belongs to one connection, not to the message");
     }
-    if name == CONTENT_LENGTH || crate::headers::framing_lookalike(name) {
+    if name == CONTENT_LENGTH || crate::headers::hop::framing_lookalike(name) {
         return Some("it frames the message; weir sets it from the body");
     }
     if s.starts_with("x-weir-") {

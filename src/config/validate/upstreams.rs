@@ -112,7 +112,7 @@ fn compile_upstream_tls(
     base: &Path,
     at: &str,
     p: &mut Problems,
-) -> Option<Arc<crate::tls::UpstreamTls>> {
+) -> Option<Arc<crate::tls::upstream::UpstreamTls>> {
     if t.client_cert_file.is_some() != t.client_key_file.is_some() {
         p.at(at, "client_cert_file and client_key_file go together");
         return None;
@@ -132,7 +132,7 @@ fn compile_upstream_tls(
     let ca = t.ca_file.as_ref().map(|f| base.join(f));
     let cert = t.client_cert_file.as_ref().map(|f| base.join(f));
     let key = t.client_key_file.as_ref().map(|f| base.join(f));
-    let files = crate::tls::UpstreamTlsFiles {
+    let files = crate::tls::upstream::UpstreamTlsFiles {
         ca_file: ca.as_deref(),
         client_cert: cert.as_deref().zip(key.as_deref()),
         server_name: t.server_name.as_deref(),
@@ -143,7 +143,7 @@ fn compile_upstream_tls(
             Protocol::Http1 | Protocol::H2c => vec![b"http/1.1".to_vec()],
         },
     };
-    match crate::tls::upstream_client(&files) {
+    match crate::tls::upstream::upstream_client(&files) {
         Ok(tls) => Some(Arc::new(tls)),
         Err(problems) => {
             for (field, message) in problems {

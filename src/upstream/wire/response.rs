@@ -86,7 +86,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
 /// A hop-by-hop header that names nothing else: `Keep-Alive`, and a
 /// `Connection` whose tokens are only `close`/`keep-alive` (what almost
 /// every upstream sends). Every response weir forwards loses them
-/// (`headers::strip_hop_by_hop`) and the framing facts already hold what
+/// (`headers::hop::strip_hop_by_hop`) and the framing facts already hold what
 /// they say, so they never enter the map: one insert, one lookup and one
 /// removal fewer per response. A `Connection` naming anything else
 /// (`upgrade`, another header) stays, for the strip and the 101 check.
