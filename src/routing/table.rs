@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     /// Shared: a rollout publish copies only the routes whose overlay
-    /// changed (`Table::with_overlays`).
+    /// changed (`Rollouts::overlay`).
     pub routes: Vec<Arc<Route>>,
     index: HostIndex,
 }
