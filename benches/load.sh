@@ -97,12 +97,16 @@ cols = [("req/s", 2, 1), ("wrk p50 ms", 3, 1e-3), ("wrk p99 ms", 4, 1e-3), ("wrk
         ("CPU s/100k req", 9, 1), ("of which user", 13, 1), ("RSS MiB idle", 12, 1 / 1024),
         ("RSS MiB after run", 10, 1 / 1024), ("h2load h2c req/s", 11, 1)]
 fmt = lambda x: f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
-print(f"\n{secs}s runs, {rounds} interleaved rounds, {conns} connections, medians; ratio = weir / nginx")
-print("| | " + " | ".join(names) + " | weir/nginx | weir/haproxy |")
-print("|---|" + "---|" * (len(names) + 2))
+# Ratios of weir to each peer in the run (and of the A/A and base pairs).
+pairs = [(a, b) for a, b in [("weir", "nginx"), ("weir", "haproxy"), ("weir", "weir-base"), ("nginx-again", "nginx")]
+         if a in names and b in names]
+print(f"\n{secs}s runs, {rounds} interleaved rounds, {conns} connections, medians")
+print("| | " + " | ".join(names + [f"{a}/{b}" for a, b in pairs]) + " |")
+print("|---|" + "---|" * (len(names) + len(pairs)))
 for label, i, scale in cols:
     v = {n: med(n, i) * scale for n in names}
-    print(f"| {label} | " + " | ".join(fmt(v[n]) for n in names) + f" | {v['weir'] / v['nginx']:.2f} | {v['weir'] / v['haproxy']:.2f} |")
+    ratios = [f"{v[a] / v[b]:.2f}" if v[b] else "-" for a, b in pairs]
+    print(f"| {label} | " + " | ".join([fmt(v[n]) for n in names] + ratios) + " |")
 PY
 python3 benches/paired.py "$results" "req/s:2:higher" "CPU s/100k req:9:lower" "oha@$RATE p99:7:lower" \
   "wrk p99:4:lower" "h2c req/s:11:higher"
