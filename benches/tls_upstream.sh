@@ -15,8 +15,15 @@
 # round starts with the next proxy in turn. Loopback only; bounded by -d,
 # timeout and ROUNDS.
 #
+# INSTR=1: instead, each proxy once under `valgrind --tool=callgrind`:
+# user-space instructions per request (they repeat within about 1 %, where
+# CPU time on this VM does not; the kernel's share is not in them). TLS
+# record encryption and decryption is user space, so this is where the
+# proxies' TLS work differs.
+#
 #   benches/tls_upstream.sh                 # ROUNDS=3 SECS=8
 #   WEIR_BIN=/path/to/weir benches/tls_upstream.sh
+#   INSTR=1 SECS=5 benches/tls_upstream.sh  # instructions per request
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-8}; ROUNDS=${ROUNDS:-3}; NAMES=${NAMES:-"weir nginx haproxy"}
@@ -83,14 +90,18 @@ backend app
   http-reuse always
   server s1 127.0.0.1:$bp ssl verify required ca-file $work/ca.crt verifyhost localhost sni str(localhost)
 CFG
+# Under valgrind nginx runs as one process (no master), so the worker is
+# the process valgrind counts.
+vg=(); ng=()
+[ -n "${INSTR:-}" ] && vg=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p") && ng=(-g "master_process off;")
 start() {
   case $1 in
-    weir) TOKIO_WORKER_THREADS=1 taskset -c 0 "$WEIR_BIN" run -c "$work/weir.yaml" 2>/dev/null & ;;
-    nginx) taskset -c 0 nginx -c "$work/proxy-nginx.conf" & ;;
-    haproxy) taskset -c 0 haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
+    weir) TOKIO_WORKER_THREADS=1 taskset -c 0 "${vg[@]}" "$WEIR_BIN" run -c "$work/weir.yaml" 2>/dev/null & ;;
+    nginx) taskset -c 0 "${vg[@]}" nginx "${ng[@]}" -c "$work/proxy-nginx.conf" 2>/dev/null & ;;
+    haproxy) taskset -c 0 "${vg[@]}" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
   esac
   ppid=$!
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     [ "$(curl -s -m 2 "http://127.0.0.1:$pp/" || true)" = ok ] && return
     sleep 0.1
   done
@@ -106,6 +117,25 @@ ticks() {
 load() { taskset -c 1 timeout $(($1 + 30)) wrk -t1 -c50 -d"$1"s "http://127.0.0.1:$pp/"; }
 hz=$(getconf CLK_TCK)
 names=($NAMES)
+if [ -n "${INSTR:-}" ]; then
+  echo "| proxy | requests (under valgrind) | instructions / request |"
+  echo "|---|---|---|"
+  for name in "${names[@]}"; do
+    rm -f "$work"/cg.*
+    start "$name"
+    load 2 >/dev/null
+    timeout 60 callgrind_control -z "$ppid" >/dev/null
+    out=$(load "$SECS")
+    timeout 60 callgrind_control -d "$ppid" >/dev/null
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    dump=$(ls -t "$work"/cg."$ppid".* 2>/dev/null | head -1)
+    n=$(awk '/^events:/ {for (i = 2; i <= NF; i++) e[i] = $i}
+      /^summary:|^totals:/ {for (i = 2; i <= NF; i++) v[e[i]] = $i; print v["Ir"]; exit}' "$dump")
+    echo "| $name | $reqs | $(python3 -c "print(f'{round($n / max($reqs, 1)):,}')") |"
+    kill "$ppid"; wait "$ppid" 2>/dev/null || true; ppid=""
+  done
+  exit 0
+fi
 echo "proxy round req_s cpu_us_per_req non2xx"
 for r in $(seq "$ROUNDS"); do
   for i in "${!names[@]}"; do
