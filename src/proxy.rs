@@ -23,6 +23,7 @@ mod body;
 mod edge;
 pub mod error;
 mod phases;
+mod retry;
 use crate::headers;
 use crate::limits::{Activity, Busy, ConnHold, Slot};
 
@@ -31,11 +32,9 @@ pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record};
 use crate::clock::rfc3339_now;
-use crate::config::RetryOn;
 use crate::live::{Live, Serving};
 use crate::metrics::RouteMetrics;
 use crate::routing::Version;
-use crate::upstream::ReqBody;
 use crate::websocket;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -381,9 +380,10 @@ impl Proxy {
             // the largest of every request's future.
             Box::pin(upstream.send_upgrade(conn, Request::from_parts(parts, req_body))).await?
         } else {
-            // Replayed only if nothing was lost by sending it once: no body,
-            // and a method safe to send twice (a bet is never placed twice).
-            let replayable = http_body::Body::is_end_stream(&req_body) && crate::upstream::idempotent(&parts.method);
+            // Replayed only if nothing was lost by sending it once: a method
+            // safe to send twice (a bet is never placed twice), and no body
+            // or one declared small enough to keep a copy of as it streams.
+            let (req_body, replay) = retry::Replay::keep(req_body, &parts.method, admitted.declared);
             let grpc_limit = if completion.grpc {
                 parts.headers.get("grpc-timeout").and_then(|v| crate::grpc::parse_grpc_timeout(v.as_bytes()))
             } else {
@@ -392,11 +392,12 @@ impl Proxy {
             let limits = edge::AttemptLimits::new(upstream.spec().request_timeout, edge, grpc_limit, deadline);
             limits.apply(&mut parts)?;
             let attempt = upstream.send(conn, &mut parts, req_body, added.as_slice()).await;
-            if replayable {
-                let retry = Retry { upstream, limits: &limits, added: added.as_slice(), choice: &choice };
-                retry.until_settled(attempt, &mut parts, &mut tried, completion).await?
-            } else {
-                attempt?
+            match replay {
+                Some(replay) => {
+                    let retry = retry::Retry { upstream, limits: &limits, added: added.as_slice(), choice: &choice };
+                    retry.until_settled(attempt, replay, &mut parts, &mut tried, completion).await?
+                }
+                None => attempt?,
             }
         };
         if completion.fields.is_some() {
@@ -420,56 +421,6 @@ fn real_client(served: &Serving, peer: &Peer, parts: &mut Parts, completion: &mu
         f.client_ip = ip.to_string();
     }
     Some(ip)
-}
-
-/// What a replayable request's retries need: another endpoint of the same
-/// version (never the other version), within the retry budget and what is
-/// left of `timeouts.request`.
-struct Retry<'a> {
-    upstream: &'a crate::upstream::Upstream,
-    limits: &'a edge::AttemptLimits,
-    added: &'a [(&'static http::HeaderName, HeaderValue)],
-    choice: &'a phases::Choice<'a>,
-}
-
-type Attempt = Result<Response<crate::upstream::PooledBody>, crate::upstream::UpstreamError>;
-
-impl Retry<'_> {
-    /// Try again while the last attempt failed in a way `retry.on` names
-    /// and the upstream allows another; every failed attempt is charged to
-    /// the version that saw it.
-    async fn until_settled(
-        &self,
-        mut attempt: Attempt,
-        parts: &mut Parts,
-        tried: &mut crate::upstream::Tried,
-        completion: &mut Completion,
-    ) -> Attempt {
-        loop {
-            let (what, kind) = match &attempt {
-                Err(e) => match e.retry_on() {
-                    Some(what) => (what, Some(e.kind())),
-                    None => return attempt,
-                },
-                Ok(r) if r.status().is_server_error() => (RetryOn::Status(r.status().as_u16()), None),
-                Ok(_) => return attempt,
-            };
-            if !self.upstream.retry_after(tried, what, kind) {
-                return attempt;
-            }
-            drop(attempt); // a 5xx answer unread: its connection closes
-            phases::charge_failed_attempts(self.choice, tried, completion);
-            if self.limits.apply(parts).is_err() {
-                // `timeouts.request` has run out: no time for another try.
-                return Err(crate::upstream::UpstreamError::Timeout);
-            }
-            attempt = match self.upstream.connect(tried).await {
-                Ok(conn) => self.upstream.send(conn, parts, ReqBody::empty(), self.added).await,
-                Err(e) => Err(e),
-            };
-            phases::charge_failed_attempts(self.choice, tried, completion);
-        }
-    }
 }
 
 /// The client's response for what `forward` came back with.

@@ -36,7 +36,7 @@ pub use error::{
     is_body_too_large,
 };
 pub use pool::{EndpointState, EndpointStats};
-pub use retry::{Tried, idempotent};
+pub use retry::{REPLAY_MAX_BODY, Tried, idempotent};
 pub use wire::BodyError;
 
 /// A whole response parsed as weir's client would (for the differential

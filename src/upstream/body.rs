@@ -29,7 +29,8 @@ pub struct ReqBody {
     seen: u64,
     /// Shared with the access log; only allocated when a body is present.
     counter: Option<Arc<AtomicU64>>,
-    tee: Option<Tee>,
+    /// Copies being kept as the body streams (a shadow's, a retry's).
+    tees: Vec<Tee>,
     /// Slow-body guard: reset on every frame, fires after `idle`.
     idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// What to do with what is left of it when the answer ends first.
@@ -38,21 +39,31 @@ pub struct ReqBody {
     grpc: Option<Box<(crate::grpc::Messages, Arc<std::sync::atomic::AtomicU32>)>>,
 }
 
-/// A copy of the body as it streams by, for a shadow request. The copy
-/// costs a reference count per chunk; the primary is never held back. Over
-/// `max` bytes, or if the body fails or is abandoned, the copy is dropped
-/// (the receiver sees the sender go away).
+/// A copy of the body as it streams by, for a shadow request or a retry.
+/// The copy costs a reference count per chunk; the primary is never held
+/// back. Over `max` bytes, or if the body fails or is abandoned, the copy
+/// is dropped (the receiver sees the sender go away).
 pub struct Tee {
     chunks: Vec<Bytes>,
     size: u64,
     max: u64,
+    /// A copy to send again as the request itself (a retry): a body with
+    /// trailers cannot be, so the copy is dropped when trailers come.
+    exact: bool,
     done: tokio::sync::oneshot::Sender<Bytes>,
 }
 
 impl Tee {
     pub fn new(max: u64) -> (Self, tokio::sync::oneshot::Receiver<Bytes>) {
         let (done, rx) = tokio::sync::oneshot::channel();
-        (Self { chunks: Vec::new(), size: 0, max, done }, rx)
+        (Self { chunks: Vec::new(), size: 0, max, exact: false, done }, rx)
+    }
+
+    /// A copy for replaying the request: whole data, no trailers.
+    pub fn exact(max: u64) -> (Self, tokio::sync::oneshot::Receiver<Bytes>) {
+        let (mut tee, rx) = Self::new(max);
+        tee.exact = true;
+        (tee, rx)
     }
 
     fn finish(self) {
@@ -85,7 +96,7 @@ impl ReqBody {
             limit: 0,
             seen: 0,
             counter: None,
-            tee: None,
+            tees: Vec::new(),
             idle: None,
             leftover: wire::Leftover::Drain,
             grpc: None,
@@ -101,7 +112,7 @@ impl ReqBody {
             limit,
             seen: 0,
             counter,
-            tee: None,
+            tees: Vec::new(),
             idle: Some((idle, sleep)),
             leftover: wire::Leftover::Drain,
             grpc: None,
@@ -117,7 +128,7 @@ impl ReqBody {
             limit: u64::MAX,
             seen: 0,
             counter: None,
-            tee: None,
+            tees: Vec::new(),
             idle: None,
             leftover: wire::Leftover::Drain,
             grpc: None,
@@ -141,7 +152,7 @@ impl ReqBody {
         if self.inner.is_none() {
             tee.finish();
         } else {
-            self.tee = Some(tee);
+            self.tees.push(tee);
         }
         self
     }
@@ -161,7 +172,7 @@ impl Body for ReqBody {
         if let Some((every, sleep)) = this.idle.as_mut() {
             if polled.is_pending() {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    this.tee = None;
+                    this.tees.clear();
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                 }
             } else {
@@ -170,13 +181,11 @@ impl Body for ReqBody {
         }
         match ready!(polled) {
             None => {
-                if let Some(t) = this.tee.take() {
-                    t.finish();
-                }
+                this.tees.drain(..).for_each(Tee::finish);
                 Poll::Ready(None)
             }
             Some(Err(e)) => {
-                this.tee = None;
+                this.tees.clear();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Some(Ok(frame)) => {
@@ -191,23 +200,20 @@ impl Body for ReqBody {
                         c.fetch_add(n, Ordering::Relaxed);
                     }
                     if this.seen > this.limit {
-                        this.tee = None;
+                        this.tees.clear();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
-                    if let Some(t) = this.tee.as_mut() {
+                    this.tees.retain_mut(|t| {
                         t.size = t.size.saturating_add(n);
-                        if t.size > t.max {
-                            this.tee = None;
-                        } else {
-                            t.chunks.push(data.clone());
-                        }
-                    }
+                        t.chunks.push(data.clone());
+                        t.size <= t.max
+                    });
+                } else if frame.is_trailers() {
+                    this.tees.retain(|t| !t.exact);
                 }
                 // hyper stops polling once the body says it has ended.
-                if inner.is_end_stream()
-                    && let Some(t) = this.tee.take()
-                {
-                    t.finish();
+                if inner.is_end_stream() {
+                    this.tees.drain(..).for_each(Tee::finish);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -12,6 +12,11 @@ use crate::labels::ErrorKind;
 use std::sync::Arc;
 use std::sync::Mutex;
 
+/// Largest request body kept to be sent again: an idempotent request with a
+/// declared body up to this size is retried like a bodiless one (the copy
+/// costs a reference count per chunk while it streams).
+pub const REPLAY_MAX_BODY: u64 = 64 * 1024;
+
 const WINDOW_MS: u64 = 10_000;
 /// Retries always allowed per window.
 const FLOOR: u64 = 10;
