@@ -380,10 +380,12 @@ impl Proxy {
             // the largest of every request's future.
             Box::pin(upstream.send_upgrade(conn, Request::from_parts(parts, req_body))).await?
         } else {
-            // Replayed only if nothing was lost by sending it once: a method
-            // safe to send twice (a bet is never placed twice), and no body
-            // or one declared small enough to keep a copy of as it streams.
-            let (req_body, replay) = retry::Replay::keep(req_body, &parts.method, admitted.declared);
+            // Replayed only if nothing is lost by sending it again: a method
+            // safe to send twice (a bet is never placed twice) or a stream
+            // the HTTP/2 upstream refused unprocessed, and no body or one
+            // small enough to keep a copy of as it streams.
+            let h2 = matches!(upstream.spec().protocol, crate::config::Protocol::H2c | crate::config::Protocol::H2);
+            let (req_body, replay) = retry::Replay::keep(req_body, &parts.method, admitted.declared, h2);
             let grpc_limit = if completion.grpc {
                 parts.headers.get("grpc-timeout").and_then(|v| crate::grpc::parse_grpc_timeout(v.as_bytes()))
             } else {

@@ -21,6 +21,11 @@ connection. What it does with a request depends on its path:
   /huge-head    a response head of 8 x 16 KB header values (over weir's 64 KiB)
   /healthz      200, or 503 after a line "sick" on stdin (until a line "well")
   /port         200 with this server's port as the body
+  /echo         200 with the request's body as its body (after END_STREAM),
+                and `x-port` naming this server
+
+A line "refuse" on stdin makes it refuse every stream with REFUSED_STREAM
+once the request has ended (until a line "serve"), whatever the path.
 """
 
 import socket
@@ -45,6 +50,8 @@ def serve(sock):
     c.initiate_connection()
     sock.sendall(c.data_to_send())
     enc = hpack.Encoder()
+    echo = {}
+    refused = set()
     sock.settimeout(30)
     try:
         while True:
@@ -54,8 +61,24 @@ def serve(sock):
             for ev in c.receive_data(data):
                 if isinstance(ev, h2.events.RequestReceived):
                     path = dict(ev.headers).get(":path", "/")
-                    if not answer(c, sock, ev.stream_id, path, enc):
+                    if REFUSE[0]:
+                        refused.add(ev.stream_id)
+                    elif path == "/echo":
+                        echo[ev.stream_id] = b""
+                    elif not answer(c, sock, ev.stream_id, path, enc):
                         return
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in refused:
+                    refused.discard(ev.stream_id)
+                    c.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id in (echo.keys() | refused):
+                    if ev.stream_id in echo:
+                        echo[ev.stream_id] += ev.data
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in echo:
+                    body = echo.pop(ev.stream_id)
+                    hs = [(":status", "200"), ("content-length", str(len(body))), ("x-port", str(PORT[0]))]
+                    c.send_headers(ev.stream_id, hs)
+                    c.send_data(ev.stream_id, body, end_stream=True)
             sock.sendall(c.data_to_send())
     except (OSError, h2.exceptions.ProtocolError):
         return
@@ -64,6 +87,7 @@ def serve(sock):
 
 
 SICK = [False]
+REFUSE = [False]
 PORT = [0]
 
 
@@ -138,7 +162,11 @@ def main():
 
     threading.Thread(target=accept, daemon=True).start()
     for line in sys.stdin:
-        SICK[0] = line.strip() == "sick"
+        word = line.strip()
+        if word in ("sick", "well"):
+            SICK[0] = word == "sick"
+        elif word in ("refuse", "serve"):
+            REFUSE[0] = word == "refuse"
 
 
 if __name__ == "__main__":

@@ -142,3 +142,78 @@ async fn an_http2_path_check_takes_a_failing_pod_out_and_back() {
     let r = support::wait_endpoint(w.admin, &b, ("healthy", "passing"), limit).await;
     assert!(r.is_ok(), "a passing check never brought it back: {r:?}");
 }
+
+/// A request body of unknown length (no Content-Length), as a gRPC client
+/// sends it over HTTP/2.
+struct Undeclared(Option<Bytes>);
+
+impl http_body::Body for Undeclared {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+    // The message and END_STREAM in one DATA frame, as a unary call ends.
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// A stream the HTTP/2 upstream refused (REFUSED_STREAM) was never
+/// processed: even a POST with a body is sent again, to another pod of the
+/// same version, with the same bytes (kept as it streamed, declared or not),
+/// and the client never sees the refusal. With every pod refusing, the 502
+/// stands. The pods here refuse once the request has ended (its body whole
+/// in weir's copy); a refusal that overtakes a body still on its way is not
+/// retried (hyper drops the rest of it with the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_again_to_another_pod_even_a_post_with_its_body() {
+    use std::io::Write;
+    let (mut refusing, mut serving) = (Hostile::start(), Hostile::start());
+    writeln!(refusing.child.stdin.as_mut().unwrap(), "refuse").unwrap();
+    let w = Weir::start(&format!(
+        "listen: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: false\n\
+         upstreams:\n  v1: {{endpoints: [\"{}\", \"{}\"], protocol: h2c, balance: round_robin,\n\
+         \x20   retry: {{attempts: 1, on: [connect_failure], budget: 100%}}, health: {{passive: {{consecutive_failures: 0}}}}}}\n\
+         routes:\n  - name: app\n    stable: {{upstream: v1}}\n",
+        refusing.addr, serving.addr
+    ))
+    .await;
+    // HTTP/2 to weir, as gRPC clients speak: bodies without Content-Length.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Undeclared>();
+    let h1 = client();
+    for i in 0..8u8 {
+        let body: Vec<u8> = (0..3_000u32).map(|n| (n as u8).wrapping_add(i)).collect();
+        let call = async {
+            if i % 2 == 0 {
+                // HTTP/1.1 with Content-Length.
+                let req = Request::post(w.url("/echo")).body(Full::new(Bytes::from(body.clone()))).unwrap();
+                h1.request(req).await.map(|r| r.map(|b| b.boxed()))
+            } else {
+                let req = Request::post(w.url("/echo")).body(Undeclared(Some(Bytes::from(body.clone())))).unwrap();
+                h2.request(req).await.map(|r| r.map(|b| b.boxed()))
+            }
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(20), call).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200, "POST {i}: the refusal was retried");
+        assert_eq!(resp.headers()["x-port"], serving.addr.port().to_string().as_str(), "POST {i}");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], &body[..], "POST {i}: the other pod got the same bytes");
+    }
+    // Both pods refusing: nothing processed the POST, and nothing else can.
+    writeln!(serving.child.stdin.as_mut().unwrap(), "refuse").unwrap();
+    let mut saw_502 = false;
+    for _ in 0..20 {
+        let req = Request::post(w.url("/echo")).body(Full::new(Bytes::from_static(b"bet"))).unwrap();
+        if h1.request(req).await.unwrap().status() == 502 {
+            saw_502 = true;
+            break;
+        }
+    }
+    assert!(saw_502, "with every pod refusing, the refusal reaches the client as 502");
+}

@@ -25,51 +25,72 @@ pub(super) struct Retry<'a> {
 
 type Attempt = Result<Response<PooledBody>, UpstreamError>;
 
-/// The body a retry sends: none, or the copy kept while the first attempt
-/// streamed the client's body.
-pub(super) enum Replay {
+/// What a retry sends again: the body (none, or the copy kept while the
+/// first attempt streamed the client's), and whether the method may be
+/// sent twice whatever happened (else only a request the upstream never
+/// processed is).
+pub(super) struct Replay {
+    body: Copy,
+    idempotent: bool,
+}
+
+enum Copy {
     Empty,
-    Copy(oneshot::Receiver<Bytes>),
+    Streaming(oneshot::Receiver<Bytes>),
     Whole(Bytes),
 }
 
 impl Replay {
-    /// `body` with what a retry needs kept, or None when the request may
-    /// not be sent twice (not idempotent, or a body undeclared or over
-    /// `REPLAY_MAX_BODY`).
-    pub(super) fn keep(body: ReqBody, method: &http::Method, declared: Option<u64>) -> (ReqBody, Option<Replay>) {
+    /// `body` with what a retry needs kept, or None when the request is
+    /// never sent twice. An idempotent request is kept with no body or one
+    /// declared within `REPLAY_MAX_BODY`; over HTTP/2 (`h2`), where an
+    /// upstream can refuse a stream unprocessed, any request is kept with a
+    /// body within the cap, declared or not.
+    pub(super) fn keep(
+        body: ReqBody,
+        method: &http::Method,
+        declared: Option<u64>,
+        h2: bool,
+    ) -> (ReqBody, Option<Self>) {
         use crate::upstream::{REPLAY_MAX_BODY, Tee, idempotent};
-        if !idempotent(method) {
+        let idempotent = idempotent(method);
+        if !idempotent && !h2 {
             return (body, None);
         }
         if http_body::Body::is_end_stream(&body) {
-            return (body, Some(Replay::Empty));
+            return (body, Some(Replay { body: Copy::Empty, idempotent }));
         }
-        match declared {
-            Some(n) if n <= REPLAY_MAX_BODY => {
-                let (tee, copy) = Tee::exact(REPLAY_MAX_BODY);
-                (body.with_tee(tee), Some(Replay::Copy(copy)))
-            }
-            _ => (body, None),
+        if !declared.map_or(h2, |n| n <= REPLAY_MAX_BODY) {
+            return (body, None);
         }
+        let (tee, copy) = Tee::exact(REPLAY_MAX_BODY);
+        (body.with_tee(tee), Some(Replay { body: Copy::Streaming(copy), idempotent }))
     }
 
-    /// The copy is whole: the client's body ended within the cap.
-    fn is_whole(&mut self) -> bool {
-        if let Replay::Copy(copy) = self {
+    /// May this failure be sent again: the copy is whole (the client's body
+    /// ended within the cap), and the method allows it or the upstream
+    /// never processed the request.
+    fn allows(&mut self, failure: Option<&UpstreamError>) -> bool {
+        if !self.idempotent && !failure.is_some_and(UpstreamError::is_unprocessed) {
+            return false;
+        }
+        if let Copy::Streaming(copy) = &mut self.body {
             match copy.try_recv() {
-                Ok(b) => *self = Replay::Whole(b),
-                Err(_) => return false,
+                Ok(b) => self.body = Copy::Whole(b),
+                Err(e) => {
+                    tracing::debug!(error = %e, "not retried: the body's copy is not whole");
+                    return false;
+                }
             }
         }
         true
     }
 
-    /// The body for one more attempt (after `is_whole`).
+    /// The body for one more attempt (after `allows`).
     fn body(&self) -> ReqBody {
-        match self {
-            Replay::Whole(b) => ReqBody::full(b.clone()),
-            Replay::Empty | Replay::Copy(_) => ReqBody::empty(),
+        match &self.body {
+            Copy::Whole(b) => ReqBody::full(b.clone()),
+            Copy::Empty | Copy::Streaming(_) => ReqBody::empty(),
         }
     }
 }
@@ -95,9 +116,7 @@ impl Retry<'_> {
                 Ok(r) if r.status().is_server_error() => (RetryOn::Status(r.status().as_u16()), None),
                 Ok(_) => return attempt,
             };
-            // A body whose copy is not whole (it had not ended, or grew over
-            // the cap) cannot be sent again.
-            if !replay.is_whole() || !self.upstream.retry_after(tried, what, kind) {
+            if !replay.allows(attempt.as_ref().err()) || !self.upstream.retry_after(tried, what, kind) {
                 return attempt;
             }
             drop(attempt); // a 5xx answer unread: its connection closes

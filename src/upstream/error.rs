@@ -94,6 +94,11 @@ pub enum Reset {
     /// A connection still streaming an upload cannot carry a handshake.
     #[error("connection not whole")]
     NotWhole,
+    /// The HTTP/2 upstream refused the stream (REFUSED_STREAM, RFC 9113
+    /// §8.7): it did not process the request, so any method may be sent
+    /// again.
+    #[error("stream refused (not processed): {0}")]
+    Refused(hyper::Error),
 }
 
 /// Why an answer was refused: what weir will not frame or pass on.
@@ -177,12 +182,20 @@ impl UpstreamError {
         matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::NoEndpoints)
     }
 
-    /// Which `retry.on` word this failure is, if any.
+    /// True when the upstream never acted on the request: not connected,
+    /// or an HTTP/2 stream it refused. Safe to send again for any method.
+    pub fn is_unprocessed(&self) -> bool {
+        self.is_connect() || matches!(self, UpstreamError::Reset(Reset::Refused(_)))
+    }
+
+    /// Which `retry.on` word this failure is, if any. A refused HTTP/2
+    /// stream is a `connect_failure`: the request reached no application.
     pub fn retry_on(&self) -> Option<RetryOn> {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::NoEndpoints => {
-                Some(RetryOn::ConnectFailure)
-            }
+            UpstreamError::Connect(_)
+            | UpstreamError::ConnectTimeout
+            | UpstreamError::NoEndpoints
+            | UpstreamError::Reset(Reset::Refused(_)) => Some(RetryOn::ConnectFailure),
             UpstreamError::Reset(_) | UpstreamError::Protocol(_) => Some(RetryOn::Reset),
             UpstreamError::Timeout => Some(RetryOn::Timeout),
             _ => None,
@@ -204,5 +217,20 @@ pub fn classify(e: hyper::Error) -> UpstreamError {
     if e.is_parse() || e.is_parse_status() {
         return UpstreamError::Protocol(Malformed::Hyper(e));
     }
+    if refused_stream(&e) {
+        return UpstreamError::Reset(Reset::Refused(e));
+    }
     UpstreamError::Reset(Reset::Hyper(e))
+}
+
+/// True if hyper's error is the upstream's RST_STREAM with REFUSED_STREAM.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
