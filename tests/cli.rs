@@ -518,13 +518,24 @@ async fn per_core_runtime_serves_on_every_thread_and_drains_on_sigterm() {
     let listen = v["fields"]["listen"].as_str().unwrap().trim_matches(|c| c == '[' || c == ']').to_owned();
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     // Three threads named for their core slot, each with its own sockets.
+    // A new thread names itself once it runs, so its name can lag behind
+    // "weir ready" for a moment: looked at until both show, for at most 10 s.
     let pid = child.id();
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_owned())
-        .collect();
-    assert!(names.iter().any(|n| n == "weir-core-1") && names.iter().any(|n| n == "weir-core-2"), "{names:?}");
+    let thread_names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
+    };
+    let named = |names: &[String]| ["weir-core-1", "weir-core-2"].iter().all(|w| names.iter().any(|n| n == w));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut names = thread_names();
+    while !named(&names) && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        names = thread_names();
+    }
+    assert!(named(&names), "{names:?}");
 
     // 90 fresh connections: the kernel spreads them over the three
     // threads' sockets; every one is answered.
