@@ -391,7 +391,8 @@ pub struct Snapshot {
     pub proxy_protocol: Vec<bool>,
     /// `real_ip`: the trusted proxies and the header they name clients in.
     pub real_ip: Option<Arc<crate::client_ip::RealIp>>,
-    pub upstreams: Vec<UpstreamSpec>,
+    /// Shared, like the routes: a rollout publish copies neither.
+    pub upstreams: Arc<[UpstreamSpec]>,
     pub table: Table,
     /// Things that load but deserve attention (deprecated keys), with paths.
     pub warnings: Vec<Problem>,

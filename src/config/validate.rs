@@ -172,7 +172,7 @@ fn compile(raw: RawConfig, base: &Path, sha256: String, p: &mut Problems) -> Sna
         access_log: raw.access_log.unwrap_or(true),
         proxy_protocol,
         real_ip: raw.real_ip.as_ref().and_then(|r| edge::compile_real_ip(r, p)).map(Arc::new),
-        upstreams,
+        upstreams: upstreams.into(),
         table: Table::new(routes),
         warnings: Vec::new(),
     }

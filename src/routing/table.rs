@@ -15,7 +15,7 @@ pub struct Table {
     /// Shared: a rollout publish copies only the routes whose overlay
     /// changed (`Rollouts::overlay`).
     pub routes: Vec<Arc<Route>>,
-    index: HostIndex,
+    index: Arc<HostIndex>,
 }
 
 /// Route indices (ascending) by host, so a request only looks at the routes
@@ -50,7 +50,7 @@ impl Table {
                 }
             }
         }
-        Self { routes: routes.into_iter().map(Arc::new).collect(), index }
+        Self { routes: routes.into_iter().map(Arc::new).collect(), index: Arc::new(index) }
     }
 
     pub fn route(&self, name: &str) -> Option<&Route> {
