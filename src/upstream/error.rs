@@ -15,16 +15,21 @@ impl std::fmt::Display for BodyTimeout {
 }
 impl std::error::Error for BodyTimeout {}
 
-/// True if a hyper error was caused by our body timeout.
-pub fn is_body_timeout(e: &hyper::Error) -> bool {
+/// The first error of type `T` among the causes of a hyper error.
+fn cause<T: std::error::Error + 'static>(e: &hyper::Error) -> Option<&T> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.is::<BodyTimeout>() {
-            return true;
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
+}
+
+/// True if a hyper error was caused by our body timeout.
+pub fn is_body_timeout(e: &hyper::Error) -> bool {
+    cause::<BodyTimeout>(e).is_some()
 }
 
 /// The client sent more than `max_request_body`.
@@ -40,14 +45,7 @@ impl std::error::Error for BodyTooLarge {}
 
 /// True if a hyper error was caused by our body limit.
 pub fn is_body_too_large(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<BodyTooLarge>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    cause::<BodyTooLarge>(e).is_some()
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -225,12 +223,5 @@ pub fn classify(e: hyper::Error) -> UpstreamError {
 
 /// True if hyper's error is the upstream's RST_STREAM with REFUSED_STREAM.
 fn refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
+    cause::<h2::Error>(e).is_some_and(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
