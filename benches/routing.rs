@@ -148,7 +148,8 @@ fn record_evidence(b: Bencher, per_user: bool) {
     use weir::analysis::{Frozen, Stratum};
     use weir::evidence::{Evidence, Unit};
     let ev = Evidence::default();
-    ev.take(Frozen { latency_us: Some([1000, 2000, 4000, 8000]), tolerance: 0.05, ..Frozen::default() });
+    let lines = [100, 200, 300, 400, 500, 600, 700, 800, 1000, 2000, 3000, 4000, 6000, 8000];
+    ev.take(Frozen { rank_us: Some(lines), tolerance: 0.05, ..Frozen::default() });
     let mut user = 0u64;
     b.bench_local(|| {
         user = user.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -6,6 +6,8 @@
 //!   per event kind, version and stratum, and the frozen thresholds.
 //! - [`eprocess`]: the e-process arithmetic (likelihood-ratio mixtures) and
 //!   the change detector behind `hold`.
+//! - [`rank`]: the rank test R's scores and e-process (latency against
+//!   stable's distribution, median and tails in one test).
 //! - [`judge`]: one interval in, a verdict with its explanation out.
 //! - [`machine`]: one route's rollout state and what a verdict or a
 //!   steering call does to it (steps, hold, latch), pure.
@@ -18,6 +20,7 @@ pub mod counts;
 pub mod eprocess;
 pub mod judge;
 pub mod machine;
+pub mod rank;
 
 pub use counts::{CANARY, Cell, EVENTS, Event, Frozen, Interval, STABLE, Stratum, StratumCounts};
 pub use eprocess::{Detector, EProcess};

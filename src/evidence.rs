@@ -28,6 +28,10 @@ const FILTER_BITS: usize = 1 << 21;
 const FILTER_WORDS: usize = FILTER_BITS / 64;
 /// Filter entry for "this user was seen" (n), next to one per event (x).
 const SEEN: u64 = 0xff;
+/// Filter entry for "this user's rank was counted": test R scores a user's
+/// first timed request in a scope, once (their later requests share its
+/// version, so they are not new evidence).
+const RANKED: u64 = 0xfe;
 
 /// Who a unit of evidence is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +131,11 @@ fn merge(into: &mut Vec<StratumCounts>, from: &[StratumCounts]) {
     for f in from {
         let Some(s) = f.stratum else { continue };
         if let Some(sc) = stratum_in(into, s) {
-            sc.weight_bp = sc.weight_bp.max(f.weight_bp);
+            if f.weight_bp > 0 {
+                let (lo, hi) = (if f.weight_min_bp == 0 { f.weight_bp } else { f.weight_min_bp }, f.weight_bp);
+                sc.saw_weight(lo);
+                sc.saw_weight(hi);
+            }
             sc.revision.add(&f.revision);
             sc.epoch.add(&f.epoch);
         }
@@ -135,8 +143,16 @@ fn merge(into: &mut Vec<StratumCounts>, from: &[StratumCounts]) {
 }
 
 impl Counts {
-    /// `filters`: [since the revision, this epoch], for per-user units.
-    fn add(&mut self, filters: Option<&[Filter; 2]>, unit: &Unit, version: Version, eligible: u16, bad: u16) {
+    /// `filters`: [since the revision, this epoch], for per-user units;
+    /// `rank`: the request's rank bin (test R), if it has one.
+    fn add(
+        &mut self,
+        filters: Option<&[Filter; 2]>,
+        unit: &Unit,
+        version: Version,
+        (eligible, bad): (u16, u16),
+        rank: Option<usize>,
+    ) {
         let v = usize::from(version == Version::Canary);
         let mut req = Cell::default();
         for e in Event::ALL {
@@ -144,6 +160,9 @@ impl Counts {
                 req.n[e.idx()][v] += 1;
                 req.x[e.idx()][v] += u64::from(bad & (1 << e.idx()) != 0);
             }
+        }
+        if let Some(b) = rank.and_then(|b| req.rank.get_mut(b)) {
+            b[v] += 1;
         }
         self.requests.add(&req);
         self.total_requests.add(&req);
@@ -164,12 +183,17 @@ impl Counts {
                             cell.x[e.idx()][v] += 1;
                         }
                     }
+                    if let Some(b) = rank.and_then(|b| cell.rank.get_mut(b))
+                        && f.insert(unit.user, RANKED, seg)
+                    {
+                        b[v] += 1;
+                    }
                 }
             }
         }
         for list in [&mut self.strata, &mut self.totals] {
             if let Some(sc) = stratum_in(list, unit.stratum) {
-                sc.weight_bp = sc.weight_bp.max(unit.weight_bp);
+                sc.saw_weight(unit.weight_bp);
                 sc.revision.add(&delta[0]);
                 sc.epoch.add(&delta[1]);
             }
@@ -257,8 +281,10 @@ impl Evidence {
         let filters = self.filters_for(unit);
         let Some(mut c) = self.mine() else { return };
         let us = latency.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX));
-        let (eligible, bad) = c.frozen.classify_request(version == Version::Canary, error, us);
-        c.add(filters, unit, version, eligible, bad);
+        let canary = version == Version::Canary;
+        let classes = c.frozen.classify_request(error, us);
+        let rank = c.frozen.rank_bin(canary, us);
+        c.add(filters, unit, version, classes, rank);
     }
 
     /// One ping round trip of a WebSocket session.
@@ -268,7 +294,7 @@ impl Evidence {
         let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
         let (eligible, bad) = c.frozen.classify_rtt(version == Version::Canary, us);
         if eligible != 0 {
-            c.add(filters, unit, version, eligible, bad);
+            c.add(filters, unit, version, (eligible, bad), None);
         }
     }
 
@@ -375,6 +401,10 @@ mod tests {
     use super::*;
     use crate::analysis::{CANARY, STABLE};
 
+    /// Stable's lines at the rank levels p10 … p99.9, µs.
+    const LINES: [u64; crate::analysis::rank::EDGES] =
+        [1_000, 2_000, 3_000, 4_000, 4_500, 5_000, 6_000, 8_000, 12_000, 20_000, 30_000, 40_000, 60_000, 80_000];
+
     fn per_request() -> Unit {
         Unit { stratum: Stratum { segment: None, per_user: false }, weight_bp: 1000, user: 0 }
     }
@@ -387,15 +417,16 @@ mod tests {
     fn requests_count_per_request_and_thresholds_apply_from_the_next_interval() {
         let ev = Evidence::default();
         ev.record(&per_request(), Version::Canary, true, Some(Duration::from_millis(50)));
-        let iv = ev.take(Frozen { latency_us: Some([10_000, 20_000, 40_000, 80_000]), ..Frozen::default() });
+        let iv = ev.take(Frozen { rank_us: Some(LINES), ..Frozen::default() });
         assert_eq!(iv.requests.n(Event::Error, CANARY), 1);
-        assert_eq!(iv.requests.n(Event::Over50, CANARY), 0, "no thresholds in the first interval");
+        assert_eq!(iv.requests.ranked(CANARY), 0, "no lines in the first interval");
         ev.record(&per_request(), Version::Stable, false, Some(Duration::from_millis(30)));
+        ev.record(&per_request(), Version::Canary, false, Some(Duration::from_micros(5_500)));
         let iv = ev.take(Frozen::default());
         let c = &iv.strata[0].revision;
-        assert_eq!((c.n(Event::Over95, STABLE), c.x(Event::Over95, STABLE)), (1, 1));
-        assert_eq!(c.x(Event::Over99, STABLE), 0);
-        assert_eq!(iv.frozen.latency_us, Some([10_000, 20_000, 40_000, 80_000]), "the interval says what it used");
+        assert_eq!(c.rank[10][STABLE], 1, "30 ms: above stable's p95 (20 ms), not its p98");
+        assert_eq!(c.rank[6][CANARY], 1, "5.5 ms: above p60 (5 ms), not p70");
+        assert_eq!(iv.frozen.rank_us, Some(LINES), "the interval says what it used");
     }
 
     #[test]
@@ -419,6 +450,32 @@ mod tests {
         ev.record(&user(7), Version::Canary, true, None);
         let iv = ev.take(Frozen::default());
         assert_eq!((iv.strata[0].revision.x(Event::Error, CANARY), iv.strata[0].epoch.x(Event::Error, CANARY)), (0, 1));
+    }
+
+    #[test]
+    fn a_user_gives_one_rank_per_scope_and_weights_are_a_range() {
+        let ev = Evidence::default();
+        ev.set_frozen(Frozen { rank_us: Some(LINES), ..Frozen::default() });
+        for ms in [1, 50, 90, 90] {
+            ev.record(&user(7), Version::Canary, false, Some(Duration::from_millis(ms)));
+        }
+        let stepped = Unit { weight_bp: 2000, ..user(8) };
+        ev.record(&stepped, Version::Stable, false, Some(Duration::from_millis(90)));
+        let iv = ev.take(Frozen { rank_us: Some(LINES), ..Frozen::default() });
+        let sc = &iv.strata[0];
+        assert_eq!(sc.revision.ranked(CANARY), 1, "the first timed request only");
+        assert_eq!(sc.revision.rank[0][CANARY], 1, "1 ms: below p10");
+        assert_eq!((sc.epoch.ranked(CANARY), sc.epoch.ranked(STABLE)), (1, 1));
+        assert_eq!(iv.requests.ranked(CANARY), 4, "request-level counts keep every request");
+        assert_eq!(sc.weights(), (0.1, 0.2), "units routed at 10 % and at 20 %");
+        ev.new_epoch(None);
+        ev.record(&user(7), Version::Canary, false, Some(Duration::from_millis(90)));
+        let sc = ev.take(Frozen::default()).strata[0];
+        assert_eq!(
+            (sc.revision.ranked(CANARY), sc.epoch.rank[14][CANARY]),
+            (0, 1),
+            "counted again in the new epoch only"
+        );
     }
 
     #[test]
@@ -503,8 +560,8 @@ mod tests {
             50
         );
         // The controller's calls reach every shard.
-        ev.new_epoch(Some(Frozen { latency_us: Some([1, 2, 3, 4]), ..Frozen::default() }));
-        assert!(ev.shards().iter().all(|s| lock(&s.0).frozen.latency_us == Some([1, 2, 3, 4])));
+        ev.new_epoch(Some(Frozen { rank_us: Some(LINES), ..Frozen::default() }));
+        assert!(ev.shards().iter().all(|s| lock(&s.0).frozen.rank_us == Some(LINES)));
         ev.reset(Frozen::default());
         assert_eq!(ev.totals(), (Vec::new(), Cell::default()));
         assert!(ev.export_filters().is_none());

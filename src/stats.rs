@@ -209,7 +209,8 @@ impl Window {
         }
     }
 
-    pub fn stats(&self, now: Instant) -> WindowStats {
+    /// Every ring's samples merged: requests, errors and the histogram.
+    fn merged(&self, now: Instant) -> (u64, u64, Option<Histogram<u32>>) {
         let mut merged: Option<Histogram<u32>> = None;
         let (mut requests, mut errors) = (0, 0);
         self.each(|ring| {
@@ -227,6 +228,11 @@ impl Window {
                 }
             }
         });
+        (requests, errors, merged)
+    }
+
+    pub fn stats(&self, now: Instant) -> WindowStats {
+        let (requests, errors, merged) = self.merged(now);
         let q = |p: f64| merged.as_ref().map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0);
         WindowStats {
             requests,
@@ -237,6 +243,13 @@ impl Window {
             p99_ms: q(0.99),
             p999_ms: q(0.999),
         }
+    }
+
+    /// The latency (µs) at each of `levels`, and how many requests the
+    /// window holds; None while it has no timed sample.
+    pub fn quantiles_us<const N: usize>(&self, now: Instant, levels: &[f64; N]) -> (u64, Option<[u64; N]>) {
+        let (requests, _, merged) = self.merged(now);
+        (requests, merged.map(|h| levels.map(|p| h.value_at_quantile(p))))
     }
 }
 

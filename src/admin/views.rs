@@ -188,7 +188,10 @@ fn evidence_json(m: &crate::metrics::RouteMetrics, st: Option<&crate::analysis::
     let Some(st) = st else { return Value::Null };
     let t = &st.judge.revision().map(|s| s.totals).unwrap_or_default();
     let e = crate::analysis::Event::Error;
-    let version = |v: usize| json!({"requests": t.n(e, v), "errors": t.x(e, v)});
+    let version = |v: usize| {
+        let rank = crate::analysis::rank::mean_rank(&t.rank, v);
+        json!({"requests": t.n(e, v), "errors": t.x(e, v), "timed": t.ranked(v), "mean_rank": rank})
+    };
     json!({
         "epoch": st.judge.epoch,
         "tests": m.standings().iter().map(|s| json!({

@@ -21,6 +21,7 @@
 
 use super::counts::{CANARY, Cell, Event, Interval, STABLE};
 use super::eprocess::{Detector, EProcess};
+use super::rank::RankProcess;
 use crate::routing::policy::Analysis;
 use sentence::{Found, explain};
 use serde::{Deserialize, Serialize};
@@ -57,11 +58,8 @@ impl Verdict {
 pub enum Test {
     /// Errors, canary against stable.
     E,
-    L50,
-    L95,
-    L99,
-    /// Latency beyond stable's p99.9: a tail that moved past p99.
-    L999,
+    /// Latency: each request's rank in stable's distribution (`rank`).
+    R,
     /// WebSocket ping round trip above stable's p95.
     W95,
     /// Guard: `max_error_rate`.
@@ -79,17 +77,13 @@ pub enum Test {
 }
 
 impl Test {
-    pub const ALL: [Test; 10] =
-        [Test::E, Test::L50, Test::L95, Test::L99, Test::L999, Test::W95, Test::GErr, Test::G95, Test::G99, Test::GRtt];
+    pub const ALL: [Test; 7] = [Test::E, Test::R, Test::W95, Test::GErr, Test::G95, Test::G99, Test::GRtt];
 
     /// The name in journals, views and metric labels (also its serde name).
     pub fn as_str(self) -> &'static str {
         match self {
             Test::E => "E",
-            Test::L50 => "L50",
-            Test::L95 => "L95",
-            Test::L99 => "L99",
-            Test::L999 => "L999",
+            Test::R => "R",
             Test::W95 => "W95",
             Test::GErr => "G_error",
             Test::G95 => "G_p95",
@@ -98,13 +92,17 @@ impl Test {
         }
     }
 
+    /// A name from a journal or state file; None for a retired test
+    /// (L50/L95/L99/L999, replaced by R).
+    pub fn from_name(s: &str) -> Option<Test> {
+        Test::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The event whose counts the test reads (R reads the rank bins and,
+    /// for its totals, the error event's units).
     pub fn event(self) -> Event {
         match self {
-            Test::E | Test::GErr => Event::Error,
-            Test::L50 => Event::Over50,
-            Test::L95 => Event::Over95,
-            Test::L99 => Event::Over99,
-            Test::L999 => Event::Over999,
+            Test::E | Test::GErr | Test::R => Event::Error,
             Test::W95 => Event::Rtt95,
             Test::G95 => Event::Slo95,
             Test::G99 => Event::Slo99,
@@ -154,11 +152,37 @@ pub fn budget_tests(tests: &[Test]) -> usize {
 /// One test's e-processes in one scope.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TestRun {
-    /// Canary against stable.
+    /// Canary against stable (all tests but R).
     pub two: EProcess,
+    /// R: canary's ranks against stable's distribution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<RankProcess>,
     /// Guards: canary's tail share against the SLO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<EProcess>,
+}
+
+impl TestRun {
+    /// The test's e-value in this scope.
+    pub fn value(&self) -> f64 {
+        self.rank.map_or_else(|| self.two.value(), |r| r.value())
+    }
+
+    pub fn log_value(&self) -> f64 {
+        self.rank.map_or_else(|| self.two.log_value(), |r| r.log_value())
+    }
+}
+
+/// Reads a test map, leaving out tests this version no longer has (a state
+/// saved by a version with L50–L999 still loads, latch and all).
+fn known_tests<'de, D: serde::Deserializer<'de>, V: Deserialize<'de>>(d: D) -> Result<BTreeMap<Test, V>, D::Error> {
+    let all = BTreeMap::<String, V>::deserialize(d)?;
+    Ok(all.into_iter().filter_map(|(k, v)| Some((Test::from_name(&k)?, v))).collect())
+}
+
+fn known_test_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Test>, D::Error> {
+    let all = Vec::<String>::deserialize(d)?;
+    Ok(all.iter().filter_map(|k| Test::from_name(k)).collect())
 }
 
 /// A stretch of the rollout with its own e-processes: the whole revision
@@ -170,6 +194,7 @@ pub struct ScopeState {
     pub since_ms: u64,
     /// Request-level totals over the scope (rates, the E gate, sentences).
     pub totals: Cell,
+    #[serde(deserialize_with = "known_tests")]
     pub tests: BTreeMap<Test, TestRun>,
 }
 
@@ -190,6 +215,7 @@ pub struct JudgeState {
     /// Request-level totals of the current progression step.
     pub step_totals: Cell,
     /// Guards: is each version (stable, canary) out of the SLO right now?
+    #[serde(deserialize_with = "known_tests")]
     pub detectors: BTreeMap<Test, [Detector; 2]>,
     /// The lines the interval after the latest verdict is classified with
     /// (kept so a restart classifies with them too).
@@ -205,6 +231,7 @@ pub struct JudgeState {
     /// The tests that share α, fixed when the revision was first judged: a
     /// test that joins later (a reload turns on WebSocket round trips) has
     /// no share and is shown but never fires until the next revision.
+    #[serde(deserialize_with = "known_test_list")]
     pub budgeted: Vec<Test>,
 }
 
@@ -286,8 +313,7 @@ impl JudgeState {
         while self.scopes.len() > LIVE_EPOCHS + 1 {
             // Drop the old epoch (never the revision, never the newest) whose
             // strongest test is weakest.
-            let strength =
-                |s: &ScopeState| s.tests.values().map(|t| t.two.log_value()).fold(f64::NEG_INFINITY, f64::max);
+            let strength = |s: &ScopeState| s.tests.values().map(TestRun::log_value).fold(f64::NEG_INFINITY, f64::max);
             let last = self.scopes.len() - 1;
             let weakest = (1..last).min_by(|a, b| strength(&self.scopes[*a]).total_cmp(&strength(&self.scopes[*b])));
             match weakest {
@@ -400,7 +426,7 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     let canary_in_step = st.step_totals.n(Event::Error, CANARY);
     let verdict = verdict_of(fired.is_some(), !held_by.is_empty(), canary_in_step);
     let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings };
-    let reason = explain(p, st, &found, canary_in_step, iv.frozen.latency_us);
+    let reason = explain(p, st, &found, canary_in_step);
     Judgement { verdict, fired, held_by, standings, reason }
 }
 
@@ -445,7 +471,7 @@ fn stand(p: &Analysis, st: &JudgeState, t: Test, alpha: f64, k: usize) -> (Stand
     for scope in &st.scopes {
         let Some(run) = scope.tests.get(&t) else { continue };
         let thr = threshold(alpha, k, scope.epoch);
-        let (e, e_slo) = (run.two.value(), run.slo.map(|s| s.value()));
+        let (e, e_slo) = (run.value(), run.slo.map(|s| s.value()));
         if scope.epoch == 0 {
             rev = (e, thr, e_slo);
         } else if best_epoch.is_none_or(|b| e / thr > b.1 / b.2) {
@@ -497,6 +523,9 @@ fn verdict_of(fired: bool, held: bool, canary_in_step: u64) -> Verdict {
 /// `(use_epoch_cells, users)`: which per-user counts this scope takes, and
 /// whether it takes any (not once its filters were lost).
 fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, (use_epoch_cells, users): (bool, bool)) {
+    if t == Test::R {
+        return update_rank(run, iv, (use_epoch_cells, users));
+    }
     let e = t.event();
     let psi0 = t.psi0(p);
     for sc in &iv.strata {
@@ -519,6 +548,25 @@ fn update(p: &Analysis, t: Test, run: &mut TestRun, iv: &Interval, (use_epoch_ce
     if let Some(pi0) = t.pi0(p) {
         let r = &iv.requests;
         run.slo.get_or_insert_with(EProcess::default).one_sample(pi0, r.x(e, CANARY), r.n(e, CANARY));
+    }
+}
+
+/// Test R: each stratum's rank counts, at the weights they were routed with.
+fn update_rank(run: &mut TestRun, iv: &Interval, (use_epoch_cells, users): (bool, bool)) {
+    let r = run.rank.get_or_insert_with(RankProcess::default);
+    for sc in &iv.strata {
+        let Some(stratum) = sc.stratum else { continue };
+        let cell = if use_epoch_cells { &sc.epoch } else { &sc.revision };
+        let (lo, hi) = sc.weights();
+        let unit = if stratum.per_user {
+            if !users {
+                continue;
+            }
+            1.0 / f64::from(iv.user_multiplicity.max(1))
+        } else {
+            1.0
+        };
+        r.update(&cell.rank, lo, hi, unit);
     }
 }
 

@@ -16,7 +16,7 @@ impl RollbackReason {
     pub fn of_test(t: Test) -> Self {
         match t {
             Test::E | Test::GErr => RollbackReason::ErrorRate,
-            Test::L50 | Test::L95 | Test::L99 | Test::L999 => RollbackReason::LatencyRatio,
+            Test::R => RollbackReason::LatencyRatio,
             Test::G95 | Test::G99 => RollbackReason::Latency,
             Test::W95 | Test::GRtt => RollbackReason::WebsocketRtt,
         }
@@ -340,7 +340,7 @@ mod tests {
     fn one_fail_rolls_back_at_once_with_the_test_as_reason() {
         let mut s = RouteState::fresh("2", None, 0);
         assert_eq!(
-            s.on_verdict(&fail(Test::L95), ENFORCE, None, 3),
+            s.on_verdict(&fail(Test::R), ENFORCE, None, 3),
             Transition::RolledBack(RollbackReason::LatencyRatio)
         );
         assert_eq!(s.phase(false), Phase::RolledBack);

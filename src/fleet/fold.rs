@@ -17,7 +17,7 @@
 //! changed, was reset by a restart and counts from zero.
 
 use super::control::Control;
-use crate::analysis::{CANARY, Cell, Event, Interval, STABLE, Stratum, StratumCounts};
+use crate::analysis::{CANARY, Cell, Event, Interval, STABLE, Stratum, StratumCounts, rank};
 use crate::metrics::{EVIDENCE_BAD, EVIDENCE_SHARE, EVIDENCE_UNITS, PROCESS_START, ROLLOUT_CONTROL, ROLLOUT_POSITION};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -66,6 +66,10 @@ impl Series {
 pub struct Baseline {
     last: HashMap<String, (f64, Option<u64>)>,
     processes: BTreeSet<(String, u64)>,
+    /// Each stratum's share (basis points, lowest and highest over the
+    /// replicas) at the previous evaluation time: an interval's units were
+    /// routed with the share before or after a step at either end of it.
+    shares: Shares,
 }
 
 impl Baseline {
@@ -126,7 +130,14 @@ pub fn steps(series: &[Series], times: &[u64], segments: &[String], base: &mut B
         if i == 0 {
             continue;
         }
-        let (control, position) = answer.steering_at(t, &mut fold.strata);
+        let (control, position, shares) = answer.steering_at(t);
+        for (stratum, sc) in &mut fold.strata {
+            for (lo, hi) in [shares.get(stratum), base.shares.get(stratum)].into_iter().flatten() {
+                sc.saw_weight(*lo);
+                sc.saw_weight(*hi);
+            }
+        }
+        base.shares = shares;
         let mut iv = fold.interval;
         iv.strata = fold.strata.into_values().collect();
         iv.user_multiplicity = u32::try_from(base.processes()).unwrap_or(u32::MAX);
@@ -148,6 +159,9 @@ struct Answer<'a> {
     starts: HashMap<String, &'a Series>,
     counters: Vec<&'a Series>,
 }
+
+/// Each stratum's lowest and highest canary share over the replicas (bp).
+type Shares = BTreeMap<Stratum, (u16, u16)>;
 
 /// One evaluation time's increments: per request, and per stratum.
 struct Fold {
@@ -191,15 +205,20 @@ impl<'a> Answer<'a> {
 
     /// Add counter `s`'s increment `d` to the cells its labels name.
     fn add(&self, fold: &mut Fold, s: &Series, d: u64) {
-        let (Some(ver), Some(event)) = (version(s.label("version")), Event::from_label(s.label("event"))) else {
-            return;
+        let Some(ver) = version(s.label("version")) else { return };
+        let what = match (Event::from_label(s.label("event")), rank::from_label(s.label("event"))) {
+            (Some(e), _) => Ok(e),
+            (None, Some(bin)) if s.name() == EVIDENCE_UNITS => Err(bin),
+            _ => return, // an event this version does not judge
         };
         let bad = s.name() == EVIDENCE_BAD;
-        let bump = |c: &mut Cell| {
-            if bad {
-                c.x[event.idx()][ver] += d;
-            } else {
-                c.n[event.idx()][ver] += d;
+        let bump = |c: &mut Cell| match what {
+            Ok(e) if bad => c.x[e.idx()][ver] += d,
+            Ok(e) => c.n[e.idx()][ver] += d,
+            Err(bin) => {
+                if let Some(b) = c.rank.get_mut(bin) {
+                    b[ver] += d;
+                }
             }
         };
         match s.label("scope") {
@@ -230,11 +249,12 @@ impl<'a> Answer<'a> {
         }
     }
 
-    /// The fleet's highest steering and position at `t`; each per-user
-    /// stratum's highest canary share goes into `strata`.
-    fn steering_at(&self, t: u64, strata: &mut BTreeMap<Stratum, StratumCounts>) -> (Option<Control>, Option<u64>) {
+    /// The fleet's highest steering and position at `t`, and each
+    /// stratum's lowest and highest canary share (basis points).
+    fn steering_at(&self, t: u64) -> (Option<Control>, Option<u64>, Shares) {
         let mut control: Option<Control> = None;
         let mut position: Option<u64> = None;
+        let mut shares = Shares::new();
         for s in self.series {
             let Some(v) = s.at(t) else { continue };
             match s.name() {
@@ -251,16 +271,18 @@ impl<'a> Answer<'a> {
                         "weight" => None,
                         name => segment_index(self.segments, name),
                     };
-                    let stratum = Stratum { segment, per_user: true };
-                    if let Some(sc) = strata.get_mut(&stratum) {
-                        let bp = (v * 10_000.0).round().clamp(0.0, 10_000.0) as u16;
-                        sc.weight_bp = sc.weight_bp.max(bp);
+                    // Exports before test R named per-user strata only.
+                    let stratum = Stratum { segment, per_user: s.label("unit") != "request" };
+                    let bp = (v * 10_000.0).round().clamp(0.0, 10_000.0) as u16;
+                    if bp > 0 {
+                        let e = shares.entry(stratum).or_insert((bp, bp));
+                        *e = (e.0.min(bp), e.1.max(bp));
                     }
                 }
                 _ => {}
             }
         }
-        (control, position)
+        (control, position, shares)
     }
 }
 

@@ -256,6 +256,7 @@ mod tests {
             strata: vec![crate::analysis::StratumCounts {
                 stratum: Some(stratum),
                 weight_bp: 1000,
+                weight_min_bp: 0,
                 revision: c,
                 epoch: c,
             }],

@@ -4,7 +4,7 @@
 //! `analysis.epoch` elapsed) in step with the recorder's user filters.
 
 use crate::analysis::machine::{RouteState, Transition};
-use crate::analysis::{Event, Frozen, Interval, Judgement, Verdict, judge};
+use crate::analysis::{Event, Frozen, Interval, Judgement, Verdict, judge, rank};
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
 use crate::routing::policy::Analysis;
@@ -28,11 +28,10 @@ fn opt_us(d: Option<std::time::Duration>) -> Option<u64> {
 /// the window just past (none during a step's warm-up), and the SLO lines.
 pub fn frozen_for(a: &Analysis, m: &RouteMetrics, step_since_ms: u64, now: Instant, now_ms: u64) -> Frozen {
     let warming = now_ms.saturating_sub(step_since_ms) < duration_ms(a.warmup);
-    let s = m.stable.window.stats(now);
+    let (requests, lines) = m.stable.window.quantiles_us(now, &rank::LEVELS);
     let rtt = m.stable.rtt_window.stats(now);
     Frozen {
-        latency_us: (!warming && s.requests >= MIN_STABLE_FOR_LINES)
-            .then(|| [us(s.p50_ms), us(s.p95_ms), us(s.p99_ms), us(s.p999_ms)]),
+        rank_us: lines.filter(|_| !warming && requests >= MIN_STABLE_FOR_LINES),
         rtt95_us: (!warming && rtt.requests >= MIN_STABLE_FOR_LINES).then(|| us(rtt.p95_ms)),
         tolerance: a.latency_tolerance,
         slo_p95_us: opt_us(a.max_p95),
@@ -111,7 +110,10 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
     let version = |v: usize| {
         let n = totals.n(Event::Error, v);
         let x = totals.x(Event::Error, v);
-        json!({"requests": n, "errors": x, "error_percent": if n == 0 { 0.0 } else { x as f64 * 100.0 / n as f64 }})
+        let pct = if n == 0 { 0.0 } else { x as f64 * 100.0 / n as f64 };
+        // Timed: requests with a rank in stable's distribution (test R),
+        // i.e. those that finished with lines set, after the warm-up.
+        json!({"requests": n, "errors": x, "error_percent": pct, "timed": totals.ranked(v)})
     };
     json!({
         "fired": j.fired,
@@ -125,10 +127,10 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
         })).collect::<Vec<_>>(),
         "epoch": st.judge.epoch,
         "thresholds": {
-            "stable_p50_ms": ms(f.latency_us.map(|t| t[0])),
-            "stable_p95_ms": ms(f.latency_us.map(|t| t[1])),
-            "stable_p99_ms": ms(f.latency_us.map(|t| t[2])),
-            "stable_p99_9_ms": ms(f.latency_us.map(|t| t[3])),
+            "stable_p50_ms": ms(f.stable_at(0.5)),
+            "stable_p95_ms": ms(f.stable_at(0.95)),
+            "stable_p99_ms": ms(f.stable_at(0.99)),
+            "stable_p99_9_ms": ms(f.stable_at(0.999)),
             "stable_rtt_p95_ms": ms(f.rtt95_us),
             "latency_tolerance": f.tolerance,
             "max_p95_ms": ms(f.slo_p95_us), "max_p99_ms": ms(f.slo_p99_us), "max_ws_rtt_p95_ms": ms(f.slo_rtt_us),
@@ -137,7 +139,7 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
         },
         "interval": {
             "errors": per_version(&iv.requests, Event::Error),
-            "over_p95": per_version(&iv.requests, Event::Over95),
+            "mean_rank": [rank::mean_rank(&iv.requests.rank, 0), rank::mean_rank(&iv.requests.rank, 1)],
         },
         "since_revision": {"stable": version(0), "canary": version(1)},
     })

@@ -50,8 +50,10 @@ pub struct Upstream {
     /// When above 0: answer 500 to every Nth request (evenly spread).
     pub error_every: Arc<AtomicU64>,
     /// When above 0: each answer waits a lognormal time with this median
-    /// (ms) and σ 0.8, capped at 1 s — a realistic heavy tail.
+    /// (ms) and σ `heavy_tail_sigma_pct` / 100 (0.8 unless set), capped at
+    /// 1 s — a realistic heavy tail.
     pub heavy_tail_ms: Arc<AtomicU64>,
+    pub heavy_tail_sigma_pct: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -70,6 +72,8 @@ impl Upstream {
         let connections = Arc::new(AtomicU64::new(0));
         let errors_per_100 = Arc::new(AtomicU64::new(0));
         let heavy_tail_ms = Arc::new(AtomicU64::new(0));
+        let heavy_tail_sigma_pct = Arc::new(AtomicU64::new(80));
+        let sigma2 = heavy_tail_sigma_pct.clone();
         let error_every = Arc::new(AtomicU64::new(0));
         let ev2 = error_every.clone();
         let (s2, st2, d2, c2) = (seen.clone(), status.clone(), delay_ms.clone(), connections.clone());
@@ -81,11 +85,13 @@ impl Upstream {
                 let (seen, status, delay, errs) = (s2.clone(), st2.clone(), d2.clone(), e2.clone());
                 let heavy = h2.clone();
                 let every = ev2.clone();
+                let sigma = sigma2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (seen, status, delay, errs) = (seen.clone(), status.clone(), delay.clone(), errs.clone());
                         let heavy = heavy.clone();
                         let every = every.load(Ordering::Relaxed);
+                        let sigma = sigma.load(Ordering::Relaxed) as f64 / 100.0;
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -116,7 +122,7 @@ impl Upstream {
                             if median > 0 {
                                 let (u1, u2): (f64, f64) = (rand::random::<f64>().max(1e-12), rand::random());
                                 let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-                                let ms = (median as f64 * (0.8 * z).exp()).min(1000.0);
+                                let ms = (median as f64 * (sigma * z).exp()).min(1000.0);
                                 tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
                             }
                             let mut resp = Response::new(Full::new(Bytes::from(name)));
@@ -142,7 +148,19 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, seen, status, delay_ms, connections, errors_per_100, error_every, heavy_tail_ms, task }
+        Self {
+            name,
+            addr,
+            seen,
+            status,
+            delay_ms,
+            connections,
+            errors_per_100,
+            error_every,
+            heavy_tail_ms,
+            heavy_tail_sigma_pct,
+            task,
+        }
     }
 
     pub fn count(&self) -> usize {

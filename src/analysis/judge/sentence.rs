@@ -3,6 +3,7 @@
 
 use super::{Fired, JudgeState, PASS_FLOOR, Scope, Standing, Test, Verdict, rate};
 use crate::analysis::counts::{CANARY, Cell, STABLE};
+use crate::analysis::rank;
 use crate::routing::policy::Analysis;
 
 fn pct(x: f64) -> String {
@@ -31,24 +32,12 @@ fn num(e: f64) -> String {
     }
 }
 
-fn ms(us: u64) -> String {
-    let m = us as f64 / 1000.0;
-    if m >= 10.0 { format!("{m:.0} ms") } else { format!("{m:.1} ms") }
-}
-
 /// What "bad" means for a test, in words.
-fn line(p: &Analysis, t: Test, iv_frozen: Option<[u64; 4]>) -> String {
-    let quant = |i: usize, name: &str| match iv_frozen {
-        Some(q) => format!("over stable's {name} ({})", ms(q[i])),
-        None => format!("over stable's {name}"),
-    };
+fn line(p: &Analysis, t: Test) -> String {
     let dur = |d: Option<std::time::Duration>| d.map_or_else(String::new, |d| format!(" {} ms", d.as_millis()));
     match t {
         Test::E | Test::GErr => "errors".into(),
-        Test::L50 => quant(0, "p50"),
-        Test::L95 => quant(1, "p95"),
-        Test::L99 => quant(2, "p99"),
-        Test::L999 => quant(3, "p99.9"),
+        Test::R => "latency".into(),
         Test::W95 => "WebSocket round trips over stable's p95".into(),
         Test::G95 => format!("requests over max_p95{}", dur(p.max_p95)),
         Test::G99 => format!("requests over max_p99{}", dur(p.max_p99)),
@@ -65,17 +54,12 @@ pub(super) struct Found<'a> {
 }
 
 /// The sentence a human reads for one judgement.
-pub(super) fn explain(
-    p: &Analysis,
-    st: &JudgeState,
-    found: &Found<'_>,
-    canary_in_step: u64,
-    frozen: Option<[u64; 4]>,
-) -> String {
+pub(super) fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64) -> String {
     let Found { verdict, fired, held_by, standings } = *found;
     match verdict {
         Verdict::Fail => match fired {
-            Some(f) => fail_sentence(p, st, f, frozen),
+            Some(f) if f.test == Test::R => rank_sentence(p, st, f),
+            Some(f) => fail_sentence(p, st, f),
             None => "fail".into(),
         },
         Verdict::Hold => hold_sentence(p, st, held_by, standings),
@@ -85,26 +69,16 @@ pub(super) fn explain(
 
 /// A fail: which test fired in which scope, the two versions' rates and
 /// counts there, and the evidence against its threshold.
-fn fail_sentence(p: &Analysis, st: &JudgeState, f: &Fired, frozen: Option<[u64; 4]>) -> String {
-    let wanted = match f.scope {
-        Scope::Revision => 0,
-        Scope::Epoch(s) => s,
-    };
-    let empty = Cell::default();
-    let totals = st.scopes.iter().find(|s| s.epoch == wanted).map_or(&empty, |s| &s.totals);
+fn fail_sentence(p: &Analysis, st: &JudgeState, f: &Fired) -> String {
+    let (totals, scope) = fired_scope(st, f);
     let e = f.test.event();
     let unit = if e.is_rtt() { "round trips" } else { "requests" };
-    let scope = match f.scope {
-        Scope::Revision => "since the revision started".to_string(),
-        Scope::Epoch(s) => format!("since epoch {s} began"),
+    let what = line(p, f.test);
+    let tol = if f.test == Test::W95 && p.latency_tolerance > 0.0 {
+        format!(" (canary's line × {:.2})", 1.0 + p.latency_tolerance)
+    } else {
+        String::new()
     };
-    let what = line(p, f.test, frozen);
-    let tol =
-        if matches!(f.test, Test::L50 | Test::L95 | Test::L99 | Test::L999 | Test::W95) && p.latency_tolerance > 0.0 {
-            format!(" (canary's line × {:.2})", 1.0 + p.latency_tolerance)
-        } else {
-            String::new()
-        };
     format!(
         "test {} fired {scope}: canary {what}{tol} {} vs stable {} over {} vs {} {unit}; evidence {} ≥ {}",
         f.test.as_str(),
@@ -112,6 +86,54 @@ fn fail_sentence(p: &Analysis, st: &JudgeState, f: &Fired, frozen: Option<[u64; 
         pct(rate(totals, e, STABLE) * 100.0),
         count(totals.n(e, CANARY)),
         count(totals.n(e, STABLE)),
+        num(f.e_value),
+        num(f.threshold),
+    )
+}
+
+/// The totals of the scope a test fired in, and the scope in words.
+fn fired_scope<'s>(st: &'s JudgeState, f: &Fired) -> (&'s Cell, String) {
+    static EMPTY: Cell =
+        Cell { n: [[0; 2]; crate::analysis::EVENTS], x: [[0; 2]; crate::analysis::EVENTS], rank: [[0; 2]; rank::BINS] };
+    let wanted = match f.scope {
+        Scope::Revision => 0,
+        Scope::Epoch(s) => s,
+    };
+    let totals = st.scopes.iter().find(|s| s.epoch == wanted).map_or(&EMPTY, |s| &s.totals);
+    let scope = match f.scope {
+        Scope::Revision => "since the revision started".to_string(),
+        Scope::Epoch(s) => format!("since epoch {s} began"),
+    };
+    (totals, scope)
+}
+
+/// An ordinal: 71st, 52nd, 3rd, 11th.
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// An R fail: where canary's requests sit in stable's distribution.
+fn rank_sentence(p: &Analysis, st: &JudgeState, f: &Fired) -> String {
+    let (totals, scope) = fired_scope(st, f);
+    let at = |v: usize| rank::mean_rank(&totals.rank, v).map_or("?".into(), |u| ordinal((u * 100.0).round() as u64));
+    let tol = if p.latency_tolerance > 0.0 {
+        format!(" (canary's latency ÷ {:.2})", 1.0 + p.latency_tolerance)
+    } else {
+        String::new()
+    };
+    format!(
+        "test R fired {scope}: canary's requests{tol} sit at stable's {} percentile on average, 50th expected (stable's own: {}), over {} vs {} timed requests; evidence {} ≥ {}",
+        at(CANARY),
+        at(STABLE),
+        count(totals.ranked(CANARY)),
+        count(totals.ranked(STABLE)),
         num(f.e_value),
         num(f.threshold),
     )
@@ -129,7 +151,7 @@ fn hold_sentence(p: &Analysis, st: &JudgeState, held_by: &[Test], standings: &[S
             format!(
                 "{} ({}: stable {}, canary {})",
                 t.as_str(),
-                line(p, *t, None),
+                line(p, *t),
                 pct(rate(c, e, STABLE) * 100.0),
                 pct(rate(c, e, CANARY) * 100.0)
             )

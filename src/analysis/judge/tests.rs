@@ -21,7 +21,7 @@ fn interval(events: &[(Event, [u64; 2], [u64; 2])]) -> Interval {
         c.x[e.idx()] = *x;
     }
     Interval {
-        strata: vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, revision: c, epoch: c }],
+        strata: vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, weight_min_bp: 0, revision: c, epoch: c }],
         requests: c,
         frozen: Frozen::default(),
         user_multiplicity: 0,
@@ -45,18 +45,18 @@ fn thresholds_split_alpha_over_tests_and_start_times() {
     let mut st = JudgeState::default();
     let j = judge(&p, &mut st, &interval(&[]), false, 0);
     let k = tests_in_use(&p, false).len();
-    assert_eq!(k, 5, "E, L50, L95, L99, L999 without guards or WebSocket round trips");
+    assert_eq!(k, 2, "E and R without guards or WebSocket round trips");
     let s = &j.standings[0];
-    assert!((s.threshold - 5.0 / 0.01).abs() < 1e-6, "the mixture fires at K/α");
+    assert!((s.threshold - 2.0 / 0.01).abs() < 1e-6, "the mixture fires at K/α");
     assert!((s.e_weighted - 0.75).abs() < 1e-9, "the revision's start, weighted ¾: {}", s.e_weighted);
-    assert!((s.threshold_revision - 4.0 * 5.0 / 3.0 / 0.01).abs() < 1e-6, "the revision alone: K/(¾α)");
-    assert!((s.threshold_epoch - 480.0 * 5.0 / 0.01).abs() < 1e-3, "epoch 1 alone: K/(α/480)");
+    assert!((s.threshold_revision - 4.0 * 2.0 / 3.0 / 0.01).abs() < 1e-6, "the revision alone: K/(¾α)");
+    assert!((s.threshold_epoch - 480.0 * 2.0 / 0.01).abs() < 1e-3, "epoch 1 alone: K/(α/480)");
     st.new_epoch(1);
     judge(&p, &mut st, &interval(&[]), false, 2);
     assert_eq!(st.scopes.iter().map(|s| s.epoch).collect::<Vec<_>>(), vec![0, 1, 2], "epoch 1 lives on");
     // Flat over the first hour of starts, thinning after.
-    assert_eq!(super::threshold(p.alpha, 5, 2), super::threshold(p.alpha, 5, FLAT_STARTS));
-    assert!(super::threshold(p.alpha, 5, FLAT_STARTS + 1) > super::threshold(p.alpha, 5, FLAT_STARTS));
+    assert_eq!(super::threshold(p.alpha, 2, 2), super::threshold(p.alpha, 2, FLAT_STARTS));
+    assert!(super::threshold(p.alpha, 2, FLAT_STARTS + 1) > super::threshold(p.alpha, 2, FLAT_STARTS));
     // The shares sum to at most 1: ¾ + ¼·(½ + H/(2(H+1))).
     let w: f64 = start_weight(0) + (1..1_000_000u32).map(start_weight).sum::<f64>();
     assert!(w < 1.0 && w > 0.99, "{w}");
@@ -66,11 +66,11 @@ fn thresholds_split_alpha_over_tests_and_start_times() {
     assert_eq!(st.scopes.len(), LIVE_EPOCHS + 1, "old epochs are dropped past the limit");
     assert_eq!((st.scopes[0].epoch, st.scopes.last().map(|s| s.epoch)), (0, Some(19)));
     let with_guards = Analysis { max_error_rate: Some(1.0), max_p95: Some(std::time::Duration::from_millis(300)), ..p };
-    assert_eq!(tests_in_use(&with_guards, true).len(), 8);
-    assert_eq!(budget_tests(&tests_in_use(&with_guards, true)), 6, "guards hold only: they spend no α");
+    assert_eq!(tests_in_use(&with_guards, true).len(), 5);
+    assert_eq!(budget_tests(&tests_in_use(&with_guards, true)), 3, "guards hold only: they spend no α");
     let mut st = JudgeState::default();
     let j = judge(&with_guards, &mut st, &interval(&[]), false, 0);
-    assert!((j.standings[0].threshold - 5.0 / 0.01).abs() < 1e-6, "a guard leaves E's share as it was");
+    assert!((j.standings[0].threshold - 2.0 / 0.01).abs() < 1e-6, "a guard leaves E's share as it was");
 }
 
 #[test]
@@ -78,8 +78,8 @@ fn a_reload_never_lowers_a_running_threshold() {
     let p = policy();
     let mut st = JudgeState::default();
     let with_rtt = judge(&p, &mut st, &interval(&[]), true, 0).standings[0].threshold;
-    assert!((with_rtt - 6.0 / 0.01).abs() < 1e-6, "E, L50..L999, W95");
-    assert_eq!(st.budgeted.len(), 6);
+    assert!((with_rtt - 3.0 / 0.01).abs() < 1e-6, "E, R, W95");
+    assert_eq!(st.budgeted.len(), 3);
     // WebSocket round trips no longer judged (a test dropped), then α raised:
     // the running processes keep their thresholds.
     let dropped = judge(&p, &mut st, &interval(&[]), false, 1).standings[0].threshold;
@@ -98,11 +98,11 @@ fn a_reload_never_lowers_a_running_threshold() {
     for i in 1..50 {
         let j = judge(&p, &mut joined, &bad_rtt, true, i * 10_000);
         assert_ne!(j.verdict, Verdict::Fail, "a late-joining test fired: {}", j.reason);
-        assert!((j.standings[0].threshold - 5.0 / 0.01).abs() < 1e-6);
+        assert!((j.standings[0].threshold - 2.0 / 0.01).abs() < 1e-6);
     }
     // A new revision (a fresh state) starts from the config as it is.
     let fresh = judge(&looser, &mut JudgeState::default(), &interval(&[]), false, 4).standings[0].threshold;
-    assert!((fresh - 5.0 / 0.05).abs() < 1e-6);
+    assert!((fresh - 2.0 / 0.05).abs() < 1e-6);
 }
 
 /// `interval` with the counts in a per-user (sticky) stratum.
@@ -257,7 +257,13 @@ fn one_bad_user_counts_once_on_a_sticky_route() {
         r.n[Event::Error.idx()] = [900, 100];
         r.x[Event::Error.idx()] = [0, 20];
         let iv = Interval {
-            strata: vec![StratumCounts { stratum: Some(user), weight_bp: 1000, revision: c, epoch: c }],
+            strata: vec![StratumCounts {
+                stratum: Some(user),
+                weight_bp: 1000,
+                weight_min_bp: 0,
+                revision: c,
+                epoch: c,
+            }],
             requests: r,
             frozen: Frozen::default(),
             user_multiplicity: 0,
@@ -347,10 +353,22 @@ fn segments_are_compared_with_stable_of_the_same_segment() {
                 c.x[Event::Error.idx()] = [binomial(&mut rng, n[0], rate), binomial(&mut rng, n[1], rate)];
                 all.add(&c);
                 let stratum = Stratum { segment: if pooled { None } else { segment }, per_user: false };
-                strata.push(StratumCounts { stratum: Some(stratum), weight_bp: 1000, revision: c, epoch: c });
+                strata.push(StratumCounts {
+                    stratum: Some(stratum),
+                    weight_bp: 1000,
+                    weight_min_bp: 0,
+                    revision: c,
+                    epoch: c,
+                });
             }
             if pooled {
-                strata = vec![StratumCounts { stratum: Some(WEB), weight_bp: 1000, revision: all, epoch: all }];
+                strata = vec![StratumCounts {
+                    stratum: Some(WEB),
+                    weight_bp: 1000,
+                    weight_min_bp: 0,
+                    revision: all,
+                    epoch: all,
+                }];
             }
             let iv = Interval { strata, requests: all, frozen: Frozen::default(), user_multiplicity: 0 };
             if judge(&p, &mut st, &iv, false, i * 10_000).verdict == Verdict::Fail {
@@ -376,7 +394,13 @@ fn a_user_counted_by_every_replica_weighs_one_unit() {
         let mut c = c;
         c.x[Event::Error.idx()] = [0, x_c];
         Interval {
-            strata: vec![StratumCounts { stratum: Some(user), weight_bp: 1000, revision: c, epoch: c }],
+            strata: vec![StratumCounts {
+                stratum: Some(user),
+                weight_bp: 1000,
+                weight_min_bp: 0,
+                revision: c,
+                epoch: c,
+            }],
             requests: c,
             frozen: Frozen::default(),
             user_multiplicity: m,

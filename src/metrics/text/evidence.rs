@@ -3,7 +3,7 @@
 
 use super::super::*;
 use super::escape;
-use crate::analysis::StratumCounts;
+use crate::analysis::{StratumCounts, rank};
 use std::fmt::Write as _;
 
 /// A route with a canary, and its canary revision.
@@ -62,7 +62,7 @@ fn counter_families(o: &mut String, with_canary: &[Canary<'_, '_>], totals: &[To
     let families: [(&str, &str, Read); 2] = [
         (
             EVIDENCE_UNITS,
-            "Evidence units counted for the canary judgement (requests, or users once per scope), by event.",
+            "Evidence units counted for the canary judgement (requests, or users once per scope), by event; event rank_NN counts timed units in rank bin NN of stable's distribution.",
             Cell::n,
         ),
         (EVIDENCE_BAD, "Evidence units that were bad for the event (an error, a latency over the line).", Cell::x),
@@ -86,24 +86,40 @@ fn counter_families(o: &mut String, with_canary: &[Canary<'_, '_>], totals: &[To
                         );
                     }
                 }
+                if name != EVIDENCE_UNITS {
+                    continue;
+                }
+                // Test R's units per rank bin: event="rank_07" is the 8th bin.
+                for (b, counts) in cell.rank.iter().enumerate() {
+                    for (v, version) in ["stable", "canary"].into_iter().enumerate() {
+                        if let Some(n) = counts.get(v).filter(|n| **n > 0) {
+                            let _ = writeln!(
+                                o,
+                                "{name}{{route=\"{route}\",revision=\"{revision}\",version=\"{version}\",event=\"{}\",{labels}}} {n}",
+                                rank::label(b)
+                            );
+                        }
+                    }
+                }
             }
         }
     }
 }
 
-/// `weir_analysis_null_share_ratio`: per per-user stratum, the judge's null share.
+/// `weir_analysis_null_share_ratio`: per stratum, the judge's null share.
 fn share_family(o: &mut String, with_canary: &[Canary<'_, '_>], totals: &[Totals]) {
     header(
         o,
         EVIDENCE_SHARE,
         "gauge",
-        "Highest canary weight (0-1) a per-user stratum's units were routed with: the judge's null share.",
+        "Highest canary weight (0-1) a stratum's units were routed with: the judge's null share.",
     );
     for ((r, revision), (strata, _)) in with_canary.iter().zip(totals) {
-        for sc in strata.iter().filter(|s| s.stratum.is_some_and(|s| s.per_user)) {
+        for sc in strata.iter().filter(|s| s.stratum.is_some()) {
+            let unit = if sc.stratum.is_some_and(|s| s.per_user) { "user" } else { "request" };
             let _ = writeln!(
                 o,
-                "{EVIDENCE_SHARE}{{route=\"{}\",revision=\"{}\",stratum=\"{}\"}} {}",
+                "{EVIDENCE_SHARE}{{route=\"{}\",revision=\"{}\",stratum=\"{}\",unit=\"{unit}\"}} {}",
                 escape(&r.metrics.name),
                 escape(revision),
                 escape(stratum_label(r, sc.stratum)),
