@@ -14,7 +14,9 @@
 //!
 //! Run: `cargo bench --bench judgement` (all scenarios, ~10 min on 2 cores),
 //! `-- --quick` (a tenth of the runs), `-- --only NAME` (scenarios whose
-//! name contains NAME). Output: a Markdown table (docs/judgement.md).
+//! name contains NAME), `-- --cell 50/0.8` (one rate and σ), `-- --times
+//! 10` (ten times the runs). Output: a
+//! Markdown table (docs/judgement.md).
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -372,7 +374,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
-    let scale = |n: u64| if quick { (n / 10).max(10) } else { n };
+    // `--times K`: K times the runs (a rare event's rate, bounded tighter).
+    let times: u64 = args.iter().position(|a| a == "--times").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(1);
+    let scale = |n: u64| if quick { (n / 10).max(10) } else { n * times };
+    // `--cell 50/0.8`: one traffic rate and σ only.
+    let cell = args.iter().position(|a| a == "--cell").and_then(|i| args.get(i + 1)).cloned();
+    let wanted = |rate: f64, sigma: f64| cell.as_ref().is_none_or(|c| *c == format!("{rate}/{sigma}"));
     let mut cells = Vec::new();
     for rate in [50.0, 10.0] {
         for sigma in [0.5, 0.8, 1.2] {
@@ -392,7 +399,7 @@ fn main() {
                 (Kind::Slow12, 200),
                 (Kind::SigmaWider, 200),
             ] {
-                if only.as_ref().is_some_and(|o| !kind.name().contains(o.as_str())) {
+                if only.as_ref().is_some_and(|o| !kind.name().contains(o.as_str())) || !wanted(rate, sigma) {
                     continue;
                 }
                 cells.push(Cell { kind, rate, sigma, runs: scale(runs) });

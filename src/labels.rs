@@ -38,7 +38,7 @@ pub enum RollbackReason {
     ErrorRate,
     /// The `max_p95` / `max_p99` guard.
     Latency,
-    /// Tests L50/L95/L99/L999 (latency against stable).
+    /// Test R (latency against stable).
     LatencyRatio,
     /// Test W95 or the `max_ws_rtt_p95` guard.
     WebsocketRtt,

@@ -364,6 +364,44 @@ async fn a_cold_start_in_the_warm_up_is_not_rolled_back_by_the_fleet() {
     }
 }
 
+/// Test R across a fleet: a canary three times slower, judged from the
+/// replicas' rank-bin counters (`event="rank_NN"`) and the per-request
+/// stratum's share gauge through a real Prometheus, is rolled back for
+/// latency by every replica at one evaluation time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_canary_is_rolled_back_by_test_r_on_every_replica() {
+    let s = Upstream::start("stable").await;
+    let c = Upstream::start("canary").await;
+    s.heavy_tail_ms.store(4, Ordering::Relaxed);
+    c.heavy_tail_ms.store(12, Ordering::Relaxed);
+    let prom_port = free_port();
+    let replicas: Vec<Replica> =
+        (0..3).map(|_| Replica::start(s.addr, c.addr, &route(", warmup: 2s", prom_port, ""))).collect();
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
+    let _prom = Prom::start(prom_port, &admins);
+    let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 100);
+    let (ok, views) = all_routes(&admins, Duration::from_secs(90), |v| {
+        v["rolled_back"]["reason"] == "latency_ratio" && v["fleet"]["source_up"] == true
+    })
+    .await;
+    load.stop().await;
+    assert!(ok, "not rolled back for latency everywhere: {views:#?}");
+    let journals: Vec<Vec<Value>> = replicas.iter().map(Replica::journal).collect();
+    let fails: Vec<(String, Value)> = journals
+        .iter()
+        .map(|j| {
+            let f = j.iter().find(|e| e["event"] == "verdict" && e["verdict"] == "fail").expect("a fail verdict");
+            (f["at"].as_str().unwrap().to_owned(), f.clone())
+        })
+        .collect();
+    for (at, f) in &fails {
+        assert_eq!(at, &fails[0].0, "fail times differ: {fails:#?}");
+        assert_eq!(f["fired"]["test"], "R", "{f}");
+        assert!(f["reason"].as_str().unwrap().contains("percentile on average"), "{f}");
+        assert!(f["since_revision"]["canary_timed"].as_u64().unwrap() > 0, "{f}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_fleet_follows_steering_from_any_replica_and_a_killed_replica_rejoins() {
     let s = Upstream::start("stable").await;

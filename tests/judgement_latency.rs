@@ -54,8 +54,8 @@ fn yaml(pairs: &[(Upstream, Upstream)]) -> String {
 /// route, the timed canary requests at the rollback (None: not rolled
 /// back) and the rollback journal line.
 async fn run(median: u64, sigma_pct: u64, limit: Duration) -> Vec<(Option<u64>, Value)> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = TURN.lock().await;
     let mut pairs = Vec::new();
     for _ in 0..ROUTES {
         let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);

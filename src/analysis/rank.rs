@@ -38,7 +38,7 @@ pub type Bins = [[u64; 2]; BINS];
 
 /// Wilcoxon bet sizes, then the tail bet sizes (used for both tails).
 const WILCOXON: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
-const TAIL: [f64; 5] = [0.1, 0.2, 0.4, 0.8, 1.6];
+const TAIL: [f64; 5] = [0.05, 0.1, 0.2, 0.4, 0.8];
 /// Tails: above stable's p95 and above its p99.
 const TAILS: [f64; 2] = [0.05, 0.01];
 pub const COMPONENTS: usize = WILCOXON.len() + TAIL.len() * TAILS.len();

@@ -534,6 +534,8 @@ fn verdict_entry(r: &Route, o: &Outcome, j: &Judgement, sha: &str, now_ms: u64) 
         json!({
             "canary_requests": st.judge.revision().map_or(0, |s| s.totals.n(Error, 1)),
             "stable_requests": st.judge.revision().map_or(0, |s| s.totals.n(Error, 0)),
+            // Ranked in stable's distribution (test R): after the warm-up.
+            "canary_timed": st.judge.revision().map_or(0, |s| s.totals.ranked(1)),
         }),
     );
     let tests =

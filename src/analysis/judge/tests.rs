@@ -414,3 +414,19 @@ fn a_user_counted_by_every_replica_weighs_one_unit() {
     assert!((e(3, 3) - e(1, 1)).abs() < 1e-9);
     assert!(e(3, 1) > e(1, 1) + 1.0, "unweighted, the same player would count three times");
 }
+
+#[test]
+fn a_state_saved_with_the_retired_latency_tests_still_loads() {
+    // Saved by a version with L50–L999: those tests are left out, the rest
+    // (and with it the route's latch, beside it in state.json) loads.
+    let saved = r#"{"epoch": 2, "scopes": [{"epoch": 0, "since_ms": 5, "tests": {
+        "E": {"two": {"log": [0.5, 0, 0, 0, 0, 0, 0, 0]}},
+        "L95": {"two": {"log": [3, 0, 0, 0, 0, 0, 0, 0]}}}}],
+        "budgeted": ["E", "L50", "L95", "L99", "L999"], "alpha_floor": 0.01, "k_ceiling": 5,
+        "frozen": {"latency_us": [1, 2, 3, 4], "tolerance": 0.05}}"#;
+    let st: JudgeState = serde_json::from_str(saved).unwrap();
+    assert_eq!(st.scopes[0].tests.keys().copied().collect::<Vec<_>>(), vec![Test::E]);
+    assert_eq!(st.scopes[0].tests[&Test::E].two.log[0], 0.5);
+    assert_eq!(st.budgeted, vec![Test::E]);
+    assert_eq!((st.k_ceiling, st.frozen.rank_us), (5, None), "the α memory stays; old lines are not ranks");
+}

@@ -134,7 +134,7 @@ fn retired_keys(a: &RawAnalysis, path: &str, p: &mut Problems) {
         (
             "max_p99_ratio",
             a.max_p99_ratio.is_some(),
-            "test L99 compares canary with stable's p99; `latency_tolerance` sets how much slower is tolerated",
+            "test R ranks canary's requests in stable's distribution, body and tail; `latency_tolerance` sets how much slower is tolerated",
         ),
     ] {
         if set {
