@@ -144,60 +144,62 @@ fn merge(into: &mut Vec<StratumCounts>, from: &[StratumCounts]) {
 
 impl Counts {
     /// `filters`: [since the revision, this epoch], for per-user units;
-    /// `rank`: the request's rank bin (test R), if it has one.
+    /// `rank`: the request's rank bin (test R), if it has one. Counts are
+    /// bumped in place (a cell is 400 bytes: no temporaries).
     fn add(
         &mut self,
         filters: Option<&[Filter; 2]>,
         unit: &Unit,
         version: Version,
-        (eligible, bad): (u16, u16),
+        classes: (u16, u16),
         rank: Option<usize>,
     ) {
         let v = usize::from(version == Version::Canary);
-        let mut req = Cell::default();
-        for e in Event::ALL {
-            if eligible & (1 << e.idx()) != 0 {
-                req.n[e.idx()][v] += 1;
-                req.x[e.idx()][v] += u64::from(bad & (1 << e.idx()) != 0);
-            }
-        }
-        if let Some(b) = rank.and_then(|b| req.rank.get_mut(b)) {
-            b[v] += 1;
-        }
-        self.requests.add(&req);
-        self.total_requests.add(&req);
-        let seg = unit.stratum.segment.map_or(0, |s| u64::from(s) + 1);
-        // This unit's contribution per scope: [revision, epoch].
-        let mut delta = [Cell::default(), Cell::default()];
-        for (scope, cell) in delta.iter_mut().enumerate() {
-            match filters.and_then(|f| f.get(scope)) {
-                None => *cell = req,
-                Some(f) => {
-                    let first = f.insert(unit.user, SEEN, seg);
-                    for e in Event::ALL {
-                        if eligible & (1 << e.idx()) == 0 {
-                            continue;
-                        }
-                        cell.n[e.idx()][v] += u64::from(first);
-                        if bad & (1 << e.idx()) != 0 && f.insert(unit.user, e.idx() as u64, seg) {
-                            cell.x[e.idx()][v] += 1;
-                        }
-                    }
-                    if let Some(b) = rank.and_then(|b| cell.rank.get_mut(b))
-                        && f.insert(unit.user, RANKED, seg)
-                    {
-                        b[v] += 1;
+        bump(&mut self.requests, v, classes, rank);
+        bump(&mut self.total_requests, v, classes, rank);
+        // What this unit adds per scope [revision, epoch]: per request all
+        // of it; per user only what is new to that scope's filter.
+        let mut scope = [(classes, rank); 2];
+        if let Some(filters) = filters {
+            let seg = unit.stratum.segment.map_or(0, |s| u64::from(s) + 1);
+            for (add, f) in scope.iter_mut().zip(filters) {
+                let (eligible, bad) = classes;
+                let first = f.insert(unit.user, SEEN, seg);
+                let mut new_bad = 0u16;
+                for e in Event::ALL {
+                    let bit = 1u16 << e.idx();
+                    if eligible & bad & bit != 0 && f.insert(unit.user, e.idx() as u64, seg) {
+                        new_bad |= bit;
                     }
                 }
+                let rank = rank.filter(|_| f.insert(unit.user, RANKED, seg));
+                *add = ((if first { eligible } else { 0 }, new_bad), rank);
             }
         }
         for list in [&mut self.strata, &mut self.totals] {
             if let Some(sc) = stratum_in(list, unit.stratum) {
                 sc.saw_weight(unit.weight_bp);
-                sc.revision.add(&delta[0]);
-                sc.epoch.add(&delta[1]);
+                bump(&mut sc.revision, v, scope[0].0, scope[0].1);
+                bump(&mut sc.epoch, v, scope[1].0, scope[1].1);
             }
         }
+    }
+}
+
+/// Count one unit of version `v` in `c`: units for the `eligible` events,
+/// bad units for the `bad` ones, and its rank bin.
+fn bump(c: &mut Cell, v: usize, (eligible, bad): (u16, u16), rank: Option<usize>) {
+    for e in Event::ALL {
+        let bit = 1u16 << e.idx();
+        if eligible & bit != 0
+            && let (Some(n), Some(x)) = (c.n.get_mut(e.idx()), c.x.get_mut(e.idx()))
+        {
+            n[v] += 1;
+            x[v] += u64::from(bad & bit != 0);
+        }
+    }
+    if let Some(b) = rank.and_then(|b| c.rank.get_mut(b)) {
+        b[v] += 1;
     }
 }
 
