@@ -186,15 +186,14 @@ impl Counts {
     }
 }
 
-/// Count one unit of version `v` in `c`: units for the `eligible` events,
-/// bad units for the `bad` ones, and its rank bin.
-fn bump(c: &mut Cell, v: usize, (eligible, bad): (u16, u16), rank: Option<usize>) {
+/// Count one unit of version `v` in `c`: units for the `units` events, bad
+/// units for the `bad` ones (apart: a user counted before can have their
+/// first bad event now), and its rank bin.
+fn bump(c: &mut Cell, v: usize, (units, bad): (u16, u16), rank: Option<usize>) {
     for e in Event::ALL {
         let bit = 1u16 << e.idx();
-        if eligible & bit != 0
-            && let (Some(n), Some(x)) = (c.n.get_mut(e.idx()), c.x.get_mut(e.idx()))
-        {
-            n[v] += 1;
+        if let (Some(n), Some(x)) = (c.n.get_mut(e.idx()), c.x.get_mut(e.idx())) {
+            n[v] += u64::from(units & bit != 0);
             x[v] += u64::from(bad & bit != 0);
         }
     }
@@ -443,6 +442,10 @@ mod tests {
         assert_eq!((c.n(Event::Error, CANARY), c.x(Event::Error, CANARY)), (2, 1));
         assert_eq!(iv.requests.x(Event::Error, CANARY), 50, "request-level counts keep every request");
         assert_eq!(iv.strata[0].weight_bp, 1000);
+        // A user seen before whose first error comes now counts as bad now.
+        ev.record(&user(8), Version::Canary, true, None);
+        let c = ev.take(Frozen::default()).strata[0].revision;
+        assert_eq!((c.n(Event::Error, CANARY), c.x(Event::Error, CANARY)), (0, 1), "no new unit, one new bad one");
         // Next interval: user 7 already counted in both scopes.
         ev.record(&user(7), Version::Canary, true, None);
         let iv = ev.take(Frozen::default());
