@@ -15,7 +15,8 @@
 //! Run: `cargo bench --bench judgement` (all scenarios, ~10 min on 2 cores),
 //! `-- --quick` (a tenth of the runs), `-- --only NAME` (scenarios whose
 //! name contains NAME), `-- --cell 50/0.8` (one rate and σ), `-- --times
-//! 10` (ten times the runs). Output: a
+//! 10` (ten times the runs); `WHY=1` prints each rollback's seed, time and
+//! sentence on stderr. Output: a
 //! Markdown table (docs/judgement.md).
 
 use rand::rngs::StdRng;
@@ -220,6 +221,8 @@ struct Outcome {
     /// Canary requests from the regression's start to the rollback.
     to_rollback: Option<u64>,
     held_in_outage: bool,
+    /// Rolled back before the shared outage began (chance, not the outage).
+    before_outage: bool,
     held_after_outage_s: u64,
 }
 
@@ -239,6 +242,7 @@ fn run(kind: Kind, rate: f64, sigma: f64, seed: u64) -> Outcome {
         _ => start,
     };
     let t0 = Instant::now();
+    m.stable.window.configure(a.window, t0);
     let mut out = Outcome::default();
     let mut canary_since_start = 0u64;
     let mut t = 0.0f64;
@@ -319,7 +323,11 @@ fn run(kind: Kind, rate: f64, sigma: f64, seed: u64) -> Outcome {
             }
         }
         if let Transition::RolledBack(_) = tr {
+            if std::env::var_os("WHY").is_some() {
+                eprintln!("seed {seed} {} at {} s: {:?} {}", kind.name(), now_ms / 1000, j.fired, j.reason);
+            }
             out.rolled_back = true;
+            out.before_outage = now_ms < 240_000;
             out.to_rollback = start.map(|_| canary_since_start);
             break;
         }
@@ -361,6 +369,8 @@ fn report(c: &Cell, outs: &[Outcome], took: Duration) -> String {
         let upper = if rb == 0 { 3.0 / n as f64 } else { p + 1.96 * (p * (1.0 - p) / n as f64).sqrt() };
         let mut s = format!("rolled back {rb}/{n} ({:.2} %, 95 % upper bound {:.2} %)", p * 100.0, upper * 100.0);
         if matches!(c.kind, Kind::SharedErrors | Kind::SharedSlow) {
+            let before = outs.iter().filter(|o| o.before_outage).count();
+            s.push_str(&format!(" ({before} before the outage began)"));
             let held = outs.iter().filter(|o| o.held_in_outage).count();
             let tail = outs.iter().map(|o| o.held_after_outage_s).max().unwrap_or(0);
             s.push_str(&format!("; hold during the outage in {held}/{n}, last hold ≤ {tail} s after it"));

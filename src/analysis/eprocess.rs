@@ -16,12 +16,22 @@ use serde::{Deserialize, Serialize};
 /// Effect sizes the mixture bets on, as multiples of the null: odds ratios
 /// for two-sample tests, tail-share ratios for one-sample tests.
 pub const GRID: [f64; 8] = [1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0];
-const LN_GRID_LEN: f64 = 2.079_441_541_679_835_8; // ln 8
 
 /// One e-process: a log-likelihood ratio per grid point, all 0 at the start.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct EProcess {
     pub log: [f64; GRID.len()],
+}
+
+/// ln of the mean of `exp(l)` over `logs`, without overflow (a mixture's
+/// value from its components' log-values; −∞ for none).
+pub fn log_mean_exp(logs: &[f64]) -> f64 {
+    let max = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f64 = logs.iter().map(|l| (l - max).exp()).sum();
+    max + sum.ln() - (logs.len() as f64).ln()
 }
 
 /// Share of bad events that fall on canary when canary's rate is `psi` times
@@ -33,12 +43,7 @@ fn share(q: f64, psi: f64) -> f64 {
 impl EProcess {
     /// ln of the e-value: ln(mean_g exp(L_g)), computed without overflow.
     pub fn log_value(&self) -> f64 {
-        let max = self.log.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        if !max.is_finite() {
-            return max;
-        }
-        let sum: f64 = self.log.iter().map(|l| (l - max).exp()).sum();
-        max + sum.ln() - LN_GRID_LEN
+        log_mean_exp(&self.log)
     }
 
     /// The e-value itself (saturates at f64::MAX rather than overflowing).

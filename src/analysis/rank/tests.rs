@@ -226,3 +226,18 @@ fn probit(p: f64) -> f64 {
             / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
+
+/// A state saved by the first R (14 components) loads with its value kept
+/// in every component: not restarted at 1, which would spend α again.
+#[test]
+fn a_state_from_another_grid_keeps_its_value() {
+    let old: Vec<f64> = (0..14).map(|i| f64::from(i) * 0.5).collect();
+    let json = serde_json::json!({ "log": old });
+    let loaded: RankProcess = serde_json::from_value(json).unwrap_or_default();
+    let want = crate::analysis::eprocess::log_mean_exp(&old);
+    assert!(loaded.log.iter().all(|l| (l - want).abs() < 1e-12), "{:?} against {want}", loaded.log);
+    assert!((loaded.log_value() - want).abs() < 1e-12);
+    let same: RankProcess =
+        serde_json::from_value(serde_json::json!({ "log": [0.1, 0.2, 0.3, 0.4, 0.5] })).unwrap_or_default();
+    assert_eq!(same.log, [0.1, 0.2, 0.3, 0.4, 0.5]);
+}
