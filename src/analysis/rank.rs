@@ -58,8 +58,8 @@ enum Score {
 /// (Wilcoxon λ 1), a spread 50 % wider at p99 (p95 tail λ 0.3) and only
 /// the top 5 % slower (p99 tail λ 0.3 and 0.6). Larger bets only speed up
 /// regressions caught in a few dozen requests anyway, and each component
-/// more costs every test its share of the mixture (ln 14 → ln 5 took a
-/// sixth off the slowest shapes).
+/// more costs every test its share of the mixture (ln 14 → ln 5 took up to
+/// a fifth off the slowest shapes).
 const GRID: [(Score, f64); COMPONENTS] = [
     (Score::Wilcoxon, 0.5),
     (Score::Wilcoxon, 1.0),
