@@ -162,6 +162,17 @@ fn route(extra_analysis: &str, prom: u16, rest: &str) -> String {
 
 /// Paced anonymous GETs, round-robin over `targets`, `per_s` a second,
 /// until stopped or 120 s.
+/// Three replicas of one route in front of `s` and `c`, each judging
+/// through one real Prometheus that scrapes them all.
+fn fleet(s: &Upstream, c: &Upstream, extra_analysis: &str, rest: &str) -> (Vec<Replica>, Vec<SocketAddr>, Prom) {
+    let prom_port = free_port();
+    let replicas: Vec<Replica> =
+        (0..3).map(|_| Replica::start(s.addr, c.addr, &route(extra_analysis, prom_port, rest))).collect();
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
+    let prom = Prom::start(prom_port, &admins);
+    (replicas, admins, prom)
+}
+
 struct Traffic {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -265,10 +276,7 @@ async fn a_bad_canary_is_rolled_back_on_every_replica_after_as_many_requests_as_
     let s = Upstream::start("stable").await;
     let c = canary_with_errors().await;
     bad(&c);
-    let prom_port = free_port();
-    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
-    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
-    let _prom = Prom::start(prom_port, &admins);
+    let (replicas, admins, _prom) = fleet(&s, &c, "", "");
 
     // The same canary alone on one replica (no fleet source), for comparison.
     let c1 = canary_with_errors().await;
@@ -339,10 +347,7 @@ async fn a_cold_start_in_the_warm_up_is_not_rolled_back_by_the_fleet() {
     let s = Upstream::start("stable").await;
     let c = Upstream::start("canary").await;
     c.delay_ms.store(5, Ordering::Relaxed);
-    let prom_port = free_port();
-    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
-    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
-    let _prom = Prom::start(prom_port, &admins);
+    let (replicas, admins, _prom) = fleet(&s, &c, "", "");
     let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 100);
     // Warm after its first 100 requests.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -374,11 +379,7 @@ async fn a_slow_canary_is_rolled_back_by_test_r_on_every_replica() {
     let c = Upstream::start("canary").await;
     s.heavy_tail_ms.store(4, Ordering::Relaxed);
     c.heavy_tail_ms.store(12, Ordering::Relaxed);
-    let prom_port = free_port();
-    let replicas: Vec<Replica> =
-        (0..3).map(|_| Replica::start(s.addr, c.addr, &route(", warmup: 2s", prom_port, ""))).collect();
-    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
-    let _prom = Prom::start(prom_port, &admins);
+    let (replicas, admins, _prom) = fleet(&s, &c, ", warmup: 2s", "");
     let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 100);
     let (ok, views) = all_routes(&admins, Duration::from_secs(90), |v| {
         v["rolled_back"]["reason"] == "latency_ratio" && v["fleet"]["source_up"] == true
@@ -406,12 +407,8 @@ async fn a_slow_canary_is_rolled_back_by_test_r_on_every_replica() {
 async fn a_healthy_fleet_follows_steering_from_any_replica_and_a_killed_replica_rejoins() {
     let s = Upstream::start("stable").await;
     let c = Upstream::start("canary").await;
-    let prom_port = free_port();
     let progression = "    progression: {steps: [10, 20, 30, 40, 50, 60, 70, 80, 90], hold: 4s}\n";
-    let mut replicas: Vec<Replica> =
-        (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, progression))).collect();
-    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
-    let _prom = Prom::start(prom_port, &admins);
+    let (mut replicas, admins, _prom) = fleet(&s, &c, "", progression);
     let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 40);
 
     // Healthy: the fleet steps forward together.
@@ -505,12 +502,8 @@ async fn a_healthy_fleet_follows_steering_from_any_replica_and_a_killed_replica_
 async fn with_prometheus_down_nothing_is_decided_and_judgement_resumes_when_it_is_back() {
     let s = Upstream::start("stable").await;
     let c = canary_with_errors().await;
-    let prom_port = free_port();
     let progression = "    progression: {steps: [20, 30, 40, 50, 60, 70, 80, 90], hold: 3s}\n";
-    let replicas: Vec<Replica> =
-        (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, progression))).collect();
-    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
-    let mut prom = Prom::start(prom_port, &admins);
+    let (replicas, admins, mut prom) = fleet(&s, &c, "", progression);
     let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 80);
     // Some healthy evidence first, judged by the fleet.
     let (ok, views) = all_routes(&admins, Duration::from_secs(30), |v| {
@@ -596,11 +589,7 @@ async fn fleet_figures() {
         let s = Upstream::start("stable").await;
         let c = canary_with_errors().await;
         bad(&c);
-        let prom_port = free_port();
-        let replicas: Vec<Replica> =
-            (0..3).map(|_| Replica::start(s.addr, c.addr, &route("", prom_port, ""))).collect();
-        let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
-        let _prom = Prom::start(prom_port, &admins);
+        let (replicas, admins, _prom) = fleet(&s, &c, "", "");
         let load = Traffic::start(replicas.iter().map(|r| r.addr).collect(), 25);
         // Poll each replica's view; note when each first shows the latch.
         let mut latched: Vec<Option<u64>> = vec![None; 3];
