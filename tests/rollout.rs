@@ -185,6 +185,40 @@ async fn a_shared_outage_holds_and_rolls_nothing_back() {
     assert!(!lines.iter().any(|e| e["event"] == "rollback"));
 }
 
+/// E's e-value since the revision started, as `/routes` shows it.
+fn e_revision(v: &serde_json::Value) -> Option<f64> {
+    v["evidence"]["tests"].as_array()?.iter().find(|t| t["test"] == "E")?["e_revision"].as_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_stable_breaks_its_slo_a_worse_canary_is_not_judged_until_stable_recovers() {
+    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    s.errors_per_100.store(10, Ordering::Relaxed);
+    let analysis = "interval: 200ms, window: 2s, max_error_rate: 1";
+    let progression = "    progression: {steps: [20, 50], hold: 1s}\n";
+    let weir = Weir::start(&config(s.addr, c.addr, &route(analysis, progression))).await;
+    let load = Load::start(weir.url("/"), 6);
+    let (ok, v) = wait_route(weir.admin, "app", Duration::from_secs(30), |v| v["state"] == "held").await;
+    assert!(ok, "never held: {v}");
+    // In the middle of stable's outage the canary does worse still: 40 %
+    // errors against 10 %. Counted, that rolls it back within a second.
+    c.errors_per_100.store(40, Ordering::Relaxed);
+    let before = e_revision(&v);
+    let (rolled, v) = wait_route(weir.admin, "app", Duration::from_secs(3), |v| v["state"] == "rolled_back").await;
+    assert!(!rolled, "rolled back while stable was out of its SLO: {v}");
+    assert_eq!(e_revision(&v), before, "E took evidence while stable was out: {v}");
+    let last = v["verdicts"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+    assert!(last["reason"].as_str().is_some_and(|r| r.contains("the tests take no evidence")), "{v}");
+    // Stable recovers; the canary's own errors are judged, and roll it back.
+    s.errors_per_100.store(0, Ordering::Relaxed);
+    let (ok, v) = wait_route(weir.admin, "app", Duration::from_secs(30), |v| v["state"] == "rolled_back").await;
+    load.stop().await;
+    assert!(ok, "not rolled back once stable recovered: {v}");
+    let lines = app_lines(&state_dir(&weir));
+    let rb = lines.iter().find(|e| e["event"] == "rollback").cloned().unwrap_or_default();
+    assert!(rb["why"].as_str().is_some_and(|w| w.contains("test E fired")), "{rb}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn observe_mode_journals_a_fail_and_changes_nothing() {
     let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);

@@ -18,6 +18,12 @@
 //! tests, W95): SLO guards only ever hold, so they spend none. Within a
 //! revision a threshold never falls: the budget remembers the smallest
 //! `alpha` and the most tests it was ever split over.
+//!
+//! While stable is out of an SLO (a guard's detector is hot for stable) the
+//! route holds: nothing rolls back, and the tests that roll back take no
+//! evidence from an interval that began in that state. Skipping intervals
+//! chosen on the past keeps every e-process valid; it only stops a shared
+//! outage spending α by chance.
 
 use super::counts::{CANARY, Cell, Event, Interval, STABLE};
 use super::eprocess::{Detector, EProcess};
@@ -371,39 +377,15 @@ impl JudgeState {
     }
 }
 
-/// Epochs that share the late-start weight evenly (then it thins).
-pub const FLAT_STARTS: u32 = 60;
-
-/// Weight of scope `epoch` (0 = the revision) in a test's mixture: ¾ on
-/// the revision; ¼ · 1/(2H) on each epoch s ≤ H (H = `FLAT_STARTS`), and
-/// ¼ · H/(2s(s+1)) on each later one. Sum over s ≥ 1: ¼ · (½ + H/(2(H+1))) < ¼.
-pub fn start_weight(epoch: u32) -> f64 {
-    let h = f64::from(FLAT_STARTS);
-    let s = f64::from(epoch);
-    match epoch {
-        0 => 0.75,
-        e if e <= FLAT_STARTS => 0.25 / (2.0 * h),
-        _ => 0.25 * h / (2.0 * s * (s + 1.0)),
-    }
-}
-
-/// The weighted e-value (w_s·e_s) at which a start fires: `k / alpha`.
-pub fn weighted_threshold(alpha: f64, k: usize) -> f64 {
-    k.max(1) as f64 / alpha
-}
-
-/// The e-value at which scope `epoch` fires: K/(α·w_s).
-pub fn threshold(alpha: f64, k: usize, epoch: u32) -> f64 {
-    // Multiply before dividing, so the figures read round.
-    (1.0 / start_weight(epoch)) * k.max(1) as f64 / alpha
-}
-
 /// Judge one interval. `ws_rtt`: the route measures WebSocket round trips
 /// (the W95 test is in the budget).
 pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now_ms: u64) -> Judgement {
     st.start(now_ms);
     let tests = tests_in_use(p, ws_rtt);
-    add_interval(p, st, iv, &tests);
+    // Decided before this interval's counts: the tests sit out an interval
+    // only on what was known when it began, so each e-process stays valid.
+    let paused = stable_out(st, &tests);
+    add_interval(p, st, iv, &tests, paused);
     let (alpha, k) = st.budget(p.alpha, &tests);
     let mut standings = Vec::with_capacity(tests.len());
     let mut fired: Option<Fired> = None;
@@ -423,6 +405,11 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
         }
         standings.push(standing);
     }
+    // While stable breaks an SLO nothing is rolled back: the service is in
+    // trouble, and what the canary does then is not a verdict on it.
+    if stable_out(st, &tests) {
+        fired = None;
+    }
     let canary_in_step = st.step_totals.n(Event::Error, CANARY);
     let verdict = verdict_of(fired.is_some(), !held_by.is_empty(), canary_in_step);
     let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings };
@@ -430,9 +417,17 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     Judgement { verdict, fired, held_by, standings, reason }
 }
 
+/// Is stable out of an SLO of a guard in use (a shared outage, or stable's
+/// own trouble)?
+fn stable_out(st: &JudgeState, tests: &[Test]) -> bool {
+    st.detectors.iter().any(|(t, d)| tests.contains(t) && d[STABLE].hot)
+}
+
 /// Add one interval's counts to the step's totals, to every live scope's
-/// processes, and to the guards' SLO detectors.
-fn add_interval(p: &Analysis, st: &mut JudgeState, iv: &Interval, tests: &[Test]) {
+/// processes, and to the guards' SLO detectors. `paused`: stable was out of
+/// an SLO when the interval began, so the tests that roll back take none of
+/// it (the guards still do, to see the outage end).
+fn add_interval(p: &Analysis, st: &mut JudgeState, iv: &Interval, tests: &[Test], paused: bool) {
     st.step_totals.add(&iv.requests);
     let newest = st.epoch;
     let closed_below = st.closed_below;
@@ -444,7 +439,7 @@ fn add_interval(p: &Analysis, st: &mut JudgeState, iv: &Interval, tests: &[Test]
         // the revision and older epochs take users counted once per
         // revision (a subset of their own first events: still valid).
         let use_epoch_cells = scope.epoch == newest;
-        for t in tests {
+        for t in tests.iter().filter(|t| t.is_guard() || !paused) {
             update(p, *t, scope.tests.entry(*t).or_default(), iv, (use_epoch_cells, users));
         }
     }
@@ -591,5 +586,7 @@ fn fires(p: &Analysis, t: Test, e: f64, thr: f64, totals: &Cell) -> bool {
 }
 
 mod sentence;
+mod starts;
+pub use starts::{FLAT_STARTS, start_weight, threshold, weighted_threshold};
 #[cfg(test)]
 mod tests;

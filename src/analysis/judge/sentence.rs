@@ -159,7 +159,7 @@ fn hold_sentence(p: &Analysis, st: &JudgeState, held_by: &[Test], standings: &[S
         .collect();
     let stable_out = standings.iter().any(|s| held_by.contains(&s.test) && s.breaking.is_some_and(|b| b[STABLE]));
     let who = if stable_out {
-        "stable breaks the SLO too, so the canary is not blamed"
+        "stable breaks the SLO too, so the canary is not blamed and the tests take no evidence until stable is back within it"
     } else {
         "the canary breaks the SLO while stable keeps it; the tests against stable decide its fate"
     };

@@ -211,6 +211,45 @@ fn a_shared_outage_holds_and_blames_nobody() {
 }
 
 #[test]
+fn while_stable_breaks_an_slo_the_tests_take_no_evidence_and_nothing_rolls_back() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let mut st = JudgeState::default();
+    // A shared outage in which the canary fares worse (10 % against 3 %),
+    // enough for E to fire within a few intervals were it counting.
+    let mut paused_at = None;
+    for i in 0..30 {
+        let before = st.revision().map(|s| s.tests.get(&Test::E).map(TestRun::log_value));
+        let was_out = stable_out(&st, &tests_in_use(&p, false));
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.03, 0.10), false, i * 10_000);
+        assert_ne!(j.verdict, Verdict::Fail, "interval {i}: {}", j.reason);
+        if was_out {
+            paused_at.get_or_insert(i);
+            let after = st.revision().map(|s| s.tests.get(&Test::E).map(TestRun::log_value));
+            assert_eq!(before, after, "interval {i}: E took evidence while stable was out");
+            assert!(j.reason.contains("the tests take no evidence"), "{}", j.reason);
+        }
+    }
+    assert!(paused_at.is_some_and(|i| i <= 2), "paused from interval {paused_at:?}");
+    // Stable recovers; the same canary, 10 % against 0.2 %, is now judged.
+    let fired = (30..90)
+        .find(|i| judge(&p, &mut st, &errors(&mut rng, 0.002, 0.10), false, i * 10_000).verdict == Verdict::Fail);
+    assert!(fired.is_some(), "the canary's own errors are judged once stable is back");
+}
+
+#[test]
+fn a_canary_alone_out_of_its_error_slo_is_still_rolled_back_by_e() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let mut st = JudgeState::default();
+    let fired = (0..60).find_map(|i| {
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.002, 0.05), false, i * 10_000);
+        (j.verdict == Verdict::Fail).then_some(j)
+    });
+    assert_eq!(fired.and_then(|j| j.fired.map(|f| f.test)), Some(Test::E), "canary-only trouble pauses nothing");
+}
+
+#[test]
 fn a_canary_alone_over_its_slo_is_held_by_the_guard_never_rolled_back() {
     let p = Analysis { max_p95: Some(std::time::Duration::from_millis(300)), latency_tolerance: 10.0, ..policy() };
     let mut st = JudgeState::default();
