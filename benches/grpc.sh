@@ -11,7 +11,10 @@
 # (POST with a framed 5-byte message, `te: trailers`), 50 connections x 10
 # streams; the proxy alone on core 0, its user+system ticks read around the
 # run. Each round starts with the next proxy in turn. Loopback only; bounded
-# by -D, timeout and ROUNDS.
+# by -D, timeout and ROUNDS. A proxy counts only if the backend's own
+# message comes back through it at start, and each run prints the backend's
+# answers per call h2load finished (its stub_status; ≈ 1.0 when every call
+# was forwarded), since a proxy's own gRPC error is an HTTP 200 too.
 #
 #   benches/grpc.sh                    # ROUNDS=3 SECS=8
 #   WEIR_BIN=/path/to/weir benches/grpc.sh
@@ -41,6 +44,7 @@ http { access_log off; keepalive_requests 1000000; http2_max_concurrent_streams 
     # A POST to a static file is 405 in nginx; error_page turns it into a
     # GET of the message file, answered 200 with the trailer.
     location / { error_page 405 =200 /msg; return 405; }
+    location = /backend_status { stub_status; }
     location = /msg { internal; root $work/www; default_type application/grpc;
       add_trailer grpc-status 0 always; } } }
 CFG
@@ -87,12 +91,17 @@ start() {
   esac
   ppid=$!
   for _ in $(seq 100); do
-    curl -sf -m 2 --http2-prior-knowledge -o /dev/null -H 'content-type: application/grpc' -H 'te: trailers' \
-      --data-binary @"$work/req" "http://127.0.0.1:$pp/weir.test.Game/Bet" && return
+    # The backend's own message must come back: a proxy's trailers-only
+    # error is HTTP 200 too, and h2load would count it as a call done.
+    curl -sf -m 2 --http2-prior-knowledge -o "$work/got" -H 'content-type: application/grpc' -H 'te: trailers' \
+      --data-binary @"$work/req" "http://127.0.0.1:$pp/weir.test.Game/Bet" && cmp -s "$work/got" "$work/www/msg" && return
     sleep 0.1
   done
   echo "$1 did not start"; exit 1
 }
+# Requests the backend has answered (its stub_status), to check that the
+# calls counted were forwarded.
+served() { curl -s -m 2 --http2-prior-knowledge "http://127.0.0.1:$bp/backend_status" | awk '/^ *[0-9]+ +[0-9]+ +[0-9]+/ {print $3}'; }
 ticks() {
   local p t=0
   for p in "$ppid" $(pgrep -P "$ppid" || true); do
@@ -106,18 +115,18 @@ load() {
 }
 hz=$(getconf CLK_TCK)
 names=($NAMES)
-echo "proxy round calls_s cpu_us_per_call failed"
+echo "proxy round calls_s cpu_us_per_call failed backend_answers_per_call"
 for r in $(seq "$ROUNDS"); do
   for i in "${!names[@]}"; do
     name=${names[$(( (i + r - 1) % ${#names[@]} ))]}
     start "$name"
     load 2 >/dev/null
-    t0=$(ticks); out=$(load "$SECS"); t1=$(ticks)
+    s0=$(served); t0=$(ticks); out=$(load "$SECS"); t1=$(ticks); s1=$(served)
     done_n=$(awk '/^requests:/ {print $8}' <<<"$out")
     failed=$(awk '/^requests:/ {print $10}' <<<"$out")
     ok2xx=$(awk '/^status codes:/ {print $3}' <<<"$out")
     rps=$(awk '/^finished in/ {print $4}' <<<"$out")
-    echo "$name $r $rps $(python3 -c "print(round(($t1 - $t0) / $hz * 1e6 / max($ok2xx, 1), 2))") $failed"
+    echo "$name $r $rps $(python3 -c "print(round(($t1 - $t0) / $hz * 1e6 / max($ok2xx, 1), 2))") $failed $(python3 -c "print(round(($s1 - $s0 - 1) / max($done_n, 1), 3))")"
     kill "$ppid"; wait "$ppid" 2>/dev/null || true; ppid=""
   done
 done | tee "$work/results"
@@ -126,7 +135,7 @@ python3 - "$work/results" <<'PY'
 import statistics, sys, collections
 rows = [l.split() for l in open(sys.argv[1]) if l.split() and l.split()[1].isdigit()]
 by = collections.defaultdict(lambda: ([], []))
-for name, _, rps, cpu, _f in rows:
+for name, _, rps, cpu, *_ in rows:
     by[name][0].append(float(rps)); by[name][1].append(float(cpu))
 w = by.get("weir")
 for name, (rps, cpu) in by.items():

@@ -114,6 +114,11 @@ ticks() {
   done
   echo $t
 }
+# KSTAT=1: also interrupts per request and core 1's idle share (who wakes whom).
+kstat() {
+  awk '/^ *RES:/ {r0=$2; r1=$3} /^ *CAL:/ {c0=$2; c1=$3} END {printf "%s %s %s %s ", r0, r1, c0, c1}' /proc/interrupts
+  awk '/^cpu1 / {t=0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat
+}
 load() { taskset -c 1 timeout $(($1 + 30)) wrk -t1 -c50 -d"$1"s "http://127.0.0.1:$pp/"; }
 hz=$(getconf CLK_TCK)
 names=($NAMES)
@@ -142,11 +147,15 @@ for r in $(seq "$ROUNDS"); do
     name=${names[$(( (i + r - 1) % ${#names[@]} ))]}
     start "$name"
     load 2 >/dev/null
-    t0=$(ticks); out=$(load "$SECS"); t1=$(ticks)
+    k0=$(kstat); t0=$(ticks); out=$(load "$SECS"); t1=$(ticks); k1=$(kstat)
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     bad=$(awk '/Non-2xx/ {print $5}' <<<"$out"); bad=${bad:-0}
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     echo "$name $r $rps $(python3 -c "print(round(($t1 - $t0) / $hz * 1e6 / max($reqs, 1), 2))") $bad"
+    [ -n "${KSTAT:-}" ] && python3 -c "
+a, b, n = '$k0'.split(), '$k1'.split(), max($reqs, 1)
+d = [int(y) - int(x) for x, y in zip(a, b)]
+print(f'  {\"$name\"}: per request, rescheduling IPIs cpu0 {d[0]/n:.3f} cpu1 {d[1]/n:.3f}, function-call IPIs cpu0 {d[2]/n:.3f} cpu1 {d[3]/n:.3f}; cpu1 idle {100*d[4]/max(d[5],1):.1f} %')" >&2
     kill "$ppid"; wait "$ppid" 2>/dev/null || true; ppid=""
   done
 done | tee "$work/results"
