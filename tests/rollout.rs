@@ -152,11 +152,13 @@ async fn a_healthy_canary_with_heavy_tailed_latency_is_promoted_not_rolled_back(
     assert!(v["evidence"]["since_revision"]["canary"]["requests"].as_u64().unwrap() > 100, "{v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_shared_outage_holds_and_rolls_nothing_back() {
+/// Stable (and the canary, if `both`) answering 10 % errors under a 1 %
+/// error SLO, with load on, until the route is held.
+async fn held_by_an_outage(both: bool) -> (Upstream, Upstream, Weir, Load, serde_json::Value) {
     let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    for u in [&s, &c] {
-        u.errors_per_100.store(10, Ordering::Relaxed);
+    s.errors_per_100.store(10, Ordering::Relaxed);
+    if both {
+        c.errors_per_100.store(10, Ordering::Relaxed);
     }
     let analysis = "interval: 200ms, window: 2s, max_error_rate: 1";
     let progression = "    progression: {steps: [20, 50], hold: 1s}\n";
@@ -164,6 +166,12 @@ async fn a_shared_outage_holds_and_rolls_nothing_back() {
     let load = Load::start(weir.url("/"), 6);
     let (ok, v) = wait_route(weir.admin, "app", Duration::from_secs(30), |v| v["state"] == "held").await;
     assert!(ok, "never held: {v}");
+    (s, c, weir, load, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_outage_holds_and_rolls_nothing_back() {
+    let (s, c, weir, load, v) = held_by_an_outage(true).await;
     assert_eq!(v["weight"]["effective"], 20.0, "no step while held");
     let last = v["verdicts"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["held_by"], serde_json::json!(["G_error"]), "{v}");
@@ -192,14 +200,7 @@ fn e_revision(v: &serde_json::Value) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_stable_breaks_its_slo_a_worse_canary_is_not_judged_until_stable_recovers() {
-    let (s, c) = (Upstream::start("stable").await, Upstream::start("canary").await);
-    s.errors_per_100.store(10, Ordering::Relaxed);
-    let analysis = "interval: 200ms, window: 2s, max_error_rate: 1";
-    let progression = "    progression: {steps: [20, 50], hold: 1s}\n";
-    let weir = Weir::start(&config(s.addr, c.addr, &route(analysis, progression))).await;
-    let load = Load::start(weir.url("/"), 6);
-    let (ok, v) = wait_route(weir.admin, "app", Duration::from_secs(30), |v| v["state"] == "held").await;
-    assert!(ok, "never held: {v}");
+    let (s, c, weir, load, v) = held_by_an_outage(false).await;
     // In the middle of stable's outage the canary does worse still: 40 %
     // errors against 10 %. Counted, that rolls it back within a second.
     c.errors_per_100.store(40, Ordering::Relaxed);
