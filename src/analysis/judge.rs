@@ -21,9 +21,9 @@
 //!
 //! While stable is out of an SLO (a guard's detector is hot for stable) the
 //! route holds: nothing rolls back, and the tests that roll back take no
-//! evidence from an interval that began in that state. Skipping intervals
-//! chosen on the past keeps every e-process valid; it only stops a shared
-//! outage spending α by chance.
+//! evidence from an interval that began in that state, for at most
+//! `SIT_OUT_MAX_MS`. Skipping intervals chosen on the past keeps every
+//! e-process valid; it only stops a shared outage spending α by chance.
 
 use super::counts::{CANARY, Cell, Event, Interval, STABLE};
 use super::eprocess::{Detector, EProcess};
@@ -239,6 +239,8 @@ pub struct JudgeState {
     /// no share and is shown but never fires until the next revision.
     #[serde(deserialize_with = "known_test_list")]
     pub budgeted: Vec<Test>,
+    /// Since when (ms) stable has been out of an SLO, as last judged.
+    pub stable_out_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -384,8 +386,9 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     let tests = tests_in_use(p, ws_rtt);
     // Decided before this interval's counts: the tests sit out an interval
     // only on what was known when it began, so each e-process stays valid.
-    let paused = stable_out(st, &tests);
+    let paused = sitting_out(st, &tests, now_ms);
     add_interval(p, st, iv, &tests, paused);
+    st.stable_out_since_ms = stable_out(st, &tests).then(|| st.stable_out_since_ms.unwrap_or(now_ms));
     let (alpha, k) = st.budget(p.alpha, &tests);
     let mut standings = Vec::with_capacity(tests.len());
     let mut fired: Option<Fired> = None;
@@ -407,20 +410,15 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     }
     // While stable breaks an SLO nothing is rolled back: the service is in
     // trouble, and what the canary does then is not a verdict on it.
-    if stable_out(st, &tests) {
+    if sitting_out(st, &tests, now_ms) {
         fired = None;
     }
     let canary_in_step = st.step_totals.n(Event::Error, CANARY);
     let verdict = verdict_of(fired.is_some(), !held_by.is_empty(), canary_in_step);
-    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings };
+    let sits_out = sitting_out(st, &tests, now_ms);
+    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings, sits_out };
     let reason = explain(p, st, &found, canary_in_step);
     Judgement { verdict, fired, held_by, standings, reason }
-}
-
-/// Is stable out of an SLO of a guard in use (a shared outage, or stable's
-/// own trouble)?
-fn stable_out(st: &JudgeState, tests: &[Test]) -> bool {
-    st.detectors.iter().any(|(t, d)| tests.contains(t) && d[STABLE].hot)
 }
 
 /// Add one interval's counts to the step's totals, to every live scope's
@@ -585,8 +583,11 @@ fn fires(p: &Analysis, t: Test, e: f64, thr: f64, totals: &Cell) -> bool {
     }
 }
 
+mod outage;
 mod sentence;
 mod starts;
+pub use outage::SIT_OUT_MAX_MS;
+use outage::{sitting_out, stable_out};
 pub use starts::{FLAT_STARTS, start_weight, threshold, weighted_threshold};
 #[cfg(test)]
 mod tests;

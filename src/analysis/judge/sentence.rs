@@ -51,18 +51,20 @@ pub(super) struct Found<'a> {
     pub(super) fired: Option<&'a Fired>,
     pub(super) held_by: &'a [Test],
     pub(super) standings: &'a [Standing],
+    /// The tests sit out while stable breaks an SLO.
+    pub(super) sits_out: bool,
 }
 
 /// The sentence a human reads for one judgement.
 pub(super) fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64) -> String {
-    let Found { verdict, fired, held_by, standings } = *found;
+    let Found { verdict, fired, held_by, standings, sits_out } = *found;
     match verdict {
         Verdict::Fail => match fired {
             Some(f) if f.test == Test::R => rank_sentence(p, st, f),
             Some(f) => fail_sentence(p, st, f),
             None => "fail".into(),
         },
-        Verdict::Hold => hold_sentence(p, st, held_by, standings),
+        Verdict::Hold => hold_sentence(p, st, (held_by, sits_out), standings),
         Verdict::Pass | Verdict::Insufficient => quiet_sentence(verdict, standings, canary_in_step),
     }
 }
@@ -141,7 +143,12 @@ fn rank_sentence(p: &Analysis, st: &JudgeState, f: &Fired) -> String {
 
 /// A hold: the guards that hold it, each version's rate in the newest
 /// epoch, and whether stable breaks the SLO too.
-fn hold_sentence(p: &Analysis, st: &JudgeState, held_by: &[Test], standings: &[Standing]) -> String {
+fn hold_sentence(
+    p: &Analysis,
+    st: &JudgeState,
+    (held_by, sits_out): (&[Test], bool),
+    standings: &[Standing],
+) -> String {
     let parts: Vec<String> = held_by
         .iter()
         .map(|t| {
@@ -158,12 +165,18 @@ fn hold_sentence(p: &Analysis, st: &JudgeState, held_by: &[Test], standings: &[S
         })
         .collect();
     let stable_out = standings.iter().any(|s| held_by.contains(&s.test) && s.breaking.is_some_and(|b| b[STABLE]));
-    let who = if stable_out {
+    let who = if stable_out && sits_out {
         "stable breaks the SLO too, so the canary is not blamed and the tests take no evidence until stable is back within it"
+    } else if stable_out {
+        &format!(
+            "stable has broken the SLO for over {} minutes, so the tests take evidence again and can roll the canary back",
+            super::SIT_OUT_MAX_MS / 60_000
+        )
     } else {
         "the canary breaks the SLO while stable keeps it; the tests against stable decide its fate"
     };
-    format!("hold: {who}; no step, no rollback: {}", parts.join("; "))
+    let what = if stable_out && !sits_out { "no step" } else { "no step, no rollback" };
+    format!("hold: {who}; {what}: {}", parts.join("; "))
 }
 
 /// A pass or too little data: no test crossed; the step's canary requests

@@ -238,6 +238,34 @@ fn while_stable_breaks_an_slo_the_tests_take_no_evidence_and_nothing_rolls_back(
 }
 
 #[test]
+fn a_stable_out_of_its_slo_for_longer_than_an_outage_no_longer_shields_the_canary() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let mut st = JudgeState::default();
+    // Stable never meets the 1 % SLO (3 %); the canary is far worse (10 %).
+    let mut first_out = None;
+    let mut failed_at = None;
+    for i in 0..150u64 {
+        let now = i * 10_000;
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.03, 0.10), false, now);
+        if st.stable_out_since_ms.is_some() {
+            first_out.get_or_insert(now);
+        }
+        if j.verdict == Verdict::Fail {
+            failed_at = Some(now);
+            break;
+        }
+        if first_out.is_some_and(|t| now >= t + SIT_OUT_MAX_MS) {
+            assert!(j.reason.contains("take evidence again"), "{}", j.reason);
+        }
+    }
+    let (out, failed) = (first_out.unwrap_or(u64::MAX), failed_at.unwrap_or(u64::MAX));
+    assert!(out <= 20_000, "stable out from {out} ms");
+    assert!(failed >= out + SIT_OUT_MAX_MS, "rolled back at {failed} ms, inside the sit-out");
+    assert!(failed <= out + SIT_OUT_MAX_MS + 300_000, "not rolled back {failed} ms after the sit-out ended");
+}
+
+#[test]
 fn a_canary_alone_out_of_its_error_slo_is_still_rolled_back_by_e() {
     let mut rng = StdRng::seed_from_u64(12);
     let p = Analysis { max_error_rate: Some(1.0), ..policy() };
