@@ -218,6 +218,9 @@ async fn while_stable_breaks_its_slo_a_worse_canary_is_not_judged_until_stable_r
     let lines = app_lines(&state_dir(&weir));
     let rb = lines.iter().find(|e| e["event"] == "rollback").cloned().unwrap_or_default();
     assert!(rb["why"].as_str().is_some_and(|w| w.contains("test E fired")), "{rb}");
+    // The journal says which intervals the tests sat out.
+    assert!(lines.iter().any(|e| e["event"] == "verdict" && e["inputs"]["sat_out"] == true), "no sat_out line");
+    assert_eq!(rb["inputs"]["sat_out"], false, "the rollback stood on an interval the tests took: {rb}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -19,11 +19,7 @@
 //! revision a threshold never falls: the budget remembers the smallest
 //! `alpha` and the most tests it was ever split over.
 //!
-//! While stable is out of an SLO (a guard's detector is hot for stable) the
-//! route holds: nothing rolls back, and the tests that roll back take no
-//! evidence from an interval that began in that state, for at most
-//! `SIT_OUT_MAX_MS`. Skipping intervals chosen on the past keeps every
-//! e-process valid; it only stops a shared outage spending α by chance.
+//! While stable is out of an SLO the tests that roll back sit out (`outage`).
 
 use super::counts::{CANARY, Cell, Event, Interval, STABLE};
 use super::eprocess::{Detector, EProcess};
@@ -239,8 +235,8 @@ pub struct JudgeState {
     /// no share and is shown but never fires until the next revision.
     #[serde(deserialize_with = "known_test_list")]
     pub budgeted: Vec<Test>,
-    /// Since when (ms) stable has been out of an SLO, as last judged.
-    pub stable_out_since_ms: Option<u64>,
+    /// The episode of stable being out of an SLO, if one is on.
+    pub outage: Option<Outage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -299,6 +295,9 @@ pub struct Judgement {
     pub standings: Vec<Standing>,
     /// One sentence a human reads.
     pub reason: String,
+    /// The tests that roll back did not take this interval: stable was out
+    /// of an SLO when it began.
+    pub sat_out: bool,
 }
 
 impl JudgeState {
@@ -388,7 +387,7 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     // only on what was known when it began, so each e-process stays valid.
     let paused = sitting_out(st, &tests, now_ms);
     add_interval(p, st, iv, &tests, paused);
-    st.stable_out_since_ms = stable_out(st, &tests).then(|| st.stable_out_since_ms.unwrap_or(now_ms));
+    outage::note(st, &tests, now_ms);
     let (alpha, k) = st.budget(p.alpha, &tests);
     let mut standings = Vec::with_capacity(tests.len());
     let mut fired: Option<Fired> = None;
@@ -410,15 +409,17 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
     }
     // While stable breaks an SLO nothing is rolled back: the service is in
     // trouble, and what the canary does then is not a verdict on it.
-    if sitting_out(st, &tests, now_ms) {
+    let sits_out = sitting_out(st, &tests, now_ms);
+    if sits_out {
         fired = None;
     }
     let canary_in_step = st.step_totals.n(Event::Error, CANARY);
-    let verdict = verdict_of(fired.is_some(), !held_by.is_empty(), canary_in_step);
-    let sits_out = sitting_out(st, &tests, now_ms);
-    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings, sits_out };
+    // A step passes only on an interval the tests took.
+    let passable = !paused && canary_in_step >= PASS_FLOOR;
+    let verdict = verdict_of(fired.is_some(), !held_by.is_empty(), passable);
+    let found = Found { verdict, fired: fired.as_ref(), held_by: &held_by, standings: &standings, sits_out, paused };
     let reason = explain(p, st, &found, canary_in_step);
-    Judgement { verdict, fired, held_by, standings, reason }
+    Judgement { verdict, fired, held_by, standings, reason, sat_out: paused }
 }
 
 /// Add one interval's counts to the step's totals, to every live scope's
@@ -426,7 +427,10 @@ pub fn judge(p: &Analysis, st: &mut JudgeState, iv: &Interval, ws_rtt: bool, now
 /// an SLO when the interval began, so the tests that roll back take none of
 /// it (the guards still do, to see the outage end).
 fn add_interval(p: &Analysis, st: &mut JudgeState, iv: &Interval, tests: &[Test], paused: bool) {
-    st.step_totals.add(&iv.requests);
+    // The step's totals are what a pass stands on: judged requests only.
+    if !paused {
+        st.step_totals.add(&iv.requests);
+    }
     let newest = st.epoch;
     let closed_below = st.closed_below;
     for scope in &mut st.scopes {
@@ -502,12 +506,13 @@ fn stand(p: &Analysis, st: &JudgeState, t: Test, alpha: f64, k: usize) -> (Stand
 }
 
 /// The verdict: a fired test fails; else a guard holds; else a pass once
-/// the step has `PASS_FLOOR` canary requests.
-fn verdict_of(fired: bool, held: bool, canary_in_step: u64) -> Verdict {
+/// the step has `PASS_FLOOR` judged canary requests and the tests took this
+/// interval.
+fn verdict_of(fired: bool, held: bool, passable: bool) -> Verdict {
     match (fired, held) {
         (true, _) => Verdict::Fail,
         (false, true) => Verdict::Hold,
-        (false, false) if canary_in_step >= PASS_FLOOR => Verdict::Pass,
+        (false, false) if passable => Verdict::Pass,
         (false, false) => Verdict::Insufficient,
     }
 }
@@ -586,8 +591,8 @@ fn fires(p: &Analysis, t: Test, e: f64, thr: f64, totals: &Cell) -> bool {
 mod outage;
 mod sentence;
 mod starts;
-pub use outage::SIT_OUT_MAX_MS;
-use outage::{sitting_out, stable_out};
+use outage::sitting_out;
+pub use outage::{Outage, SIT_OUT_MAX_MS};
 pub use starts::{FLAT_STARTS, start_weight, threshold, weighted_threshold};
 #[cfg(test)]
 mod tests;

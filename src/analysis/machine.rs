@@ -321,6 +321,7 @@ mod tests {
             held_by: vec![],
             standings: vec![],
             reason: String::new(),
+            sat_out: false,
         }
     }
     fn pass() -> Judgement {

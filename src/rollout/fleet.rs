@@ -339,6 +339,7 @@ impl Rollouts {
             held_by: vec![],
             standings: m.standings(),
             reason: format!("source_unavailable: {error}"),
+            sat_out: false,
         };
         let state = self.states.get(route).cloned().unwrap_or_else(|| f.fold.state.clone());
         m.verdict(&rfc3339_ms(eval_ms), &j, state.streak);

@@ -98,6 +98,7 @@ fn routine_inputs(iv: &Interval, j: &Judgement, st: &RouteState) -> Value {
     json!({
         "tests": tests,
         "epoch": st.judge.epoch,
+        "sat_out": j.sat_out,
         "interval": {"errors": per_version(&iv.requests, Event::Error)},
     })
 }
@@ -118,6 +119,7 @@ fn inputs(a: &Analysis, iv: &Interval, j: &Judgement, st: &RouteState) -> Value 
     json!({
         "fired": j.fired,
         "held_by": j.held_by.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "sat_out": j.sat_out,
         "tests": j.standings.iter().map(|s| json!({
             "test": s.test.as_str(),
             "e_weighted": s.e_weighted, "threshold": s.threshold,

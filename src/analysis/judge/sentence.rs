@@ -53,11 +53,13 @@ pub(super) struct Found<'a> {
     pub(super) standings: &'a [Standing],
     /// The tests sit out while stable breaks an SLO.
     pub(super) sits_out: bool,
+    /// The tests did not take this interval.
+    pub(super) paused: bool,
 }
 
 /// The sentence a human reads for one judgement.
 pub(super) fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_in_step: u64) -> String {
-    let Found { verdict, fired, held_by, standings, sits_out } = *found;
+    let Found { verdict, fired, held_by, standings, sits_out, paused } = *found;
     match verdict {
         Verdict::Fail => match fired {
             Some(f) if f.test == Test::R => rank_sentence(p, st, f),
@@ -65,7 +67,14 @@ pub(super) fn explain(p: &Analysis, st: &JudgeState, found: &Found<'_>, canary_i
             None => "fail".into(),
         },
         Verdict::Hold => hold_sentence(p, st, (held_by, sits_out), standings),
-        Verdict::Pass | Verdict::Insufficient => quiet_sentence(verdict, standings, canary_in_step),
+        Verdict::Pass | Verdict::Insufficient => {
+            let quiet = quiet_sentence(verdict, standings, canary_in_step);
+            if paused {
+                format!("stable was out of an SLO as this interval began, so the tests sat it out; {quiet}")
+            } else {
+                quiet
+            }
+        }
     }
 }
 

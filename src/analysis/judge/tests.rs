@@ -210,31 +210,56 @@ fn a_shared_outage_holds_and_blames_nobody() {
     assert_eq!(last, Verdict::Pass);
 }
 
+/// E's log e-value since the revision started.
+fn e_log(st: &JudgeState) -> Option<f64> {
+    st.revision().and_then(|s| s.tests.get(&Test::E)).map(TestRun::log_value)
+}
+
 #[test]
 fn while_stable_breaks_an_slo_the_tests_take_no_evidence_and_nothing_rolls_back() {
     let mut rng = StdRng::seed_from_u64(11);
     let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let tests = tests_in_use(&p, false);
     let mut st = JudgeState::default();
     // A shared outage in which the canary fares worse (10 % against 3 %),
     // enough for E to fire within a few intervals were it counting.
-    let mut paused_at = None;
+    let mut first_out = None;
     for i in 0..30 {
-        let before = st.revision().map(|s| s.tests.get(&Test::E).map(TestRun::log_value));
-        let was_out = stable_out(&st, &tests_in_use(&p, false));
+        let (before, was_out) = (e_log(&st), outage::stable_out(&st, &tests));
         let j = judge(&p, &mut st, &errors(&mut rng, 0.03, 0.10), false, i * 10_000);
         assert_ne!(j.verdict, Verdict::Fail, "interval {i}: {}", j.reason);
+        // Decided on what was known as the interval began: the interval in
+        // which stable turns out is still taken, every later one is not.
+        assert_eq!(j.sat_out, was_out, "interval {i}");
         if was_out {
-            paused_at.get_or_insert(i);
-            let after = st.revision().map(|s| s.tests.get(&Test::E).map(TestRun::log_value));
-            assert_eq!(before, after, "interval {i}: E took evidence while stable was out");
+            assert_eq!(before, e_log(&st), "interval {i}: E took evidence while stable was out");
             assert!(j.reason.contains("the tests take no evidence"), "{}", j.reason);
+        } else {
+            assert_ne!(before, e_log(&st), "interval {i}: E sat out before stable was seen out");
+        }
+        if outage::stable_out(&st, &tests) {
+            first_out.get_or_insert(i * 10_000);
         }
     }
-    assert!(paused_at.is_some_and(|i| i <= 2), "paused from interval {paused_at:?}");
-    // Stable recovers; the same canary, 10 % against 0.2 %, is now judged.
-    let fired = (30..90)
-        .find(|i| judge(&p, &mut st, &errors(&mut rng, 0.002, 0.10), false, i * 10_000).verdict == Verdict::Fail);
-    assert!(fired.is_some(), "the canary's own errors are judged once stable is back");
+    let out = first_out.unwrap_or(u64::MAX);
+    assert!(out <= 20_000, "stable out from {out} ms");
+    // Stable recovers; the same canary, 10 % against 0.2 %, is judged again
+    // from the first interval that began with stable back, well inside the
+    // sit-out's limit.
+    let mut fired = None;
+    for i in 30..60 {
+        let (before, was_out) = (e_log(&st), outage::stable_out(&st, &tests));
+        let j = judge(&p, &mut st, &errors(&mut rng, 0.002, 0.10), false, i * 10_000);
+        if was_out {
+            assert!(j.sat_out && before == e_log(&st), "interval {i}: the interval stable cools in is still sat out");
+            assert_ne!(j.verdict, Verdict::Pass, "a step never passes on an interval the tests sat out");
+        }
+        if j.verdict == Verdict::Fail {
+            fired = Some(i * 10_000);
+            break;
+        }
+    }
+    assert!(fired.is_some_and(|t| t < out + SIT_OUT_MAX_MS), "fired at {fired:?}: not from stable's recovery");
 }
 
 #[test]
@@ -248,7 +273,7 @@ fn a_stable_out_of_its_slo_for_longer_than_an_outage_no_longer_shields_the_canar
     for i in 0..150u64 {
         let now = i * 10_000;
         let j = judge(&p, &mut st, &errors(&mut rng, 0.03, 0.10), false, now);
-        if st.stable_out_since_ms.is_some() {
+        if st.outage.is_some() {
             first_out.get_or_insert(now);
         }
         if j.verdict == Verdict::Fail {
@@ -263,6 +288,35 @@ fn a_stable_out_of_its_slo_for_longer_than_an_outage_no_longer_shields_the_canar
     assert!(out <= 20_000, "stable out from {out} ms");
     assert!(failed >= out + SIT_OUT_MAX_MS, "rolled back at {failed} ms, inside the sit-out");
     assert!(failed <= out + SIT_OUT_MAX_MS + 300_000, "not rolled back {failed} ms after the sit-out ended");
+}
+
+/// Stable's error detector hot or not.
+fn stable_hot(st: &mut JudgeState, hot: bool) {
+    st.detectors.entry(Test::GErr).or_default()[STABLE].hot = hot;
+}
+
+#[test]
+fn a_stable_that_flaps_in_and_out_gets_one_sit_out_per_episode() {
+    let p = Analysis { max_error_rate: Some(1.0), ..policy() };
+    let tests = tests_in_use(&p, false);
+    let mut st = JudgeState::default();
+    // Out at 0, back at 5 minutes, out again at 6: one episode.
+    for (t, hot) in [(0, true), (300_000, false), (360_000, true)] {
+        stable_hot(&mut st, hot);
+        outage::note(&mut st, &tests, t);
+    }
+    assert!(outage::sitting_out(&st, &tests, 500_000));
+    assert!(!outage::sitting_out(&st, &tests, SIT_OUT_MAX_MS), "10 minutes from the first time out, not the latest");
+    // Back for 10 minutes after the last time out: the episode is over.
+    stable_hot(&mut st, false);
+    outage::note(&mut st, &tests, 400_000);
+    assert!(st.outage.is_some(), "back for less than 10 minutes: the same episode");
+    outage::note(&mut st, &tests, 360_000 + SIT_OUT_MAX_MS);
+    assert_eq!(st.outage, None);
+    // The next time out starts a new episode with its own sit-out.
+    stable_hot(&mut st, true);
+    outage::note(&mut st, &tests, 1_100_000);
+    assert!(outage::sitting_out(&st, &tests, 1_160_000));
 }
 
 #[test]
