@@ -307,6 +307,10 @@ fn a_stable_that_flaps_in_and_out_gets_one_sit_out_per_episode() {
     }
     assert!(outage::sitting_out(&st, &tests, 500_000));
     assert!(!outage::sitting_out(&st, &tests, SIT_OUT_MAX_MS), "10 minutes from the first time out, not the latest");
+    // A restart in the middle of it keeps the episode.
+    let saved = serde_json::to_string(&st).ok();
+    let back: Option<JudgeState> = saved.and_then(|j| serde_json::from_str(&j).ok());
+    assert_eq!(back.and_then(|b| b.outage), Some(Outage { since_ms: 0, last_out_ms: 360_000 }));
     // Back for 10 minutes after the last time out: the episode is over.
     stable_hot(&mut st, false);
     outage::note(&mut st, &tests, 400_000);
